@@ -1,0 +1,217 @@
+"""The ZeroMQ buses between services.
+
+Every service binds two ROUTER sockets, its inboxes: one on the control bus (requests, replies,
+events, decisions, pings) and one on the message bus (peer wire messages). Other services reach it
+through DEALER sockets connected to those endpoints, one per destination and per thread, so any
+thread of a plugin may send. The endpoints follow from the profile alone (inproc:// in threads
+mode, ipc:// or tcp:// in processes mode), so no directory service is needed.
+
+Control frames:  [kind, request id, name, JSON body]   kind: Q request, C RPC call, D decision,
+                                                       E event (no reply), P ping
+Reply frames:    [b"R", request id, b"ok" | b"err", JSON body]
+Message frames:  [b"I" | b"O", peer id, 2-byte type, payload]   I: received from the peer, for the
+                                                       handler of its type; O: to send to the peer
+"""
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import zmq
+
+from plugin_api import RpcError, WireMessage
+
+REQUEST, CALL, DECISION, EVENT, PING, REPLY = b"Q", b"C", b"D", b"E", b"P", b"R"
+WIRE_IN, WIRE_OUT = b"I", b"O"
+OK, ERR = b"ok", b"err"
+SEND_HWM = 10_000
+
+
+class ServiceUnavailable(RpcError):
+    """The destination service is not connected or did not answer in time."""
+
+    def __init__(self, service: str, why: str) -> None:
+        super().__init__(RpcError.SERVICE_UNAVAILABLE, f"service {service!r} {why}")
+        self.service = service
+
+
+@dataclass(frozen=True)
+class Endpoints:
+    """Where each service's two inboxes are."""
+
+    control: dict[str, str]
+    message: dict[str, str]
+
+    @classmethod
+    def for_profile(cls, services: list[str], mode: str, data_dir: Path, overrides: dict[str, Any],
+                    instance: str = "") -> "Endpoints":
+        """Endpoints from the profile: explicit ones, else inproc:// (threads) or ipc:// (processes).
+
+        `instance` keeps inproc names apart when several nodes share one process (tests).
+        """
+        control, message = {}, {}
+        for s in services:
+            given = overrides.get(s, {})
+            if mode == "threads":
+                control[s] = given.get("control", f"inproc://lnp{instance}.{s}.control")
+                message[s] = given.get("message", f"inproc://lnp{instance}.{s}.message")
+            else:
+                control[s] = given.get("control", f"ipc://{data_dir}/run/{s}.control")
+                message[s] = given.get("message", f"ipc://{data_dir}/run/{s}.message")
+        return cls(control, message)
+
+
+def encode(body: Any) -> bytes:
+    """The JSON encoding every control body uses."""
+    return json.dumps(body, separators=(",", ":")).encode()
+
+
+def decode(raw: bytes) -> Any:
+    """Inverse of `encode`."""
+    return json.loads(raw) if raw else None
+
+
+def wire_frames(direction: bytes, msg: WireMessage) -> list[bytes]:
+    """A wire message as message-bus frames; `direction` is WIRE_IN or WIRE_OUT."""
+    return [direction, msg.peer_id, msg.type.to_bytes(2, "big"), msg.payload]
+
+
+def wire_from_frames(frames: list[bytes]) -> WireMessage:
+    """Inverse of `wire_frames` (without the routing identity)."""
+    _, peer, t, payload = frames
+    return WireMessage(bytes(peer), int.from_bytes(t, "big"), bytes(payload))
+
+
+def prepare_bind(endpoint: str) -> None:
+    """Create the directory of an ipc:// endpoint and remove a stale socket file."""
+    if endpoint.startswith("ipc://"):
+        path = Path(endpoint[len("ipc://"):])
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if path.exists():
+            path.unlink()
+
+
+def new_socket(zctx: zmq.Context, kind: int) -> zmq.Socket:
+    """A socket that never blocks on close and bounds its queues."""
+    sock = zctx.socket(kind)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.SNDHWM, SEND_HWM)
+    sock.setsockopt(zmq.RCVHWM, SEND_HWM)
+    return sock
+
+
+class Bus:
+    """One process's access to the buses: sends requests, events and wire messages to services.
+
+    Thread-safe: each thread gets its own DEALER sockets.
+    """
+
+    def __init__(self, zctx: zmq.Context, endpoints: Endpoints, source: str) -> None:
+        self.zctx = zctx
+        self.endpoints = endpoints
+        self.source = source
+        self._local = threading.local()
+        self._ids = itertools.count(1)
+        self._sockets: list[zmq.Socket] = []
+        self._lock = threading.Lock()
+        self.closed = False
+        self.generation: dict[str, int] = {}  # endpoint -> times its service was restarted
+
+    def restarted(self, service: str) -> None:
+        """A service rebound its inboxes: connect afresh (inproc:// connections do not reconnect)."""
+        for endpoint in (self.endpoints.control[service], self.endpoints.message[service]):
+            self.generation[endpoint] = self.generation.get(endpoint, 0) + 1
+
+    def connect(self, endpoint: str) -> zmq.Socket:
+        """A new DEALER connected to `endpoint`, that never queues for an absent peer."""
+        sock = new_socket(self.zctx, zmq.DEALER)
+        sock.setsockopt(zmq.IMMEDIATE, 1)
+        sock.connect(endpoint)
+        return sock
+
+    def _dealer(self, endpoint: str) -> zmq.Socket:
+        cache = getattr(self._local, "dealers", None)
+        if cache is None:
+            cache = self._local.dealers = {}
+        gen = self.generation.get(endpoint, 0)
+        cached = cache.get(endpoint)
+        if cached is not None and cached[0] == gen:
+            return cached[1]
+        if self.closed:
+            raise ServiceUnavailable(endpoint, "is unreachable: the bus is closed")
+        if cached is not None:
+            self._forget(cached[1])
+        sock = self.connect(endpoint)
+        cache[endpoint] = (gen, sock)
+        with self._lock:
+            self._sockets.append(sock)
+        return sock
+
+    def _forget(self, sock: zmq.Socket) -> None:
+        sock.close(0)
+        with self._lock:
+            if sock in self._sockets:
+                self._sockets.remove(sock)
+
+    def _send(self, service: str, endpoint: str, frames: list[bytes], timeout: float) -> zmq.Socket:
+        sock = self._dealer(endpoint)
+        if not sock.poll(int(timeout * 1000), zmq.POLLOUT):
+            raise ServiceUnavailable(service, "is not connected")
+        sock.send_multipart(frames, zmq.NOBLOCK)
+        return sock
+
+    def request(self, service: str, name: str, body: Any = None, kind: bytes = REQUEST,
+                timeout: float = 30.0) -> Any:
+        """Send a request to `service`'s control inbox and wait for the reply."""
+        endpoint = self.endpoints.control.get(service)
+        if endpoint is None:
+            raise ServiceUnavailable(service, "is not part of this node")
+        rid = str(next(self._ids)).encode()
+        sock = self._send(service, endpoint, [kind, rid, name.encode(), encode(body)], timeout)
+        remaining_ms = int(timeout * 1000)
+        while sock.poll(remaining_ms, zmq.POLLIN):
+            frames = sock.recv_multipart()
+            if len(frames) == 4 and frames[1] == rid:
+                result = decode(frames[3])
+                if frames[2] == OK:
+                    return result
+                raise RpcError(result.get("code", RpcError.INTERNAL_ERROR), result.get("message", "error"),
+                               result.get("data"))
+            # a late reply to a request that timed out earlier: skip it
+        raise ServiceUnavailable(service, f"did not answer {name!r} within {timeout:g}s")
+
+    def post(self, service: str, name: str, body: Any = None, kind: bytes = EVENT,
+             timeout: float = 5.0) -> None:
+        """Send a one-way control message (an event) to `service`."""
+        self._send(service, self.endpoints.control[service], [kind, b"", name.encode(), encode(body)], timeout)
+
+    def send_wire(self, service: str, direction: bytes, msg: WireMessage, timeout: float = 5.0) -> None:
+        """Put a wire message in `service`'s message inbox."""
+        self._send(service, self.endpoints.message[service], wire_frames(direction, msg), timeout)
+
+    def close_thread(self) -> None:
+        """Close the DEALERs the calling thread opened (a service thread ending)."""
+        cache = getattr(self._local, "dealers", None) or {}
+        for _, sock in cache.values():
+            self._forget(sock)
+        cache.clear()
+
+    def close(self) -> None:
+        """Close every DEALER this bus opened; only once every thread using it has ended."""
+        self.closed = True
+        with self._lock:
+            for sock in self._sockets:
+                sock.close(0)
+            self._sockets.clear()
+        self._local = threading.local()
+
+
+def secure_ipc_path(endpoint: str) -> None:
+    """Restrict an ipc:// socket file to its owner (mode 0600)."""
+    if endpoint.startswith("ipc://"):
+        os.chmod(endpoint[len("ipc://"):], 0o600)

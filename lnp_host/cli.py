@@ -1,0 +1,102 @@
+"""`lnp-host`: run a node (or one service of it), list plugins, check a profile, create RPC clients."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from .keys import create_client, write_secret
+from .plugins import PluginLoadError, discover, load_registry
+from .profile import Profile, ProfileError, load_profile
+
+EXIT_BAD_INPUT = 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="lnp-host", description="An extensible Lightning node host.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def profile_args(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--profile", metavar="FILE", help="TOML profile (default: the embedded default.toml)")
+        sp.add_argument("--data-dir", metavar="DIR", help="overrides the profile's [node] data_dir")
+
+    run = sub.add_parser("run", help="run the node, or one of its services")
+    profile_args(run)
+    run.add_argument("--service", metavar="NAME", help="run only this service, connected over the bus endpoints")
+    run.add_argument("-v", "--verbose", action="store_true", help="debug logs from every service")
+    run.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
+
+    plugins = sub.add_parser("plugins", help="list the discovered plugins")
+    profile_args(plugins)
+
+    check = sub.add_parser("check", help="validate a profile and its plugins' tables, start nothing")
+    profile_args(check)
+
+    client = sub.add_parser("rpc-client", help="create CURVE keys for a client of the TCP RPC endpoint")
+    profile_args(client)
+    client.add_argument("name", help="a name for the client (its public key goes to DATA_DIR/rpc/clients/NAME.pub)")
+    client.add_argument("--output", metavar="FILE", help="write the client's credentials here (mode 0600) "
+                        "instead of standard output")
+    return p
+
+
+def _load(args: argparse.Namespace) -> tuple[Profile, Any]:
+    profile = load_profile(args.profile, args.data_dir)
+    return profile, load_registry(profile)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of `lnp-host`; returns the exit status (2 for bad input)."""
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "plugins":
+            profile = load_profile(args.profile, args.data_dir)
+            enabled = set(profile.enabled)
+            print(json.dumps([d.describe(n in enabled) for n, d in sorted(discover().items())], indent=2))
+            return 0
+        profile, registry = _load(args)
+        if args.command == "check":
+            print(json.dumps({"profile": str(profile.path), "plugins": list(registry.plugins),
+                              "services": registry.services}, indent=2))
+            return 0
+        if args.command == "rpc-client":
+            return _rpc_client(profile, args)
+        verbosity = 1 if args.verbose else -1 if args.quiet else 0
+        from . import node
+        if args.service:
+            if args.service not in registry.services:
+                raise ProfileError(profile.path, "--service", f"unknown service {args.service!r} "
+                                   f"(services: {', '.join(registry.services)})")
+            return node.run_service(profile, registry, args.service, verbosity)
+        child_args = ["--profile", str(profile.path), "--data-dir", str(profile.data_dir)]
+        child_args += ["-v"] if args.verbose else ["-q"] if args.quiet else []
+        return node.run_node(profile, registry, verbosity, child_args)
+    except (ProfileError, PluginLoadError) as e:
+        print(f"lnp-host: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except Exception as e:
+        from .node import NodeError
+        if isinstance(e, NodeError):
+            print(f"lnp-host: {e}", file=sys.stderr)
+            return 1
+        raise
+
+
+def _rpc_client(profile: Profile, args: argparse.Namespace) -> int:
+    tcp = profile.section("rpc")["tcp"]
+    if not tcp:
+        raise ProfileError(profile.path, "[rpc] tcp", "set a tcp:// endpoint before creating TCP clients")
+    from .node import prepare_data_dir
+    try:
+        creds = create_client(prepare_data_dir(profile), args.name, tcp)
+    except ValueError as e:
+        print(f"lnp-host: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    text = json.dumps(creds, indent=2) + "\n"
+    if args.output:
+        write_secret(Path(args.output), text.encode())
+    else:
+        sys.stdout.write(text)
+    return 0

@@ -1,0 +1,245 @@
+"""Assembling a node from a validated profile: `run_node` (the whole node) and `run_service` (one).
+
+`run_node` is the lnpd process: it owns the data dir lock, migrates storage, holds the node key,
+serves RPC, runs the lnpd service and supervises the others (as threads or child processes).
+`run_service` runs one service alone (a child of lnpd, or on another host) and reaches the key and
+the rest of the node over the buses.
+"""
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import zmq
+
+from plugin_api import NodeInfo, RpcError
+
+from . import __version__, logs
+from .bus import Bus, Endpoints
+from .context import Environment, publish
+from .keys import BusKeyCustody, FileKeyCustody
+from .plugins import HOST_PLUGIN, Registry
+from .profile import HOST_SERVICE, Profile
+from .rpc_server import RpcServer
+from .runtime import ServiceFailed, ServiceRuntime
+from .storage import Database, StorageError
+from .supervisor import Supervisor
+
+log = logging.getLogger("lnp.host")
+LOCK_FILE = "lnp-host.lock"
+PARENT_ENV = "LNP_HOST_PARENT_PID"
+
+
+class NodeError(Exception):
+    """The node cannot start (data dir in use, database unusable, endpoint taken)."""
+
+
+def prepare_data_dir(profile: Profile) -> Path:
+    """Create the data dir (mode 0700) once the profile is known to be good."""
+    data_dir = profile.data_dir
+    data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    return data_dir
+
+
+class HostControl:
+    """What the host exposes to plugins of the lnpd service (`ctx.host`)."""
+
+    def __init__(self, env: Environment, supervisor: Supervisor) -> None:
+        self._env, self._supervisor = env, supervisor
+
+    def info(self) -> dict[str, Any]:
+        """Node id, alias, network, version, plugins and services."""
+        node = self._env.node
+        return {"node_id": node.node_id.hex(), "alias": node.alias, "network": node.network,
+                "version": node.version, "data_dir": str(node.data_dir),
+                "bus_mode": self._supervisor.mode, "plugins": self.plugins(enabled_only=True),
+                "services": self._supervisor.describe()}
+
+    def plugins(self, enabled_only: bool = False) -> list[dict[str, Any]]:
+        """The discovered plugins (or only the loaded ones) with version, distribution, service."""
+        reg = self._env.registry
+        from .plugins import discover
+        found = reg.plugins if enabled_only else {**discover(), **reg.plugins}
+        out = []
+        for name, d in found.items():
+            item = d.describe(name in reg.plugins)
+            item["service"] = reg.service_of.get(name)
+            out.append(item)
+        return out
+
+    def commands(self) -> list[dict[str, Any]]:
+        """Every RPC command with its parameters and help."""
+        from .schema import type_name
+        out = []
+        for name, owned in sorted(self._env.registry.rpc.items()):
+            m = owned.item
+            out.append({"command": name, "plugin": owned.plugin, "help": m.help,
+                        "params": [{"name": p.name, "type": type_name(p.type), "required": p.required}
+                                   for p in m.params]})
+        return out
+
+    def stop(self) -> None:
+        """Stop the node (after the current RPC call has been answered)."""
+        threading.Timer(0.2, self._supervisor.request_stop).start()
+
+
+def _lock(data_dir: Path) -> Any:
+    f = open(data_dir / LOCK_FILE, "a+")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.close()
+        raise NodeError(f"another lnp-host is running on {data_dir}") from None
+    f.seek(0)
+    f.truncate()
+    f.write(f"{os.getpid()}\n")
+    f.flush()
+    return f
+
+
+def _custody(registry: Registry, profile: Profile, forced_key: bytes | None) -> Any:
+    for name in registry.plugins:
+        custody = registry.call("lnp_key_custody", name, node=profile)
+        if custody is not None:
+            return custody
+    return FileKeyCustody(profile.data_dir, forced_key)
+
+
+def run_node(profile: Profile, registry: Registry, verbosity: int = 0, profile_args: list[str] | None = None,
+             forced_key: bytes | None = None, instance: str = "",
+             stop_event: threading.Event | None = None) -> int:
+    """Run the whole node until SIGINT/SIGTERM, `lnp-cli stop`, or a fatal service failure."""
+    data_dir = prepare_data_dir(profile)
+    lock = _lock(data_dir)
+    logs.setup(profile, registry.services, verbosity)
+    log.info("lnp-host %s starting on %s (%s, %s mode)", __version__, data_dir, profile.section("node")["network"],
+             profile.section("bus")["mode"])
+    db = Database(profile.section("storage")["url"], data_dir)
+    zctx = zmq.Context()
+    rpc: RpcServer | None = None
+    try:
+        try:
+            db.migrate(registry.storage)
+        except StorageError as e:
+            raise NodeError(str(e)) from None
+        custody = _custody(registry, profile, forced_key)
+        mode = profile.section("bus")["mode"]
+        endpoints = Endpoints.for_profile(registry.services, mode, data_dir,
+                                          profile.section("bus")["endpoints"], instance)
+        bus = Bus(zctx, endpoints, HOST_SERVICE)
+        node = NodeInfo(custody.node_id(), profile.section("node")["alias"], profile.section("node")["network"],
+                        data_dir, __version__)
+        env = Environment(profile, registry, endpoints, zctx, bus, node, db, custody)
+        env.builtins.update(custody.control_handlers() if hasattr(custody, "control_handlers") else {})
+        env.builtins["host.node_info"] = lambda _body: {
+            "node_id": node.node_id.hex(), "alias": node.alias, "network": node.network}
+
+        def spawn(service: str) -> subprocess.Popen[bytes]:
+            cmd = [sys.executable, "-m", "lnp_host", "run", "--service", service, *(profile_args or [])]
+            return subprocess.Popen(cmd, env={**os.environ, PARENT_ENV: str(os.getpid())})
+
+        supervisor = Supervisor(env, spawn)
+        env.host = HostControl(env, supervisor)
+        stop = stop_event or threading.Event()
+        _on_signals(lambda: supervisor.request_stop(0))
+        threading.Thread(target=lambda: (stop.wait(), supervisor.request_stop(0)), daemon=True).start()
+        supervisor.start_all()
+        if not supervisor.stop_requested.is_set():
+            rpc = RpcServer(env)
+            try:
+                rpc.start()
+            except RuntimeError as e:
+                supervisor.request_stop(1)
+                log.error("%s", e)
+            log.info("node %s ready", node.node_id.hex())
+            publish(env, "node_ready", HOST_PLUGIN, {"node_id": node.node_id.hex()})
+            supervisor.watch()
+        log.info("stopping")
+        if rpc is not None:
+            rpc.stop()
+            rpc.remove_socket()
+        supervisor.stop_all()
+        bus.close()
+        return supervisor.exit_status
+    finally:
+        db.close()
+        zctx.destroy(linger=0)
+        log.info("stopped")
+        lock.close()
+
+
+def run_service(profile: Profile, registry: Registry, service: str, verbosity: int = 0) -> int:
+    """Run one service alone, connected to the rest of the node over the profile's bus endpoints."""
+    data_dir = prepare_data_dir(profile)
+    logs.setup(profile, registry.services, verbosity)
+    zctx = zmq.Context()
+    endpoints = Endpoints.for_profile(registry.services, profile.section("bus")["mode"], data_dir,
+                                      profile.section("bus")["endpoints"])
+    bus = Bus(zctx, endpoints, service)
+    db = Database(profile.section("storage")["url"], data_dir)
+    runtime: ServiceRuntime | None = None
+    stopping = threading.Event()
+
+    def stop() -> None:
+        stopping.set()
+        if runtime is not None:
+            runtime.stop()
+
+    _on_signals(stop)
+    _watch_parent(stop)
+    try:
+        info = None
+        while info is None and not stopping.is_set():
+            try:  # lnpd holds the node key; wait for it to answer (it may start after us)
+                info = bus.request(HOST_SERVICE, "host.node_info", timeout=2.0)
+            except RpcError:
+                log.info("waiting for lnpd")
+                stopping.wait(0.5)
+        if info is None:
+            return 0
+        node_id = bytes.fromhex(info["node_id"])
+        node = NodeInfo(node_id, info["alias"], info["network"], data_dir, __version__)
+        env = Environment(profile, registry, endpoints, zctx, bus, node, db,
+                          BusKeyCustody(bus, HOST_SERVICE, node_id))
+        runtime = ServiceRuntime(env, service)
+        if stopping.is_set():
+            return 0
+        runtime.run()
+        return 0
+    except ServiceFailed as e:
+        log.error("service %s failed: %s", service, e)
+        return 1
+    finally:
+        bus.close()
+        db.close()
+        zctx.destroy(linger=0)
+
+
+def _on_signals(handler: Callable[[], None]) -> None:
+    if threading.current_thread() is not threading.main_thread():
+        return  # embedded (tests): the caller stops the node through its stop event
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: handler())
+
+
+def _watch_parent(stop: Callable[[], None]) -> None:
+    """A child of lnpd stops when lnpd is gone, so no orphan keeps serving."""
+    parent = os.environ.get(PARENT_ENV)
+    if not parent:
+        return
+
+    def watch() -> None:
+        while os.getppid() == int(parent):
+            time.sleep(0.5)
+        log.warning("lnpd (pid %s) is gone: stopping", parent)
+        stop()
+
+    threading.Thread(target=watch, daemon=True, name="parent-watch").start()

@@ -1,0 +1,200 @@
+"""Plugin discovery through entry points, and the registry of what the enabled plugins declare.
+
+The host has no list of plugins: built-in and third-party plugins are found the same way, in the
+entry-point group `lnp_host.plugins`. Declarative hooks are called per plugin so everything a plugin
+declares is attributed to it; every process builds the same registry from the same profile.
+"""
+from __future__ import annotations
+
+import importlib.metadata as md
+from dataclasses import dataclass, field
+from typing import Any
+
+import pluggy
+
+import plugin_api
+from plugin_api import hookspecs
+from plugin_api import DecisionSpec, EventSpec, Field, RpcMethod, StorageModels, Subscription
+
+from .profile import HOST_SERVICE, Profile
+
+
+HOST_PLUGIN = "lnp-host"
+HOST_EVENTS = (
+    EventSpec("node_ready", "every service has started; body: {node_id}"),
+    EventSpec("service_state", "a service changed state; body: {service, state, error}"),
+)
+
+
+@dataclass(frozen=True)
+class Discovered:
+    """An installed plugin, known from its entry point without importing it."""
+
+    name: str
+    version: str
+    distribution: str
+    entry_point: md.EntryPoint
+
+    def describe(self, enabled: bool) -> dict[str, Any]:
+        """The JSON form `lnp-host plugins` and `lnp-cli plugins` print."""
+        return {"name": self.name, "version": self.version, "distribution": self.distribution,
+                "module": self.entry_point.value, "enabled": enabled}
+
+
+class PluginLoadError(Exception):
+    """An enabled plugin that could not be imported or declared something invalid."""
+
+
+def discover() -> dict[str, Discovered]:
+    """Every plugin installed in this environment, by entry-point name."""
+    found: dict[str, Discovered] = {}
+    for ep in md.entry_points(group=plugin_api.ENTRY_POINT_GROUP):
+        dist = ep.dist
+        found.setdefault(ep.name, Discovered(ep.name, dist.version if dist else "?",
+                                             dist.metadata["Name"] if dist else "?", ep))
+    return found
+
+
+def new_manager() -> pluggy.PluginManager:
+    """A plugin manager that knows the hook specs."""
+    pm = pluggy.PluginManager(plugin_api.PROJECT)
+    pm.add_hookspecs(hookspecs)
+    return pm
+
+
+@dataclass(frozen=True)
+class Owned:
+    """Something a plugin declared, with the plugin and service it belongs to."""
+
+    plugin: str
+    service: str
+    item: Any
+
+
+@dataclass
+class Registry:
+    """What the enabled plugins declare, and where each piece runs."""
+
+    pm: pluggy.PluginManager
+    plugins: dict[str, Discovered]                       # enabled, in profile order
+    service_of: dict[str, str]                           # plugin -> service
+    services: list[str]                                  # lnpd first, then in order of appearance
+    schemas: dict[str, dict[str, Field]] = field(default_factory=dict)
+    rpc: dict[str, Owned] = field(default_factory=dict)                  # method -> RpcMethod
+    wire: dict[int, Owned] = field(default_factory=dict)                 # type -> handler
+    control: dict[tuple[str, str], Owned] = field(default_factory=dict)  # (service, name) -> handler
+    events: dict[str, list[Owned]] = field(default_factory=dict)         # name -> handlers
+    event_specs: dict[str, Owned] = field(default_factory=dict)          # name -> EventSpec
+    decisions: dict[str, list[Owned]] = field(default_factory=dict)      # name -> handlers, in order
+    decision_specs: dict[str, Owned] = field(default_factory=dict)
+    storage: dict[str, StorageModels] = field(default_factory=dict)
+    channel_extensions: dict[str, Owned] = field(default_factory=dict)
+    outbound: Owned | None = None                        # who sends wire messages to peers
+
+    def call(self, hook: str, plugin: str, **kwargs: Any) -> Any:
+        """Call `hook` on one plugin only; None when the plugin does not implement it."""
+        for impl in getattr(self.pm.hook, hook).get_hookimpls():
+            if impl.plugin_name == plugin:
+                # pluggy lets an implementation take only some of the spec's arguments
+                return impl.function(*[kwargs[a] for a in impl.argnames])
+        return None
+
+    def plugins_in(self, service: str) -> list[str]:
+        """The enabled plugins of `service`, in profile order."""
+        return [p for p in self.plugins if self.service_of[p] == service]
+
+    def subscribers(self, event: str) -> list[Owned]:
+        """Who receives `event`."""
+        return self.events.get(event, [])
+
+
+def load_registry(profile: Profile, discovered: dict[str, Discovered] | None = None) -> Registry:
+    """Import the enabled plugins, collect their declarations, and finish validating the profile."""
+    discovered = discover() if discovered is None else discovered
+    pm = new_manager()
+    enabled: dict[str, Discovered] = {}
+    for name in profile.enabled:
+        if name not in discovered:
+            raise profile.error(("plugins", "enabled"), f"unknown plugin {name!r} "
+                                f"(discovered: {', '.join(sorted(discovered)) or 'none'})")
+        try:
+            module = discovered[name].entry_point.load()
+            pm.register(module, name=name)
+        except Exception as e:  # a broken third-party package must not take the host down
+            raise profile.error(("plugins", "enabled"), f"plugin {name!r} failed to load: "
+                                f"{type(e).__name__}: {e}") from None
+        enabled[name] = discovered[name]
+    reg = Registry(pm, enabled, {}, [HOST_SERVICE])
+    for spec in HOST_EVENTS:
+        reg.event_specs[spec.name] = Owned(HOST_PLUGIN, HOST_SERVICE, spec)
+    for name in enabled:
+        service = reg.call("lnp_service", name) or name
+        reg.service_of[name] = service
+        if service not in reg.services:
+            reg.services.append(service)
+        reg.schemas[name] = reg.call("lnp_config_schema", name) or {}
+    profile.validate_plugins(reg.schemas, set(discovered), set(reg.services))
+    for name in enabled:
+        _collect(reg, name, profile)
+    return reg
+
+
+def _collect(reg: Registry, name: str, profile: Profile) -> None:
+    service = reg.service_of[name]
+
+    def conflict(what: str, other: str) -> Exception:
+        return profile.error(("plugins", "enabled"), f"plugins {other!r} and {name!r} both declare {what}")
+
+    for method in _list(reg.call("lnp_rpc_methods", name), RpcMethod, name, "lnp_rpc_methods"):
+        if method.name in reg.rpc:
+            raise conflict(f"RPC method {method.name!r}", reg.rpc[method.name].plugin)
+        reg.rpc[method.name] = Owned(name, service, method)
+    for sub in _list(reg.call("lnp_subscriptions", name), Subscription, name, "lnp_subscriptions"):
+        owned = Owned(name, service, sub.handler)
+        if sub.kind == "wire":
+            if sub.key in reg.wire:
+                raise conflict(f"a handler for wire message type {sub.key}", reg.wire[sub.key].plugin)
+            reg.wire[int(sub.key)] = owned
+        elif sub.kind == "control":
+            if (service, sub.key) in reg.control:
+                raise conflict(f"control request {sub.key!r}", reg.control[(service, sub.key)].plugin)
+            reg.control[(service, str(sub.key))] = owned
+        elif sub.kind == "event":
+            reg.events.setdefault(str(sub.key), []).append(owned)
+        elif sub.kind == "decision":
+            reg.decisions.setdefault(str(sub.key), []).append(owned)
+        elif sub.kind == "outbound":
+            if reg.outbound is not None:
+                raise conflict("the outbound peer transport", reg.outbound.plugin)
+            reg.outbound = owned
+        else:
+            raise PluginLoadError(f"plugin {name!r}: unknown subscription kind {sub.kind!r}")
+    for spec in _list(reg.call("lnp_events", name), EventSpec, name, "lnp_events"):
+        if spec.name in reg.event_specs:
+            raise conflict(f"event {spec.name!r}", reg.event_specs[spec.name].plugin)
+        reg.event_specs[spec.name] = Owned(name, service, spec)
+    for spec in _list(reg.call("lnp_decisions", name), DecisionSpec, name, "lnp_decisions"):
+        if spec.name in reg.decision_specs:
+            raise conflict(f"decision {spec.name!r}", reg.decision_specs[spec.name].plugin)
+        reg.decision_specs[spec.name] = Owned(name, service, spec)
+    models = reg.call("lnp_storage_models", name)
+    if models is not None:
+        if not isinstance(models, StorageModels):
+            raise PluginLoadError(f"plugin {name!r}: lnp_storage_models must return StorageModels")
+        reg.storage[name] = models
+    for ext in reg.call("lnp_channel_extensions", name) or []:
+        if ext.name in reg.channel_extensions:
+            raise conflict(f"channel extension {ext.name!r}", reg.channel_extensions[ext.name].plugin)
+        reg.channel_extensions[ext.name] = Owned(name, service, ext)
+
+
+def _list(value: Any, kind: type, plugin: str, hook: str) -> list[Any]:
+    if value is None:
+        return []
+    items = list(value)
+    for item in items:
+        if not isinstance(item, kind):
+            raise PluginLoadError(f"plugin {plugin!r}: {hook} returned {type(item).__name__}, "
+                                  f"expected {kind.__name__}")
+    return items
+

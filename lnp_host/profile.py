@@ -1,0 +1,253 @@
+"""TOML node profiles: loading, `extends`, and validation against the host's and plugins' schemas."""
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, Mapping
+
+from plugin_api import Field
+
+from .schema import type_matches, type_name
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+NETWORKS = ("mainnet", "testnet", "signet", "regtest")
+LOG_LEVELS = ("debug", "info", "warning", "error")
+HOST_SERVICE = "lnpd"
+
+HOST_SCHEMA: dict[str, dict[str, Field]] = {
+    "node": {
+        "network": Field(str, "regtest", "the Bitcoin network", NETWORKS),
+        "data_dir": Field(str, "~/.lnp-host", "where the node keeps its key, database and logs"),
+        "alias": Field(str, "lnp-host", "the node's alias"),
+        "log_level": Field(str, "info", "log level of every service unless set per service", LOG_LEVELS),
+    },
+    "storage": {
+        "url": Field(str, "", "SQLAlchemy URL; empty means a SQLite file in the data dir"),
+    },
+    "bus": {
+        "mode": Field(str, "threads", "threads: one process; processes: one process per service",
+                      ("threads", "processes")),
+        "heartbeat_interval": Field(float, 1.0, "seconds between liveness checks of each service"),
+        "heartbeat_misses": Field(int, 3, "missed heartbeats before a service counts as dead"),
+        "endpoints": Field(dict, {}, "per service: {control = ENDPOINT, message = ENDPOINT}"),
+    },
+    "rpc": {
+        "endpoint": Field(str, "", "the local RPC endpoint; empty means ipc://DATA_DIR/rpc.sock"),
+        "tcp": Field(str, "", "an optional tcp:// endpoint, always CURVE-encrypted"),
+        "timeout": Field(float, 60.0, "seconds before an RPC call that got no answer fails"),
+    },
+}
+
+SERVICE_SCHEMA: dict[str, Field] = {
+    "log_level": Field(str, "", "this service's log level", LOG_LEVELS + ("",)),
+    "on_failure": Field(str, "restart", "what to do when the service dies", ("restart", "stop")),
+    "max_restarts": Field(int, 5, "restarts allowed before the node stops"),
+    "launch": Field(str, "auto", "auto: the node starts it; external: the operator starts it with "
+                    "`lnp-host run --service NAME`", ("auto", "external")),
+}
+
+TOP_LEVEL_KEYS = {"extends", "node", "storage", "bus", "rpc", "services", "plugins"}
+
+
+class ProfileError(Exception):
+    """A profile that cannot be used. `str()` is the one-line message naming the file and the key."""
+
+    def __init__(self, file: Path | str, key: str, message: str) -> None:
+        self.file, self.key = str(file), key
+        super().__init__(f"{file}: {key}: {message}" if key else f"{file}: {message}")
+
+
+@dataclass
+class Profile:
+    """A loaded, merged profile. `validate_host` and `validate_plugins` fill in defaults."""
+
+    path: Path
+    data: dict[str, Any]
+    origins: dict[tuple[str, ...], Path] = field(default_factory=dict)
+
+    def origin(self, *path: str) -> Path:
+        """The file that set `path` (the deepest match), for error messages."""
+        for n in range(len(path), 0, -1):
+            if path[:n] in self.origins:
+                return self.origins[path[:n]]
+        return self.path
+
+    def error(self, path: tuple[str, ...], message: str) -> ProfileError:
+        """A ProfileError for the key at `path`."""
+        return ProfileError(self.origin(*path), _key_name(path), message)
+
+    def section(self, name: str) -> dict[str, Any]:
+        """A validated host table (`node`, `storage`, `bus`, `rpc`)."""
+        return self.data[name]
+
+    @property
+    def enabled(self) -> list[str]:
+        """The names of the enabled plugins, in profile order."""
+        return list(self.data.get("plugins", {}).get("enabled", []))
+
+    def plugin_table(self, name: str) -> dict[str, Any]:
+        """The (validated once `validate_plugins` ran) table of plugin `name`."""
+        return self.data.get("plugins", {}).get(name, {})
+
+    def service_settings(self, name: str) -> dict[str, Any]:
+        """A service's settings with defaults filled in."""
+        table = self.data.get("services", {}).get(name, {})
+        return {k: table.get(k, f.default) for k, f in SERVICE_SCHEMA.items()}
+
+    @property
+    def data_dir(self) -> Path:
+        """The data dir, with `~` expanded, made absolute."""
+        return Path(self.data["node"]["data_dir"]).expanduser().absolute()
+
+    def validate_host(self) -> None:
+        """Check the host's tables, fill their defaults; plugins are checked by `validate_plugins`."""
+        for key in self.data:
+            if key not in TOP_LEVEL_KEYS:
+                raise self.error((key,), f"unknown key (expected one of {', '.join(sorted(TOP_LEVEL_KEYS))})")
+        for section, schema in HOST_SCHEMA.items():
+            table = self.data.get(section, {})
+            if not isinstance(table, dict):
+                raise self.error((section,), "must be a table")
+            self.data[section] = validate_table(schema, table, (section,), self)
+        plugins = self.data.setdefault("plugins", {})
+        if not isinstance(plugins, dict):
+            raise self.error(("plugins",), "must be a table")
+        enabled = plugins.setdefault("enabled", [])
+        if not _is_list_of(enabled, str):
+            raise self.error(("plugins", "enabled"), "expected a list of plugin names")
+        if len(set(enabled)) != len(enabled):
+            raise self.error(("plugins", "enabled"), "lists a plugin twice")
+
+    def validate_plugins(self, schemas: Mapping[str, dict[str, Field]], known: set[str],
+                         services: set[str]) -> None:
+        """Check `[plugins]` against the discovered plugins and their schemas, and `[services]`."""
+        plugins = self.data["plugins"]
+        for name in self.enabled:
+            if name not in known:
+                raise self.error(("plugins", "enabled"),
+                                 f"unknown plugin {name!r} (discovered: {', '.join(sorted(known)) or 'none'})")
+        for name, table in list(plugins.items()):
+            if name == "enabled":
+                continue
+            if name not in known:
+                raise self.error(("plugins", name), "unknown plugin")
+            if not isinstance(table, dict):
+                raise self.error(("plugins", name), "must be a table")
+        for name in self.enabled:
+            plugins[name] = validate_table(schemas.get(name, {}), plugins.get(name, {}), ("plugins", name), self)
+        table = self.data.get("services", {})
+        if not isinstance(table, dict):
+            raise self.error(("services",), "must be a table")
+        for name, settings in table.items():
+            if name not in services:
+                raise self.error(("services", name),
+                                 f"unknown service (running: {', '.join(sorted(services))})")
+            if not isinstance(settings, dict):
+                raise self.error(("services", name), "must be a table")
+            table[name] = validate_table(SERVICE_SCHEMA, settings, ("services", name), self)
+        for name, endpoints in self.data["bus"]["endpoints"].items():
+            if name not in services:
+                raise self.error(("bus", "endpoints", name), "unknown service")
+            if not isinstance(endpoints, dict) or set(endpoints) - {"control", "message"} or not all(
+                    isinstance(v, str) and "://" in v for v in endpoints.values()):
+                raise self.error(("bus", "endpoints", name),
+                                 'expected {control = "tcp://HOST:PORT", message = "tcp://HOST:PORT"}')
+
+
+def validate_table(schema: Mapping[str, Field], table: Mapping[str, Any], path: tuple[str, ...],
+                   profile: Profile) -> dict[str, Any]:
+    """Check `table` against `schema` and return it with defaults filled in."""
+    out: dict[str, Any] = {}
+    for key, value in table.items():
+        if key not in schema:
+            known = ", ".join(sorted(schema)) or "none"
+            raise profile.error(path + (key,), f"unknown key (known keys: {known})")
+        f = schema[key]
+        if not type_matches(value, f.type):
+            raise profile.error(path + (key,), f"expected {type_name(f.type)}, got {type(value).__name__}")
+        if f.choices is not None and value not in f.choices:
+            raise profile.error(path + (key,), f"expected one of {', '.join(map(repr, f.choices))}, got {value!r}")
+        out[key] = float(value) if f.type is float else value
+    for key, f in schema.items():
+        if key not in out:
+            if f.required:
+                raise profile.error(path + (key,), "missing required value")
+            out[key] = _copy(f.default)
+    return out
+
+
+def load_profile(path: str | Path | None = None, data_dir: str | None = None) -> Profile:
+    """Read a profile (or the embedded default), follow `extends`, check the host's tables."""
+    if path is None:
+        ref = resources.files("configs") / "default.toml"
+        with resources.as_file(ref) as real:
+            profile = _load(Path(real), [])
+    else:
+        profile = _load(Path(path), [])
+    if data_dir is not None:
+        profile.data.setdefault("node", {})["data_dir"] = data_dir
+    profile.validate_host()
+    return profile
+
+
+def _load(path: Path, seen: list[Path]) -> Profile:
+    path = path.absolute()
+    if path in seen:
+        raise ProfileError(seen[-1], "extends", f"circular: {path} extends itself")
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except FileNotFoundError:
+        raise ProfileError(path, "", "no such file") from None
+    except OSError as e:
+        raise ProfileError(path, "", f"cannot read: {e.strerror}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ProfileError(path, "", f"not valid TOML: {e}") from None
+    origins = {p: path for p in _paths(data)}
+    base_name = data.pop("extends", None)
+    if base_name is None:
+        return Profile(path, data, origins)
+    if not isinstance(base_name, str):
+        raise ProfileError(path, "extends", "expected a file name")
+    base = _load(path.parent / base_name, seen + [path])
+    base.origins.update(origins)
+    return Profile(path, _merge(base.data, data), base.origins)
+
+
+def _merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _paths(data: Mapping[str, Any], prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    out = []
+    for key, value in data.items():
+        out.append(prefix + (key,))
+        if isinstance(value, dict):
+            out.extend(_paths(value, prefix + (key,)))
+    return out
+
+
+def _key_name(path: tuple[str, ...]) -> str:
+    if len(path) == 1:
+        return path[0]
+    return f"[{'.'.join(path[:-1])}] {path[-1]}"
+
+
+def _is_list_of(value: Any, item: type) -> bool:
+    return isinstance(value, list) and all(isinstance(v, item) for v in value)
+
+
+def _copy(value: Any) -> Any:
+    return list(value) if isinstance(value, list) else dict(value) if isinstance(value, dict) else value

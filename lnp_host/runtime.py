@@ -1,0 +1,180 @@
+"""One service's runtime: bind its inboxes, start its plugins, dispatch bus messages, stop.
+
+The same runtime runs as a thread (threads mode) or as the main loop of a process (processes mode,
+or `lnp-host run --service NAME`).
+"""
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any
+
+import zmq
+
+from plugin_api import Event, RpcError
+
+from . import bus as wire
+from .bus import decode, encode, new_socket, prepare_bind, wire_from_frames
+from .context import Environment, PluginContext, as_decision
+
+POLL_MS = 100
+
+
+class ServiceFailed(Exception):
+    """The service could not start or was declared broken."""
+
+
+class ServiceRuntime:
+    """Runs one service until `stop()` is called or it fails."""
+
+    def __init__(self, env: Environment, name: str) -> None:
+        self.env = env
+        self.name = name
+        self.plugins = env.registry.plugins_in(name)
+        self.log = logging.getLogger(f"lnp.{name}")
+        self.ready = threading.Event()
+        self.error: str | None = None
+        self._stop = threading.Event()
+
+    def stop(self) -> None:
+        """Ask the loop to end; `run` then stops the plugins in reverse order."""
+        self._stop.set()
+
+    def run(self) -> None:
+        """Serve until stopped. Raises ServiceFailed when startup fails or a plugin calls `fail`."""
+        zctx = self.env.zctx
+        control = new_socket(zctx, zmq.ROUTER)
+        message = new_socket(zctx, zmq.ROUTER)
+        started: list[str] = []
+        try:
+            for sock, endpoint in ((control, self.env.endpoints.control[self.name]),
+                                   (message, self.env.endpoints.message[self.name])):
+                prepare_bind(endpoint)
+                try:
+                    sock.bind(endpoint)
+                except zmq.ZMQError as e:
+                    raise ServiceFailed(f"cannot bind {endpoint}: {e}") from None
+            contexts = {p: PluginContext(self.env, p) for p in self.plugins}
+            self.env.contexts.update(contexts)
+            for plugin in self.plugins:
+                try:
+                    self.env.registry.call("lnp_startup", plugin, ctx=contexts[plugin])
+                except Exception as e:
+                    self.log.exception("plugin %s failed to start", plugin)
+                    raise ServiceFailed(f"plugin {plugin!r} failed to start: {type(e).__name__}: {e}") from None
+                started.append(plugin)
+            self.env.failures.pop(self.name, None)
+            self.log.info("service %s running (%s)", self.name, ", ".join(self.plugins) or "host only")
+            self.ready.set()
+            self._loop(control, message)
+        except ServiceFailed as e:
+            self.error = str(e)
+            raise
+        finally:
+            for plugin in reversed(started):
+                try:
+                    self.env.registry.call("lnp_shutdown", plugin, ctx=self.env.contexts[plugin])
+                except Exception:
+                    self.log.exception("plugin %s failed to stop cleanly", plugin)
+            for plugin in self.plugins:
+                self.env.contexts.pop(plugin, None)
+            control.close(0)
+            message.close(0)
+            self.env.bus.close_thread()
+            self.log.info("service %s stopped", self.name)
+
+    def _loop(self, control: zmq.Socket, message: zmq.Socket) -> None:
+        poller = zmq.Poller()
+        poller.register(control, zmq.POLLIN)
+        poller.register(message, zmq.POLLIN)
+        while not self._stop.is_set():
+            failure = self.env.failures.get(self.name)
+            if failure:
+                raise ServiceFailed(failure)
+            for sock, _ in poller.poll(POLL_MS):
+                # Drain what is queued, but come back to check the stop flag now and then.
+                for _ in range(1000):
+                    try:
+                        frames = sock.recv_multipart(zmq.NOBLOCK)
+                    except zmq.Again:
+                        break
+                    if sock is control:
+                        self._on_control(control, frames)
+                    else:
+                        self._on_message(frames)
+
+    def _on_control(self, sock: zmq.Socket, frames: list[bytes]) -> None:
+        if len(frames) != 5:
+            self.log.warning("dropped a malformed control message (%d frames)", len(frames))
+            return
+        ident, kind, rid, name_raw, body_raw = frames
+        name = name_raw.decode(errors="replace")
+        try:
+            body = decode(body_raw)
+            result = self._dispatch(kind, name, body)
+            if kind == wire.EVENT:
+                return
+            reply = [ident, wire.REPLY, rid, wire.OK, encode(result)]
+        except RpcError as e:
+            reply = [ident, wire.REPLY, rid, wire.ERR, encode(e.to_json())]
+        except Exception as e:
+            self.log.exception("%s %r failed", kind.decode(errors="replace"), name)
+            err = RpcError(RpcError.INTERNAL_ERROR, f"internal error in {self.name} handling {name!r}: "
+                           f"{type(e).__name__}")
+            reply = [ident, wire.REPLY, rid, wire.ERR, encode(err.to_json())]
+        if kind != wire.EVENT:
+            sock.send_multipart(reply, zmq.NOBLOCK)
+
+    def _dispatch(self, kind: bytes, name: str, body: Any) -> Any:
+        reg = self.env.registry
+        if kind == wire.PING:
+            return {"service": self.name, "plugins": self.plugins}
+        if kind == wire.CALL:
+            owned = reg.rpc.get(name)
+            if owned is None or owned.service != self.name:
+                raise RpcError(RpcError.METHOD_NOT_FOUND, f"unknown command {name!r}")
+            if not isinstance(body, dict):
+                raise RpcError(RpcError.INVALID_PARAMS, "parameters must be an object")
+            return owned.item.handler(self.env.contexts[owned.plugin], **body)
+        if kind == wire.REQUEST:
+            owned = reg.control.get((self.name, name))
+            if owned is not None:
+                return owned.item(self.env.contexts[owned.plugin], body)
+            builtin = self.env.builtins.get(name)
+            if builtin is not None:
+                return builtin(body)
+            raise RpcError(RpcError.METHOD_NOT_FOUND, f"service {self.name!r} has no control request {name!r}")
+        if kind == wire.EVENT:
+            source = body.get("source", "?") if isinstance(body, dict) else "?"
+            event = Event(name, source, body.get("body", {}) if isinstance(body, dict) else {})
+            for sub in reg.subscribers(name):
+                if sub.service == self.name:
+                    try:
+                        sub.item(self.env.contexts[sub.plugin], event)
+                    except Exception:
+                        self.log.exception("handler of event %s in %s failed", name, sub.plugin)
+            return None
+        if kind == wire.DECISION:
+            plugin = body.get("plugin") if isinstance(body, dict) else None
+            for owned in reg.decisions.get(name, []):
+                if owned.plugin == plugin and owned.service == self.name:
+                    verdict = as_decision(owned.item(self.env.contexts[plugin], body.get("body", {})), plugin)
+                    return {"allowed": verdict.allowed, "reason": verdict.reason}
+            raise RpcError(RpcError.METHOD_NOT_FOUND, f"{plugin!r} takes no part in decision {name!r} here")
+        raise RpcError(RpcError.INVALID_REQUEST, f"unknown control message kind {kind!r}")
+
+    def _on_message(self, frames: list[bytes]) -> None:
+        if len(frames) != 5 or frames[1] not in (wire.WIRE_IN, wire.WIRE_OUT) or len(frames[3]) != 2:
+            self.log.warning("dropped a malformed message-bus frame set")
+            return
+        direction = frames[1]
+        msg = wire_from_frames(frames[1:])
+        reg = self.env.registry
+        owned = reg.outbound if direction == wire.WIRE_OUT else reg.wire.get(msg.type)
+        if owned is None or owned.service != self.name:
+            self.log.warning("no handler here for wire message type %d (%s)", msg.type, direction.decode())
+            return
+        try:
+            owned.item(self.env.contexts[owned.plugin], msg)
+        except Exception:
+            self.log.exception("handler of wire message type %d in %s failed", msg.type, owned.plugin)

@@ -1,0 +1,63 @@
+"""Type checks shared by profile validation and RPC parameter validation."""
+from __future__ import annotations
+
+import json
+import types
+import typing
+from typing import Any, get_args, get_origin
+
+
+def type_matches(value: Any, expected: Any) -> bool:
+    """True when a TOML/JSON value fits a declared type (str, int, float, bool, dict, list[X], X | None)."""
+    if expected is Any or expected is object:
+        return True
+    origin = get_origin(expected)
+    if origin in (typing.Union, types.UnionType):
+        return any(type_matches(value, t) for t in get_args(expected))
+    if expected is None or expected is type(None):
+        return value is None
+    if origin in (list, tuple):
+        args = get_args(expected)
+        item = args[0] if args else Any
+        return isinstance(value, list) and all(type_matches(v, item) for v in value)
+    if origin is dict:
+        return isinstance(value, dict)
+    if expected in (list, tuple):
+        return isinstance(value, list)
+    if expected is bool:
+        return isinstance(value, bool)
+    if isinstance(value, bool):
+        return False
+    if expected is float:
+        return isinstance(value, (int, float))
+    return isinstance(expected, type) and isinstance(value, expected)
+
+
+def type_name(t: Any) -> str:
+    """A readable name for a declared type."""
+    origin = get_origin(t)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(type_name(a) for a in get_args(t))
+    if origin in (list, tuple):
+        args = get_args(t)
+        return f"a list of {type_name(args[0])}" if args else "a list"
+    if origin is dict:
+        return "an object"
+    if t is None or t is type(None):
+        return "null"
+    return {str: "a string", int: "an integer", float: "a number", bool: "true or false",
+            dict: "a table", list: "a list", Any: "any value"}.get(t, getattr(t, "__name__", str(t)))
+
+
+def coerce_text(value: Any, expected: Any) -> Any:
+    """Turn a command-line string into the declared type when it is not a string ("5" -> 5).
+
+    Values that are not strings, and strings for string parameters, are returned unchanged.
+    """
+    if not isinstance(value, str) or type_matches(value, expected):
+        return value
+    try:
+        parsed = json.loads(value)
+    except ValueError:
+        return value
+    return parsed if type_matches(parsed, expected) else value

@@ -1,0 +1,247 @@
+"""Starts the services (threads or processes), notices when one dies, restarts it or stops the node.
+
+A thread is dead when it ended; a child process when it exited; any process-mode or external
+service when it misses `heartbeat_misses` pings in a row. What follows is the service's
+`on_failure` policy. Nothing waits without a deadline.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from plugin_api import RpcError
+
+from . import bus as wire
+from .context import Environment, publish
+from .plugins import HOST_PLUGIN
+from .profile import HOST_SERVICE
+from .runtime import ServiceRuntime
+
+log = logging.getLogger("lnp.host.supervisor")
+START_TIMEOUT = 30.0
+STOP_TIMEOUT = 10.0
+
+
+@dataclass
+class ServiceHandle:
+    """One service as the supervisor sees it."""
+
+    name: str
+    launch: str                      # "thread", "process" or "external"
+    plugins: list[str]
+    state: str = "stopped"           # starting, running, restarting, unreachable, failed, stopping, stopped
+    restarts: int = 0
+    pid: int | None = None
+    since: float = field(default_factory=time.time)
+    error: str | None = None
+    missed: int = 0
+    last_ping: float = 0.0
+    runtime: ServiceRuntime | None = None
+    thread: threading.Thread | None = None
+    process: subprocess.Popen[bytes] | None = None
+
+    def set_state(self, state: str, error: str | None = None) -> None:
+        """Move to `state`, remembering when and why."""
+        self.state, self.since = state, time.time()
+        if error is not None:
+            self.error = error
+
+    def describe(self) -> dict[str, Any]:
+        """The JSON form `info` shows."""
+        return {"name": self.name, "state": self.state, "launch": self.launch, "pid": self.pid,
+                "plugins": self.plugins, "restarts": self.restarts, "since": round(self.since, 3),
+                "error": self.error}
+
+
+class Supervisor:
+    """Owns the services of a node run by `lnp-host run`."""
+
+    def __init__(self, env: Environment, spawn: Callable[[str], subprocess.Popen[bytes]]) -> None:
+        self.env = env
+        self.spawn = spawn
+        bus_cfg = env.profile.section("bus")
+        self.mode = bus_cfg["mode"]
+        self.heartbeat = bus_cfg["heartbeat_interval"]
+        self.misses = bus_cfg["heartbeat_misses"]
+        self.services: dict[str, ServiceHandle] = {}
+        for name in env.registry.services:
+            settings = env.profile.service_settings(name)
+            if name == HOST_SERVICE or self.mode == "threads":
+                launch = "thread"
+            else:
+                launch = "process" if settings["launch"] == "auto" else "external"
+            self.services[name] = ServiceHandle(name, launch, env.registry.plugins_in(name))
+        self.stop_requested = threading.Event()
+        self.exit_status = 0
+
+    def _set(self, handle: ServiceHandle, state: str, error: str | None = None) -> None:
+        handle.set_state(state, error)
+        if state in ("running", "failed", "unreachable", "restarting"):
+            publish(self.env, "service_state", HOST_PLUGIN,
+                    {"service": handle.name, "state": state, "error": handle.error if state != "running" else None})
+
+    # --- starting ---------------------------------------------------------------------------------
+
+    def start_all(self) -> None:
+        """Start every service in order; a service that cannot start applies its failure policy."""
+        for handle in self.services.values():
+            if self.stop_requested.is_set():
+                return
+            if handle.launch == "external":
+                self._set(handle, "starting")
+                log.info("service %s is external: waiting for it to answer", handle.name)
+                continue
+            if not self._start(handle):
+                self._on_death(handle, handle.error or "failed to start")
+
+    def _start(self, handle: ServiceHandle) -> bool:
+        self._set(handle, "starting")
+        handle.missed = 0
+        if handle.launch == "thread":
+            runtime = ServiceRuntime(self.env, handle.name)
+            thread = threading.Thread(target=self._thread_main, args=(runtime,), name=handle.name, daemon=True)
+            handle.runtime, handle.thread, handle.pid = runtime, thread, os.getpid()
+            thread.start()
+            deadline = time.monotonic() + START_TIMEOUT
+            while not runtime.ready.wait(0.05):
+                if not thread.is_alive() or time.monotonic() > deadline:
+                    self._set(handle, "failed", runtime.error or "did not start in time")
+                    return False
+        else:
+            handle.process = self.spawn(handle.name)
+            handle.pid = handle.process.pid
+            deadline = time.monotonic() + START_TIMEOUT
+            while True:
+                if handle.process.poll() is not None:
+                    self._set(handle, "failed", f"exited with status {handle.process.returncode} while starting")
+                    return False
+                if self._ping(handle, 0.2):
+                    break
+                if time.monotonic() > deadline:
+                    self._set(handle, "failed", "did not answer in time")
+                    self._kill(handle)
+                    return False
+        self._set(handle, "running")
+        handle.last_ping = time.monotonic()
+        return True
+
+    @staticmethod
+    def _thread_main(runtime: ServiceRuntime) -> None:
+        try:
+            runtime.run()
+        except Exception as e:  # recorded for the supervisor; the thread just ends
+            runtime.error = runtime.error or f"{type(e).__name__}: {e}"
+
+    def _ping(self, handle: ServiceHandle, timeout: float) -> bool:
+        try:
+            self.env.bus.request(handle.name, "", kind=wire.PING, timeout=timeout)
+            return True
+        except RpcError:
+            return False
+
+    # --- watching ---------------------------------------------------------------------------------
+
+    def watch(self) -> None:
+        """Watch the services until the node is asked to stop."""
+        while not self.stop_requested.wait(0.2):
+            for handle in self.services.values():
+                if handle.state in ("failed", "stopped", "stopping"):
+                    continue
+                reason = self._check(handle)
+                if reason:
+                    self._on_death(handle, reason)
+
+    def _check(self, handle: ServiceHandle) -> str | None:
+        if handle.launch == "thread":
+            assert handle.thread is not None and handle.runtime is not None
+            if not handle.thread.is_alive():
+                return handle.runtime.error or "its thread ended"
+            return None
+        if handle.process is not None and handle.process.poll() is not None:
+            code = handle.process.returncode
+            return f"killed by signal {-code}" if code < 0 else f"exited with status {code}"
+        if time.monotonic() - handle.last_ping < self.heartbeat:
+            return None
+        handle.last_ping = time.monotonic()
+        if self._ping(handle, min(self.heartbeat, 2.0)):
+            handle.missed = 0
+            if handle.state in ("starting", "unreachable"):
+                self._set(handle, "running")
+            return None
+        handle.missed += 1
+        if handle.launch == "external" and handle.state == "starting":
+            return None  # still waiting for the operator to start it
+        if handle.missed >= self.misses:
+            return f"missed {handle.missed} heartbeats"
+        return None
+
+    def _on_death(self, handle: ServiceHandle, reason: str) -> None:
+        log.error("service %s died: %s", handle.name, reason)
+        policy = self.env.profile.service_settings(handle.name)
+        if handle.launch == "external":
+            if handle.state != "unreachable":
+                self._set(handle, "unreachable", reason)
+            if policy["on_failure"] == "stop":
+                self.request_stop(1)
+            return
+        self._kill(handle)
+        if policy["on_failure"] == "restart" and handle.restarts < policy["max_restarts"] \
+                and not self.stop_requested.is_set():
+            handle.restarts += 1
+            self._set(handle, "restarting", reason)
+            self.env.bus.restarted(handle.name)
+            log.warning("restarting service %s (restart %d of %d)", handle.name, handle.restarts,
+                        policy["max_restarts"])
+            if self._start(handle):
+                return
+            reason = handle.error or reason
+        self._set(handle, "failed", reason)
+        log.error("service %s failed (%s): stopping the node", handle.name, reason)
+        self.request_stop(1)
+
+    def request_stop(self, status: int = 0) -> None:
+        """Ask the node to stop; `status` becomes the exit status unless one was set already."""
+        if not self.stop_requested.is_set():
+            self.exit_status = status
+        self.stop_requested.set()
+
+    # --- stopping ---------------------------------------------------------------------------------
+
+    def stop_all(self) -> None:
+        """Stop the services in reverse start order, each within a deadline."""
+        for handle in reversed(list(self.services.values())):
+            if handle.launch == "external" or handle.state == "stopped":
+                continue
+            self._set(handle, "stopping")
+            if handle.runtime is not None:
+                handle.runtime.stop()
+                if handle.thread is not None:
+                    handle.thread.join(STOP_TIMEOUT)
+                    if handle.thread.is_alive():
+                        log.error("service %s did not stop within %gs", handle.name, STOP_TIMEOUT)
+            self._kill(handle, graceful=True)
+            self._set(handle, "stopped")
+
+    def _kill(self, handle: ServiceHandle, graceful: bool = False) -> None:
+        proc = handle.process
+        if proc is None or proc.poll() is not None:
+            return
+        if graceful:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(STOP_TIMEOUT)
+                return
+            except subprocess.TimeoutExpired:
+                log.error("service %s did not stop within %gs: killing it", handle.name, STOP_TIMEOUT)
+        proc.kill()
+        proc.wait(STOP_TIMEOUT)
+
+    def describe(self) -> list[dict[str, Any]]:
+        """Every service and its state."""
+        return [h.describe() for h in self.services.values()]

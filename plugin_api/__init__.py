@@ -1,0 +1,33 @@
+"""What plugin authors import: the hook marker, hook specs and stable types.
+
+A plugin is a module (or object) with functions marked `@hookimpl`, registered in the entry-point
+group `lnp_host.plugins` of its package. The smallest useful plugin:
+
+    from plugin_api import hookimpl, rpc_method
+
+    @rpc_method
+    def hello(ctx, name: str = "world") -> dict:
+        \"\"\"Greet NAME.\"\"\"
+        return {"greeting": f"hello {name}"}
+
+    @hookimpl
+    def lnp_rpc_methods():
+        return [hello]
+"""
+import pluggy
+
+from .channel import ChannelExtension, TxDraft, TxOutDraft
+from .types import (REQUIRED, Decision, DecisionSpec, Event, EventSpec, Field, KeyCustody, NodeInfo,
+                    Param, RpcError, RpcMethod, ServiceContext, Storage, StorageModels, Subscription,
+                    WireMessage, rpc_method)
+
+PROJECT = "lnp_host"
+ENTRY_POINT_GROUP = "lnp_host.plugins"
+hookimpl = pluggy.HookimplMarker(PROJECT)
+
+__all__ = [
+    "ENTRY_POINT_GROUP", "PROJECT", "REQUIRED", "ChannelExtension", "Decision", "DecisionSpec", "Event",
+    "EventSpec", "Field", "KeyCustody", "NodeInfo", "Param", "RpcError", "RpcMethod", "ServiceContext",
+    "Storage", "StorageModels", "Subscription", "TxDraft", "TxOutDraft", "WireMessage", "hookimpl",
+    "rpc_method",
+]

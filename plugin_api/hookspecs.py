@@ -1,0 +1,98 @@
+"""Every hook a plugin may implement. The host calls these and nothing else.
+
+Declarative hooks (schema, service, RPC methods, subscriptions, events, decisions, storage, channel
+extensions) are called once per plugin when the host assembles the node, in every process, and must
+be cheap and free of side effects. Lifecycle hooks run in the plugin's own service.
+
+See docs/plugins.md for a worked example of each.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import pluggy
+
+from .types import (DecisionSpec, EventSpec, Field, KeyCustody, RpcMethod, ServiceContext,
+                    StorageModels, Subscription)
+from .channel import ChannelExtension
+
+hookspec = pluggy.HookspecMarker("lnp_host")
+
+
+@hookspec
+def lnp_config_schema() -> dict[str, Field]:
+    """The keys of this plugin's table in a profile (`[plugins.NAME]`), with types and defaults.
+
+    The host rejects a profile that sets an unknown key, a wrong type, or misses a required key.
+    The validated table reaches the plugin as `ctx.config`.
+    """
+
+
+@hookspec
+def lnp_service() -> str:
+    """The service this plugin runs in. Default: a service named after the plugin.
+
+    Several plugins may share a service (Bifrost extensions run inside channeld); a service is
+    one thread (threads mode) or one process (processes mode).
+    """
+
+
+@hookspec
+def lnp_startup(ctx: ServiceContext) -> None:
+    """Start: open resources, start background threads. Runs in the plugin's service.
+
+    Raising here fails the service; the profile's failure policy decides what happens next.
+    """
+
+
+@hookspec
+def lnp_shutdown(ctx: ServiceContext) -> None:
+    """Stop: release what `lnp_startup` took. Called in reverse start order on SIGINT/SIGTERM."""
+
+
+@hookspec
+def lnp_rpc_methods() -> list[RpcMethod]:
+    """RPC commands this plugin adds to `lnp-cli` and the client library.
+
+    Return `RpcMethod`s, usually made with the `@rpc_method` decorator. The host validates the
+    parameters' types before the handler runs.
+    """
+
+
+@hookspec
+def lnp_subscriptions() -> list[Subscription]:
+    """What this plugin handles: peer wire messages by type, control requests by name, events by
+    name, and decisions by name. See `Subscription`.
+    """
+
+
+@hookspec
+def lnp_events() -> list[EventSpec]:
+    """Notifications this plugin emits with `ctx.emit`. Emitting an undeclared event is an error."""
+
+
+@hookspec
+def lnp_decisions() -> list[DecisionSpec]:
+    """Decision points this plugin asks with `ctx.decide` (for example `accept_channel`).
+
+    Other plugins take part with `Subscription.decision`; any one of them may refuse.
+    """
+
+
+@hookspec
+def lnp_storage_models() -> StorageModels:
+    """Tables this plugin owns (SQLAlchemy metadata) with their schema version and migrations."""
+
+
+@hookspec
+def lnp_channel_extensions() -> list[ChannelExtension]:
+    """Bifrost: channel-transaction extensions this plugin provides (HTLC, PTLC, anchors, ...)."""
+
+
+@hookspec(firstresult=True)
+def lnp_key_custody(node: Any) -> KeyCustody | None:
+    """Provide custody of the node key instead of the host's key file (signd will).
+
+    `node` is the host's view of the node being assembled (profile, data dir). Return None to
+    leave custody to the next plugin or to the host.
+    """

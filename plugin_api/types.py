@@ -1,0 +1,293 @@
+"""Stable types that plugins return from their hooks or receive from the host."""
+from __future__ import annotations
+
+import inspect
+import logging
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Literal, Mapping, Protocol
+
+# --- configuration -------------------------------------------------------------------------------
+
+REQUIRED: Any = object()
+"""Default marker for a configuration field that a profile must set."""
+
+ConfigType = type | Any  # e.g. str, int, float, bool, list[str], dict
+
+
+@dataclass(frozen=True)
+class Field:
+    """One key of a plugin's (or the host's) profile table.
+
+    `type` is one of str, int, float, bool, dict, or list[X] with X one of those scalars.
+    `choices` restricts a value to a fixed set.
+    """
+
+    type: ConfigType
+    default: Any = REQUIRED
+    help: str = ""
+    choices: tuple[Any, ...] | None = None
+
+    @property
+    def required(self) -> bool:
+        """True when the profile must set this key."""
+        return self.default is REQUIRED
+
+
+# --- RPC -----------------------------------------------------------------------------------------
+
+class RpcError(Exception):
+    """An error a plugin's RPC handler raises on purpose; the client sees `code` and `message`."""
+
+    INVALID_REQUEST = -32600
+    METHOD_NOT_FOUND = -32601
+    INVALID_PARAMS = -32602
+    INTERNAL_ERROR = -32603
+    SERVICE_UNAVAILABLE = -32000
+    TIMEOUT = -32001
+    REFUSED = -32002
+
+    def __init__(self, code: int, message: str, data: Any = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.data = data
+
+    def to_json(self) -> dict[str, Any]:
+        """The JSON-RPC error object."""
+        out: dict[str, Any] = {"code": self.code, "message": self.message}
+        if self.data is not None:
+            out["data"] = self.data
+        return out
+
+
+@dataclass(frozen=True)
+class Param:
+    """One parameter of an RPC method."""
+
+    name: str
+    type: ConfigType
+    default: Any = REQUIRED
+    help: str = ""
+
+    @property
+    def required(self) -> bool:
+        """True when the caller must give this parameter."""
+        return self.default is REQUIRED
+
+
+@dataclass(frozen=True)
+class RpcMethod:
+    """An RPC command a plugin adds. `handler(ctx, **params)` returns JSON-able data."""
+
+    name: str
+    handler: Callable[..., Any]
+    params: tuple[Param, ...] = ()
+    help: str = ""
+
+    @classmethod
+    def from_function(cls, fn: Callable[..., Any], name: str | None = None,
+                      help: str | None = None) -> "RpcMethod":
+        """Build the method from `fn(ctx, ...)`: parameters from its signature, help from its docstring."""
+        hints = typing.get_type_hints(fn)
+        params = []
+        for i, p in enumerate(inspect.signature(fn).parameters.values()):
+            if i == 0:
+                continue  # the context
+            if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
+                raise TypeError(f"{fn.__name__}: *args/**kwargs are not allowed in RPC methods")
+            default = REQUIRED if p.default is p.empty else p.default
+            params.append(Param(p.name, hints.get(p.name, Any), default))
+        doc = help if help is not None else inspect.getdoc(fn) or ""
+        return cls(name or fn.__name__, fn, tuple(params), doc)
+
+
+def rpc_method(fn: Callable[..., Any] | None = None, *, name: str | None = None,
+               help: str | None = None) -> Any:
+    """Decorator: turn `fn(ctx, param: type = default, ...)` into an `RpcMethod`."""
+    if fn is None:
+        return lambda f: RpcMethod.from_function(f, name, help)
+    return RpcMethod.from_function(fn, name, help)
+
+
+# --- bus subscriptions ---------------------------------------------------------------------------
+
+SubscriptionKind = Literal["wire", "control", "event", "decision", "outbound"]
+
+
+@dataclass(frozen=True)
+class Subscription:
+    """What a plugin handles, and the function that handles it.
+
+    - wire: a peer wire message by BOLT type number; `handler(ctx, msg: WireMessage)`.
+    - control: a control-bus request by name; `handler(ctx, body: dict) -> JSON-able reply`.
+    - event: a notification by name; `handler(ctx, event: Event)`.
+    - decision: a decision by name; `handler(ctx, body: dict) -> Decision | bool | None`
+      (None or True accept, False or Decision(False, reason) refuse).
+    - outbound: the transport that sends wire messages to peers (peerd); `handler(ctx, msg: WireMessage)`.
+    """
+
+    kind: SubscriptionKind
+    key: str | int
+    handler: Callable[..., Any]
+
+    @classmethod
+    def wire(cls, msg_type: int, handler: Callable[..., Any]) -> "Subscription":
+        """Handle peer wire messages of BOLT type `msg_type`."""
+        return cls("wire", int(msg_type), handler)
+
+    @classmethod
+    def control(cls, name: str, handler: Callable[..., Any]) -> "Subscription":
+        """Answer control-bus requests called `name`."""
+        return cls("control", name, handler)
+
+    @classmethod
+    def outbound(cls, handler: Callable[..., Any]) -> "Subscription":
+        """Be the transport that sends every `ctx.send_wire` message to its peer (one per node)."""
+        return cls("outbound", "", handler)
+
+    @classmethod
+    def event(cls, name: str, handler: Callable[..., Any]) -> "Subscription":
+        """Receive every event called `name`."""
+        return cls("event", name, handler)
+
+    @classmethod
+    def decision(cls, name: str, handler: Callable[..., Any]) -> "Subscription":
+        """Take part in the decision called `name`; any participant may refuse."""
+        return cls("decision", name, handler)
+
+
+@dataclass(frozen=True)
+class EventSpec:
+    """A notification a plugin emits, declared so subscribers and docs know it."""
+
+    name: str
+    help: str = ""
+
+
+@dataclass(frozen=True)
+class DecisionSpec:
+    """A decision point a plugin asks, declared so other plugins can take part in it."""
+
+    name: str
+    help: str = ""
+
+
+@dataclass(frozen=True)
+class Event:
+    """A notification as a subscriber receives it."""
+
+    name: str
+    source: str  # the plugin that emitted it
+    body: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The outcome of a decision: `allowed`, and when refused, who refused and why."""
+
+    allowed: bool
+    reason: str = ""
+    by: str = ""
+
+    def __bool__(self) -> bool:
+        return self.allowed
+
+
+@dataclass(frozen=True)
+class WireMessage:
+    """A peer wire message on the message bus: the peer's node id, the BOLT type and the payload."""
+
+    peer_id: bytes
+    type: int
+    payload: bytes
+
+
+# --- storage -------------------------------------------------------------------------------------
+
+Migration = Callable[[Any], None]  # receives a SQLAlchemy Connection inside a transaction
+
+
+@dataclass(frozen=True)
+class StorageModels:
+    """Tables a plugin owns, at schema `version`.
+
+    A new database gets `metadata.create_all`. A database at an older version runs
+    `migrations[v]` for each v from its version + 1 up to `version`, in one transaction.
+    """
+
+    metadata: Any  # sqlalchemy.MetaData
+    version: int = 1
+    migrations: Mapping[int, Migration] = field(default_factory=dict)
+
+
+# --- resources handed to plugins -----------------------------------------------------------------
+
+class KeyCustody(Protocol):
+    """Access to the node key without handing it out. signd will serve this over the bus."""
+
+    def node_id(self) -> bytes:
+        """The node's 33-byte compressed public key."""
+
+    def ecdh(self, pubkey: bytes) -> bytes:
+        """SHA256 of the compressed shared point of the node key and `pubkey` (BOLT-8's ECDH)."""
+
+    def sign_digest(self, digest: bytes) -> bytes:
+        """A 64-byte compact ECDSA signature (low-S) of a 32-byte digest with the node key."""
+
+
+class Storage(Protocol):
+    """The node's database."""
+
+    engine: Any  # sqlalchemy.Engine
+
+    def begin(self) -> Any:
+        """A connection in a transaction: `with ctx.storage.begin() as conn: ...`."""
+
+
+@dataclass(frozen=True)
+class NodeInfo:
+    """Facts about the node every plugin may read."""
+
+    node_id: bytes
+    alias: str
+    network: str
+    data_dir: Path
+    version: str
+
+
+class ServiceContext(Protocol):
+    """What a plugin receives in every hook and handler (one context per plugin)."""
+
+    plugin: str                 # the plugin's name
+    service: str                # the service it runs in
+    config: dict[str, Any]      # its validated profile table
+    node: NodeInfo
+    log: logging.Logger
+    storage: Storage
+    keys: KeyCustody
+    data_dir: Path              # a directory of the plugin's own, inside the node's data dir
+    host: Any                   # the host's control (services, plugins, stop); only in lnpd
+
+    def request(self, service: str, name: str, body: dict[str, Any] | None = None,
+                timeout: float = 30.0) -> Any:
+        """Send a control request to `service` and wait for its reply."""
+
+    def emit(self, event: str, body: dict[str, Any] | None = None) -> None:
+        """Send a notification to every subscriber of `event`."""
+
+    def decide(self, decision: str, body: dict[str, Any] | None = None,
+               timeout: float = 30.0) -> Decision:
+        """Ask every participant of `decision`, in profile order; the first refusal wins."""
+
+    def send_wire(self, msg: WireMessage) -> None:
+        """Send a wire message to a peer, through the transport plugin (peerd), over the message bus."""
+
+    def deliver_wire(self, msg: WireMessage) -> bool:
+        """Hand a message received from a peer to the plugin that handles its type; False if none does."""
+
+    def fail(self, reason: str) -> None:
+        """Declare this service broken (for example a vital background thread died): it stops and the
+        profile's failure policy (restart or stop the node) applies."""
+

@@ -1,0 +1,1 @@
+"""The built-in plugins, one package each; each is registered by entry point like any other."""
