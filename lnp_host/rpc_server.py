@@ -28,6 +28,7 @@ from .schema import coerce_text, type_matches, type_name
 
 log = logging.getLogger("lnp.host.rpc")
 PARSE_ERROR = -32700
+ZAP_DOMAIN = "lnp-rpc"
 
 
 @dataclass
@@ -127,13 +128,13 @@ class RpcServer:
         if self.tcp_endpoint:
             self._auth = ThreadAuthenticator(zctx, log=logging.getLogger("lnp.host.rpc.zap"))
             self._auth.start()
-            self._auth.configure_curve_callback("*", credentials_provider=_AllowList(self.env))
+            self._auth.configure_curve_callback(ZAP_DOMAIN, credentials_provider=_AllowList(self.env))
             public, secret = server_keys(self.env.node.data_dir)
             remote = new_socket(zctx, zmq.ROUTER)
             remote.curve_server = True
             remote.curve_publickey = public
             remote.curve_secretkey = secret
-            remote.zap_domain = b"lnp-rpc"
+            remote.zap_domain = ZAP_DOMAIN.encode()
             remote.bind(self.tcp_endpoint)
             sockets.append(remote)
         return sockets
