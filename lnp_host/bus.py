@@ -18,6 +18,7 @@ import itertools
 import json
 import os
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -127,10 +128,12 @@ class Bus:
         for endpoint in (self.endpoints.control[service], self.endpoints.message[service]):
             self.generation[endpoint] = self.generation.get(endpoint, 0) + 1
 
-    def connect(self, endpoint: str) -> zmq.Socket:
+    def connect(self, endpoint: str, options: dict[int, int] | None = None) -> zmq.Socket:
         """A new DEALER connected to `endpoint`, that never queues for an absent peer."""
         sock = new_socket(self.zctx, zmq.DEALER)
         sock.setsockopt(zmq.IMMEDIATE, 1)
+        for option, value in (options or {}).items():
+            sock.setsockopt(option, value)
         sock.connect(endpoint)
         return sock
 
@@ -160,9 +163,12 @@ class Bus:
 
     def _send(self, service: str, endpoint: str, frames: list[bytes], timeout: float) -> zmq.Socket:
         sock = self._dealer(endpoint)
-        if not sock.poll(int(timeout * 1000), zmq.POLLOUT):
-            raise ServiceUnavailable(service, "is not connected")
-        sock.send_multipart(frames, zmq.NOBLOCK)
+        try:
+            sock.send_multipart(frames, zmq.NOBLOCK)
+        except zmq.Again:  # not connected (yet): wait for the connection, within the timeout
+            if not sock.poll(int(timeout * 1000), zmq.POLLOUT):
+                raise ServiceUnavailable(service, "is not connected") from None
+            sock.send_multipart(frames, zmq.NOBLOCK)
         return sock
 
     def request(self, service: str, name: str, body: Any = None, kind: bytes = REQUEST,
@@ -173,9 +179,16 @@ class Bus:
             raise ServiceUnavailable(service, "is not part of this node")
         rid = str(next(self._ids)).encode()
         sock = self._send(service, endpoint, [kind, rid, name.encode(), encode(body)], timeout)
-        remaining_ms = int(timeout * 1000)
-        while sock.poll(remaining_ms, zmq.POLLIN):
-            frames = sock.recv_multipart()
+        timeout_ms = int(timeout * 1000)
+        if sock.rcvtimeo != timeout_ms:
+            sock.rcvtimeo = timeout_ms
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                # a blocking receive (with a timeout) is one system call less than poll + receive
+                frames = sock.recv_multipart()
+            except zmq.Again:
+                break
             if len(frames) == 4 and frames[1] == rid:
                 result = decode(frames[3])
                 if frames[2] == OK:
@@ -183,6 +196,10 @@ class Bus:
                 raise RpcError(result.get("code", RpcError.INTERNAL_ERROR), result.get("message", "error"),
                                result.get("data"))
             # a late reply to a request that timed out earlier: skip it
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            sock.rcvtimeo = max(int(remaining * 1000), 1)
         raise ServiceUnavailable(service, f"did not answer {name!r} within {timeout:g}s")
 
     def post(self, service: str, name: str, body: Any = None, kind: bytes = EVENT,

@@ -92,16 +92,11 @@ class ServiceRuntime:
             if failure:
                 raise ServiceFailed(failure)
             for sock, _ in poller.poll(POLL_MS):
-                # Drain what is queued, but come back to check the stop flag now and then.
-                for _ in range(1000):
-                    try:
-                        frames = sock.recv_multipart(zmq.NOBLOCK)
-                    except zmq.Again:
-                        break
-                    if sock is control:
-                        self._on_control(control, frames)
-                    else:
-                        self._on_message(frames)
+                frames = sock.recv_multipart(zmq.NOBLOCK)
+                if sock is control:
+                    self._on_control(control, frames)
+                else:
+                    self._on_message(frames)
 
     def _on_control(self, sock: zmq.Socket, frames: list[bytes]) -> None:
         if len(frames) != 5:

@@ -1,8 +1,10 @@
 """Starts the services (threads or processes), notices when one dies, restarts it or stops the node.
 
 A thread is dead when it ended; a child process when it exited; any process-mode or external
-service when it misses `heartbeat_misses` pings in a row. What follows is the service's
-`on_failure` policy. Nothing waits without a deadline.
+service when its connection misses `heartbeat_misses` heartbeats. Heartbeats are ZeroMQ's own
+(ZMTP PING/PONG, answered by libzmq's I/O thread), so a service busy in a long handler is alive
+while a stopped or vanished one is not. What follows is the service's `on_failure` policy.
+Nothing waits without a deadline.
 """
 from __future__ import annotations
 
@@ -16,6 +18,9 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from plugin_api import RpcError
+
+import zmq
+from zmq.utils.monitor import recv_monitor_message
 
 from . import bus as wire
 from .context import Environment, publish
@@ -40,8 +45,9 @@ class ServiceHandle:
     pid: int | None = None
     since: float = field(default_factory=time.time)
     error: str | None = None
-    missed: int = 0
-    last_ping: float = 0.0
+    connected: bool = False
+    down_since: float = 0.0          # monotonic time the heartbeat connection was last lost
+    monitor: Any = None              # (heartbeat DEALER, its monitor socket) for process services
     runtime: ServiceRuntime | None = None
     thread: threading.Thread | None = None
     process: subprocess.Popen[bytes] | None = None
@@ -102,7 +108,6 @@ class Supervisor:
 
     def _start(self, handle: ServiceHandle) -> bool:
         self._set(handle, "starting")
-        handle.missed = 0
         if handle.launch == "thread":
             runtime = ServiceRuntime(self.env, handle.name)
             thread = threading.Thread(target=self._thread_main, args=(runtime,), name=handle.name, daemon=True)
@@ -116,6 +121,7 @@ class Supervisor:
         else:
             handle.process = self.spawn(handle.name)
             handle.pid = handle.process.pid
+            self._heartbeat_events(handle)
             deadline = time.monotonic() + START_TIMEOUT
             while True:
                 if handle.process.poll() is not None:
@@ -128,7 +134,6 @@ class Supervisor:
                     self._kill(handle)
                     return False
         self._set(handle, "running")
-        handle.last_ping = time.monotonic()
         return True
 
     @staticmethod
@@ -166,20 +171,38 @@ class Supervisor:
         if handle.process is not None and handle.process.poll() is not None:
             code = handle.process.returncode
             return f"killed by signal {-code}" if code < 0 else f"exited with status {code}"
-        if time.monotonic() - handle.last_ping < self.heartbeat:
-            return None
-        handle.last_ping = time.monotonic()
-        if self._ping(handle, min(self.heartbeat, 2.0)):
-            handle.missed = 0
-            if handle.state in ("starting", "unreachable"):
-                self._set(handle, "running")
-            return None
-        handle.missed += 1
-        if handle.launch == "external" and handle.state == "starting":
-            return None  # still waiting for the operator to start it
-        if handle.missed >= self.misses:
-            return f"missed {handle.missed} heartbeats"
+        self._heartbeat_events(handle)
+        if handle.state == "running" and not handle.connected \
+                and time.monotonic() - handle.down_since > self.heartbeat * self.misses:
+            return f"missed {self.misses} heartbeats"
+        if handle.state in ("starting", "unreachable") and handle.connected and self._ping(handle, 0.2):
+            self._set(handle, "running")
         return None
+
+    def _heartbeat_events(self, handle: ServiceHandle) -> None:
+        """Follow the heartbeat connection: a completed handshake means alive, a disconnect dead."""
+        if handle.monitor is None:
+            ivl = max(int(self.heartbeat * 1000), 50)
+            sock = self.env.bus.connect(self.env.endpoints.control[handle.name], {
+                zmq.HEARTBEAT_IVL: ivl, zmq.HEARTBEAT_TIMEOUT: ivl * self.misses,
+                zmq.HEARTBEAT_TTL: ivl * self.misses, zmq.RECONNECT_IVL: ivl})
+            handle.monitor = (sock, sock.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED))
+            handle.connected, handle.down_since = False, time.monotonic()
+        _, monitor = handle.monitor
+        while monitor.poll(0):
+            event = recv_monitor_message(monitor)["event"]
+            if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+                handle.connected = True
+            elif handle.connected:
+                handle.connected, handle.down_since = False, time.monotonic()
+
+    def _drop_monitor(self, handle: ServiceHandle) -> None:
+        if handle.monitor is not None:
+            sock, monitor = handle.monitor
+            sock.disable_monitor()
+            monitor.close(0)
+            sock.close(0)
+            handle.monitor = None
 
     def _on_death(self, handle: ServiceHandle, reason: str) -> None:
         log.error("service %s died: %s", handle.name, reason)
@@ -191,6 +214,7 @@ class Supervisor:
                 self.request_stop(1)
             return
         self._kill(handle)
+        self._drop_monitor(handle)
         if policy["on_failure"] == "restart" and handle.restarts < policy["max_restarts"] \
                 and not self.stop_requested.is_set():
             handle.restarts += 1

@@ -1,0 +1,135 @@
+"""Control-bus round trips between two services (threads vs processes) and `info` calls per second.
+
+Run: python bench/bus.py [--n 20000]
+Prints each figure next to a bare pyzmq DEALER/ROUTER round trip over ipc between two processes,
+which is what the host's bus is built on.
+"""
+from __future__ import annotations
+
+import argparse
+import multiprocessing
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import zmq
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from lnp_host.client import Client  # noqa: E402
+from plugin_api import RpcError  # noqa: E402
+
+PROFILE = """
+[node]
+data_dir = "{data_dir}"
+log_level = "warning"
+[bus]
+mode = "{mode}"
+[plugins]
+enabled = ["core", "tk_alpha", "tk_beta"]
+[plugins.tk_beta]
+limit = 1
+"""
+
+
+def _echo_server(endpoint: str, n: int) -> None:
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.ROUTER)
+    sock.bind(endpoint)
+    for _ in range(n):
+        sock.send_multipart(sock.recv_multipart())
+    sock.close(0)
+    ctx.term()
+
+
+def bare_pyzmq(n: int, workdir: Path) -> float:
+    """Round trips per second of a bare DEALER/ROUTER pair over ipc, two processes."""
+    endpoint = f"ipc://{workdir / 'bare.sock'}"
+    server = multiprocessing.Process(target=_echo_server, args=(endpoint, n + 100))
+    server.start()
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.DEALER)
+    sock.connect(endpoint)
+    for _ in range(100):
+        sock.send(b"warm")
+        sock.recv()
+    start = time.perf_counter()
+    for i in range(n):
+        sock.send(b"x" * 32)
+        sock.recv()
+    elapsed = time.perf_counter() - start
+    sock.close(0)
+    ctx.term()
+    server.join()
+    return n / elapsed
+
+
+def run_node(mode: str, workdir: Path, site: Path) -> tuple[subprocess.Popen, Path]:
+    data_dir = workdir / mode
+    profile = workdir / f"{mode}.toml"
+    profile.write_text(PROFILE.format(data_dir=data_dir, mode=mode))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), str(ROOT)])}
+    proc = subprocess.Popen([sys.executable, "-m", "lnp_host", "run", "--profile", str(profile)], env=env,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            with Client(data_dir=data_dir, timeout=2) as c:
+                c.info()
+                return proc, data_dir
+        except RpcError:
+            time.sleep(0.1)
+    proc.kill()
+    raise SystemExit(f"the {mode} node did not start")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--n", type=int, default=20000, help="round trips per measurement")
+    parser.add_argument("--info", type=int, default=3000, help="info calls through the client library")
+    args = parser.parse_args()
+    workdir = Path(tempfile.mkdtemp(prefix="lnp-bench-", dir="/tmp"))
+    site = workdir / "site"
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
+                    "--disable-pip-version-check", "--target", str(site),
+                    str(ROOT / "tests" / "plugins" / "lnp-testkit")], check=True)
+    try:
+        bare = bare_pyzmq(args.n, workdir)
+        print(f"bare pyzmq DEALER/ROUTER over ipc, 2 processes: {bare:10.0f} round trips/s "
+              f"({1e6 / bare:6.1f} us each)")
+        for mode in ("threads", "processes"):
+            proc, data_dir = run_node(mode, workdir, site)
+            try:
+                with Client(data_dir=data_dir, timeout=600) as c:
+                    c.tk_roundtrips(n=200)
+                    r = c.tk_roundtrips(n=args.n)["per_second"]
+                    print(f"control bus alpha -> beta, {mode:9}:         {r:10.0f} round trips/s "
+                          f"({1e6 / r:6.1f} us each, {1e6 / r - 1e6 / bare:+6.1f} us vs bare)")
+                    start = time.perf_counter()
+                    for _ in range(args.info):
+                        c.info()
+                    rate = args.info / (time.perf_counter() - start)
+                    print(f"info via the client library, {mode:9}:   {rate:10.0f} calls/s")
+                    if mode == "threads":
+                        k = 20
+                        start = time.perf_counter()
+                        for _ in range(k):
+                            subprocess.run([sys.executable, "-m", "lnp_host.cli_client", "--data-dir",
+                                            str(data_dir), "info"], check=True, stdout=subprocess.DEVNULL,
+                                           env={**os.environ, "PYTHONPATH": str(ROOT)})
+                        cli_rate = k / (time.perf_counter() - start)
+                        print(f"`lnp-cli info` as a new process each time:     {cli_rate:10.1f} calls/s")
+            finally:
+                proc.send_signal(signal.SIGTERM)
+                proc.wait(30)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

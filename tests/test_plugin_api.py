@@ -1,0 +1,54 @@
+"""The plugin API's own pieces: RPC methods from signatures, parameter binding, type checks."""
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from lnp_host.rpc_server import bind_params
+from lnp_host.schema import coerce_text, type_matches, type_name
+from plugin_api import REQUIRED, Decision, RpcError, rpc_method
+from lnp_host.context import as_decision
+
+
+@rpc_method
+def sample(ctx: Any, amount: int, label: str = "x", tags: list[str] | None = None) -> dict:
+    """Do a sample thing."""
+    return {}
+
+
+def test_rpc_method_from_signature() -> None:
+    assert sample.name == "sample" and sample.help == "Do a sample thing."
+    assert [(p.name, p.required) for p in sample.params] == [("amount", True), ("label", False), ("tags", False)]
+    assert sample.params[0].default is REQUIRED
+
+
+def test_bind_params() -> None:
+    assert bind_params(sample, [5]) == {"amount": 5}
+    assert bind_params(sample, {"amount": "7", "tags": '["a"]'}) == {"amount": 7, "tags": ["a"]}
+    assert bind_params(sample, {"amount": 1, "tags": None}) == {"amount": 1, "tags": None}
+    for bad in ([1, "a", [], 4], {"amount": "x"}, {"label": "y"}, {"amount": 1, "zz": 2}, "str",
+                {"amount": True}, {"amount": 1, "tags": [1]}):
+        with pytest.raises(RpcError) as e:
+            bind_params(sample, bad)
+        assert e.value.code == RpcError.INVALID_PARAMS
+
+
+def test_type_checks() -> None:
+    assert type_matches(3, float) and not type_matches(True, int) and not type_matches("3", int)
+    assert type_matches(["a"], list[str]) and not type_matches(["a", 1], list[str])
+    assert type_matches(None, str | None) and type_name(list[int]) == "a list of an integer"
+    assert coerce_text("true", bool) is True and coerce_text("abc", int) == "abc"
+
+
+def test_decisions_normalised() -> None:
+    assert as_decision(None, "p").allowed and as_decision(True, "p").allowed
+    assert as_decision(False, "p") == Decision(False, "refused", "p")
+    assert as_decision(Decision(False, "why"), "p").by == "p"
+    with pytest.raises(TypeError):
+        as_decision("yes", "p")
+
+
+def test_rpc_method_refuses_varargs() -> None:
+    with pytest.raises(TypeError):
+        rpc_method(lambda ctx, *a: None)
