@@ -19,6 +19,7 @@ from plugin_api import RpcError
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "docs" / "examples" / "lnp-hello"
 TESTKIT = ROOT / "tests" / "plugins" / "lnp-testkit"
+VECTORS = ROOT.parent / "shared" / "vectors"  # the BOLT test vectors, read-only beside the project
 
 
 @pytest.fixture(scope="session")

@@ -7,11 +7,11 @@ from pathlib import Path
 import coincurve
 import pytest
 
+from conftest import VECTORS as SHARED_VECTORS
 from lnp_host.keys import FileKeyCustody
 from lnp_host.noise import Handshake, HandshakeError, Session, TransportError
 
-VECTORS = json.loads((Path(__file__).resolve().parents[2] / "shared" / "vectors" / "bolt08-transport.json")
-                     .read_text())
+VECTORS = json.loads((SHARED_VECTORS / "bolt08-transport.json").read_text())
 
 
 def custody(secret_hex: str, tmp_path: Path) -> FileKeyCustody:

@@ -1,0 +1,246 @@
+"""BOLT-1 wire format: fundamental types, BigSize, TLV streams and message framing.
+
+One codec for the host, the built-in plugins and third-party plugins. Messages and TLV records are
+declared as field lists; decoding is strict (minimal encodings, ordered unique TLV types, the
+even/odd rule) and every failure raises `WireError` with the reason.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import coincurve
+
+
+class WireError(ValueError):
+    """Bytes that are not a valid encoding; the reason says why."""
+
+
+class Reader:
+    """Reads fundamental types from a byte string, failing on truncation."""
+
+    __slots__ = ("data", "pos")
+
+    def __init__(self, data: bytes) -> None:
+        self.data, self.pos = bytes(data), 0
+
+    @property
+    def remaining(self) -> int:
+        """Bytes not read yet."""
+        return len(self.data) - self.pos
+
+    def take(self, n: int) -> bytes:
+        """The next `n` bytes."""
+        if n < 0 or self.pos + n > len(self.data):
+            raise WireError(f"truncated: wanted {n} bytes, {self.remaining} left")
+        out = self.data[self.pos:self.pos + n]
+        self.pos += n
+        return out
+
+    def rest(self) -> bytes:
+        """Everything not read yet."""
+        return self.take(self.remaining)
+
+    def uint(self, n: int) -> int:
+        """A big-endian unsigned integer of `n` bytes."""
+        return int.from_bytes(self.take(n), "big")
+
+    def bigsize(self) -> int:
+        """A BigSize, which must be minimally encoded."""
+        first = self.uint(1)
+        if first < 0xFD:
+            return first
+        size, floor = {0xFD: (2, 0xFD), 0xFE: (4, 0x10000), 0xFF: (8, 0x100000000)}[first]
+        value = self.uint(size)
+        if value < floor:
+            raise WireError("decoded bigsize is not canonical")
+        return value
+
+
+def encode_bigsize(value: int) -> bytes:
+    """BigSize encoding of an unsigned 64-bit value."""
+    if value < 0xFD:
+        return value.to_bytes(1, "big")
+    if value <= 0xFFFF:
+        return b"\xfd" + value.to_bytes(2, "big")
+    if value <= 0xFFFFFFFF:
+        return b"\xfe" + value.to_bytes(4, "big")
+    return b"\xff" + value.to_bytes(8, "big")
+
+
+def decode_bigsize(data: bytes) -> int:
+    """Decode exactly one BigSize."""
+    r = Reader(data)
+    value = r.bigsize()
+    if r.remaining:
+        raise WireError("trailing bytes after bigsize")
+    return value
+
+
+def encode_truncated(value: int) -> bytes:
+    """A tu16/tu32/tu64: big-endian without leading zero bytes."""
+    return value.to_bytes((value.bit_length() + 7) // 8, "big")
+
+
+def decode_truncated(data: bytes, max_bytes: int) -> int:
+    """Decode a tuNN, which must be minimal and at most `max_bytes` long."""
+    if len(data) > max_bytes:
+        raise WireError(f"truncated integer longer than {max_bytes} bytes")
+    if data[:1] == b"\x00":
+        raise WireError("truncated integer is not minimal")
+    return int.from_bytes(data, "big")
+
+
+def encode_signed(value: int) -> bytes:
+    """A signed integer in the smallest of 1, 2, 4 or 8 bytes (two's complement, big-endian)."""
+    for size in (1, 2, 4, 8):
+        if -(1 << (8 * size - 1)) <= value < (1 << (8 * size - 1)):
+            return value.to_bytes(size, "big", signed=True)
+    raise WireError(f"{value} does not fit in 64 bits")
+
+
+def decode_signed(data: bytes) -> int:
+    """Decode a signed integer written by `encode_signed`, refusing non-minimal widths."""
+    if len(data) not in (1, 2, 4, 8):
+        raise WireError("signed integer must be 1, 2, 4 or 8 bytes")
+    value = int.from_bytes(data, "big", signed=True)
+    if encode_signed(value) != data:
+        raise WireError("signed integer is not minimally encoded")
+    return value
+
+
+def format_scid(scid: int) -> str:
+    """A short channel id as BLOCKxTXxOUTPUT."""
+    return f"{scid >> 40}x{(scid >> 16) & 0xFFFFFF}x{scid & 0xFFFF}"
+
+
+def _point(r: Reader) -> bytes:
+    raw = r.take(33)
+    try:
+        coincurve.PublicKey(raw)
+    except ValueError:
+        raise WireError("invalid point") from None
+    return raw
+
+
+# A field type: (read from a Reader that holds the rest of the record/message, write to bytes).
+FieldCodec = tuple[Callable[[Reader], Any], Callable[[Any], bytes]]
+
+FIELD_TYPES: dict[str, FieldCodec] = {
+    "byte": (lambda r: r.uint(1), lambda v: v.to_bytes(1, "big")),
+    "u16": (lambda r: r.uint(2), lambda v: v.to_bytes(2, "big")),
+    "u32": (lambda r: r.uint(4), lambda v: v.to_bytes(4, "big")),
+    "u64": (lambda r: r.uint(8), lambda v: v.to_bytes(8, "big")),
+    "tu16": (lambda r: decode_truncated(r.rest(), 2), encode_truncated),
+    "tu32": (lambda r: decode_truncated(r.rest(), 4), encode_truncated),
+    "tu64": (lambda r: decode_truncated(r.rest(), 8), encode_truncated),
+    "bigsize": (lambda r: r.bigsize(), encode_bigsize),
+    "point": (_point, lambda v: bytes(v)),
+    "short_channel_id": (lambda r: r.uint(8), lambda v: v.to_bytes(8, "big")),
+    "chain_hash": (lambda r: r.take(32), lambda v: bytes(v)),
+    "sha256": (lambda r: r.take(32), lambda v: bytes(v)),
+    "u16_bytes": (lambda r: r.take(r.uint(2)), lambda v: len(v).to_bytes(2, "big") + bytes(v)),
+    "rest": (lambda r: r.rest(), lambda v: bytes(v)),
+    "chain_hashes": (lambda r: [r.take(32) for _ in range(_count(r, 32))], lambda v: b"".join(v)),
+}
+
+
+def _count(r: Reader, size: int) -> int:
+    if r.remaining % size:
+        raise WireError(f"length is not a multiple of {size}")
+    return r.remaining // size
+
+
+@dataclass(frozen=True)
+class TlvRecord:
+    """A TLV record type: its number, name and fields (decoded in order from its value)."""
+
+    type: int
+    name: str
+    fields: tuple[tuple[str, str], ...]  # (field type, field name)
+
+
+@dataclass(frozen=True)
+class TlvStream:
+    """A namespace of known TLV records."""
+
+    records: tuple[TlvRecord, ...] = ()
+    _by_type: dict[int, TlvRecord] = field(default_factory=dict, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self._by_type.update({rec.type: rec for rec in self.records})
+
+    def decode(self, data: bytes) -> dict[str, Any]:
+        """Decode a whole stream: known records by name, unknown odd ones under their number."""
+        r = Reader(data)
+        out: dict[str, Any] = {}
+        last = -1
+        while r.remaining:
+            t = r.bigsize()
+            length = r.bigsize()
+            value = r.take(length)
+            if t <= last:
+                raise WireError("TLV records out of order or duplicated")
+            last = t
+            rec = self._by_type.get(t)
+            if rec is None:
+                if t % 2 == 0:
+                    raise WireError(f"unknown even TLV type {t}")
+                out[str(t)] = value
+                continue
+            vr = Reader(value)
+            values = {name: FIELD_TYPES[kind][0](vr) for kind, name in rec.fields}
+            if vr.remaining:
+                raise WireError(f"TLV {rec.name}: {vr.remaining} bytes more than its fields")
+            out[rec.name] = values
+        return out
+
+    def encode(self, values: dict[str, Any]) -> bytes:
+        """Encode records (known by name, unknown by number) in ascending type order."""
+        parts: list[tuple[int, bytes]] = []
+        by_name = {rec.name: rec for rec in self.records}
+        for key, value in values.items():
+            rec = by_name.get(key)
+            if rec is None:
+                parts.append((int(key), bytes(value)))
+            else:
+                parts.append((rec.type, b"".join(FIELD_TYPES[kind][1](value[name]) for kind, name in rec.fields)))
+        return b"".join(encode_bigsize(t) + encode_bigsize(len(v)) + v for t, v in sorted(parts))
+
+
+@dataclass(frozen=True)
+class MessageSpec:
+    """A peer message: type number, name, fields, and its extension TLV stream."""
+
+    type: int
+    name: str
+    fields: tuple[tuple[str, str], ...]
+    tlvs: TlvStream = TlvStream()
+
+    def decode(self, payload: bytes) -> dict[str, Any]:
+        """Decode the payload (after the 2-byte type)."""
+        r = Reader(payload)
+        out = {name: FIELD_TYPES[kind][0](r) for kind, name in self.fields}
+        out["tlvs"] = self.tlvs.decode(r.rest())
+        return out
+
+    def encode(self, values: dict[str, Any]) -> bytes:
+        """The whole message, type included."""
+        body = b"".join(FIELD_TYPES[kind][1](values[name]) for kind, name in self.fields)
+        return self.type.to_bytes(2, "big") + body + self.tlvs.encode(values.get("tlvs", {}))
+
+
+def split_message(msg: bytes) -> tuple[int, bytes]:
+    """A message's type and payload."""
+    if len(msg) < 2:
+        raise WireError("message shorter than its type")
+    return int.from_bytes(msg[:2], "big"), msg[2:]
+
+
+INIT = MessageSpec(16, "init", (("u16_bytes", "globalfeatures"), ("u16_bytes", "features")),
+                   TlvStream((TlvRecord(1, "networks", (("chain_hashes", "chains"),)),
+                              TlvRecord(3, "remote_addr", (("rest", "data"),)))))
+ERROR = MessageSpec(17, "error", (("chain_hash", "channel_id"), ("u16_bytes", "data")))
+WARNING = MessageSpec(1, "warning", (("chain_hash", "channel_id"), ("u16_bytes", "data")))
+PING = MessageSpec(18, "ping", (("u16", "num_pong_bytes"), ("u16_bytes", "ignored")))
+PONG = MessageSpec(19, "pong", (("u16_bytes", "ignored"),))
