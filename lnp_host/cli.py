@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from . import node
 from .keys import create_client, write_secret
 from .plugins import PluginLoadError, discover, load_registry
 from .profile import Profile, ProfileError, load_profile
@@ -64,7 +65,6 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "rpc-client":
             return _rpc_client(profile, args)
         verbosity = 1 if args.verbose else -1 if args.quiet else 0
-        from . import node
         if args.service:
             if args.service not in registry.services:
                 raise ProfileError(profile.path, "--service", f"unknown service {args.service!r} "
@@ -76,21 +76,17 @@ def main(argv: list[str] | None = None) -> int:
     except (ProfileError, PluginLoadError) as e:
         print(f"lnp-host: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    except Exception as e:
-        from .node import NodeError
-        if isinstance(e, NodeError):
-            print(f"lnp-host: {e}", file=sys.stderr)
-            return 1
-        raise
+    except node.NodeError as e:
+        print(f"lnp-host: {e}", file=sys.stderr)
+        return 1
 
 
 def _rpc_client(profile: Profile, args: argparse.Namespace) -> int:
     tcp = profile.section("rpc")["tcp"]
     if not tcp:
         raise ProfileError(profile.path, "[rpc] tcp", "set a tcp:// endpoint before creating TCP clients")
-    from .node import prepare_data_dir
     try:
-        creds = create_client(prepare_data_dir(profile), args.name, tcp)
+        creds = create_client(node.prepare_data_dir(profile), args.name, tcp)
     except ValueError as e:
         print(f"lnp-host: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT

@@ -26,10 +26,11 @@ from . import __version__, logs
 from .bus import Bus, Endpoints
 from .context import Environment, publish
 from .keys import BusKeyCustody, FileKeyCustody
-from .plugins import HOST_PLUGIN, Registry
+from .plugins import HOST_PLUGIN, Registry, discover
 from .profile import HOST_SERVICE, Profile
 from .rpc_server import RpcServer
 from .runtime import ServiceFailed, ServiceRuntime
+from .schema import type_name
 from .storage import Database, StorageError
 from .supervisor import Supervisor
 
@@ -66,7 +67,6 @@ class HostControl:
     def plugins(self, enabled_only: bool = False) -> list[dict[str, Any]]:
         """The discovered plugins (or only the loaded ones) with version, distribution, service."""
         reg = self._env.registry
-        from .plugins import discover
         found = reg.plugins if enabled_only else {**discover(), **reg.plugins}
         out = []
         for name, d in found.items():
@@ -77,7 +77,6 @@ class HostControl:
 
     def commands(self) -> list[dict[str, Any]]:
         """Every RPC command with its parameters and help."""
-        from .schema import type_name
         out = []
         for name, owned in sorted(self._env.registry.rpc.items()):
             m = owned.item
