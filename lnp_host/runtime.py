@@ -106,10 +106,7 @@ class ServiceRuntime:
         name = name_raw.decode(errors="replace")
         try:
             body = decode(body_raw)
-            result = self._dispatch(kind, name, body)
-            if kind == wire.EVENT:
-                return
-            reply = [ident, wire.REPLY, rid, wire.OK, encode(result)]
+            reply = [ident, wire.REPLY, rid, wire.OK, encode(self._dispatch(kind, name, body))]
         except RpcError as e:
             reply = [ident, wire.REPLY, rid, wire.ERR, encode(e.to_json())]
         except Exception as e:
@@ -117,7 +114,7 @@ class ServiceRuntime:
             err = RpcError(RpcError.INTERNAL_ERROR, f"internal error in {self.name} handling {name!r}: "
                            f"{type(e).__name__}")
             reply = [ident, wire.REPLY, rid, wire.ERR, encode(err.to_json())]
-        if kind != wire.EVENT:
+        if kind != wire.EVENT:  # events are one-way, even when their handling failed
             sock.send_multipart(reply, zmq.NOBLOCK)
 
     def _dispatch(self, kind: bytes, name: str, body: Any) -> Any:
