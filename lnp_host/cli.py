@@ -7,6 +7,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import coincurve
+
 from . import node
 from .keys import create_client, write_secret
 from .plugins import PluginLoadError, discover, load_registry
@@ -28,6 +30,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--service", metavar="NAME", help="run only this service, connected over the bus endpoints")
     run.add_argument("-v", "--verbose", action="store_true", help="debug logs from every service")
     run.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
+    run.add_argument("--dev-force-privkey", metavar="HEX", help="developers only: use this 32-byte secret as the "
+                     "node key (never stored), e.g. for conformance suites that expect a given node id; "
+                     "refused on mainnet")
 
     plugins = sub.add_parser("plugins", help="list the discovered plugins")
     profile_args(plugins)
@@ -70,15 +75,31 @@ def main(argv: list[str] | None = None) -> int:
                 raise ProfileError(profile.path, "--service", f"unknown service {args.service!r} "
                                    f"(services: {', '.join(registry.services)})")
             return node.run_service(profile, registry, args.service, verbosity)
+        forced = _forced_key(profile, args.dev_force_privkey) if args.dev_force_privkey else None
         child_args = ["--profile", str(profile.path), "--data-dir", str(profile.data_dir)]
         child_args += ["-v"] if args.verbose else ["-q"] if args.quiet else []
-        return node.run_node(profile, registry, verbosity, child_args)
+        return node.run_node(profile, registry, verbosity, child_args, forced_key=forced)
     except (ProfileError, PluginLoadError) as e:
         print(f"lnp-host: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except node.NodeError as e:
         print(f"lnp-host: {e}", file=sys.stderr)
         return 1
+
+
+def _forced_key(profile: Profile, text: str) -> bytes:
+    """The secret given to --dev-force-privkey, checked; refused on mainnet where it would risk funds."""
+    if profile.section("node")["network"] == "mainnet":
+        raise ProfileError(profile.path, "--dev-force-privkey", "refused on mainnet")
+    try:
+        secret = bytes.fromhex(text)
+        if len(secret) != 32:
+            raise ValueError
+        coincurve.PrivateKey(secret)
+    except ValueError:
+        raise ProfileError(profile.path, "--dev-force-privkey", "expected 64 hex characters of a valid "
+                           "secp256k1 secret") from None
+    return secret
 
 
 def _rpc_client(profile: Profile, args: argparse.Namespace) -> int:

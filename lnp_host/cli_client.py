@@ -2,8 +2,9 @@
 
     lnp-cli [--data-dir DIR] [--rpc ENDPOINT [--keys FILE]] COMMAND [ARGS]
 
-ARGS are positional values, or NAME=VALUE pairs; values that are not strings are given as JSON
-(`5`, `true`, `["a","b"]`) and checked against the command's declared types by the node.
+ARGS are positional values, NAME=VALUE pairs or `--NAME VALUE` options (a bare `--NAME` is true), in
+any mix; values that are not strings are given as JSON (`5`, `true`, `["a","b"]`) and checked
+against the command's declared types by the node.
 """
 from __future__ import annotations
 
@@ -20,13 +21,36 @@ EXIT_ERROR = 1
 EXIT_USAGE = 2
 
 
-def _split(args: list[str]) -> list[Any] | dict[str, Any]:
-    named = [a for a in args if "=" in a and a.split("=", 1)[0].isidentifier()]
-    if named and len(named) != len(args):
-        raise ValueError("give parameters all by position or all as NAME=VALUE")
-    if named:
-        return dict(a.split("=", 1) for a in args)
-    return list(args)
+def _split(args: list[str]) -> tuple[list[Any], dict[str, Any]]:
+    """Positional values, and named ones from NAME=VALUE and --NAME [VALUE]."""
+    positional: list[Any] = []
+    named: dict[str, Any] = {}
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if arg.startswith("--") and arg[2:].replace("-", "_").isidentifier():
+            name = arg[2:].replace("-", "_")
+            if i + 1 < len(args) and not args[i + 1].startswith("--"):
+                named[name] = args[i + 1]
+                i += 1
+            else:
+                named[name] = "true"
+        elif "=" in arg and arg.split("=", 1)[0].isidentifier():
+            name, value = arg.split("=", 1)
+            named[name] = value
+        else:
+            positional.append(arg)
+        i += 1
+    return positional, named
+
+
+def _name_positions(client: Client, command: str, positional: list[Any], named: dict[str, Any]) -> dict[str, Any]:
+    """Mixed positional and named values: name the positional ones from the command's parameters."""
+    params = [p["name"] for p in client.call("help", command)["params"]]
+    free = [p for p in params if p not in named]
+    if len(positional) > len(free):
+        raise ValueError(f"{command} takes at most {len(params)} parameters")
+    return {**dict(zip(free, positional)), **named}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -40,13 +64,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("args", nargs=argparse.REMAINDER, help="positional values or NAME=VALUE")
     args = p.parse_args(argv)
     try:
-        params = _split(args.args)
+        positional, named = _split(args.args)
         keys = Client.load_keys(args.keys) if args.keys else None
         with Client(args.rpc, keys, data_dir=args.data_dir, timeout=args.timeout) as client:
-            if isinstance(params, dict):
-                result = client.call(args.command, **params)
+            if named:
+                if positional:
+                    named = _name_positions(client, args.command, positional, named)
+                result = client.call(args.command, **named)
             else:
-                result = client.call(args.command, *params)
+                result = client.call(args.command, *positional)
     except RpcError as e:
         print(json.dumps({"error": e.to_json()}, indent=2))
         return EXIT_ERROR

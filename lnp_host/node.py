@@ -135,7 +135,7 @@ def run_node(profile: Profile, registry: Registry, verbosity: int = 0, profile_a
                                           profile.section("bus")["endpoints"], instance)
         bus = Bus(zctx, endpoints, HOST_SERVICE)
         node = NodeInfo(custody.node_id(), profile.section("node")["alias"], profile.section("node")["network"],
-                        data_dir, __version__)
+                        data_dir, __version__, registry.feature_specs())
         env = Environment(profile, registry, endpoints, zctx, bus, node, db, custody)
         env.builtins.update(custody.control_handlers() if hasattr(custody, "control_handlers") else {})
         env.builtins["host.node_info"] = lambda _body: {
@@ -205,7 +205,7 @@ def run_service(profile: Profile, registry: Registry, service: str, verbosity: i
         if info is None:
             return 0
         node_id = bytes.fromhex(info["node_id"])
-        node = NodeInfo(node_id, info["alias"], info["network"], data_dir, __version__)
+        node = NodeInfo(node_id, info["alias"], info["network"], data_dir, __version__, registry.feature_specs())
         env = Environment(profile, registry, endpoints, zctx, bus, node, db,
                           BusKeyCustody(bus, HOST_SERVICE, node_id))
         runtime = ServiceRuntime(env, service)

@@ -14,7 +14,7 @@ import pluggy
 
 import plugin_api
 from plugin_api import hookspecs
-from plugin_api import DecisionSpec, EventSpec, Field, RpcMethod, StorageModels, Subscription
+from plugin_api import DecisionSpec, EventSpec, FeatureSpec, Field, RpcMethod, StorageModels, Subscription
 
 from .profile import HOST_SERVICE, Profile
 
@@ -89,6 +89,7 @@ class Registry:
     decision_specs: dict[str, Owned] = field(default_factory=dict)
     storage: dict[str, StorageModels] = field(default_factory=dict)
     channel_extensions: dict[str, Owned] = field(default_factory=dict)
+    features: dict[int, Owned] = field(default_factory=dict)            # even bit -> FeatureSpec
     outbound: Owned | None = None                        # who sends wire messages to peers
 
     def call(self, hook: str, plugin: str, **kwargs: Any) -> Any:
@@ -102,6 +103,10 @@ class Registry:
     def plugins_in(self, service: str) -> list[str]:
         """The enabled plugins of `service`, in profile order."""
         return [p for p in self.plugins if self.service_of[p] == service]
+
+    def feature_specs(self) -> tuple[FeatureSpec, ...]:
+        """The features the enabled plugins implement, by bit."""
+        return tuple(self.features[b].item for b in sorted(self.features))
 
     def subscribers(self, event: str) -> list[Owned]:
         """Who receives `event`."""
@@ -177,6 +182,10 @@ def _collect(reg: Registry, name: str, profile: Profile) -> None:
         if spec.name in reg.decision_specs:
             raise conflict(f"decision {spec.name!r}", reg.decision_specs[spec.name].plugin)
         reg.decision_specs[spec.name] = Owned(name, service, spec)
+    for spec in _list(reg.call("lnp_features", name), FeatureSpec, name, "lnp_features"):
+        if spec.pair in reg.features:
+            raise conflict(f"feature {spec.name!r}", reg.features[spec.pair].plugin)
+        reg.features[spec.pair] = Owned(name, service, spec)
     models = reg.call("lnp_storage_models", name)
     if models is not None:
         if not isinstance(models, StorageModels):

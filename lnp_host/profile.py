@@ -173,6 +173,9 @@ def validate_table(schema: Mapping[str, Field], table: Mapping[str, Any], path: 
             raise profile.error(path + (key,), f"expected {type_name(f.type)}, got {type(value).__name__}")
         if f.choices is not None and value not in f.choices:
             raise profile.error(path + (key,), f"expected one of {', '.join(map(repr, f.choices))}, got {value!r}")
+        problem = f.check(value) if f.check is not None else None
+        if problem:
+            raise profile.error(path + (key,), problem)
         out[key] = float(value) if f.type is float else value
     for key, f in schema.items():
         if key not in out:

@@ -15,6 +15,7 @@ import pluggy
 from .types import (DecisionSpec, EventSpec, Field, KeyCustody, RpcMethod, ServiceContext,
                     StorageModels, Subscription)
 from .channel import ChannelExtension
+from .features import FeatureSpec
 
 hookspec = pluggy.HookspecMarker("lnp_host")
 
@@ -76,6 +77,15 @@ def lnp_decisions() -> list[DecisionSpec]:
     """Decision points this plugin asks with `ctx.decide` (for example `accept_channel`).
 
     Other plugins take part with `Subscription.decision`; any one of them may refuse.
+    """
+
+
+@hookspec
+def lnp_features() -> list[FeatureSpec]:
+    """BOLT-9 features this plugin implements (optional, or required by setting `required`).
+
+    The node advertises exactly the union of what the enabled plugins declare, in `init`,
+    `node_announcement` and invoices according to each feature's contexts.
     """
 
 

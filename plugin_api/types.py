@@ -21,13 +21,15 @@ class Field:
     """One key of a plugin's (or the host's) profile table.
 
     `type` is one of str, int, float, bool, dict, or list[X] with X one of those scalars.
-    `choices` restricts a value to a fixed set.
+    `choices` restricts a value to a fixed set. `check(value)` returns why a well-typed value is
+    still unacceptable (or None), so a bad value is refused with the profile rather than at startup.
     """
 
     type: ConfigType
     default: Any = REQUIRED
     help: str = ""
     choices: tuple[Any, ...] | None = None
+    check: Callable[[Any], str | None] | None = None
 
     @property
     def required(self) -> bool:
@@ -255,6 +257,7 @@ class NodeInfo:
     network: str
     data_dir: Path
     version: str
+    features: tuple[Any, ...] = ()  # FeatureSpec of every enabled plugin
 
 
 class ServiceContext(Protocol):

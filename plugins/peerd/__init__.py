@@ -1,0 +1,206 @@
+"""peerd: peer connections over BOLT-8, the BOLT-1 `init`/`ping`/`pong` rules, and peer management.
+
+It is the node's outbound transport: `ctx.send_wire` from any plugin ends here and goes to the
+peer; messages from peers go to the plugin that subscribed to their type. Layout, as in every
+service: errors, options, the runtime (manager), the state machine (peer), storage, RPC (below).
+"""
+from __future__ import annotations
+
+import weakref
+from typing import Any
+
+from plugin_api import (EventSpec, RpcError, ServiceContext, Subscription, WireMessage, hookimpl,
+                        rpc_method)
+from plugin_api.addresses import AddressError, parse_address, parse_node_id, parse_peer
+from plugin_api.wire import WireError, split_message
+
+from . import storage
+from .manager import CUSTOM_FROM, PeerManager
+from .options import SCHEMA, Options
+
+_managers: "weakref.WeakKeyDictionary[Any, PeerManager]" = weakref.WeakKeyDictionary()
+
+
+def _manager(ctx: ServiceContext) -> PeerManager:
+    manager = _managers.get(ctx)
+    if manager is None:
+        raise RpcError(RpcError.SERVICE_UNAVAILABLE, "peerd is not running")
+    return manager
+
+
+def _node_id(text: str) -> bytes:
+    try:
+        return parse_node_id(text)
+    except AddressError as e:
+        raise RpcError(RpcError.INVALID_PARAMS, str(e)) from None
+
+
+# --- RPC -----------------------------------------------------------------------------------------
+
+@rpc_method
+def connect(ctx: ServiceContext, id: str, host: str | None = None, port: int | None = None,
+            persistent: bool = False) -> dict[str, Any]:
+    """Connect to a peer: ID as NODE_ID@HOST[:PORT] (default port 9735), or NODE_ID with HOST and PORT,
+    or a NODE_ID whose address is known. PERSISTENT keeps it connected across drops and restarts."""
+    try:
+        node_id, address = parse_peer(id)
+        if host is not None:
+            if address is not None:
+                raise AddressError("give the address either in ID (NODE_ID@HOST) or as HOST, not both")
+            address = parse_address(host if port is None else f"[{host}]:{port}" if ":" in host
+                                    else f"{host}:{port}")
+        elif port is not None:
+            raise AddressError("PORT needs HOST")
+    except AddressError as e:
+        raise RpcError(RpcError.INVALID_PARAMS, str(e)) from None
+    manager = _manager(ctx)
+    timeout = manager.options.connect_timeout + manager.options.handshake_timeout * 2 + 5
+    return manager.run(manager.connect(node_id, address, persistent), timeout)
+
+
+@rpc_method
+def disconnect(ctx: ServiceContext, id: str) -> dict[str, Any]:
+    """Close the connection to peer ID (a persistent peer is not redialled until `connect`)."""
+    manager = _manager(ctx)
+    return manager.run(manager.disconnect(_node_id(id)))
+
+
+@rpc_method
+def peers(ctx: ServiceContext, id: str | None = None, known: bool = False) -> dict[str, Any]:
+    """Connected peers: id, address, direction, connected_since, features, messages and bytes in and out.
+    With KNOWN, also every stored peer (persistent or not, connected or not)."""
+    manager = _manager(ctx)
+    node_id = _node_id(id) if id is not None else None
+    out: dict[str, Any] = {"peers": manager.run(manager.describe(node_id))}
+    if known:
+        out["known"] = [vars(p) for p in storage.all_peers(ctx.storage)
+                        if node_id is None or p.node_id == node_id.hex()]
+    return out
+
+
+@rpc_method
+def ping(ctx: ServiceContext, id: str, bytes: int = 128, timeout: float = 10.0) -> dict[str, Any]:
+    """Ping peer ID asking for a pong of BYTES bytes (0..65531); returns the round-trip time."""
+    if not 0 <= bytes < 65532:
+        raise RpcError(RpcError.INVALID_PARAMS, "bytes must be 0..65531 (a larger ping gets no pong)")
+    if timeout <= 0:
+        raise RpcError(RpcError.INVALID_PARAMS, "timeout must be positive")
+    manager = _manager(ctx)
+    return manager.run(manager.ping(_node_id(id), bytes, timeout), timeout + 5)
+
+
+@rpc_method
+def sendcustommsg(ctx: ServiceContext, id: str, msg: str) -> dict[str, Any]:
+    """Send MSG (hex: 2-byte type >= 32768, then the payload) to connected peer ID.
+    Odd types are safe with any peer; an even type makes a peer that does not know it disconnect."""
+    try:
+        raw = bytes.fromhex(msg)
+        msg_type, _ = split_message(raw)
+    except (ValueError, WireError):
+        raise RpcError(RpcError.INVALID_PARAMS, "msg must be hex of a 2-byte type and a payload") from None
+    if msg_type < CUSTOM_FROM:
+        raise RpcError(RpcError.INVALID_PARAMS, f"type {msg_type} is not a custom type (>= {CUSTOM_FROM})")
+    if len(raw) > 65535:
+        raise RpcError(RpcError.INVALID_PARAMS, "a message holds at most 65535 bytes")
+    manager = _manager(ctx)
+    return manager.run(manager.send_custom(_node_id(id), raw))
+
+
+@rpc_method
+def listcustommsgs(ctx: ServiceContext, since: int = 0) -> dict[str, Any]:
+    """Custom messages (odd types >= 32768 no plugin handles) received after sequence number SINCE
+    (the last 1000 are kept). Plugins get them as the `custommsg` event."""
+    manager = _manager(ctx)
+
+    async def after() -> list[dict[str, Any]]:
+        return [m for m in manager.custom if m["seq"] > since]
+    return {"messages": manager.run(after())}
+
+
+@rpc_method
+def listen(ctx: ServiceContext, address: str | None = None) -> dict[str, Any]:
+    """Accept peers on ADDRESS (HOST:PORT or [IPv6]:PORT) too; without ADDRESS, list where we listen."""
+    manager = _manager(ctx)
+    if address is None:
+        return {"listening": list(manager.listening)}
+    try:
+        parsed = parse_address(address)
+    except AddressError as e:
+        raise RpcError(RpcError.INVALID_PARAMS, str(e)) from None
+    return {"listening": manager.run(manager.listen(parsed))}
+
+
+# --- control requests for other services ---------------------------------------------------------
+
+def _set_persistent(ctx: ServiceContext, body: dict[str, Any]) -> dict[str, Any]:
+    manager = _manager(ctx)
+    address = body.get("address")
+    if address is not None:
+        parse_address(address)
+    return manager.run(manager.set_persistent(_node_id(str(body.get("id", ""))), bool(body.get("persistent")),
+                                              address))
+
+
+def _peer(ctx: ServiceContext, body: dict[str, Any]) -> dict[str, Any] | None:
+    manager = _manager(ctx)
+    found = manager.run(manager.describe(_node_id(str(body.get("id", "")))))
+    return found[0] if found else None
+
+
+def _outbound(ctx: ServiceContext, msg: WireMessage) -> None:
+    _manager(ctx).send_wire(msg)
+
+
+# --- hooks ---------------------------------------------------------------------------------------
+
+@hookimpl
+def lnp_service() -> str:
+    return "peerd"
+
+
+@hookimpl
+def lnp_config_schema() -> dict:
+    return SCHEMA
+
+
+@hookimpl
+def lnp_storage_models() -> Any:
+    return storage.MODELS
+
+
+@hookimpl
+def lnp_rpc_methods() -> list:
+    return [connect, disconnect, peers, ping, sendcustommsg, listcustommsgs, listen]
+
+
+@hookimpl
+def lnp_subscriptions() -> list[Subscription]:
+    return [Subscription.outbound(_outbound),
+            Subscription.control("peerd.set_persistent", _set_persistent),
+            Subscription.control("peerd.peer", _peer)]
+
+
+@hookimpl
+def lnp_events() -> list[EventSpec]:
+    return [EventSpec("peer_connected", "body: {id, address, direction, features, feature_names}"),
+            EventSpec("peer_disconnected", "body: {id, address, direction, reason}"),
+            EventSpec("custommsg", "a custom message (odd type >= 32768) no plugin handles; body: {id, type, payload}")]
+
+
+@hookimpl
+def lnp_startup(ctx: ServiceContext) -> None:
+    manager = PeerManager(ctx, Options.from_config(ctx.config))
+    _managers[ctx] = manager
+    try:
+        manager.start()
+    except BaseException:
+        manager.stop()
+        _managers.pop(ctx, None)
+        raise
+
+
+@hookimpl
+def lnp_shutdown(ctx: ServiceContext) -> None:
+    manager = _managers.pop(ctx, None)
+    if manager is not None:
+        manager.stop()

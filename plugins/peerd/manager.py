@@ -1,0 +1,417 @@
+"""peerd's runtime: an asyncio loop in its own thread that owns every peer connection.
+
+Other threads (RPC handlers, the service's bus loop) reach it only through `run()` and
+`send_wire()`, so all connection state is touched by the loop's thread alone.
+"""
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import random
+import threading
+from collections import deque
+from concurrent.futures import TimeoutError as FutureTimeout
+from typing import Any, Coroutine, TypeVar
+
+from lnp_host.transport import HandshakeError, NoiseStream, initiate, respond, tune_socket
+from plugin_api import RpcError, ServiceContext, WireMessage, features
+from plugin_api.addresses import IPV4, IPV6, TORV3, Address, encode_descriptor, parse_address
+from plugin_api.chains import chain_hash
+from plugin_api.wire import INIT
+
+from . import socks5, storage
+from .errors import CONNECT_FAILED, NOT_CONNECTED, PING_FAILED, PeerError
+from .options import Options
+from .peer import Peer
+
+log = logging.getLogger("lnp.peerd")
+T = TypeVar("T")
+CUSTOM_FROM = 32768
+CUSTOM_KEPT = 1000  # received custom messages kept for `listcustommsgs`
+
+
+class PeerManager:
+    """Listeners, connections, reconnection and limits for one node."""
+
+    def __init__(self, ctx: ServiceContext, options: Options) -> None:
+        self.ctx = ctx
+        self.options = options
+        self.network = ctx.node.network
+        self.chain_hash = chain_hash(self.network)
+        self.node_features = tuple(ctx.node.features)
+        self.peers: dict[bytes, Peer] = {}
+        self.handshaking = 0
+        self.listening: list[str] = []
+        self.custom: deque[dict[str, Any]] = deque(maxlen=CUSTOM_KEPT)
+        self._custom_seq = 0
+        self._servers: list[asyncio.Server] = []
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._reconnects: dict[bytes, asyncio.Task[None]] = {}
+        self._dialing: dict[bytes, asyncio.Future[Peer]] = {}
+        self._suppressed: set[bytes] = set()  # disconnected on purpose: no automatic reconnection
+        self._stopping = False
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._run_loop, name="peerd-io", daemon=True)
+
+    # --- lifecycle, called from the service thread --------------------------------------------
+
+    def start(self) -> None:
+        """Start the loop, listen on the configured addresses, and reconnect persistent peers."""
+        self._thread.start()
+        for address in self.options.listen:
+            self.run(self.listen(address))
+        self.run(self._resume_persistent())
+
+    def stop(self) -> None:
+        """Close every connection and listener, then end the loop's thread."""
+        if self._thread.is_alive():
+            try:
+                self.run(self._shutdown(), timeout=10)
+            except RpcError:
+                log.warning("peer connections did not close in time")
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self._thread.join(10)
+
+    def _run_loop(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        try:
+            self.loop.run_forever()
+        except Exception as e:  # the loop itself died: the service cannot serve peers any more
+            log.exception("peer I/O loop failed")
+            self.ctx.fail(f"peer I/O loop failed: {type(e).__name__}")
+        finally:
+            self.loop.close()
+
+    def run(self, coro: Coroutine[Any, Any, T], timeout: float = 60.0) -> T:
+        """Run `coro` on the loop from another thread and return its result."""
+        future = asyncio.run_coroutine_threadsafe(coro, self.loop)
+        try:
+            return future.result(timeout)
+        except FutureTimeout:
+            future.cancel()
+            raise RpcError(RpcError.TIMEOUT, f"peerd did not finish within {timeout:g}s") from None
+
+    def send_wire(self, msg: WireMessage) -> None:
+        """Queue `msg` for its peer (thread-safe); dropped with a warning if the peer is not connected."""
+        self.loop.call_soon_threadsafe(self._send_wire, msg)
+
+    # --- on the loop ---------------------------------------------------------------------------
+
+    def _spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    def _send_wire(self, msg: WireMessage) -> None:
+        peer = self.peers.get(msg.peer_id)
+        if peer is None or peer.state != "active":
+            log.warning("message of type %d to %s dropped: peer not connected", msg.type, msg.peer_id.hex())
+            return
+        peer.send(msg.type.to_bytes(2, "big") + msg.payload)
+
+    async def listen(self, address: Address) -> list[str]:
+        """Accept peers on `address` too; returns every address listened on."""
+        try:
+            server = await asyncio.start_server(self._accept, address.host, address.port,
+                                                reuse_address=True)
+        except OSError as e:
+            raise RpcError(RpcError.INVALID_PARAMS, f"cannot listen on {address}: {e.strerror or e}") from None
+        self._servers.append(server)
+        for sock in server.sockets:
+            host, port = sock.getsockname()[:2]
+            bound = str(Address(IPV6 if ":" in host else IPV4, host, port))
+            self.listening.append(bound)
+            log.info("listening for peers on %s", bound)
+        return list(self.listening)
+
+    async def _shutdown(self) -> None:
+        self._stopping = True
+        for server in self._servers:
+            server.close()
+        for task in list(self._reconnects.values()):
+            task.cancel()
+        for peer in list(self.peers.values()):
+            peer.close("node shutting down")
+        pending = [t for t in self._tasks if t is not asyncio.current_task()]
+        if pending:
+            await asyncio.wait(pending, timeout=5)
+
+    def _our_init(self, direction: str, peer_host: str | None, peer_port: int | None) -> bytes:
+        tlvs: dict[str, Any] = {"networks": {"chains": [self.chain_hash]}}
+        if direction == "in" and peer_host is not None:
+            try:
+                ip = ipaddress.ip_address(peer_host)
+            except ValueError:
+                ip = None
+            if ip is not None and ip.is_global:  # BOLT-1: no private addresses in remote_addr
+                addr = Address(IPV4 if ip.version == 4 else IPV6, str(ip), peer_port or 0)
+                tlvs["remote_addr"] = {"data": encode_descriptor(addr)}
+        ours = features.encode(features.for_context(list(self.node_features), "I"))
+        return INIT.encode({"globalfeatures": b"", "features": ours, "tlvs": tlvs})
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        peername = writer.get_extra_info("peername") or ("?", 0)
+        host, port = peername[0], peername[1]
+        shown = f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
+        if self._stopping or self.handshaking >= self.options.max_handshakes \
+                or len(self.peers) + self.handshaking >= self.options.max_peers:
+            log.info("refused connection from %s: at the limit of handshakes or peers", shown)
+            writer.close()
+            return
+        tune_socket(writer)
+        self.handshaking += 1
+        try:
+            try:
+                stream = await respond(reader, writer, self.ctx.keys, self.options.handshake_timeout)
+            except (HandshakeError, TimeoutError, EOFError, OSError) as e:
+                log.info("handshake from %s failed: %s", shown, _why(e))
+                writer.close()
+                return
+            peer = Peer(self, stream, shown, "in")
+            if not await self._init(peer, self._our_init("in", host, port)):
+                return
+        finally:
+            self.handshaking -= 1
+        self._register(peer, None)
+
+    async def _init(self, peer: Peer, our_init: bytes) -> bool:
+        """Exchange `init`; on failure close the connection (warning the peer) and return False."""
+        try:
+            if peer.node_id == self.ctx.node.node_id:
+                raise PeerError("a connection from our own node id", warn=False)
+            await peer.exchange_init(our_init, self.options.handshake_timeout)
+            return True
+        except PeerError as e:
+            peer._fail(e)
+        except Exception as e:  # a transport failure during init
+            peer.close_reason = _why(e)
+        log.info("peer %s (%s) refused: %s", peer.node_id.hex(), peer.address, peer.close_reason)
+        peer.close(peer.close_reason)
+        return False
+
+    def _register(self, peer: Peer, dial_address: str | None) -> None:
+        """Make an active peer the one connection to its node and start serving it."""
+        old = self.peers.get(peer.node_id)
+        if old is not None:
+            old.close("replaced by a new connection from the same node")
+        self.peers[peer.node_id] = peer
+        node = peer.node_id.hex()
+        try:
+            storage.record_connection(self.ctx.storage, node, dial_address, peer.direction,
+                                      features.encode(peer.features).hex())
+        except Exception:
+            log.exception("could not record peer %s", node)
+        log.info("peer %s connected (%s, %s)", node, peer.direction, peer.address)
+        self._emit("peer_connected", {"id": node, "address": peer.address, "direction": peer.direction,
+                                      "features": features.encode(peer.features).hex(),
+                                      "feature_names": features.names(peer.features)})
+        self._spawn(self._serve(peer))
+
+    async def _serve(self, peer: Peer) -> None:
+        try:
+            await peer.serve(self._on_message)
+        finally:
+            if self.peers.get(peer.node_id) is peer:
+                del self.peers[peer.node_id]
+            node = peer.node_id.hex()
+            log.info("peer %s disconnected: %s", node, peer.close_reason or "closed")
+            self._emit("peer_disconnected", {"id": node, "address": peer.address, "direction": peer.direction,
+                                             "reason": peer.close_reason})
+            self._maybe_reconnect(peer.node_id)
+
+    def _on_message(self, peer: Peer, msg_type: int, payload: bytes) -> None:
+        try:
+            if self.ctx.deliver_wire(WireMessage(peer.node_id, msg_type, payload)):
+                return
+        except RpcError as e:  # the handler's service is down: the message cannot be handled now
+            log.warning("message of type %d from %s not delivered: %s", msg_type, peer.node_id.hex(), e.message)
+            return
+        if msg_type in (1, 17):
+            return  # warning and error were logged; no plugin wants them
+        if msg_type >= CUSTOM_FROM and msg_type % 2:
+            self._custom_seq += 1
+            item = {"seq": self._custom_seq, "id": peer.node_id.hex(), "type": msg_type, "payload": payload.hex()}
+            self.custom.append(item)
+            self._emit("custommsg", {k: item[k] for k in ("id", "type", "payload")})
+            return
+        if msg_type % 2 == 0:
+            raise PeerError(f"unknown even message type {msg_type}", warn=True)
+        log.debug("unknown odd message type %d from %s ignored", msg_type, peer.node_id.hex())
+
+    def _emit(self, event: str, body: dict[str, Any]) -> None:
+        try:
+            self.ctx.emit(event, body)
+        except Exception:
+            log.exception("could not emit %s", event)
+
+    # --- outgoing connections ------------------------------------------------------------------
+
+    async def connect(self, node_id: bytes, address: Address | None, persistent: bool) -> dict[str, Any]:
+        """Connect to `node_id` (at `address`, or its stored one) unless already connected."""
+        node = node_id.hex()
+        if node_id == self.ctx.node.node_id:
+            raise RpcError(RpcError.INVALID_PARAMS, "that is our own node id")
+        if address is None:
+            known = storage.get(self.ctx.storage, node)
+            if known is None or not known.address:
+                raise RpcError(RpcError.INVALID_PARAMS, f"no address known for {node}: give NODE_ID@HOST[:PORT]")
+            address = parse_address(known.address)
+        self._suppressed.discard(node_id)
+        if persistent:
+            storage.set_persistent(self.ctx.storage, node, True, str(address))
+        current = self.peers.get(node_id)
+        if current is not None:
+            return {**current.describe(), "already_connected": True}
+        peer = await self._dial_once(node_id, address)
+        return {**peer.describe(), "already_connected": False}
+
+    async def _dial_once(self, node_id: bytes, address: Address) -> Peer:
+        """Dial, sharing an attempt already under way to the same node."""
+        pending = self._dialing.get(node_id)
+        if pending is not None:
+            return await asyncio.shield(pending)
+        fut: asyncio.Future[Peer] = asyncio.get_running_loop().create_future()
+        self._dialing[node_id] = fut
+        try:
+            peer = await self._dial(node_id, address)
+            self._register(peer, str(address))
+            fut.set_result(peer)
+            return peer
+        except asyncio.CancelledError:
+            fut.cancel()
+            raise
+        except Exception as e:
+            fut.set_exception(e)
+            fut.exception()  # retrieved: no "never retrieved" warning when nobody else waits
+            raise
+        finally:
+            del self._dialing[node_id]
+
+    async def _dial(self, node_id: bytes, address: Address) -> Peer:
+        opts = self.options
+        if self.handshaking >= opts.max_handshakes or len(self.peers) + self.handshaking >= opts.max_peers:
+            raise RpcError(CONNECT_FAILED, "at the limit of handshakes or peers; try again later")
+        via_proxy = opts.proxy is not None and (opts.proxy_all or address.kind == TORV3)
+        if address.kind == TORV3 and opts.proxy is None:
+            raise RpcError(CONNECT_FAILED, f"{address} is a Tor onion address: set [plugins.peerd] proxy")
+        self.handshaking += 1
+        try:
+            try:
+                if via_proxy:
+                    assert opts.proxy is not None
+                    reader, writer = await socks5.open_connection(opts.proxy, address, opts.connect_timeout)
+                else:
+                    async with asyncio.timeout(opts.connect_timeout):
+                        reader, writer = await asyncio.open_connection(address.host, address.port)
+            except (OSError, EOFError, TimeoutError) as e:
+                raise RpcError(CONNECT_FAILED, f"cannot connect to {address}"
+                               f"{' through proxy ' + str(opts.proxy) if via_proxy else ''}: {_why(e)}") from None
+            tune_socket(writer)
+            try:
+                stream: NoiseStream = await initiate(reader, writer, self.ctx.keys, node_id, opts.handshake_timeout)
+            except (HandshakeError, TimeoutError, EOFError, OSError) as e:
+                writer.close()
+                hint = " (is the node id right?)" if isinstance(e, HandshakeError) and "ACT2_READ" in e.code else ""
+                raise RpcError(CONNECT_FAILED, f"handshake with {address} failed: {_why(e)}{hint}") from None
+            peer = Peer(self, stream, str(address), "out")
+            if not await self._init(peer, self._our_init("out", None, None)):
+                raise RpcError(CONNECT_FAILED, f"{node_id.hex()} refused: {peer.close_reason}")
+            return peer
+        finally:
+            self.handshaking -= 1
+
+    async def disconnect(self, node_id: bytes) -> dict[str, Any]:
+        """Close the connection; a persistent peer is not redialled until `connect` or a restart."""
+        peer = self.peers.get(node_id)
+        self._suppressed.add(node_id)
+        task = self._reconnects.pop(node_id, None)
+        if task is not None:
+            task.cancel()
+        if peer is None:
+            raise RpcError(NOT_CONNECTED, f"not connected to {node_id.hex()}")
+        peer.close("disconnected by request")
+        await asyncio.wait_for(peer.closed.wait(), 5)
+        return {"id": node_id.hex(), "disconnected": True}
+
+    async def describe(self, node_id: bytes | None) -> list[dict[str, Any]]:
+        """The connected peers (or one of them)."""
+        return [p.describe() for p in self.peers.values() if node_id is None or p.node_id == node_id]
+
+    async def ping(self, node_id: bytes, num_pong_bytes: int, timeout: float) -> dict[str, Any]:
+        """Ping a connected peer; returns the round-trip time."""
+        peer = self.peers.get(node_id)
+        if peer is None or peer.state != "active":
+            raise RpcError(NOT_CONNECTED, f"not connected to {node_id.hex()}")
+        try:
+            rtt = await asyncio.wait_for(peer.ping(num_pong_bytes), timeout)
+        except asyncio.TimeoutError:
+            raise RpcError(PING_FAILED, f"no pong from {node_id.hex()} within {timeout:g}s") from None
+        except PeerError as e:
+            raise RpcError(PING_FAILED, f"peer went away: {e.reason}") from None
+        return {"id": node_id.hex(), "rtt_ms": round(rtt * 1000, 3), "bytes": num_pong_bytes}
+
+    async def send_custom(self, node_id: bytes, msg: bytes) -> dict[str, Any]:
+        """Send a raw message (type included) to a connected peer."""
+        peer = self.peers.get(node_id)
+        if peer is None or peer.state != "active":
+            raise RpcError(NOT_CONNECTED, f"not connected to {node_id.hex()}")
+        if not peer.send(msg):
+            raise RpcError(NOT_CONNECTED, f"peer closed: {peer.close_reason}")
+        return {"id": node_id.hex(), "type": int.from_bytes(msg[:2], "big"), "sent": len(msg)}
+
+    # --- persistence and reconnection ----------------------------------------------------------
+
+    async def set_persistent(self, node_id: bytes, persistent: bool, address: str | None) -> dict[str, Any]:
+        """Keep (or stop keeping) a peer connected; channels mark their peers so."""
+        storage.set_persistent(self.ctx.storage, node_id.hex(), persistent, address)
+        if persistent:
+            self._suppressed.discard(node_id)
+            self._maybe_reconnect(node_id, first_delay=0.0)
+        else:
+            task = self._reconnects.pop(node_id, None)
+            if task is not None:
+                task.cancel()
+        return {"id": node_id.hex(), "persistent": persistent}
+
+    async def _resume_persistent(self) -> None:
+        for known in storage.all_peers(self.ctx.storage):
+            if known.persistent and known.address:
+                self._maybe_reconnect(bytes.fromhex(known.node_id), first_delay=0.0)
+
+    def _maybe_reconnect(self, node_id: bytes, first_delay: float | None = None) -> None:
+        if self._stopping or node_id in self._suppressed or node_id in self._reconnects or node_id in self.peers:
+            return
+        known = storage.get(self.ctx.storage, node_id.hex())
+        if known is None or not known.persistent or not known.address:
+            return
+        delay = self.options.reconnect_min_delay if first_delay is None else first_delay
+        self._reconnects[node_id] = self._spawn(self._reconnect(node_id, parse_address(known.address), delay))
+
+    async def _reconnect(self, node_id: bytes, address: Address, delay: float) -> None:
+        opts = self.options
+        try:
+            while not self._stopping:
+                await asyncio.sleep(delay * random.uniform(0.8, 1.2))
+                if node_id in self.peers or node_id in self._suppressed:
+                    return
+                try:
+                    await self._dial_once(node_id, address)
+                    return
+                except RpcError as e:
+                    delay = min(max(delay * 2, opts.reconnect_min_delay), opts.reconnect_max_delay)
+                    log.info("reconnecting %s failed (%s); next try in about %.0fs", node_id.hex(), e.message, delay)
+        finally:
+            if self._reconnects.get(node_id) is asyncio.current_task():
+                del self._reconnects[node_id]
+
+
+def _why(e: BaseException) -> str:
+    if isinstance(e, TimeoutError):
+        return "timed out"
+    if isinstance(e, asyncio.IncompleteReadError):
+        return "connection closed by peer"
+    if isinstance(e, OSError) and e.strerror:
+        return e.strerror
+    return str(e) or type(e).__name__
