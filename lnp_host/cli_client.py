@@ -44,15 +44,6 @@ def _split(args: list[str]) -> tuple[list[Any], dict[str, Any]]:
     return positional, named
 
 
-def _name_positions(client: Client, command: str, positional: list[Any], named: dict[str, Any]) -> dict[str, Any]:
-    """Mixed positional and named values: name the positional ones from the command's parameters."""
-    params = [p["name"] for p in client.call("help", command)["params"]]
-    free = [p for p in params if p not in named]
-    if len(positional) > len(free):
-        raise ValueError(f"{command} takes at most {len(params)} parameters")
-    return {**dict(zip(free, positional)), **named}
-
-
 def main(argv: list[str] | None = None) -> int:
     """Entry point of `lnp-cli`; prints the result or a JSON error, returns the exit status."""
     p = argparse.ArgumentParser(prog="lnp-cli", description="Talk to an lnp-host node.")
@@ -67,12 +58,7 @@ def main(argv: list[str] | None = None) -> int:
         positional, named = _split(args.args)
         keys = Client.load_keys(args.keys) if args.keys else None
         with Client(args.rpc, keys, data_dir=args.data_dir, timeout=args.timeout) as client:
-            if named:
-                if positional:
-                    named = _name_positions(client, args.command, positional, named)
-                result = client.call(args.command, **named)
-            else:
-                result = client.call(args.command, *positional)
+            result = client.call(args.command, *positional, **named)
     except RpcError as e:
         print(json.dumps({"error": e.to_json()}, indent=2))
         return EXIT_ERROR

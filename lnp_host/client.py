@@ -70,9 +70,10 @@ class Client:
         return ClientKeys({k: data[k] for k in ("public", "secret", "server_public")})
 
     def call(self, method: str, *args: Any, **kwargs: Any) -> Any:
-        """Call `method` with positional or named parameters and return its result."""
+        """Call `method` with positional and/or named parameters and return its result."""
         if args and kwargs:
-            raise ValueError("give parameters by position or by name, not both")
+            kwargs = self._name_positions(method, args, kwargs)
+            args = ()
         rid = next(self._ids)
         request = {"jsonrpc": "2.0", "id": rid, "method": method, "params": list(args) if args else kwargs}
         self._sock.send(json.dumps(request).encode())
@@ -86,6 +87,15 @@ class Client:
                 raise RpcError(err.get("code", RpcError.INTERNAL_ERROR), err.get("message", ""), err.get("data"))
             return reply.get("result")
         raise RpcError(RpcError.TIMEOUT, f"no answer from {self.endpoint} within {self.timeout:g}s")
+
+    def _name_positions(self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
+        """Both kinds given: name the positional values after the method's declared parameters."""
+        params = [p["name"] for p in self.call("help", method)["params"]]
+        free = [p for p in params if p not in kwargs]
+        if len(args) > len(free):
+            raise RpcError(RpcError.INVALID_PARAMS, f"{method}: too many parameters "
+                           f"(it takes {', '.join(params) or 'none'})")
+        return {**dict(zip(free, args)), **kwargs}
 
     def __getattr__(self, name: str) -> Any:
         if name.startswith("_"):

@@ -17,6 +17,7 @@ import coincurve
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from noise.backends.default import DefaultNoiseBackend
+from noise.backends.default.hashes import SHA256Hash
 from noise.connection import Keypair, NoiseConnection
 from noise.functions.dh import DH
 from noise.functions.keypair import KeyPair
@@ -80,11 +81,24 @@ class _Secp256k1(DH):
         return 33  # BOLT-8 sends compressed public keys
 
     def generate_keypair(self) -> _Secp256k1KeyPair:
-        return _Secp256k1KeyPair.from_private_bytes(coincurve.PrivateKey().secret)
+        key = coincurve.PrivateKey()
+        public = key.public_key.format(compressed=True)
+        return _Secp256k1KeyPair(private=key, public=public, public_bytes=public)
 
     def dh(self, private_key: Any, public_key: bytes) -> bytes:
         # coincurve's ecdh is SHA256(compressed shared point), exactly BOLT-8's ECDH
         return private_key.ecdh(public_key)
+
+
+class _Sha256(SHA256Hash):
+    """noiseprotocol's SHA256 on hashlib: the same function, without a cryptography object per call."""
+
+    def hash(self, data: bytes) -> bytes:
+        return hashlib.sha256(data).digest()
+
+
+def _hmac_sha256(key: bytes, data: bytes, algorithm: Any = None) -> bytes:
+    return hmac.digest(key, data, "sha256")
 
 
 class _Backend(DefaultNoiseBackend):
@@ -92,6 +106,9 @@ class _Backend(DefaultNoiseBackend):
         super().__init__()
         self.diffie_hellmans["secp256k1"] = _Secp256k1
         self.keypairs["secp256k1"] = _Secp256k1KeyPair
+        # BOLT-8 uses SHA256 only; the handshake does dozens of hashes, so per-call overhead counts
+        self.hashes["SHA256"] = _Sha256
+        self.hmac = _hmac_sha256
 
 
 _BACKEND = _Backend()
@@ -149,9 +166,14 @@ class Session:
 
     def encrypt_message(self, msg: bytes) -> bytes:
         """The full frame: encrypted length + MAC, then encrypted body + MAC."""
+        header, body = self.encrypt_parts(msg)
+        return header + body
+
+    def encrypt_parts(self, msg: bytes) -> tuple[bytes, bytes]:
+        """The frame's two parts (the length header, the body), for large messages not worth joining."""
         if len(msg) > MAX_MESSAGE_SIZE:
             raise ValueError(f"a BOLT-8 message holds at most {MAX_MESSAGE_SIZE} bytes, not {len(msg)}")
-        return self.send.encrypt(len(msg).to_bytes(2, "big")) + self.send.encrypt(msg)
+        return self.send.encrypt(len(msg).to_bytes(2, "big")), self.send.encrypt(msg)
 
     def decrypt_length(self, header: bytes) -> int:
         """The body length from an 18-byte header; the caller then reads length + 16 bytes."""

@@ -107,13 +107,11 @@ class NodeProcess:
             return next(s for s in c.info()["services"] if s["name"] == name)
 
 
-@pytest.fixture
-def nodes(short_tmp: Path, plugin_site: Path) -> Iterator[callable]:
-    """Make nodes: `nodes(profile_text, name=...)`; every node is stopped after the test."""
+def _node_factory(root: Path, default_site: Path) -> Iterator[callable]:
     made: list[NodeProcess] = []
 
-    def make(profile: str, name: str = "node", site: Path | None = plugin_site) -> NodeProcess:
-        node = NodeProcess(short_tmp, profile, site, name)
+    def make(profile: str, name: str = "node", site: Path | None = default_site) -> NodeProcess:
+        node = NodeProcess(root, profile, site, name)
         made.append(node)
         return node
 
@@ -122,6 +120,20 @@ def nodes(short_tmp: Path, plugin_site: Path) -> Iterator[callable]:
         if node.proc is not None and node.proc.poll() is None:
             node.proc.kill()
             node.proc.wait(10)
+
+
+@pytest.fixture
+def nodes(short_tmp: Path, plugin_site: Path) -> Iterator[callable]:
+    """Make nodes: `nodes(profile_text, name=...)`; every node is stopped after the test."""
+    yield from _node_factory(short_tmp, plugin_site)
+
+
+@pytest.fixture(scope="module")
+def nodes_module(plugin_site: Path) -> Iterator[callable]:
+    """Like `nodes`, for nodes shared by the tests of one module."""
+    root = Path(tempfile.mkdtemp(prefix="lnp-", dir="/tmp"))
+    yield from _node_factory(root, plugin_site)
+    shutil.rmtree(root, ignore_errors=True)
 
 
 def wait_for(predicate: callable, timeout: float = 20.0, interval: float = 0.1) -> None:

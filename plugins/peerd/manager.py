@@ -14,7 +14,7 @@ from collections import deque
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any, Coroutine, TypeVar
 
-from lnp_host.transport import HandshakeError, NoiseStream, initiate, respond, tune_socket
+from lnp_host.transport import Connection, HandshakeError, NoiseStream, connect, initiate, respond, serve
 from plugin_api import RpcError, ServiceContext, WireMessage, features
 from plugin_api.addresses import IPV4, IPV6, TORV3, Address, encode_descriptor, parse_address
 from plugin_api.chains import chain_hash
@@ -109,13 +109,15 @@ class PeerManager:
         if peer is None or peer.state != "active":
             log.warning("message of type %d to %s dropped: peer not connected", msg.type, msg.peer_id.hex())
             return
-        peer.send(msg.type.to_bytes(2, "big") + msg.payload)
+        try:
+            peer.send(msg.type.to_bytes(2, "big") + msg.payload)
+        except ValueError as e:
+            log.warning("message of type %d to %s dropped: %s", msg.type, msg.peer_id.hex(), e)
 
     async def listen(self, address: Address) -> list[str]:
         """Accept peers on `address` too; returns every address listened on."""
         try:
-            server = await asyncio.start_server(self._accept, address.host, address.port,
-                                                reuse_address=True)
+            server = await serve(self._accept, address.host, address.port)
         except OSError as e:
             raise RpcError(RpcError.INVALID_PARAMS, f"cannot listen on {address}: {e.strerror or e}") from None
         self._servers.append(server)
@@ -151,23 +153,21 @@ class PeerManager:
         ours = features.encode(features.for_context(list(self.node_features), "I"))
         return INIT.encode({"globalfeatures": b"", "features": ours, "tlvs": tlvs})
 
-    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        peername = writer.get_extra_info("peername") or ("?", 0)
-        host, port = peername[0], peername[1]
-        shown = f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
+    async def _accept(self, conn: Connection) -> None:
+        host, port = conn.peername() or ("?", 0)
+        shown = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         if self._stopping or self.handshaking >= self.options.max_handshakes \
                 or len(self.peers) + self.handshaking >= self.options.max_peers:
             log.info("refused connection from %s: at the limit of handshakes or peers", shown)
-            writer.close()
+            conn.close()
             return
-        tune_socket(writer)
         self.handshaking += 1
         try:
             try:
-                stream = await respond(reader, writer, self.ctx.keys, self.options.handshake_timeout)
+                stream = await respond(conn, self.ctx.keys, self.options.handshake_timeout)
             except (HandshakeError, TimeoutError, EOFError, OSError) as e:
                 log.info("handshake from %s failed: %s", shown, _why(e))
-                writer.close()
+                conn.close()
                 return
             peer = Peer(self, stream, shown, "in")
             if not await self._init(peer, self._our_init("in", host, port)):
@@ -301,18 +301,16 @@ class PeerManager:
             try:
                 if via_proxy:
                     assert opts.proxy is not None
-                    reader, writer = await socks5.open_connection(opts.proxy, address, opts.connect_timeout)
+                    conn = await socks5.open_connection(opts.proxy, address, opts.connect_timeout)
                 else:
-                    async with asyncio.timeout(opts.connect_timeout):
-                        reader, writer = await asyncio.open_connection(address.host, address.port)
+                    conn = await connect(address.host, address.port, opts.connect_timeout)
             except (OSError, EOFError, TimeoutError) as e:
                 raise RpcError(CONNECT_FAILED, f"cannot connect to {address}"
                                f"{' through proxy ' + str(opts.proxy) if via_proxy else ''}: {_why(e)}") from None
-            tune_socket(writer)
             try:
-                stream: NoiseStream = await initiate(reader, writer, self.ctx.keys, node_id, opts.handshake_timeout)
+                stream: NoiseStream = await initiate(conn, self.ctx.keys, node_id, opts.handshake_timeout)
             except (HandshakeError, TimeoutError, EOFError, OSError) as e:
-                writer.close()
+                conn.close()
                 hint = " (is the node id right?)" if isinstance(e, HandshakeError) and "ACT2_READ" in e.code else ""
                 raise RpcError(CONNECT_FAILED, f"handshake with {address} failed: {_why(e)}{hint}") from None
             peer = Peer(self, stream, str(address), "out")

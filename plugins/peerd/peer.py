@@ -12,6 +12,7 @@ import time
 from collections import deque
 from typing import TYPE_CHECKING, Any, Callable
 
+from lnp_host.noise import MAX_MESSAGE_SIZE
 from lnp_host.transport import NoiseStream, TransportError
 from plugin_api import features
 from plugin_api.addresses import Address, decode_descriptor
@@ -27,6 +28,10 @@ INIT_TYPE, ERROR_TYPE, WARNING_TYPE, PING_TYPE, PONG_TYPE = 16, 17, 1, 18, 19
 NO_PONG_FROM = 65532            # BOLT-1: a ping asking for this many bytes or more gets no pong
 YIELD_EVERY = 32                # messages read in a row before letting other peers run
 ZERO_CHANNEL = bytes(32)
+
+
+def _describe(e: BaseException | None) -> str:
+    return (getattr(e, "strerror", None) or str(e) or type(e).__name__) if e is not None else "?"
 
 
 def printable(data: bytes, limit: int = 200) -> str:
@@ -63,6 +68,8 @@ class Peer:
 
     def send(self, msg: bytes) -> bool:
         """Queue a whole message (type included). False, and the peer is closed, if its queue is full."""
+        if len(msg) > MAX_MESSAGE_SIZE:
+            raise ValueError(f"a message holds at most {MAX_MESSAGE_SIZE} bytes, not {len(msg)}")
         if self.state == "closed":
             return False
         if self._queued_bytes + len(msg) > self.manager.options.max_queue_bytes:
@@ -169,6 +176,8 @@ class Peer:
         self._task = asyncio.current_task()
         writer = asyncio.create_task(self._write_loop())
         keepalive = asyncio.create_task(self._keepalive())
+        for task in (writer, keepalive):
+            task.add_done_callback(self._helper_done)
         try:
             await self._read_loop(on_message)
         except asyncio.CancelledError:
@@ -215,6 +224,10 @@ class Peer:
                             "all" if body["channel_id"] == ZERO_CHANNEL else body["channel_id"].hex(),
                             printable(body["data"]))
             on_message(self, msg_type, payload)
+
+    def _helper_done(self, task: asyncio.Task[Any]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            self.close(f"{task.get_coro().__name__} failed: {_describe(task.exception())}")
 
     def _count_in(self, msg: bytes) -> None:
         self.msgs_in += 1

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 
+from lnp_host.transport import Connection, connect
 from plugin_api.addresses import IPV4, IPV6, Address
 
 _REPLIES = {
@@ -31,31 +32,30 @@ def _target(addr: Address) -> bytes:
     return b"\x03" + len(name).to_bytes(1, "big") + name + port
 
 
-async def open_connection(proxy: Address, target: Address,
-                          timeout: float) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-    """A stream to `target` through the SOCKS5 proxy at `proxy` (no authentication)."""
+async def open_connection(proxy: Address, target: Address, timeout: float) -> Connection:
+    """A connection to `target` through the SOCKS5 proxy at `proxy` (no authentication)."""
     async with asyncio.timeout(timeout):
-        reader, writer = await asyncio.open_connection(proxy.host, proxy.port)
+        conn = await connect(proxy.host, proxy.port, timeout)
         try:
-            writer.write(b"\x05\x01\x00")  # version 5, one method: no authentication
-            version, method = await reader.readexactly(2)
+            conn.write(b"\x05\x01\x00")  # version 5, one method: no authentication
+            version, method = await conn.readexactly(2)
             if version != 5 or method != 0:
                 raise Socks5Error(f"proxy {proxy} refused unauthenticated SOCKS5")
-            writer.write(b"\x05\x01\x00" + _target(target))  # CONNECT
-            version, reply, _, atyp = await reader.readexactly(4)
+            conn.write(b"\x05\x01\x00" + _target(target))  # CONNECT
+            version, reply, _, atyp = await conn.readexactly(4)
             if version != 5:
                 raise Socks5Error(f"proxy {proxy} does not speak SOCKS5")
             if reply != 0:
                 raise Socks5Error(f"proxy {proxy}: {_REPLIES.get(reply, f'error {reply}')} for {target}")
             if atyp == 1:
-                await reader.readexactly(4 + 2)
+                await conn.readexactly(4 + 2)
             elif atyp == 4:
-                await reader.readexactly(16 + 2)
+                await conn.readexactly(16 + 2)
             elif atyp == 3:
-                await reader.readexactly((await reader.readexactly(1))[0] + 2)
+                await conn.readexactly((await conn.readexactly(1))[0] + 2)
             else:
                 raise Socks5Error(f"proxy {proxy} answered with unknown address type {atyp}")
         except BaseException:
-            writer.close()
+            conn.close()
             raise
-    return reader, writer
+    return conn

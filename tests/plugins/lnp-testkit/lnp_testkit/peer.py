@@ -1,0 +1,49 @@
+"""tk_peer: talks to peers through peerd over the message bus, and records what peerd notifies.
+
+tk_needs_feature: requires a BOLT-9 feature, so peers that lack it are refused.
+"""
+from plugin_api import FeatureSpec, Subscription, WireMessage, hookimpl, rpc_method
+
+received: list = []
+
+
+def on_wire(ctx, msg):
+    received.append({"wire": msg.type, "payload": msg.payload.hex(), "id": msg.peer_id.hex()})
+
+
+def on_event(ctx, event):
+    received.append({"event": event.name, "body": event.body})
+
+
+@rpc_method
+def tk_peer_received(ctx) -> list:
+    """Wire messages of type 32771 and peerd's events, in arrival order."""
+    return received
+
+
+@rpc_method
+def tk_peer_send(ctx, id: str, msg_type: int, payload_hex: str = "") -> dict:
+    """Send a wire message to peer ID through the message bus (ctx.send_wire)."""
+    ctx.send_wire(WireMessage(bytes.fromhex(id), msg_type, bytes.fromhex(payload_hex)))
+    return {"queued": True}
+
+
+@hookimpl
+def lnp_service():
+    return "tkpeer"
+
+
+@hookimpl
+def lnp_rpc_methods():
+    return [tk_peer_received, tk_peer_send]
+
+
+@hookimpl
+def lnp_features():
+    return [FeatureSpec(19)]  # option_support_large_channel, optional: shows up in the peer's init
+
+
+@hookimpl
+def lnp_subscriptions():
+    return [Subscription.wire(32771, on_wire)] + [
+        Subscription.event(name, on_event) for name in ("peer_connected", "peer_disconnected", "custommsg")]
