@@ -6,6 +6,7 @@ the control or message bus. The plugin's code is the same either way.
 from __future__ import annotations
 
 import logging
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -74,7 +75,8 @@ class PluginContext:
         if owned is not None:
             ctx = self._local(owned)
             if ctx is not None:
-                return owned.item(ctx, body or {})
+                result = owned.item(ctx, body or {})
+                return result.result(timeout) if isinstance(result, Future) else result
         return self._env.bus.request(service, name, body or {}, timeout=timeout)
 
     def emit(self, event: str, body: dict[str, Any] | None = None) -> None:

@@ -6,7 +6,10 @@ or `lnp-host run --service NAME`).
 from __future__ import annotations
 
 import logging
+import os
+import queue
 import threading
+from concurrent.futures import Future
 from typing import Any
 
 import zmq
@@ -35,6 +38,11 @@ class ServiceRuntime:
         self.ready = threading.Event()
         self.error: str | None = None
         self._stop = threading.Event()
+        # handlers may answer later with a Future; its reply is sent from this thread when it is done
+        self._finished: queue.SimpleQueue[tuple[bytes, bytes, str, Future[Any]]] = queue.SimpleQueue()
+        self._wake_read, self._wake_write = os.pipe()
+        os.set_blocking(self._wake_read, False)
+        os.set_blocking(self._wake_write, False)
 
     def stop(self) -> None:
         """Ask the loop to end; `run` then stops the plugins in reverse order."""
@@ -80,6 +88,8 @@ class ServiceRuntime:
                 self.env.contexts.pop(plugin, None)
             control.close(0)
             message.close(0)
+            os.close(self._wake_read)
+            os.close(self._wake_write)
             self.env.bus.close_thread()
             self.log.info("service %s stopped", self.name)
 
@@ -87,16 +97,18 @@ class ServiceRuntime:
         poller = zmq.Poller()
         poller.register(control, zmq.POLLIN)
         poller.register(message, zmq.POLLIN)
+        poller.register(self._wake_read, zmq.POLLIN)
         while not self._stop.is_set():
             failure = self.env.failures.get(self.name)
             if failure:
                 raise ServiceFailed(failure)
             for sock, _ in poller.poll(POLL_MS):
-                frames = sock.recv_multipart(zmq.NOBLOCK)
                 if sock is control:
-                    self._on_control(control, frames)
+                    self._on_control(control, control.recv_multipart(zmq.NOBLOCK))
+                elif sock is message:
+                    self._on_message(message.recv_multipart(zmq.NOBLOCK))
                 else:
-                    self._on_message(frames)
+                    self._send_finished(control)
 
     def _on_control(self, sock: zmq.Socket, frames: list[bytes]) -> None:
         if len(frames) != 5:
@@ -105,16 +117,42 @@ class ServiceRuntime:
         ident, kind, rid, name_raw, body_raw = frames
         name = name_raw.decode(errors="replace")
         try:
-            body = decode(body_raw)
-            reply = [ident, wire.REPLY, rid, wire.OK, encode(self._dispatch(kind, name, body))]
-        except RpcError as e:
-            reply = [ident, wire.REPLY, rid, wire.ERR, encode(e.to_json())]
+            result = self._dispatch(kind, name, decode(body_raw))
+            if isinstance(result, Future):  # answered later, without holding up this service
+                result.add_done_callback(lambda f: self._finish_later(ident, rid, name, f))
+                return
+            reply = [ident, wire.REPLY, rid, wire.OK, encode(result)]
         except Exception as e:
-            self.log.exception("%s %r failed", kind.decode(errors="replace"), name)
-            err = RpcError(RpcError.INTERNAL_ERROR, f"internal error in {self.name} handling {name!r}: "
-                           f"{type(e).__name__}")
-            reply = [ident, wire.REPLY, rid, wire.ERR, encode(err.to_json())]
+            reply = [ident, wire.REPLY, rid, wire.ERR, encode(self._error(kind, name, e))]
         if kind != wire.EVENT:  # events are one-way, even when their handling failed
+            sock.send_multipart(reply, zmq.NOBLOCK)
+
+    def _error(self, kind: bytes, name: str, e: BaseException) -> dict[str, Any]:
+        if isinstance(e, RpcError):
+            return e.to_json()
+        self.log.error("%s %r failed", kind.decode(errors="replace"), name, exc_info=e)
+        return RpcError(RpcError.INTERNAL_ERROR, f"internal error in {self.name} handling {name!r}: "
+                        f"{type(e).__name__}").to_json()
+
+    def _finish_later(self, ident: bytes, rid: bytes, name: str, future: Future[Any]) -> None:
+        """Runs in whichever thread completed the future: hand the reply to the service's thread."""
+        self._finished.put((ident, rid, name, future))
+        try:
+            os.write(self._wake_write, b"!")
+        except OSError:
+            pass  # the pipe is full (a wake-up is pending anyway) or the service has stopped
+
+    def _send_finished(self, sock: zmq.Socket) -> None:
+        try:
+            os.read(self._wake_read, 4096)
+        except BlockingIOError:
+            pass
+        while not self._finished.empty():
+            ident, rid, name, future = self._finished.get()
+            try:
+                reply = [ident, wire.REPLY, rid, wire.OK, encode(future.result())]
+            except BaseException as e:
+                reply = [ident, wire.REPLY, rid, wire.ERR, encode(self._error(wire.REQUEST, name, e))]
             sock.send_multipart(reply, zmq.NOBLOCK)
 
     def _dispatch(self, kind: bytes, name: str, body: Any) -> Any:

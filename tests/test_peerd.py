@@ -288,3 +288,39 @@ def test_connection_limit(nodes) -> None:
     third = RawPeer(a.port)
     third.connect(bytes.fromhex(a.id))
     wait_for(lambda: a.peer_ids() == [third.key.node_id().hex()])
+
+
+def test_channels_mark_peers_persistent_over_the_control_bus(nodes) -> None:
+    a = start(nodes, "a", plugins=("core", "peerd", "tk_peer"), reconnect_min_delay=0.2)
+    b = start(nodes, "b")
+    assert a.call("tk_peer_lookup", b.id) == {"peer": None}
+    assert a.call("tk_peer_persist", b.id, f"127.0.0.1:{b.port}")["persistent"] is True
+    wait_for(lambda: a.peer_ids() == [b.id])  # peerd dialled it by itself
+    assert a.call("tk_peer_lookup", b.id)["peer"]["direction"] == "out"
+
+
+def test_a_slow_connect_does_not_hold_up_the_others(nodes) -> None:
+    import socket
+    import threading
+    a = start(nodes, "a", handshake_timeout=3.0)
+    b = start(nodes, "b")
+    a.call("connect", b.addr)
+    silent = socket.create_server(("127.0.0.1", 0))  # accepts TCP, never answers the handshake
+    outcome: list = []
+
+    def slow() -> None:
+        try:
+            a.call("connect", f"{Key().node_id().hex()}@127.0.0.1:{silent.getsockname()[1]}")
+        except RpcError as e:
+            outcome.append(e.message)
+
+    thread = threading.Thread(target=slow)
+    thread.start()
+    time.sleep(0.3)
+    started = time.monotonic()
+    assert a.call("ping", b.id)["rtt_ms"] > 0
+    assert a.call("peers")["peers"][0]["id"] == b.id
+    assert time.monotonic() - started < 1.5  # answered while the connect was still waiting
+    thread.join(10)
+    assert outcome and "timed out" in outcome[0]
+    silent.close()

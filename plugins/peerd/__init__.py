@@ -7,6 +7,7 @@ service: errors, options, the runtime (manager), the state machine (peer), stora
 from __future__ import annotations
 
 import weakref
+from concurrent.futures import Future
 from typing import Any
 
 from plugin_api import (EventSpec, RpcError, ServiceContext, Subscription, WireMessage, hookimpl,
@@ -18,6 +19,8 @@ from . import storage
 from .manager import CUSTOM_FROM, PeerManager
 from .options import SCHEMA, Options
 
+# Handlers answer with a Future completed by peerd's I/O loop: the service keeps serving meanwhile.
+Later = Future[dict[str, Any]]
 _managers: "weakref.WeakKeyDictionary[Any, PeerManager]" = weakref.WeakKeyDictionary()
 
 
@@ -39,7 +42,7 @@ def _node_id(text: str) -> bytes:
 
 @rpc_method
 def connect(ctx: ServiceContext, id: str, host: str | None = None, port: int | None = None,
-            persistent: bool = False) -> dict[str, Any]:
+            persistent: bool = False) -> Later:
     """Connect to a peer: ID as NODE_ID@HOST[:PORT] (default port 9735), or NODE_ID with HOST and PORT,
     or a NODE_ID whose address is known. PERSISTENT keeps it connected across drops and restarts."""
     try:
@@ -55,42 +58,45 @@ def connect(ctx: ServiceContext, id: str, host: str | None = None, port: int | N
         raise RpcError(RpcError.INVALID_PARAMS, str(e)) from None
     manager = _manager(ctx)
     timeout = manager.options.connect_timeout + manager.options.handshake_timeout * 2 + 5
-    return manager.run(manager.connect(node_id, address, persistent), timeout)
+    return manager.submit(manager.connect(node_id, address, persistent), timeout)
 
 
 @rpc_method
-def disconnect(ctx: ServiceContext, id: str) -> dict[str, Any]:
+def disconnect(ctx: ServiceContext, id: str) -> Later:
     """Close the connection to peer ID (a persistent peer is not redialled until `connect`)."""
     manager = _manager(ctx)
-    return manager.run(manager.disconnect(_node_id(id)))
+    return manager.submit(manager.disconnect(_node_id(id)))
 
 
 @rpc_method
-def peers(ctx: ServiceContext, id: str | None = None, known: bool = False) -> dict[str, Any]:
+def peers(ctx: ServiceContext, id: str | None = None, known: bool = False) -> Later:
     """Connected peers: id, address, direction, connected_since, features, messages and bytes in and out.
     With KNOWN, also every stored peer (persistent or not, connected or not)."""
     manager = _manager(ctx)
     node_id = _node_id(id) if id is not None else None
-    out: dict[str, Any] = {"peers": manager.run(manager.describe(node_id))}
-    if known:
-        out["known"] = [vars(p) for p in storage.all_peers(ctx.storage)
-                        if node_id is None or p.node_id == node_id.hex()]
-    return out
+
+    async def listing() -> dict[str, Any]:
+        out: dict[str, Any] = {"peers": await manager.describe(node_id)}
+        if known:
+            out["known"] = [vars(p) for p in storage.all_peers(ctx.storage)
+                            if node_id is None or p.node_id == node_id.hex()]
+        return out
+    return manager.submit(listing())
 
 
 @rpc_method
-def ping(ctx: ServiceContext, id: str, bytes: int = 128, timeout: float = 10.0) -> dict[str, Any]:
+def ping(ctx: ServiceContext, id: str, bytes: int = 128, timeout: float = 10.0) -> Later:
     """Ping peer ID asking for a pong of BYTES bytes (0..65531); returns the round-trip time."""
     if not 0 <= bytes < 65532:
         raise RpcError(RpcError.INVALID_PARAMS, "bytes must be 0..65531 (a larger ping gets no pong)")
     if timeout <= 0:
         raise RpcError(RpcError.INVALID_PARAMS, "timeout must be positive")
     manager = _manager(ctx)
-    return manager.run(manager.ping(_node_id(id), bytes, timeout), timeout + 5)
+    return manager.submit(manager.ping(_node_id(id), bytes, timeout), timeout + 5)
 
 
 @rpc_method
-def sendcustommsg(ctx: ServiceContext, id: str, msg: str) -> dict[str, Any]:
+def sendcustommsg(ctx: ServiceContext, id: str, msg: str) -> Later:
     """Send MSG (hex: 2-byte type >= 32768, then the payload) to connected peer ID.
     Odd types are safe with any peer; an even type makes a peer that does not know it disconnect."""
     try:
@@ -103,22 +109,22 @@ def sendcustommsg(ctx: ServiceContext, id: str, msg: str) -> dict[str, Any]:
     if len(raw) > 65535:
         raise RpcError(RpcError.INVALID_PARAMS, "a message holds at most 65535 bytes")
     manager = _manager(ctx)
-    return manager.run(manager.send_custom(_node_id(id), raw))
+    return manager.submit(manager.send_custom(_node_id(id), raw))
 
 
 @rpc_method
-def listcustommsgs(ctx: ServiceContext, since: int = 0) -> dict[str, Any]:
+def listcustommsgs(ctx: ServiceContext, since: int = 0) -> Later:
     """Custom messages (odd types >= 32768 no plugin handles) received after sequence number SINCE
     (the last 1000 are kept). Plugins get them as the `custommsg` event."""
     manager = _manager(ctx)
 
-    async def after() -> list[dict[str, Any]]:
-        return [m for m in manager.custom if m["seq"] > since]
-    return {"messages": manager.run(after())}
+    async def after() -> dict[str, Any]:
+        return {"messages": [m for m in manager.custom if m["seq"] > since]}
+    return manager.submit(after())
 
 
 @rpc_method
-def listen(ctx: ServiceContext, address: str | None = None) -> dict[str, Any]:
+def listen(ctx: ServiceContext, address: str | None = None) -> dict[str, Any] | Later:
     """Accept peers on ADDRESS (HOST:PORT or [IPv6]:PORT) too; without ADDRESS, list where we listen."""
     manager = _manager(ctx)
     if address is None:
@@ -127,24 +133,30 @@ def listen(ctx: ServiceContext, address: str | None = None) -> dict[str, Any]:
         parsed = parse_address(address)
     except AddressError as e:
         raise RpcError(RpcError.INVALID_PARAMS, str(e)) from None
-    return {"listening": manager.run(manager.listen(parsed))}
+    async def listening() -> dict[str, Any]:
+        return {"listening": await manager.listen(parsed)}
+    return manager.submit(listening())
 
 
 # --- control requests for other services ---------------------------------------------------------
 
-def _set_persistent(ctx: ServiceContext, body: dict[str, Any]) -> dict[str, Any]:
+def _set_persistent(ctx: ServiceContext, body: dict[str, Any]) -> Later:
     manager = _manager(ctx)
     address = body.get("address")
     if address is not None:
         parse_address(address)
-    return manager.run(manager.set_persistent(_node_id(str(body.get("id", ""))), bool(body.get("persistent")),
-                                              address))
+    return manager.submit(manager.set_persistent(_node_id(str(body.get("id", ""))), bool(body.get("persistent")),
+                                                 address))
 
 
-def _peer(ctx: ServiceContext, body: dict[str, Any]) -> dict[str, Any] | None:
+def _peer(ctx: ServiceContext, body: dict[str, Any]) -> "Future[dict[str, Any] | None]":
     manager = _manager(ctx)
-    found = manager.run(manager.describe(_node_id(str(body.get("id", "")))))
-    return found[0] if found else None
+    node_id = _node_id(str(body.get("id", "")))
+
+    async def one() -> dict[str, Any] | None:
+        found = await manager.describe(node_id)
+        return found[0] if found else None
+    return manager.submit(one())
 
 
 def _outbound(ctx: ServiceContext, msg: WireMessage) -> None:

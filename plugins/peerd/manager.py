@@ -11,7 +11,7 @@ import logging
 import random
 import threading
 from collections import deque
-from concurrent.futures import TimeoutError as FutureTimeout
+from concurrent.futures import Future, TimeoutError as FutureTimeout
 from typing import Any, Coroutine, TypeVar
 
 from lnp_host.transport import Connection, HandshakeError, NoiseStream, connect, initiate, respond, serve
@@ -84,13 +84,23 @@ class PeerManager:
             self.loop.close()
 
     def run(self, coro: Coroutine[Any, Any, T], timeout: float = 60.0) -> T:
-        """Run `coro` on the loop from another thread and return its result."""
-        future = asyncio.run_coroutine_threadsafe(coro, self.loop)
+        """Run `coro` on the loop from another thread and wait for its result."""
+        future = self.submit(coro, timeout)
         try:
-            return future.result(timeout)
+            return future.result(timeout + 1)
         except FutureTimeout:
             future.cancel()
             raise RpcError(RpcError.TIMEOUT, f"peerd did not finish within {timeout:g}s") from None
+
+    def submit(self, coro: Coroutine[Any, Any, T], timeout: float = 60.0) -> "Future[T]":
+        """Start `coro` on the loop; the Future lets an RPC handler answer when it is done, so a slow
+        connect does not hold up the service (the runtime replies when the Future completes)."""
+        async def bounded() -> T:
+            try:
+                return await asyncio.wait_for(coro, timeout)
+            except asyncio.TimeoutError:
+                raise RpcError(RpcError.TIMEOUT, f"peerd did not finish within {timeout:g}s") from None
+        return asyncio.run_coroutine_threadsafe(bounded(), self.loop)
 
     def send_wire(self, msg: WireMessage) -> None:
         """Queue `msg` for its peer (thread-safe); dropped with a warning if the peer is not connected."""

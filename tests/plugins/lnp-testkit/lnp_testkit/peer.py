@@ -28,6 +28,18 @@ def tk_peer_send(ctx, id: str, msg_type: int, payload_hex: str = "") -> dict:
     return {"queued": True}
 
 
+@rpc_method
+def tk_peer_persist(ctx, id: str, address: str) -> dict:
+    """Mark peer ID at ADDRESS persistent, as channeld will: a control request to peerd."""
+    return ctx.request("peerd", "peerd.set_persistent", {"id": id, "persistent": True, "address": address})
+
+
+@rpc_method
+def tk_peer_lookup(ctx, id: str) -> dict:
+    """peerd's view of one peer (None when not connected), over the control bus."""
+    return {"peer": ctx.request("peerd", "peerd.peer", {"id": id})}
+
+
 @hookimpl
 def lnp_service():
     return "tkpeer"
@@ -35,7 +47,7 @@ def lnp_service():
 
 @hookimpl
 def lnp_rpc_methods():
-    return [tk_peer_received, tk_peer_send]
+    return [tk_peer_received, tk_peer_send, tk_peer_persist, tk_peer_lookup]
 
 
 @hookimpl
