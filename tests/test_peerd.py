@@ -324,3 +324,19 @@ def test_a_slow_connect_does_not_hold_up_the_others(nodes) -> None:
     thread.join(10)
     assert outcome and "timed out" in outcome[0]
     silent.close()
+
+
+def test_replaced_connection_events_come_in_order(nodes) -> None:
+    b = start(nodes, "b", plugins=("core", "peerd", "tk_peer"))
+    key = Key()
+    first = RawPeer(b.port, key=key)
+    first.connect(bytes.fromhex(b.id))
+    wait_for(lambda: len(b.call("tk_peer_received")) == 1)
+    second = RawPeer(b.port, key=key)
+    second.connect(bytes.fromhex(b.id))
+    assert first.is_closed()
+    wait_for(lambda: len(b.call("tk_peer_received")) == 3)
+    events = b.call("tk_peer_received")
+    assert [e["event"] for e in events] == ["peer_connected", "peer_disconnected", "peer_connected"]
+    assert "replaced" in events[1]["body"]["reason"]
+    assert b.peer_ids() == [key.node_id().hex()]

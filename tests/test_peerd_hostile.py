@@ -186,3 +186,17 @@ def test_a_second_connection_replaces_the_first(pair) -> None:
     second.ping(10)
     assert len(PONG.decode(second.read_type(19))["ignored"]) == 10
     assert a.peer_ids().count(key.node_id().hex()) == 1
+
+
+def test_stalling_after_the_handshake_or_mid_message(pair) -> None:
+    a, _ = pair
+    raw = RawPeer(a.port)
+    raw.handshake(bytes.fromhex(a.id))  # and never sends init
+    raw.read()
+    assert raw.is_closed(timeout=5)
+    raw = active(pair)
+    assert raw.session is not None
+    header = raw.session.encrypt_message(b"\x00\x65" + bytes(1000))[:18]
+    raw.sock.sendall(header)  # a length, then never the body: keep-alive finds it silent
+    assert raw.is_closed(timeout=8)
+    healthy(pair)

@@ -47,6 +47,7 @@ class PeerManager:
         self._custom_seq = 0
         self._servers: list[asyncio.Server] = []
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._serving: dict[bytes, asyncio.Task[None]] = {}  # node id -> the task serving its connection
         self._reconnects: dict[bytes, asyncio.Task[None]] = {}
         self._dialing: dict[bytes, asyncio.Future[Peer]] = {}
         self._suppressed: set[bytes] = set()  # disconnected on purpose: no automatic reconnection
@@ -184,7 +185,7 @@ class PeerManager:
                 return
         finally:
             self.handshaking -= 1
-        self._register(peer, None)
+        await self._register(peer, None)
 
     async def _init(self, peer: Peer, our_init: bytes) -> bool:
         """Exchange `init`; on failure close the connection (warning the peer) and return False."""
@@ -201,11 +202,14 @@ class PeerManager:
         peer.close(peer.close_reason)
         return False
 
-    def _register(self, peer: Peer, dial_address: str | None) -> None:
+    async def _register(self, peer: Peer, dial_address: str | None) -> None:
         """Make an active peer the one connection to its node and start serving it."""
         old = self.peers.get(peer.node_id)
+        old_task = self._serving.get(peer.node_id)
         if old is not None:
             old.close("replaced by a new connection from the same node")
+            if old_task is not None:  # its peer_disconnected goes out before this one's peer_connected
+                await asyncio.wait([old_task], timeout=5)
         self.peers[peer.node_id] = peer
         node = peer.node_id.hex()
         try:
@@ -217,7 +221,7 @@ class PeerManager:
         self._emit("peer_connected", {"id": node, "address": peer.address, "direction": peer.direction,
                                       "features": features.encode(peer.features).hex(),
                                       "feature_names": features.names(peer.features)})
-        self._spawn(self._serve(peer))
+        self._serving[peer.node_id] = self._spawn(self._serve(peer))
 
     async def _serve(self, peer: Peer) -> None:
         try:
@@ -225,6 +229,7 @@ class PeerManager:
         finally:
             if self.peers.get(peer.node_id) is peer:
                 del self.peers[peer.node_id]
+                self._serving.pop(peer.node_id, None)
             node = peer.node_id.hex()
             log.info("peer %s disconnected: %s", node, peer.close_reason or "closed")
             self._emit("peer_disconnected", {"id": node, "address": peer.address, "direction": peer.direction,
@@ -286,7 +291,7 @@ class PeerManager:
         self._dialing[node_id] = fut
         try:
             peer = await self._dial(node_id, address)
-            self._register(peer, str(address))
+            await self._register(peer, str(address))
             fut.set_result(peer)
             return peer
         except asyncio.CancelledError:
