@@ -14,6 +14,8 @@ import warnings
 from typing import Any
 
 import coincurve
+from coincurve.context import GLOBAL_CONTEXT
+from coincurve.utils import get_valid_secret
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from noise.backends.default import DefaultNoiseBackend
@@ -71,6 +73,17 @@ class _Secp256k1KeyPair(KeyPair):
         return cls(public=public, public_bytes=public)
 
 
+class _Ephemeral:
+    """An ephemeral secret with coincurve's ECDH, without the x-only key coincurve.PrivateKey derives."""
+
+    __slots__ = ("secret", "context")
+    ecdh = coincurve.PrivateKey.ecdh  # uses only .secret and .context
+
+    def __init__(self) -> None:
+        self.secret = get_valid_secret()
+        self.context = GLOBAL_CONTEXT
+
+
 class _Secp256k1(DH):
     @property
     def klass(self) -> type:
@@ -81,8 +94,8 @@ class _Secp256k1(DH):
         return 33  # BOLT-8 sends compressed public keys
 
     def generate_keypair(self) -> _Secp256k1KeyPair:
-        key = coincurve.PrivateKey()
-        public = key.public_key.format(compressed=True)
+        key = _Ephemeral()
+        public = coincurve.PublicKey.from_secret(key.secret).format(compressed=True)
         return _Secp256k1KeyPair(private=key, public=public, public_bytes=public)
 
     def dh(self, private_key: Any, public_key: bytes) -> bytes:
