@@ -34,6 +34,10 @@ def _parser() -> argparse.ArgumentParser:
                      "node key (never stored), e.g. for conformance suites that expect a given node id; "
                      "refused on mainnet")
 
+    init = sub.add_parser("init", help="create the node's persistent state (the seed) before the first run")
+    profile_args(init)
+    init.add_argument("--show-mnemonic", action="store_true", help="print the seed's words, to write them down")
+
     plugins = sub.add_parser("plugins", help="list the discovered plugins")
     profile_args(plugins)
 
@@ -69,6 +73,8 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.command == "rpc-client":
             return _rpc_client(profile, args)
+        if args.command == "init":
+            return _init(profile, registry, args.show_mnemonic)
         verbosity = 1 if args.verbose else -1 if args.quiet else 0
         if args.service:
             if args.service not in registry.services:
@@ -85,6 +91,24 @@ def main(argv: list[str] | None = None) -> int:
     except node.NodeError as e:
         print(f"lnp-host: {e}", file=sys.stderr)
         return 1
+
+
+def _init(profile: Profile, registry: Any, show_mnemonic: bool) -> int:
+    """Call every enabled plugin's `lnp_init`; secrets (the mnemonic) only when asked for."""
+    node.prepare_data_dir(profile)
+    done: dict[str, Any] = {}
+    for name in registry.plugins:
+        try:
+            result = registry.call("lnp_init", name, node=profile)
+        except Exception as e:
+            print(f"lnp-host: init of {name}: {e}", file=sys.stderr)
+            return 1
+        if result is not None:
+            if not show_mnemonic and "mnemonic" in result:
+                result = {**result, "mnemonic": "(hidden: use --show-mnemonic to write it down)"}
+            done[name] = result
+    print(json.dumps(done or {"init": "nothing to initialise"}, indent=2))
+    return 0
 
 
 def _forced_key(profile: Profile, text: str) -> bytes:

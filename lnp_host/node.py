@@ -20,7 +20,7 @@ from typing import Any, Callable
 
 import zmq
 
-from plugin_api import NodeInfo, RpcError
+from plugin_api import NodeInfo, RemoteCustody, RpcError
 
 from . import __version__, logs
 from .bus import Bus, Endpoints
@@ -105,11 +105,17 @@ def _lock(data_dir: Path) -> Any:
 
 
 def _custody(registry: Registry, profile: Profile, forced_key: bytes | None) -> Any:
+    """The key custody: a forced dev key, a plugin's (local or RemoteCustody), or the host's key file."""
+    if forced_key is not None:
+        return FileKeyCustody(profile.data_dir, forced_key)
     for name in registry.plugins:
-        custody = registry.call("lnp_key_custody", name, node=profile)
+        try:
+            custody = registry.call("lnp_key_custody", name, node=profile)
+        except Exception as e:
+            raise NodeError(f"plugin {name!r} could not provide the node key: {e}") from None
         if custody is not None:
             return custody
-    return FileKeyCustody(profile.data_dir, forced_key)
+    return FileKeyCustody(profile.data_dir)
 
 
 def run_node(profile: Profile, registry: Registry, verbosity: int = 0, profile_args: list[str] | None = None,
@@ -134,12 +140,17 @@ def run_node(profile: Profile, registry: Registry, verbosity: int = 0, profile_a
         endpoints = Endpoints.for_profile(registry.services, mode, data_dir,
                                           profile.section("bus")["endpoints"], instance)
         bus = Bus(zctx, endpoints, HOST_SERVICE)
+        custody_service = HOST_SERVICE
+        if isinstance(custody, RemoteCustody):  # the key lives in a service: reach it over the bus
+            custody_service = custody.service
+            custody = BusKeyCustody(bus, custody.service, custody.node_id)
         node = NodeInfo(custody.node_id(), profile.section("node")["alias"], profile.section("node")["network"],
                         data_dir, __version__, registry.feature_specs())
         env = Environment(profile, registry, endpoints, zctx, bus, node, db, custody)
         env.builtins.update(custody.control_handlers() if hasattr(custody, "control_handlers") else {})
         env.builtins["host.node_info"] = lambda _body: {
-            "node_id": node.node_id.hex(), "alias": node.alias, "network": node.network}
+            "node_id": node.node_id.hex(), "alias": node.alias, "network": node.network,
+            "custody": custody_service}
 
         def spawn(service: str) -> subprocess.Popen[bytes]:
             cmd = [sys.executable, "-m", "lnp_host", "run", "--service", service, *(profile_args or [])]
@@ -207,7 +218,7 @@ def run_service(profile: Profile, registry: Registry, service: str, verbosity: i
         node_id = bytes.fromhex(info["node_id"])
         node = NodeInfo(node_id, info["alias"], info["network"], data_dir, __version__, registry.feature_specs())
         env = Environment(profile, registry, endpoints, zctx, bus, node, db,
-                          BusKeyCustody(bus, HOST_SERVICE, node_id))
+                          BusKeyCustody(bus, info.get("custody", HOST_SERVICE), node_id))
         runtime = ServiceRuntime(env, service)
         if stopping.is_set():
             return 0

@@ -12,7 +12,7 @@ from typing import Any
 
 import pluggy
 
-from .types import (DecisionSpec, EventSpec, Field, KeyCustody, RpcMethod, ServiceContext,
+from .types import (DecisionSpec, EventSpec, Field, KeyCustody, RemoteCustody, RpcMethod, ServiceContext,
                     StorageModels, Subscription)
 from .channel import ChannelExtension
 from .features import FeatureSpec
@@ -100,9 +100,19 @@ def lnp_channel_extensions() -> list[ChannelExtension]:
 
 
 @hookspec(firstresult=True)
-def lnp_key_custody(node: Any) -> KeyCustody | None:
-    """Provide custody of the node key instead of the host's key file (signd will).
+def lnp_key_custody(node: Any) -> KeyCustody | RemoteCustody | None:
+    """Provide custody of the node key instead of the host's key file (signd does).
 
-    `node` is the host's view of the node being assembled (profile, data dir). Return None to
-    leave custody to the next plugin or to the host.
+    `node` is the profile of the node being assembled (`section`, `plugin_table`, `data_dir`).
+    Return a KeyCustody used in the lnpd process, or a RemoteCustody naming the service that serves
+    the key over the control bus to every process; None leaves custody to the next plugin or the host.
+    """
+
+
+@hookspec
+def lnp_init(node: Any) -> dict[str, Any] | None:
+    """`lnp-host init`: create this plugin's persistent state (signd creates the seed).
+
+    `node` is the profile. Return what to show the user; a key named `mnemonic` is shown only
+    with `--show-mnemonic`. Raise to refuse (for example when the state exists already).
     """

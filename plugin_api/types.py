@@ -239,6 +239,15 @@ class KeyCustody(Protocol):
         """A 64-byte compact ECDSA signature (low-S) of a 32-byte digest with the node key."""
 
 
+@dataclass(frozen=True)
+class RemoteCustody:
+    """Returned by `lnp_key_custody` when the node key is served by a service over the control bus
+    (it answers `host.keys.node_id`, `host.keys.ecdh` and `host.keys.sign_digest`)."""
+
+    service: str
+    node_id: bytes
+
+
 class Storage(Protocol):
     """The node's database."""
 

@@ -1,0 +1,244 @@
+"""bitcoind: the chain backend over Bitcoin Core's JSON-RPC (and nodes that imitate it, such as bcoin).
+
+Runs in the watchd service and answers the `chain.*` control requests (see plugin_api.chain).
+Answers are read in both the shapes bitcoind and bcoin give; a broadcast counts only once the
+transaction is really in the mempool; with `zmq_rawblock` set, new blocks are announced at once
+(event `chain_block_hint`), otherwise watchd polls.
+"""
+from __future__ import annotations
+
+import base64
+import http.client
+import json
+import threading
+import urllib.parse
+import weakref
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import zmq
+
+from plugin_api import EventSpec, Field, RpcError, ServiceContext, hookimpl
+from plugin_api.chain import BROADCAST_REJECTED, FEE_TARGETS, ChainBackend, ChainInfo, backend_subscriptions
+
+NETWORKS = {"main": "mainnet", "test": "testnet", "testnet4": "testnet", "signet": "signet", "regtest": "regtest"}
+UNREACHABLE = -32000
+
+
+def _url_check(value: str) -> str | None:
+    parsed = urllib.parse.urlparse(value)
+    return None if parsed.scheme in ("http", "https") and parsed.hostname else "expected http://HOST:PORT"
+
+
+SCHEMA = {
+    "url": Field(str, "http://127.0.0.1:18443", "bitcoind's JSON-RPC endpoint", check=_url_check),
+    "user": Field(str, "", "RPC user (or use cookie_file)"),
+    "password": Field(str, "", "RPC password"),
+    "cookie_file": Field(str, "", "bitcoind's .cookie file (user:password), read at each connection; "
+                         "relative to the data dir unless absolute"),
+    "timeout": Field(float, 30.0, "seconds to wait for an answer"),
+    "zmq_rawblock": Field(str, "", "bitcoind's zmqpubrawblock endpoint, e.g. tcp://127.0.0.1:28332"),
+}
+
+
+class BitcoindError(RpcError):
+    """An error answer from bitcoind, or bitcoind unreachable."""
+
+
+class Bitcoind:
+    """A small thread-safe JSON-RPC client with one kept-alive HTTP connection."""
+
+    def __init__(self, url: str, user: str = "", password: str = "", cookie_file: str = "",
+                 timeout: float = 30.0) -> None:
+        self.url = urllib.parse.urlparse(url)
+        self._user, self._password, self._cookie = user, password, cookie_file
+        self.timeout = timeout
+        self._conn: http.client.HTTPConnection | None = None
+        self._lock = threading.Lock()
+        self._ids = 0
+
+    def _auth(self) -> str:
+        if self._cookie:
+            try:
+                creds = Path(self._cookie).expanduser().read_text().strip()
+            except OSError as e:
+                raise BitcoindError(UNREACHABLE, f"cannot read cookie file {self._cookie}: {e.strerror}") from None
+        else:
+            creds = f"{self._user}:{self._password}"
+        return "Basic " + base64.b64encode(creds.encode()).decode()
+
+    def call(self, method: str, *params: Any) -> Any:
+        """Call `method`; raises BitcoindError with bitcoind's code and message."""
+        with self._lock:
+            self._ids += 1
+            body = json.dumps({"jsonrpc": "1.0", "id": self._ids, "method": method, "params": list(params)})
+            for attempt in (1, 2):  # a kept-alive connection the server closed is retried once
+                try:
+                    if self._conn is None:
+                        cls = http.client.HTTPSConnection if self.url.scheme == "https" else http.client.HTTPConnection
+                        self._conn = cls(self.url.hostname, self.url.port or 8332, timeout=self.timeout)
+                    self._conn.request("POST", self.url.path or "/", body,
+                                       {"Authorization": self._auth(), "Content-Type": "application/json"})
+                    response = self._conn.getresponse()
+                    raw = response.read()
+                    break
+                except (OSError, http.client.HTTPException) as e:
+                    self.close()
+                    if attempt == 2:
+                        raise BitcoindError(UNREACHABLE, f"bitcoind at {self.url.netloc} unreachable: "
+                                            f"{getattr(e, 'strerror', None) or e}") from None
+            if response.status == 401:
+                raise BitcoindError(UNREACHABLE, "bitcoind refused the RPC credentials")
+        try:
+            answer = json.loads(raw, parse_float=Decimal)
+        except ValueError:
+            raise BitcoindError(UNREACHABLE, f"bitcoind answered HTTP {response.status} without JSON") from None
+        if answer.get("error"):  # bitcoind uses HTTP 500 for errors, bcoin HTTP 200: read the body either way
+            err = answer["error"]
+            raise BitcoindError(int(err.get("code", -1)), str(err.get("message", "error")))
+        return answer.get("result")
+
+    def close(self) -> None:
+        """Drop the HTTP connection."""
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+
+def btc_to_sat(value: Any) -> int:
+    """A BTC amount from JSON (read as Decimal) in satoshis."""
+    return int((Decimal(str(value)) * 100_000_000).to_integral_value())
+
+
+class BitcoindBackend(ChainBackend):
+    """`ChainBackend` on bitcoind's RPC, tolerant of bcoin's answers."""
+
+    def __init__(self, rpc: Bitcoind) -> None:
+        self.rpc = rpc
+
+    def info(self) -> ChainInfo:
+        i = self.rpc.call("getblockchaininfo")
+        chain = str(i["chain"])
+        syncing = bool(i.get("initialblockdownload", False)) or i.get("headers", i["blocks"]) > i["blocks"]
+        return ChainInfo(NETWORKS.get(chain, chain), int(i["blocks"]), str(i["bestblockhash"]), syncing)
+
+    def fees(self) -> dict[int, int]:
+        out = {}
+        for target in FEE_TARGETS:
+            try:
+                answer = self.rpc.call("estimatesmartfee", target)
+            except BitcoindError:
+                continue
+            rate = answer.get("feerate", answer.get("fee"))  # bitcoind: feerate; bcoin: fee (-1 if unknown)
+            if rate is not None and Decimal(str(rate)) > 0:
+                out[target] = btc_to_sat(rate)
+        return out
+
+    def block(self, height: int) -> tuple[str, bytes] | None:
+        try:
+            block_hash = self.rpc.call("getblockhash", height)
+        except BitcoindError as e:
+            if e.code == -8:  # out of range
+                return None
+            raise
+        raw = self.rpc.call("getblock", block_hash, False)  # verbosity false: raw hex (both nodes)
+        return str(block_hash), bytes.fromhex(raw)
+
+    def utxo(self, txid: str, vout: int) -> tuple[int, bytes] | None:
+        out = self.rpc.call("gettxout", txid, vout)
+        if not out:
+            return None
+        return btc_to_sat(out["value"]), bytes.fromhex(out["scriptPubKey"]["hex"])
+
+    def broadcast(self, raw: bytes) -> str:
+        try:
+            txid = str(self.rpc.call("sendrawtransaction", raw.hex()))
+        except BitcoindError as e:
+            if e.code == -27:  # already in the chain: nothing to do
+                from embit.transaction import Transaction
+                return Transaction.parse(raw).txid().hex()
+            raise RpcError(BROADCAST_REJECTED, f"transaction rejected: {e.message}") from None
+        # Some nodes answer with the txid even when their mempool refused the transaction.
+        if txid in self.rpc.call("getrawmempool"):
+            return txid
+        if self.rpc.call("gettxout", txid, 0, False) is not None:
+            return txid  # already confirmed
+        raise RpcError(BROADCAST_REJECTED, "transaction rejected: not in the node's mempool after sendrawtransaction")
+
+
+class _Plugin:
+    def __init__(self, ctx: ServiceContext) -> None:
+        cfg = ctx.config
+        cookie = cfg["cookie_file"]
+        if cookie and not Path(cookie).expanduser().is_absolute():  # relative to the node's data dir
+            cookie = str(ctx.node.data_dir / cookie)
+        self.rpc = Bitcoind(cfg["url"], cfg["user"], cfg["password"], cookie, cfg["timeout"])
+        self.backend = BitcoindBackend(self.rpc)
+        self.stop = threading.Event()
+        self.thread: threading.Thread | None = None
+        if cfg["zmq_rawblock"]:
+            self.thread = threading.Thread(target=self._listen, args=(ctx, cfg["zmq_rawblock"]),
+                                           name="bitcoind-zmq", daemon=True)
+            self.thread.start()
+
+    def _listen(self, ctx: ServiceContext, endpoint: str) -> None:
+        """bitcoind's zmqpubrawblock: announce each block at once instead of waiting for the next poll."""
+        zctx = zmq.Context.instance()
+        sub = zctx.socket(zmq.SUB)
+        sub.setsockopt(zmq.LINGER, 0)
+        sub.setsockopt(zmq.SUBSCRIBE, b"rawblock")
+        sub.connect(endpoint)
+        try:
+            while not self.stop.is_set():
+                if sub.poll(200):
+                    frames = sub.recv_multipart()
+                    if len(frames) >= 2:
+                        ctx.emit("chain_block_hint", {"raw_size": len(frames[1])})
+        finally:
+            sub.close(0)
+
+
+_plugins: "weakref.WeakKeyDictionary[Any, _Plugin]" = weakref.WeakKeyDictionary()
+
+
+def _backend(ctx: ServiceContext) -> ChainBackend:
+    plugin = _plugins.get(ctx)
+    if plugin is None:
+        raise RpcError(RpcError.SERVICE_UNAVAILABLE, "the bitcoind backend is not running")
+    return plugin.backend
+
+
+@hookimpl
+def lnp_service() -> str:
+    return "watchd"
+
+
+@hookimpl
+def lnp_config_schema() -> dict:
+    return SCHEMA
+
+
+@hookimpl
+def lnp_subscriptions() -> list:
+    return backend_subscriptions(_backend)
+
+
+@hookimpl
+def lnp_events() -> list:
+    return [EventSpec("chain_block_hint", "bitcoind announced a block over ZMQ; watchd polls at once")]
+
+
+@hookimpl
+def lnp_startup(ctx: ServiceContext) -> None:
+    _plugins[ctx] = _Plugin(ctx)
+
+
+@hookimpl
+def lnp_shutdown(ctx: ServiceContext) -> None:
+    plugin = _plugins.pop(ctx, None)
+    if plugin is not None:
+        plugin.stop.set()
+        if plugin.thread is not None:
+            plugin.thread.join(2)
+        plugin.rpc.close()

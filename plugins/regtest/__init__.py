@@ -1,0 +1,153 @@
+"""regtest: starts and stops a real Bitcoin regtest node (bcoin, made to behave like Core's regtest).
+
+With this plugin a regtest profile works on a fresh machine with no bitcoind: the node is
+installed with `npm ci` on first use (from the package-lock.json shipped here), keeps its chain in
+DATA_DIR/regtest/chain so a restart resumes it, and writes its RPC credentials to
+DATA_DIR/regtest/.cookie for the bitcoind backend (`cookie_file = "regtest/.cookie"`).
+`lnp-cli mine N [ADDRESS]` mines blocks, to the node's own wallet by default.
+"""
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import select
+import shutil
+import subprocess
+import threading
+import weakref
+from pathlib import Path
+from typing import Any
+
+from plugin_api import Field, RpcError, ServiceContext, hookimpl, rpc_method
+
+from plugins.bitcoind import Bitcoind, BitcoindError
+
+NODE_DIR = Path(__file__).resolve().parent / "node"
+START_TIMEOUT = 60.0
+
+
+class RegtestNode:
+    """The bcoin process: installed if needed, started, watched, stopped."""
+
+    def __init__(self, ctx: ServiceContext) -> None:
+        self.ctx = ctx
+        self.port = int(ctx.config["rpc_port"])
+        self.home = ctx.node.data_dir / "regtest"
+        self.home.mkdir(mode=0o700, exist_ok=True)
+        self.cookie = self.home / ".cookie"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.stopping = threading.Event()
+        self.rpc: Bitcoind | None = None
+
+    def install(self) -> None:
+        """`npm ci` the first time, from the committed package-lock.json."""
+        if (NODE_DIR / "node_modules" / "bcoin").is_dir():
+            return
+        npm = shutil.which("npm")
+        if npm is None:
+            raise RuntimeError("the regtest node needs Node.js and npm (apt-get install nodejs npm)")
+        self.ctx.log.info("installing the regtest node (npm ci) in %s", NODE_DIR)
+        done = subprocess.run([npm, "ci", "--ignore-scripts", "--no-audit", "--no-fund"], cwd=NODE_DIR,
+                              capture_output=True, text=True, timeout=600)
+        if done.returncode != 0:
+            raise RuntimeError(f"npm ci failed: {done.stderr.strip()[-500:]}")
+
+    def start(self) -> None:
+        """Start the node and wait until its RPC answers."""
+        self.install()
+        node = shutil.which("node")
+        if node is None:
+            raise RuntimeError("the regtest node needs Node.js (apt-get install nodejs)")
+        key = secrets.token_hex(16)
+        fd = os.open(self.cookie, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(f"__cookie__:{key}\n")
+        log = open(self.home / "node.log", "ab")
+        self.proc = subprocess.Popen(
+            [node, str(NODE_DIR / "launcher.js"), "--rpc-port", str(self.port),
+             "--wallet-port", str(self.ctx.config["wallet_port"] or self.port + 1),
+             "--api-key", key, "--prefix", str(self.home / "chain")],
+            stdout=subprocess.PIPE, stderr=log, cwd=NODE_DIR)
+        log.close()
+        assert self.proc.stdout is not None
+        ready, _, _ = select.select([self.proc.stdout], [], [], START_TIMEOUT)
+        line = self.proc.stdout.readline() if ready else b""
+        if not line.startswith(b"{"):
+            self.stop()
+            raise RuntimeError(f"the regtest node did not start; see {self.home / 'node.log'}")
+        self.rpc = Bitcoind(f"http://127.0.0.1:{self.port}", cookie_file=str(self.cookie))
+        self.ctx.log.info("regtest node running on 127.0.0.1:%d (%s)", self.port, json.loads(line)["pid"])
+        threading.Thread(target=self._watch, name="regtest-watch", daemon=True).start()
+
+    def _watch(self) -> None:
+        assert self.proc is not None
+        self.proc.wait()
+        if not self.stopping.is_set():
+            self.ctx.fail(f"the regtest node exited with status {self.proc.returncode}")
+
+    def stop(self) -> None:
+        """Stop the node (SIGTERM, then SIGKILL after 10 s)."""
+        self.stopping.set()
+        if self.rpc is not None:
+            self.rpc.close()
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+
+
+_nodes: "weakref.WeakKeyDictionary[Any, RegtestNode]" = weakref.WeakKeyDictionary()
+
+
+@rpc_method
+def mine(ctx: ServiceContext, blocks: int = 1, address: str | None = None) -> dict[str, Any]:
+    """Mine BLOCKS blocks (regtest only) to ADDRESS, by default a new address of the node's wallet."""
+    node = _nodes.get(ctx)
+    if node is None or node.rpc is None:
+        raise RpcError(RpcError.SERVICE_UNAVAILABLE, "the regtest node is not running")
+    if not 1 <= blocks <= 1000:
+        raise RpcError(RpcError.INVALID_PARAMS, "blocks must be 1..1000")
+    if address is None:
+        address = ctx.request("wallet", "wallet.newaddr", {})["address"]
+    try:
+        hashes = node.rpc.call("generatetoaddress", blocks, address)
+    except BitcoindError as e:
+        raise RpcError(RpcError.INVALID_PARAMS, f"cannot mine to {address!r}: {e.message}") from None
+    return {"blocks": hashes, "address": address, "height": node.rpc.call("getblockcount")}
+
+
+@hookimpl
+def lnp_service() -> str:
+    return "regtest"
+
+
+@hookimpl
+def lnp_config_schema() -> dict:
+    return {"rpc_port": Field(int, 18443, "the regtest node's JSON-RPC port (loopback only)"),
+            "wallet_port": Field(int, 0, "its wallet's HTTP port (0: rpc_port + 1)")}
+
+
+@hookimpl
+def lnp_rpc_methods() -> list:
+    return [mine]
+
+
+@hookimpl
+def lnp_startup(ctx: ServiceContext) -> None:
+    if ctx.node.network != "regtest":
+        raise RuntimeError(f"the regtest plugin only runs on regtest, not {ctx.node.network}")
+    node = RegtestNode(ctx)
+    node.start()
+    _nodes[ctx] = node
+
+
+@hookimpl
+def lnp_shutdown(ctx: ServiceContext) -> None:
+    node = _nodes.pop(ctx, None)
+    if node is not None:
+        node.stop()
+

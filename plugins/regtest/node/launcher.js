@@ -1,0 +1,128 @@
+// A bcoin full node made to behave like Bitcoin Core's regtest, for lnp-host's tests and regtest profiles.
+//
+//   node launcher.js --rpc-port 18443 --api-key KEY [--wallet-port 18444] [--prefix DIR]
+//
+// Prints one JSON line {"ready": true, ...} on stdout once JSON-RPC answers. Differences from stock
+// bcoin that this removes (see ../shared/notes/regtest-node.md): Core's address prefixes and RPC
+// port, segwit/CSV/CLTV active from the first blocks, wallet RPC calls on the node's RPC port, and a
+// `sendrawtransaction` that reports mempool rejections with bitcoind's error codes instead of
+// answering with the txid regardless.
+'use strict';
+
+const fs = require('fs');
+const path = require('path');
+const networks = require('bcoin/lib/protocol/networks');
+const Network = require('bcoin/lib/protocol/network');
+
+function arg(name, fallback) {
+  const i = process.argv.indexOf(`--${name}`);
+  return i >= 0 ? process.argv[i + 1] : fallback;
+}
+
+const rpcPort = parseInt(arg('rpc-port', '18443'), 10);
+const walletPort = parseInt(arg('wallet-port', String(rpcPort + 1)), 10);
+const apiKey = arg('api-key', 'lnp');
+const prefix = arg('prefix', null);
+
+const regtest = networks.regtest;
+regtest.rpcPort = rpcPort;
+regtest.walletPort = walletPort;
+regtest.port = rpcPort + 2;  // never bound: the node does not listen
+regtest.addressPrefix = {
+  pubkeyhash: 0x6f, scripthash: 0xc4, witnesspubkeyhash: 0x06, witnessscripthash: 0x0a, bech32: 'bcrt'
+};
+regtest.keyPrefix = {
+  privkey: 0xef, xpubkey: 0x043587cf, xprivkey: 0x04358394, xpubkey58: 'tpub', xprivkey58: 'tprv', coinType: 1
+};
+regtest.block.bip34height = 1;
+regtest.block.bip65height = 1;
+regtest.block.bip66height = 1;
+for (const name of ['csv', 'segwit']) {
+  regtest.deployments[name].window = 1;
+  regtest.deployments[name].threshold = 1;
+  regtest.deployments[name].startTime = 0;
+}
+Network.set('regtest');
+
+const bcoin = require('bcoin');
+const { RPCError } = require('bweb');
+const TX = require('bcoin/lib/primitives/tx');
+
+const node = new bcoin.FullNode({
+  network: 'regtest',
+  memory: prefix === null,
+  prefix: prefix || undefined,
+  listen: false,
+  seeds: [],
+  nodes: [],
+  maxInbound: 0,
+  httpHost: '127.0.0.1',
+  httpPort: rpcPort,
+  apiKey,
+  indexTX: true,
+  indexAddress: true,
+  replaceByFee: true,
+  workers: false,
+  logLevel: 'warning',
+  logConsole: false,
+  'wallet-http-port': walletPort,
+  'wallet-prefix': prefix ? path.join(prefix, 'wallet') : undefined,
+  'wallet-http-host': '127.0.0.1',
+});
+node.use(require('bcoin/lib/wallet/plugin'));
+
+// bitcoind's sendrawtransaction: errors when the mempool refuses, and when the tx is already mined.
+async function sendRawTransaction(args, help) {
+  if (help || args.length < 1 || args.length > 2)
+    throw new RPCError(-1, 'sendrawtransaction "hexstring" ( maxfeerate )');
+  let tx;
+  try {
+    tx = TX.fromRaw(Buffer.from(String(args[0]), 'hex'));
+  } catch (e) {
+    throw new RPCError(-22, 'TX decode failed');
+  }
+  if (await node.chain.db.hasCoins(tx))
+    throw new RPCError(-27, 'Transaction already in block chain');
+  if (node.mempool.hasEntry(tx.hash()))
+    return tx.txid();
+  let missing;
+  try {
+    missing = await node.mempool.addTX(tx);
+  } catch (e) {
+    if (e.type === 'VerifyError') {
+      const code = e.code === 'duplicate' ? -27 : e.reason.includes('missing') ? -25 : -26;
+      throw new RPCError(code, e.reason);
+    }
+    throw new RPCError(-25, e.message);
+  }
+  if (missing && missing.length)  // kept as an orphan: bitcoind refuses these
+    throw new RPCError(-25, 'Missing inputs');
+  node.relay(tx);
+  return tx.txid();
+}
+
+(async () => {
+  await node.ensure();  // creates the prefix directories of a persistent chain
+  if (prefix)
+    fs.mkdirSync(path.join(prefix, 'wallet'), { recursive: true });
+  await node.open();
+  await node.connect();
+  node.rpc.calls.sendrawtransaction = sendRawTransaction;
+  const wallet = node.require('walletdb');
+  node.rpc.mount(wallet.rpc);
+  process.stdout.write(JSON.stringify({ ready: true, rpcPort, walletPort, pid: process.pid,
+    prefix: prefix && path.resolve(prefix) }) + '\n');
+})().catch((e) => {
+  process.stderr.write(`regtest node failed: ${e.stack || e}\n`);
+  process.exit(1);
+});
+
+for (const sig of ['SIGINT', 'SIGTERM']) {
+  process.on(sig, async () => {
+    try {
+      await node.close();
+    } finally {
+      process.exit(0);
+    }
+  });
+}

@@ -1,0 +1,68 @@
+"""Every key signd holds, derived from the seed (documented in docs/keys.md).
+
+    node key                     m/1017'/C'/6'/0/0
+    channel i, family F          m/1017'/C'/F'/0/i   F: 0 funding, 1 revocation, 2 htlc, 3 payment,
+                                                     4 delayed payment, 5 per-commitment seed
+    wallet (BIP84)               m/84'/C'/0'/{0,1}/n
+C is 0 on mainnet and 1 on the test networks. The same seed always gives the same keys.
+"""
+from __future__ import annotations
+
+import coincurve
+from embit import bip32, bip39
+from embit.networks import NETWORKS
+
+from plugin_api.bolt3 import per_commitment_secret, point
+
+FAMILIES = {"funding_pubkey": 0, "revocation_basepoint": 1, "htlc_basepoint": 2, "payment_basepoint": 3,
+            "delayed_payment_basepoint": 4}
+PER_COMMITMENT_FAMILY = 5
+NODE_FAMILY = 6
+EMBIT_NETWORK = {"mainnet": "main", "testnet": "test", "signet": "signet", "regtest": "regtest"}
+
+
+class Keychain:
+    """The root key and what is derived from it."""
+
+    def __init__(self, mnemonic: str, network: str) -> None:
+        self.network = network
+        self.coin = 0 if network == "mainnet" else 1
+        self._root = bip32.HDKey.from_seed(bip39.mnemonic_to_seed(mnemonic))
+        self.fingerprint = self._root.my_fingerprint.hex()
+        self.node_key = coincurve.PrivateKey(self._secret(f"m/1017h/{self.coin}h/{NODE_FAMILY}h/0/0"))
+        self.account_path = f"m/84h/{self.coin}h/0h"
+        self._account = self._root.derive(self.account_path)
+
+    def _secret(self, path: str) -> bytes:
+        return self._root.derive(path).key.secret
+
+    @property
+    def root(self) -> bip32.HDKey:
+        """The root key, for signing PSBTs whose inputs carry our derivation paths."""
+        return self._root
+
+    def node_id(self) -> bytes:
+        """The node key's compressed public key."""
+        return self.node_key.public_key.format()
+
+    def account_xpub(self) -> str:
+        """The BIP84 account's extended public key (tpub/xpub, as embit writes it for the network)."""
+        return self._account.to_public().to_string(NETWORKS[EMBIT_NETWORK[self.network]]["xpub"])
+
+    def descriptors(self) -> dict[str, str]:
+        """The wallet's receive and change descriptors, with key origin."""
+        origin = f"[{self.fingerprint}/84h/{self.coin}h/0h]{self.account_xpub()}"
+        return {"receive": f"wpkh({origin}/0/*)", "change": f"wpkh({origin}/1/*)"}
+
+    def channel_secret(self, family: int, index: int) -> bytes:
+        """A channel key's secret."""
+        return self._secret(f"m/1017h/{self.coin}h/{family}h/0/{index}")
+
+    def basepoints(self, index: int) -> dict[str, str]:
+        """BOLT-3 basepoints (and the funding key) of channel `index`."""
+        return {name: point(self.channel_secret(family, index)).hex() for name, family in FAMILIES.items()}
+
+    def per_commitment_point(self, index: int, commitment_number: int) -> bytes:
+        """The per-commitment point of channel `index` for `commitment_number` (counting up from 0)."""
+        seed = self.channel_secret(PER_COMMITMENT_FAMILY, index)
+        return point(per_commitment_secret(seed, (1 << 48) - 1 - commitment_number))

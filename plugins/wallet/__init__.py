@@ -1,0 +1,119 @@
+"""wallet: the node's on-chain BIP84 descriptor wallet (keys in signd, chain through watchd).
+
+RPC: newaddr, funds, withdraw ADDRESS SATS|all [--feerate SAT_PER_VB], transactions.
+Control requests for other services (channel funding):
+    wallet.newaddr   -> {address}
+    wallet.fund      {outputs: [{address | script, value_sat}], feerate?, label?}
+                     -> {reservation, txid, tx, fee_sat, change_vout}   inputs reserved, nothing sent
+    wallet.broadcast {reservation} -> {txid}
+    wallet.release   {reservation} -> {released}                         abandon: inputs free again
+"""
+from __future__ import annotations
+
+import weakref
+from typing import Any
+
+from plugin_api import Field, RpcError, ServiceContext, Subscription, hookimpl, rpc_method
+
+from . import storage
+from .builder import WalletError, script_for
+from .wallet import Wallet
+
+WATCHD_EVENTS = ("block_connected", "block_disconnected", "script_paid", "script_unpaid", "outpoint_spent",
+                 "outpoint_unspent", "tx_depth", "tx_unconfirmed")
+_wallets: "weakref.WeakKeyDictionary[Any, Wallet]" = weakref.WeakKeyDictionary()
+
+
+def _wallet(ctx: ServiceContext) -> Wallet:
+    w = _wallets.get(ctx)
+    if w is None:
+        raise RpcError(RpcError.SERVICE_UNAVAILABLE, "the wallet is not running")
+    return w
+
+
+@rpc_method
+def newaddr(ctx: ServiceContext) -> dict[str, str]:
+    """A new receive address (BIP84, native segwit)."""
+    return _wallet(ctx).new_address()
+
+
+@rpc_method
+def funds(ctx: ServiceContext) -> dict[str, Any]:
+    """Confirmed, unconfirmed, immature (coinbase) and reserved balances, and the unspent outputs."""
+    return _wallet(ctx).funds()
+
+
+@rpc_method
+def withdraw(ctx: ServiceContext, address: str, amount: str, feerate: float | None = None) -> dict[str, Any]:
+    """Send AMOUNT sat (or `all`) to ADDRESS at FEERATE sat/vB (default: the 6-block estimate, with a
+    floor); signals RBF. Returns the txid once the backend's mempool holds the transaction."""
+    return _wallet(ctx).withdraw(address, str(amount), feerate)
+
+
+@rpc_method
+def transactions(ctx: ServiceContext) -> list[dict[str, Any]]:
+    """The wallet's transactions with their effect on the balance, fee and confirmations."""
+    return _wallet(ctx).transactions()
+
+
+def _fund(ctx: ServiceContext, body: dict[str, Any]) -> dict[str, Any]:
+    w = _wallet(ctx)
+    outputs = []
+    for o in body.get("outputs") or []:
+        if not isinstance(o, dict) or not isinstance(o.get("value_sat"), int):
+            raise WalletError("each output needs value_sat and an address or a script")
+        script = bytes.fromhex(o["script"]) if "script" in o else script_for(str(o.get("address", "")), w.network).data
+        outputs.append((script, o["value_sat"]))
+    if not outputs:
+        raise WalletError("no outputs to fund")
+    feerate = body.get("feerate")
+    return w.fund(outputs, float(feerate) if feerate is not None else None, label=str(body.get("label", "")),
+                  purpose=str(body.get("purpose", "fund")))
+
+
+def _on_event(ctx: ServiceContext, event: Any) -> None:
+    w = _wallets.get(ctx)
+    if w is not None:
+        w.on_event(event.name, event.body)
+
+
+@hookimpl
+def lnp_service() -> str:
+    return "wallet"
+
+
+@hookimpl
+def lnp_config_schema() -> dict:
+    positive = lambda v: None if v > 0 else "must be greater than zero"  # noqa: E731
+    return {"gap_limit": Field(int, 20, "unused addresses kept watched on each branch", check=positive),
+            "min_feerate": Field(float, 1.0, "fee rate floor, sat/vB", check=positive),
+            "max_feerate": Field(float, 1000.0, "fee rate ceiling, sat/vB", check=positive)}
+
+
+@hookimpl
+def lnp_storage_models() -> Any:
+    return storage.MODELS
+
+
+@hookimpl
+def lnp_rpc_methods() -> list:
+    return [newaddr, funds, withdraw, transactions]
+
+
+@hookimpl
+def lnp_subscriptions() -> list:
+    return [Subscription.control("wallet.newaddr", lambda ctx, body: {"address": _wallet(ctx).new_address()["address"]}),
+            Subscription.control("wallet.fund", _fund),
+            Subscription.control("wallet.broadcast", lambda ctx, body: _wallet(ctx).broadcast(str(body.get("reservation")))),
+            Subscription.control("wallet.release", lambda ctx, body: _wallet(ctx).release(str(body.get("reservation"))))
+            ] + [Subscription.event(name, _on_event) for name in WATCHD_EVENTS]
+
+
+@hookimpl
+def lnp_startup(ctx: ServiceContext) -> None:
+    _wallets[ctx] = Wallet(ctx)
+
+
+@hookimpl
+def lnp_shutdown(ctx: ServiceContext) -> None:
+    _wallets.pop(ctx, None)

@@ -1,0 +1,163 @@
+"""watchd: follows the chain through the chain backend and tells other services what they watch.
+
+Control requests (from any service):
+    watchd.watch    {kind: outpoint|txid|script, key, owner, depths?} -> the watch
+    watchd.unwatch  {id} -> {removed}
+    watchd.status   -> {height, hash, watches}
+Events: block_connected / block_disconnected {height, hash}; outpoint_spent / outpoint_unspent;
+tx_depth (once per requested depth) / tx_unconfirmed; script_paid / script_unpaid. Each watch
+event carries the watch's `watch_id` and `owner`.
+"""
+from __future__ import annotations
+
+import threading
+import weakref
+from typing import Any
+
+from plugin_api import EventSpec, Field, RpcError, ServiceContext, Subscription, hookimpl, rpc_method
+from plugin_api.chain import ChainClient
+
+from . import storage
+from .scanner import Scanner
+
+EVENTS = [
+    EventSpec("block_connected", "{height, hash}"),
+    EventSpec("block_disconnected", "a reorg took the block back; {height, hash}"),
+    EventSpec("outpoint_spent", "{watch_id, owner, outpoint, spending_txid, spending_tx, height}"),
+    EventSpec("outpoint_unspent", "a reorg undid the spend; {watch_id, owner, outpoint, spending_txid, height}"),
+    EventSpec("tx_depth", "a watched txid reached a requested depth; {watch_id, owner, txid, depth, height}"),
+    EventSpec("tx_unconfirmed", "a reorg undid the confirmation; {watch_id, owner, txid, height}"),
+    EventSpec("script_paid", "{watch_id, owner, script, txid, vout, value_sat, height, tx}"),
+    EventSpec("script_unpaid", "a reorg undid the payment; {watch_id, owner, script, txid, vout, height}"),
+]
+
+
+class Watchd:
+    """The scanner and the thread that polls the backend."""
+
+    def __init__(self, ctx: ServiceContext) -> None:
+        self.ctx = ctx
+        self.poll_interval = float(ctx.config["poll_interval"])
+        self.scanner = Scanner(ctx.storage, ChainClient(ctx), self._emit, int(ctx.config["start_height"]))
+        self.wake = threading.Event()
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="watchd-poll", daemon=True)
+        self.last_error = ""
+
+    def _emit(self, name: str, body: dict[str, Any]) -> None:
+        try:
+            self.ctx.emit(name, body)
+        except Exception:
+            self.ctx.log.exception("could not emit %s", name)
+
+    def _run(self) -> None:
+        while not self.stopping.is_set():
+            try:
+                self.scanner.poll()
+                if self.last_error:
+                    self.ctx.log.info("chain backend answering again")
+                self.last_error = ""
+            except RpcError as e:  # the backend is unreachable or not started yet: try again
+                if e.message != self.last_error:
+                    self.ctx.log.warning("chain backend: %s", e.message)
+                self.last_error = e.message
+            except Exception:
+                self.ctx.log.exception("processing blocks failed")
+                self.ctx.fail("processing blocks failed")
+                return
+            self.wake.wait(self.poll_interval)
+            self.wake.clear()
+
+
+_running: "weakref.WeakKeyDictionary[Any, Watchd]" = weakref.WeakKeyDictionary()
+
+
+def _get(ctx: ServiceContext) -> Watchd:
+    w = _running.get(ctx)
+    if w is None:
+        raise RpcError(RpcError.SERVICE_UNAVAILABLE, "watchd is not running")
+    return w
+
+
+def _watch(ctx: ServiceContext, body: dict[str, Any]) -> dict[str, Any]:
+    depths = body.get("depths")
+    if depths is not None and (not isinstance(depths, list) or not all(isinstance(d, int) for d in depths)):
+        raise RpcError(RpcError.INVALID_PARAMS, "depths must be a list of integers")
+    w = _get(ctx)
+    out = w.scanner.add(str(body.get("kind", "")), str(body.get("key", "")), str(body.get("owner", "?")), depths)
+    w.wake.set()  # a new watch may already be due at the current tip (depth 1 of a mined txid is not)
+    return out
+
+
+def _unwatch(ctx: ServiceContext, body: dict[str, Any]) -> dict[str, bool]:
+    return {"removed": _get(ctx).scanner.remove(int(body.get("id", -1)))}
+
+
+def _status(ctx: ServiceContext, body: dict[str, Any]) -> dict[str, Any]:
+    return _get(ctx).scanner.status()
+
+
+def _hint(ctx: ServiceContext, event: Any) -> None:
+    _get(ctx).wake.set()
+
+
+@rpc_method
+def chaininfo(ctx: ServiceContext) -> dict[str, Any]:
+    """watchd's tip and watch counts, and the backend's view of the chain."""
+    w = _get(ctx)
+    try:
+        backend = ChainClient(ctx, timeout=10).info()
+        chain = {"network": backend.network, "height": backend.height, "best_hash": backend.best_hash,
+                 "syncing": backend.syncing}
+    except RpcError as e:
+        chain = {"error": e.message}
+    return {"watchd": w.scanner.status(), "backend": chain}
+
+
+@hookimpl
+def lnp_service() -> str:
+    return "watchd"
+
+
+@hookimpl
+def lnp_config_schema() -> dict:
+    return {"poll_interval": Field(float, 2.0, "seconds between polls of the backend (ZMQ hints come at once)",
+                                   check=lambda v: None if v > 0 else "must be greater than zero"),
+            "start_height": Field(int, -1, "block to start from on first run (-1: the tip)")}
+
+
+@hookimpl
+def lnp_storage_models() -> Any:
+    return storage.MODELS
+
+
+@hookimpl
+def lnp_events() -> list:
+    return EVENTS
+
+
+@hookimpl
+def lnp_rpc_methods() -> list:
+    return [chaininfo]
+
+
+@hookimpl
+def lnp_subscriptions() -> list:
+    return [Subscription.control("watchd.watch", _watch), Subscription.control("watchd.unwatch", _unwatch),
+            Subscription.control("watchd.status", _status), Subscription.event("chain_block_hint", _hint)]
+
+
+@hookimpl
+def lnp_startup(ctx: ServiceContext) -> None:
+    w = Watchd(ctx)
+    _running[ctx] = w
+    w.thread.start()
+
+
+@hookimpl
+def lnp_shutdown(ctx: ServiceContext) -> None:
+    w = _running.pop(ctx, None)
+    if w is not None:
+        w.stopping.set()
+        w.wake.set()
+        w.thread.join(10)

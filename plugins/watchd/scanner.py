@@ -1,0 +1,267 @@
+"""watchd's state machine: follow the chain block by block, match watches, undo on reorgs.
+
+Each connected or disconnected block is one database transaction (watch states and the tip), and
+its notifications are emitted only after that transaction commits, so a restart never re-sends
+or loses one: it resumes from the stored tip.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from sqlalchemy import delete, insert, select, update
+
+from plugin_api import RpcError, Storage
+from plugin_api.chain import ChainBackend, parse_block
+
+from . import storage as db
+
+log = logging.getLogger("lnp.watchd")
+Emit = Callable[[str, dict[str, Any]], None]
+
+
+@dataclass
+class Watch:
+    """One watch as kept in memory (the database holds the same)."""
+
+    id: int
+    kind: str
+    key: str
+    owner: str
+    depths: list[int] = field(default_factory=lambda: [1])
+    confirmed_height: int | None = None
+    notified_depth: int = 0
+    spent_txid: str | None = None
+    spent_height: int | None = None
+
+    def describe(self) -> dict[str, Any]:
+        """The JSON form of the watch."""
+        return {k: getattr(self, k) for k in ("id", "kind", "key", "owner", "depths", "confirmed_height",
+                                               "notified_depth", "spent_txid", "spent_height")}
+
+
+class Scanner:
+    """The chain as processed so far, the watch list, and the block-by-block work."""
+
+    def __init__(self, storage: Storage, chain: ChainBackend, emit: Emit, start_height: int = -1) -> None:
+        self.storage, self.chain, self.emit = storage, chain, emit
+        self.start_height = start_height
+        self.lock = threading.RLock()
+        self.watches: dict[int, Watch] = {}
+        self.by_key: dict[tuple[str, str], list[Watch]] = {}
+        self.tip: tuple[int, str] | None = None
+        self._load()
+
+    # --- the watch list ------------------------------------------------------------------------
+
+    def _load(self) -> None:
+        with self.storage.begin() as conn:
+            for r in conn.execute(select(db.watches)):
+                self._index(Watch(r.id, r.kind, r.key, r.owner, json.loads(r.depths), r.confirmed_height,
+                                  r.notified_depth, r.spent_txid, r.spent_height))
+            top = conn.execute(select(db.blocks).order_by(db.blocks.c.height.desc()).limit(1)).first()
+        self.tip = (top.height, top.hash) if top is not None else None
+
+    def _index(self, w: Watch) -> None:
+        self.watches[w.id] = w
+        self.by_key.setdefault((w.kind, w.key), []).append(w)
+
+    def add(self, kind: str, key: str, owner: str, depths: list[int] | None = None) -> dict[str, Any]:
+        """Watch an outpoint ("txid:vout"), a txid, or a script (hex); the same request twice is one watch."""
+        key = _normalise(kind, key)
+        wanted = sorted(set(depths or [1]))
+        if any(d < 1 or d > 10_000 for d in wanted):
+            raise RpcError(RpcError.INVALID_PARAMS, "depths must be 1..10000")
+        with self.lock:
+            for w in self.by_key.get((kind, key), []):
+                if w.owner == owner:
+                    if kind == "txid" and w.depths != wanted:
+                        w.depths = sorted(set(w.depths) | set(wanted))
+                        with self.storage.begin() as conn:
+                            conn.execute(update(db.watches).where(db.watches.c.id == w.id)
+                                         .values(depths=json.dumps(w.depths)))
+                    return w.describe()
+            with self.storage.begin() as conn:
+                new_id = conn.execute(insert(db.watches).values(kind=kind, key=key, owner=owner,
+                                                                depths=json.dumps(wanted), notified_depth=0)
+                                      ).inserted_primary_key[0]
+            w = Watch(int(new_id), kind, key, owner, wanted)
+            self._index(w)
+            return w.describe()
+
+    def remove(self, watch_id: int) -> bool:
+        """Stop a watch; False when there was none with that id."""
+        with self.lock:
+            w = self.watches.pop(watch_id, None)
+            if w is None:
+                return False
+            self.by_key[(w.kind, w.key)].remove(w)
+            with self.storage.begin() as conn:
+                conn.execute(delete(db.watches).where(db.watches.c.id == watch_id))
+                conn.execute(delete(db.payments).where(db.payments.c.watch_id == watch_id))
+            return True
+
+    # --- following the chain -------------------------------------------------------------------
+
+    def poll(self) -> int:
+        """Process every block the backend has beyond our tip (undoing reorged ones); returns how many."""
+        done = 0
+        with self.lock:
+            info = self.chain.info()
+            if self.tip is None:
+                start = info.height if self.start_height < 0 else min(self.start_height, info.height)
+                found = self.chain.block(start)
+                if found is None:
+                    return 0
+                self._connect(start, found[1])
+                done += 1
+            assert self.tip is not None
+            while True:
+                height, tip_hash = self.tip
+                if height > info.height or (height == info.height and tip_hash != info.best_hash):
+                    self._disconnect()
+                    done += 1
+                    continue
+                if height == info.height:
+                    return done
+                found = self.chain.block(height + 1)
+                if found is None:  # the backend's tip moved back since `info`
+                    info = self.chain.info()
+                    continue
+                block_hash, parent, _ = parse_block(found[1])
+                if parent != tip_hash:  # our tip is not on the backend's chain any more
+                    self._disconnect()
+                else:
+                    self._connect(height + 1, found[1])
+                done += 1
+
+    def _connect(self, height: int, raw: bytes) -> None:
+        block_hash, _, txs = parse_block(raw)
+        events: list[tuple[str, dict[str, Any]]] = [("block_connected", {"height": height, "hash": block_hash})]
+        watch_updates: dict[int, dict[str, Any]] = {}
+        new_payments: list[dict[str, Any]] = []
+        for tx in txs:
+            txid = tx.txid().hex()
+            raw_tx: str | None = None
+            for vin in tx.vin:
+                outpoint = f"{vin.txid.hex()}:{vin.vout}"
+                for w in self.by_key.get(("outpoint", outpoint), []):
+                    raw_tx = raw_tx or tx.serialize().hex()
+                    w.spent_txid, w.spent_height = txid, height
+                    watch_updates[w.id] = {"spent_txid": txid, "spent_height": height}
+                    events.append(("outpoint_spent", {"watch_id": w.id, "owner": w.owner, "outpoint": outpoint,
+                                                      "spending_txid": txid, "spending_tx": raw_tx,
+                                                      "height": height}))
+            for w in self.by_key.get(("txid", txid), []):
+                w.confirmed_height, w.notified_depth = height, 0
+                watch_updates[w.id] = {"confirmed_height": height, "notified_depth": 0}
+            for vout, out in enumerate(tx.vout):
+                script = out.script_pubkey.data.hex()
+                for w in self.by_key.get(("script", script), []):
+                    raw_tx = raw_tx or tx.serialize().hex()
+                    new_payments.append({"watch_id": w.id, "txid": txid, "vout": vout, "value_sat": out.value,
+                                         "height": height})
+                    events.append(("script_paid", {"watch_id": w.id, "owner": w.owner, "script": script,
+                                                   "txid": txid, "vout": vout, "value_sat": out.value,
+                                                   "height": height, "tx": raw_tx}))
+        for w in self.watches.values():  # depth notifications, including the block just connected
+            if w.kind == "txid" and w.confirmed_height is not None:
+                depth = height - w.confirmed_height + 1
+                due = [d for d in w.depths if w.notified_depth < d <= depth]
+                if due:
+                    w.notified_depth = max(due)
+                    watch_updates.setdefault(w.id, {})["notified_depth"] = w.notified_depth
+                    for d in due:
+                        events.append(("tx_depth", {"watch_id": w.id, "owner": w.owner, "txid": w.key, "depth": d,
+                                                    "height": w.confirmed_height}))
+        with self.storage.begin() as conn:
+            for watch_id, values in watch_updates.items():
+                conn.execute(update(db.watches).where(db.watches.c.id == watch_id).values(**values))
+            for p in new_payments:
+                conn.execute(delete(db.payments).where((db.payments.c.watch_id == p["watch_id"])
+                                                       & (db.payments.c.txid == p["txid"])
+                                                       & (db.payments.c.vout == p["vout"])))
+                conn.execute(insert(db.payments).values(**p))
+            conn.execute(delete(db.blocks).where(db.blocks.c.height >= height))
+            conn.execute(insert(db.blocks).values(height=height, hash=block_hash))
+            conn.execute(delete(db.blocks).where(db.blocks.c.height <= height - db.KEEP_BLOCKS))
+        self.tip = (height, block_hash)
+        for name, body in events:
+            self.emit(name, body)
+
+    def _disconnect(self) -> None:
+        assert self.tip is not None
+        height, block_hash = self.tip
+        events: list[tuple[str, dict[str, Any]]] = []
+        watch_updates: dict[int, dict[str, Any]] = {}
+        for w in self.watches.values():
+            if w.kind == "txid" and w.confirmed_height == height:
+                w.confirmed_height, w.notified_depth = None, 0
+                watch_updates[w.id] = {"confirmed_height": None, "notified_depth": 0}
+                events.append(("tx_unconfirmed", {"watch_id": w.id, "owner": w.owner, "txid": w.key,
+                                                  "height": height}))
+            elif w.kind == "txid" and w.confirmed_height is not None and w.notified_depth > height - w.confirmed_height:
+                w.notified_depth = height - w.confirmed_height  # deeper depths will be notified again
+                watch_updates[w.id] = {"notified_depth": w.notified_depth}
+            elif w.kind == "outpoint" and w.spent_height == height:
+                events.append(("outpoint_unspent", {"watch_id": w.id, "owner": w.owner, "outpoint": w.key,
+                                                    "spending_txid": w.spent_txid, "height": height}))
+                w.spent_txid, w.spent_height = None, None
+                watch_updates[w.id] = {"spent_txid": None, "spent_height": None}
+        with self.storage.begin() as conn:
+            for r in conn.execute(select(db.payments).where(db.payments.c.height == height)):
+                w = self.watches.get(r.watch_id)
+                events.append(("script_unpaid", {"watch_id": r.watch_id, "owner": w.owner if w else "",
+                                                 "script": w.key if w else "", "txid": r.txid, "vout": r.vout,
+                                                 "height": height}))
+            conn.execute(delete(db.payments).where(db.payments.c.height == height))
+            for watch_id, values in watch_updates.items():
+                conn.execute(update(db.watches).where(db.watches.c.id == watch_id).values(**values))
+            conn.execute(delete(db.blocks).where(db.blocks.c.height == height))
+            below = conn.execute(select(db.blocks).where(db.blocks.c.height == height - 1)).first()
+            if below is None:  # deeper than we keep: start again from the backend's block there
+                found = self.chain.block(height - 1)
+                if found is None:
+                    raise RpcError(RpcError.INTERNAL_ERROR, f"reorg deeper than block {height - 1}")
+                conn.execute(insert(db.blocks).values(height=height - 1, hash=found[0]))
+                below_hash = found[0]
+            else:
+                below_hash = below.hash
+        self.tip = (height - 1, below_hash)
+        log.info("block %d (%s) disconnected", height, block_hash)
+        for name, body in events + [("block_disconnected", {"height": height, "hash": block_hash})]:
+            self.emit(name, body)
+
+    def status(self) -> dict[str, Any]:
+        """The tip and the number of watches of each kind."""
+        with self.lock:
+            counts: dict[str, int] = {}
+            for w in self.watches.values():
+                counts[w.kind] = counts.get(w.kind, 0) + 1
+            return {"height": self.tip[0] if self.tip else None, "hash": self.tip[1] if self.tip else None,
+                    "watches": counts}
+
+
+def _normalise(kind: str, key: str) -> str:
+    key = key.strip().lower()
+    try:
+        if kind == "outpoint":
+            txid, vout = key.split(":")
+            if len(bytes.fromhex(txid)) != 32 or not 0 <= int(vout) < 2**32:
+                raise ValueError
+            return f"{txid}:{int(vout)}"
+        if kind == "txid":
+            if len(bytes.fromhex(key)) != 32:
+                raise ValueError
+            return key
+        if kind == "script":
+            if not 0 < len(bytes.fromhex(key)) <= 10_000:
+                raise ValueError
+            return key
+    except ValueError:
+        raise RpcError(RpcError.INVALID_PARAMS, f"not a valid {kind}: {key[:100]!r}") from None
+    raise RpcError(RpcError.INVALID_PARAMS, f"unknown watch kind {kind!r} (outpoint, txid or script)")
+

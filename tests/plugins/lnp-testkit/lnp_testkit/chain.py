@@ -1,0 +1,55 @@
+"""tk_chain: asks watchd for watches over the control bus and records watchd's events."""
+from plugin_api import Subscription, hookimpl, rpc_method
+
+EVENTS = ("block_connected", "block_disconnected", "outpoint_spent", "outpoint_unspent", "tx_depth",
+          "tx_unconfirmed", "script_paid", "script_unpaid")
+received: list = []
+
+
+def on_event(ctx, event):
+    if event.body.get("owner", "tk_chain") != "tk_chain":
+        return  # another plugin's watch (the wallet's)
+    received.append({"event": event.name, **{k: v for k, v in event.body.items() if k not in ("tx", "spending_tx")}})
+
+
+@rpc_method
+def tk_chain_events(ctx, name: str | None = None) -> list:
+    """watchd events received (of one NAME, or all)."""
+    return [e for e in received if name is None or e["event"] == name]
+
+
+@rpc_method
+def tk_chain_watch(ctx, kind: str, key: str, depths: list[int] | None = None) -> dict:
+    """Ask watchd to watch an outpoint, a txid or a script."""
+    body = {"kind": kind, "key": key, "owner": "tk_chain"}
+    if depths is not None:
+        body["depths"] = depths
+    return ctx.request("watchd", "watchd.watch", body)
+
+
+@hookimpl
+def lnp_service():
+    return "tkchain"
+
+
+@hookimpl
+def lnp_rpc_methods():
+    return [tk_chain_events, tk_chain_watch, tk_fund, tk_fund_finish]
+
+
+@hookimpl
+def lnp_subscriptions():
+    return [Subscription.event(name, on_event) for name in EVENTS]
+
+
+@rpc_method
+def tk_fund(ctx, address: str, value_sat: int) -> dict:
+    """Fund (but do not send) a payment through the wallet's control API, as channel funding will."""
+    return ctx.request("wallet", "wallet.fund", {"outputs": [{"address": address, "value_sat": value_sat}],
+                                                 "purpose": "tk_fund"})
+
+
+@rpc_method
+def tk_fund_finish(ctx, reservation: str, send: bool) -> dict:
+    """Broadcast a funded transaction, or release its inputs."""
+    return ctx.request("wallet", "wallet.broadcast" if send else "wallet.release", {"reservation": reservation})

@@ -1,0 +1,214 @@
+"""signd, the wallet and watchd on a real regtest chain (bcoin, started by the node's regtest plugin)."""
+from __future__ import annotations
+
+import time
+from decimal import Decimal
+
+import pytest
+from embit.transaction import Transaction
+
+from conftest import wait_for
+from peer_tools import free_port
+from plugin_api import RpcError
+from plugins.bitcoind import Bitcoind
+from plugins.wallet.builder import script_for
+
+BTC = 100_000_000
+PROFILE = """
+[node]
+network = "regtest"
+data_dir = "DATA_DIR"
+[plugins]
+enabled = ["core", "signd", "regtest", "bitcoind", "watchd", "wallet", "tk_chain", "tk_limit"]
+[plugins.regtest]
+rpc_port = {port}
+[plugins.bitcoind]
+url = "http://127.0.0.1:{port}"
+cookie_file = "regtest/.cookie"
+[plugins.watchd]
+poll_interval = 0.1
+[plugins.tk_limit]
+max_sat = 100000000000
+"""
+
+
+class ChainNode:
+    """The node under test and the regtest node it manages."""
+
+    def __init__(self, node, port: int) -> None:
+        self.node, self.port = node, port
+        self.info = node.wait_ready(timeout=90)
+        self.btc = Bitcoind(f"http://127.0.0.1:{port}", cookie_file=str(node.data_dir / "regtest" / ".cookie"))
+
+    def call(self, method: str, *args, **kwargs):
+        with self.node.client(timeout=60) as c:
+            return c.call(method, *args, **kwargs)
+
+    def height(self) -> int:
+        return self.call("chaininfo")["watchd"]["height"]
+
+    def mine(self, blocks: int = 1, address: str | None = None) -> dict:
+        """Mine and wait until watchd and the wallet have seen the blocks."""
+        out = self.call("mine", blocks, address) if address else self.call("mine", blocks)
+        wait_for(lambda: self.height() == out["height"])
+        wait_for(lambda: self.funds()["height"] == out["height"])  # the wallet has had every event
+        return out
+
+    def funds(self) -> dict:
+        return self.call("funds")
+
+    def btc_address(self) -> str:
+        return self.btc.call("getnewaddress", "default")
+
+
+@pytest.fixture(scope="module")
+def chain(nodes_module) -> ChainNode:
+    port = free_port()
+    node = nodes_module(PROFILE.format(port=port), name="chain").start(wait=False)
+    return ChainNode(node, port)
+
+
+def events(chain: ChainNode, name: str) -> list[dict]:
+    return chain.call("tk_chain_events", name)
+
+
+def test_receive_to_newaddr(chain: ChainNode) -> None:
+    address = chain.call("newaddr")["address"]
+    assert address.startswith("bcrt1q")
+    assert chain.call("newaddr")["address"] != address  # never handed out twice
+    chain.mine(101, address)
+    wait_for(lambda: chain.funds()["confirmed_sat"] == 100 * BTC)  # blocks 1 and 2 are mature
+    funds = chain.funds()
+    assert funds["immature_sat"] == 99 * 50 * BTC and funds["unconfirmed_sat"] == 0
+    assert len(chain.call("transactions")) == 101
+
+
+def test_withdraw_is_confirmed_at_the_regtest_wallet(chain: ChainNode) -> None:
+    target = chain.btc_address()
+    sent = chain.call("withdraw", target, str(3 * BTC // 2))
+    assert sent["txid"] in chain.btc.call("getrawmempool")  # only reported once really in the mempool
+    tx = Transaction.parse(bytes.fromhex(sent["tx"]))
+    assert all(vin.sequence == 0xFFFFFFFD for vin in tx.vin)  # RBF
+    assert sent["fee_sat"] >= tx_vsize_floor(tx)
+    wait_for(lambda: chain.funds()["unconfirmed_sat"] > 0)  # the change, ours while unconfirmed
+    chain.mine(1)
+    wait_for(lambda: Decimal(str(chain.btc.call("getbalance", "*", 1))) == Decimal("1.5"), timeout=20)
+    mine = next(t for t in chain.call("transactions") if t["txid"] == sent["txid"])
+    assert mine["confirmations"] == 1 and mine["fee_sat"] == sent["fee_sat"]
+    assert mine["net_sat"] == -(3 * BTC // 2) - sent["fee_sat"]
+
+
+def tx_vsize_floor(tx: Transaction) -> int:
+    return len(tx.vin) * 68 + 11 + sum(9 + len(o.script_pubkey.data) for o in tx.vout)  # 1 sat/vB floor
+
+
+def test_change_is_spent_again(chain: ChainNode) -> None:
+    change = [o for o in chain.funds()["outputs"] if not o["coinbase"]]
+    assert len(change) == 1
+    spendable = chain.funds()["confirmed_sat"]
+    assert spendable < 200 * BTC
+    sent = chain.call("withdraw", chain.btc_address(), "all")  # every mature output, the change included
+    tx = Transaction.parse(bytes.fromhex(sent["tx"]))
+    assert (change[0]["txid"], change[0]["vout"]) in {(vin.txid.hex(), vin.vout) for vin in tx.vin}
+    assert len(tx.vout) == 1 and tx.vout[0].value == spendable - sent["fee_sat"]  # "all": no change
+    chain.mine(1)
+    wait_for(lambda: not [o for o in chain.funds()["outputs"] if not o["coinbase"]])
+
+
+def test_bad_withdrawals_spend_nothing(chain: ChainNode) -> None:
+    chain.mine(2)  # two more coinbases become mature
+    before = chain.funds()
+    assert before["confirmed_sat"] > 0
+    target = chain.btc_address()
+    cases = [
+        (("not-an-address", "1000"), "not an address"),
+        (("bc1qw508d6qejxtdg4y5r3zarvary0c5xw7kv8f3t4", "1000"), "not an address of regtest"),
+        ((target, str(10**15)), "insufficient funds"),
+        ((target, "100"), "dust"),
+        ((target, "-5"), "positive"),
+        ((target, "lots"), "number of sat"),
+    ]
+    for args, words in cases:
+        with pytest.raises(RpcError) as e:
+            chain.call("withdraw", *args)
+        assert words in e.value.message, (args, e.value.message)
+    with pytest.raises(RpcError) as e:
+        chain.call("withdraw", target, "1000", feerate=0.1)
+    assert "feerate" in e.value.message
+    with pytest.raises(RpcError) as e:
+        chain.call("withdraw", target, 1000, feerate="fast")
+    assert e.value.code == -32602
+    assert chain.funds() == before
+
+
+def test_funding_api_reserves_until_sent_or_released(chain: ChainNode) -> None:
+    target = chain.btc_address()
+    held = chain.call("tk_fund", target, BTC)
+    funds = chain.funds()
+    assert funds["reserved_sat"] > 0 and any(o["reserved"] for o in funds["outputs"])
+    assert held["txid"] not in chain.btc.call("getrawmempool")  # funded, not sent
+    chain.call("tk_fund_finish", held["reservation"], False)
+    assert chain.funds()["reserved_sat"] == 0
+    held = chain.call("tk_fund", target, BTC)
+    assert chain.call("tk_fund_finish", held["reservation"], True)["txid"] == held["txid"]
+    assert held["txid"] in chain.btc.call("getrawmempool")
+    with pytest.raises(RpcError):
+        chain.call("tk_fund_finish", held["reservation"], False)  # gone once sent
+    chain.mine(1)
+
+
+def test_watches_depths_spends_payments_and_a_reorg(chain: ChainNode) -> None:
+    target = chain.btc_address()
+    script = script_for(target, "regtest").data.hex()
+    chain.call("tk_chain_watch", "script", script)
+    sent = chain.call("withdraw", target, str(BTC))
+    change_vout = next(i for i, o in enumerate(Transaction.parse(bytes.fromhex(sent["tx"])).vout)
+                       if o.script_pubkey.data.hex() != script)
+    chain.call("tk_chain_watch", "txid", sent["txid"], [1, 3])
+    chain.call("tk_chain_watch", "outpoint", f"{sent['txid']}:{change_vout}")
+    first = chain.mine(1)["height"]
+    wait_for(lambda: events(chain, "tx_depth"))
+    assert [e["depth"] for e in events(chain, "tx_depth")] == [1]
+    paid = events(chain, "script_paid")
+    assert paid and paid[-1]["txid"] == sent["txid"] and paid[-1]["value_sat"] == BTC
+    chain.mine(2)
+    wait_for(lambda: [e["depth"] for e in events(chain, "tx_depth")] == [1, 3])
+    # a reorg: take the three blocks back, one tip at a time
+    for _ in range(3):
+        tip = chain.btc.call("getbestblockhash")
+        chain.btc.call("invalidateblock", tip)
+    wait_for(lambda: chain.height() == first - 1)
+    wait_for(lambda: len(events(chain, "block_disconnected")) == 3)
+    wait_for(lambda: events(chain, "tx_unconfirmed") and events(chain, "script_unpaid"))
+    assert events(chain, "tx_unconfirmed")[0]["txid"] == sent["txid"]
+    wait_for(lambda: next(t for t in chain.call("transactions") if t["txid"] == sent["txid"])["height"] is None)
+    chain.mine(1)  # the transaction is mined again on the new branch
+    wait_for(lambda: len(events(chain, "tx_depth")) == 3)
+    assert next(t for t in chain.call("transactions") if t["txid"] == sent["txid"])["confirmations"] == 1
+    chain.call("withdraw", chain.btc_address(), "all")  # spends the watched change output
+    chain.mine(1)
+    wait_for(lambda: events(chain, "outpoint_spent"))
+    assert events(chain, "outpoint_spent")[0]["outpoint"] == f"{sent['txid']}:{change_vout}"
+
+
+def test_restart_resumes_where_it_stopped(chain: ChainNode) -> None:
+    height, funds = chain.height(), chain.funds()
+    chain.node.stop()
+    chain.node.start(wait=False)
+    chain.node.wait_ready(timeout=90)
+    assert chain.height() == height
+    time.sleep(0.5)
+    assert chain.call("tk_chain_events", "block_connected") == []  # nothing replayed
+    assert chain.funds() == funds
+    chain.mine(1)
+    assert [e["height"] for e in events(chain, "block_connected")] == [height + 1]
+
+
+def test_a_policy_plugin_can_refuse_signing(chain: ChainNode) -> None:
+    chain.mine(25)
+    before = chain.funds()
+    assert before["confirmed_sat"] > 1010 * BTC
+    with pytest.raises(RpcError) as e:
+        chain.call("withdraw", chain.btc_address(), str(1010 * BTC))
+    assert "tk_limit" in e.value.message and "over the limit of 100000000000 sat" in e.value.message
+    assert chain.funds() == before  # nothing reserved, nothing spent
