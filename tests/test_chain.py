@@ -212,3 +212,39 @@ def test_a_policy_plugin_can_refuse_signing(chain: ChainNode) -> None:
         chain.call("withdraw", chain.btc_address(), str(1010 * BTC))
     assert "tk_limit" in e.value.message and "over the limit of 100000000000 sat" in e.value.message
     assert chain.funds() == before  # nothing reserved, nothing spent
+
+
+@pytest.fixture
+def external_chain(short_tmp):
+    """A regtest node the test runs itself (as a user's own bitcoind would be), not the node."""
+    import subprocess
+    from plugins.regtest import NODE_DIR
+    port = free_port()
+    proc = subprocess.Popen(["node", str(NODE_DIR / "launcher.js"), "--rpc-port", str(port), "--wallet-port",
+                             str(free_port()), "--api-key", "testkey"], stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, cwd=NODE_DIR)
+    assert proc.stdout is not None and proc.stdout.readline().startswith(b"{")
+    yield port, Bitcoind(f"http://127.0.0.1:{port}", "x", "testkey")
+    proc.terminate()
+    proc.wait(10)
+
+
+def test_blocks_mined_while_stopped_are_processed_on_restart(nodes, external_chain) -> None:
+    port, btc = external_chain
+    profile = (f'[node]\nnetwork = "regtest"\ndata_dir = "DATA_DIR"\n[plugins]\n'
+               f'enabled = ["core", "signd", "bitcoind", "watchd", "tk_chain"]\n'
+               f'[plugins.bitcoind]\nurl = "http://127.0.0.1:{port}"\nuser = "x"\npassword = "testkey"\n'
+               f'[plugins.watchd]\npoll_interval = 0.1\nstart_height = 0\n')
+    node = nodes(profile, name="ext").start()
+    address = "bcrt1qw508d6qejxtdg4y5r3zarvary0c5xw7kygt080"
+    with node.client() as c:
+        wait_for(lambda: c.call("chaininfo")["watchd"]["height"] == 0)
+        btc.call("generatetoaddress", 3, address)
+        wait_for(lambda: c.call("chaininfo")["watchd"]["height"] == 3)
+        assert [e["height"] for e in c.call("tk_chain_events", "block_connected")] == [0, 1, 2, 3]
+    node.stop()
+    btc.call("generatetoaddress", 2, address)  # while the node is down
+    node.start()
+    with node.client() as c:
+        wait_for(lambda: c.call("chaininfo")["watchd"]["height"] == 5)
+        assert [e["height"] for e in c.call("tk_chain_events", "block_connected")] == [4, 5]

@@ -1,0 +1,100 @@
+"""signd: the seed (created, encrypted, deterministic), key derivation, and its control API."""
+from __future__ import annotations
+
+import json
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from conftest import lnp_host, wait_for
+from peer_tools import RawPeer, free_port
+from plugin_api.bolt3 import derive_pubkey, per_commitment_secret, point
+from plugins.signd import seed
+from plugins.signd.keys import Keychain, PER_COMMITMENT_FAMILY
+
+WORDS = "abandon abandon abandon abandon abandon abandon abandon abandon abandon abandon abandon about"
+
+
+def profile(data_dir: Path, port: int, mode: str = "threads", extra: str = "") -> str:
+    return (f'[node]\nnetwork = "regtest"\ndata_dir = "{data_dir}"\n[bus]\nmode = "{mode}"\n'
+            f'[plugins]\nenabled = ["core", "signd", "peerd", "tk_signer"]\n'
+            f'[plugins.peerd]\nlisten = ["127.0.0.1:{port}"]\n{extra}')
+
+
+def test_same_seed_same_keys() -> None:
+    a, b = Keychain(WORDS, "regtest"), Keychain(WORDS, "regtest")
+    assert a.node_id() == b.node_id() and a.descriptors() == b.descriptors()
+    # BIP84's own test vector for this mnemonic (account 0, testnet coin type)
+    assert a.account_xpub().startswith("tpubDC8msFGeGuwnKG9Upg7DM2b4DaRqg3CUZa5g8v2SRQ6K4NSkxUgd7HsL2XVWbVm39yBA")
+    assert Keychain(WORDS, "mainnet").node_id() != a.node_id()  # coin type 0 on mainnet
+    assert a.basepoints(0) != a.basepoints(1)
+    secret = per_commitment_secret(a.channel_secret(PER_COMMITMENT_FAMILY, 3), (1 << 48) - 1 - 7)
+    assert a.per_commitment_point(3, 7) == point(secret)
+
+
+def test_seed_files_and_passphrase(tmp_path: Path) -> None:
+    words = seed.create(tmp_path, "correct horse")
+    path = seed.folder(tmp_path) / seed.SEED_FILE
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert words not in path.read_text() and "mnemonic" not in json.loads(path.read_text())
+    assert seed.load(tmp_path, "correct horse") == words
+    with pytest.raises(seed.SeedError, match="wrong seed passphrase"):
+        seed.load(tmp_path, "wrong")
+    with pytest.raises(seed.SeedError, match="encrypted"):
+        seed.load(tmp_path, "")
+    with pytest.raises(seed.SeedError, match="exists already"):
+        seed.create(tmp_path)
+    with pytest.raises(seed.SeedError, match="not a valid BIP39"):
+        seed.create(tmp_path / "other", mnemonic="abandon " * 12)
+
+
+def test_init_then_run_with_an_encrypted_seed(short_tmp: Path, plugin_site: Path, nodes) -> None:
+    (short_tmp / "pass").write_text("s3cret phrase\n")
+    extra = f'[plugins.signd]\npassphrase_file = "{short_tmp / "pass"}"\n'
+    node = nodes(profile(Path("DATA_DIR"), free_port(), extra=extra), name="enc")
+    path, data_dir = node.profile, node.data_dir
+    done = lnp_host("init", "--profile", str(path), site=plugin_site)
+    assert done.returncode == 0, done.stderr
+    shown = json.loads(done.stdout)["signd"]
+    assert shown["encrypted"] is True and shown["mnemonic"].startswith("(hidden")
+    again = lnp_host("init", "--profile", str(path), "--show-mnemonic", site=plugin_site)
+    assert again.returncode == 1 and "exists already" in again.stderr  # never overwrites a seed
+    node.start()
+    info = node.wait_ready()
+    assert info["node_id"] == shown["node_id"]
+    node.stop()
+    (short_tmp / "pass").write_text("wrong\n")
+    failed = lnp_host("run", "--profile", str(path), site=plugin_site, timeout=60)
+    assert failed.returncode != 0 and "wrong seed passphrase" in (data_dir / "lnp-host.log").read_text()
+    logs = (data_dir / "lnp-host.log").read_text() + node.log.read_text()
+    assert "s3cret" not in logs
+
+
+@pytest.mark.parametrize("mode", ["threads", "processes"])
+def test_signd_serves_the_node_key_and_channel_keys(nodes, mode: str) -> None:
+    port = free_port()
+    node = nodes(profile(Path("DATA_DIR"), port, mode), name=f"s{mode[0]}")
+    node.start()
+    node_id = node.wait_ready()["node_id"]
+    assert (node.data_dir / "signd" / "node_id").read_text().strip() == node_id
+    assert not (node.data_dir / "node_key").exists()  # the host's key file is not used
+    raw = RawPeer(port)  # the BOLT-8 handshake needs ECDH with the node key: answered by signd
+    raw.connect(bytes.fromhex(node_id))
+    with node.client() as c:
+        wait_for(lambda: len(c.call("peers")["peers"]) == 1)
+        got = c.call("tk_signer_basepoints", 0)
+        words = seed.load(node.data_dir)
+        keys = Keychain(words, "regtest")
+        assert got == keys.basepoints(0)
+        pcp = c.call("tk_signer_point", 0, 5)["point"]
+        assert pcp == keys.per_commitment_point(0, 5).hex()
+        assert derive_pubkey(bytes.fromhex(got["payment_basepoint"]), bytes.fromhex(pcp))  # usable points
+        sig = c.call("tk_signer_message", "00ff")["signature"]
+        assert len(bytes.fromhex(sig)) == 64
+        dump = json.dumps([c.call("help"), c.info()])
+    secret_hex = keys.node_key.secret.hex()
+    for text in (dump, (node.data_dir / "lnp-host.log").read_text(), node.log.read_text()):
+        assert secret_hex not in text and words not in text
+    assert os.environ.get(seed.PASSPHRASE_ENV) is None
