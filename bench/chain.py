@@ -12,6 +12,7 @@ Needs Node.js and the regtest node (`npm ci` in plugins/regtest/node). One run:
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import shutil
 import socket
@@ -28,7 +29,7 @@ from lnp_host.storage import Database  # noqa: E402
 from plugin_api import RpcError  # noqa: E402
 from plugin_api.chain import ChainInfo  # noqa: E402
 from plugins.bitcoind import Bitcoind, BitcoindBackend  # noqa: E402
-from plugins.regtest import NODE_DIR  # noqa: E402
+from plugins.regtest import NODE_DIR, install  # noqa: E402
 from plugins.watchd import storage as watchd_storage  # noqa: E402
 from plugins.watchd.scanner import Scanner  # noqa: E402
 
@@ -101,6 +102,7 @@ def main() -> None:
     p.add_argument("--payments", type=int, default=1000)
     p.add_argument("--watches", type=int, default=10000)
     args = p.parse_args()
+    install(logging.getLogger("bench"))
     tmp = Path(tempfile.mkdtemp(prefix="lnp-bench-", dir="/tmp"))
     port = free_port()
     chain_proc = subprocess.Popen(["node", str(NODE_DIR / "launcher.js"), "--rpc-port", str(port), "--wallet-port",

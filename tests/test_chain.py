@@ -217,8 +217,10 @@ def test_a_policy_plugin_can_refuse_signing(chain: ChainNode) -> None:
 @pytest.fixture
 def external_chain(short_tmp):
     """A regtest node the test runs itself (as a user's own bitcoind would be), not the node."""
+    import logging
     import subprocess
-    from plugins.regtest import NODE_DIR
+    from plugins.regtest import NODE_DIR, install
+    install(logging.getLogger("test"))
     port = free_port()
     proc = subprocess.Popen(["node", str(NODE_DIR / "launcher.js"), "--rpc-port", str(port), "--wallet-port",
                              str(free_port()), "--api-key", "testkey"], stdout=subprocess.PIPE,

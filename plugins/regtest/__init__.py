@@ -9,6 +9,7 @@ DATA_DIR/regtest/.cookie for the bitcoind backend (`cookie_file = "regtest/.cook
 from __future__ import annotations
 
 import json
+import logging
 import os
 import secrets
 import select
@@ -27,6 +28,20 @@ NODE_DIR = Path(__file__).resolve().parent / "node"
 START_TIMEOUT = 60.0
 
 
+def install(log: logging.Logger) -> None:
+    """`npm ci` the regtest node the first time, from the committed package-lock.json."""
+    if (NODE_DIR / "node_modules" / "bcoin").is_dir():
+        return
+    npm = shutil.which("npm")
+    if npm is None:
+        raise RuntimeError("the regtest node needs Node.js and npm (apt-get install nodejs npm)")
+    log.info("installing the regtest node (npm ci) in %s", NODE_DIR)
+    done = subprocess.run([npm, "ci", "--ignore-scripts", "--no-audit", "--no-fund"], cwd=NODE_DIR,
+                          capture_output=True, text=True, timeout=600)
+    if done.returncode != 0:
+        raise RuntimeError(f"npm ci failed: {done.stderr.strip()[-500:]}")
+
+
 class RegtestNode:
     """The bcoin process: installed if needed, started, watched, stopped."""
 
@@ -40,22 +55,9 @@ class RegtestNode:
         self.stopping = threading.Event()
         self.rpc: Bitcoind | None = None
 
-    def install(self) -> None:
-        """`npm ci` the first time, from the committed package-lock.json."""
-        if (NODE_DIR / "node_modules" / "bcoin").is_dir():
-            return
-        npm = shutil.which("npm")
-        if npm is None:
-            raise RuntimeError("the regtest node needs Node.js and npm (apt-get install nodejs npm)")
-        self.ctx.log.info("installing the regtest node (npm ci) in %s", NODE_DIR)
-        done = subprocess.run([npm, "ci", "--ignore-scripts", "--no-audit", "--no-fund"], cwd=NODE_DIR,
-                              capture_output=True, text=True, timeout=600)
-        if done.returncode != 0:
-            raise RuntimeError(f"npm ci failed: {done.stderr.strip()[-500:]}")
-
     def start(self) -> None:
         """Start the node and wait until its RPC answers."""
-        self.install()
+        install(self.ctx.log)
         node = shutil.which("node")
         if node is None:
             raise RuntimeError("the regtest node needs Node.js (apt-get install nodejs)")
