@@ -250,3 +250,26 @@ def test_blocks_mined_while_stopped_are_processed_on_restart(nodes, external_cha
     with node.client() as c:
         wait_for(lambda: c.call("chaininfo")["watchd"]["height"] == 5)
         assert [e["height"] for e in c.call("tk_chain_events", "block_connected")] == [4, 5]
+
+
+def test_zmq_rawblock_announces_blocks_without_waiting_for_the_poll(nodes, external_chain) -> None:
+    import zmq
+    port, btc = external_chain
+    pub = zmq.Context.instance().socket(zmq.PUB)  # stands in for bitcoind's zmqpubrawblock
+    zmq_port = pub.bind_to_random_port("tcp://127.0.0.1")
+    profile = (f'[node]\nnetwork = "regtest"\ndata_dir = "DATA_DIR"\n[plugins]\n'
+               f'enabled = ["core", "signd", "bitcoind", "watchd"]\n'
+               f'[plugins.bitcoind]\nurl = "http://127.0.0.1:{port}"\nuser = "x"\npassword = "testkey"\n'
+               f'zmq_rawblock = "tcp://127.0.0.1:{zmq_port}"\n'
+               f'[plugins.watchd]\npoll_interval = 60\n')
+    node = nodes(profile, name="zmq").start()
+    try:
+        with node.client() as c:
+            wait_for(lambda: c.call("chaininfo")["watchd"]["height"] == 0)
+            time.sleep(0.5)  # the subscription is connected
+            btc.call("generatetoaddress", 1, "bcrt1qw508d6qejxtdg4y5r3zarvary0c5xw7kygt080")
+            raw = bytes.fromhex(btc.call("getblock", btc.call("getbestblockhash"), False))
+            pub.send_multipart([b"rawblock", raw, (0).to_bytes(4, "little")])
+            wait_for(lambda: c.call("chaininfo")["watchd"]["height"] == 1, timeout=10)  # not after 60 s
+    finally:
+        pub.close(0)
