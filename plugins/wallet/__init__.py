@@ -44,7 +44,7 @@ def funds(ctx: ServiceContext) -> dict[str, Any]:
 
 
 @rpc_method
-def withdraw(ctx: ServiceContext, address: str, amount: str, feerate: float | None = None) -> dict[str, Any]:
+def withdraw(ctx: ServiceContext, address: str, amount: int | str, feerate: float | None = None) -> dict[str, Any]:
     """Send AMOUNT sat (or `all`) to ADDRESS at FEERATE sat/vB (default: the 6-block estimate, with a
     floor); signals RBF. Returns the txid once the backend's mempool holds the transaction."""
     return _wallet(ctx).withdraw(address, str(amount), feerate)
