@@ -11,6 +11,7 @@ from conftest import wait_for
 from peer_tools import free_port
 from plugin_api import RpcError
 from plugins.bitcoind import Bitcoind
+from plugin_api.chain import parse_block
 from plugins.wallet.builder import script_for
 
 BTC = 100_000_000
@@ -25,6 +26,7 @@ rpc_port = {port}
 [plugins.bitcoind]
 url = "http://127.0.0.1:{port}"
 cookie_file = "regtest/.cookie"
+mempool_poll_interval = 0.2
 [plugins.watchd]
 poll_interval = 0.1
 [plugins.tk_limit]
@@ -258,18 +260,54 @@ def test_zmq_rawblock_announces_blocks_without_waiting_for_the_poll(nodes, exter
     pub = zmq.Context.instance().socket(zmq.PUB)  # stands in for bitcoind's zmqpubrawblock
     zmq_port = pub.bind_to_random_port("tcp://127.0.0.1")
     profile = (f'[node]\nnetwork = "regtest"\ndata_dir = "DATA_DIR"\n[plugins]\n'
-               f'enabled = ["core", "signd", "bitcoind", "watchd"]\n'
+               f'enabled = ["core", "signd", "bitcoind", "watchd", "tk_chain"]\n'
                f'[plugins.bitcoind]\nurl = "http://127.0.0.1:{port}"\nuser = "x"\npassword = "testkey"\n'
-               f'zmq_rawblock = "tcp://127.0.0.1:{zmq_port}"\n'
+               f'zmq_rawblock = "tcp://127.0.0.1:{zmq_port}"\nzmq_rawtx = "tcp://127.0.0.1:{zmq_port}"\n'
                f'[plugins.watchd]\npoll_interval = 60\n')
     node = nodes(profile, name="zmq").start()
     try:
         with node.client() as c:
             wait_for(lambda: c.call("chaininfo")["watchd"]["height"] == 0)
+            address = "bcrt1qw508d6qejxtdg4y5r3zarvary0c5xw7kygt080"
+            c.call("tk_chain_watch", "script", script_for(address, "regtest").data.hex())
             time.sleep(0.5)  # the subscription is connected
-            btc.call("generatetoaddress", 1, "bcrt1qw508d6qejxtdg4y5r3zarvary0c5xw7kygt080")
+            btc.call("generatetoaddress", 1, address)
             raw = bytes.fromhex(btc.call("getblock", btc.call("getbestblockhash"), False))
-            pub.send_multipart([b"rawblock", raw, (0).to_bytes(4, "little")])
+            coinbase = parse_block(raw)[2][0]
+            pub.send_multipart([b"rawtx", coinbase.serialize(), (0).to_bytes(4, "little")])
+            wait_for(lambda: c.call("tk_chain_events", "script_paid"), timeout=10)
+            assert c.call("tk_chain_events", "script_paid")[0]["height"] is None  # seen before the block
+            pub.send_multipart([b"rawblock", raw, (1).to_bytes(4, "little")])
             wait_for(lambda: c.call("chaininfo")["watchd"]["height"] == 1, timeout=10)  # not after 60 s
+            assert [e["height"] for e in c.call("tk_chain_events", "script_paid")] == [None, 1]
     finally:
         pub.close(0)
+
+
+def test_an_incoming_payment_is_unconfirmed_until_mined(chain: ChainNode) -> None:
+    import os
+    from embit import ec
+    from embit.finalizer import finalize_psbt
+    from embit.networks import NETWORKS
+    from embit.psbt import PSBT
+    from embit.script import Script, p2wpkh
+    from embit.transaction import Transaction as Tx, TransactionInput, TransactionOutput
+    payer = ec.PrivateKey(os.urandom(32))  # someone else: a key only this test holds
+    payer_script = p2wpkh(payer.get_public_key())
+    mined = chain.mine(1, payer_script.address(NETWORKS["regtest"]))["height"]
+    chain.mine(100, chain.btc_address())
+    block = bytes.fromhex(chain.btc.call("getblock", chain.btc.call("getblockhash", mined), False))
+    coinbase = parse_block(block)[2][0]
+    before = chain.funds()
+    ours = script_for(chain.call("newaddr")["address"], "regtest")
+    value = coinbase.vout[0].value
+    psbt = PSBT(Tx(version=2, vin=[TransactionInput(coinbase.txid(), 0)],
+                   vout=[TransactionOutput(250_000_000, ours), TransactionOutput(value - 250_010_000, payer_script)]))
+    psbt.inputs[0].witness_utxo = TransactionOutput(value, Script(payer_script.data))
+    assert psbt.sign_with(payer) == 1
+    txid = chain.btc.call("sendrawtransaction", finalize_psbt(psbt).serialize().hex())
+    wait_for(lambda: chain.funds()["unconfirmed_sat"] == before["unconfirmed_sat"] + 250_000_000)
+    assert next(t for t in chain.call("transactions") if t["txid"] == txid)["confirmations"] == 0
+    chain.mine(1, chain.btc_address())
+    wait_for(lambda: next(t for t in chain.call("transactions") if t["txid"] == txid)["confirmations"] == 1)
+    assert chain.funds()["unconfirmed_sat"] == before["unconfirmed_sat"]

@@ -3,7 +3,8 @@
 Runs in the watchd service and answers the `chain.*` control requests (see plugin_api.chain).
 Answers are read in both the shapes bitcoind and bcoin give; a broadcast counts only once the
 transaction is really in the mempool; with `zmq_rawblock` set, new blocks are announced at once
-(event `chain_block_hint`), otherwise watchd polls.
+(event `chain_block_hint`), otherwise watchd polls. Mempool transactions are announced as
+`chain_mempool_tx`, from `zmq_rawtx` or by polling the mempool (`mempool_poll_interval`).
 """
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import base64
 import http.client
 import json
 import threading
+import time
 import urllib.parse
 import weakref
 from decimal import Decimal
@@ -18,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import zmq
+from embit.transaction import Transaction
 
 from plugin_api import EventSpec, Field, RpcError, ServiceContext, hookimpl
 from plugin_api.chain import BROADCAST_REJECTED, FEE_TARGETS, ChainBackend, ChainInfo, backend_subscriptions
@@ -39,7 +42,11 @@ SCHEMA = {
                          "relative to the data dir unless absolute"),
     "timeout": Field(float, 30.0, "seconds to wait for an answer"),
     "zmq_rawblock": Field(str, "", "bitcoind's zmqpubrawblock endpoint, e.g. tcp://127.0.0.1:28332"),
+    "zmq_rawtx": Field(str, "", "bitcoind's zmqpubrawtx endpoint: mempool transactions as they arrive"),
+    "mempool_poll_interval": Field(float, 0.0, "without zmq_rawtx: seconds between mempool polls (0: off)",
+                                   check=lambda v: None if v >= 0 else "must be zero or more"),
 }
+MEMPOOL_REMEMBERED = 100_000
 
 
 class BitcoindError(RpcError):
@@ -156,7 +163,6 @@ class BitcoindBackend(ChainBackend):
             txid = str(self.rpc.call("sendrawtransaction", raw.hex()))
         except BitcoindError as e:
             if e.code == -27:  # already in the chain: nothing to do
-                from embit.transaction import Transaction
                 return Transaction.parse(raw).txid().hex()
             raise RpcError(BROADCAST_REJECTED, f"transaction rejected: {e.message}") from None
         # Some nodes answer with the txid even when their mempool refused the transaction.
@@ -173,30 +179,71 @@ class _Plugin:
         cookie = cfg["cookie_file"]
         if cookie and not Path(cookie).expanduser().is_absolute():  # relative to the node's data dir
             cookie = str(ctx.node.data_dir / cookie)
+        self.ctx = ctx
         self.rpc = Bitcoind(cfg["url"], cfg["user"], cfg["password"], cookie, cfg["timeout"])
+        self.mempool_rpc = Bitcoind(cfg["url"], cfg["user"], cfg["password"], cookie, cfg["timeout"])
         self.backend = BitcoindBackend(self.rpc)
         self.stop = threading.Event()
         self.thread: threading.Thread | None = None
-        if cfg["zmq_rawblock"]:
-            self.thread = threading.Thread(target=self._listen, args=(ctx, cfg["zmq_rawblock"]),
-                                           name="bitcoind-zmq", daemon=True)
+        self.seen: dict[str, None] = {}  # mempool txids announced already, oldest first
+        if cfg["zmq_rawblock"] or cfg["zmq_rawtx"] or cfg["mempool_poll_interval"] > 0:
+            self.thread = threading.Thread(target=self._listen, name="bitcoind-news", daemon=True)
             self.thread.start()
 
-    def _listen(self, ctx: ServiceContext, endpoint: str) -> None:
-        """bitcoind's zmqpubrawblock: announce each block at once instead of waiting for the next poll."""
+    def _listen(self) -> None:
+        """New blocks and mempool transactions: from bitcoind's ZMQ publishers, or by polling the mempool."""
+        cfg = self.ctx.config
         zctx = zmq.Context.instance()
-        sub = zctx.socket(zmq.SUB)
-        sub.setsockopt(zmq.LINGER, 0)
-        sub.setsockopt(zmq.SUBSCRIBE, b"rawblock")
-        sub.connect(endpoint)
+        poller = zmq.Poller()
+        sockets = []
+        for topic, endpoint in ((b"rawblock", cfg["zmq_rawblock"]), (b"rawtx", cfg["zmq_rawtx"])):
+            if endpoint:
+                sub = zctx.socket(zmq.SUB)
+                sub.setsockopt(zmq.LINGER, 0)
+                sub.setsockopt(zmq.SUBSCRIBE, topic)
+                sub.connect(endpoint)
+                poller.register(sub, zmq.POLLIN)
+                sockets.append(sub)
+        interval = float(cfg["mempool_poll_interval"])
+        next_poll = 0.0
         try:
             while not self.stop.is_set():
-                if sub.poll(200):
+                for sub, _ in poller.poll(200) if sockets else []:
                     frames = sub.recv_multipart()
-                    if len(frames) >= 2:
-                        ctx.emit("chain_block_hint", {"raw_size": len(frames[1])})
+                    if len(frames) >= 2 and frames[0] == b"rawblock":
+                        self.ctx.emit("chain_block_hint", {"raw_size": len(frames[1])})
+                    elif len(frames) >= 2 and frames[0] == b"rawtx":
+                        self._announce(frames[1].hex())
+                if not sockets:
+                    self.stop.wait(min(interval, 0.2))
+                if interval > 0 and time.monotonic() >= next_poll:
+                    next_poll = time.monotonic() + interval
+                    self._poll_mempool()
         finally:
-            sub.close(0)
+            for sub in sockets:
+                sub.close(0)
+
+    def _poll_mempool(self) -> None:
+        try:
+            txids = self.mempool_rpc.call("getrawmempool")
+            for txid in txids:
+                if txid not in self.seen:
+                    self._announce(str(self.mempool_rpc.call("getrawtransaction", txid)), txid)
+        except RpcError as e:
+            self.ctx.log.debug("mempool poll: %s", e.message)
+
+    def _announce(self, raw: str, txid: str | None = None) -> None:
+        if txid is None:
+            try:
+                txid = Transaction.parse(bytes.fromhex(raw)).txid().hex()
+            except Exception:
+                return  # not a transaction: nothing to announce
+        if txid in self.seen:
+            return
+        self.seen[txid] = None
+        while len(self.seen) > MEMPOOL_REMEMBERED:
+            self.seen.pop(next(iter(self.seen)))
+        self.ctx.emit("chain_mempool_tx", {"tx": raw})
 
 
 _plugins: "weakref.WeakKeyDictionary[Any, _Plugin]" = weakref.WeakKeyDictionary()
@@ -226,7 +273,8 @@ def lnp_subscriptions() -> list:
 
 @hookimpl
 def lnp_events() -> list:
-    return [EventSpec("chain_block_hint", "bitcoind announced a block over ZMQ; watchd polls at once")]
+    return [EventSpec("chain_block_hint", "bitcoind announced a block over ZMQ; watchd polls at once"),
+            EventSpec("chain_mempool_tx", "a transaction entered the mempool; body: {tx (hex)}")]
 
 
 @hookimpl

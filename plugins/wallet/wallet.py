@@ -128,7 +128,7 @@ class Wallet:
             if found is None:
                 conn.execute(insert(db.utxos).values(txid=b["txid"], vout=b["vout"], value_sat=b["value_sat"],
                                                      script=b["script"], height=b["height"], coinbase=coinbase))
-            else:
+            elif b["height"] is not None:  # mined (a mempool sighting never undoes a confirmation)
                 conn.execute(update(db.utxos).where((db.utxos.c.txid == b["txid"]) & (db.utxos.c.vout == b["vout"]))
                              .values(height=b["height"]))
             known = conn.execute(select(db.transactions).where(db.transactions.c.txid == b["txid"])).first()
@@ -137,12 +137,13 @@ class Wallet:
                                                             created_at=time.time(), net_sat=b["value_sat"],
                                                             state="seen"))
             else:
-                values: dict[str, Any] = {"height": b["height"]}
+                values: dict[str, Any] = {"height": b["height"]} if b["height"] is not None else {}
                 if known.state == "seen" and found is None:
                     values["net_sat"] = known.net_sat + b["value_sat"]
-                if known.state in ("reserved", "released"):  # ours, and it reached the chain after all
+                if known.state in ("reserved", "released"):  # ours, and it reached the network after all
                     values["state"] = "broadcast"
-                conn.execute(update(db.transactions).where(db.transactions.c.txid == b["txid"]).values(**values))
+                if values:
+                    conn.execute(update(db.transactions).where(db.transactions.c.txid == b["txid"]).values(**values))
             row = conn.execute(update(db.addresses).where(db.addresses.c.script == b["script"])
                                .values(used=True).returning(db.addresses.c.branch)).first()
         self.ctx.request("watchd", "watchd.watch", {"kind": "outpoint", "key": f"{b['txid']}:{b['vout']}",
@@ -172,13 +173,14 @@ class Wallet:
                                                             height=b["height"], created_at=time.time(),
                                                             net_sat=-(coin.value_sat if coin else 0), state="seen"))
             else:
-                values = {"height": b["height"]}
+                values = {"height": b["height"]} if b["height"] is not None else {}
                 if known.state == "seen" and coin is not None and coin.spent_by is None:
                     values["net_sat"] = known.net_sat - coin.value_sat
                 if known.state in ("reserved", "released"):
                     values["state"] = "broadcast"
-                conn.execute(update(db.transactions).where(db.transactions.c.txid == b["spending_txid"])
-                             .values(**values))
+                if values:
+                    conn.execute(update(db.transactions).where(db.transactions.c.txid == b["spending_txid"])
+                                 .values(**values))
 
     def _on_outpoint_unspent(self, b: dict[str, Any]) -> None:
         txid, vout = b["outpoint"].split(":")

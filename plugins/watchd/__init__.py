@@ -6,7 +6,8 @@ Control requests (from any service):
     watchd.status   -> {height, hash, watches}
 Events: block_connected / block_disconnected {height, hash}; outpoint_spent / outpoint_unspent;
 tx_depth (once per requested depth) / tx_unconfirmed; script_paid / script_unpaid. Each watch
-event carries the watch's `watch_id` and `owner`.
+event carries the watch's `watch_id` and `owner`. Spends and payments seen in the mempool (when
+the backend announces mempool transactions) come first with `height` None, then again when mined.
 """
 from __future__ import annotations
 
@@ -101,6 +102,13 @@ def _hint(ctx: ServiceContext, event: Any) -> None:
     _get(ctx).wake.set()
 
 
+def _mempool_tx(ctx: ServiceContext, event: Any) -> None:
+    try:
+        _get(ctx).scanner.mempool_tx(bytes.fromhex(str(event.body.get("tx", ""))))
+    except ValueError:
+        ctx.log.warning("a mempool transaction that does not parse was ignored")
+
+
 @rpc_method
 def chaininfo(ctx: ServiceContext) -> dict[str, Any]:
     """watchd's tip and watch counts, and the backend's view of the chain."""
@@ -144,7 +152,8 @@ def lnp_rpc_methods() -> list:
 @hookimpl
 def lnp_subscriptions() -> list:
     return [Subscription.control("watchd.watch", _watch), Subscription.control("watchd.unwatch", _unwatch),
-            Subscription.control("watchd.status", _status), Subscription.event("chain_block_hint", _hint)]
+            Subscription.control("watchd.status", _status), Subscription.event("chain_block_hint", _hint),
+            Subscription.event("chain_mempool_tx", _mempool_tx)]
 
 
 @hookimpl

@@ -15,6 +15,8 @@ from typing import Any, Callable
 from sqlalchemy import delete, insert, select, update
 
 from plugin_api import RpcError, Storage
+from embit.transaction import Transaction
+
 from plugin_api.chain import ChainBackend, parse_block
 
 from . import storage as db
@@ -233,6 +235,28 @@ class Scanner:
         self.tip = (height - 1, below_hash)
         log.info("block %d (%s) disconnected", height, block_hash)
         for name, body in events + [("block_disconnected", {"height": height, "hash": block_hash})]:
+            self.emit(name, body)
+
+    def mempool_tx(self, raw: bytes) -> None:
+        """A transaction entered the mempool: tell the owners of the scripts it pays and the outpoints it
+        spends, with `height` None. Nothing is stored; the same events come again when it is mined."""
+        tx = Transaction.parse(raw)
+        txid = tx.txid().hex()
+        events: list[tuple[str, dict[str, Any]]] = []
+        with self.lock:
+            for vin in tx.vin:
+                outpoint = f"{vin.txid.hex()}:{vin.vout}"
+                for w in self.by_key.get(("outpoint", outpoint), []):
+                    events.append(("outpoint_spent", {"watch_id": w.id, "owner": w.owner, "outpoint": outpoint,
+                                                      "spending_txid": txid, "spending_tx": raw.hex(),
+                                                      "height": None}))
+            for vout, out in enumerate(tx.vout):
+                script = out.script_pubkey.data.hex()
+                for w in self.by_key.get(("script", script), []):
+                    events.append(("script_paid", {"watch_id": w.id, "owner": w.owner, "script": script,
+                                                   "txid": txid, "vout": vout, "value_sat": out.value,
+                                                   "height": None, "tx": raw.hex()}))
+        for name, body in events:
             self.emit(name, body)
 
     def status(self) -> dict[str, Any]:
