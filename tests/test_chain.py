@@ -233,10 +233,11 @@ def external_chain(short_tmp):
     proc.wait(10)
 
 
-def test_blocks_mined_while_stopped_are_processed_on_restart(nodes, external_chain) -> None:
+@pytest.mark.parametrize("mode", ["threads", "processes"])
+def test_blocks_mined_while_stopped_are_processed_on_restart(nodes, external_chain, mode: str) -> None:
     port, btc = external_chain
-    profile = (f'[node]\nnetwork = "regtest"\ndata_dir = "DATA_DIR"\n[plugins]\n'
-               f'enabled = ["core", "signd", "bitcoind", "watchd", "tk_chain"]\n'
+    profile = (f'[node]\nnetwork = "regtest"\ndata_dir = "DATA_DIR"\n[bus]\nmode = "{mode}"\n[plugins]\n'
+               f'enabled = ["core", "signd", "bitcoind", "watchd", "tk_chain", "wallet"]\n'
                f'[plugins.bitcoind]\nurl = "http://127.0.0.1:{port}"\nuser = "x"\npassword = "testkey"\n'
                f'[plugins.watchd]\npoll_interval = 0.1\nstart_height = 0\n')
     node = nodes(profile, name="ext").start()
@@ -246,12 +247,15 @@ def test_blocks_mined_while_stopped_are_processed_on_restart(nodes, external_cha
         btc.call("generatetoaddress", 3, address)
         wait_for(lambda: c.call("chaininfo")["watchd"]["height"] == 3)
         assert [e["height"] for e in c.call("tk_chain_events", "block_connected")] == [0, 1, 2, 3]
+        ours = c.call("newaddr")["address"]
     node.stop()
-    btc.call("generatetoaddress", 2, address)  # while the node is down
+    btc.call("generatetoaddress", 2, address)  # while the node is down, and one block pays the wallet
+    btc.call("generatetoaddress", 1, ours)
     node.start()
     with node.client() as c:
-        wait_for(lambda: c.call("chaininfo")["watchd"]["height"] == 5)
-        assert [e["height"] for e in c.call("tk_chain_events", "block_connected")] == [4, 5]
+        wait_for(lambda: c.call("chaininfo")["watchd"]["height"] == 6)
+        assert [e["height"] for e in c.call("tk_chain_events", "block_connected")] == [4, 5, 6]
+        wait_for(lambda: c.call("funds")["immature_sat"] == 50 * BTC)  # no event was lost at startup
 
 
 def test_zmq_rawblock_announces_blocks_without_waiting_for_the_poll(nodes, external_chain) -> None:

@@ -21,6 +21,7 @@ from plugin_api.chain import ChainClient
 from . import storage
 from .scanner import Scanner
 
+NODE_READY_WAIT = 30.0
 EVENTS = [
     EventSpec("block_connected", "{height, hash}"),
     EventSpec("block_disconnected", "a reorg took the block back; {height, hash}"),
@@ -42,6 +43,7 @@ class Watchd:
         self.scanner = Scanner(ctx.storage, ChainClient(ctx), self._emit, int(ctx.config["start_height"]))
         self.wake = threading.Event()
         self.stopping = threading.Event()
+        self.node_ready = threading.Event()  # every service is up, so no subscriber misses an event
         self.thread = threading.Thread(target=self._run, name="watchd-poll", daemon=True)
         self.last_error = ""
 
@@ -52,6 +54,9 @@ class Watchd:
             self.ctx.log.exception("could not emit %s", name)
 
     def _run(self) -> None:
+        # Blocks found at startup (mined while the node was down) are only processed once the
+        # services that subscribe to their events are listening; alone (--service), after a while.
+        self.node_ready.wait(NODE_READY_WAIT)
         while not self.stopping.is_set():
             try:
                 self.scanner.poll()
@@ -96,6 +101,10 @@ def _unwatch(ctx: ServiceContext, body: dict[str, Any]) -> dict[str, bool]:
 
 def _status(ctx: ServiceContext, body: dict[str, Any]) -> dict[str, Any]:
     return _get(ctx).scanner.status()
+
+
+def _node_ready(ctx: ServiceContext, event: Any) -> None:
+    _get(ctx).node_ready.set()
 
 
 def _hint(ctx: ServiceContext, event: Any) -> None:
@@ -153,7 +162,7 @@ def lnp_rpc_methods() -> list:
 def lnp_subscriptions() -> list:
     return [Subscription.control("watchd.watch", _watch), Subscription.control("watchd.unwatch", _unwatch),
             Subscription.control("watchd.status", _status), Subscription.event("chain_block_hint", _hint),
-            Subscription.event("chain_mempool_tx", _mempool_tx)]
+            Subscription.event("chain_mempool_tx", _mempool_tx), Subscription.event("node_ready", _node_ready)]
 
 
 @hookimpl
@@ -168,5 +177,6 @@ def lnp_shutdown(ctx: ServiceContext) -> None:
     w = _running.pop(ctx, None)
     if w is not None:
         w.stopping.set()
+        w.node_ready.set()
         w.wake.set()
         w.thread.join(10)
