@@ -315,3 +315,24 @@ def test_an_incoming_payment_is_unconfirmed_until_mined(chain: ChainNode) -> Non
     chain.mine(1, chain.btc_address())
     wait_for(lambda: next(t for t in chain.call("transactions") if t["txid"] == txid)["confirmations"] == 1)
     assert chain.funds()["unconfirmed_sat"] == before["unconfirmed_sat"]
+
+
+def test_a_wallet_that_was_down_reads_what_it_missed(nodes, external_chain) -> None:
+    import os
+    import signal
+    port, btc = external_chain
+    profile = (f'[node]\nnetwork = "regtest"\ndata_dir = "DATA_DIR"\n'
+               f'[bus]\nmode = "processes"\nheartbeat_interval = 0.5\nheartbeat_misses = 3\n[plugins]\n'
+               f'enabled = ["core", "signd", "bitcoind", "watchd", "wallet"]\n'
+               f'[plugins.bitcoind]\nurl = "http://127.0.0.1:{port}"\nuser = "x"\npassword = "testkey"\n'
+               f'[plugins.watchd]\npoll_interval = 0.1\nstart_height = 0\n')
+    node = nodes(profile, name="down").start()
+    with node.client() as c:
+        ours = c.call("newaddr")["address"]
+        wallet = next(s for s in c.info()["services"] if s["name"] == "wallet")
+        os.kill(wallet["pid"], signal.SIGSTOP)  # the wallet hangs ...
+        btc.call("generatetoaddress", 3, ours)  # ... while three blocks pay it
+        wait_for(lambda: c.call("chaininfo")["watchd"]["height"] == 3)  # their events go to a hung process
+        wait_for(lambda: next(s for s in c.info()["services"] if s["name"] == "wallet")["restarts"] == 1)
+        wait_for(lambda: c.call("funds")["immature_sat"] == 150 * BTC)  # the restarted wallet caught up
+        assert len(c.call("transactions")) == 3

@@ -50,6 +50,7 @@ class Wallet:
         self.tip = int(ctx.request("watchd", "watchd.status", {}, timeout=60).get("height") or 0)
         for branch in (0, 1):
             self._fill_gap(branch)
+        self.catch_up()  # what watchd notified while the wallet was not running
 
     # --- addresses -----------------------------------------------------------------------------
 
@@ -107,7 +108,11 @@ class Wallet:
     # --- what watchd tells us ------------------------------------------------------------------
 
     def on_event(self, name: str, body: dict[str, Any]) -> None:
-        """Apply one of watchd's events (ours only, except block_connected)."""
+        """Apply one of watchd's events (ours only, except the block events).
+
+        Numbered notifications (`seq`) are applied strictly in order: one that arrives after a gap
+        makes the wallet read what it missed from watchd first. Mempool sightings carry no number.
+        """
         with self.lock:
             if name == "block_connected":
                 self.tip = int(body["height"])
@@ -117,7 +122,38 @@ class Wallet:
                 return
             if body.get("owner") != OWNER:
                 return
-            getattr(self, "_on_" + name)(body)
+            if "seq" not in body:
+                getattr(self, "_on_" + name)(body)
+                return
+            if int(body["seq"]) == self._cursor() + 1:
+                self._apply(int(body["seq"]), name, body)
+            else:
+                self.catch_up()
+
+    def _cursor(self) -> int:
+        with self.ctx.storage.begin() as conn:
+            return int(conn.execute(select(db.state.c.value).where(db.state.c.key == "watchd_seq")).scalar() or 0)
+
+    def _apply(self, seq: int, name: str, body: dict[str, Any]) -> None:
+        if seq <= self._cursor():
+            return  # applied already
+        getattr(self, "_on_" + name)(body)  # each handler is idempotent, should we stop right here
+        with self.ctx.storage.begin() as conn:
+            conn.execute(delete(db.state).where(db.state.c.key == "watchd_seq"))
+            conn.execute(insert(db.state).values(key="watchd_seq", value=str(seq)))
+        if seq % 100 == 0:
+            self.ctx.request("watchd", "watchd.acknowledge", {"owner": OWNER, "seq": seq})
+
+    def catch_up(self) -> None:
+        """Apply every notification watchd holds for the wallet beyond the last one applied."""
+        with self.lock:
+            while True:
+                missed = self.ctx.request("watchd", "watchd.notifications", {"owner": OWNER, "after": self._cursor()})
+                for n in missed:
+                    self._apply(int(n["seq"]), n["name"], n["body"])
+                if len(missed) < 500:
+                    break
+            self.ctx.request("watchd", "watchd.acknowledge", {"owner": OWNER, "seq": self._cursor()})
 
     def _on_script_paid(self, b: dict[str, Any]) -> None:
         tx = Transaction.parse(bytes.fromhex(b["tx"]))

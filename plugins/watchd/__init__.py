@@ -4,9 +4,12 @@ Control requests (from any service):
     watchd.watch    {kind: outpoint|txid|script, key, owner, depths?} -> the watch
     watchd.unwatch  {id} -> {removed}
     watchd.status   -> {height, hash, watches}
+    watchd.notifications {owner, after} -> [{seq, name, body}]   what an owner may have missed
+    watchd.acknowledge   {owner, seq}                            applied up to seq: forget it
 Events: block_connected / block_disconnected {height, hash}; outpoint_spent / outpoint_unspent;
 tx_depth (once per requested depth) / tx_unconfirmed; script_paid / script_unpaid. Each watch
-event carries the watch's `watch_id` and `owner`. Spends and payments seen in the mempool (when
+event carries the watch's `watch_id` and `owner`, and a `seq`: notifications are stored with the
+block that caused them until the owner acknowledges them, so an owner that was down reads them. Spends and payments seen in the mempool (when
 the backend announces mempool transactions) come first with `height` None, then again when mined.
 """
 from __future__ import annotations
@@ -99,6 +102,16 @@ def _unwatch(ctx: ServiceContext, body: dict[str, Any]) -> dict[str, bool]:
     return {"removed": _get(ctx).scanner.remove(int(body.get("id", -1)))}
 
 
+def _notifications(ctx: ServiceContext, body: dict[str, Any]) -> list[dict[str, Any]]:
+    return _get(ctx).scanner.notifications(str(body.get("owner", "")), int(body.get("after", 0)),
+                                           min(int(body.get("limit", 500)), 5000))
+
+
+def _acknowledge(ctx: ServiceContext, body: dict[str, Any]) -> dict[str, bool]:
+    _get(ctx).scanner.acknowledge(str(body.get("owner", "")), int(body.get("seq", 0)))
+    return {"acknowledged": True}
+
+
 def _status(ctx: ServiceContext, body: dict[str, Any]) -> dict[str, Any]:
     return _get(ctx).scanner.status()
 
@@ -161,7 +174,9 @@ def lnp_rpc_methods() -> list:
 @hookimpl
 def lnp_subscriptions() -> list:
     return [Subscription.control("watchd.watch", _watch), Subscription.control("watchd.unwatch", _unwatch),
-            Subscription.control("watchd.status", _status), Subscription.event("chain_block_hint", _hint),
+            Subscription.control("watchd.status", _status),
+            Subscription.control("watchd.notifications", _notifications),
+            Subscription.control("watchd.acknowledge", _acknowledge), Subscription.event("chain_block_hint", _hint),
             Subscription.event("chain_mempool_tx", _mempool_tx), Subscription.event("node_ready", _node_ready)]
 
 

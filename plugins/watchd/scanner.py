@@ -190,6 +190,7 @@ class Scanner:
             conn.execute(delete(db.blocks).where(db.blocks.c.height >= height))
             conn.execute(insert(db.blocks).values(height=height, hash=block_hash))
             conn.execute(delete(db.blocks).where(db.blocks.c.height <= height - db.KEEP_BLOCKS))
+            _log(conn, events)
         self.tip = (height, block_hash)
         for name, body in events:
             self.emit(name, body)
@@ -232,6 +233,7 @@ class Scanner:
                 below_hash = found[0]
             else:
                 below_hash = below.hash
+            _log(conn, events)
         self.tip = (height - 1, below_hash)
         log.info("block %d (%s) disconnected", height, block_hash)
         for name, body in events + [("block_disconnected", {"height": height, "hash": block_hash})]:
@@ -259,6 +261,20 @@ class Scanner:
         for name, body in events:
             self.emit(name, body)
 
+    def notifications(self, owner: str, after: int, limit: int = 500) -> list[dict[str, Any]]:
+        """The owner's notifications after sequence number `after`, oldest first."""
+        with self.storage.begin() as conn:
+            rows = conn.execute(select(db.notifications).where((db.notifications.c.owner == owner)
+                                                               & (db.notifications.c.seq > after))
+                                .order_by(db.notifications.c.seq).limit(limit)).all()
+        return [{"seq": r.seq, "name": r.name, "body": json.loads(r.body)} for r in rows]
+
+    def acknowledge(self, owner: str, seq: int) -> None:
+        """The owner has applied everything up to `seq`: forget it."""
+        with self.storage.begin() as conn:
+            conn.execute(delete(db.notifications).where((db.notifications.c.owner == owner)
+                                                        & (db.notifications.c.seq <= seq)))
+
     def status(self) -> dict[str, Any]:
         """The tip and the number of watches of each kind."""
         with self.lock:
@@ -267,6 +283,15 @@ class Scanner:
                 counts[w.kind] = counts.get(w.kind, 0) + 1
             return {"height": self.tip[0] if self.tip else None, "hash": self.tip[1] if self.tip else None,
                     "watches": counts}
+
+
+def _log(conn: Any, events: list[tuple[str, dict[str, Any]]]) -> None:
+    """Store the watch notifications of a block in its transaction, numbering them (`seq`)."""
+    for name, body in events:
+        if body.get("owner"):
+            seq = conn.execute(insert(db.notifications).values(owner=body["owner"], name=name,
+                                                               body=json.dumps(body))).inserted_primary_key[0]
+            body["seq"] = int(seq)
 
 
 def _normalise(kind: str, key: str) -> str:

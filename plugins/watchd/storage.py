@@ -37,5 +37,20 @@ payments = Table(
     Column("height", Integer, nullable=False),
 )
 
-MODELS = StorageModels(metadata, version=1)
+# every watch notification, in order, until its owner acknowledges it: an owner that was down when
+# it was emitted (a restarting service) reads what it missed
+notifications = Table(
+    "watchd_notifications", metadata,
+    Column("seq", Integer, primary_key=True, autoincrement=True),
+    Column("owner", String(64), nullable=False, index=True),
+    Column("name", String(32), nullable=False),
+    Column("body", Text, nullable=False),
+)
+
+
+def _add_notifications(conn: object) -> None:
+    notifications.create(conn)  # type: ignore[arg-type]
+
+
+MODELS = StorageModels(metadata, version=2, migrations={2: _add_notifications})
 KEEP_BLOCKS = 1000  # block hashes kept for finding where a reorg forked
