@@ -106,7 +106,7 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="lnp-bench-", dir="/tmp"))
     port = free_port()
     chain_proc = subprocess.Popen(["node", str(NODE_DIR / "launcher.js"), "--rpc-port", str(port), "--wallet-port",
-                                   str(free_port()), "--api-key", "bench"], stdout=subprocess.PIPE,
+                                   str(free_port()), "--api-key", "bench", "--exit-with-parent"], stdout=subprocess.PIPE,
                                   stderr=subprocess.DEVNULL, cwd=NODE_DIR)
     node_proc = None
     try:

@@ -225,7 +225,7 @@ def external_chain(short_tmp):
     install(logging.getLogger("test"))
     port = free_port()
     proc = subprocess.Popen(["node", str(NODE_DIR / "launcher.js"), "--rpc-port", str(port), "--wallet-port",
-                             str(free_port()), "--api-key", "testkey"], stdout=subprocess.PIPE,
+                             str(free_port()), "--api-key", "testkey", "--exit-with-parent"], stdout=subprocess.PIPE,
                             stderr=subprocess.DEVNULL, cwd=NODE_DIR)
     assert proc.stdout is not None and proc.stdout.readline().startswith(b"{")
     yield port, Bitcoind(f"http://127.0.0.1:{port}", "x", "testkey")

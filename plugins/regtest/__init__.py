@@ -69,7 +69,7 @@ class RegtestNode:
         self.proc = subprocess.Popen(
             [node, str(NODE_DIR / "launcher.js"), "--rpc-port", str(self.port),
              "--wallet-port", str(self.ctx.config["wallet_port"] or self.port + 1),
-             "--api-key", key, "--prefix", str(self.home / "chain")],
+             "--api-key", key, "--prefix", str(self.home / "chain"), "--exit-with-parent"],
             stdout=subprocess.PIPE, stderr=log, cwd=NODE_DIR)
         log.close()
         assert self.proc.stdout is not None

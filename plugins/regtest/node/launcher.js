@@ -1,6 +1,6 @@
 // A bcoin full node made to behave like Bitcoin Core's regtest, for lnp-host's tests and regtest profiles.
 //
-//   node launcher.js --rpc-port 18443 --api-key KEY [--wallet-port 18444] [--prefix DIR]
+//   node launcher.js --rpc-port 18443 --api-key KEY [--wallet-port 18444] [--prefix DIR] [--exit-with-parent]
 //
 // Prints one JSON line {"ready": true, ...} on stdout once JSON-RPC answers. Differences from stock
 // bcoin that this removes (see ../shared/notes/regtest-node.md): Core's address prefixes and RPC
@@ -117,12 +117,22 @@ async function sendRawTransaction(args, help) {
   process.exit(1);
 });
 
-for (const sig of ['SIGINT', 'SIGTERM']) {
-  process.on(sig, async () => {
-    try {
-      await node.close();
-    } finally {
-      process.exit(0);
-    }
-  });
+async function shutdown() {
+  try {
+    await node.close();
+  } finally {
+    process.exit(0);
+  }
+}
+
+for (const sig of ['SIGINT', 'SIGTERM'])
+  process.on(sig, shutdown);
+
+// Started by a node that was killed (SIGKILL) gets no signal: notice the orphaning and stop too.
+if (process.argv.includes('--exit-with-parent')) {
+  const parent = process.ppid;
+  setInterval(() => {
+    if (process.ppid !== parent)
+      shutdown();
+  }, 500).unref();
 }
