@@ -81,7 +81,6 @@ def scan(backend, watches: int, tmp: Path, name: str) -> float:  # type: ignore[
     """Blocks per second for a fresh scanner with `watches` watches, from block 0 to the tip."""
     db = Database(f"sqlite:///{tmp / name}.sqlite3", tmp)
     db.migrate({"watchd": watchd_storage.MODELS})
-    scanner = Scanner(db, backend, lambda name, body: None, start_height=0)
     with db.begin() as conn:  # bulk insert: adding them one by one is not what is measured
         rows = [{"kind": "script", "key": os.urandom(22).hex(), "owner": "bench", "depths": "[1]", "notified_depth": 0}
                 for _ in range(watches // 2)]

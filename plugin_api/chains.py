@@ -10,6 +10,12 @@ GENESIS: dict[str, str] = {  # big-endian, as block explorers show them
 }
 
 
+def embit_network(network: str) -> dict:
+    """embit's parameters (address prefixes, xpub versions) for one of our network names."""
+    from embit.networks import NETWORKS
+    return NETWORKS[{"mainnet": "main", "testnet": "test", "signet": "signet", "regtest": "regtest"}[network]]
+
+
 def chain_hash(network: str) -> bytes:
     """The 32-byte `chain_hash` of `network` in wire order (the genesis hash, little-endian)."""
     return bytes.fromhex(GENESIS[network])[::-1]

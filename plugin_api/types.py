@@ -4,6 +4,7 @@ from __future__ import annotations
 import inspect
 import logging
 import typing
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Literal, Mapping, Protocol
@@ -267,6 +268,38 @@ class NodeInfo:
     data_dir: Path
     version: str
     features: tuple[Any, ...] = ()  # FeatureSpec of every enabled plugin
+
+
+T = typing.TypeVar("T")
+
+
+class PerContext(typing.Generic[T]):
+    """The object a plugin runs with, kept per context: several nodes may share one process (tests),
+    so module-level state would mix them. Set it in `lnp_startup`, pop it in `lnp_shutdown`, and
+    `get(ctx)` it in handlers (an RpcError if the plugin is not running)."""
+
+    def __init__(self, what: str) -> None:
+        self._items: "weakref.WeakKeyDictionary[Any, T]" = weakref.WeakKeyDictionary()
+        self._what = what
+
+    def set(self, ctx: Any, value: T) -> None:
+        """Keep `value` for `ctx`."""
+        self._items[ctx] = value
+
+    def pop(self, ctx: Any) -> T | None:
+        """Forget and return the value of `ctx`, if any."""
+        return self._items.pop(ctx, None)
+
+    def find(self, ctx: Any) -> T | None:
+        """The value of `ctx`, or None."""
+        return self._items.get(ctx)
+
+    def get(self, ctx: Any) -> T:
+        """The value of `ctx`; SERVICE_UNAVAILABLE when the plugin is not running."""
+        value = self._items.get(ctx)
+        if value is None:
+            raise RpcError(RpcError.SERVICE_UNAVAILABLE, f"{self._what} is not running")
+        return value
 
 
 class ServiceContext(Protocol):

@@ -1,6 +1,7 @@
 """signd, the wallet and watchd on a real regtest chain (bcoin, started by the node's regtest plugin)."""
 from __future__ import annotations
 
+import json
 import time
 from decimal import Decimal
 
@@ -216,6 +217,15 @@ def test_a_policy_plugin_can_refuse_signing(chain: ChainNode) -> None:
     assert chain.funds() == before  # nothing reserved, nothing spent
 
 
+def external_profile(port: int, plugins: list[str], bus: str = "", bitcoind: str = "",
+                     watchd: str = "poll_interval = 0.1\nstart_height = 0") -> str:
+    """A profile on the external regtest node: core, signd, bitcoind, watchd and PLUGINS."""
+    enabled = json.dumps(["core", "signd", "bitcoind", "watchd", *plugins])
+    return (f'[node]\nnetwork = "regtest"\ndata_dir = "DATA_DIR"\n[bus]\n{bus}\n[plugins]\nenabled = {enabled}\n'
+            f'[plugins.bitcoind]\nurl = "http://127.0.0.1:{port}"\nuser = "x"\npassword = "testkey"\n{bitcoind}\n'
+            f'[plugins.watchd]\n{watchd}\n')
+
+
 @pytest.fixture
 def external_chain(short_tmp):
     """A regtest node the test runs itself (as a user's own bitcoind would be), not the node."""
@@ -236,10 +246,7 @@ def external_chain(short_tmp):
 @pytest.mark.parametrize("mode", ["threads", "processes"])
 def test_blocks_mined_while_stopped_are_processed_on_restart(nodes, external_chain, mode: str) -> None:
     port, btc = external_chain
-    profile = (f'[node]\nnetwork = "regtest"\ndata_dir = "DATA_DIR"\n[bus]\nmode = "{mode}"\n[plugins]\n'
-               f'enabled = ["core", "signd", "bitcoind", "watchd", "tk_chain", "wallet"]\n'
-               f'[plugins.bitcoind]\nurl = "http://127.0.0.1:{port}"\nuser = "x"\npassword = "testkey"\n'
-               f'[plugins.watchd]\npoll_interval = 0.1\nstart_height = 0\n')
+    profile = external_profile(port, ["tk_chain", "wallet"], bus=f'mode = "{mode}"')
     node = nodes(profile, name="ext").start()
     address = "bcrt1qw508d6qejxtdg4y5r3zarvary0c5xw7kygt080"
     with node.client() as c:
@@ -263,11 +270,9 @@ def test_zmq_rawblock_announces_blocks_without_waiting_for_the_poll(nodes, exter
     port, btc = external_chain
     pub = zmq.Context.instance().socket(zmq.PUB)  # stands in for bitcoind's zmqpubrawblock
     zmq_port = pub.bind_to_random_port("tcp://127.0.0.1")
-    profile = (f'[node]\nnetwork = "regtest"\ndata_dir = "DATA_DIR"\n[plugins]\n'
-               f'enabled = ["core", "signd", "bitcoind", "watchd", "tk_chain"]\n'
-               f'[plugins.bitcoind]\nurl = "http://127.0.0.1:{port}"\nuser = "x"\npassword = "testkey"\n'
-               f'zmq_rawblock = "tcp://127.0.0.1:{zmq_port}"\nzmq_rawtx = "tcp://127.0.0.1:{zmq_port}"\n'
-               f'[plugins.watchd]\npoll_interval = 60\n')
+    profile = external_profile(port, ["tk_chain"], watchd="poll_interval = 60",
+                               bitcoind=f'zmq_rawblock = "tcp://127.0.0.1:{zmq_port}"\n'
+                                        f'zmq_rawtx = "tcp://127.0.0.1:{zmq_port}"')
     node = nodes(profile, name="zmq").start()
     try:
         with node.client() as c:
@@ -321,11 +326,8 @@ def test_a_wallet_that_was_down_reads_what_it_missed(nodes, external_chain) -> N
     import os
     import signal
     port, btc = external_chain
-    profile = (f'[node]\nnetwork = "regtest"\ndata_dir = "DATA_DIR"\n'
-               f'[bus]\nmode = "processes"\nheartbeat_interval = 0.5\nheartbeat_misses = 3\n[plugins]\n'
-               f'enabled = ["core", "signd", "bitcoind", "watchd", "wallet"]\n'
-               f'[plugins.bitcoind]\nurl = "http://127.0.0.1:{port}"\nuser = "x"\npassword = "testkey"\n'
-               f'[plugins.watchd]\npoll_interval = 0.1\nstart_height = 0\n')
+    profile = external_profile(port, ["wallet"],
+                               bus='mode = "processes"\nheartbeat_interval = 0.5\nheartbeat_misses = 3')
     node = nodes(profile, name="down").start()
     with node.client() as c:
         ours = c.call("newaddr")["address"]

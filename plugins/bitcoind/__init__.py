@@ -14,7 +14,6 @@ import json
 import threading
 import time
 import urllib.parse
-import weakref
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -22,7 +21,7 @@ from typing import Any
 import zmq
 from embit.transaction import Transaction
 
-from plugin_api import EventSpec, Field, RpcError, ServiceContext, hookimpl
+from plugin_api import EventSpec, Field, PerContext, RpcError, ServiceContext, hookimpl
 from plugin_api.chain import BROADCAST_REJECTED, FEE_TARGETS, ChainBackend, ChainInfo, backend_subscriptions
 
 NETWORKS = {"main": "mainnet", "test": "testnet", "testnet4": "testnet", "signet": "signet", "regtest": "regtest"}
@@ -246,14 +245,11 @@ class _Plugin:
         self.ctx.emit("chain_mempool_tx", {"tx": raw})
 
 
-_plugins: "weakref.WeakKeyDictionary[Any, _Plugin]" = weakref.WeakKeyDictionary()
+_plugins: PerContext[_Plugin] = PerContext("the bitcoind backend")
 
 
 def _backend(ctx: ServiceContext) -> ChainBackend:
-    plugin = _plugins.get(ctx)
-    if plugin is None:
-        raise RpcError(RpcError.SERVICE_UNAVAILABLE, "the bitcoind backend is not running")
-    return plugin.backend
+    return _plugins.get(ctx).backend
 
 
 @hookimpl
@@ -279,12 +275,12 @@ def lnp_events() -> list:
 
 @hookimpl
 def lnp_startup(ctx: ServiceContext) -> None:
-    _plugins[ctx] = _Plugin(ctx)
+    _plugins.set(ctx, _Plugin(ctx))
 
 
 @hookimpl
 def lnp_shutdown(ctx: ServiceContext) -> None:
-    plugin = _plugins.pop(ctx, None)
+    plugin = _plugins.pop(ctx)
     if plugin is not None:
         plugin.stop.set()
         if plugin.thread is not None:

@@ -6,11 +6,10 @@ service: errors, options, the runtime (manager), the state machine (peer), stora
 """
 from __future__ import annotations
 
-import weakref
 from concurrent.futures import Future
 from typing import Any
 
-from plugin_api import (EventSpec, RpcError, ServiceContext, Subscription, WireMessage, hookimpl,
+from plugin_api import (EventSpec, PerContext, RpcError, ServiceContext, Subscription, WireMessage, hookimpl,
                         rpc_method)
 from plugin_api.addresses import AddressError, parse_address, parse_node_id, parse_peer
 from plugin_api.wire import WireError, split_message
@@ -21,14 +20,8 @@ from .options import SCHEMA, Options
 
 # Handlers answer with a Future completed by peerd's I/O loop: the service keeps serving meanwhile.
 Later = Future[dict[str, Any]]
-_managers: "weakref.WeakKeyDictionary[Any, PeerManager]" = weakref.WeakKeyDictionary()
-
-
-def _manager(ctx: ServiceContext) -> PeerManager:
-    manager = _managers.get(ctx)
-    if manager is None:
-        raise RpcError(RpcError.SERVICE_UNAVAILABLE, "peerd is not running")
-    return manager
+_managers: PerContext[PeerManager] = PerContext("peerd")
+_manager = _managers.get
 
 
 def _node_id(text: str) -> bytes:
@@ -202,17 +195,17 @@ def lnp_events() -> list[EventSpec]:
 @hookimpl
 def lnp_startup(ctx: ServiceContext) -> None:
     manager = PeerManager(ctx, Options.from_config(ctx.config))
-    _managers[ctx] = manager
+    _managers.set(ctx, manager)
     try:
         manager.start()
     except BaseException:
         manager.stop()
-        _managers.pop(ctx, None)
+        _managers.pop(ctx)
         raise
 
 
 @hookimpl
 def lnp_shutdown(ctx: ServiceContext) -> None:
-    manager = _managers.pop(ctx, None)
+    manager = _managers.pop(ctx)
     if manager is not None:
         manager.stop()

@@ -1,8 +1,6 @@
 """peerd's errors: why a connection closed, and the RPC error codes clients see."""
 from __future__ import annotations
 
-from plugin_api import RpcError
-
 CONNECT_FAILED = 401   # the peer could not be reached, or the handshake or init failed
 NOT_CONNECTED = 402    # the command needs a connected peer
 PING_FAILED = 403      # no pong in time, or the peer went away
@@ -18,8 +16,3 @@ class PeerError(Exception):
         super().__init__(reason)
         self.reason = reason
         self.warn = warn
-
-
-def rpc_error(code: int, message: str) -> RpcError:
-    """An RPC error with one of peerd's codes."""
-    return RpcError(code, message)

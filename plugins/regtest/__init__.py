@@ -16,11 +16,10 @@ import select
 import shutil
 import subprocess
 import threading
-import weakref
 from pathlib import Path
 from typing import Any
 
-from plugin_api import Field, RpcError, ServiceContext, hookimpl, rpc_method
+from plugin_api import Field, PerContext, RpcError, ServiceContext, hookimpl, rpc_method
 
 from plugins.bitcoind import Bitcoind, BitcoindError
 
@@ -102,14 +101,14 @@ class RegtestNode:
                 self.proc.wait(5)
 
 
-_nodes: "weakref.WeakKeyDictionary[Any, RegtestNode]" = weakref.WeakKeyDictionary()
+_nodes: PerContext[RegtestNode] = PerContext("the regtest node")
 
 
 @rpc_method
 def mine(ctx: ServiceContext, blocks: int = 1, address: str | None = None) -> dict[str, Any]:
     """Mine BLOCKS blocks (regtest only) to ADDRESS, by default a new address of the node's wallet."""
     node = _nodes.get(ctx)
-    if node is None or node.rpc is None:
+    if node.rpc is None:
         raise RpcError(RpcError.SERVICE_UNAVAILABLE, "the regtest node is not running")
     if not 1 <= blocks <= 1000:
         raise RpcError(RpcError.INVALID_PARAMS, "blocks must be 1..1000")
@@ -144,12 +143,12 @@ def lnp_startup(ctx: ServiceContext) -> None:
         raise RuntimeError(f"the regtest plugin only runs on regtest, not {ctx.node.network}")
     node = RegtestNode(ctx)
     node.start()
-    _nodes[ctx] = node
+    _nodes.set(ctx, node)
 
 
 @hookimpl
 def lnp_shutdown(ctx: ServiceContext) -> None:
-    node = _nodes.pop(ctx, None)
+    node = _nodes.pop(ctx)
     if node is not None:
         node.stop()
 

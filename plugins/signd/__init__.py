@@ -13,18 +13,17 @@ Every signature except ECDH is first put to the decision `sign_request`; any plu
 from __future__ import annotations
 
 import hashlib
-import weakref
 from pathlib import Path
 from typing import Any
 
-from embit.networks import NETWORKS
 from embit.psbt import PSBT
 from embit.script import Script
 
-from plugin_api import (DecisionSpec, Field, RemoteCustody, RpcError, ServiceContext, Subscription, hookimpl)
+from plugin_api import (DecisionSpec, Field, PerContext, RemoteCustody, RpcError, ServiceContext, Subscription, hookimpl)
+from plugin_api.chains import embit_network
 
 from . import seed
-from .keys import EMBIT_NETWORK, Keychain
+from .keys import Keychain
 
 SERVICE = "signd"
 REFUSED = RpcError.REFUSED
@@ -67,7 +66,7 @@ class Signer:
             psbt = PSBT.from_string(str(body["psbt"]))
         except Exception:
             raise RpcError(RpcError.INVALID_PARAMS, "not a valid PSBT") from None
-        network = NETWORKS[EMBIT_NETWORK[self.keys.network]]
+        network = embit_network(self.keys.network)
         ours = self.keys.root.my_fingerprint
         outputs = []
         for out, info in zip(psbt.tx.vout, psbt.outputs):
@@ -127,14 +126,12 @@ def _address(script: Script, network: dict) -> str | None:
         return None
 
 
-_signers: "weakref.WeakKeyDictionary[Any, Signer]" = weakref.WeakKeyDictionary()
+_signers: PerContext[Signer] = PerContext("signd")
 
 
 def _handler(name: str) -> Any:
     def handle(ctx: ServiceContext, body: dict[str, Any]) -> Any:
         signer = _signers.get(ctx)
-        if signer is None:
-            raise RpcError(RpcError.SERVICE_UNAVAILABLE, "signd is not running")
         if not isinstance(body, dict):
             raise RpcError(RpcError.INVALID_PARAMS, "expected an object")
         try:
@@ -193,11 +190,11 @@ def lnp_init(node: Any) -> dict[str, Any]:
 @hookimpl
 def lnp_startup(ctx: ServiceContext) -> None:
     try:
-        _signers[ctx] = Signer(ctx)
+        _signers.set(ctx, Signer(ctx))
     except seed.SeedError as e:
         raise RuntimeError(str(e)) from None
 
 
 @hookimpl
 def lnp_shutdown(ctx: ServiceContext) -> None:
-    _signers.pop(ctx, None)
+    _signers.pop(ctx)

@@ -10,15 +10,14 @@ from __future__ import annotations
 
 import coincurve
 from embit import bip32, bip39
-from embit.networks import NETWORKS
 
 from plugin_api.bolt3 import per_commitment_secret, point
+from plugin_api.chains import embit_network
 
 FAMILIES = {"funding_pubkey": 0, "revocation_basepoint": 1, "htlc_basepoint": 2, "payment_basepoint": 3,
             "delayed_payment_basepoint": 4}
 PER_COMMITMENT_FAMILY = 5
 NODE_FAMILY = 6
-EMBIT_NETWORK = {"mainnet": "main", "testnet": "test", "signet": "signet", "regtest": "regtest"}
 
 
 class Keychain:
@@ -47,7 +46,7 @@ class Keychain:
 
     def account_xpub(self) -> str:
         """The BIP84 account's extended public key (tpub/xpub, as embit writes it for the network)."""
-        return self._account.to_public().to_string(NETWORKS[EMBIT_NETWORK[self.network]]["xpub"])
+        return self._account.to_public().to_string(embit_network(self.network)["xpub"])
 
     def descriptors(self) -> dict[str, str]:
         """The wallet's receive and change descriptors, with key origin."""

@@ -10,10 +10,9 @@ Control requests for other services (channel funding):
 """
 from __future__ import annotations
 
-import weakref
 from typing import Any
 
-from plugin_api import Field, RpcError, ServiceContext, Subscription, hookimpl, rpc_method
+from plugin_api import Field, PerContext, ServiceContext, Subscription, hookimpl, rpc_method
 
 from . import storage
 from .builder import WalletError, script_for
@@ -21,14 +20,8 @@ from .wallet import Wallet
 
 WATCHD_EVENTS = ("block_connected", "block_disconnected", "script_paid", "script_unpaid", "outpoint_spent",
                  "outpoint_unspent", "tx_depth", "tx_unconfirmed")
-_wallets: "weakref.WeakKeyDictionary[Any, Wallet]" = weakref.WeakKeyDictionary()
-
-
-def _wallet(ctx: ServiceContext) -> Wallet:
-    w = _wallets.get(ctx)
-    if w is None:
-        raise RpcError(RpcError.SERVICE_UNAVAILABLE, "the wallet is not running")
-    return w
+_wallets: PerContext[Wallet] = PerContext("the wallet")
+_wallet = _wallets.get
 
 
 @rpc_method
@@ -72,7 +65,7 @@ def _fund(ctx: ServiceContext, body: dict[str, Any]) -> dict[str, Any]:
 
 
 def _on_event(ctx: ServiceContext, event: Any) -> None:
-    w = _wallets.get(ctx)
+    w = _wallets.find(ctx)
     if w is not None:
         w.on_event(event.name, event.body)
 
@@ -111,9 +104,9 @@ def lnp_subscriptions() -> list:
 
 @hookimpl
 def lnp_startup(ctx: ServiceContext) -> None:
-    _wallets[ctx] = Wallet(ctx)
+    _wallets.set(ctx, Wallet(ctx))
 
 
 @hookimpl
 def lnp_shutdown(ctx: ServiceContext) -> None:
-    _wallets.pop(ctx, None)
+    _wallets.pop(ctx)

@@ -6,17 +6,16 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from embit import base58, bech32
-from embit.networks import NETWORKS
 from embit.psbt import PSBT, DerivationPath
 from embit.script import Script
 from embit.transaction import Transaction, TransactionInput, TransactionOutput
 
 from plugin_api import RpcError
+from plugin_api.chains import embit_network
 
 RBF_SEQUENCE = 0xFFFFFFFD
 INPUT_VBYTES = 68          # a P2WPKH input, signature included
 OVERHEAD_VBYTES = 11       # version, counts, locktime, segwit marker
-EMBIT_NETWORK = {"mainnet": "main", "testnet": "test", "signet": "signet", "regtest": "regtest"}
 
 
 class WalletError(RpcError):
@@ -28,7 +27,7 @@ class WalletError(RpcError):
 
 def script_for(address: str, network: str) -> Script:
     """The output script of `address`, refusing addresses of another network."""
-    net = NETWORKS[EMBIT_NETWORK[network]]
+    net = embit_network(network)
     address = address.strip()
     try:
         data = base58.decode_check(address)

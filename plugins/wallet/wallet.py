@@ -11,7 +11,6 @@ from typing import Any
 
 from embit.bip32 import HARDENED_INDEX, HDKey
 from embit.finalizer import finalize_psbt
-from embit.networks import NETWORKS
 from embit.psbt import PSBT
 from embit.script import p2wpkh
 from embit.transaction import Transaction
@@ -19,9 +18,10 @@ from sqlalchemy import delete, insert, select, update
 
 from plugin_api import RpcError, ServiceContext
 from plugin_api.chain import ChainClient
+from plugin_api.chains import embit_network
 
 from . import storage as db
-from .builder import EMBIT_NETWORK, Coin, WalletError, build_psbt, dust_limit, script_for, select as select_coins
+from .builder import Coin, WalletError, build_psbt, dust_limit, script_for, select as select_coins
 
 log = logging.getLogger("lnp.wallet")
 OWNER = "wallet"
@@ -35,7 +35,7 @@ class Wallet:
     def __init__(self, ctx: ServiceContext) -> None:
         self.ctx = ctx
         self.network = ctx.node.network
-        self.net = NETWORKS[EMBIT_NETWORK[self.network]]
+        self.net = embit_network(self.network)
         self.gap = int(ctx.config["gap_limit"])
         self.min_feerate = float(ctx.config["min_feerate"])
         self.max_feerate = float(ctx.config["max_feerate"])
@@ -48,6 +48,8 @@ class Wallet:
         self.descriptors = info["descriptors"]
         self.chain = ChainClient(ctx)
         self.tip = int(ctx.request("watchd", "watchd.status", {}, timeout=60).get("height") or 0)
+        with ctx.storage.begin() as conn:  # the last watchd notification applied
+            self.applied = int(conn.execute(select(db.state.c.value).where(db.state.c.key == "watchd_seq")).scalar() or 0)
         for branch in (0, 1):
             self._fill_gap(branch)
         self.catch_up()  # what watchd notified while the wallet was not running
@@ -125,22 +127,19 @@ class Wallet:
             if "seq" not in body:
                 getattr(self, "_on_" + name)(body)
                 return
-            if int(body["seq"]) == self._cursor() + 1:
+            if int(body["seq"]) == self.applied + 1:
                 self._apply(int(body["seq"]), name, body)
             else:
                 self.catch_up()
 
-    def _cursor(self) -> int:
-        with self.ctx.storage.begin() as conn:
-            return int(conn.execute(select(db.state.c.value).where(db.state.c.key == "watchd_seq")).scalar() or 0)
-
     def _apply(self, seq: int, name: str, body: dict[str, Any]) -> None:
-        if seq <= self._cursor():
+        if seq <= self.applied:
             return  # applied already
         getattr(self, "_on_" + name)(body)  # each handler is idempotent, should we stop right here
         with self.ctx.storage.begin() as conn:
             conn.execute(delete(db.state).where(db.state.c.key == "watchd_seq"))
             conn.execute(insert(db.state).values(key="watchd_seq", value=str(seq)))
+        self.applied = seq
         if seq % 100 == 0:
             self.ctx.request("watchd", "watchd.acknowledge", {"owner": OWNER, "seq": seq})
 
@@ -148,12 +147,12 @@ class Wallet:
         """Apply every notification watchd holds for the wallet beyond the last one applied."""
         with self.lock:
             while True:
-                missed = self.ctx.request("watchd", "watchd.notifications", {"owner": OWNER, "after": self._cursor()})
+                missed = self.ctx.request("watchd", "watchd.notifications", {"owner": OWNER, "after": self.applied})
                 for n in missed:
                     self._apply(int(n["seq"]), n["name"], n["body"])
                 if len(missed) < 500:
                     break
-            self.ctx.request("watchd", "watchd.acknowledge", {"owner": OWNER, "seq": self._cursor()})
+            self.ctx.request("watchd", "watchd.acknowledge", {"owner": OWNER, "seq": self.applied})
 
     def _on_script_paid(self, b: dict[str, Any]) -> None:
         tx = Transaction.parse(bytes.fromhex(b["tx"]))

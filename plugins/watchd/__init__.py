@@ -15,10 +15,9 @@ the backend announces mempool transactions) come first with `height` None, then 
 from __future__ import annotations
 
 import threading
-import weakref
 from typing import Any
 
-from plugin_api import EventSpec, Field, RpcError, ServiceContext, Subscription, hookimpl, rpc_method
+from plugin_api import EventSpec, Field, PerContext, RpcError, ServiceContext, Subscription, hookimpl, rpc_method
 from plugin_api.chain import ChainClient
 
 from . import storage
@@ -78,14 +77,8 @@ class Watchd:
             self.wake.clear()
 
 
-_running: "weakref.WeakKeyDictionary[Any, Watchd]" = weakref.WeakKeyDictionary()
-
-
-def _get(ctx: ServiceContext) -> Watchd:
-    w = _running.get(ctx)
-    if w is None:
-        raise RpcError(RpcError.SERVICE_UNAVAILABLE, "watchd is not running")
-    return w
+_running: PerContext[Watchd] = PerContext("watchd")
+_get = _running.get
 
 
 def _watch(ctx: ServiceContext, body: dict[str, Any]) -> dict[str, Any]:
@@ -183,13 +176,13 @@ def lnp_subscriptions() -> list:
 @hookimpl
 def lnp_startup(ctx: ServiceContext) -> None:
     w = Watchd(ctx)
-    _running[ctx] = w
+    _running.set(ctx, w)
     w.thread.start()
 
 
 @hookimpl
 def lnp_shutdown(ctx: ServiceContext) -> None:
-    w = _running.pop(ctx, None)
+    w = _running.pop(ctx)
     if w is not None:
         w.stopping.set()
         w.node_ready.set()

@@ -54,6 +54,7 @@ class Scanner:
         self.lock = threading.RLock()
         self.watches: dict[int, Watch] = {}
         self.by_key: dict[tuple[str, str], list[Watch]] = {}
+        self.deepening: dict[int, Watch] = {}  # confirmed txid watches with depths still to notify
         self.tip: tuple[int, str] | None = None
         self._load()
 
@@ -70,6 +71,14 @@ class Scanner:
     def _index(self, w: Watch) -> None:
         self.watches[w.id] = w
         self.by_key.setdefault((w.kind, w.key), []).append(w)
+        self._track(w)
+
+    def _track(self, w: Watch) -> None:
+        """Keep `deepening` right, so each block looks only at the watches that may be due."""
+        if w.kind == "txid" and w.confirmed_height is not None and w.notified_depth < max(w.depths):
+            self.deepening[w.id] = w
+        else:
+            self.deepening.pop(w.id, None)
 
     def add(self, kind: str, key: str, owner: str, depths: list[int] | None = None) -> dict[str, Any]:
         """Watch an outpoint ("txid:vout"), a txid, or a script (hex); the same request twice is one watch."""
@@ -82,6 +91,7 @@ class Scanner:
                 if w.owner == owner:
                     if kind == "txid" and w.depths != wanted:
                         w.depths = sorted(set(w.depths) | set(wanted))
+                        self._track(w)
                         with self.storage.begin() as conn:
                             conn.execute(update(db.watches).where(db.watches.c.id == w.id)
                                          .values(depths=json.dumps(w.depths)))
@@ -101,6 +111,7 @@ class Scanner:
             if w is None:
                 return False
             self.by_key[(w.kind, w.key)].remove(w)
+            self.deepening.pop(watch_id, None)
             with self.storage.begin() as conn:
                 conn.execute(delete(db.watches).where(db.watches.c.id == watch_id))
                 conn.execute(delete(db.payments).where(db.payments.c.watch_id == watch_id))
@@ -160,6 +171,7 @@ class Scanner:
             for w in self.by_key.get(("txid", txid), []):
                 w.confirmed_height, w.notified_depth = height, 0
                 watch_updates[w.id] = {"confirmed_height": height, "notified_depth": 0}
+                self._track(w)
             for vout, out in enumerate(tx.vout):
                 script = out.script_pubkey.data.hex()
                 for w in self.by_key.get(("script", script), []):
@@ -169,16 +181,17 @@ class Scanner:
                     events.append(("script_paid", {"watch_id": w.id, "owner": w.owner, "script": script,
                                                    "txid": txid, "vout": vout, "value_sat": out.value,
                                                    "height": height, "tx": raw_tx}))
-        for w in self.watches.values():  # depth notifications, including the block just connected
-            if w.kind == "txid" and w.confirmed_height is not None:
-                depth = height - w.confirmed_height + 1
-                due = [d for d in w.depths if w.notified_depth < d <= depth]
-                if due:
-                    w.notified_depth = max(due)
-                    watch_updates.setdefault(w.id, {})["notified_depth"] = w.notified_depth
-                    for d in due:
-                        events.append(("tx_depth", {"watch_id": w.id, "owner": w.owner, "txid": w.key, "depth": d,
-                                                    "height": w.confirmed_height}))
+        for w in list(self.deepening.values()):  # depth notifications, including the block just connected
+            assert w.confirmed_height is not None
+            depth = height - w.confirmed_height + 1
+            due = [d for d in w.depths if w.notified_depth < d <= depth]
+            if due:
+                w.notified_depth = max(due)
+                watch_updates.setdefault(w.id, {})["notified_depth"] = w.notified_depth
+                self._track(w)
+                for d in due:
+                    events.append(("tx_depth", {"watch_id": w.id, "owner": w.owner, "txid": w.key, "depth": d,
+                                                "height": w.confirmed_height}))
         with self.storage.begin() as conn:
             for watch_id, values in watch_updates.items():
                 conn.execute(update(db.watches).where(db.watches.c.id == watch_id).values(**values))
@@ -204,11 +217,13 @@ class Scanner:
             if w.kind == "txid" and w.confirmed_height == height:
                 w.confirmed_height, w.notified_depth = None, 0
                 watch_updates[w.id] = {"confirmed_height": None, "notified_depth": 0}
+                self._track(w)
                 events.append(("tx_unconfirmed", {"watch_id": w.id, "owner": w.owner, "txid": w.key,
                                                   "height": height}))
             elif w.kind == "txid" and w.confirmed_height is not None and w.notified_depth > height - w.confirmed_height:
                 w.notified_depth = height - w.confirmed_height  # deeper depths will be notified again
                 watch_updates[w.id] = {"notified_depth": w.notified_depth}
+                self._track(w)
             elif w.kind == "outpoint" and w.spent_height == height:
                 events.append(("outpoint_unspent", {"watch_id": w.id, "owner": w.owner, "outpoint": w.key,
                                                     "spending_txid": w.spent_txid, "height": height}))
