@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from plugin_api import Field, PerContext, ServiceContext, Subscription, hookimpl, rpc_method
+from plugin_api import Field, PerContext, RpcError, ServiceContext, Subscription, hookimpl, rpc_method
 
 from . import storage
 from .builder import WalletError, script_for
@@ -109,4 +109,9 @@ def lnp_startup(ctx: ServiceContext) -> None:
 
 @hookimpl
 def lnp_shutdown(ctx: ServiceContext) -> None:
-    _wallets.pop(ctx)
+    w = _wallets.pop(ctx)
+    if w is not None:
+        try:
+            w.save_cursor()
+        except RpcError:
+            pass  # watchd stopped first: the cursor is saved, watchd forgets on the next catch-up

@@ -34,7 +34,8 @@ transactions = Table(
     Column("raw", Text, nullable=False),
     Column("height", Integer, nullable=True),
     Column("created_at", Float, nullable=False),
-    Column("net_sat", BigInteger, nullable=False, default=0),   # what it changed in our balance
+    Column("net_sat", BigInteger, nullable=False, default=0),   # a reserved transaction's effect (once
+                                                                # sent, it follows from wallet_utxos)
     Column("fee_sat", BigInteger, nullable=True),               # known for transactions we made
     Column("state", String(12), nullable=False),                # reserved | broadcast | seen | released
     Column("label", String(100), nullable=False, default=""),

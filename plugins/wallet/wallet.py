@@ -14,7 +14,7 @@ from embit.finalizer import finalize_psbt
 from embit.psbt import PSBT
 from embit.script import p2wpkh
 from embit.transaction import Transaction
-from sqlalchemy import delete, insert, select, update
+from sqlalchemy import delete, func, insert, select, update
 
 from plugin_api import RpcError, ServiceContext
 from plugin_api.chain import ChainClient
@@ -135,13 +135,18 @@ class Wallet:
     def _apply(self, seq: int, name: str, body: dict[str, Any]) -> None:
         if seq <= self.applied:
             return  # applied already
-        getattr(self, "_on_" + name)(body)  # each handler is idempotent, should we stop right here
+        getattr(self, "_on_" + name)(body)
+        self.applied = seq
+        if seq % 50 == 0:
+            self.save_cursor()
+
+    def save_cursor(self) -> None:
+        """Record how far the notifications are applied, and let watchd forget them. Not after each
+        one: the handlers are idempotent, so replaying a few after a crash gives the same state."""
         with self.ctx.storage.begin() as conn:
             conn.execute(delete(db.state).where(db.state.c.key == "watchd_seq"))
-            conn.execute(insert(db.state).values(key="watchd_seq", value=str(seq)))
-        self.applied = seq
-        if seq % 100 == 0:
-            self.ctx.request("watchd", "watchd.acknowledge", {"owner": OWNER, "seq": seq})
+            conn.execute(insert(db.state).values(key="watchd_seq", value=str(self.applied)))
+        self.ctx.request("watchd", "watchd.acknowledge", {"owner": OWNER, "seq": self.applied})
 
     def catch_up(self) -> None:
         """Apply every notification watchd holds for the wallet beyond the last one applied."""
@@ -152,7 +157,7 @@ class Wallet:
                     self._apply(int(n["seq"]), n["name"], n["body"])
                 if len(missed) < 500:
                     break
-            self.ctx.request("watchd", "watchd.acknowledge", {"owner": OWNER, "seq": self.applied})
+            self.save_cursor()
 
     def _on_script_paid(self, b: dict[str, Any]) -> None:
         tx = Transaction.parse(bytes.fromhex(b["tx"]))
@@ -169,12 +174,10 @@ class Wallet:
             known = conn.execute(select(db.transactions).where(db.transactions.c.txid == b["txid"])).first()
             if known is None:
                 conn.execute(insert(db.transactions).values(txid=b["txid"], raw=b["tx"], height=b["height"],
-                                                            created_at=time.time(), net_sat=b["value_sat"],
+                                                            created_at=time.time(), net_sat=0,
                                                             state="seen"))
             else:
                 values: dict[str, Any] = {"height": b["height"]} if b["height"] is not None else {}
-                if known.state == "seen" and found is None:
-                    values["net_sat"] = known.net_sat + b["value_sat"]
                 if known.state in ("reserved", "released"):  # ours, and it reached the network after all
                     values["state"] = "broadcast"
                 if values:
@@ -200,17 +203,14 @@ class Wallet:
         txid, vout = b["outpoint"].split(":")
         with self.ctx.storage.begin() as conn:
             where = (db.utxos.c.txid == txid) & (db.utxos.c.vout == int(vout))
-            coin = conn.execute(select(db.utxos).where(where)).first()
             conn.execute(update(db.utxos).where(where).values(spent_by=b["spending_txid"], reserved_by=None))
             known = conn.execute(select(db.transactions).where(db.transactions.c.txid == b["spending_txid"])).first()
             if known is None:
                 conn.execute(insert(db.transactions).values(txid=b["spending_txid"], raw=b["spending_tx"],
                                                             height=b["height"], created_at=time.time(),
-                                                            net_sat=-(coin.value_sat if coin else 0), state="seen"))
+                                                            net_sat=0, state="seen"))
             else:
                 values = {"height": b["height"]} if b["height"] is not None else {}
-                if known.state == "seen" and coin is not None and coin.spent_by is None:
-                    values["net_sat"] = known.net_sat - coin.value_sat
                 if known.state in ("reserved", "released"):
                     values["state"] = "broadcast"
                 if values:
@@ -272,7 +272,17 @@ class Wallet:
         with self.ctx.storage.begin() as conn:
             rows = conn.execute(select(db.transactions).where(db.transactions.c.state != "released")
                                 .order_by(db.transactions.c.created_at.desc())).all()
-        return [{"txid": r.txid, "net_sat": r.net_sat, "fee_sat": r.fee_sat, "state": r.state, "label": r.label,
+            # what a transaction did to the balance follows from the outputs it paid us and spent
+            received = dict(conn.execute(select(db.utxos.c.txid, func.sum(db.utxos.c.value_sat))
+                                         .group_by(db.utxos.c.txid)).all())
+            spent = dict(conn.execute(select(db.utxos.c.spent_by, func.sum(db.utxos.c.value_sat))
+                                      .where(db.utxos.c.spent_by.is_not(None)).group_by(db.utxos.c.spent_by)).all())
+
+        def net(r: Any) -> int:
+            if r.state == "reserved":  # not sent: its inputs are not spent yet
+                return int(r.net_sat)
+            return int(received.get(r.txid, 0)) - int(spent.get(r.txid, 0))
+        return [{"txid": r.txid, "net_sat": net(r), "fee_sat": r.fee_sat, "state": r.state, "label": r.label,
                  "height": r.height, "confirmations": self.tip - r.height + 1 if r.height is not None else 0}
                 for r in rows]
 
