@@ -22,7 +22,7 @@ import zmq
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from lnp_host.client import Client  # noqa: E402
-from plugin_api import RpcError  # noqa: E402
+from lnp_plugin_api import RpcError  # noqa: E402
 
 PROFILE = """
 [node]

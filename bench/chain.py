@@ -26,12 +26,12 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from lnp_host.client import Client  # noqa: E402
 from lnp_host.storage import Database  # noqa: E402
-from plugin_api import RpcError  # noqa: E402
-from plugin_api.chain import ChainInfo  # noqa: E402
-from plugins.bitcoind import Bitcoind, BitcoindBackend  # noqa: E402
-from plugins.regtest import NODE_DIR, install  # noqa: E402
-from plugins.watchd import storage as watchd_storage  # noqa: E402
-from plugins.watchd.scanner import Scanner  # noqa: E402
+from lnp_plugin_api import RpcError  # noqa: E402
+from lnp_plugin_api.chain import ChainInfo  # noqa: E402
+from lnp_plugins.bitcoind import Bitcoind, BitcoindBackend  # noqa: E402
+from lnp_plugins.regtest import NODE_DIR, install  # noqa: E402
+from lnp_plugins.watchd import storage as watchd_storage  # noqa: E402
+from lnp_plugins.watchd.scanner import Scanner  # noqa: E402
 
 
 def free_port() -> int:

@@ -25,7 +25,7 @@ from typing import Any
 
 import zmq
 
-from plugin_api import RpcError, WireMessage
+from lnp_plugin_api import RpcError, WireMessage
 
 REQUEST, CALL, DECISION, EVENT, PING, REPLY = b"Q", b"C", b"D", b"E", b"P", b"R"
 WIRE_IN, WIRE_OUT = b"I", b"O"

@@ -13,7 +13,7 @@ import json
 import sys
 from typing import Any
 
-from plugin_api import RpcError
+from lnp_plugin_api import RpcError
 
 from .client import DEFAULT_DATA_DIR, Client
 

@@ -5,7 +5,7 @@
     node.info()                                           # one method per command
     remote = Client("tcp://host:9836", keys=Client.load_keys("alice.json"))
 
-Errors come back as `plugin_api.RpcError` with the server's code.
+Errors come back as `lnp_plugin_api.RpcError` with the server's code.
 """
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from typing import Any
 
 import zmq
 
-from plugin_api import RpcError
+from lnp_plugin_api import RpcError
 
 DEFAULT_DATA_DIR = "~/.lnp-host"
 

@@ -13,7 +13,7 @@ from typing import Any, Callable
 
 import zmq
 
-from plugin_api import Decision, Event, KeyCustody, NodeInfo, RpcError, Storage, WireMessage
+from lnp_plugin_api import Decision, Event, KeyCustody, NodeInfo, RpcError, Storage, WireMessage
 
 from . import bus as wire
 from .bus import Bus, Endpoints
@@ -42,7 +42,7 @@ class Environment:
 
 
 class PluginContext:
-    """A plugin's view of the node (see `plugin_api.ServiceContext`)."""
+    """A plugin's view of the node (see `lnp_plugin_api.ServiceContext`)."""
 
     def __init__(self, env: Environment, plugin: str) -> None:
         self._env = env

@@ -20,7 +20,7 @@ from typing import Any, Callable
 
 import zmq
 
-from plugin_api import NodeInfo, RemoteCustody, RpcError
+from lnp_plugin_api import NodeInfo, RemoteCustody, RpcError
 
 from . import __version__, logs
 from .bus import Bus, Endpoints

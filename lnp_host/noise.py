@@ -24,7 +24,7 @@ from noise.connection import Keypair, NoiseConnection
 from noise.functions.dh import DH
 from noise.functions.keypair import KeyPair
 
-from plugin_api import KeyCustody
+from lnp_plugin_api import KeyCustody
 
 PROTOCOL_NAME = b"Noise_XK_secp256k1_ChaChaPoly_SHA256"
 PROLOGUE = b"lightning"

@@ -12,9 +12,9 @@ from typing import Any
 
 import pluggy
 
-import plugin_api
-from plugin_api import hookspecs
-from plugin_api import DecisionSpec, EventSpec, FeatureSpec, Field, RpcMethod, StorageModels, Subscription
+import lnp_plugin_api
+from lnp_plugin_api import hookspecs
+from lnp_plugin_api import DecisionSpec, EventSpec, FeatureSpec, Field, RpcMethod, StorageModels, Subscription
 
 from .profile import HOST_SERVICE, Profile
 
@@ -48,7 +48,7 @@ class PluginLoadError(Exception):
 def discover() -> dict[str, Discovered]:
     """Every plugin installed in this environment, by entry-point name."""
     found: dict[str, Discovered] = {}
-    for ep in md.entry_points(group=plugin_api.ENTRY_POINT_GROUP):
+    for ep in md.entry_points(group=lnp_plugin_api.ENTRY_POINT_GROUP):
         dist = ep.dist
         found.setdefault(ep.name, Discovered(ep.name, dist.version if dist else "?",
                                              dist.metadata["Name"] if dist else "?", ep))
@@ -57,7 +57,7 @@ def discover() -> dict[str, Discovered]:
 
 def new_manager() -> pluggy.PluginManager:
     """A plugin manager that knows the hook specs."""
-    pm = pluggy.PluginManager(plugin_api.PROJECT)
+    pm = pluggy.PluginManager(lnp_plugin_api.PROJECT)
     pm.add_hookspecs(hookspecs)
     return pm
 

@@ -7,7 +7,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Mapping
 
-from plugin_api import Field
+from lnp_plugin_api import Field
 
 from .schema import type_matches, type_name
 
@@ -188,7 +188,7 @@ def validate_table(schema: Mapping[str, Field], table: Mapping[str, Any], path: 
 def load_profile(path: str | Path | None = None, data_dir: str | None = None) -> Profile:
     """Read a profile (or the embedded default), follow `extends`, check the host's tables."""
     if path is None:
-        ref = resources.files("configs") / "default.toml"
+        ref = resources.files("lnp_configs") / "default.toml"
         with resources.as_file(ref) as real:
             profile = _load(Path(real), [])
     else:

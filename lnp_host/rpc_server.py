@@ -18,7 +18,7 @@ from typing import Any
 import zmq
 from zmq.auth.thread import ThreadAuthenticator
 
-from plugin_api import RpcError, RpcMethod
+from lnp_plugin_api import RpcError, RpcMethod
 
 from . import bus as wire
 from .bus import decode, encode, new_socket, prepare_bind, secure_ipc_path

@@ -14,7 +14,7 @@ from typing import Any
 
 import zmq
 
-from plugin_api import Event, RpcError
+from lnp_plugin_api import Event, RpcError
 
 from . import bus as wire
 from .bus import decode, encode, new_socket, prepare_bind, wire_from_frames

@@ -12,7 +12,7 @@ from typing import Any, Mapping
 from sqlalchemy import (Column, Integer, MetaData, String, Table, create_engine, event, inspect, select)
 from sqlalchemy.engine import Connection, Engine
 
-from plugin_api import StorageModels
+from lnp_plugin_api import StorageModels
 
 log = logging.getLogger("lnp.host.storage")
 

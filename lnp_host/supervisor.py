@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from plugin_api import RpcError
+from lnp_plugin_api import RpcError
 
 import zmq
 from zmq.utils.monitor import recv_monitor_message

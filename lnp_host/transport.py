@@ -12,7 +12,7 @@ import asyncio
 import socket
 from typing import Awaitable, Callable
 
-from plugin_api import KeyCustody
+from lnp_plugin_api import KeyCustody
 
 from .noise import (ACT_ONE_SIZE, ACT_THREE_SIZE, ACT_TWO_SIZE, LENGTH_HEADER_SIZE, MAC_SIZE, Handshake,
                     HandshakeError, Session, TransportError)

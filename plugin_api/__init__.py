@@ -3,7 +3,7 @@
 A plugin is a module (or object) with functions marked `@hookimpl`, registered in the entry-point
 group `lnp_host.plugins` of its package. The smallest useful plugin:
 
-    from plugin_api import hookimpl, rpc_method
+    from lnp_plugin_api import hookimpl, rpc_method
 
     @rpc_method
     def hello(ctx, name: str = "world") -> dict:

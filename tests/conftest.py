@@ -14,12 +14,12 @@ from typing import Iterator
 import pytest
 
 from lnp_host.client import Client
-from plugin_api import RpcError
+from lnp_plugin_api import RpcError
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "docs" / "examples" / "lnp-hello"
 TESTKIT = ROOT / "tests" / "plugins" / "lnp-testkit"
-VECTORS = ROOT.parent / "shared" / "vectors"  # the BOLT test vectors, read-only beside the project
+VECTORS = Path(__file__).resolve().parent / "vectors"  # copied from the BOLTs (tests/vectors/README.md)
 
 
 @pytest.fixture(scope="session")

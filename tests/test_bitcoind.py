@@ -11,9 +11,9 @@ from typing import Any, Callable
 
 import pytest
 
-from plugin_api import RpcError
-from plugin_api.chain import BROADCAST_REJECTED, parse_block
-from plugins.bitcoind import Bitcoind, BitcoindBackend
+from lnp_plugin_api import RpcError
+from lnp_plugin_api.chain import BROADCAST_REJECTED, parse_block
+from lnp_plugins.bitcoind import Bitcoind, BitcoindBackend
 
 GENESIS = bytes.fromhex(  # regtest's genesis block
     "0100000000000000000000000000000000000000000000000000000000000000000000003ba3edfd7a7b12b27ac72c3e67768f61"

@@ -6,7 +6,7 @@ import json
 import pytest
 
 from conftest import VECTORS
-from plugin_api.bolt3 import (Shachain, ShachainError, derive_privkey, derive_pubkey, derive_revocation_privkey,
+from lnp_plugin_api.bolt3 import (Shachain, ShachainError, derive_privkey, derive_pubkey, derive_revocation_privkey,
                               derive_revocation_pubkey, per_commitment_secret, point)
 
 SECRETS = json.loads((VECTORS / "bolt03-appD-per-commitment-secrets.json").read_text())

@@ -10,10 +10,10 @@ from embit.transaction import Transaction
 
 from conftest import wait_for
 from peer_tools import free_port
-from plugin_api import RpcError
-from plugins.bitcoind import Bitcoind
-from plugin_api.chain import parse_block
-from plugins.wallet.builder import script_for
+from lnp_plugin_api import RpcError
+from lnp_plugins.bitcoind import Bitcoind
+from lnp_plugin_api.chain import parse_block
+from lnp_plugins.wallet.builder import script_for
 
 BTC = 100_000_000
 PROFILE = """
@@ -231,7 +231,7 @@ def external_chain(short_tmp):
     """A regtest node the test runs itself (as a user's own bitcoind would be), not the node."""
     import logging
     import subprocess
-    from plugins.regtest import NODE_DIR, install
+    from lnp_plugins.regtest import NODE_DIR, install
     install(logging.getLogger("test"))
     port = free_port()
     proc = subprocess.Popen(["node", str(NODE_DIR / "launcher.js"), "--rpc-port", str(port), "--wallet-port",

@@ -15,7 +15,7 @@ import threading
 import pytest
 
 from conftest import wait_for
-from plugin_api.chains import chain_hash
+from lnp_plugin_api.chains import chain_hash
 from test_peerd import start
 
 wire = pytest.importorskip("pyln.proto.wire")

@@ -13,7 +13,7 @@ import pytest
 
 from conftest import env_with, lnp_host, wait_for
 from lnp_host.client import Client
-from plugin_api import RpcError
+from lnp_plugin_api import RpcError
 
 THREADS = """
 [node]

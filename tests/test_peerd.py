@@ -9,7 +9,7 @@ import pytest
 
 from conftest import lnp_host, wait_for
 from peer_tools import Key, RawPeer, free_port
-from plugin_api import RpcError
+from lnp_plugin_api import RpcError
 
 FORCED = "01" * 32
 FORCED_ID = "031b84c5567b126440995d3ed5aaba0565d71e1834604819ff9c17f5e9d5dd078f"

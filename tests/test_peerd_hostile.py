@@ -11,8 +11,8 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 
 from conftest import wait_for
 from peer_tools import Key, RawPeer, our_init
-from plugin_api.chains import chain_hash
-from plugin_api.wire import PONG, WARNING
+from lnp_plugin_api.chains import chain_hash
+from lnp_plugin_api.wire import PONG, WARNING
 from test_peerd import start
 
 

@@ -7,7 +7,7 @@ import pytest
 
 from lnp_host.rpc_server import bind_params
 from lnp_host.schema import coerce_text, type_matches, type_name
-from plugin_api import REQUIRED, Decision, RpcError, rpc_method
+from lnp_plugin_api import REQUIRED, Decision, RpcError, rpc_method
 from lnp_host.context import as_decision
 
 

@@ -13,7 +13,7 @@ import zmq
 
 from conftest import env_with, lnp_host
 from lnp_host.client import Client
-from plugin_api import RpcError
+from lnp_plugin_api import RpcError
 
 PROFILE = """
 [node]

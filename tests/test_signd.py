@@ -10,9 +10,9 @@ import pytest
 
 from conftest import lnp_host, wait_for
 from peer_tools import RawPeer, free_port
-from plugin_api.bolt3 import derive_pubkey, per_commitment_secret, point
-from plugins.signd import seed
-from plugins.signd.keys import Keychain, PER_COMMITMENT_FAMILY
+from lnp_plugin_api.bolt3 import derive_pubkey, per_commitment_secret, point
+from lnp_plugins.signd import seed
+from lnp_plugins.signd.keys import Keychain, PER_COMMITMENT_FAMILY
 
 WORDS = "abandon abandon abandon abandon abandon abandon abandon abandon abandon abandon abandon about"
 

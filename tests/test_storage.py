@@ -15,7 +15,7 @@ import pytest
 from sqlalchemy import Column, Integer, MetaData, String, Table, text
 
 from lnp_host.storage import Database, StorageError
-from plugin_api import StorageModels
+from lnp_plugin_api import StorageModels
 
 PG_PASSWORD = "pg-test-secret"
 

@@ -8,7 +8,7 @@ from hypothesis import given, strategies as st
 
 from conftest import VECTORS
 
-from plugin_api.wire import (INIT, MessageSpec, TlvRecord, TlvStream, WireError, decode_bigsize, decode_signed,
+from lnp_plugin_api.wire import (INIT, MessageSpec, TlvRecord, TlvStream, WireError, decode_bigsize, decode_signed,
                              encode_bigsize, encode_signed, format_scid, split_message)
 
 V = VECTORS

@@ -1,6 +1,6 @@
 """bitcoind: the chain backend over Bitcoin Core's JSON-RPC (and nodes that imitate it, such as bcoin).
 
-Runs in the watchd service and answers the `chain.*` control requests (see plugin_api.chain).
+Runs in the watchd service and answers the `chain.*` control requests (see lnp_plugin_api.chain).
 Answers are read in both the shapes bitcoind and bcoin give; a broadcast counts only once the
 transaction is really in the mempool; with `zmq_rawblock` set, new blocks are announced at once
 (event `chain_block_hint`), otherwise watchd polls. Mempool transactions are announced as
@@ -21,8 +21,8 @@ from typing import Any
 import zmq
 from embit.transaction import Transaction
 
-from plugin_api import EventSpec, Field, PerContext, RpcError, ServiceContext, hookimpl
-from plugin_api.chain import BROADCAST_REJECTED, FEE_TARGETS, ChainBackend, ChainInfo, backend_subscriptions
+from lnp_plugin_api import EventSpec, Field, PerContext, RpcError, ServiceContext, hookimpl
+from lnp_plugin_api.chain import BROADCAST_REJECTED, FEE_TARGETS, ChainBackend, ChainInfo, backend_subscriptions
 
 NETWORKS = {"main": "mainnet", "test": "testnet", "testnet4": "testnet", "signet": "signet", "regtest": "regtest"}
 UNREACHABLE = -32000

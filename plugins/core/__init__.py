@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from plugin_api import RpcError, ServiceContext, hookimpl, rpc_method
+from lnp_plugin_api import RpcError, ServiceContext, hookimpl, rpc_method
 
 
 def _host(ctx: ServiceContext) -> Any:

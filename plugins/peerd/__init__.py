@@ -9,10 +9,10 @@ from __future__ import annotations
 from concurrent.futures import Future
 from typing import Any
 
-from plugin_api import (EventSpec, PerContext, RpcError, ServiceContext, Subscription, WireMessage, hookimpl,
+from lnp_plugin_api import (EventSpec, PerContext, RpcError, ServiceContext, Subscription, WireMessage, hookimpl,
                         rpc_method)
-from plugin_api.addresses import AddressError, parse_address, parse_node_id, parse_peer
-from plugin_api.wire import WireError, split_message
+from lnp_plugin_api.addresses import AddressError, parse_address, parse_node_id, parse_peer
+from lnp_plugin_api.wire import WireError, split_message
 
 from . import storage
 from .manager import CUSTOM_FROM, PeerManager

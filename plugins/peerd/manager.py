@@ -15,10 +15,10 @@ from concurrent.futures import Future, TimeoutError as FutureTimeout
 from typing import Any, Coroutine, TypeVar
 
 from lnp_host.transport import Connection, HandshakeError, NoiseStream, connect, initiate, respond, serve
-from plugin_api import RpcError, ServiceContext, WireMessage, features
-from plugin_api.addresses import IPV4, IPV6, TORV3, Address, encode_descriptor, parse_address
-from plugin_api.chains import chain_hash
-from plugin_api.wire import INIT
+from lnp_plugin_api import RpcError, ServiceContext, WireMessage, features
+from lnp_plugin_api.addresses import IPV4, IPV6, TORV3, Address, encode_descriptor, parse_address
+from lnp_plugin_api.chains import chain_hash
+from lnp_plugin_api.wire import INIT
 
 from . import socks5, storage
 from .errors import CONNECT_FAILED, NOT_CONNECTED, PING_FAILED, PeerError

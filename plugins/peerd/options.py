@@ -4,8 +4,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from plugin_api import Field
-from plugin_api.addresses import TORV3, Address, AddressError, parse_address
+from lnp_plugin_api import Field
+from lnp_plugin_api.addresses import TORV3, Address, AddressError, parse_address
 
 
 def _listen_check(values: list[str]) -> str | None:

@@ -14,9 +14,9 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from lnp_host.noise import MAX_MESSAGE_SIZE
 from lnp_host.transport import NoiseStream, TransportError
-from plugin_api import features
-from plugin_api.addresses import Address, decode_descriptor
-from plugin_api.wire import ERROR, INIT, PING, PONG, WARNING, WireError, split_message
+from lnp_plugin_api import features
+from lnp_plugin_api.addresses import Address, decode_descriptor
+from lnp_plugin_api.wire import ERROR, INIT, PING, PONG, WARNING, WireError, split_message
 
 from .errors import PeerError
 

@@ -9,7 +9,7 @@ import asyncio
 import ipaddress
 
 from lnp_host.transport import Connection, connect
-from plugin_api.addresses import IPV4, IPV6, Address
+from lnp_plugin_api.addresses import IPV4, IPV6, Address
 
 _REPLIES = {
     1: "general SOCKS server failure", 2: "connection not allowed by ruleset", 3: "network unreachable",

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from sqlalchemy import Boolean, Column, Float, MetaData, String, Table, select, update
 
-from plugin_api import Storage, StorageModels
+from lnp_plugin_api import Storage, StorageModels
 
 metadata = MetaData()
 peers = Table(

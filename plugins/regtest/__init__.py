@@ -19,9 +19,9 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from plugin_api import Field, PerContext, RpcError, ServiceContext, hookimpl, rpc_method
+from lnp_plugin_api import Field, PerContext, RpcError, ServiceContext, hookimpl, rpc_method
 
-from plugins.bitcoind import Bitcoind, BitcoindError
+from lnp_plugins.bitcoind import Bitcoind, BitcoindError
 
 NODE_DIR = Path(__file__).resolve().parent / "node"
 START_TIMEOUT = 60.0

@@ -19,8 +19,8 @@ from typing import Any
 from embit.psbt import PSBT
 from embit.script import Script
 
-from plugin_api import (DecisionSpec, Field, PerContext, RemoteCustody, RpcError, ServiceContext, Subscription, hookimpl)
-from plugin_api.chains import embit_network
+from lnp_plugin_api import (DecisionSpec, Field, PerContext, RemoteCustody, RpcError, ServiceContext, Subscription, hookimpl)
+from lnp_plugin_api.chains import embit_network
 
 from . import seed
 from .keys import Keychain

@@ -11,8 +11,8 @@ from __future__ import annotations
 import coincurve
 from embit import bip32, bip39
 
-from plugin_api.bolt3 import per_commitment_secret, point
-from plugin_api.chains import embit_network
+from lnp_plugin_api.bolt3 import per_commitment_secret, point
+from lnp_plugin_api.chains import embit_network
 
 FAMILIES = {"funding_pubkey": 0, "revocation_basepoint": 1, "htlc_basepoint": 2, "payment_basepoint": 3,
             "delayed_payment_basepoint": 4}

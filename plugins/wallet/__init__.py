@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from plugin_api import Field, PerContext, RpcError, ServiceContext, Subscription, hookimpl, rpc_method
+from lnp_plugin_api import Field, PerContext, RpcError, ServiceContext, Subscription, hookimpl, rpc_method
 
 from . import storage
 from .builder import WalletError, script_for

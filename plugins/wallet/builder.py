@@ -10,8 +10,8 @@ from embit.psbt import PSBT, DerivationPath
 from embit.script import Script
 from embit.transaction import Transaction, TransactionInput, TransactionOutput
 
-from plugin_api import RpcError
-from plugin_api.chains import embit_network
+from lnp_plugin_api import RpcError
+from lnp_plugin_api.chains import embit_network
 
 RBF_SEQUENCE = 0xFFFFFFFD
 INPUT_VBYTES = 68          # a P2WPKH input, signature included

@@ -16,9 +16,9 @@ from embit.script import p2wpkh
 from embit.transaction import Transaction
 from sqlalchemy import delete, func, insert, select, update
 
-from plugin_api import RpcError, ServiceContext
-from plugin_api.chain import ChainClient
-from plugin_api.chains import embit_network
+from lnp_plugin_api import RpcError, ServiceContext
+from lnp_plugin_api.chain import ChainClient
+from lnp_plugin_api.chains import embit_network
 
 from . import storage as db
 from .builder import Coin, WalletError, build_psbt, dust_limit, script_for, select as select_coins

@@ -17,8 +17,8 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-from plugin_api import EventSpec, Field, PerContext, RpcError, ServiceContext, Subscription, hookimpl, rpc_method
-from plugin_api.chain import ChainClient
+from lnp_plugin_api import EventSpec, Field, PerContext, RpcError, ServiceContext, Subscription, hookimpl, rpc_method
+from lnp_plugin_api.chain import ChainClient
 
 from . import storage
 from .scanner import Scanner

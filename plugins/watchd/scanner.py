@@ -14,10 +14,10 @@ from typing import Any, Callable
 
 from sqlalchemy import delete, insert, select, update
 
-from plugin_api import RpcError, Storage
+from lnp_plugin_api import RpcError, Storage
 from embit.transaction import Transaction
 
-from plugin_api.chain import ChainBackend, parse_block
+from lnp_plugin_api.chain import ChainBackend, parse_block
 
 from . import storage as db
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from sqlalchemy import Column, Integer, MetaData, String, Table, Text, BigInteger
 
-from plugin_api import StorageModels
+from lnp_plugin_api import StorageModels
 
 metadata = MetaData()
 

@@ -8,7 +8,7 @@ import os
 
 from sqlalchemy import Column, Integer, MetaData, String, Table, select
 
-from plugin_api import Event, EventSpec, Field, StorageModels, Subscription, hookimpl, rpc_method
+from lnp_plugin_api import Event, EventSpec, Field, StorageModels, Subscription, hookimpl, rpc_method
 
 metadata = MetaData()
 greetings = Table("hello_greetings", metadata,

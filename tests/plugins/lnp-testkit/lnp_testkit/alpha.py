@@ -1,7 +1,7 @@
 """tk_alpha: drives requests, decisions, wire messages and failures from the alpha service."""
 import time
 
-from plugin_api import DecisionSpec, RpcError, WireMessage, hookimpl, rpc_method
+from lnp_plugin_api import DecisionSpec, RpcError, WireMessage, hookimpl, rpc_method
 
 
 @rpc_method

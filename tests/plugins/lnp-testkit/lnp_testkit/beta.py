@@ -1,5 +1,5 @@
 """tk_beta: answers `echo`, takes part in `tk_spend`, receives wire type 32769 and `greeted` events."""
-from plugin_api import Decision, Field, Subscription, hookimpl, rpc_method
+from lnp_plugin_api import Decision, Field, Subscription, hookimpl, rpc_method
 
 received: list = []
 

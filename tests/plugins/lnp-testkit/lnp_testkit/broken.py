@@ -1,5 +1,5 @@
 """tk_broken: a plugin whose startup fails, to show a service that cannot start."""
-from plugin_api import hookimpl
+from lnp_plugin_api import hookimpl
 
 
 @hookimpl

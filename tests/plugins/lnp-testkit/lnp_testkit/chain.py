@@ -1,5 +1,5 @@
 """tk_chain: asks watchd for watches over the control bus and records watchd's events."""
-from plugin_api import Subscription, hookimpl, rpc_method
+from lnp_plugin_api import Subscription, hookimpl, rpc_method
 
 EVENTS = ("block_connected", "block_disconnected", "outpoint_spent", "outpoint_unspent", "tx_depth",
           "tx_unconfirmed", "script_paid", "script_unpaid")

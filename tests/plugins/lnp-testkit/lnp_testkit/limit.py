@@ -1,5 +1,5 @@
 """tk_limit: a spending-limit policy on signd: refuses PSBTs paying more than `max_sat` out of the wallet."""
-from plugin_api import Decision, Field, Subscription, hookimpl
+from lnp_plugin_api import Decision, Field, Subscription, hookimpl
 
 
 def check(ctx, body):

@@ -1,5 +1,5 @@
 """tk_needs_feature: requires option_splice (bit 62) of every peer."""
-from plugin_api import FeatureSpec, hookimpl
+from lnp_plugin_api import FeatureSpec, hookimpl
 
 
 @hookimpl

@@ -2,7 +2,7 @@
 
 tk_needs_feature: requires a BOLT-9 feature, so peers that lack it are refused.
 """
-from plugin_api import FeatureSpec, Subscription, WireMessage, hookimpl, rpc_method
+from lnp_plugin_api import FeatureSpec, Subscription, WireMessage, hookimpl, rpc_method
 
 received: list = []
 

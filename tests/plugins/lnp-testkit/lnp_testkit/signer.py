@@ -1,5 +1,5 @@
 """tk_signer: asks signd for channel keys and signatures over the control bus, as channeld will."""
-from plugin_api import hookimpl, rpc_method
+from lnp_plugin_api import hookimpl, rpc_method
 
 
 @rpc_method
