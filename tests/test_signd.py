@@ -81,9 +81,13 @@ def test_signd_serves_the_node_key_and_channel_keys(nodes, mode: str) -> None:
     assert (node.data_dir / "signd" / "node_id").read_text().strip() == node_id
     assert not (node.data_dir / "node_key").exists()  # the host's key file is not used
     raw = RawPeer(port)  # the BOLT-8 handshake needs ECDH with the node key: answered by signd
-    raw.connect(bytes.fromhex(node_id))
+    try:
+        raw.connect(bytes.fromhex(node_id))
+        with node.client() as c:
+            wait_for(lambda: len(c.call("peers")["peers"]) == 1)
+    finally:
+        raw.close()
     with node.client() as c:
-        wait_for(lambda: len(c.call("peers")["peers"]) == 1)
         got = c.call("tk_signer_basepoints", 0)
         words = seed.load(node.data_dir)
         keys = Keychain(words, "regtest")
