@@ -31,6 +31,7 @@ REQUEST, CALL, DECISION, EVENT, PING, REPLY = b"Q", b"C", b"D", b"E", b"P", b"R"
 WIRE_IN, WIRE_OUT = b"I", b"O"
 OK, ERR = b"ok", b"err"
 SEND_HWM = 10_000
+WAKE_MS = 200  # a long wait wakes this often to notice that the node is gone (`Bus.abandon`)
 
 
 class ServiceUnavailable(RpcError):
@@ -121,7 +122,17 @@ class Bus:
         self._sockets: list[zmq.Socket] = []
         self._lock = threading.Lock()
         self.closed = False
+        self.abandoned = ""                   # why every wait fails at once: the node is gone
         self.generation: dict[str, int] = {}  # endpoint -> times its service was restarted
+
+    def abandon(self, why: str) -> None:
+        """The rest of the node is gone: requests waiting now, and later ones, fail at once (within
+        WAKE_MS) instead of each waiting for its timeout, so shutdown never waits on a dead peer."""
+        self.abandoned = why
+
+    def _give_up_if_abandoned(self, service: str) -> None:
+        if self.abandoned:
+            raise ServiceUnavailable(service, f"is unreachable: {self.abandoned}")
 
     def restarted(self, service: str) -> None:
         """A service rebound its inboxes: connect afresh (inproc:// connections do not reconnect)."""
@@ -166,8 +177,11 @@ class Bus:
         try:
             sock.send_multipart(frames, zmq.NOBLOCK)
         except zmq.Again:  # not connected (yet): wait for the connection, within the timeout
-            if not sock.poll(int(timeout * 1000), zmq.POLLOUT):
-                raise ServiceUnavailable(service, "is not connected") from None
+            deadline = time.monotonic() + timeout
+            while not sock.poll(max(min(int((deadline - time.monotonic()) * 1000), WAKE_MS), 0), zmq.POLLOUT):
+                self._give_up_if_abandoned(service)
+                if time.monotonic() >= deadline:
+                    raise ServiceUnavailable(service, "is not connected") from None
             sock.send_multipart(frames, zmq.NOBLOCK)
         return sock
 
@@ -178,17 +192,23 @@ class Bus:
         if endpoint is None:
             raise ServiceUnavailable(service, "is not part of this node")
         rid = str(next(self._ids)).encode()
+        self._give_up_if_abandoned(service)
         sock = self._send(service, endpoint, [kind, rid, name.encode(), encode(body)], timeout)
-        timeout_ms = int(timeout * 1000)
-        if sock.rcvtimeo != timeout_ms:
-            sock.rcvtimeo = timeout_ms
+        wake_ms = min(int(timeout * 1000), WAKE_MS)
+        if sock.rcvtimeo != wake_ms:
+            sock.rcvtimeo = wake_ms
         deadline = time.monotonic() + timeout
         while True:
             try:
                 # a blocking receive (with a timeout) is one system call less than poll + receive
                 frames = sock.recv_multipart()
             except zmq.Again:
-                break
+                self._give_up_if_abandoned(service)
+                remaining_ms = int((deadline - time.monotonic()) * 1000)
+                if remaining_ms <= 0:
+                    break
+                sock.rcvtimeo = min(remaining_ms, WAKE_MS)
+                continue
             if len(frames) == 4 and frames[1] == rid:
                 result = decode(frames[3])
                 if frames[2] == OK:
@@ -196,10 +216,8 @@ class Bus:
                 raise RpcError(result.get("code", RpcError.INTERNAL_ERROR), result.get("message", "error"),
                                result.get("data"))
             # a late reply to a request that timed out earlier: skip it
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
+            if time.monotonic() >= deadline:
                 break
-            sock.rcvtimeo = max(int(remaining * 1000), 1)
         raise ServiceUnavailable(service, f"did not answer {name!r} within {timeout:g}s")
 
     def post(self, service: str, name: str, body: Any = None, kind: bytes = EVENT,

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ from .plugins import PluginLoadError, discover, load_registry
 from .profile import Profile, ProfileError, load_profile
 
 EXIT_BAD_INPUT = 2
+DATA_DIR_ENV = "LNP_DATA_DIR"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -23,7 +25,11 @@ def _parser() -> argparse.ArgumentParser:
 
     def profile_args(sp: argparse.ArgumentParser) -> None:
         sp.add_argument("--profile", metavar="FILE", help="TOML profile (default: the embedded default.toml)")
-        sp.add_argument("--data-dir", metavar="DIR", help="overrides the profile's [node] data_dir")
+        sp.add_argument("--data-dir", metavar="DIR", help=f"overrides the profile's [node] data_dir "
+                        f"(default: ${DATA_DIR_ENV} when set)")
+        sp.add_argument("--set", metavar="KEY=VALUE", action="append", default=[], dest="overrides",
+                        help="override one profile key, e.g. plugins.peerd.listen='[\"127.0.0.1:9000\"]' "
+                        "(VALUE is a TOML value, else a string); repeatable")
 
     run = sub.add_parser("run", help="run the node, or one of its services")
     profile_args(run)
@@ -52,8 +58,13 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _profile(args: argparse.Namespace) -> Profile:
+    """The profile of the command line: --profile, --set overrides, and --data-dir or $LNP_DATA_DIR."""
+    return load_profile(args.profile, args.data_dir or os.environ.get(DATA_DIR_ENV) or None, args.overrides)
+
+
 def _load(args: argparse.Namespace) -> tuple[Profile, Any]:
-    profile = load_profile(args.profile, args.data_dir)
+    profile = _profile(args)
     return profile, load_registry(profile)
 
 
@@ -62,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         if args.command == "plugins":
-            profile = load_profile(args.profile, args.data_dir)
+            profile = _profile(args)
             enabled = set(profile.enabled)
             print(json.dumps([d.describe(n in enabled) for n, d in sorted(discover().items())], indent=2))
             return 0
@@ -83,6 +94,7 @@ def main(argv: list[str] | None = None) -> int:
             return node.run_service(profile, registry, args.service, verbosity)
         forced = _forced_key(profile, args.dev_force_privkey) if args.dev_force_privkey else None
         child_args = ["--profile", str(profile.path), "--data-dir", str(profile.data_dir)]
+        child_args += [f"--set={item}" for item in args.overrides]  # children see the same profile
         child_args += ["-v"] if args.verbose else ["-q"] if args.quiet else []
         return node.run_node(profile, registry, verbosity, child_args, forced_key=forced)
     except (ProfileError, PluginLoadError) as e:

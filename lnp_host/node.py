@@ -24,9 +24,9 @@ from lnp_plugin_api import NodeInfo, RemoteCustody, RpcError
 
 from . import __version__, logs
 from .bus import Bus, Endpoints
-from .context import Environment, publish
+from .context import Environment
 from .keys import BusKeyCustody, FileKeyCustody
-from .plugins import HOST_PLUGIN, Registry, discover
+from .plugins import Registry, discover
 from .profile import HOST_SERVICE, Profile
 from .rpc_server import RpcServer
 from .runtime import ServiceFailed, ServiceRuntime
@@ -37,6 +37,7 @@ from .supervisor import Supervisor
 log = logging.getLogger("lnp.host")
 LOCK_FILE = "lnp-host.lock"
 PARENT_ENV = "LNP_HOST_PARENT_PID"
+ORPHAN_GRACE = 1.5  # seconds a child of a vanished lnpd has to stop cleanly before it just exits
 
 
 class NodeError(Exception):
@@ -170,7 +171,7 @@ def run_node(profile: Profile, registry: Registry, verbosity: int = 0, profile_a
                 supervisor.request_stop(1)
                 log.error("%s", e)
             log.info("node %s ready", node.node_id.hex())
-            publish(env, "node_ready", HOST_PLUGIN, {"node_id": node.node_id.hex()})
+            supervisor.announce_ready({"node_id": node.node_id.hex()})
             supervisor.watch()
         log.info("stopping")
         if rpc is not None:
@@ -203,8 +204,12 @@ def run_service(profile: Profile, registry: Registry, service: str, verbosity: i
         if runtime is not None:
             runtime.stop()
 
+    def parent_gone() -> None:
+        bus.abandon("lnpd is gone")  # what shutdown would ask of other services fails at once
+        stop()
+
     _on_signals(stop)
-    _watch_parent(stop)
+    _watch_parent(parent_gone)
     try:
         info = None
         while info is None and not stopping.is_set():
@@ -241,15 +246,18 @@ def _on_signals(handler: Callable[[], None]) -> None:
 
 
 def _watch_parent(stop: Callable[[], None]) -> None:
-    """A child of lnpd stops when lnpd is gone, so no orphan keeps serving."""
+    """A child of lnpd stops when lnpd is gone, so no orphan keeps serving; within ORPHAN_GRACE at most."""
     parent = os.environ.get(PARENT_ENV)
     if not parent:
         return
 
     def watch() -> None:
         while os.getppid() == int(parent):
-            time.sleep(0.5)
+            time.sleep(0.2)
         log.warning("lnpd (pid %s) is gone: stopping", parent)
         stop()
+        time.sleep(ORPHAN_GRACE)  # a daemon thread: a process that stopped in time is gone before this
+        log.error("service did not stop within %gs of losing lnpd: exiting", ORPHAN_GRACE)
+        os._exit(1)
 
     threading.Thread(target=watch, daemon=True, name="parent-watch").start()

@@ -141,6 +141,8 @@ def load_registry(profile: Profile, discovered: dict[str, Discovered] | None = N
     profile.validate_plugins(reg.schemas, set(discovered), set(reg.services))
     for name in enabled:
         _collect(reg, name, profile)
+    requires = {name: _list(reg.call("lnp_requires", name), str, name, "lnp_requires") for name in enabled}
+    profile.validate_requirements(requires, {request for _, request in reg.control}, set(discovered))
     return reg
 
 

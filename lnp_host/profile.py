@@ -1,6 +1,8 @@
 """TOML node profiles: loading, `extends`, and validation against the host's and plugins' schemas."""
 from __future__ import annotations
 
+import os
+import re
 import sys
 from dataclasses import dataclass, field
 from importlib import resources
@@ -19,35 +21,86 @@ else:  # pragma: no cover
 NETWORKS = ("mainnet", "testnet", "signet", "regtest")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 HOST_SERVICE = "lnpd"
+MAX_DEPTH = 32  # tables and arrays nested deeper than this are refused (no profile needs more)
+SET_ORIGIN = "--set"  # the origin of a key set on the command line, in place of a file
+_BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
+_VARIABLE = re.compile(r"(\$?)\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")  # $${ is a literal ${
+
+
+def _positive(value: float) -> str | None:
+    return None if value > 0 else "must be greater than zero"
+
+
+def _at_least(low: int) -> Any:
+    return lambda value: None if value >= low else f"must be at least {low}"
+
+
+def _endpoint(*schemes: str) -> Any:
+    """A check that a value is empty or an endpoint with one of `schemes` (e.g. tcp://HOST:PORT)."""
+    def check(value: str) -> str | None:
+        if not value or any(value.startswith(f"{s}://") and len(value) > len(s) + 3 for s in schemes):
+            return None
+        return f"expected {' or '.join(f'{s}://...' for s in schemes)}"
+    return check
+
+
+def _storage_url(url: str) -> str | None:
+    """Why SQLAlchemy cannot use `url` (no such dialect, driver not installed), or None.
+
+    The URL itself is never repeated: it may hold a password.
+    """
+    if not url:
+        return None
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+    try:
+        parsed = make_url(url)
+    except (ArgumentError, ValueError):
+        return "not a database URL (expected e.g. postgresql://USER@HOST/DB or sqlite:///PATH)"
+    try:
+        parsed.get_dialect().import_dbapi()
+    except NoSuchModuleError:
+        return f"unknown database kind {parsed.drivername!r} (expected sqlite or postgresql)"
+    except ImportError as e:
+        return f"the driver for {parsed.drivername!r} is not installed ({e.name or e})"
+    return None
+
 
 HOST_SCHEMA: dict[str, dict[str, Field]] = {
     "node": {
         "network": Field(str, "regtest", "the Bitcoin network", NETWORKS),
-        "data_dir": Field(str, "~/.lnp-host", "where the node keeps its key, database and logs"),
+        "data_dir": Field(str, "~/.lnp-host", "where the node keeps its key, database and logs",
+                          check=lambda v: None if v.strip() else "must not be empty"),
         "alias": Field(str, "lnp-host", "the node's alias"),
         "log_level": Field(str, "info", "log level of every service unless set per service", LOG_LEVELS),
     },
     "storage": {
-        "url": Field(str, "", "SQLAlchemy URL; empty means a SQLite file in the data dir"),
+        "url": Field(str, "", "SQLAlchemy URL; empty means a SQLite file in the data dir", check=_storage_url),
     },
     "bus": {
         "mode": Field(str, "threads", "threads: one process; processes: one process per service",
                       ("threads", "processes")),
-        "heartbeat_interval": Field(float, 1.0, "seconds between liveness checks of each service"),
-        "heartbeat_misses": Field(int, 3, "missed heartbeats before a service counts as dead"),
+        "heartbeat_interval": Field(float, 1.0, "seconds between liveness checks of each service",
+                                    check=_positive),
+        "heartbeat_misses": Field(int, 3, "missed heartbeats before a service counts as dead",
+                                  check=_at_least(1)),
         "endpoints": Field(dict, {}, "per service: {control = ENDPOINT, message = ENDPOINT}"),
     },
     "rpc": {
-        "endpoint": Field(str, "", "the local RPC endpoint; empty means ipc://DATA_DIR/rpc.sock"),
-        "tcp": Field(str, "", "an optional tcp:// endpoint, always CURVE-encrypted"),
-        "timeout": Field(float, 60.0, "seconds before an RPC call that got no answer fails"),
+        "endpoint": Field(str, "", "the local RPC endpoint; empty means ipc://DATA_DIR/rpc.sock",
+                          check=_endpoint("ipc", "tcp")),
+        "tcp": Field(str, "", "an optional tcp:// endpoint, always CURVE-encrypted", check=_endpoint("tcp")),
+        "timeout": Field(float, 60.0, "seconds before an RPC call that got no answer fails", check=_positive),
     },
 }
 
 SERVICE_SCHEMA: dict[str, Field] = {
     "log_level": Field(str, "", "this service's log level", LOG_LEVELS + ("",)),
     "on_failure": Field(str, "restart", "what to do when the service dies", ("restart", "stop")),
-    "max_restarts": Field(int, 5, "restarts allowed before the node stops"),
+    "max_restarts": Field(int, 5, "restarts allowed within restart_window before the node stops",
+                          check=_at_least(0)),
+    "restart_window": Field(float, 600.0, "seconds over which restarts are counted against max_restarts",
+                            check=_positive),
     "launch": Field(str, "auto", "auto: the node starts it; external: the operator starts it with "
                     "`lnp-host run --service NAME`", ("auto", "external")),
 }
@@ -69,18 +122,39 @@ class Profile:
 
     path: Path
     data: dict[str, Any]
-    origins: dict[tuple[str, ...], Path] = field(default_factory=dict)
+    origins: dict[tuple[str, ...], Path | str] = field(default_factory=dict)  # a file, or SET_ORIGIN
 
-    def origin(self, *path: str) -> Path:
-        """The file that set `path` (the deepest match), for error messages."""
+    def origin(self, *path: str) -> Path | str:
+        """The file that set `path` (the deepest match), or SET_ORIGIN for `--set`, for error messages."""
         for n in range(len(path), 0, -1):
             if path[:n] in self.origins:
                 return self.origins[path[:n]]
         return self.path
 
     def error(self, path: tuple[str, ...], message: str) -> ProfileError:
-        """A ProfileError for the key at `path`."""
-        return ProfileError(self.origin(*path), _key_name(path), message)
+        """A ProfileError for the key at `path`, named as the user wrote it (in a file, or `--set`)."""
+        origin = self.origin(*path)
+        if origin == SET_ORIGIN:
+            return ProfileError(SET_ORIGIN, ".".join(path), message)
+        return ProfileError(origin, _key_name(path), message)
+
+    def override(self, item: str) -> None:
+        """Apply one `--set KEY=VALUE` (VALUE a TOML value, else a string) before validation."""
+        key, sep, text = item.partition("=")
+        path = tuple(key.strip().split("."))
+        if not sep or not all(_BARE_KEY.fullmatch(part) for part in path):
+            raise ProfileError(SET_ORIGIN, item, "expected KEY=VALUE, e.g. "
+                               "plugins.peerd.listen='[\"127.0.0.1:9000\"]'")
+        value = _toml_value(text, ".".join(path))
+        table = self.data
+        for n, part in enumerate(path[:-1], 1):
+            table = table.setdefault(part, {})
+            if not isinstance(table, dict):
+                raise ProfileError(SET_ORIGIN, ".".join(path), f"{'.'.join(path[:n])} is not a table")
+        table[path[-1]] = value
+        for sub in [p for p in self.origins if p[:len(path)] == path]:
+            del self.origins[sub]  # replaced: errors below this key now come from --set
+        self.origins[path] = SET_ORIGIN
 
     def section(self, name: str) -> dict[str, Any]:
         """A validated host table (`node`, `storage`, `bus`, `rpc`)."""
@@ -159,6 +233,18 @@ class Profile:
                 raise self.error(("bus", "endpoints", name),
                                  'expected {control = "tcp://HOST:PORT", message = "tcp://HOST:PORT"}')
 
+    def validate_requirements(self, requires: Mapping[str, list[str]], provided: set[str],
+                              known: set[str]) -> None:
+        """Refuse the profile when an enabled plugin needs a control request no enabled plugin answers
+        (`lnp_requires`); the hint names installed plugins called like the missing requests' prefix."""
+        for plugin, names in requires.items():
+            missing = [n for n in names if n not in provided]
+            if missing:
+                hint = sorted({n.split(".")[0] for n in missing} & known - set(self.enabled))
+                raise self.error(("plugins", "enabled"), f"plugin {plugin!r} needs "
+                                 f"{', '.join(map(repr, missing))}, which no enabled plugin answers"
+                                 + (f" (enable {' and '.join(hint)}?)" if hint else ""))
+
 
 def validate_table(schema: Mapping[str, Field], table: Mapping[str, Any], path: tuple[str, ...],
                    profile: Profile) -> dict[str, Any]:
@@ -185,14 +271,18 @@ def validate_table(schema: Mapping[str, Field], table: Mapping[str, Any], path: 
     return out
 
 
-def load_profile(path: str | Path | None = None, data_dir: str | None = None) -> Profile:
-    """Read a profile (or the embedded default), follow `extends`, check the host's tables."""
+def load_profile(path: str | Path | None = None, data_dir: str | None = None,
+                 overrides: list[str] | tuple[str, ...] = ()) -> Profile:
+    """Read a profile (or the embedded default), follow `extends`, apply `--set` overrides and the
+    data dir, check the host's tables."""
     if path is None:
         ref = resources.files("lnp_configs") / "default.toml"
         with resources.as_file(ref) as real:
             profile = _load(Path(real), [])
     else:
         profile = _load(Path(path), [])
+    for item in overrides:
+        profile.override(item)
     if data_dir is not None:
         profile.data.setdefault("node", {})["data_dir"] = data_dir
     profile.validate_host()
@@ -205,14 +295,19 @@ def _load(path: Path, seen: list[Path]) -> Profile:
         raise ProfileError(seen[-1], "extends", f"circular: {path} extends itself")
     try:
         with open(path, "rb") as f:
-            data = tomllib.load(f)
+            raw = f.read()
     except FileNotFoundError:
         raise ProfileError(path, "", "no such file") from None
     except OSError as e:
         raise ProfileError(path, "", f"cannot read: {e.strerror}") from None
-    except tomllib.TOMLDecodeError as e:
-        raise ProfileError(path, "", f"not valid TOML: {e}") from None
-    origins = {p: path for p in _paths(data)}
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw[:e.start].count(b"\n") + 1
+        raise ProfileError(path, "", f"not UTF-8 text (a bad byte on line {line})") from None
+    data = _parse(text, path)
+    _expand_all(data, path, ())
+    origins: dict[tuple[str, ...], Path | str] = {p: path for p in _paths(data)}
     base_name = data.pop("extends", None)
     if base_name is None:
         return Profile(path, data, origins)
@@ -221,6 +316,78 @@ def _load(path: Path, seen: list[Path]) -> Profile:
     base = _load(path.parent / base_name, seen + [path])
     base.origins.update(origins)
     return Profile(path, _merge(base.data, data), base.origins)
+
+
+def _parse(text: str, path: Path) -> dict[str, Any]:
+    """TOML text as a dict, refused when not valid or nested deeper than MAX_DEPTH."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ProfileError(path, "", f"not valid TOML: {e}") from None
+    except RecursionError:  # the parser recurses once per nested array or inline table
+        raise ProfileError(path, "", f"nested more than {MAX_DEPTH} levels deep") from None
+    deep = _too_deep(data)
+    if deep is not None:
+        raise ProfileError(path, ".".join(deep[:3]) + "...", f"nested more than {MAX_DEPTH} levels deep")
+    return data
+
+
+def _toml_value(text: str, key: str) -> Any:
+    """A `--set` value: a TOML value (`5`, `true`, `["a"]`, `{a = 1}`), else the text as a string."""
+    try:
+        parsed = tomllib.loads(f"v = {text}")
+    except tomllib.TOMLDecodeError:
+        return text
+    except RecursionError:
+        raise ProfileError(SET_ORIGIN, key, f"nested more than {MAX_DEPTH} levels deep") from None
+    if set(parsed) != {"v"}:
+        return text  # more than one value (a newline in the text): it was meant as a string
+    if _too_deep(parsed["v"]) is not None:
+        raise ProfileError(SET_ORIGIN, key, f"nested more than {MAX_DEPTH} levels deep")
+    return parsed["v"]
+
+
+def _too_deep(data: Any) -> tuple[str, ...] | None:
+    """The first key path under which tables or arrays nest deeper than MAX_DEPTH, or None."""
+    stack: list[tuple[Any, tuple[str, ...], int]] = [(data, (), 0)]
+    while stack:  # iterative: a recursive walk would fail on exactly the input it must refuse
+        value, path, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            return path
+        if isinstance(value, dict):
+            stack.extend((v, path + (str(k),), depth + 1) for k, v in value.items())
+        elif isinstance(value, list):
+            stack.extend((v, path, depth + 1) for v in value)
+    return None
+
+
+
+def _expand_all(data: dict[str, Any] | list[Any], path: Path, key: tuple[str, ...]) -> None:
+    """Expand `${NAME}` / `${NAME:-DEFAULT}` in every string value of a file, in place."""
+    items = data.items() if isinstance(data, dict) else enumerate(data)
+    for k, value in list(items):
+        here = key + (k,) if isinstance(data, dict) else key
+        if isinstance(value, str):
+            data[k] = _expand(value, path, here)  # type: ignore[index]
+        elif isinstance(value, (dict, list)):
+            _expand_all(value, path, here)
+
+
+def _expand(text: str, path: Path, key: tuple[str, ...]) -> str:
+    """Environment variables in one string: `${NAME}`, `${NAME:-DEFAULT}` (also when NAME is empty);
+    `$${` stands for a literal `${`."""
+    def value(m: re.Match[str]) -> str:
+        if m.group(1):
+            return m.group(0)[1:]
+        name, default = m.group(2), m.group(3)
+        found = os.environ.get(name)
+        if found is None or (found == "" and default is not None):
+            if default is None:
+                raise ProfileError(path, _key_name(key), f"environment variable {name} is not set "
+                                   f"(write ${{{name}:-DEFAULT}} to give a default)")
+            return default
+        return found
+    return _VARIABLE.sub(value, text)
 
 
 def _merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:

@@ -40,13 +40,19 @@ def type_name(t: Any) -> str:
         return " or ".join(type_name(a) for a in get_args(t))
     if origin in (list, tuple):
         args = get_args(t)
-        return f"a list of {type_name(args[0])}" if args else "a list"
+        return f"a list of {_plural(args[0])}" if args else "a list"
     if origin is dict:
         return "an object"
     if t is None or t is type(None):
         return "null"
     return {str: "a string", int: "an integer", float: "a number", bool: "true or false",
             dict: "a table", list: "a list", Any: "any value"}.get(t, getattr(t, "__name__", str(t)))
+
+
+def _plural(t: Any) -> str:
+    """The items of a list type, for `type_name` ("a list of strings")."""
+    return {str: "strings", int: "integers", float: "numbers", bool: "true or false values", dict: "tables",
+            Any: "values"}.get(t) or type_name(t)
 
 
 def coerce_text(value: Any, expected: Any) -> Any:

@@ -3,7 +3,9 @@
 A thread is dead when it ended; a child process when it exited; any process-mode or external
 service when its connection misses `heartbeat_misses` heartbeats. Heartbeats are ZeroMQ's own
 (ZMTP PING/PONG, answered by libzmq's I/O thread), so a service busy in a long handler is alive
-while a stopped or vanished one is not. What follows is the service's `on_failure` policy.
+while a stopped or vanished one is not. What follows is the service's `on_failure` policy: a
+restart, unless `max_restarts` restarts happened within the last `restart_window` seconds, or a stop.
+A service that (re)starts after the node became ready receives `node_ready` at once.
 Nothing waits without a deadline.
 """
 from __future__ import annotations
@@ -42,6 +44,7 @@ class ServiceHandle:
     plugins: list[str]
     state: str = "stopped"           # starting, running, restarting, unreachable, failed, stopping, stopped
     restarts: int = 0
+    restart_times: list[float] = field(default_factory=list)  # monotonic, within the restart window
     pid: int | None = None
     since: float = field(default_factory=time.time)
     error: str | None = None
@@ -85,12 +88,29 @@ class Supervisor:
             self.services[name] = ServiceHandle(name, launch, env.registry.plugins_in(name))
         self.stop_requested = threading.Event()
         self.exit_status = 0
+        self.ready: dict[str, Any] | None = None  # node_ready's body, once every service has started
+
+    def announce_ready(self, body: dict[str, Any]) -> None:
+        """Tell every service the node is ready; services (re)started later are told when they start."""
+        self.ready = body
+        publish(self.env, "node_ready", HOST_PLUGIN, body)
 
     def _set(self, handle: ServiceHandle, state: str, error: str | None = None) -> None:
         handle.set_state(state, error)
         if state in ("running", "failed", "unreachable", "restarting"):
             publish(self.env, "service_state", HOST_PLUGIN,
                     {"service": handle.name, "state": state, "error": handle.error if state != "running" else None})
+        if state == "running" and self.ready is not None:
+            self._tell_ready(handle.name)
+
+    def _tell_ready(self, service: str) -> None:
+        """Deliver node_ready to one service that started after it was announced (it would wait for it)."""
+        if not any(sub.service == service for sub in self.env.registry.subscribers("node_ready")):
+            return
+        try:
+            self.env.bus.post(service, "node_ready", {"source": HOST_PLUGIN, "body": self.ready}, timeout=0.5)
+        except RpcError as e:
+            log.warning("node_ready not delivered to %s: %s", service, e.message)
 
     # --- starting ---------------------------------------------------------------------------------
 
@@ -215,16 +235,23 @@ class Supervisor:
             return
         self._kill(handle)
         self._drop_monitor(handle)
-        if policy["on_failure"] == "restart" and handle.restarts < policy["max_restarts"] \
+        # only recent restarts count: a service that crashes now and then, months apart, is kept
+        now = time.monotonic()
+        handle.restart_times = [t for t in handle.restart_times if now - t < policy["restart_window"]]
+        if policy["on_failure"] == "restart" and len(handle.restart_times) < policy["max_restarts"] \
                 and not self.stop_requested.is_set():
             handle.restarts += 1
+            handle.restart_times.append(now)
             self._set(handle, "restarting", reason)
             self.env.bus.restarted(handle.name)
-            log.warning("restarting service %s (restart %d of %d)", handle.name, handle.restarts,
-                        policy["max_restarts"])
+            log.warning("restarting service %s (restart %d of %d allowed within %gs)", handle.name,
+                        len(handle.restart_times), policy["max_restarts"], policy["restart_window"])
             if self._start(handle):
                 return
             reason = handle.error or reason
+        elif policy["on_failure"] == "restart" and not self.stop_requested.is_set():
+            reason = (f"{reason}; max_restarts ({policy['max_restarts']}) reached within restart_window "
+                      f"({policy['restart_window']:g}s)")
         self._set(handle, "failed", reason)
         log.error("service %s failed (%s): stopping the node", handle.name, reason)
         self.request_stop(1)

@@ -52,6 +52,17 @@ def lnp_shutdown(ctx: ServiceContext) -> None:
 
 
 @hookspec
+def lnp_requires() -> list[str]:
+    """Control requests this plugin sends and cannot work without, by name (`"signd.sign_psbt"`,
+    `"chain.info"`), whoever provides them.
+
+    A profile that enables the plugin but no plugin answering one of them is refused, naming the
+    plugin and the request, before anything starts. Name requests, not plugins, so any plugin that
+    answers them (another signer, another chain backend) satisfies the need.
+    """
+
+
+@hookspec
 def lnp_rpc_methods() -> list[RpcMethod]:
     """RPC commands this plugin adds to `lnp-cli` and the client library.
 

@@ -37,7 +37,7 @@ def test_bind_params() -> None:
 def test_type_checks() -> None:
     assert type_matches(3, float) and not type_matches(True, int) and not type_matches("3", int)
     assert type_matches(["a"], list[str]) and not type_matches(["a", 1], list[str])
-    assert type_matches(None, str | None) and type_name(list[int]) == "a list of an integer"
+    assert type_matches(None, str | None) and type_name(list[int]) == "a list of integers"
     assert coerce_text("true", bool) is True and coerce_text("abc", int) == "abc"
 
 

@@ -76,6 +76,13 @@ def lnp_service() -> str:
 
 
 @hookimpl
+def lnp_requires() -> list[str]:
+    # keys and signatures from a signer, addresses watched by watchd, fees and broadcasts from a backend
+    return ["signd.wallet", "signd.sign_psbt", "watchd.watch", "watchd.status", "watchd.notifications",
+            "watchd.acknowledge", "chain.fees", "chain.broadcast"]
+
+
+@hookimpl
 def lnp_config_schema() -> dict:
     positive = lambda v: None if v > 0 else "must be greater than zero"  # noqa: E731
     return {"gap_limit": Field(int, 20, "unused addresses kept watched on each branch", check=positive),

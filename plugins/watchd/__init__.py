@@ -143,6 +143,11 @@ def lnp_service() -> str:
 
 
 @hookimpl
+def lnp_requires() -> list[str]:
+    return ["chain.info", "chain.block"]  # a chain backend (bitcoind, or another) in this service
+
+
+@hookimpl
 def lnp_config_schema() -> dict:
     return {"poll_interval": Field(float, 2.0, "seconds between polls of the backend (ZMQ hints come at once)",
                                    check=lambda v: None if v > 0 else "must be greater than zero"),

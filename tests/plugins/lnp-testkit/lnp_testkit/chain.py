@@ -33,6 +33,11 @@ def lnp_service():
 
 
 @hookimpl
+def lnp_requires():
+    return ["watchd.watch"]  # a third-party plugin's dependency: whoever answers watchd.watch
+
+
+@hookimpl
 def lnp_rpc_methods():
     return [tk_chain_events, tk_chain_watch, tk_fund, tk_fund_finish]
 
