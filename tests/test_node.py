@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import stat
 import subprocess
@@ -212,3 +213,13 @@ def test_client_library_and_stop_command(nodes) -> None:
     with pytest.raises(RpcError) as e:
         Client(data_dir=node.data_dir)
     assert e.value.code == RpcError.SERVICE_UNAVAILABLE
+
+
+def test_verbose_logs_bus_requests_with_their_duration(nodes) -> None:
+    node = nodes(PROCESSES).start("-v")
+    with node.client() as c:
+        assert c.tk_roundtrips(n=3)["n"] == 3
+    assert node.stop() == 0
+    log = (node.data_dir / "lnp-host.log").read_text()
+    assert re.search(r"lnp\.host\.bus: bus Q echo -> beta: ok in \d+\.\d ms", log)
+    assert re.search(r"lnp\.host\.rpc: rpc tk_roundtrips -> alpha: ok in \d+\.\d ms", log)
