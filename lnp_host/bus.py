@@ -18,7 +18,6 @@ import itertools
 import json
 import logging
 import math
-import os
 import threading
 import time
 from dataclasses import dataclass
@@ -149,7 +148,7 @@ def prepare_bind(endpoint: str) -> None:
     """Create the directory of an ipc:// endpoint and remove a stale socket file."""
     if endpoint.startswith("ipc://"):
         path = Path(endpoint[len("ipc://"):])
-        path.parent.mkdir(parents=True, exist_ok=True)
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         if path.exists():
             path.unlink()
 
@@ -304,9 +303,3 @@ class Bus:
             self._sockets.clear()
         self._local = threading.local()
 
-
-
-def secure_ipc_path(endpoint: str) -> None:
-    """Restrict an ipc:// socket file to its owner (mode 0600)."""
-    if endpoint.startswith("ipc://"):
-        os.chmod(endpoint[len("ipc://"):], 0o600)

@@ -11,6 +11,7 @@ import fcntl
 import logging
 import os
 import signal
+import stat
 import subprocess
 import sys
 import threading
@@ -37,6 +38,7 @@ from .supervisor import Supervisor
 log = logging.getLogger("lnp.host")
 LOCK_FILE = "lnp-host.lock"
 PARENT_ENV = "LNP_HOST_PARENT_PID"
+PRIVATE_UMASK = 0o077  # files 0600, directories and sockets 0700
 
 
 class NodeError(Exception):
@@ -44,10 +46,33 @@ class NodeError(Exception):
 
 
 def prepare_data_dir(profile: Profile) -> Path:
-    """Create the data dir (mode 0700) once the profile is known to be good."""
+    """Create the data dir (mode 0700), or restrict an existing one to 0700.
+
+    From here on everything this process and its children create is private to the user (umask 077).
+    """
+    data_dir, was_open = _prepare_data_dir(profile)
+    _say_tightened(data_dir, was_open)  # before logs.setup: Python prints warnings to stderr
+    return data_dir
+
+
+def _prepare_data_dir(profile: Profile) -> tuple[Path, int | None]:
+    """`prepare_data_dir`, also returning the data dir's former mode when it was open to others."""
+    os.umask(PRIVATE_UMASK)
     data_dir = profile.data_dir
     data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    return data_dir
+    mode = stat.S_IMODE(data_dir.stat().st_mode)
+    if not mode & 0o077:
+        return data_dir, None
+    try:
+        os.chmod(data_dir, 0o700)
+    except OSError as e:
+        raise NodeError(f"cannot restrict {data_dir} (mode {mode:o}) to its owner: {e.strerror}") from None
+    return data_dir, mode
+
+
+def _say_tightened(data_dir: Path, mode: int | None) -> None:
+    if mode is not None:
+        log.warning("%s was mode %o, open to other users: restricted it to 0700", data_dir, mode)
 
 
 class HostControl:
@@ -122,9 +147,10 @@ def run_node(profile: Profile, registry: Registry, verbosity: int = 0, profile_a
              forced_key: bytes | None = None, instance: str = "",
              stop_event: threading.Event | None = None) -> int:
     """Run the whole node until SIGINT/SIGTERM, `lnp-cli stop`, or a fatal service failure."""
-    data_dir = prepare_data_dir(profile)
+    data_dir, was_open = _prepare_data_dir(profile)
     lock = _lock(data_dir)
     logs.setup(profile, registry.services, verbosity)
+    _say_tightened(data_dir, was_open)
     log.info("lnp-host %s starting on %s (%s, %s mode)", __version__, data_dir, profile.section("node")["network"],
              profile.section("bus")["mode"])
     db = Database(profile.section("storage")["url"], data_dir)
@@ -188,8 +214,9 @@ def run_node(profile: Profile, registry: Registry, verbosity: int = 0, profile_a
 
 def run_service(profile: Profile, registry: Registry, service: str, verbosity: int = 0) -> int:
     """Run one service alone, connected to the rest of the node over the profile's bus endpoints."""
-    data_dir = prepare_data_dir(profile)
+    data_dir, was_open = _prepare_data_dir(profile)
     logs.setup(profile, registry.services, verbosity)
+    _say_tightened(data_dir, was_open)
     zctx = zmq.Context()
     endpoints = Endpoints.for_profile(registry.services, profile.section("bus")["mode"], data_dir,
                                       profile.section("bus")["endpoints"])

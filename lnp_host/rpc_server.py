@@ -21,7 +21,7 @@ from zmq.auth.thread import ThreadAuthenticator
 from lnp_plugin_api import RpcError, RpcMethod
 
 from . import bus as wire
-from .bus import TooDeep, decode, decode_untrusted, encode, new_socket, prepare_bind, secure_ipc_path
+from .bus import TooDeep, decode, decode_untrusted, encode, new_socket, prepare_bind
 from .context import Environment
 from .keys import allowed_clients, server_keys
 from .schema import coerce_text, type_matches, type_name
@@ -124,8 +124,7 @@ class RpcServer:
         zctx = self.env.zctx
         local = new_socket(zctx, zmq.ROUTER)
         prepare_bind(self.endpoint)
-        local.bind(self.endpoint)
-        secure_ipc_path(self.endpoint)
+        local.bind(self.endpoint)  # born private: the node runs under umask 077 in a 0700 data dir
         sockets = [local]
         if self.tcp_endpoint:
             self._auth = ThreadAuthenticator(zctx, log=logging.getLogger("lnp.host.rpc.zap"))
