@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import socket
+import threading
 from pathlib import Path
 
 import pytest
@@ -193,3 +194,31 @@ def test_garbage_on_the_control_and_message_buses(nodes) -> None:
     with node.client() as c:
         assert all(s["state"] == "running" and s["restarts"] == 0 for s in c.info()["services"])
     stops(node)
+
+
+def test_client_survives_a_bad_server(short_tmp: Path) -> None:
+    """The client library against a fake server: garbage answers are RpcErrors, never other exceptions."""
+    server = zmq.Context.instance().socket(zmq.ROUTER)
+    server.setsockopt(zmq.LINGER, 0)
+    endpoint = f"ipc://{short_tmp / 'fake.sock'}"
+    server.bind(endpoint)
+    answers = [(DEEP, RpcError.INTERNAL_ERROR), (b"\xff", RpcError.INTERNAL_ERROR), (b"[1]", RpcError.TIMEOUT),
+               (b'{"id": ID, "error": 5}', RpcError.INTERNAL_ERROR)]
+
+    def serve() -> None:
+        for answer, _ in answers:
+            ident, request = server.recv_multipart()
+            rid = str(json.loads(request)["id"]).encode()
+            server.send_multipart([ident, answer.replace(b"ID", rid)])
+
+    thread = threading.Thread(target=serve)
+    thread.start()
+    try:
+        with Client(endpoint, timeout=2) as c:
+            for _, code in answers:
+                with pytest.raises(RpcError) as e:
+                    c.info()
+                assert e.value.code == code
+    finally:
+        thread.join(10)
+        server.close()
