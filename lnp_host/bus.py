@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
+import logging
+import math
 import threading
 import time
 from dataclasses import dataclass
@@ -32,6 +33,8 @@ WIRE_IN, WIRE_OUT = b"I", b"O"
 OK, ERR = b"ok", b"err"
 SEND_HWM = 10_000
 WAKE_MS = 200  # a long wait wakes this often to notice that the node is gone (`Bus.abandon`)
+MAX_DEPTH = 100  # JSON nesting accepted from outside the node; no command needs more than a few levels
+log = logging.getLogger("lnp.host.bus")
 
 
 class ServiceUnavailable(RpcError):
@@ -74,8 +77,61 @@ def encode(body: Any) -> bytes:
 
 
 def decode(raw: bytes) -> Any:
-    """Inverse of `encode`."""
-    return json.loads(raw) if raw else None
+    """Inverse of `encode`; raises ValueError for anything else, however deeply nested."""
+    if not raw:
+        return None
+    try:
+        return json.loads(raw)
+    except RecursionError:  # deeper than the interpreter's stack: nothing `encode` made
+        raise ValueError("JSON nested too deeply") from None
+
+
+class TooDeep(ValueError):
+    """JSON nested deeper than allowed."""
+
+
+def decode_untrusted(raw: bytes | str, max_depth: int = MAX_DEPTH) -> Any:
+    """JSON from outside the node (RPC clients): standard JSON only, nested at most `max_depth` deep.
+
+    Raises TooDeep for deeper nesting, and ValueError for the rest: not UTF-8 JSON, NaN or Infinity,
+    numbers out of range, strings that are not Unicode (lone surrogates). Never RecursionError.
+    """
+    try:
+        value = json.loads(raw, parse_constant=_no_constant, parse_float=_finite)
+    except RecursionError:
+        raise TooDeep(f"nested deeper than {max_depth} levels") from None
+    stack = [(value, 0)]
+    while stack:  # iterative, so no depth of nesting can exhaust the stack
+        item, depth = stack.pop()
+        if isinstance(item, str):
+            _unicode(item)
+        elif isinstance(item, (list, dict)):
+            if depth >= max_depth:
+                raise TooDeep(f"nested deeper than {max_depth} levels")
+            if isinstance(item, dict):
+                for key in item:
+                    _unicode(key)
+            stack.extend((v, depth + 1) for v in (item.values() if isinstance(item, dict) else item))
+    return value
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"number out of range: {text[:20]}")
+    return value
+
+
+def _unicode(text: str) -> None:
+    if not text.isascii():
+        try:
+            text.encode()
+        except UnicodeEncodeError:
+            raise ValueError("a string holds a lone surrogate (not Unicode)") from None
 
 
 def wire_frames(direction: bytes, msg: WireMessage) -> list[bytes]:
@@ -93,7 +149,7 @@ def prepare_bind(endpoint: str) -> None:
     """Create the directory of an ipc:// endpoint and remove a stale socket file."""
     if endpoint.startswith("ipc://"):
         path = Path(endpoint[len("ipc://"):])
-        path.parent.mkdir(parents=True, exist_ok=True)
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         if path.exists():
             path.unlink()
 
@@ -187,7 +243,22 @@ class Bus:
 
     def request(self, service: str, name: str, body: Any = None, kind: bytes = REQUEST,
                 timeout: float = 30.0) -> Any:
-        """Send a request to `service`'s control inbox and wait for the reply."""
+        """Send a request to `service`'s control inbox and wait for the reply (timed in debug logs)."""
+        if not log.isEnabledFor(logging.DEBUG):  # the hot path formats nothing
+            return self._request(service, name, body, kind, timeout)
+        started, outcome = time.perf_counter(), "failed"
+        try:
+            result = self._request(service, name, body, kind, timeout)
+            outcome = "ok"
+            return result
+        except RpcError as e:
+            outcome = f"error {e.code}"
+            raise
+        finally:
+            log.debug("bus %s %s -> %s: %s in %.1f ms", kind.decode(errors="replace"), name, service, outcome,
+                      (time.perf_counter() - started) * 1000)
+
+    def _request(self, service: str, name: str, body: Any, kind: bytes, timeout: float) -> Any:
         endpoint = self.endpoints.control.get(service)
         if endpoint is None:
             raise ServiceUnavailable(service, "is not part of this node")
@@ -210,9 +281,14 @@ class Bus:
                 sock.rcvtimeo = min(remaining_ms, WAKE_MS)
                 continue
             if len(frames) == 4 and frames[1] == rid:
-                result = decode(frames[3])
+                try:
+                    result = decode(frames[3])
+                except ValueError:
+                    raise RpcError(RpcError.INTERNAL_ERROR, f"{service} answered {name!r} with bad JSON") from None
                 if frames[2] == OK:
                     return result
+                if not isinstance(result, dict):
+                    result = {}
                 raise RpcError(result.get("code", RpcError.INTERNAL_ERROR), result.get("message", "error"),
                                result.get("data"))
             # a late reply to a request that timed out earlier: skip it
@@ -245,8 +321,3 @@ class Bus:
             self._sockets.clear()
         self._local = threading.local()
 
-
-def secure_ipc_path(endpoint: str) -> None:
-    """Restrict an ipc:// socket file to its owner (mode 0600)."""
-    if endpoint.startswith("ipc://"):
-        os.chmod(endpoint[len("ipc://"):], 0o600)

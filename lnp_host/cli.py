@@ -11,7 +11,7 @@ from typing import Any
 import coincurve
 
 from . import node
-from .keys import create_client, write_secret
+from .keys import FORCED_KEY_ENV, create_client, write_secret
 from .plugins import PluginLoadError, discover, load_registry
 from .profile import Profile, ProfileError, load_profile
 
@@ -36,9 +36,11 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--service", metavar="NAME", help="run only this service, connected over the bus endpoints")
     run.add_argument("-v", "--verbose", action="store_true", help="debug logs from every service")
     run.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
-    run.add_argument("--dev-force-privkey", metavar="HEX", help="developers only: use this 32-byte secret as the "
-                     "node key (never stored), e.g. for conformance suites that expect a given node id; "
-                     "refused on mainnet")
+    forced = run.add_mutually_exclusive_group()
+    forced.add_argument("--dev-force-privkey", metavar="HEX", help="developers only: use this 32-byte secret as "
+                        "the node key (never stored), e.g. for conformance suites that expect a given node id; "
+                        f"refused on mainnet. Keep it out of `ps`: --dev-force-privkey-file or ${FORCED_KEY_ENV}")
+    forced.add_argument("--dev-force-privkey-file", metavar="PATH", help="the same, read from a file (hex)")
 
     init = sub.add_parser("init", help="create the node's persistent state (the seed) before the first run")
     profile_args(init)
@@ -87,12 +89,12 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "init":
             return _init(profile, registry, args.show_mnemonic)
         verbosity = 1 if args.verbose else -1 if args.quiet else 0
+        forced = _forced_key(profile, args)
         if args.service:
             if args.service not in registry.services:
                 raise ProfileError(profile.path, "--service", f"unknown service {args.service!r} "
                                    f"(services: {', '.join(registry.services)})")
-            return node.run_service(profile, registry, args.service, verbosity)
-        forced = _forced_key(profile, args.dev_force_privkey) if args.dev_force_privkey else None
+            return node.run_service(profile, registry, args.service, verbosity, forced_key=forced)
         child_args = ["--profile", str(profile.path), "--data-dir", str(profile.data_dir)]
         child_args += [f"--set={item}" for item in args.overrides]  # children see the same profile
         child_args += ["-v"] if args.verbose else ["-q"] if args.quiet else []
@@ -123,17 +125,30 @@ def _init(profile: Profile, registry: Any, show_mnemonic: bool) -> int:
     return 0
 
 
-def _forced_key(profile: Profile, text: str) -> bytes:
-    """The secret given to --dev-force-privkey, checked; refused on mainnet where it would risk funds."""
+def _forced_key(profile: Profile, args: argparse.Namespace) -> bytes | None:
+    """The secret of --dev-force-privkey, --dev-force-privkey-file or $LNP_DEV_FORCE_PRIVKEY, checked;
+    refused on mainnet where it would risk funds. The variable leaves our environment: no child inherits it."""
+    source, text = FORCED_KEY_ENV, os.environ.pop(FORCED_KEY_ENV, None) or None
+    if args.dev_force_privkey:
+        source, text = "--dev-force-privkey", args.dev_force_privkey
+    elif args.dev_force_privkey_file:
+        source = "--dev-force-privkey-file"
+        try:
+            text = Path(args.dev_force_privkey_file).expanduser().read_text()
+        except (OSError, UnicodeDecodeError) as e:
+            raise ProfileError(profile.path, source, f"cannot read {args.dev_force_privkey_file}: "
+                               f"{getattr(e, 'strerror', None) or 'not text'}") from None
+    if text is None:
+        return None
     if profile.section("node")["network"] == "mainnet":
-        raise ProfileError(profile.path, "--dev-force-privkey", "refused on mainnet")
+        raise ProfileError(profile.path, source, "refused on mainnet")
     try:
-        secret = bytes.fromhex(text)
+        secret = bytes.fromhex(text.strip())
         if len(secret) != 32:
             raise ValueError
         coincurve.PrivateKey(secret)
     except ValueError:
-        raise ProfileError(profile.path, "--dev-force-privkey", "expected 64 hex characters of a valid "
+        raise ProfileError(profile.path, source, "expected 64 hex characters of a valid "
                            "secp256k1 secret") from None
     return secret
 

@@ -79,11 +79,14 @@ class Client:
         self._sock.send(json.dumps(request).encode())
         remaining = int(self.timeout * 1000)
         while self._sock.poll(remaining):
-            reply = json.loads(self._sock.recv())
-            if reply.get("id") != rid:
-                continue  # the answer to an earlier call that timed out
+            try:
+                reply = json.loads(self._sock.recv())
+            except (ValueError, RecursionError):
+                raise RpcError(RpcError.INTERNAL_ERROR, f"{self.endpoint} answered with bad JSON") from None
+            if not isinstance(reply, dict) or reply.get("id") != rid:
+                continue  # the answer to an earlier call that timed out, or not an answer at all
             if "error" in reply:
-                err = reply["error"]
+                err = reply["error"] if isinstance(reply["error"], dict) else {}
                 raise RpcError(err.get("code", RpcError.INTERNAL_ERROR), err.get("message", ""), err.get("data"))
             return reply.get("result")
         raise RpcError(RpcError.TIMEOUT, f"no answer from {self.endpoint} within {self.timeout:g}s")

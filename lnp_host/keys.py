@@ -21,6 +21,8 @@ from .bus import Bus
 log = logging.getLogger("lnp.host.keys")
 NODE_KEY_FILE = "node_key"
 RPC_DIR = "rpc"
+FORCED_KEY_ENV = "LNP_DEV_FORCE_PRIVKEY"
+_forced_keys: dict[Path, bytes] = {}  # data dir -> the --dev-force-privkey secret of the node run here
 
 
 def write_secret(path: Path, data: bytes) -> None:
@@ -40,6 +42,25 @@ def read_secret(path: Path) -> bytes:
         log.warning("%s was readable by others (mode %o): restricting it to 0600", path, mode)
         os.chmod(path, 0o600)
     return path.read_bytes()
+
+
+def force_node_key(data_dir: Path, secret: bytes | None) -> None:
+    """Developers only: the node key of the node in `data_dir` is `secret` (None: forget it again).
+
+    Kept in this process's memory only; a key custody service reads it with `forced_node_key`.
+    """
+    if secret is None:
+        _forced_keys.pop(data_dir.resolve(), None)
+    else:
+        _forced_keys[data_dir.resolve()] = secret
+
+
+def forced_node_key(data_dir: Path) -> bytes | None:
+    """The secret given to `--dev-force-privkey` for the node in `data_dir`, if any.
+
+    A key custody service (signd) uses it as the node key instead of the one it derives itself.
+    """
+    return _forced_keys.get(data_dir.resolve())
 
 
 class FileKeyCustody:

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import logging
+import os
+import stat
 import sys
 from pathlib import Path
 
@@ -27,6 +29,8 @@ def setup(profile: Profile, services: list[str], verbosity: int = 0) -> None:
     path: Path = profile.data_dir / LOG_FILE
     file = logging.FileHandler(path, encoding="utf-8")
     file.setFormatter(formatter)
+    if stat.S_IMODE(path.stat().st_mode) & 0o077:  # a log file from before the node ran under umask 077
+        os.chmod(path, 0o600)
     root.addHandler(stderr)
     root.addHandler(file)
     root.propagate = False

@@ -11,6 +11,7 @@ import fcntl
 import logging
 import os
 import signal
+import stat
 import subprocess
 import sys
 import threading
@@ -18,6 +19,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+import coincurve
 import zmq
 
 from lnp_plugin_api import NodeInfo, RemoteCustody, RpcError
@@ -25,7 +27,7 @@ from lnp_plugin_api import NodeInfo, RemoteCustody, RpcError
 from . import __version__, logs
 from .bus import Bus, Endpoints
 from .context import Environment
-from .keys import BusKeyCustody, FileKeyCustody
+from .keys import FORCED_KEY_ENV, BusKeyCustody, FileKeyCustody, force_node_key
 from .plugins import Registry, discover
 from .profile import HOST_SERVICE, Profile
 from .rpc_server import RpcServer
@@ -38,6 +40,7 @@ log = logging.getLogger("lnp.host")
 LOCK_FILE = "lnp-host.lock"
 PARENT_ENV = "LNP_HOST_PARENT_PID"
 ORPHAN_GRACE = 1.5  # seconds a child of a vanished lnpd has to stop cleanly before it just exits
+PRIVATE_UMASK = 0o077  # files 0600, directories and sockets 0700
 
 
 class NodeError(Exception):
@@ -45,10 +48,33 @@ class NodeError(Exception):
 
 
 def prepare_data_dir(profile: Profile) -> Path:
-    """Create the data dir (mode 0700) once the profile is known to be good."""
+    """Create the data dir (mode 0700), or restrict an existing one to 0700.
+
+    From here on everything this process and its children create is private to the user (umask 077).
+    """
+    data_dir, was_open = _prepare_data_dir(profile)
+    _say_tightened(data_dir, was_open)  # before logs.setup: Python prints warnings to stderr
+    return data_dir
+
+
+def _prepare_data_dir(profile: Profile) -> tuple[Path, int | None]:
+    """`prepare_data_dir`, also returning the data dir's former mode when it was open to others."""
+    os.umask(PRIVATE_UMASK)
     data_dir = profile.data_dir
     data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    return data_dir
+    mode = stat.S_IMODE(data_dir.stat().st_mode)
+    if not mode & 0o077:
+        return data_dir, None
+    try:
+        os.chmod(data_dir, 0o700)
+    except OSError as e:
+        raise NodeError(f"cannot restrict {data_dir} (mode {mode:o}) to its owner: {e.strerror}") from None
+    return data_dir, mode
+
+
+def _say_tightened(data_dir: Path, mode: int | None) -> None:
+    if mode is not None:
+        log.warning("%s was mode %o, open to other users: restricted it to 0700", data_dir, mode)
 
 
 class HostControl:
@@ -106,26 +132,35 @@ def _lock(data_dir: Path) -> Any:
 
 
 def _custody(registry: Registry, profile: Profile, forced_key: bytes | None) -> Any:
-    """The key custody: a forced dev key, a plugin's (local or RemoteCustody), or the host's key file."""
-    if forced_key is not None:
-        return FileKeyCustody(profile.data_dir, forced_key)
+    """The key custody: a plugin's (local or RemoteCustody), or the host's key file.
+
+    With a forced dev key, a custody service (RemoteCustody) uses that key as the node key (it reads
+    `keys.forced_node_key`), so the node id is the forced key's; a local custody plugin is replaced by
+    the host's, holding the forced key in memory.
+    """
     for name in registry.plugins:
         try:
             custody = registry.call("lnp_key_custody", name, node=profile)
         except Exception as e:
             raise NodeError(f"plugin {name!r} could not provide the node key: {e}") from None
-        if custody is not None:
+        if custody is None:
+            continue
+        if forced_key is None:
             return custody
-    return FileKeyCustody(profile.data_dir)
+        if isinstance(custody, RemoteCustody):
+            return RemoteCustody(custody.service, coincurve.PrivateKey(forced_key).public_key.format())
+        break
+    return FileKeyCustody(profile.data_dir, forced_key)
 
 
 def run_node(profile: Profile, registry: Registry, verbosity: int = 0, profile_args: list[str] | None = None,
              forced_key: bytes | None = None, instance: str = "",
              stop_event: threading.Event | None = None) -> int:
     """Run the whole node until SIGINT/SIGTERM, `lnp-cli stop`, or a fatal service failure."""
-    data_dir = prepare_data_dir(profile)
+    data_dir, was_open = _prepare_data_dir(profile)
     lock = _lock(data_dir)
     logs.setup(profile, registry.services, verbosity)
+    _say_tightened(data_dir, was_open)
     log.info("lnp-host %s starting on %s (%s, %s mode)", __version__, data_dir, profile.section("node")["network"],
              profile.section("bus")["mode"])
     db = Database(profile.section("storage")["url"], data_dir)
@@ -136,6 +171,7 @@ def run_node(profile: Profile, registry: Registry, verbosity: int = 0, profile_a
             db.migrate(registry.storage)
         except StorageError as e:
             raise NodeError(str(e)) from None
+        force_node_key(data_dir, forced_key)  # for a custody service in this process (threads mode)
         custody = _custody(registry, profile, forced_key)
         mode = profile.section("bus")["mode"]
         endpoints = Endpoints.for_profile(registry.services, mode, data_dir,
@@ -155,7 +191,12 @@ def run_node(profile: Profile, registry: Registry, verbosity: int = 0, profile_a
 
         def spawn(service: str) -> subprocess.Popen[bytes]:
             cmd = [sys.executable, "-m", "lnp_host", "run", "--service", service, *(profile_args or [])]
-            return subprocess.Popen(cmd, env={**os.environ, PARENT_ENV: str(os.getpid())})
+            child_env = {**os.environ, PARENT_ENV: str(os.getpid())}
+            child_env.pop(FORCED_KEY_ENV, None)
+            if forced_key is not None and service == custody_service:
+                # the custody service alone gets the forced key: in its environment, never on a command line
+                child_env[FORCED_KEY_ENV] = forced_key.hex()
+            return subprocess.Popen(cmd, env=child_env)
 
         supervisor = Supervisor(env, spawn)
         env.host = HostControl(env, supervisor)
@@ -181,16 +222,23 @@ def run_node(profile: Profile, registry: Registry, verbosity: int = 0, profile_a
         bus.close()
         return supervisor.exit_status
     finally:
+        force_node_key(data_dir, None)
         db.close()
         zctx.destroy(linger=0)
         log.info("stopped")
         lock.close()
 
 
-def run_service(profile: Profile, registry: Registry, service: str, verbosity: int = 0) -> int:
-    """Run one service alone, connected to the rest of the node over the profile's bus endpoints."""
-    data_dir = prepare_data_dir(profile)
+def run_service(profile: Profile, registry: Registry, service: str, verbosity: int = 0,
+                forced_key: bytes | None = None) -> int:
+    """Run one service alone, connected to the rest of the node over the profile's bus endpoints.
+
+    `forced_key` (developers) is the node key the custody service uses, as `run_node`'s.
+    """
+    data_dir, was_open = _prepare_data_dir(profile)
     logs.setup(profile, registry.services, verbosity)
+    _say_tightened(data_dir, was_open)
+    force_node_key(data_dir, forced_key)
     zctx = zmq.Context()
     endpoints = Endpoints.for_profile(registry.services, profile.section("bus")["mode"], data_dir,
                                       profile.section("bus")["endpoints"])
@@ -233,6 +281,7 @@ def run_service(profile: Profile, registry: Registry, service: str, verbosity: i
         log.error("service %s failed: %s", service, e)
         return 1
     finally:
+        force_node_key(data_dir, None)
         bus.close()
         db.close()
         zctx.destroy(linger=0)

@@ -21,7 +21,7 @@ from zmq.auth.thread import ThreadAuthenticator
 from lnp_plugin_api import RpcError, RpcMethod
 
 from . import bus as wire
-from .bus import decode, encode, new_socket, prepare_bind, secure_ipc_path
+from .bus import TooDeep, decode, decode_untrusted, encode, new_socket, prepare_bind
 from .context import Environment
 from .keys import allowed_clients, server_keys
 from .schema import coerce_text, type_matches, type_name
@@ -37,6 +37,8 @@ class _Pending:
     ident: bytes
     request_id: Any
     method: str
+    service: str
+    started: float
     deadline: float
 
 
@@ -75,7 +77,7 @@ def bind_params(method: RpcMethod, params: Any) -> dict[str, Any]:
             if p.required:
                 raise RpcError(RpcError.INVALID_PARAMS, f"{method.name}: missing parameter {p.name!r}")
             continue
-        value = coerce_text(params[p.name], p.type)
+        value = coerce_text(params[p.name], p.type, decode_untrusted)
         if not type_matches(value, p.type):
             raise RpcError(RpcError.INVALID_PARAMS, f"{method.name}: parameter {p.name!r} must be "
                            f"{type_name(p.type)}, got {json.dumps(value)[:40]}")
@@ -122,8 +124,7 @@ class RpcServer:
         zctx = self.env.zctx
         local = new_socket(zctx, zmq.ROUTER)
         prepare_bind(self.endpoint)
-        local.bind(self.endpoint)
-        secure_ipc_path(self.endpoint)
+        local.bind(self.endpoint)  # born private: the node runs under umask 077 in a 0700 data dir
         sockets = [local]
         if self.tcp_endpoint:
             self._auth = ThreadAuthenticator(zctx, log=logging.getLogger("lnp.host.rpc.zap"))
@@ -157,12 +158,15 @@ class RpcServer:
         try:
             while not self._stop.is_set():
                 for sock, _ in poller.poll(100):
-                    if sock in clients:
-                        ident, *rest = sock.recv_multipart()
-                        counter += 1
-                        self._on_request(sock, ident, rest, dealers, poller, pending, str(counter).encode())
-                    else:
-                        self._on_reply(sock.recv_multipart(), pending)
+                    try:
+                        if sock in clients:
+                            ident, *rest = sock.recv_multipart()
+                            counter += 1
+                            self._on_request(sock, ident, rest, dealers, poller, pending, str(counter).encode())
+                        else:
+                            self._on_reply(sock.recv_multipart(), pending)
+                    except Exception:  # one bad message must never end the RPC thread
+                        log.exception("unexpected error handling an RPC message; serving on")
                 now = time.monotonic()
                 for rid in [r for r, p in pending.items() if p.deadline < now]:
                     p = pending.pop(rid)
@@ -180,37 +184,52 @@ class RpcServer:
             if len(frames) != 1:
                 raise RpcError(RpcError.INVALID_REQUEST, "expected one frame holding a JSON request")
             try:
-                request = json.loads(frames[0])
-            except ValueError:
-                raise RpcError(PARSE_ERROR, "the request is not valid JSON") from None
-            if not isinstance(request, dict) or not isinstance(request.get("method"), str):
+                request = decode_untrusted(frames[0])
+            except TooDeep as e:
+                raise RpcError(RpcError.INVALID_REQUEST, f"the request is {e}") from None
+            except ValueError as e:
+                raise RpcError(PARSE_ERROR, f"the request is not valid JSON: {str(e)[:100]}") from None
+            if not isinstance(request, dict):
                 raise RpcError(RpcError.INVALID_REQUEST, "expected {\"method\": NAME, \"params\": ...}")
+            if not _valid_id(request.get("id")):
+                raise RpcError(RpcError.INVALID_REQUEST, "id must be a string, a number or null")
             request_id = request.get("id")
-            name = request["method"]
+            name = request.get("method")
+            if not isinstance(name, str):
+                raise RpcError(RpcError.INVALID_REQUEST, "expected {\"method\": NAME, \"params\": ...}")
             owned = self.env.registry.rpc.get(name)
             if owned is None:
                 raise RpcError(RpcError.METHOD_NOT_FOUND, f"unknown command {name!r}; try 'help'")
             params = bind_params(owned.item, request.get("params"))
-            endpoint = self.env.endpoints.control[owned.service]
-            gen = self.env.bus.generation.get(endpoint, 0)
-            cached = dealers.get(owned.service)
-            if cached is None or cached[0] != gen:
-                if cached is not None:  # the service restarted: connect afresh
-                    poller.unregister(cached[1])
-                    cached[1].close(0)
-                dealer = self.env.bus.connect(endpoint)
-                dealers[owned.service] = (gen, dealer)
-                poller.register(dealer, zmq.POLLIN)
-                dealer.poll(1000, zmq.POLLOUT)  # first use: give the connection a moment
-            dealer = dealers[owned.service][1]
+            dealer = self._dealer(owned.service, dealers, poller)
             try:
                 dealer.send_multipart([wire.CALL, rid, name.encode(), encode(params)], zmq.NOBLOCK)
             except zmq.Again:
                 raise RpcError(RpcError.SERVICE_UNAVAILABLE,
                                f"service {owned.service!r} is not running") from None
-            pending[rid] = _Pending(client, ident, request_id, name, time.monotonic() + self.timeout)
+            now = time.monotonic()
+            pending[rid] = _Pending(client, ident, request_id, name, owned.service, now, now + self.timeout)
         except RpcError as e:
             self._respond(client, ident, request_id, error=e)
+        except Exception:  # a bug, not the client's fault: answer, log, serve on
+            log.exception("unexpected error handling an RPC request")
+            self._respond(client, ident, request_id,
+                          error=RpcError(RpcError.INTERNAL_ERROR, "internal error handling the request"))
+
+    def _dealer(self, service: str, dealers: dict[str, tuple[int, zmq.Socket]], poller: zmq.Poller) -> zmq.Socket:
+        """The RPC thread's connection to `service`, made afresh when the service restarted."""
+        endpoint = self.env.endpoints.control[service]
+        gen = self.env.bus.generation.get(endpoint, 0)
+        cached = dealers.get(service)
+        if cached is None or cached[0] != gen:
+            if cached is not None:  # the service restarted: connect afresh
+                poller.unregister(cached[1])
+                cached[1].close(0)
+            dealer = self.env.bus.connect(endpoint)
+            dealers[service] = (gen, dealer)
+            poller.register(dealer, zmq.POLLIN)
+            dealer.poll(1000, zmq.POLLOUT)  # first use: give the connection a moment
+        return dealers[service][1]
 
     def _on_reply(self, frames: list[bytes], pending: dict[bytes, _Pending]) -> None:
         if len(frames) != 4 or frames[0] != wire.REPLY:
@@ -218,10 +237,19 @@ class RpcServer:
         p = pending.pop(frames[1], None)
         if p is None:
             return  # answered after its timeout
-        body = decode(frames[3])
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("rpc %s -> %s: %s in %.1f ms", p.method, p.service, frames[2].decode(errors="replace"),
+                      (time.monotonic() - p.started) * 1000)
+        try:
+            body = decode(frames[3])
+        except ValueError:
+            self._respond(p.client, p.ident, p.request_id, error=RpcError(
+                RpcError.INTERNAL_ERROR, f"service {p.service!r} answered {p.method!r} with bad JSON"))
+            return
         if frames[2] == wire.OK:
             self._respond(p.client, p.ident, p.request_id, result=body)
         else:
+            body = body if isinstance(body, dict) else {}
             self._respond(p.client, p.ident, p.request_id,
                           error=RpcError(body.get("code", RpcError.INTERNAL_ERROR), body.get("message", ""),
                                          body.get("data")))
@@ -235,6 +263,18 @@ class RpcServer:
         else:
             out["result"] = result
         try:
-            client.send_multipart([ident, json.dumps(out).encode()], zmq.NOBLOCK)
+            payload = json.dumps(out).encode()
+        except Exception:  # e.g. an answer nested too deeply to encode: still answer
+            log.error("the answer to an RPC request could not be encoded as JSON")
+            out = {"jsonrpc": "2.0", "id": request_id,
+                   "error": RpcError(RpcError.INTERNAL_ERROR, "the answer could not be encoded as JSON").to_json()}
+            payload = json.dumps(out).encode()
+        try:
+            client.send_multipart([ident, payload], zmq.NOBLOCK)
         except zmq.ZMQError:
             log.debug("an RPC client left before its answer")
+
+
+def _valid_id(value: Any) -> bool:
+    """JSON-RPC ids are strings, numbers or null (never containers, which we would have to echo back)."""
+    return value is None or (isinstance(value, (str, int, float)) and not isinstance(value, bool))

@@ -103,12 +103,15 @@ class ServiceRuntime:
             if failure:
                 raise ServiceFailed(failure)
             for sock, _ in poller.poll(POLL_MS):
-                if sock is control:
-                    self._on_control(control, control.recv_multipart(zmq.NOBLOCK))
-                elif sock is message:
-                    self._on_message(message.recv_multipart(zmq.NOBLOCK))
-                else:
-                    self._send_finished(control)
+                try:
+                    if sock is control:
+                        self._on_control(control, control.recv_multipart(zmq.NOBLOCK))
+                    elif sock is message:
+                        self._on_message(message.recv_multipart(zmq.NOBLOCK))
+                    else:
+                        self._send_finished(control)
+                except Exception:  # one bad message must never end the service
+                    self.log.exception("unexpected error handling a bus message in %s; serving on", self.name)
 
     def _on_control(self, sock: zmq.Socket, frames: list[bytes]) -> None:
         if len(frames) != 5:
@@ -117,7 +120,11 @@ class ServiceRuntime:
         ident, kind, rid, name_raw, body_raw = frames
         name = name_raw.decode(errors="replace")
         try:
-            result = self._dispatch(kind, name, decode(body_raw))
+            try:
+                body = decode(body_raw)
+            except ValueError as e:
+                raise RpcError(RpcError.INVALID_REQUEST, f"the body of {name!r} is not valid JSON: {e}") from None
+            result = self._dispatch(kind, name, body)
             if isinstance(result, Future):  # answered later, without holding up this service
                 result.add_done_callback(lambda f: self._finish_later(ident, rid, name, f))
                 return
@@ -153,7 +160,10 @@ class ServiceRuntime:
                 reply = [ident, wire.REPLY, rid, wire.OK, encode(future.result())]
             except BaseException as e:
                 reply = [ident, wire.REPLY, rid, wire.ERR, encode(self._error(wire.REQUEST, name, e))]
-            sock.send_multipart(reply, zmq.NOBLOCK)
+            try:
+                sock.send_multipart(reply, zmq.NOBLOCK)
+            except zmq.ZMQError as e:  # the asker's queue is full: its request times out, the others go on
+                self.log.warning("could not answer %r: %s", name, e)
 
     def _dispatch(self, kind: bytes, name: str, body: Any) -> Any:
         reg = self.env.registry

@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 import types
 import typing
-from typing import Any, get_args, get_origin
+from typing import Any, Callable, get_args, get_origin
 
 
 def type_matches(value: Any, expected: Any) -> bool:
@@ -55,15 +55,16 @@ def _plural(t: Any) -> str:
             Any: "values"}.get(t) or type_name(t)
 
 
-def coerce_text(value: Any, expected: Any) -> Any:
+def coerce_text(value: Any, expected: Any, parse: Callable[[str], Any] = json.loads) -> Any:
     """Turn a command-line string into the declared type when it is not a string ("5" -> 5).
 
-    Values that are not strings, and strings for string parameters, are returned unchanged.
+    Values that are not strings, and strings for string parameters, are returned unchanged, as are
+    strings `parse` refuses (it raises ValueError; the RPC server passes its depth-limited decoder).
     """
     if not isinstance(value, str) or type_matches(value, expected):
         return value
     try:
-        parsed = json.loads(value)
-    except ValueError:
+        parsed = parse(value)
+    except (ValueError, RecursionError):  # RecursionError: a string of 5,000 "[" from a client
         return value
     return parsed if type_matches(parsed, expected) else value

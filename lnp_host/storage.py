@@ -6,6 +6,8 @@ to the version the installed plugin declares, so a node upgraded later keeps its
 from __future__ import annotations
 
 import logging
+import os
+import stat
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -41,6 +43,7 @@ class Database:
         self.engine: Engine = create_engine(self.url, **kwargs)
         if self.engine.dialect.name == "sqlite":
             event.listen(self.engine, "connect", _sqlite_pragmas)
+            _private_files(self.engine.url.database)
 
     def begin(self) -> Any:
         """A connection in a transaction: `with db.begin() as conn: ...` commits on success."""
@@ -98,6 +101,20 @@ def _upgrade(conn: Connection, plugin: str, m: StorageModels, have: int) -> None
     else:
         conn.execute(schema_versions.update().where(schema_versions.c.plugin == plugin)
                      .values(version=m.version))
+
+
+def _private_files(database: str | None) -> None:
+    """Restrict an existing SQLite database (made before the node ran under umask 077) to its owner;
+    SQLite gives its -wal and -shm files the database file's mode."""
+    if not database or database == ":memory:":
+        return
+    for suffix in ("", "-wal", "-shm", "-journal"):
+        path = Path(database + suffix)
+        try:
+            if stat.S_IMODE(path.stat().st_mode) & 0o077:
+                os.chmod(path, 0o600)
+        except FileNotFoundError:
+            pass
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:

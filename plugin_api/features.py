@@ -58,9 +58,9 @@ def encode(bits: set[int] | frozenset[int]) -> bytes:
 
 
 def decode(data: bytes) -> set[int]:
-    """The bits set in a big-endian feature vector."""
-    value = int.from_bytes(data, "big")
-    return {i for i in range(value.bit_length()) if value >> i & 1}
+    """The bits set in a big-endian feature vector (in linear time: a peer may send 65,535 bytes)."""
+    last = len(data) - 1
+    return {(last - pos) * 8 + i for pos, byte in enumerate(data) if byte for i in range(8) if byte >> i & 1}
 
 
 def names(bits: set[int]) -> list[str]:

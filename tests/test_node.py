@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import stat
 import subprocess
@@ -212,3 +213,35 @@ def test_client_library_and_stop_command(nodes) -> None:
     with pytest.raises(RpcError) as e:
         Client(data_dir=node.data_dir)
     assert e.value.code == RpcError.SERVICE_UNAVAILABLE
+
+
+def test_verbose_logs_bus_requests_with_their_duration(nodes) -> None:
+    node = nodes(PROCESSES).start("-v")
+    with node.client() as c:
+        assert c.tk_roundtrips(n=3)["n"] == 3
+    assert node.stop() == 0
+    log = (node.data_dir / "lnp-host.log").read_text()
+    assert re.search(r"lnp\.host\.bus: bus Q echo -> beta: ok in \d+\.\d ms", log)
+    assert re.search(r"lnp\.host\.rpc: rpc tk_roundtrips -> alpha: ok in \d+\.\d ms", log)
+
+
+def test_forced_key_sources_are_checked_and_never_echoed(tmp_path: Path) -> None:
+    profile = tmp_path / "p.toml"
+    profile.write_text(f'[node]\nnetwork = "regtest"\ndata_dir = "{tmp_path}/d"\n[plugins]\nenabled = ["core"]\n')
+    short = tmp_path / "short.key"
+    short.write_text("0101\n")
+    env = dict(os.environ, LNP_DEV_FORCE_PRIVKEY="zz" * 32)
+    for args, env_, words in (
+            (["--dev-force-privkey-file", str(tmp_path / "none")], None, "--dev-force-privkey-file: cannot read"),
+            (["--dev-force-privkey-file", str(short)], None, "--dev-force-privkey-file: expected 64 hex"),
+            ([], env, "LNP_DEV_FORCE_PRIVKEY: expected 64 hex")):
+        out = subprocess.run([sys.executable, "-m", "lnp_host", "run", "--profile", str(profile), *args],
+                             capture_output=True, text=True, env=env_, timeout=60)
+        assert out.returncode == 2 and words in out.stderr, out.stderr
+        assert "0101" not in out.stderr and "zz" not in out.stderr
+    main = tmp_path / "main.toml"
+    main.write_text(profile.read_text().replace("regtest", "mainnet"))
+    out = subprocess.run([sys.executable, "-m", "lnp_host", "run", "--profile", str(main)], capture_output=True,
+                         text=True, env=dict(os.environ, LNP_DEV_FORCE_PRIVKEY="01" * 32), timeout=60)
+    assert out.returncode == 2 and "LNP_DEV_FORCE_PRIVKEY: refused on mainnet" in out.stderr
+    assert not (tmp_path / "d").exists()  # nothing was started or written

@@ -102,3 +102,93 @@ def test_signd_serves_the_node_key_and_channel_keys(nodes, mode: str) -> None:
     for text in (dump, (node.data_dir / "lnp-host.log").read_text(), node.log.read_text()):
         assert secret_hex not in text and words not in text
     assert os.environ.get(seed.PASSPHRASE_ENV) is None
+    raw.close()
+
+
+FORCED = "01" * 32
+FORCED_ID = "031b84c5567b126440995d3ed5aaba0565d71e1834604819ff9c17f5e9d5dd078f"
+FULL_STACK = """
+[node]
+network = "regtest"
+data_dir = "DATA_DIR"
+[bus]
+mode = "{mode}"
+[plugins]
+enabled = ["core", "signd", "regtest", "bitcoind", "watchd", "wallet", "peerd"]
+[plugins.peerd]
+listen = ["127.0.0.1:{peer_port}"]
+[plugins.regtest]
+rpc_port = {port}
+[plugins.bitcoind]
+url = "http://127.0.0.1:{port}"
+cookie_file = "regtest/.cookie"
+"""
+
+
+def descendants(pid: int) -> list[int]:
+    """`pid` and every process below it."""
+    children: dict[int, list[int]] = {}
+    for stat_file in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat_file.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat_file.parent.name))
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo += children.get(p, [])
+    return out
+
+
+def holding(pids: list[int], what: str, secret: str) -> set[int]:
+    """The processes whose /proc/PID/`what` (cmdline, environ) holds `secret`."""
+    found = set()
+    for pid in pids:
+        try:
+            if secret.encode() in (Path("/proc") / str(pid) / what).read_bytes():
+                found.add(pid)
+        except OSError:
+            pass
+    return found
+
+
+@pytest.mark.parametrize("mode,source", [("threads", "flag"), ("threads", "env"), ("processes", "file")])
+def test_forced_node_key_with_the_whole_stack(nodes, short_tmp: Path, monkeypatch, mode: str, source: str) -> None:
+    """--dev-force-privkey on a fresh data dir with signd and the wallet: the seed is created as usual,
+    signd serves the forced key as the node key, and the key shows on no command line and in no log."""
+    peer_port = free_port()
+    node = nodes(FULL_STACK.format(mode=mode, peer_port=peer_port, port=free_port()), name=f"f{source}")
+    if source == "flag":
+        node.start("--dev-force-privkey", FORCED, wait=False)
+    elif source == "file":
+        key_file = short_tmp / "forced.key"
+        key_file.write_text(FORCED + "\n")
+        node.start("--dev-force-privkey-file", str(key_file), wait=False)
+    else:
+        monkeypatch.setenv("LNP_DEV_FORCE_PRIVKEY", FORCED)
+        node.start(wait=False)
+        monkeypatch.delenv("LNP_DEV_FORCE_PRIVKEY")
+    assert node.wait_ready(timeout=90)["node_id"] == FORCED_ID
+    assert (node.data_dir / "signd" / "seed.json").exists()
+    raw = RawPeer(peer_port)  # BOLT-8 needs ECDH with the node key: signd has the forced one
+    try:
+        raw.connect(bytes.fromhex(FORCED_ID))
+        with node.client() as c:
+            wait_for(lambda: [p["id"] for p in c.call("peers")["peers"]] == [raw.key.node_id().hex()])
+            assert c.call("newaddr")["address"].startswith("bcrt1q")  # the wallet's keys: from the seed
+            services = {s["name"]: s for s in c.info()["services"]}
+    finally:
+        raw.close()
+    others = [p for p in descendants(node.proc.pid) if p != node.proc.pid]
+    assert others  # the regtest chain at least
+    assert holding(others, "cmdline", FORCED) == set()
+    assert holding([node.proc.pid], "cmdline", FORCED) == ({node.proc.pid} if source == "flag" else set())
+    assert holding(others, "environ", FORCED) == ({services["signd"]["pid"]} if mode == "processes" else set())
+    assert node.stop() == 0
+    for text in ((node.data_dir / "lnp-host.log").read_text(), node.log.read_text()):
+        assert FORCED not in text and "node key is forced" in text
+    for path in node.data_dir.rglob("*"):  # never written to disk
+        if path.is_file() and "regtest" not in path.parts:
+            assert FORCED.encode() not in path.read_bytes(), path

@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 from hypothesis import given, strategies as st
 
 from conftest import VECTORS
+from lnp_plugin_api import features
 
 from lnp_plugin_api.wire import (INIT, MessageSpec, TlvRecord, TlvStream, WireError, decode_bigsize, decode_signed,
                              encode_bigsize, encode_signed, format_scid, split_message)
@@ -111,3 +113,16 @@ def test_decoders_never_fail_other_than_wire_error(data: bytes) -> None:
             decode(data)
         except WireError:
             pass
+
+
+@given(st.binary(max_size=40))
+def test_feature_bits_decode(data: bytes) -> None:
+    value = int.from_bytes(data, "big")
+    assert features.decode(data) == {i for i in range(value.bit_length()) if value >> i & 1}
+
+
+def test_feature_bits_decode_in_linear_time() -> None:
+    """A peer's largest feature vector (65,535 bytes of 0xff) is decoded at once, not in seconds."""
+    start = time.perf_counter()
+    assert features.decode(b"\xff" * 65535) == set(range(65535 * 8))
+    assert time.perf_counter() - start < 2.0

@@ -21,6 +21,7 @@ from embit.script import Script
 
 from lnp_plugin_api import (DecisionSpec, Field, PerContext, RemoteCustody, RpcError, ServiceContext, Subscription, hookimpl)
 from lnp_plugin_api.chains import embit_network
+from lnp_host.keys import FORCED_KEY_ENV, forced_node_key
 
 from . import seed
 from .keys import Keychain
@@ -29,8 +30,8 @@ SERVICE = "signd"
 REFUSED = RpcError.REFUSED
 
 
-def _keychain_for(data_dir: Path, network: str, passphrase: str) -> Keychain:
-    return Keychain(seed.load(data_dir, passphrase), network)
+def _keychain_for(data_dir: Path, network: str, passphrase: str, node_secret: bytes | None = None) -> Keychain:
+    return Keychain(seed.load(data_dir, passphrase), network, node_secret)
 
 
 def ensure_seed(data_dir: Path, network: str, passphrase: str) -> bytes:
@@ -50,9 +51,14 @@ class Signer:
     def __init__(self, ctx: ServiceContext) -> None:
         self.ctx = ctx
         passphrase = seed.passphrase_from(ctx.config["passphrase_file"], ctx.node.data_dir)
-        self.keys = _keychain_for(ctx.node.data_dir, ctx.node.network, passphrase)
+        forced = forced_node_key(ctx.node.data_dir)
+        self.keys = _keychain_for(ctx.node.data_dir, ctx.node.network, passphrase, forced)
         if self.keys.node_id() != ctx.node.node_id:
-            raise RuntimeError("the seed's node key is not the node id the node runs with")
+            raise RuntimeError("the seed's node key is not the node id the node runs with (a node started with "
+                               f"--dev-force-privkey needs the same key in signd's {FORCED_KEY_ENV})")
+        if forced is not None:
+            ctx.log.warning("the node key is forced (--dev-force-privkey, developers only); the other keys "
+                            "come from the seed")
         self.table = self.handlers()
 
     def allowed(self, kind: str, detail: dict[str, Any]) -> None:

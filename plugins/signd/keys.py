@@ -23,12 +23,14 @@ NODE_FAMILY = 6
 class Keychain:
     """The root key and what is derived from it."""
 
-    def __init__(self, mnemonic: str, network: str) -> None:
+    def __init__(self, mnemonic: str, network: str, node_secret: bytes | None = None) -> None:
+        """`node_secret` replaces the derived node key (developers: `--dev-force-privkey`); every other
+        key still comes from the seed."""
         self.network = network
         self.coin = 0 if network == "mainnet" else 1
         self._root = bip32.HDKey.from_seed(bip39.mnemonic_to_seed(mnemonic))
         self.fingerprint = self._root.my_fingerprint.hex()
-        self.node_key = coincurve.PrivateKey(self._secret(f"m/1017h/{self.coin}h/{NODE_FAMILY}h/0/0"))
+        self.node_key = coincurve.PrivateKey(node_secret or self._secret(f"m/1017h/{self.coin}h/{NODE_FAMILY}h/0/0"))
         self.account_path = f"m/84h/{self.coin}h/0h"
         self._account = self._root.derive(self.account_path)
 
