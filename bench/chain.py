@@ -29,7 +29,7 @@ from lnp_host.storage import Database  # noqa: E402
 from lnp_plugin_api import RpcError  # noqa: E402
 from lnp_plugin_api.chain import ChainInfo  # noqa: E402
 from lnp_plugins.bitcoind import Bitcoind, BitcoindBackend  # noqa: E402
-from lnp_plugins.regtest import NODE_DIR, install  # noqa: E402
+from lnp_plugins.regtest import KEY_ENV, NODE_DIR, install  # noqa: E402
 from lnp_plugins.watchd import storage as watchd_storage  # noqa: E402
 from lnp_plugins.watchd.scanner import Scanner  # noqa: E402
 
@@ -105,8 +105,8 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="lnp-bench-", dir="/tmp"))
     port = free_port()
     chain_proc = subprocess.Popen(["node", str(NODE_DIR / "launcher.js"), "--rpc-port", str(port), "--wallet-port",
-                                   str(free_port()), "--api-key", "bench", "--exit-with-parent"], stdout=subprocess.PIPE,
-                                  stderr=subprocess.DEVNULL, cwd=NODE_DIR)
+                                   str(free_port()), "--exit-with-parent"], stdout=subprocess.PIPE,
+                                  stderr=subprocess.DEVNULL, cwd=NODE_DIR, env={**os.environ, KEY_ENV: "bench"})
     node_proc = None
     try:
         assert chain_proc.stdout is not None and chain_proc.stdout.readline().startswith(b"{")

@@ -18,9 +18,11 @@ from lnp_plugin_api import Decision, Event, KeyCustody, NodeInfo, RpcError, Stor
 from . import bus as wire
 from .bus import Bus, Endpoints
 from .plugins import Owned, Registry
-from .profile import Profile
+from .profile import HOST_SERVICE, Profile
 
 log = logging.getLogger("lnp.host")
+HEALTH_REQUEST = "host.health"
+_UNSET = object()
 
 
 @dataclass
@@ -39,6 +41,7 @@ class Environment:
     builtins: dict[str, Callable[[Any], Any]] = field(default_factory=dict)  # host control requests
     contexts: dict[str, "PluginContext"] = field(default_factory=dict)      # running plugins here
     failures: dict[str, str] = field(default_factory=dict)                  # service -> reason
+    health: dict[str, str] = field(default_factory=dict)    # plugin -> its problem (lnpd keeps them all)
 
 
 class PluginContext:
@@ -55,6 +58,7 @@ class PluginContext:
         self.keys = env.keys
         self.host = env.host
         self._data_dir = env.node.data_dir / "plugins" / plugin
+        self._health: Any = _UNSET  # the last problem reported to lnpd
 
     @property
     def data_dir(self) -> Path:
@@ -131,10 +135,33 @@ class PluginContext:
             self._env.bus.send_wire(owned.service, wire.WIRE_IN, msg)
         return True
 
+    def set_health(self, problem: str | None) -> None:
+        """Report a problem of the plugin (None: none); `info` shows it with the plugin's service."""
+        if problem == self._health:
+            return
+        if self._env.host is not None:  # in lnpd: kept here
+            record_health(self._env, self.plugin, problem)
+        else:
+            try:
+                self._env.bus.request(HOST_SERVICE, HEALTH_REQUEST, {"plugin": self.plugin, "problem": problem},
+                                      timeout=2.0)
+            except RpcError as e:  # lnpd busy or gone: told at the next report
+                self.log.debug("could not report health to lnpd: %s", e.message)
+                return
+        self._health = problem
+
     def fail(self, reason: str) -> None:
         """Declare this service broken; its runtime stops and the failure policy applies."""
         self.log.error("service %s declared failed by %s: %s", self.service, self.plugin, reason)
         self._env.failures[self.service] = f"{self.plugin}: {reason}"
+
+
+def record_health(env: Environment, plugin: str, problem: str | None) -> None:
+    """Keep (or clear) a plugin's problem for `info`; the handler of HEALTH_REQUEST in lnpd."""
+    if problem:
+        env.health[plugin] = str(problem)[:500]
+    else:
+        env.health.pop(plugin, None)
 
 
 def publish(env: Environment, event: str, source: str, body: dict[str, Any],

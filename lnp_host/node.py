@@ -26,7 +26,7 @@ from lnp_plugin_api import NodeInfo, RemoteCustody, RpcError
 
 from . import __version__, logs
 from .bus import Bus, Endpoints
-from .context import Environment
+from .context import HEALTH_REQUEST, Environment, record_health
 from .keys import FORCED_KEY_ENV, BusKeyCustody, FileKeyCustody, force_node_key
 from .plugins import Registry, discover
 from .profile import HOST_SERVICE, Profile
@@ -89,7 +89,8 @@ class HostControl:
         return {"node_id": node.node_id.hex(), "alias": node.alias, "network": node.network,
                 "version": node.version, "data_dir": str(node.data_dir),
                 "bus_mode": self._supervisor.mode, "plugins": self.plugins(enabled_only=True),
-                "services": self._supervisor.describe()}
+                "services": [{**s, "problems": {p: self._env.health[p] for p in s["plugins"] if p in self._env.health}}
+                             for s in self._supervisor.describe()]}
 
     def plugins(self, enabled_only: bool = False) -> list[dict[str, Any]]:
         """The discovered plugins (or only the loaded ones) with version, distribution, service."""
@@ -185,6 +186,7 @@ def run_node(profile: Profile, registry: Registry, verbosity: int = 0, profile_a
                         data_dir, __version__, registry.feature_specs())
         env = Environment(profile, registry, endpoints, zctx, bus, node, db, custody)
         env.builtins.update(custody.control_handlers() if hasattr(custody, "control_handlers") else {})
+        env.builtins[HEALTH_REQUEST] = lambda body: record_health(env, str(body["plugin"]), body.get("problem"))
         env.builtins["host.node_info"] = lambda _body: {
             "node_id": node.node_id.hex(), "alias": node.alias, "network": node.network,
             "custody": custody_service}

@@ -1,13 +1,18 @@
 """The chain backend interface, and the block and transaction parsing every chain plugin shares.
 
-A backend is a plugin in the `watchd` service that answers five control requests, in the spirit
+A backend is a plugin in the `watchd` service that answers six control requests, in the spirit
 of Core Lightning's backend methods:
 
     chain.info       -> {network, height, best_hash, syncing}
     chain.fees       -> {"2": sat_per_kvb, "6": ..., "12": ..., "144": ...}   (targets in blocks)
     chain.block      {height} -> {hash, raw (hex)} or None above the tip
     chain.utxo       {txid, vout} -> {value_sat, script (hex)} or None when spent or unknown
-    chain.broadcast  {raw (hex)} -> {txid}; an RpcError (BROADCAST_REJECTED) when the network refuses it
+    chain.broadcast  {raw (hex)} -> {txid}; an RpcError (BROADCAST_REJECTED) when the network refuses it;
+                     a transaction already in the mempool or in a block counts as sent
+    chain.in_mempool {txid} -> bool
+
+A backend that cannot be reached answers quickly with an RpcError (SERVICE_UNAVAILABLE) saying so,
+rather than making its callers wait.
 
 `ChainBackend` is the same as a Python protocol; `backend_subscriptions(get_backend)` turns an
 object implementing it into those subscriptions, and `ChainClient(ctx)` calls them from any service.
@@ -21,11 +26,12 @@ from typing import Any, Callable, Protocol
 
 from embit.transaction import Transaction
 
-from .types import ServiceContext, Subscription
+from .types import RpcError, ServiceContext, Subscription
 
 CHAIN_SERVICE = "watchd"
 BROADCAST_REJECTED = -26
-REQUESTS = ("chain.info", "chain.fees", "chain.block", "chain.utxo", "chain.broadcast")
+REQUESTS = ("chain.info", "chain.fees", "chain.block", "chain.utxo", "chain.broadcast", "chain.in_mempool")
+CLIENT_TIMEOUT = 10.0  # a backend should answer sooner (bitcoind's default is 3 s), this is the last resort
 FEE_TARGETS = (2, 6, 12, 144)
 
 
@@ -55,11 +61,15 @@ class ChainBackend(Protocol):
         """Value and script of an unspent output, None when spent or unknown."""
 
     def broadcast(self, raw: bytes) -> str:
-        """Send a transaction; returns its txid once the backend's mempool holds it, raises RpcError if not."""
+        """Send a transaction; returns its txid once the backend's mempool (or chain) holds it, raises
+        RpcError if not. Sending a transaction the backend has already is a success."""
+
+    def in_mempool(self, txid: str) -> bool:
+        """Whether the backend's mempool holds the transaction."""
 
 
 def backend_subscriptions(get_backend: Callable[[ServiceContext], ChainBackend]) -> list[Subscription]:
-    """The five control subscriptions, served by the backend `get_backend(ctx)` returns."""
+    """The control subscriptions of REQUESTS, served by the backend `get_backend(ctx)` returns."""
 
     def info(ctx: ServiceContext, body: dict[str, Any]) -> dict[str, Any]:
         i = get_backend(ctx).info()
@@ -79,18 +89,26 @@ def backend_subscriptions(get_backend: Callable[[ServiceContext], ChainBackend])
     def broadcast(ctx: ServiceContext, body: dict[str, Any]) -> dict[str, str]:
         return {"txid": get_backend(ctx).broadcast(bytes.fromhex(str(body["raw"])))}
 
-    handlers = (info, fees, block, utxo, broadcast)
+    def in_mempool(ctx: ServiceContext, body: dict[str, Any]) -> bool:
+        return get_backend(ctx).in_mempool(str(body["txid"]))
+
+    handlers = (info, fees, block, utxo, broadcast, in_mempool)
     return [Subscription.control(name, fn) for name, fn in zip(REQUESTS, handlers)]
 
 
 class ChainClient:
     """A `ChainBackend` for any service: each call is a control request to the backend."""
 
-    def __init__(self, ctx: ServiceContext, timeout: float = 30.0) -> None:
+    def __init__(self, ctx: ServiceContext, timeout: float = CLIENT_TIMEOUT) -> None:
         self._ctx, self._timeout = ctx, timeout
 
     def _ask(self, name: str, body: dict[str, Any] | None = None) -> Any:
-        return self._ctx.request(CHAIN_SERVICE, name, body or {}, timeout=self._timeout)
+        try:
+            return self._ctx.request(CHAIN_SERVICE, name, body or {}, timeout=self._timeout)
+        except RpcError as e:  # watchd itself not answering in time: say what it means to the caller
+            if e.code in (RpcError.SERVICE_UNAVAILABLE, RpcError.TIMEOUT) and not e.message.startswith("chain backend"):
+                raise RpcError(RpcError.SERVICE_UNAVAILABLE, f"chain backend not answering: {e.message}") from None
+            raise
 
     def info(self) -> ChainInfo:
         i = self._ask("chain.info")
@@ -109,6 +127,9 @@ class ChainClient:
 
     def broadcast(self, raw: bytes) -> str:
         return str(self._ask("chain.broadcast", {"raw": raw.hex()})["txid"])
+
+    def in_mempool(self, txid: str) -> bool:
+        return bool(self._ask("chain.in_mempool", {"txid": txid}))
 
 
 # --- parsing -------------------------------------------------------------------------------------

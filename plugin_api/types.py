@@ -332,6 +332,11 @@ class ServiceContext(Protocol):
     def deliver_wire(self, msg: WireMessage) -> bool:
         """Hand a message received from a peer to the plugin that handles its type; False if none does."""
 
+    def set_health(self, problem: str | None) -> None:
+        """Report a problem the plugin has (for example its backend not answering), or None once it is
+        gone; `lnp-cli info` shows it under the plugin's service. Cheap to call often: only changes
+        are passed on."""
+
     def fail(self, reason: str) -> None:
         """Declare this service broken (for example a vital background thread died): it stops and the
         profile's failure policy (restart or stop the node) applies."""

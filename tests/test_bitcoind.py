@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import base64
 import json
+import socket
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 from typing import Any, Callable
@@ -13,7 +15,7 @@ import pytest
 
 from lnp_plugin_api import RpcError
 from lnp_plugin_api.chain import BROADCAST_REJECTED, parse_block
-from lnp_plugins.bitcoind import Bitcoind, BitcoindBackend
+from lnp_plugins.bitcoind import UNREACHABLE, Bitcoind, BitcoindBackend
 
 GENESIS = bytes.fromhex(  # regtest's genesis block
     "0100000000000000000000000000000000000000000000000000000000000000000000003ba3edfd7a7b12b27ac72c3e67768f61"
@@ -105,8 +107,13 @@ def test_bitcoind_shapes(fake) -> None:
 
 def test_broadcast_is_confirmed_in_the_mempool(fake) -> None:
     mempool: list[str] = []
+
+    def entry(txid: str) -> dict:
+        if txid not in mempool:
+            raise RpcError(-5, "Transaction not in mempool")
+        return {"vsize": 100}
     node = fake({"sendrawtransaction": lambda raw: "ef" * 32,  # answers with a txid whatever happens
-                 "getrawmempool": lambda: mempool, "gettxout": lambda *a: None})
+                 "getmempoolentry": entry, "gettxout": lambda *a: None})
     backend = BitcoindBackend(Bitcoind(node.url, "u", "pw"))
     with pytest.raises(RpcError) as e:
         backend.broadcast(b"\x01\x02")
@@ -133,3 +140,52 @@ def test_credentials_and_reachability(fake, tmp_path: Path) -> None:
     node.close()
     with pytest.raises(RpcError, match="unreachable"):
         Bitcoind(node.url, "u", "pw", timeout=2).call("getblockcount")
+
+
+def test_a_transaction_already_sent_counts_as_sent(fake) -> None:
+    """Racing sends of one transaction: bitcoind (before 0.21) answers -26 txn-already-in-mempool,
+    and -27 once it is mined. Neither is a failure; a backend not answering is not a rejection."""
+    coinbase = parse_block(GENESIS)[2][0]
+    tx, txid = coinbase.serialize(), coinbase.txid().hex()
+    answers = [RpcError(-26, "txn-already-in-mempool"), RpcError(-26, "txn-already-known"),
+               RpcError(-27, "Transaction outputs already in utxo set")]
+
+    def send(raw: str) -> str:
+        raise answers.pop(0)
+    node = fake({"sendrawtransaction": send})
+    backend = BitcoindBackend(Bitcoind(node.url, "u", "pw"))
+    assert [backend.broadcast(tx) for _ in range(3)] == [txid] * 3
+    node.close()
+    with pytest.raises(RpcError) as e:
+        backend.broadcast(tx)
+    assert e.value.code == UNREACHABLE and "unreachable" in e.value.message
+
+
+@pytest.fixture
+def silent():
+    """A port that accepts connections and never answers (a stopped bitcoind)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen(16)
+        yield f"http://127.0.0.1:{s.getsockname()[1]}"
+
+
+def test_a_silent_backend_is_reported_quickly_and_holds_up_no_other_call(silent: str) -> None:
+    rpc = Bitcoind(silent, "u", "pw", timeout=0.5)
+    started = time.monotonic()
+    with pytest.raises(RpcError, match="chain backend not answering"):
+        rpc.call("getblockchaininfo")
+    assert time.monotonic() - started < 0.9  # once, not retried
+    with pytest.raises(RpcError, match="chain backend not answering"):
+        BitcoindBackend(rpc).fees()  # the first estimate gives up, not one per target
+    assert time.monotonic() - started < 1.4
+    errors: list[RpcError] = []
+    threads = [threading.Thread(target=lambda: errors.append(pytest.raises(RpcError, rpc.call, "x").value))
+               for _ in range(4)]
+    started = time.monotonic()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(errors) == 4 and time.monotonic() - started < 0.9  # side by side, not one after the other
+    rpc.close()

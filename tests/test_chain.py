@@ -1,74 +1,28 @@
 """signd, the wallet and watchd on a real regtest chain (bcoin, started by the node's regtest plugin)."""
 from __future__ import annotations
 
-import json
 import time
 from decimal import Decimal
+from typing import Iterator
 
 import pytest
 from embit.transaction import Transaction
 
+from chain_tools import BTC, PROFILE, ChainNode, external_chain, external_profile  # noqa: F401 (a fixture)
 from conftest import wait_for
 from peer_tools import free_port
 from lnp_plugin_api import RpcError
-from lnp_plugins.bitcoind import Bitcoind
 from lnp_plugin_api.chain import parse_block
 from lnp_plugins.wallet.builder import script_for
 
-BTC = 100_000_000
-PROFILE = """
-[node]
-network = "regtest"
-data_dir = "DATA_DIR"
-[plugins]
-enabled = ["core", "signd", "regtest", "bitcoind", "watchd", "wallet", "tk_chain", "tk_limit"]
-[plugins.regtest]
-rpc_port = {port}
-[plugins.bitcoind]
-url = "http://127.0.0.1:{port}"
-cookie_file = "regtest/.cookie"
-mempool_poll_interval = 0.2
-[plugins.watchd]
-poll_interval = 0.1
-[plugins.tk_limit]
-max_sat = 100000000000
-"""
-
-
-class ChainNode:
-    """The node under test and the regtest node it manages."""
-
-    def __init__(self, node, port: int) -> None:
-        self.node, self.port = node, port
-        self.info = node.wait_ready(timeout=90)
-        self.btc = Bitcoind(f"http://127.0.0.1:{port}", cookie_file=str(node.data_dir / "regtest" / ".cookie"))
-
-    def call(self, method: str, *args, **kwargs):
-        with self.node.client(timeout=60) as c:
-            return c.call(method, *args, **kwargs)
-
-    def height(self) -> int:
-        return self.call("chaininfo")["watchd"]["height"]
-
-    def mine(self, blocks: int = 1, address: str | None = None) -> dict:
-        """Mine and wait until watchd and the wallet have seen the blocks."""
-        out = self.call("mine", blocks, address) if address else self.call("mine", blocks)
-        wait_for(lambda: self.height() == out["height"])
-        wait_for(lambda: self.funds()["height"] == out["height"])  # the wallet has had every event
-        return out
-
-    def funds(self) -> dict:
-        return self.call("funds")
-
-    def btc_address(self) -> str:
-        return self.btc.call("getnewaddress", "default")
-
 
 @pytest.fixture(scope="module")
-def chain(nodes_module) -> ChainNode:
+def chain(nodes_module) -> Iterator[ChainNode]:
     port = free_port()
     node = nodes_module(PROFILE.format(port=port), name="chain").start(wait=False)
-    return ChainNode(node, port)
+    chain = ChainNode(node, port)
+    yield chain
+    chain.close()
 
 
 def events(chain: ChainNode, name: str) -> list[dict]:
@@ -130,6 +84,9 @@ def test_bad_withdrawals_spend_nothing(chain: ChainNode) -> None:
         ((target, "100"), "dust"),
         ((target, "-5"), "positive"),
         ((target, "lots"), "number of sat"),
+        ((target, "ALL"), "number of sat or 'all'"),  # only the documented `all` sweeps the wallet
+        ((target, " all"), "number of sat or 'all'"),
+        ((target, "1_000"), "number of sat"),
     ]
     for args, words in cases:
         with pytest.raises(RpcError) as e:
@@ -215,32 +172,6 @@ def test_a_policy_plugin_can_refuse_signing(chain: ChainNode) -> None:
         chain.call("withdraw", chain.btc_address(), str(1010 * BTC))
     assert "tk_limit" in e.value.message and "over the limit of 100000000000 sat" in e.value.message
     assert chain.funds() == before  # nothing reserved, nothing spent
-
-
-def external_profile(port: int, plugins: list[str], bus: str = "", bitcoind: str = "",
-                     watchd: str = "poll_interval = 0.1\nstart_height = 0") -> str:
-    """A profile on the external regtest node: core, signd, bitcoind, watchd and PLUGINS."""
-    enabled = json.dumps(["core", "signd", "bitcoind", "watchd", *plugins])
-    return (f'[node]\nnetwork = "regtest"\ndata_dir = "DATA_DIR"\n[bus]\n{bus}\n[plugins]\nenabled = {enabled}\n'
-            f'[plugins.bitcoind]\nurl = "http://127.0.0.1:{port}"\nuser = "x"\npassword = "testkey"\n{bitcoind}\n'
-            f'[plugins.watchd]\n{watchd}\n')
-
-
-@pytest.fixture
-def external_chain(short_tmp):
-    """A regtest node the test runs itself (as a user's own bitcoind would be), not the node."""
-    import logging
-    import subprocess
-    from lnp_plugins.regtest import NODE_DIR, install
-    install(logging.getLogger("test"))
-    port = free_port()
-    proc = subprocess.Popen(["node", str(NODE_DIR / "launcher.js"), "--rpc-port", str(port), "--wallet-port",
-                             str(free_port()), "--api-key", "testkey", "--exit-with-parent"], stdout=subprocess.PIPE,
-                            stderr=subprocess.DEVNULL, cwd=NODE_DIR)
-    assert proc.stdout is not None and proc.stdout.readline().startswith(b"{")
-    yield port, Bitcoind(f"http://127.0.0.1:{port}", "x", "testkey")
-    proc.terminate()
-    proc.wait(10)
 
 
 @pytest.mark.parametrize("mode", ["threads", "processes"])
@@ -336,5 +267,6 @@ def test_a_wallet_that_was_down_reads_what_it_missed(nodes, external_chain) -> N
         btc.call("generatetoaddress", 3, ours)  # ... while three blocks pay it
         wait_for(lambda: c.call("chaininfo")["watchd"]["height"] == 3)  # their events go to a hung process
         wait_for(lambda: next(s for s in c.info()["services"] if s["name"] == "wallet")["restarts"] == 1)
+        wait_for(lambda: next(s for s in c.info()["services"] if s["name"] == "wallet")["state"] == "running")
         wait_for(lambda: c.call("funds")["immature_sat"] == 150 * BTC)  # the restarted wallet caught up
         assert len(c.call("transactions")) == 3

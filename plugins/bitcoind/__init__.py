@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import base64
 import http.client
+import itertools
 import json
+import logging
 import threading
 import time
 import urllib.parse
@@ -39,77 +41,119 @@ SCHEMA = {
     "password": Field(str, "", "RPC password"),
     "cookie_file": Field(str, "", "bitcoind's .cookie file (user:password), read at each connection; "
                          "relative to the data dir unless absolute"),
-    "timeout": Field(float, 30.0, "seconds to wait for an answer"),
+    "timeout": Field(float, 3.0, "seconds to wait for an answer before reporting the backend as not answering",
+                     check=lambda v: None if v > 0 else "must be greater than zero"),
     "zmq_rawblock": Field(str, "", "bitcoind's zmqpubrawblock endpoint, e.g. tcp://127.0.0.1:28332"),
     "zmq_rawtx": Field(str, "", "bitcoind's zmqpubrawtx endpoint: mempool transactions as they arrive"),
     "mempool_poll_interval": Field(float, 0.0, "without zmq_rawtx: seconds between mempool polls (0: off)",
                                    check=lambda v: None if v >= 0 else "must be zero or more"),
 }
 MEMPOOL_REMEMBERED = 100_000
+ALREADY_IN_MEMPOOL = ("txn-already-in-mempool", "txn-already-known")  # bitcoind's -26 reasons (older versions)
+POOL_SIZE = 4  # idle connections kept
 
 
 class BitcoindError(RpcError):
-    """An error answer from bitcoind, or bitcoind unreachable."""
+    """An error answer from bitcoind, or bitcoind unreachable (code UNREACHABLE)."""
 
 
 class Bitcoind:
-    """A small thread-safe JSON-RPC client with one kept-alive HTTP connection."""
+    """A small thread-safe JSON-RPC client. Kept-alive HTTP connections are pooled, so one call
+    waiting for an answer never holds up another; every call gives up after `timeout` seconds of
+    silence (a stopped node is reported as not answering, not waited for)."""
 
     def __init__(self, url: str, user: str = "", password: str = "", cookie_file: str = "",
-                 timeout: float = 30.0) -> None:
+                 timeout: float = 3.0, log: logging.Logger | None = None) -> None:
         self.url = urllib.parse.urlparse(url)
         self._user, self._password, self._cookie = user, password, cookie_file
         self.timeout = timeout
-        self._conn: http.client.HTTPConnection | None = None
+        self.log = log or logging.getLogger("lnp.bitcoind")
+        self._idle: list[http.client.HTTPConnection] = []
         self._lock = threading.Lock()
-        self._ids = 0
+        self._ids = itertools.count(1)
+        self._closed = False
 
     def _auth(self) -> str:
         if self._cookie:
             try:
                 creds = Path(self._cookie).expanduser().read_text().strip()
             except OSError as e:
-                raise BitcoindError(UNREACHABLE, f"cannot read cookie file {self._cookie}: {e.strerror}") from None
+                raise BitcoindError(UNREACHABLE, f"chain backend: cannot read cookie file {self._cookie}: "
+                                    f"{e.strerror}") from None
         else:
             creds = f"{self._user}:{self._password}"
         return "Basic " + base64.b64encode(creds.encode()).decode()
 
-    def call(self, method: str, *params: Any) -> Any:
-        """Call `method`; raises BitcoindError with bitcoind's code and message."""
+    def _connection(self, timeout: float) -> tuple[http.client.HTTPConnection, bool]:
+        """An idle connection (True: reused) or a new one."""
         with self._lock:
-            self._ids += 1
-            body = json.dumps({"jsonrpc": "1.0", "id": self._ids, "method": method, "params": list(params)})
-            for attempt in (1, 2):  # a kept-alive connection the server closed is retried once
-                try:
-                    if self._conn is None:
-                        cls = http.client.HTTPSConnection if self.url.scheme == "https" else http.client.HTTPConnection
-                        self._conn = cls(self.url.hostname, self.url.port or 8332, timeout=self.timeout)
-                    self._conn.request("POST", self.url.path or "/", body,
-                                       {"Authorization": self._auth(), "Content-Type": "application/json"})
-                    response = self._conn.getresponse()
-                    raw = response.read()
-                    break
-                except (OSError, http.client.HTTPException) as e:
-                    self.close()
-                    if attempt == 2:
-                        raise BitcoindError(UNREACHABLE, f"bitcoind at {self.url.netloc} unreachable: "
-                                            f"{getattr(e, 'strerror', None) or e}") from None
-            if response.status == 401:
-                raise BitcoindError(UNREACHABLE, "bitcoind refused the RPC credentials")
+            conn = self._idle.pop() if self._idle else None
+        if conn is not None:
+            conn.timeout = timeout
+            if conn.sock is not None:
+                conn.sock.settimeout(timeout)
+            return conn, True
+        cls = http.client.HTTPSConnection if self.url.scheme == "https" else http.client.HTTPConnection
+        return cls(self.url.hostname, self.url.port or 8332, timeout=timeout), False
+
+    def _release(self, conn: http.client.HTTPConnection) -> None:
+        with self._lock:
+            if not self._closed and len(self._idle) < POOL_SIZE:
+                self._idle.append(conn)
+                return
+        conn.close()
+
+    def call(self, method: str, *params: Any, timeout: float | None = None) -> Any:
+        """Call `method`; raises BitcoindError with bitcoind's code and message (UNREACHABLE when
+        bitcoind cannot be reached, does not answer within `timeout`, or refuses the credentials)."""
+        started = time.monotonic()
+        try:
+            result = self._call(method, params, self.timeout if timeout is None else timeout)
+        except BitcoindError as e:
+            self.log.debug("bitcoind %s failed after %.1f ms: %s", method, (time.monotonic() - started) * 1000,
+                           e.message)
+            raise
+        self.log.debug("bitcoind %s: %.1f ms", method, (time.monotonic() - started) * 1000)
+        return result
+
+    def _call(self, method: str, params: tuple[Any, ...], wait: float) -> Any:
+        body = json.dumps({"jsonrpc": "1.0", "id": next(self._ids), "method": method, "params": list(params)})
+        headers = {"Authorization": self._auth(), "Content-Type": "application/json"}
+        while True:
+            conn, reused = self._connection(wait)
+            try:
+                conn.request("POST", self.url.path or "/", body, headers)
+                response = conn.getresponse()
+                raw = response.read()
+                break
+            except TimeoutError:
+                conn.close()
+                raise BitcoindError(UNREACHABLE, f"chain backend not answering: no reply from {self.url.netloc} "
+                                    f"within {wait:g} s") from None
+            except (OSError, http.client.HTTPException) as e:
+                conn.close()
+                if not reused:  # a kept-alive connection the server closed is retried on a new one
+                    raise BitcoindError(UNREACHABLE, f"chain backend unreachable: {self.url.netloc}: "
+                                        f"{getattr(e, 'strerror', None) or e}") from None
+        self._release(conn)
+        if response.status == 401:
+            raise BitcoindError(UNREACHABLE, f"chain backend refused the RPC credentials ({self.url.netloc}: "
+                                "check user and password, or cookie_file)")
         try:
             answer = json.loads(raw, parse_float=Decimal)
         except ValueError:
-            raise BitcoindError(UNREACHABLE, f"bitcoind answered HTTP {response.status} without JSON") from None
+            raise BitcoindError(UNREACHABLE, f"chain backend answered HTTP {response.status} without JSON") from None
         if answer.get("error"):  # bitcoind uses HTTP 500 for errors, bcoin HTTP 200: read the body either way
             err = answer["error"]
             raise BitcoindError(int(err.get("code", -1)), str(err.get("message", "error")))
         return answer.get("result")
 
     def close(self) -> None:
-        """Drop the HTTP connection."""
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
+        """Drop the idle connections; connections in use are closed when their call ends."""
+        with self._lock:
+            self._closed, idle, self._idle = True, self._idle, []
+        for conn in idle:
+            conn.close()
 
 
 def btc_to_sat(value: Any) -> int:
@@ -134,7 +178,9 @@ class BitcoindBackend(ChainBackend):
         for target in FEE_TARGETS:
             try:
                 answer = self.rpc.call("estimatesmartfee", target)
-            except BitcoindError:
+            except BitcoindError as e:
+                if e.code == UNREACHABLE:
+                    raise
                 continue
             rate = answer.get("feerate", answer.get("fee"))  # bitcoind: feerate; bcoin: fee (-1 if unknown)
             if rate is not None and Decimal(str(rate)) > 0:
@@ -161,15 +207,28 @@ class BitcoindBackend(ChainBackend):
         try:
             txid = str(self.rpc.call("sendrawtransaction", raw.hex()))
         except BitcoindError as e:
-            if e.code == -27:  # already in the chain: nothing to do
+            # Already in a block, or already in the mempool (a send of the same transaction got
+            # there first, as when both ends of a close broadcast it): what was asked is done.
+            if e.code == -27 or (e.code == BROADCAST_REJECTED and any(m in e.message for m in ALREADY_IN_MEMPOOL)):
                 return Transaction.parse(raw).txid().hex()
+            if e.code == UNREACHABLE:
+                raise
             raise RpcError(BROADCAST_REJECTED, f"transaction rejected: {e.message}") from None
         # Some nodes answer with the txid even when their mempool refused the transaction.
-        if txid in self.rpc.call("getrawmempool"):
+        if self.in_mempool(txid):
             return txid
         if self.rpc.call("gettxout", txid, 0, False) is not None:
             return txid  # already confirmed
         raise RpcError(BROADCAST_REJECTED, "transaction rejected: not in the node's mempool after sendrawtransaction")
+
+    def in_mempool(self, txid: str) -> bool:
+        try:
+            self.rpc.call("getmempoolentry", txid)
+            return True
+        except BitcoindError as e:  # bitcoind: -5; bcoin: -1 "Transaction not in mempool."
+            if e.code == -5 or "not in mempool" in e.message.lower():
+                return False
+            raise
 
 
 class _Plugin:
@@ -179,8 +238,8 @@ class _Plugin:
         if cookie and not Path(cookie).expanduser().is_absolute():  # relative to the node's data dir
             cookie = str(ctx.node.data_dir / cookie)
         self.ctx = ctx
-        self.rpc = Bitcoind(cfg["url"], cfg["user"], cfg["password"], cookie, cfg["timeout"])
-        self.mempool_rpc = Bitcoind(cfg["url"], cfg["user"], cfg["password"], cookie, cfg["timeout"])
+        self.rpc = Bitcoind(cfg["url"], cfg["user"], cfg["password"], cookie, cfg["timeout"], ctx.log)
+        self.mempool_rpc = Bitcoind(cfg["url"], cfg["user"], cfg["password"], cookie, cfg["timeout"], ctx.log)
         self.backend = BitcoindBackend(self.rpc)
         self.stop = threading.Event()
         self.thread: threading.Thread | None = None
@@ -286,3 +345,4 @@ def lnp_shutdown(ctx: ServiceContext) -> None:
         if plugin.thread is not None:
             plugin.thread.join(2)
         plugin.rpc.close()
+        plugin.mempool_rpc.close()

@@ -3,8 +3,9 @@
 With this plugin a regtest profile works on a fresh machine with no bitcoind: the node is
 installed with `npm ci` on first use (from the package-lock.json shipped here), keeps its chain in
 DATA_DIR/regtest/chain so a restart resumes it, and writes its RPC credentials to
-DATA_DIR/regtest/.cookie for the bitcoind backend (`cookie_file = "regtest/.cookie"`).
-`lnp-cli mine N [ADDRESS]` mines blocks, to the node's own wallet by default.
+DATA_DIR/regtest/.cookie (mode 0600) for the bitcoind backend (`cookie_file = "regtest/.cookie"`);
+the node gets its key through its environment, not its command line. `lnp-cli mine N [ADDRESS]`
+mines blocks, to the node's own wallet by default.
 """
 from __future__ import annotations
 
@@ -21,10 +22,13 @@ from typing import Any
 
 from lnp_plugin_api import Field, PerContext, RpcError, ServiceContext, hookimpl, rpc_method
 
-from lnp_plugins.bitcoind import Bitcoind, BitcoindError
+from lnp_plugins.bitcoind import UNREACHABLE, Bitcoind, BitcoindError
 
 NODE_DIR = Path(__file__).resolve().parent / "node"
 START_TIMEOUT = 60.0
+KEY_ENV = "LNP_REGTEST_API_KEY"
+CALL_TIMEOUT = 3.0          # seconds for a call to the node; a stopped node is reported at once
+SECONDS_PER_BLOCK = 0.02    # extra time allowed to mine each block
 
 
 def install(log: logging.Logger) -> None:
@@ -65,20 +69,29 @@ class RegtestNode:
         with os.fdopen(fd, "w") as f:
             f.write(f"__cookie__:{key}\n")
         log = open(self.home / "node.log", "ab")
+        wallet_port = self.ctx.config["wallet_port"] or self.port + 1
         self.proc = subprocess.Popen(
-            [node, str(NODE_DIR / "launcher.js"), "--rpc-port", str(self.port),
-             "--wallet-port", str(self.ctx.config["wallet_port"] or self.port + 1),
-             "--api-key", key, "--prefix", str(self.home / "chain"), "--exit-with-parent"],
-            stdout=subprocess.PIPE, stderr=log, cwd=NODE_DIR)
+            [node, str(NODE_DIR / "launcher.js"), "--rpc-port", str(self.port), "--wallet-port", str(wallet_port),
+             "--prefix", str(self.home / "chain"), "--exit-with-parent"],
+            stdout=subprocess.PIPE, stderr=log, cwd=NODE_DIR, env={**os.environ, KEY_ENV: key})
         log.close()
         assert self.proc.stdout is not None
         ready, _, _ = select.select([self.proc.stdout], [], [], START_TIMEOUT)
         line = self.proc.stdout.readline() if ready else b""
-        if not line.startswith(b"{"):
+        try:
+            answer = json.loads(line)
+        except ValueError:
+            answer = {}
+        if not answer.get("ready"):
             self.stop()
+            if answer.get("port") is not None:  # a port is taken: say which key sets it
+                key_name = "rpc_port" if answer["port"] == self.port else "wallet_port"
+                raise RuntimeError(f"the regtest node cannot listen on 127.0.0.1:{answer['port']}: "
+                                   f"the port is in use (set another plugins.regtest.{key_name})")
             raise RuntimeError(f"the regtest node did not start; see {self.home / 'node.log'}")
-        self.rpc = Bitcoind(f"http://127.0.0.1:{self.port}", cookie_file=str(self.cookie))
-        self.ctx.log.info("regtest node running on 127.0.0.1:%d (%s)", self.port, json.loads(line)["pid"])
+        self.rpc = Bitcoind(f"http://127.0.0.1:{self.port}", cookie_file=str(self.cookie), timeout=CALL_TIMEOUT,
+                            log=self.ctx.log)
+        self.ctx.log.info("regtest node running on 127.0.0.1:%d (pid %s)", self.port, answer["pid"])
         threading.Thread(target=self._watch, name="regtest-watch", daemon=True).start()
 
     def _watch(self) -> None:
@@ -112,11 +125,15 @@ def mine(ctx: ServiceContext, blocks: int = 1, address: str | None = None) -> di
         raise RpcError(RpcError.SERVICE_UNAVAILABLE, "the regtest node is not running")
     if not 1 <= blocks <= 1000:
         raise RpcError(RpcError.INVALID_PARAMS, "blocks must be 1..1000")
+    node.rpc.call("getblockcount")  # a node that does not answer is reported now, not after mining's long wait
     if address is None:
         address = ctx.request("wallet", "wallet.newaddr", {})["address"]
     try:
-        hashes = node.rpc.call("generatetoaddress", blocks, address)
+        hashes = node.rpc.call("generatetoaddress", blocks, address,
+                               timeout=CALL_TIMEOUT + blocks * SECONDS_PER_BLOCK)
     except BitcoindError as e:
+        if e.code == UNREACHABLE:
+            raise
         raise RpcError(RpcError.INVALID_PARAMS, f"cannot mine to {address!r}: {e.message}") from None
     return {"blocks": hashes, "address": address, "height": node.rpc.call("getblockcount")}
 
@@ -126,10 +143,16 @@ def lnp_service() -> str:
     return "regtest"
 
 
+def _port_check(low: int, high: int) -> Any:
+    return lambda v: None if low <= v <= high else f"must be a TCP port, {low}..{high}"
+
+
 @hookimpl
 def lnp_config_schema() -> dict:
-    return {"rpc_port": Field(int, 18443, "the regtest node's JSON-RPC port (loopback only)"),
-            "wallet_port": Field(int, 0, "its wallet's HTTP port (0: rpc_port + 1)")}
+    return {"rpc_port": Field(int, 18443, "the regtest node's JSON-RPC port (loopback only)",
+                              check=_port_check(1, 65534)),  # rpc_port + 1 is the wallet's by default
+            "wallet_port": Field(int, 0, "its wallet's HTTP port (0: rpc_port + 1)",
+                                 check=lambda v: None if v == 0 else _port_check(1, 65535)(v))}
 
 
 @hookimpl

@@ -1,6 +1,7 @@
 """wallet: the node's on-chain BIP84 descriptor wallet (keys in signd, chain through watchd).
 
-RPC: newaddr, funds, withdraw ADDRESS SATS|all [--feerate SAT_PER_VB], transactions.
+RPC: newaddr, funds, withdraw ADDRESS SATS|all [--feerate SAT_PER_VB], transactions [--limit N] [--since HEIGHT],
+abandon TXID.
 Control requests for other services (channel funding):
     wallet.newaddr   -> {address}
     wallet.fund      {outputs: [{address | script, value_sat}], feerate?, label?}
@@ -44,9 +45,19 @@ def withdraw(ctx: ServiceContext, address: str, amount: int | str, feerate: floa
 
 
 @rpc_method
-def transactions(ctx: ServiceContext) -> list[dict[str, Any]]:
-    """The wallet's transactions with their effect on the balance, fee and confirmations."""
-    return _wallet(ctx).transactions()
+def transactions(ctx: ServiceContext, limit: int | None = None, since: int | None = None) -> list[dict[str, Any]]:
+    """The wallet's transactions, newest first, with their effect on the balance, fee, confirmations,
+    and for unconfirmed ones of ours what the last mempool check found: the LIMIT newest, and with
+    SINCE only the unconfirmed ones and those confirmed at block height SINCE or later."""
+    return _wallet(ctx).transactions(limit, since)
+
+
+@rpc_method
+def abandon(ctx: ServiceContext, txid: str) -> dict[str, Any]:
+    """Give up on TXID, a transaction of this wallet that is not in a block (and on those of ours
+    spending its outputs): their inputs become spendable again. If the network mines it anyway, the
+    wallet counts it again."""
+    return _wallet(ctx).abandon(txid)
 
 
 def _fund(ctx: ServiceContext, body: dict[str, Any]) -> dict[str, Any]:
@@ -97,7 +108,7 @@ def lnp_storage_models() -> Any:
 
 @hookimpl
 def lnp_rpc_methods() -> list:
-    return [newaddr, funds, withdraw, transactions]
+    return [newaddr, funds, withdraw, transactions, abandon]
 
 
 @hookimpl
@@ -118,6 +129,7 @@ def lnp_startup(ctx: ServiceContext) -> None:
 def lnp_shutdown(ctx: ServiceContext) -> None:
     w = _wallets.pop(ctx)
     if w is not None:
+        w.close()
         try:
             w.save_cursor()
         except RpcError:

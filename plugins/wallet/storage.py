@@ -1,7 +1,7 @@
 """The wallet's tables: its addresses, its outputs (with reservations), and its transactions."""
 from __future__ import annotations
 
-from sqlalchemy import BigInteger, Boolean, Column, Float, Integer, MetaData, String, Table, Text
+from sqlalchemy import BigInteger, Boolean, Column, Float, Integer, MetaData, String, Table, Text, text
 
 from lnp_plugin_api import StorageModels
 
@@ -37,8 +37,11 @@ transactions = Table(
     Column("net_sat", BigInteger, nullable=False, default=0),   # a reserved transaction's effect (once
                                                                 # sent, it follows from wallet_utxos)
     Column("fee_sat", BigInteger, nullable=True),               # known for transactions we made
-    Column("state", String(12), nullable=False),                # reserved | broadcast | seen | released
+    Column("state", String(12), nullable=False),                # reserved | broadcast | seen | released |
+                                                                # abandoned | conflicted
     Column("label", String(100), nullable=False, default=""),
+    Column("conflict", String(64), nullable=True),              # the txid that replaced it (in the mempool,
+                                                                # while broadcast) or took an input (conflicted)
 )
 
 state = Table(
@@ -47,4 +50,8 @@ state = Table(
     Column("value", String(200), nullable=False),
 )
 
-MODELS = StorageModels(metadata, version=1)
+def _add_conflict(conn: object) -> None:
+    conn.execute(text("ALTER TABLE wallet_transactions ADD COLUMN conflict VARCHAR(64)"))  # type: ignore[attr-defined]
+
+
+MODELS = StorageModels(metadata, version=2, migrations={2: _add_conflict})

@@ -1,9 +1,16 @@
 """The wallet's state machine: addresses from signd's BIP84 account, outputs from watchd's events,
-spends built here and signed by signd. It never sees a private key."""
+spends built here and signed by signd. It never sees a private key.
+
+Its own unconfirmed transactions are checked at start, at each block and every RESEND_INTERVAL:
+one the backend's mempool lacks (evicted, or a restarted backend) is sent again. One that cannot
+confirm any more (an input spent by another transaction in a block) is `conflicted`, and one the
+user gives up on is `abandoned`: either way its inputs are spendable again and its outputs gone.
+"""
 from __future__ import annotations
 
 import json
 import logging
+import re
 import threading
 import time
 import uuid
@@ -17,7 +24,7 @@ from embit.transaction import Transaction
 from sqlalchemy import delete, func, insert, select, update
 
 from lnp_plugin_api import RpcError, ServiceContext
-from lnp_plugin_api.chain import ChainClient
+from lnp_plugin_api.chain import BROADCAST_REJECTED, ChainClient
 from lnp_plugin_api.chains import embit_network
 
 from . import storage as db
@@ -27,6 +34,10 @@ log = logging.getLogger("lnp.wallet")
 OWNER = "wallet"
 COINBASE_MATURITY = 100
 NULL_TXID = "00" * 32
+RESEND_INTERVAL = 60.0  # seconds between checks of the unconfirmed transactions when no block comes
+NOT_SENT = ("reserved", "released")   # ours, not sent by us: seen on the network, it was sent after all
+GIVEN_UP = ("abandoned", "conflicted")  # ours, given up: only a block brings it back (a mempool sighting
+                                        # may be one from before it was given up)
 
 
 class Wallet:
@@ -53,6 +64,17 @@ class Wallet:
         for branch in (0, 1):
             self._fill_gap(branch)
         self.catch_up()  # what watchd notified while the wallet was not running
+        self.mempool: dict[str, str] = {}  # our unconfirmed txid -> what the last check found
+        self.wake = threading.Event()
+        self.stopping = threading.Event()
+        self.resender = threading.Thread(target=self._resend_loop, name="wallet-resend", daemon=True)
+        self.resender.start()  # its first check is the one at start
+
+    def close(self) -> None:
+        """Stop checking the unconfirmed transactions."""
+        self.stopping.set()
+        self.wake.set()
+        self.resender.join(10)
 
     # --- addresses -----------------------------------------------------------------------------
 
@@ -118,6 +140,7 @@ class Wallet:
         with self.lock:
             if name == "block_connected":
                 self.tip = int(body["height"])
+                self.wake.set()
                 return
             if name == "block_disconnected":
                 self.tip = int(body["height"]) - 1
@@ -127,9 +150,10 @@ class Wallet:
             if "seq" not in body:
                 getattr(self, "_on_" + name)(body)
                 return
-            if int(body["seq"]) == self.applied + 1:
-                self._apply(int(body["seq"]), name, body)
-            else:
+            seq = int(body["seq"])
+            if seq == self.applied + 1:
+                self._apply(seq, name, body)
+            elif seq > self.applied:
                 self.catch_up()
 
     def _apply(self, seq: int, name: str, body: dict[str, Any]) -> None:
@@ -159,10 +183,17 @@ class Wallet:
                     break
             self.save_cursor()
 
+    def _given_up(self, conn: Any, txid: str, height: int | None) -> bool:
+        """A mempool sighting of a transaction we gave up on: ignored."""
+        state = conn.execute(select(db.transactions.c.state).where(db.transactions.c.txid == txid)).scalar()
+        return height is None and state in GIVEN_UP
+
     def _on_script_paid(self, b: dict[str, Any]) -> None:
         tx = Transaction.parse(bytes.fromhex(b["tx"]))
         coinbase = tx.vin[0].txid.hex() == NULL_TXID
         with self.ctx.storage.begin() as conn:
+            if self._given_up(conn, b["txid"], b["height"]):
+                return
             found = conn.execute(select(db.utxos).where((db.utxos.c.txid == b["txid"]) & (db.utxos.c.vout == b["vout"]))
                                  ).first()
             if found is None:
@@ -177,9 +208,9 @@ class Wallet:
                                                             created_at=time.time(), net_sat=0,
                                                             state="seen"))
             else:
-                values: dict[str, Any] = {"height": b["height"]} if b["height"] is not None else {}
-                if known.state in ("reserved", "released"):  # ours, and it reached the network after all
-                    values["state"] = "broadcast"
+                values: dict[str, Any] = {"height": b["height"], "conflict": None} if b["height"] is not None else {}
+                if known.state in NOT_SENT or (known.state in GIVEN_UP and b["height"] is not None):
+                    values["state"] = "broadcast"  # ours, and it reached the network after all
                 if values:
                     conn.execute(update(db.transactions).where(db.transactions.c.txid == b["txid"]).values(**values))
             row = conn.execute(update(db.addresses).where(db.addresses.c.script == b["script"])
@@ -201,17 +232,32 @@ class Wallet:
 
     def _on_outpoint_spent(self, b: dict[str, Any]) -> None:
         txid, vout = b["outpoint"].split(":")
+        spender = b["spending_txid"]
         with self.ctx.storage.begin() as conn:
+            if self._given_up(conn, spender, b["height"]):
+                return
             where = (db.utxos.c.txid == txid) & (db.utxos.c.vout == int(vout))
-            conn.execute(update(db.utxos).where(where).values(spent_by=b["spending_txid"], reserved_by=None))
+            ours = [t for t, tx in self._pending(conn).items() if t != spender
+                    and any(f"{vin.txid.hex()}:{vin.vout}" == b["outpoint"] for vin in tx.vin)]
+            for other in ours:  # another transaction spends an input of our unconfirmed one
+                if b["height"] is None:  # in the mempool only: ours was replaced there, but may still confirm
+                    log.warning("transaction %s replaced in the mempool by %s", other, spender)
+                    conn.execute(update(db.transactions).where(db.transactions.c.txid == other)
+                                 .values(conflict=spender))
+                else:
+                    gone = self._give_up(conn, other, "conflicted", spender)
+                    log.warning("transaction %s can no longer confirm (%s in block %d spends its input %s): "
+                                "released %s", other, spender, b["height"], b["outpoint"], ", ".join(gone))
+            if not ours or b["height"] is not None:  # a mempool sighting leaves the output with our own spend
+                conn.execute(update(db.utxos).where(where).values(spent_by=spender, reserved_by=None))
             known = conn.execute(select(db.transactions).where(db.transactions.c.txid == b["spending_txid"])).first()
             if known is None:
                 conn.execute(insert(db.transactions).values(txid=b["spending_txid"], raw=b["spending_tx"],
                                                             height=b["height"], created_at=time.time(),
                                                             net_sat=0, state="seen"))
             else:
-                values = {"height": b["height"]} if b["height"] is not None else {}
-                if known.state in ("reserved", "released"):
+                values = {"height": b["height"], "conflict": None} if b["height"] is not None else {}
+                if known.state in NOT_SENT or (known.state in GIVEN_UP and b["height"] is not None):
                     values["state"] = "broadcast"
                 if values:
                     conn.execute(update(db.transactions).where(db.transactions.c.txid == b["spending_txid"])
@@ -234,12 +280,101 @@ class Wallet:
     def _on_tx_unconfirmed(self, b: dict[str, Any]) -> None:
         with self.ctx.storage.begin() as conn:
             conn.execute(update(db.transactions).where(db.transactions.c.txid == b["txid"]).values(height=None))
-            row = conn.execute(select(db.transactions).where(db.transactions.c.txid == b["txid"])).first()
-        if row is not None and row.state == "broadcast":  # a reorg took our payment out: send it again
+        self.wake.set()  # a reorg took our payment out: it is sent again if the mempool lacks it
+
+    # --- our unconfirmed transactions ----------------------------------------------------------
+
+    def _pending(self, conn: Any) -> dict[str, Transaction]:
+        """Our sent, unconfirmed transactions."""
+        rows = conn.execute(select(db.transactions.c.txid, db.transactions.c.raw)
+                            .where((db.transactions.c.state == "broadcast") & db.transactions.c.height.is_(None))
+                            ).all()
+        return {r.txid: Transaction.parse(bytes.fromhex(r.raw)) for r in rows}
+
+    def _give_up(self, conn: Any, txid: str, state: str, conflict: str | None) -> list[str]:
+        """Our unconfirmed `txid` will not confirm: it and our transactions spending its outputs take
+        `state`; their inputs are ours to spend again and their outputs are gone. Returns the txids."""
+        pending = self._pending(conn)
+        todo, done = [txid], []
+        while todo:
+            t = todo.pop()
+            if t in done:
+                continue
+            done.append(t)
+            conn.execute(update(db.transactions).where(db.transactions.c.txid == t)
+                         .values(state=state, conflict=conflict))
+            conn.execute(update(db.utxos).where(db.utxos.c.spent_by == t).values(spent_by=None))
+            conn.execute(delete(db.utxos).where((db.utxos.c.txid == t) & db.utxos.c.height.is_(None)))
+            todo += [c for c, tx in pending.items() if any(vin.txid.hex() == t for vin in tx.vin)]
+        return done
+
+    def _resend_loop(self) -> None:
+        while not self.stopping.is_set():
             try:
-                self.chain.broadcast(bytes.fromhex(row.raw))
-            except RpcError as e:
-                log.warning("rebroadcast of %s after a reorg failed: %s", b["txid"], e.message)
+                self.resend()
+            except RpcError as e:  # the backend or watchd not answering (watchd reports it): next time
+                log.debug("unconfirmed transactions not checked: %s", e.message)
+            except Exception:
+                log.exception("checking the unconfirmed transactions failed")
+            self.wake.wait(RESEND_INTERVAL)
+            self.wake.clear()
+
+    def resend(self) -> None:
+        """Send again each of our unconfirmed transactions the backend's mempool lacks, parents first."""
+        # A transaction just mined is not missing: only check once watchd has the backend's tip, and
+        # once its notifications are applied.
+        watched = self.ctx.request("watchd", "watchd.status", {})["height"]
+        if watched is None or watched < self.chain.info().height:
+            return  # watchd is catching up: checked again at its next block
+        self.catch_up()
+        with self.ctx.storage.begin() as conn:
+            rows = conn.execute(select(db.transactions.c.txid, db.transactions.c.raw)
+                                .where((db.transactions.c.state == "broadcast") & db.transactions.c.height.is_(None))
+                                .order_by(db.transactions.c.created_at)).all()
+        self.mempool = {r.txid: self.mempool[r.txid] for r in rows if r.txid in self.mempool}
+        for r in rows:
+            if self.chain.in_mempool(r.txid):
+                self.mempool[r.txid] = "in the mempool"
+                continue
+            with self.lock:
+                with self.ctx.storage.begin() as conn:  # still ours to send (not abandoned, not mined meanwhile)
+                    still = conn.execute(select(db.transactions.c.txid).where(
+                        (db.transactions.c.txid == r.txid) & (db.transactions.c.state == "broadcast")
+                        & db.transactions.c.height.is_(None))).first()
+                if still is None:
+                    continue
+                try:
+                    self.chain.broadcast(bytes.fromhex(r.raw))
+                except RpcError as e:
+                    if e.code != BROADCAST_REJECTED:
+                        raise
+                    if self.mempool.get(r.txid) != f"refused: {e.message}":  # warned once, not at every block
+                        log.warning("transaction %s is not in the mempool and was refused again: %s", r.txid,
+                                    e.message)
+                    self.mempool[r.txid] = f"refused: {e.message}"
+                    continue
+            log.info("transaction %s was missing from the mempool (evicted, or the backend restarted): sent again",
+                     r.txid)
+            self.mempool[r.txid] = "sent again"
+
+    def abandon(self, txid: str) -> dict[str, Any]:
+        """Give up on our unconfirmed transaction `txid` (and ours spending its outputs): their inputs
+        become spendable again. Refused once it is in a block. Should the network still have it and
+        mine it, the wallet counts it again."""
+        txid = txid.strip().lower()
+        with self.lock, self.ctx.storage.begin() as conn:
+            row = conn.execute(select(db.transactions).where(db.transactions.c.txid == txid)).first()
+            if row is None or row.state in ("seen", "released"):
+                raise WalletError(f"no transaction {txid!r} sent by this wallet")
+            if row.height is not None:
+                raise WalletError(f"transaction {txid} is in block {row.height}: it cannot be abandoned")
+            if row.state == "reserved":
+                raise WalletError(f"transaction {txid} was not sent: the service that funded it releases it")
+            if row.state != "broadcast":
+                return {"txid": txid, "state": row.state, "abandoned": []}
+            done = self._give_up(conn, txid, "abandoned", None)
+        log.info("abandoned %s", ", ".join(done))
+        return {"txid": txid, "state": "abandoned", "abandoned": done}
 
     # --- reading -------------------------------------------------------------------------------
 
@@ -267,11 +402,19 @@ class Wallet:
         return {"confirmed_sat": confirmed, "unconfirmed_sat": unconfirmed, "immature_sat": immature,
                 "reserved_sat": reserved, "height": self.tip, "outputs": outputs}
 
-    def transactions(self) -> list[dict[str, Any]]:
-        """The wallet's transactions, newest first, with confirmations."""
+    def transactions(self, limit: int | None = None, since: int | None = None) -> list[dict[str, Any]]:
+        """The wallet's transactions, newest first, with confirmations: at most `limit`, and only the
+        unconfirmed ones and those confirmed at height `since` or above when it is given."""
+        if limit is not None and limit < 1:
+            raise WalletError("limit must be 1 or more")
+        if since is not None and since < 0:
+            raise WalletError("since must be a block height (0 or more)")
+        query = select(db.transactions).where(db.transactions.c.state != "released")
+        if since is not None:
+            query = query.where(db.transactions.c.height.is_(None) | (db.transactions.c.height >= since))
+        query = query.order_by(db.transactions.c.created_at.desc(), db.transactions.c.txid)
         with self.ctx.storage.begin() as conn:
-            rows = conn.execute(select(db.transactions).where(db.transactions.c.state != "released")
-                                .order_by(db.transactions.c.created_at.desc())).all()
+            rows = conn.execute(query.limit(limit) if limit is not None else query).all()
             # what a transaction did to the balance follows from the outputs it paid us and spent
             received = dict(conn.execute(select(db.utxos.c.txid, func.sum(db.utxos.c.value_sat))
                                          .group_by(db.utxos.c.txid)).all())
@@ -282,9 +425,13 @@ class Wallet:
             if r.state == "reserved":  # not sent: its inputs are not spent yet
                 return int(r.net_sat)
             return int(received.get(r.txid, 0)) - int(spent.get(r.txid, 0))
+
+        def mempool(r: Any) -> str | None:  # what the last check of our unconfirmed transactions found
+            return self.mempool.get(r.txid) if r.state == "broadcast" and r.height is None else None
         return [{"txid": r.txid, "net_sat": net(r), "fee_sat": r.fee_sat, "state": r.state, "label": r.label,
-                 "height": r.height, "confirmations": self.tip - r.height + 1 if r.height is not None else 0}
-                for r in rows]
+                 "height": r.height,
+                 "confirmations": self.tip - r.height + 1 if r.height is not None else 0,
+                 "mempool": mempool(r), "conflict": r.conflict} for r in rows]
 
     # --- spending ------------------------------------------------------------------------------
 
@@ -346,20 +493,33 @@ class Wallet:
         return json.loads(raw)
 
     def broadcast(self, reservation: str) -> dict[str, Any]:
-        """Send a funded transaction; its inputs become spent and its change ours (unconfirmed)."""
+        """Send a funded transaction; its inputs become spent and its change ours (unconfirmed).
+
+        Refused by the network (BROADCAST_REJECTED): nothing changes, the reservation stands. No
+        answer from the backend: it may have the transaction, so it counts as sent (and is sent
+        again while the mempool lacks it), and the error says so."""
         with self.lock:
             with self.ctx.storage.begin() as conn:
                 held = self._reservation(conn, reservation)
                 raw = conn.execute(select(db.transactions.c.raw).where(db.transactions.c.txid == held["txid"])).scalar()
-            txid = self.chain.broadcast(bytes.fromhex(raw))
+            txid, unsure = held["txid"], None
+            try:
+                self.chain.broadcast(bytes.fromhex(raw))
+            except RpcError as e:
+                if e.code == BROADCAST_REJECTED:
+                    raise
+                unsure = e
             with self.ctx.storage.begin() as conn:
                 conn.execute(update(db.utxos).where(db.utxos.c.reserved_by == reservation)
                              .values(spent_by=txid, reserved_by=None))
                 conn.execute(update(db.transactions).where(db.transactions.c.txid == txid).values(state="broadcast"))
                 if held["change"]:
                     script, value, vout = held["change"]
-                    conn.execute(insert(db.utxos).values(txid=txid, vout=vout, value_sat=value, script=script,
-                                                         height=None, coinbase=False))
+                    seen = conn.execute(select(db.utxos.c.txid).where((db.utxos.c.txid == txid)
+                                                                      & (db.utxos.c.vout == vout))).first()
+                    if seen is None:  # not reported by watchd already (sent by someone else first)
+                        conn.execute(insert(db.utxos).values(txid=txid, vout=vout, value_sat=value, script=script,
+                                                             height=None, coinbase=False))
                     conn.execute(update(db.addresses).where(db.addresses.c.script == script).values(used=True))
                 conn.execute(delete(db.state).where(db.state.c.key == f"reservation_{reservation}"))
             self.ctx.request("watchd", "watchd.watch", {"kind": "txid", "key": txid, "owner": OWNER, "depths": [1]})
@@ -367,6 +527,9 @@ class Wallet:
                 self.ctx.request("watchd", "watchd.watch", {"kind": "outpoint", "key": f"{txid}:{held['change'][2]}",
                                                             "owner": OWNER})
                 self._fill_gap(1)
+            if unsure is not None:
+                raise RpcError(unsure.code, f"{unsure.message}; transaction {txid} is kept as sent, and sent again "
+                               f"when the backend answers (`abandon {txid}` gives up on it)")
             return {"txid": txid}
 
     def release(self, reservation: str) -> dict[str, Any]:
@@ -381,12 +544,11 @@ class Wallet:
     def withdraw(self, address: str, amount: str, feerate: float | None) -> dict[str, Any]:
         """Pay AMOUNT sat (or `all`) to ADDRESS; returns the txid once the network has it."""
         script = script_for(address, self.network).data
-        send_all = amount.strip().lower() == "all"
+        send_all = amount == "all"  # exactly: a sweep is never a guess from a near miss ("ALL", "al")
         if not send_all:
-            try:
-                value = int(amount)
-            except ValueError:
-                raise WalletError(f"amount must be a number of sat or 'all', not {amount!r}") from None
+            if not re.fullmatch(r"-?[0-9]+", amount):
+                raise WalletError(f"amount must be a number of sat or 'all', not {amount!r}")
+            value = int(amount)
             if value <= 0:
                 raise WalletError("amount must be positive")
         else:
@@ -394,7 +556,8 @@ class Wallet:
         funded = self.fund([(script, value)], feerate, send_all, label=f"withdraw to {address}")
         try:
             sent = self.broadcast(funded["reservation"])
-        except RpcError:
-            self.release(funded["reservation"])
+        except RpcError as e:
+            if e.code == BROADCAST_REJECTED:  # otherwise it may be out there: kept as sent (see broadcast)
+                self.release(funded["reservation"])
             raise
         return {"txid": sent["txid"], "fee_sat": funded["fee_sat"], "feerate": funded["feerate"], "tx": funded["tx"]}

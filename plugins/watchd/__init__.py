@@ -15,6 +15,7 @@ the backend announces mempool transactions) come first with `height` None, then 
 from __future__ import annotations
 
 import threading
+import time
 from typing import Any
 
 from lnp_plugin_api import EventSpec, Field, PerContext, RpcError, ServiceContext, Subscription, hookimpl, rpc_method
@@ -61,14 +62,19 @@ class Watchd:
         self.node_ready.wait(NODE_READY_WAIT)
         while not self.stopping.is_set():
             try:
-                self.scanner.poll()
+                started = time.monotonic()
+                done = self.scanner.poll()
+                self.ctx.log.debug("chain poll: %d block(s) processed in %.1f ms, tip %s", done,
+                                   (time.monotonic() - started) * 1000, self.scanner.tip and self.scanner.tip[0])
                 if self.last_error:
                     self.ctx.log.info("chain backend answering again")
                 self.last_error = ""
+                self.ctx.set_health(None)  # passed on only when it changes
             except RpcError as e:  # the backend is unreachable or not started yet: try again
-                if e.message != self.last_error:
+                if e.message != self.last_error:  # logged once, not at every poll
                     self.ctx.log.warning("chain backend: %s", e.message)
                 self.last_error = e.message
+                self.ctx.set_health(e.message)
             except Exception:
                 self.ctx.log.exception("processing blocks failed")
                 self.ctx.fail("processing blocks failed")

@@ -120,36 +120,40 @@ class Scanner:
     # --- following the chain -------------------------------------------------------------------
 
     def poll(self) -> int:
-        """Process every block the backend has beyond our tip (undoing reorged ones); returns how many."""
+        """Process every block the backend has beyond our tip (undoing reorged ones); returns how many.
+
+        The backend is asked outside the lock, so a slow one never holds up watch requests."""
         done = 0
-        with self.lock:
-            info = self.chain.info()
-            if self.tip is None:
-                start = info.height if self.start_height < 0 else min(self.start_height, info.height)
-                found = self.chain.block(start)
-                if found is None:
-                    return 0
+        info = self.chain.info()
+        if self.tip is None:
+            start = info.height if self.start_height < 0 else min(self.start_height, info.height)
+            found = self.chain.block(start)
+            if found is None:
+                return 0
+            with self.lock:
                 self._connect(start, found[1])
-                done += 1
-            assert self.tip is not None
-            while True:
-                height, tip_hash = self.tip
-                if height > info.height or (height == info.height and tip_hash != info.best_hash):
+            done += 1
+        assert self.tip is not None
+        while True:
+            height, tip_hash = self.tip  # only this thread moves the tip
+            if height > info.height or (height == info.height and tip_hash != info.best_hash):
+                with self.lock:
                     self._disconnect()
-                    done += 1
-                    continue
-                if height == info.height:
-                    return done
-                found = self.chain.block(height + 1)
-                if found is None:  # the backend's tip moved back since `info`
-                    info = self.chain.info()
-                    continue
-                block_hash, parent, _ = parse_block(found[1])
+                done += 1
+                continue
+            if height == info.height:
+                return done
+            found = self.chain.block(height + 1)
+            if found is None:  # the backend's tip moved back since `info`
+                info = self.chain.info()
+                continue
+            block_hash, parent, _ = parse_block(found[1])
+            with self.lock:
                 if parent != tip_hash:  # our tip is not on the backend's chain any more
                     self._disconnect()
                 else:
                     self._connect(height + 1, found[1])
-                done += 1
+            done += 1
 
     def _connect(self, height: int, raw: bytes) -> None:
         block_hash, _, txs = parse_block(raw)
@@ -205,6 +209,7 @@ class Scanner:
             conn.execute(delete(db.blocks).where(db.blocks.c.height <= height - db.KEEP_BLOCKS))
             _log(conn, events)
         self.tip = (height, block_hash)
+        log.debug("block %d (%s) connected: %d transactions, %d events", height, block_hash, len(txs), len(events))
         for name, body in events:
             self.emit(name, body)
 

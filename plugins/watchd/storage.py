@@ -1,7 +1,9 @@
 """watchd's tables: the last processed block, recent block hashes, the watch list and what it matched."""
 from __future__ import annotations
 
-from sqlalchemy import Column, Integer, MetaData, String, Table, Text, BigInteger
+from typing import Any
+
+from sqlalchemy import BigInteger, Column, Integer, MetaData, String, Table, Text, text
 
 from lnp_plugin_api import StorageModels
 
@@ -38,19 +40,34 @@ payments = Table(
 )
 
 # every watch notification, in order, until its owner acknowledges it: an owner that was down when
-# it was emitted (a restarting service) reads what it missed
+# it was emitted (a restarting service) reads what it missed. A number is never given twice, even
+# once every row is acknowledged (SQLite's AUTOINCREMENT): an owner skips numbers it has applied.
 notifications = Table(
     "watchd_notifications", metadata,
     Column("seq", Integer, primary_key=True, autoincrement=True),
     Column("owner", String(64), nullable=False, index=True),
     Column("name", String(32), nullable=False),
     Column("body", Text, nullable=False),
+    sqlite_autoincrement=True,
 )
 
 
-def _add_notifications(conn: object) -> None:
-    notifications.create(conn)  # type: ignore[arg-type]
+def _add_notifications(conn: Any) -> None:
+    notifications.create(conn)
 
 
-MODELS = StorageModels(metadata, version=2, migrations={2: _add_notifications})
+def _never_reuse_numbers(conn: Any) -> None:
+    """Version 2 made the table without AUTOINCREMENT: SQLite then numbered the next notification 1
+    again once all were acknowledged, and owners ignored it as applied. Make it again, rows kept."""
+    if conn.dialect.name != "sqlite":
+        return  # PostgreSQL's sequences never go back
+    conn.execute(text("DROP INDEX IF EXISTS ix_watchd_notifications_owner"))
+    conn.execute(text("ALTER TABLE watchd_notifications RENAME TO watchd_notifications_v2"))
+    notifications.create(conn)
+    conn.execute(text("INSERT INTO watchd_notifications (seq, owner, name, body) "
+                      "SELECT seq, owner, name, body FROM watchd_notifications_v2"))
+    conn.execute(text("DROP TABLE watchd_notifications_v2"))
+
+
+MODELS = StorageModels(metadata, version=3, migrations={2: _add_notifications, 3: _never_reuse_numbers})
 KEEP_BLOCKS = 1000  # block hashes kept for finding where a reorg forked

@@ -1,12 +1,15 @@
 // A bcoin full node made to behave like Bitcoin Core's regtest, for lnp-host's tests and regtest profiles.
 //
-//   node launcher.js --rpc-port 18443 --api-key KEY [--wallet-port 18444] [--prefix DIR] [--exit-with-parent]
+//   LNP_REGTEST_API_KEY=KEY node launcher.js --rpc-port 18443 [--wallet-port 18444] [--prefix DIR] [--exit-with-parent]
 //
-// Prints one JSON line {"ready": true, ...} on stdout once JSON-RPC answers. Differences from stock
+// The API key (the RPC password) comes from the environment, never the command line, which every
+// local user can read. Prints one JSON line on stdout: {"ready": true, ...} once JSON-RPC answers, or
+// {"error": MESSAGE, "port": N} when a port is taken (then exits with status 1). Differences from stock
 // bcoin that this removes (see ../shared/notes/regtest-node.md): Core's address prefixes and RPC
 // port, segwit/CSV/CLTV active from the first blocks, wallet RPC calls on the node's RPC port, and a
 // `sendrawtransaction` that reports mempool rejections with bitcoind's error codes instead of
-// answering with the txid regardless.
+// answering with the txid regardless (and, as bitcoind, answers the txid for a transaction its
+// mempool already holds, also when two sends of it race).
 'use strict';
 
 const fs = require('fs');
@@ -21,7 +24,12 @@ function arg(name, fallback) {
 
 const rpcPort = parseInt(arg('rpc-port', '18443'), 10);
 const walletPort = parseInt(arg('wallet-port', String(rpcPort + 1)), 10);
-const apiKey = arg('api-key', 'lnp');
+const apiKey = process.env.LNP_REGTEST_API_KEY;
+delete process.env.LNP_REGTEST_API_KEY;
+if (!apiKey) {
+  process.stderr.write('regtest node: set LNP_REGTEST_API_KEY (the RPC password)\n');
+  process.exit(2);
+}
 const prefix = arg('prefix', null);
 
 const regtest = networks.regtest;
@@ -89,8 +97,14 @@ async function sendRawTransaction(args, help) {
   try {
     missing = await node.mempool.addTX(tx);
   } catch (e) {
+    // A concurrent send of the same transaction got in first (both checks above were passed
+    // before either was added): bitcoind answers the txid, and so do we.
+    if (e.type === 'VerifyError' && e.reason === 'txn-already-in-mempool')
+      return tx.txid();
+    if (e.type === 'VerifyError' && e.reason === 'txn-already-known')
+      throw new RPCError(-27, 'Transaction already in block chain');
     if (e.type === 'VerifyError') {
-      const code = e.code === 'duplicate' ? -27 : e.reason.includes('missing') ? -25 : -26;
+      const code = e.reason.includes('missing') ? -25 : -26;  // a double spend ('duplicate') too
       throw new RPCError(code, e.reason);
     }
     throw new RPCError(-25, e.message);
@@ -113,7 +127,12 @@ async function sendRawTransaction(args, help) {
   process.stdout.write(JSON.stringify({ ready: true, rpcPort, walletPort, pid: process.pid,
     prefix: prefix && path.resolve(prefix) }) + '\n');
 })().catch((e) => {
-  process.stderr.write(`regtest node failed: ${e.stack || e}\n`);
+  if (e.code === 'EADDRINUSE') {  // a plain answer the caller can show, not a stack trace
+    process.stdout.write(JSON.stringify({ error: `port ${e.port} is in use`, port: e.port }) + '\n');
+    process.stderr.write(`regtest node: port ${e.port} is in use\n`);
+  } else {
+    process.stderr.write(`regtest node failed: ${e.stack || e}\n`);
+  }
   process.exit(1);
 });
 
