@@ -99,20 +99,21 @@ def test_we_connect_to_pyln(nodes) -> None:
 
     def serve() -> None:
         conn, _ = server.accept()
-        nodelay(conn)
-        seen["init"] = conn.read_message()
-        conn.send_message(REGTEST_INIT)
-        conn.send_message(ping(77))
-        seen["pong"] = pong_length(conn.read_message())
-        seen["remote"] = conn.remote_pubkey.serializeCompressed().hex()
-        while True:  # answer the node's pings until it hangs up
-            try:
-                msg = conn.read_message()
-            except (ValueError, OSError):
-                return
-            n = answer_if_ping(conn, msg)
-            if n is not None:
-                seen.setdefault("answered", []).append(n)
+        with conn.connection:  # closed once the node hangs up (or this side fails)
+            nodelay(conn)
+            seen["init"] = conn.read_message()
+            conn.send_message(REGTEST_INIT)
+            conn.send_message(ping(77))
+            seen["pong"] = pong_length(conn.read_message())
+            seen["remote"] = conn.remote_pubkey.serializeCompressed().hex()
+            while True:  # answer the node's pings until it hangs up
+                try:
+                    msg = conn.read_message()
+                except (ValueError, OSError):
+                    return
+                n = answer_if_ping(conn, msg)
+                if n is not None:
+                    seen.setdefault("answered", []).append(n)
 
     thread = threading.Thread(target=serve, daemon=True)
     thread.start()
