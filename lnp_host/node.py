@@ -281,7 +281,7 @@ def run_service(profile: Profile, registry: Registry, service: str, verbosity: i
         return 0
     except ServiceFailed as e:
         log.error("service %s failed: %s", service, e)
-        return 1
+        return 2 if e.fatal else 1
     finally:
         force_node_key(data_dir, None)
         bus.close()

@@ -14,7 +14,7 @@ from typing import Any
 
 import zmq
 
-from lnp_plugin_api import Event, RpcError
+from lnp_plugin_api import Event, RpcError, SettingError
 
 from . import bus as wire
 from .bus import decode, encode, new_socket, prepare_bind, wire_from_frames
@@ -24,7 +24,11 @@ POLL_MS = 100
 
 
 class ServiceFailed(Exception):
-    """The service could not start or was declared broken."""
+    """The service could not start or was declared broken; `fatal` when a restart cannot help."""
+
+    def __init__(self, reason: str, fatal: bool = False) -> None:
+        super().__init__(reason)
+        self.fatal = fatal
 
 
 class ServiceRuntime:
@@ -37,6 +41,7 @@ class ServiceRuntime:
         self.log = logging.getLogger(f"lnp.{name}")
         self.ready = threading.Event()
         self.error: str | None = None
+        self.fatal = False  # it failed on a setting (SettingError): restarting cannot help
         self._stop = threading.Event()
         # handlers may answer later with a Future; its reply is sent from this thread when it is done
         self._finished: queue.SimpleQueue[tuple[bytes, bytes, str, Future[Any]]] = queue.SimpleQueue()
@@ -67,6 +72,9 @@ class ServiceRuntime:
             for plugin in self.plugins:
                 try:
                     self.env.registry.call("lnp_startup", plugin, ctx=contexts[plugin])
+                except SettingError as e:  # the user's to fix: one line, no traceback
+                    self.log.error("%s", e)
+                    raise ServiceFailed(str(e), fatal=True) from None
                 except Exception as e:
                     self.log.exception("plugin %s failed to start", plugin)
                     raise ServiceFailed(f"plugin {plugin!r} failed to start: {type(e).__name__}: {e}") from None
@@ -76,7 +84,7 @@ class ServiceRuntime:
             self.ready.set()
             self._loop(control, message)
         except ServiceFailed as e:
-            self.error = str(e)
+            self.error, self.fatal = str(e), e.fatal
             raise
         finally:
             for plugin in reversed(started):

@@ -32,6 +32,7 @@ from .runtime import ServiceRuntime
 
 log = logging.getLogger("lnp.host.supervisor")
 START_TIMEOUT = 30.0
+EXIT_BAD_SETTING = 2  # a service that cannot start on its settings; the node exits with it too
 STOP_TIMEOUT = 10.0
 
 
@@ -51,6 +52,7 @@ class ServiceHandle:
     connected: bool = False
     down_since: float = 0.0          # monotonic time the heartbeat connection was last lost
     monitor: Any = None              # (heartbeat DEALER, its monitor socket) for process services
+    fatal: bool = False              # failed on a setting: not restarted, the node exits with status 2
     runtime: ServiceRuntime | None = None
     thread: threading.Thread | None = None
     process: subprocess.Popen[bytes] | None = None
@@ -136,6 +138,7 @@ class Supervisor:
             deadline = time.monotonic() + START_TIMEOUT
             while not runtime.ready.wait(0.05):
                 if not thread.is_alive() or time.monotonic() > deadline:
+                    handle.fatal = runtime.fatal
                     self._set(handle, "failed", runtime.error or "did not start in time")
                     return False
         else:
@@ -145,6 +148,7 @@ class Supervisor:
             deadline = time.monotonic() + START_TIMEOUT
             while True:
                 if handle.process.poll() is not None:
+                    handle.fatal = handle.process.returncode == EXIT_BAD_SETTING
                     self._set(handle, "failed", f"exited with status {handle.process.returncode} while starting")
                     return False
                 if self._ping(handle, 0.2):
@@ -233,6 +237,8 @@ class Supervisor:
             if policy["on_failure"] == "stop":
                 self.request_stop(1)
             return
+        if handle.fatal:  # it cannot start on its settings: a restart cannot help
+            policy = {**policy, "on_failure": "stop"}
         self._kill(handle)
         self._drop_monitor(handle)
         # only recent restarts count: a service that crashes now and then, months apart, is kept
@@ -254,7 +260,7 @@ class Supervisor:
                       f"({policy['restart_window']:g}s)")
         self._set(handle, "failed", reason)
         log.error("service %s failed (%s): stopping the node", handle.name, reason)
-        self.request_stop(1)
+        self.request_stop(EXIT_BAD_SETTING if handle.fatal else 1)
 
     def request_stop(self, status: int = 0) -> None:
         """Ask the node to stop; `status` becomes the exit status unless one was set already."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import struct
 from typing import Awaitable, Callable
 
 from lnp_plugin_api import KeyCustody
@@ -25,6 +26,7 @@ CHUNK = 64 * 1024              # room offered to each receive, once messages are
 CAPACITY = READ_HIGH_WATER + 2 * CHUNK
 FIRST_CAPACITY = 4096          # most connections only ever see small messages
 JOIN_BELOW = 4096              # messages smaller than this are sent as one joined frame
+CLOSE_GRACE = 5.0              # seconds a closing connection may take to flush before it is aborted
 
 
 class Connection(asyncio.BufferedProtocol):
@@ -41,6 +43,7 @@ class Connection(asyncio.BufferedProtocol):
         self._on_connected = on_connected
         self.transport: asyncio.Transport | None = None
         self.task: asyncio.Task[None] | None = None  # serves an accepted connection
+        self.received = 0  # bytes received so far (a handshake that has not sent act one is idle)
 
     # --- protocol callbacks --------------------------------------------------------------------
 
@@ -69,6 +72,7 @@ class Connection(asyncio.BufferedProtocol):
 
     def buffer_updated(self, nbytes: int) -> None:
         self._end += nbytes
+        self.received += nbytes
         if self._end - self._start >= READ_HIGH_WATER and not self._reading_paused and self.transport:
             self._reading_paused = True
             self.transport.pause_reading()
@@ -146,10 +150,27 @@ class Connection(asyncio.BufferedProtocol):
         """Bytes written but not yet handed to the kernel."""
         return self.transport.get_write_buffer_size() if self.transport else 0
 
-    def close(self) -> None:
-        """Close after sending what is buffered."""
-        if self.transport is not None:
-            self.transport.close()
+    def close(self, grace: float = CLOSE_GRACE) -> None:
+        """Close after sending what is buffered, or abort once `grace` seconds have not sufficed
+        (a peer that stops reading would otherwise keep the socket open for ever)."""
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        transport.close()
+        if transport.get_write_buffer_size():
+            asyncio.get_running_loop().call_later(grace, self.abort)
+
+    def abort(self) -> None:
+        """Reset the connection at once, dropping what is buffered here and in the kernel."""
+        if self.transport is None:
+            return
+        sock = self.transport.get_extra_info("socket")
+        if sock is not None and sock.fileno() >= 0:
+            try:  # linger 0: the kernel resets instead of keeping an orphan socket with its send buffer
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            except OSError:
+                pass
+        self.transport.abort()
 
     def peername(self) -> tuple[str, int] | None:
         """The remote IP address and port."""
@@ -202,8 +223,12 @@ class NoiseStream:
         return self.conn.buffered()
 
     def close(self) -> None:
-        """Close the connection (what is buffered is still sent)."""
+        """Close the connection (what is buffered is still sent, within a grace period)."""
         self.conn.close()
+
+    def abort(self) -> None:
+        """Close the connection at once, dropping what is buffered."""
+        self.conn.abort()
 
 
 async def initiate(conn: Connection, custody: KeyCustody, remote_id: bytes, timeout: float) -> NoiseStream:
@@ -217,11 +242,14 @@ async def initiate(conn: Connection, custody: KeyCustody, remote_id: bytes, time
     return NoiseStream(conn, hs.session)
 
 
-async def respond(conn: Connection, custody: KeyCustody, timeout: float) -> NoiseStream:
-    """Run the responder's side of the handshake, within `timeout` seconds."""
+async def respond(conn: Connection, custody: KeyCustody, timeout: float,
+                  act_one_timeout: float | None = None) -> NoiseStream:
+    """Run the responder's side of the handshake, within `timeout` seconds; act one must also come
+    within `act_one_timeout` (a silent connection is dropped long before a slow handshake)."""
     hs = Handshake(custody)
     async with asyncio.timeout(timeout):
-        act_one = await _read_act(conn, ACT_ONE_SIZE, "ACT1")
+        async with asyncio.timeout(act_one_timeout):
+            act_one = await _read_act(conn, ACT_ONE_SIZE, "ACT1")
         conn.write(hs.read_act_one(act_one))
         hs.read_act_three(await _read_act(conn, ACT_THREE_SIZE, "ACT3"))
     assert hs.session is not None

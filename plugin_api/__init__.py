@@ -19,7 +19,8 @@ import pluggy
 from .channel import ChannelExtension, TxDraft, TxOutDraft
 from .features import FeatureSpec
 from .types import (REQUIRED, Decision, DecisionSpec, Event, EventSpec, Field, KeyCustody, NodeInfo,
-                    Param, PerContext, RemoteCustody, RpcError, RpcMethod, ServiceContext, Storage, StorageModels, Subscription,
+                    Param, PerContext, RemoteCustody, RpcError, RpcMethod, ServiceContext, SettingError, Storage,
+                    StorageModels, Subscription,
                     WireMessage, rpc_method)
 
 PROJECT = "lnp_host"
@@ -29,6 +30,6 @@ hookimpl = pluggy.HookimplMarker(PROJECT)
 __all__ = [
     "ENTRY_POINT_GROUP", "PROJECT", "REQUIRED", "ChannelExtension", "Decision", "DecisionSpec", "Event",
     "EventSpec", "FeatureSpec", "Field", "KeyCustody", "NodeInfo", "Param", "PerContext", "RemoteCustody", "RpcError", "RpcMethod", "ServiceContext",
-    "Storage", "StorageModels", "Subscription", "TxDraft", "TxOutDraft", "WireMessage", "hookimpl",
+    "SettingError", "Storage", "StorageModels", "Subscription", "TxDraft", "TxOutDraft", "WireMessage", "hookimpl",
     "rpc_method",
 ]

@@ -42,7 +42,8 @@ def lnp_service() -> str:
 def lnp_startup(ctx: ServiceContext) -> None:
     """Start: open resources, start background threads. Runs in the plugin's service.
 
-    Raising here fails the service; the profile's failure policy decides what happens next.
+    Raising here fails the service; the profile's failure policy decides what happens next. A
+    setting that cannot be used (a port taken) raises `SettingError`: no restart, the node exits with 2.
     """
 
 

@@ -38,6 +38,19 @@ class Field:
         return self.default is REQUIRED
 
 
+class SettingError(Exception):
+    """Raised by `lnp_startup` when a setting cannot be used here (a listen port already taken).
+
+    Restarting cannot help, so the node logs the one-line message (no traceback), does not restart
+    the service, and exits with status 2, as for a bad profile. `key` names the setting as a user
+    writes it (`plugins.NAME.KEY`).
+    """
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(f"{key}: {message}")
+        self.key, self.message = key, message
+
+
 # --- RPC -----------------------------------------------------------------------------------------
 
 class RpcError(Exception):

@@ -38,14 +38,39 @@ def our_init(features: bytes = b"", networks: list[bytes] | None = None) -> byte
     return INIT.encode({"globalfeatures": b"", "features": features, "tlvs": {"networks": {"chains": nets}}})
 
 
-class RawPeer:
-    """A TCP connection to a node that speaks BOLT-8 only when told to."""
+TCP_ESTABLISHED, TCP_CLOSE = 1, 7  # Linux's tcp_info states
 
-    def __init__(self, port: int, host: str = "127.0.0.1", key: Key | None = None, timeout: float = 10.0) -> None:
+
+def tcp_state(sock: socket.socket) -> int:
+    """The kernel's TCP state of `sock` (Linux): TCP_CLOSE once the other side has reset it."""
+    return sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 1)[0]
+
+
+class RawPeer:
+    """A TCP connection to a node that speaks BOLT-8 only when told to. Close it (or use `with`)."""
+
+    def __init__(self, port: int, host: str = "127.0.0.1", key: Key | None = None, timeout: float = 10.0,
+                 rcvbuf: int | None = None, source: str | None = None) -> None:
         self.key = key or Key()
-        self.sock = socket.create_connection((host, port), timeout=timeout)
-        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+        try:
+            if source is not None:  # e.g. 127.0.0.2: another source address on loopback
+                self.sock.bind((source, 0))
+            if rcvbuf is not None:  # before connecting, so the window the node sees is small
+                self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+            self.sock.settimeout(timeout)
+            self.sock.connect((host, port))
+            self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except BaseException:
+            self.sock.close()
+            raise
         self.session: Session | None = None
+
+    def __enter__(self) -> "RawPeer":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def recv_exactly(self, n: int) -> bytes:
         """Exactly n bytes; raises EOFError if the node closes first."""
@@ -56,6 +81,13 @@ class RawPeer:
                 raise EOFError(f"closed after {len(out)} of {n} bytes")
             out += chunk
         return out
+
+    def act_one(self, node_id: bytes) -> Handshake:
+        """Send act one to `node_id` and read act two, then stall (the handshake is left unfinished)."""
+        hs = Handshake(self.key, node_id)
+        self.sock.sendall(hs.act_one())
+        self.recv_exactly(50)
+        return hs
 
     def handshake(self, node_id: bytes) -> "RawPeer":
         """Run the initiator's handshake to `node_id`."""

@@ -40,6 +40,7 @@ class Socks5Proxy:
             threading.Thread(target=self._handle, args=(client,), daemon=True).start()
 
     def _handle(self, client: socket.socket) -> None:
+        upstream: socket.socket | None = None
         try:
             def exactly(n: int) -> bytes:
                 out = b""
@@ -73,12 +74,16 @@ class Socks5Proxy:
                 return
             upstream.settimeout(None)
             client.sendall(b"\x05\x00\x00\x01" + bytes(6))
-            threading.Thread(target=_pipe, args=(upstream, client), daemon=True).start()
+            back = threading.Thread(target=_pipe, args=(upstream, client), daemon=True)
+            back.start()
             _pipe(client, upstream)
+            back.join(10)  # the target sees our EOF and closes its side too
         except (OSError, EOFError):
             pass
         finally:
             client.close()
+            if upstream is not None:
+                upstream.close()
 
 
 def _pipe(src: socket.socket, dst: socket.socket) -> None:

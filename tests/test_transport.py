@@ -11,7 +11,7 @@ import pytest
 
 from lnp_host.noise import Handshake
 from lnp_host.transport import Connection, connect, initiate, respond, serve
-from peer_tools import Key
+from peer_tools import TCP_CLOSE, Key, tcp_state
 
 
 def run(coro):  # type: ignore[no-untyped-def]
@@ -29,30 +29,37 @@ def test_mixed_sizes_both_ways_across_rotations() -> None:
         done = asyncio.Event()
 
         async def handle(conn: Connection) -> None:
-            stream = await respond(conn, server_key, 5)
-            for _ in payloads:
-                msg = await stream.read_message()
-                received.append(hashlib.sha256(msg).digest())
-                stream.write_message(msg)  # echo
-            done.set()
+            try:
+                stream = await respond(conn, server_key, 5)
+                for _ in payloads:
+                    msg = await stream.read_message()
+                    received.append(hashlib.sha256(msg).digest())
+                    stream.write_message(msg)  # echo
+                done.set()
+            finally:
+                conn.close()
 
         server = await serve(handle, "127.0.0.1", 0)
         port = server.sockets[0].getsockname()[1]
-        stream = await initiate(await connect("127.0.0.1", port, 5), client_key, server_key.node_id(), 5)
-        assert stream.remote_id == server_key.node_id()
+        conn = await connect("127.0.0.1", port, 5)
+        try:
+            stream = await initiate(conn, client_key, server_key.node_id(), 5)
+            assert stream.remote_id == server_key.node_id()
 
-        async def send() -> None:
+            async def send() -> None:
+                for p in payloads:
+                    stream.write_message(p)
+                    await stream.drain()
+
+            sender = asyncio.create_task(send())
             for p in payloads:
-                stream.write_message(p)
-                await stream.drain()
-
-        sender = asyncio.create_task(send())
-        for p in payloads:
-            assert await stream.read_message() == p
-        await sender
-        await done.wait()
-        assert received == [hashlib.sha256(p).digest() for p in payloads]
-        server.close()
+                assert await stream.read_message() == p
+            await sender
+            await done.wait()
+            assert received == [hashlib.sha256(p).digest() for p in payloads]
+        finally:
+            conn.close()
+            server.close()
 
     run(main())
 
@@ -63,33 +70,37 @@ def test_a_frame_trickling_in_byte_by_byte() -> None:
 
     async def main() -> None:
         async def handle(conn: Connection) -> None:
-            stream = await respond(conn, server_key, 5)
-            for _ in range(2):
-                await got.put(await stream.read_message())
+            try:
+                stream = await respond(conn, server_key, 5)
+                for _ in range(2):
+                    await got.put(await stream.read_message())
+            finally:
+                conn.close()
 
         server = await serve(handle, "127.0.0.1", 0)
         port = server.sockets[0].getsockname()[1]
 
         def client() -> None:
-            sock = socket.create_connection(("127.0.0.1", port))
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            hs = Handshake(client_key, server_key.node_id())
-            sock.sendall(hs.act_one())
-            act_two = b""
-            while len(act_two) < 50:
-                act_two += sock.recv(50 - len(act_two))
-            sock.sendall(hs.read_act_two(act_two))
-            assert hs.session is not None
-            frames = hs.session.encrypt_message(b"\x00\x12" + bytes(5000)) + hs.session.encrypt_message(b"end")
-            for i in range(0, len(frames), 7):
-                sock.sendall(frames[i:i + 7])
-            sock.close()  # what was sent is still read: EOF comes after it
+            with socket.create_connection(("127.0.0.1", port)) as sock:  # closed: EOF comes after what was sent
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                hs = Handshake(client_key, server_key.node_id())
+                sock.sendall(hs.act_one())
+                act_two = b""
+                while len(act_two) < 50:
+                    act_two += sock.recv(50 - len(act_two))
+                sock.sendall(hs.read_act_two(act_two))
+                assert hs.session is not None
+                frames = hs.session.encrypt_message(b"\x00\x12" + bytes(5000)) + hs.session.encrypt_message(b"end")
+                for i in range(0, len(frames), 7):
+                    sock.sendall(frames[i:i + 7])
 
-        task = asyncio.get_running_loop().run_in_executor(None, client)
-        assert await got.get() == b"\x00\x12" + bytes(5000)
-        assert await got.get() == b"end"
-        await task
-        server.close()
+        try:
+            task = asyncio.get_running_loop().run_in_executor(None, client)
+            assert await got.get() == b"\x00\x12" + bytes(5000)
+            assert await got.get() == b"end"
+            await task
+        finally:
+            server.close()
 
     run(main())
 
@@ -105,6 +116,8 @@ def test_silence_and_truncation() -> None:
                 await respond(conn, server_key, 0.3)
             except Exception as e:
                 await outcomes.put(type(e).__name__ + ":" + str(e))
+            finally:
+                conn.close()
 
         server = await serve(handle, "127.0.0.1", 0)
         port = server.sockets[0].getsockname()[1]
@@ -126,3 +139,63 @@ def test_connect_refused() -> None:
         port = s.getsockname()[1]
     with pytest.raises(ConnectionRefusedError):
         run(connect("127.0.0.1", port, 5))
+
+
+def test_act_one_has_its_own_deadline() -> None:
+    server_key = Key()
+
+    async def main() -> None:
+        outcomes: asyncio.Queue = asyncio.Queue()
+
+        async def handle(conn: Connection) -> None:
+            started = asyncio.get_running_loop().time()
+            try:
+                await respond(conn, server_key, 5, act_one_timeout=0.3)
+                await outcomes.put("done")
+            except Exception as e:
+                await outcomes.put((type(e).__name__, round(asyncio.get_running_loop().time() - started, 1),
+                                    conn.received))
+            finally:
+                conn.close()
+
+        server = await serve(handle, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        silent, slow = await connect("127.0.0.1", port, 5), await connect("127.0.0.1", port, 5)
+        try:
+            slow.write(Handshake(Key(), server_key.node_id()).act_one())  # then never act three
+            name, took, received = await outcomes.get()
+            assert (name, received) == ("TimeoutError", 0) and took < 1  # the silent one, at 0.3 s
+            assert outcomes.empty()
+            await asyncio.sleep(0.5)
+            assert outcomes.empty()  # the slow one is held to the whole handshake's 5 s only
+        finally:
+            silent.close()
+            slow.close()
+            server.close()
+
+    run(main())
+
+
+def test_close_gives_up_on_a_peer_that_does_not_read() -> None:
+    """A graceful close waits for the peer to read what is buffered; within a grace period only, then
+    the connection is reset (else a peer that never reads keeps the socket and its buffers for ever)."""
+
+    async def main() -> None:
+        async def handle(conn: Connection) -> None:
+            for _ in range(128):
+                conn.write(bytes(65536))  # 8 MB, far more than the socket buffers hold
+            await asyncio.sleep(0.2)
+            conn.close(grace=0.3)
+
+        server = await serve(handle, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        with socket.socket() as reader:
+            reader.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            reader.connect(("127.0.0.1", port))  # and never reads
+            started = asyncio.get_running_loop().time()
+            while tcp_state(reader) != TCP_CLOSE:
+                assert asyncio.get_running_loop().time() - started < 3, "the connection was never reset"
+                await asyncio.sleep(0.05)
+        server.close()
+
+    run(main())

@@ -16,7 +16,7 @@ from lnp_plugin_api.wire import WireError, split_message
 
 from . import storage
 from .manager import CUSTOM_FROM, PeerManager
-from .options import SCHEMA, Options
+from .options import SCHEMA, Options, listen_problem
 
 # Handlers answer with a Future completed by peerd's I/O loop: the service keeps serving meanwhile.
 Later = Future[dict[str, Any]]
@@ -122,10 +122,10 @@ def listen(ctx: ServiceContext, address: str | None = None) -> dict[str, Any] | 
     manager = _manager(ctx)
     if address is None:
         return {"listening": list(manager.listening)}
-    try:
-        parsed = parse_address(address)
-    except AddressError as e:
-        raise RpcError(RpcError.INVALID_PARAMS, str(e)) from None
+    problem = listen_problem(address)
+    if problem:
+        raise RpcError(RpcError.INVALID_PARAMS, problem)
+    parsed = parse_address(address)
     async def listening() -> dict[str, Any]:
         return {"listening": await manager.listen(parsed)}
     return manager.submit(listening())

@@ -8,14 +8,17 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
+import os
 import random
 import threading
+import weakref
 from collections import deque
 from concurrent.futures import Future, TimeoutError as FutureTimeout
 from typing import Any, Coroutine, TypeVar
 
+from lnp_host.noise import ACT_ONE_SIZE
 from lnp_host.transport import Connection, HandshakeError, NoiseStream, connect, initiate, respond, serve
-from lnp_plugin_api import RpcError, ServiceContext, WireMessage, features
+from lnp_plugin_api import RpcError, ServiceContext, SettingError, WireMessage, features
 from lnp_plugin_api.addresses import IPV4, IPV6, TORV3, Address, encode_descriptor, parse_address
 from lnp_plugin_api.chains import chain_hash
 from lnp_plugin_api.wire import INIT
@@ -24,11 +27,13 @@ from . import socks5, storage
 from .errors import CONNECT_FAILED, NOT_CONNECTED, PING_FAILED, PeerError
 from .options import Options
 from .peer import Peer
+from .slots import Slots, source_of
 
 log = logging.getLogger("lnp.peerd")
 T = TypeVar("T")
 CUSTOM_FROM = 32768
 CUSTOM_KEPT = 1000  # received custom messages kept for `listcustommsgs`
+SHED_LOG_EVERY = 10.0  # seconds between summaries of inbound connections refused or closed to make room
 
 
 class PeerManager:
@@ -41,7 +46,11 @@ class PeerManager:
         self.chain_hash = chain_hash(self.network)
         self.node_features = tuple(ctx.node.features)
         self.peers: dict[bytes, Peer] = {}
-        self.handshaking = 0
+        self.slots = Slots(options.max_handshakes, options.reserved_handshakes, options.handshakes_per_address)
+        self._conns: weakref.WeakSet[Connection] = weakref.WeakSet()  # aborted at shutdown if still open
+        self._shed = 0  # inbound connections refused (or closed to make room) since the last log line
+        self._shed_last = ""
+        self._shed_timer: asyncio.TimerHandle | None = None
         self.listening: list[str] = []
         self.custom: deque[dict[str, Any]] = deque(maxlen=CUSTOM_KEPT)
         self._custom_seq = 0
@@ -61,7 +70,10 @@ class PeerManager:
         """Start the loop, listen on the configured addresses, and reconnect persistent peers."""
         self._thread.start()
         for address in self.options.listen:
-            self.run(self.listen(address))
+            try:
+                self.run(self.listen(address))
+            except RpcError as e:  # a port taken, an address not ours: the setting, not peerd, is at fault
+                raise SettingError("plugins.peerd.listen", e.message) from None
         self.run(self._resume_persistent())
 
     def stop(self) -> None:
@@ -111,8 +123,7 @@ class PeerManager:
 
     def _spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
         task = asyncio.create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._track(task)
         return task
 
     def _send_wire(self, msg: WireMessage) -> None:
@@ -130,7 +141,7 @@ class PeerManager:
         try:
             server = await serve(self._accept, address.host, address.port)
         except OSError as e:
-            raise RpcError(RpcError.INVALID_PARAMS, f"cannot listen on {address}: {e.strerror or e}") from None
+            raise RpcError(RpcError.INVALID_PARAMS, f"cannot listen on {address}: {_why(e)}") from None
         self._servers.append(server)
         for sock in server.sockets:
             host, port = sock.getsockname()[:2]
@@ -143,13 +154,21 @@ class PeerManager:
         self._stopping = True
         for server in self._servers:
             server.close()
+        if self._shed_timer is not None:
+            self._shed_timer.cancel()
         for task in list(self._reconnects.values()):
             task.cancel()
         for peer in list(self.peers.values()):
             peer.close("node shutting down")
+        for slot in self.slots.strangers():
+            if slot.conn is not None:
+                slot.conn.close()
         pending = [t for t in self._tasks if t is not asyncio.current_task()]
         if pending:
             await asyncio.wait(pending, timeout=5)
+        for conn in list(self._conns):  # still flushing to a peer that does not read: the loop ends now
+            conn.abort()
+        await asyncio.sleep(0)  # let the transports release their sockets
 
     def _our_init(self, direction: str, peer_host: str | None, peer_port: int | None) -> bytes:
         tlvs: dict[str, Any] = {"networks": {"chains": [self.chain_hash]}}
@@ -167,25 +186,76 @@ class PeerManager:
     async def _accept(self, conn: Connection) -> None:
         host, port = conn.peername() or ("?", 0)
         shown = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-        if self._stopping or self.handshaking >= self.options.max_handshakes \
-                or len(self.peers) + self.handshaking >= self.options.max_peers:
-            log.info("refused connection from %s: at the limit of handshakes or peers", shown)
+        self._conns.add(conn)
+        if self._stopping:
             conn.close()
             return
-        self.handshaking += 1
+        if len(self.peers) + len(self.slots) >= self.options.max_peers:
+            self._refused(shown, f"at max_peers = {self.options.max_peers}")
+            conn.close()
+            return
+        slot, why = self.slots.inbound(source_of(host), conn)
+        if slot is None:
+            self._refused(shown, why)
+            conn.close()
+            return
+        self._track(asyncio.current_task())
+        log.debug("accepted connection from %s", shown)
         try:
             try:
-                stream = await respond(conn, self.ctx.keys, self.options.handshake_timeout)
+                stream = await respond(conn, self.ctx.keys, self.options.handshake_timeout,
+                                       self.options.act_one_timeout)
             except (HandshakeError, TimeoutError, EOFError, OSError) as e:
-                log.info("handshake from %s failed: %s", shown, _why(e))
+                if slot.evicted:
+                    self._refused(shown, f"closed in the handshake: {slot.evicted}")
+                else:
+                    log.debug("handshake from %s failed: %s", shown, self._handshake_failure(e, conn))
                 conn.close()
                 return
+            except BaseException:  # cancelled: the node is stopping
+                conn.close()
+                raise
+            log.debug("handshake from %s done: node %s", shown, stream.remote_id.hex())
+            if storage.get(self.ctx.storage, stream.remote_id.hex()) is not None:
+                self.slots.trust(slot)  # a known peer: its init goes on in a reserved slot
             peer = Peer(self, stream, shown, "in")
             if not await self._init(peer, self._our_init("in", host, port)):
                 return
         finally:
-            self.handshaking -= 1
+            self.slots.release(slot)
         await self._register(peer, None)
+
+    def _handshake_failure(self, e: BaseException, conn: Connection) -> str:
+        if isinstance(e, TimeoutError) and conn.received < ACT_ONE_SIZE:
+            return f"no act one within {self.options.act_one_timeout:g}s (act_one_timeout)"
+        if isinstance(e, TimeoutError):
+            return f"not done within {self.options.handshake_timeout:g}s (handshake_timeout)"
+        return _why(e)
+
+    def _refused(self, shown: str, why: str) -> None:
+        """Log an inbound connection refused (or closed to make room). The first after a quiet spell is
+        logged at once; those that follow are counted and summed up every SHED_LOG_EVERY seconds (each
+        at debug level), so a flood of connections is not a flood of log lines."""
+        if self._shed_timer is None:
+            log.info("refused connection from %s: %s", shown, why)
+            self._shed_timer = self.loop.call_later(SHED_LOG_EVERY, self._shed_summary)
+            return
+        log.debug("refused connection from %s: %s", shown, why)
+        self._shed += 1
+        self._shed_last = f"the last from {shown}: {why}"
+
+    def _shed_summary(self) -> None:
+        self._shed_timer = None
+        if self._shed:
+            log.info("refused %d more inbound connection%s in %gs (%s)", self._shed, "" if self._shed == 1 else "s",
+                     SHED_LOG_EVERY, self._shed_last)
+            self._shed = 0
+            self._shed_timer = self.loop.call_later(SHED_LOG_EVERY, self._shed_summary)
+
+    def _track(self, task: asyncio.Task[Any] | None) -> None:
+        if task is not None:
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
 
     async def _init(self, peer: Peer, our_init: bytes) -> bool:
         """Exchange `init`; on failure close the connection (warning the peer) and return False."""
@@ -196,6 +266,9 @@ class PeerManager:
             return True
         except PeerError as e:
             peer._fail(e)
+        except asyncio.CancelledError:
+            peer.close("cancelled")
+            raise
         except Exception as e:  # a transport failure during init
             peer.close_reason = _why(e)
         log.info("peer %s (%s) refused: %s", peer.node_id.hex(), peer.address, peer.close_reason)
@@ -306,34 +379,49 @@ class PeerManager:
 
     async def _dial(self, node_id: bytes, address: Address) -> Peer:
         opts = self.options
-        if self.handshaking >= opts.max_handshakes or len(self.peers) + self.handshaking >= opts.max_peers:
-            raise RpcError(CONNECT_FAILED, "at the limit of handshakes or peers; try again later")
+        if len(self.peers) + len(self.slots) >= opts.max_peers:
+            raise RpcError(CONNECT_FAILED, f"at max_peers = {opts.max_peers} connections; try again later")
         via_proxy = opts.proxy is not None and (opts.proxy_all or address.kind == TORV3)
         if address.kind == TORV3 and opts.proxy is None:
             raise RpcError(CONNECT_FAILED, f"{address} is a Tor onion address: set [plugins.peerd] proxy")
-        self.handshaking += 1
+        slot = self.slots.outbound()
+        if slot is None:
+            raise RpcError(CONNECT_FAILED, f"all {len(self.slots)} handshake slots are in use (max_handshakes + "
+                           "reserved_handshakes); try again later")
         try:
-            try:
-                if via_proxy:
-                    assert opts.proxy is not None
-                    conn = await socks5.open_connection(opts.proxy, address, opts.connect_timeout)
-                else:
-                    conn = await connect(address.host, address.port, opts.connect_timeout)
-            except (OSError, EOFError, TimeoutError) as e:
-                raise RpcError(CONNECT_FAILED, f"cannot connect to {address}"
-                               f"{' through proxy ' + str(opts.proxy) if via_proxy else ''}: {_why(e)}") from None
-            try:
-                stream: NoiseStream = await initiate(conn, self.ctx.keys, node_id, opts.handshake_timeout)
-            except (HandshakeError, TimeoutError, EOFError, OSError) as e:
-                conn.close()
-                hint = " (is the node id right?)" if isinstance(e, HandshakeError) and "ACT2_READ" in e.code else ""
-                raise RpcError(CONNECT_FAILED, f"handshake with {address} failed: {_why(e)}{hint}") from None
-            peer = Peer(self, stream, str(address), "out")
-            if not await self._init(peer, self._our_init("out", None, None)):
-                raise RpcError(CONNECT_FAILED, f"{node_id.hex()} refused: {peer.close_reason}")
-            return peer
+            return await self._handshake_out(node_id, address, via_proxy)
         finally:
-            self.handshaking -= 1
+            self.slots.release(slot)
+
+    async def _handshake_out(self, node_id: bytes, address: Address, via_proxy: bool) -> Peer:
+        opts = self.options
+        proxied = f" through proxy {opts.proxy}" if via_proxy else ""
+        log.debug("dialling %s at %s%s", node_id.hex(), address, proxied)
+        try:
+            if via_proxy:
+                assert opts.proxy is not None
+                conn = await socks5.open_connection(opts.proxy, address, opts.connect_timeout)
+            else:
+                conn = await connect(address.host, address.port, opts.connect_timeout)
+        except (OSError, EOFError, TimeoutError) as e:
+            log.debug("cannot connect to %s%s: %s", address, proxied, _why(e))
+            raise RpcError(CONNECT_FAILED, f"cannot connect to {address}{proxied}: {_why(e)}") from None
+        self._conns.add(conn)
+        try:
+            stream: NoiseStream = await initiate(conn, self.ctx.keys, node_id, opts.handshake_timeout)
+        except (HandshakeError, TimeoutError, EOFError, OSError) as e:
+            conn.close()
+            why = _act_two_failure(e, conn, opts.handshake_timeout)
+            log.debug("handshake with %s at %s failed: %s", node_id.hex(), address, why)
+            raise RpcError(CONNECT_FAILED, f"handshake with {address} failed: {why}") from None
+        except BaseException:  # cancelled (the caller's deadline, or shutdown)
+            conn.close()
+            raise
+        log.debug("handshake with %s at %s done", node_id.hex(), address)
+        peer = Peer(self, stream, str(address), "out")
+        if not await self._init(peer, self._our_init("out", None, None)):
+            raise RpcError(CONNECT_FAILED, f"{node_id.hex()} refused: {peer.close_reason}")
+        return peer
 
     async def disconnect(self, node_id: bytes) -> dict[str, Any]:
         """Close the connection; a persistent peer is not redialled until `connect` or a restart."""
@@ -420,11 +508,24 @@ class PeerManager:
                 del self._reconnects[node_id]
 
 
+def _act_two_failure(e: BaseException, conn: Connection, timeout: float) -> str:
+    """Why our handshake failed, as far as the initiator can tell."""
+    if isinstance(e, TimeoutError):
+        return f"no answer within {timeout:g}s (handshake_timeout)"
+    if isinstance(e, HandshakeError) and e.code == "ACT2_READ_FAILED" and conn.received == 0:
+        # a responder that cannot decrypt act one and one that refuses the connection look the same
+        return ("the node closed the connection without answering act one: either the node id is not "
+                "that node's, or it refused the connection (busy, or at a connection limit)")
+    return _why(e)
+
+
 def _why(e: BaseException) -> str:
     if isinstance(e, TimeoutError):
         return "timed out"
     if isinstance(e, asyncio.IncompleteReadError):
         return "connection closed by peer"
+    if isinstance(e, OSError) and e.errno and e.errno > 0:  # asyncio's strerror is a sentence; this is the cause
+        return os.strerror(e.errno)
     if isinstance(e, OSError) and e.strerror:
         return e.strerror
     return str(e) or type(e).__name__

@@ -5,16 +5,27 @@ from dataclasses import dataclass
 from typing import Any
 
 from lnp_plugin_api import Field
-from lnp_plugin_api.addresses import TORV3, Address, AddressError, parse_address
+from lnp_plugin_api.addresses import IPV4, IPV6, TORV3, Address, AddressError, parse_address
+
+
+def listen_problem(value: str) -> str | None:
+    """Why `value` cannot be listened on (not IP:PORT or [IPv6]:PORT), or None."""
+    problem = _address_check(value)
+    if problem:
+        return f"{value!r}: {problem}"
+    kind = parse_address(value).kind
+    if kind == TORV3:
+        return f"{value!r}: listen on a local address; Tor publishes the onion service itself"
+    if kind not in (IPV4, IPV6):
+        return f"{value!r}: listen on an IP address, HOST:PORT or [IPv6]:PORT (e.g. 0.0.0.0:9735), not a name"
+    return None
 
 
 def _listen_check(values: list[str]) -> str | None:
     for v in values:
-        problem = _address_check(v)
+        problem = listen_problem(v)
         if problem:
             return problem
-        if parse_address(v).kind == TORV3:
-            return f"{v!r}: listen on a local address; Tor publishes the onion service itself"
     return None
 
 
@@ -39,7 +50,12 @@ SCHEMA: dict[str, Field] = {
     "connect_timeout": Field(float, 30.0, "seconds to open a TCP (or proxied) connection", check=_positive),
     "handshake_timeout": Field(float, 30.0, "seconds for the BOLT-8 handshake and the init exchange",
                                check=_positive),
-    "max_handshakes": Field(int, 64, "connections allowed in the handshake at once", check=_positive),
+    "act_one_timeout": Field(float, 5.0, "seconds an inbound connection has to send act one of the handshake",
+                             check=_positive),
+    "max_handshakes": Field(int, 64, "inbound handshakes at once from peers not yet known", check=_positive),
+    "handshakes_per_address": Field(int, 8, "of those, from one IP address (IPv6: one /64)", check=_positive),
+    "reserved_handshakes": Field(int, 16, "more handshakes at once, only for outbound connections and known peers",
+                                 check=_positive),
     "max_peers": Field(int, 1000, "connected peers allowed at once", check=_positive),
     "max_queue_bytes": Field(int, 4_000_000, "bytes queued to one peer before it is disconnected as not reading",
                              check=_positive),
@@ -60,7 +76,10 @@ class Options:
     proxy_all: bool
     connect_timeout: float
     handshake_timeout: float
+    act_one_timeout: float
     max_handshakes: int
+    handshakes_per_address: int
+    reserved_handshakes: int
     max_peers: int
     max_queue_bytes: int
     ping_interval: float
@@ -74,7 +93,9 @@ class Options:
         return cls(listen=tuple(parse_address(a) for a in cfg["listen"]),
                    proxy=parse_address(cfg["proxy"]) if cfg["proxy"] else None,
                    proxy_all=cfg["proxy_all"], connect_timeout=cfg["connect_timeout"],
-                   handshake_timeout=cfg["handshake_timeout"], max_handshakes=cfg["max_handshakes"],
+                   handshake_timeout=cfg["handshake_timeout"], act_one_timeout=cfg["act_one_timeout"],
+                   max_handshakes=cfg["max_handshakes"], handshakes_per_address=cfg["handshakes_per_address"],
+                   reserved_handshakes=cfg["reserved_handshakes"],
                    max_peers=cfg["max_peers"], max_queue_bytes=cfg["max_queue_bytes"],
                    ping_interval=cfg["ping_interval"], ping_timeout=cfg["ping_timeout"],
                    reconnect_min_delay=cfg["reconnect_min_delay"],

@@ -24,7 +24,9 @@ if TYPE_CHECKING:
     from .manager import PeerManager
 
 log = logging.getLogger("lnp.peerd.peer")
+DEBUG = logging.DEBUG
 INIT_TYPE, ERROR_TYPE, WARNING_TYPE, PING_TYPE, PONG_TYPE = 16, 17, 1, 18, 19
+NAMES = {spec.type: spec.name for spec in (INIT, ERROR, WARNING, PING, PONG)}  # for debug logs
 NO_PONG_FROM = 65532            # BOLT-1: a ping asking for this many bytes or more gets no pong
 YIELD_EVERY = 32                # messages read in a row before letting other peers run
 ZERO_CHANNEL = bytes(32)
@@ -32,6 +34,11 @@ ZERO_CHANNEL = bytes(32)
 
 def _describe(e: BaseException | None) -> str:
     return (getattr(e, "strerror", None) or str(e) or type(e).__name__) if e is not None else "?"
+
+
+def _show(msg_type: int) -> str:
+    name = NAMES.get(msg_type)
+    return f"{name} ({msg_type})" if name else f"type {msg_type}"
 
 
 def printable(data: bytes, limit: int = 200) -> str:
@@ -63,6 +70,7 @@ class Peer:
         self._wakeup = asyncio.Event()
         self._pings: deque[tuple[int, float, asyncio.Future[float]]] = deque()
         self._task: asyncio.Task[Any] | None = None
+        self._abort = False  # close without flushing what is buffered
 
     # --- sending -------------------------------------------------------------------------------
 
@@ -73,6 +81,7 @@ class Peer:
         if self.state == "closed":
             return False
         if self._queued_bytes + len(msg) > self.manager.options.max_queue_bytes:
+            self._abort = True  # what is queued in the kernel would never be read either
             self.close(f"send queue over {self.manager.options.max_queue_bytes} bytes: peer is not reading")
             return False
         self._queue.append(msg)
@@ -83,6 +92,8 @@ class Peer:
     def _write_now(self, msg: bytes) -> None:
         self.bytes_out += self.stream.write_message(msg)
         self.msgs_out += 1
+        if log.isEnabledFor(DEBUG):
+            log.debug("%s out: %s, %d bytes", self.node_id.hex(), _show(int.from_bytes(msg[:2], "big")), len(msg))
 
     async def _write_loop(self) -> None:
         while True:
@@ -232,6 +243,8 @@ class Peer:
     def _count_in(self, msg: bytes) -> None:
         self.msgs_in += 1
         self.bytes_in += len(msg) + 34  # as framed on the wire: length header, body MAC
+        if log.isEnabledFor(DEBUG):  # checked first: formatting would cost more than the message
+            log.debug("%s in: %s, %d bytes", self.node_id.hex(), _show(int.from_bytes(msg[:2], "big")), len(msg))
 
     def _fail(self, e: PeerError) -> None:
         self.close_reason = self.close_reason or e.reason
@@ -263,7 +276,10 @@ class Peer:
         self._pings.clear()
         self._queue.clear()
         self._queued_bytes = 0
-        self.stream.close()  # buffered data (such as a last warning) is still flushed
+        if self._abort:
+            self.stream.abort()
+        else:
+            self.stream.close()  # buffered data (such as a last warning) is still flushed, within a grace period
         self.closed.set()
 
     def describe(self) -> dict[str, Any]:
