@@ -20,9 +20,10 @@ import logging
 import math
 import threading
 import time
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import zmq
 
@@ -180,6 +181,7 @@ class Bus:
         self.closed = False
         self.abandoned = ""                   # why every wait fails at once: the node is gone
         self.generation: dict[str, int] = {}  # endpoint -> times its service was restarted
+        self._io: Any = None                   # the BusIO thread, started by the first request_async
 
     def abandon(self, why: str) -> None:
         """The rest of the node is gone: requests waiting now, and later ones, fail at once (within
@@ -296,6 +298,32 @@ class Bus:
                 break
         raise ServiceUnavailable(service, f"did not answer {name!r} within {timeout:g}s")
 
+    def request_async(self, service: str, name: str, body: Any = None, kind: bytes = REQUEST,
+                      timeout: float = 30.0) -> Future[Any]:
+        """Send a request to `service` without waiting: the Future gets the reply (or the error).
+
+        Its done callbacks run on the bus's I/O thread: keep them short (see `lnp_host.bus_io`).
+        """
+        endpoint = self.endpoints.control.get(service)
+        if endpoint is None:
+            future: Future[Any] = Future()
+            future.set_exception(ServiceUnavailable(service, "is not part of this node"))
+            return future
+        return self._io_thread().request(service, endpoint, kind, name, body, timeout)
+
+    def call_later(self, delay: float, fn: Callable[[], None]) -> None:
+        """Run `fn()` on the bus's I/O thread in `delay` seconds (short and non-blocking)."""
+        self._io_thread().call_later(delay, fn)
+
+    def _io_thread(self) -> Any:
+        with self._lock:
+            if self._io is None:
+                if self.closed:
+                    raise ServiceUnavailable("bus", "is closed")
+                from .bus_io import BusIO  # imported here: bus_io builds on this module
+                self._io = BusIO(self)
+            return self._io
+
     def post(self, service: str, name: str, body: Any = None, kind: bytes = EVENT,
              timeout: float = 5.0) -> None:
         """Send a one-way control message (an event) to `service`."""
@@ -315,6 +343,10 @@ class Bus:
     def close(self) -> None:
         """Close every DEALER this bus opened; only once every thread using it has ended."""
         self.closed = True
+        with self._lock:
+            io, self._io = self._io, None
+        if io is not None:
+            io.close()
         with self._lock:
             for sock in self._sockets:
                 sock.close(0)

@@ -6,23 +6,36 @@ the control or message bus. The plugin's code is the same either way.
 from __future__ import annotations
 
 import logging
+import queue
+import time
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Protocol
 
 import zmq
 
-from lnp_plugin_api import Decision, Event, KeyCustody, NodeInfo, RpcError, Storage, WireMessage
+from lnp_plugin_api import Decision, DecisionResult, Event, KeyCustody, NodeInfo, RpcError, Storage, WireMessage
 
 from . import bus as wire
 from .bus import Bus, Endpoints
+from .decisions import Chain, Post
 from .plugins import Owned, Registry
 from .profile import HOST_SERVICE, Profile
 
 log = logging.getLogger("lnp.host")
 HEALTH_REQUEST = "host.health"
 _UNSET = object()
+
+
+class ServiceLoop(Protocol):
+    """A running service's loop, as contexts see it (`runtime.ServiceRuntime`)."""
+
+    def call_soon(self, fn: Callable[[], None]) -> None:
+        """Run `fn()` on the service's thread."""
+
+    def on_own_thread(self) -> bool:
+        """True when called on the service's thread."""
 
 
 @dataclass
@@ -42,6 +55,7 @@ class Environment:
     contexts: dict[str, "PluginContext"] = field(default_factory=dict)      # running plugins here
     failures: dict[str, str] = field(default_factory=dict)                  # service -> reason
     health: dict[str, str] = field(default_factory=dict)    # plugin -> its problem (lnpd keeps them all)
+    loops: dict[str, ServiceLoop] = field(default_factory=dict)             # running services here
 
 
 class PluginContext:
@@ -90,27 +104,63 @@ class PluginContext:
             raise ValueError(f"plugin {self.plugin!r} did not declare event {event!r} in lnp_events")
         publish(self._env, event, self.plugin, body or {}, self)
 
+    def call_soon(self, fn: Callable[[], None]) -> None:
+        """Run `fn()` on this plugin's service thread, from any thread, after what it is doing now."""
+        loop = self._env.loops.get(self.service)
+        if loop is None:
+            raise RpcError(RpcError.SERVICE_UNAVAILABLE, f"service {self.service!r} is not running")
+        loop.call_soon(fn)
+
+    def decide_async(self, decision: str, body: dict[str, Any] | None = None,
+                     on_done: Callable[[DecisionResult], None] | None = None) -> Future[DecisionResult]:
+        """Ask `decision` without blocking: the participants are asked from this service's thread, in
+        order; the Future gets the result, and `on_done(result)` runs on this service's thread."""
+        chain = self._chain(decision, body, self.call_soon, on_done)
+        self.call_soon(chain.start)
+        return chain.future
+
     def decide(self, decision: str, body: dict[str, Any] | None = None,
-               timeout: float = 30.0) -> Decision:
-        """Ask each participant of `decision` in profile order; the first refusal (or failure) wins."""
-        body = body or {}
-        for owned in self._env.registry.decisions.get(decision, []):
-            ctx = self._local(owned)
+               timeout: float | None = None) -> Decision:
+        """Ask `decision` and wait for its outcome as a yes/no (`Decision.result` has the full result).
+
+        Blocks its caller: for code that may block (handlers of a thread service, other threads),
+        not for event loops. On the service's own thread the chain is driven here, so a participant
+        in this same service is still asked. `timeout` bounds the wait (default: every participant's
+        timeout added up); past it the decision's default applies.
+        """
+        loop = self._env.loops.get(self.service)
+        steps: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
+        here = loop is None or loop.on_own_thread()
+        chain = self._chain(decision, body, steps.put if here else self.call_soon, None)
+        spec = self._env.registry.decision_specs[decision].item
+        if timeout is None:
+            timeout = spec.timeout * len(self._env.registry.decisions.get(decision, [])) + 1.0
+        if here:
+            chain.start()
+        else:
+            self.call_soon(chain.start)
+        deadline = time.monotonic() + timeout
+        while not chain.future.done():
+            remaining = deadline - time.monotonic()
             try:
-                if ctx is not None:
-                    verdict = as_decision(owned.item(ctx, body), owned.plugin)
+                if here:
+                    steps.get(timeout=max(remaining, 0.0))()
                 else:
-                    answer = self._env.bus.request(owned.service, decision,
-                                                   {"plugin": owned.plugin, "body": body},
-                                                   kind=wire.DECISION, timeout=timeout)
-                    verdict = Decision(bool(answer["allowed"]), answer.get("reason", ""), owned.plugin)
-            except Exception as e:
-                # Failing safe: a participant that cannot answer refuses.
-                reason = e.message if isinstance(e, RpcError) else type(e).__name__
-                verdict = Decision(False, f"participant failed: {reason}", owned.plugin)
-            if not verdict.allowed:
-                return verdict
-        return Decision(True)
+                    chain.future.result(max(remaining, 0.0))
+            except (queue.Empty, TimeoutError):
+                self.log.warning("decision %s: no outcome within %gs: its default applies", decision, timeout)
+                return Decision.of(spec.default)
+        return Decision.of(chain.future.result())
+
+    def _chain(self, decision: str, body: dict[str, Any] | None, post: Post,
+               on_done: Callable[[DecisionResult], None] | None) -> Chain:
+        owned = self._env.registry.decision_specs.get(decision)
+        if owned is None:
+            raise ValueError(f"no enabled plugin declares decision {decision!r} in lnp_decisions")
+        if body is not None and not isinstance(body, dict):
+            raise TypeError(f"the body of decision {decision!r} must be a dict")
+        return Chain(self._env, self._local, owned.item, self._env.registry.decisions.get(decision, []),
+                     body or {}, post, on_done, self.log)
 
     def send_wire(self, msg: WireMessage) -> None:
         """Send a wire message to a peer through the transport plugin."""
@@ -182,15 +232,3 @@ def publish(env: Environment, event: str, source: str, body: dict[str, Any],
             env.bus.post(service, event, {"source": source, "body": body}, timeout=0.5)
         except RpcError as e:
             log.warning("event %s not delivered to %s: %s", event, service, e.message)
-
-
-def as_decision(value: Any, plugin: str) -> Decision:
-    """Normalise a participant's answer: None/True accept, False refuses, a Decision stands."""
-    if isinstance(value, Decision):
-        return Decision(value.allowed, value.reason, value.by or plugin)
-    if value is None or value is True:
-        return Decision(True, by=plugin)
-    if value is False:
-        return Decision(False, "refused", plugin)
-    raise TypeError(f"decision handler of {plugin!r} returned {type(value).__name__}")
-

@@ -16,7 +16,8 @@ import lnp_plugin_api
 from lnp_plugin_api import hookspecs
 from lnp_plugin_api import DecisionSpec, EventSpec, FeatureSpec, Field, RpcMethod, StorageModels, Subscription
 
-from .profile import HOST_SERVICE, Profile
+from .decisions import CycleError, order_participants, with_profile
+from .profile import HOST_SERVICE, Profile, ProfileError
 
 
 HOST_PLUGIN = "lnp-host"
@@ -86,7 +87,8 @@ class Registry:
     events: dict[str, list[Owned]] = field(default_factory=dict)         # name -> handlers
     event_specs: dict[str, Owned] = field(default_factory=dict)          # name -> EventSpec
     decisions: dict[str, list[Owned]] = field(default_factory=dict)      # name -> handlers, in order
-    decision_specs: dict[str, Owned] = field(default_factory=dict)
+    decision_specs: dict[str, Owned] = field(default_factory=dict)      # name -> DecisionSpec (as profiled)
+    decision_edges: dict[str, list[tuple[str, str]]] = field(default_factory=dict)  # (a, b): a asked first
     storage: dict[str, StorageModels] = field(default_factory=dict)
     channel_extensions: dict[str, Owned] = field(default_factory=dict)
     features: dict[int, Owned] = field(default_factory=dict)            # even bit -> FeatureSpec
@@ -140,10 +142,29 @@ def load_registry(profile: Profile, discovered: dict[str, Discovered] | None = N
         reg.schemas[name] = reg.call("lnp_config_schema", name) or {}
     profile.validate_plugins(reg.schemas, set(discovered), set(reg.services))
     for name in enabled:
-        _collect(reg, name, profile)
+        try:
+            _collect(reg, name, profile)
+        except (ProfileError, PluginLoadError):
+            raise
+        except Exception as e:  # a declarative hook that raised (e.g. a DecisionSpec with a bad timeout)
+            raise PluginLoadError(f"plugin {name!r}: {type(e).__name__}: {e}") from None
+    _order_decisions(reg, profile)
     requires = {name: _list(reg.call("lnp_requires", name), str, name, "lnp_requires") for name in enabled}
     profile.validate_requirements(requires, {request for _, request in reg.control}, set(discovered))
     return reg
+
+
+def _order_decisions(reg: Registry, profile: Profile) -> None:
+    """Participants in the order they are asked; the profile's `[decisions]` amend the specs."""
+    for decision, participants in reg.decisions.items():
+        try:
+            reg.decisions[decision] = order_participants(participants, reg.decision_edges.get(decision, []))
+        except CycleError as e:
+            raise profile.error(("plugins", "enabled"), f"decision {decision!r}: {e}") from None
+    profile.validate_decisions(set(reg.decision_specs))
+    for decision, owned in reg.decision_specs.items():
+        spec = with_profile(owned.item, profile.decision_settings(decision))
+        reg.decision_specs[decision] = Owned(owned.plugin, owned.service, spec)
 
 
 def _collect(reg: Registry, name: str, profile: Profile) -> None:
@@ -169,7 +190,13 @@ def _collect(reg: Registry, name: str, profile: Profile) -> None:
         elif sub.kind == "event":
             reg.events.setdefault(str(sub.key), []).append(owned)
         elif sub.kind == "decision":
-            reg.decisions.setdefault(str(sub.key), []).append(owned)
+            participants = reg.decisions.setdefault(str(sub.key), [])
+            if any(o.plugin == name for o in participants):
+                raise profile.error(("plugins", "enabled"), f"plugin {name!r} takes part in decision "
+                                    f"{sub.key!r} twice")
+            participants.append(owned)
+            reg.decision_edges.setdefault(str(sub.key), []).extend(
+                [(name, b) for b in sub.before] + [(a, name) for a in sub.after])
         elif sub.kind == "outbound":
             if reg.outbound is not None:
                 raise conflict("the outbound peer transport", reg.outbound.plugin)

@@ -105,7 +105,14 @@ SERVICE_SCHEMA: dict[str, Field] = {
                     "`lnp-host run --service NAME`", ("auto", "external")),
 }
 
-TOP_LEVEL_KEYS = {"extends", "node", "storage", "bus", "rpc", "services", "plugins"}
+DECISION_SCHEMA: dict[str, Field] = {
+    "timeout": Field(float, 0.0, "seconds each participant has to answer (default: the decision's own)",
+                     check=lambda v: None if v > 0 else "expected a number of seconds above 0"),
+    "on_timeout": Field(str, "", "the result for a participant that does not answer (default: the "
+                        "decision's own)", ("", "continue", "fail")),
+}
+
+TOP_LEVEL_KEYS = {"extends", "node", "storage", "bus", "rpc", "services", "plugins", "decisions"}
 
 
 class ProfileError(Exception):
@@ -244,6 +251,23 @@ class Profile:
                 raise self.error(("plugins", "enabled"), f"plugin {plugin!r} needs "
                                  f"{', '.join(map(repr, missing))}, which no enabled plugin answers"
                                  + (f" (enable {' and '.join(hint)}?)" if hint else ""))
+
+    def validate_decisions(self, declared: set[str]) -> None:
+        """Check `[decisions.NAME]` tables against the decisions the enabled plugins declare."""
+        table = self.data.get("decisions", {})
+        if not isinstance(table, dict):
+            raise self.error(("decisions",), "must be a table")
+        for name, settings in table.items():
+            if name not in declared:
+                raise self.error(("decisions", name), "no enabled plugin declares this decision "
+                                 f"(declared: {', '.join(sorted(declared)) or 'none'})")
+            if not isinstance(settings, dict):
+                raise self.error(("decisions", name), "must be a table")
+            table[name] = validate_table(DECISION_SCHEMA, settings, ("decisions", name), self)
+
+    def decision_settings(self, name: str) -> dict[str, Any]:
+        """The profile's `[decisions.NAME]` (validated), or {} when it has none."""
+        return self.data.get("decisions", {}).get(name, {})
 
 
 def validate_table(schema: Mapping[str, Field], table: Mapping[str, Any], path: tuple[str, ...],

@@ -10,15 +10,16 @@ import os
 import queue
 import threading
 from concurrent.futures import Future
-from typing import Any
+from typing import Any, Callable
 
 import zmq
 
 from lnp_plugin_api import Event, RpcError, SettingError
 
 from . import bus as wire
-from .bus import decode, encode, new_socket, prepare_bind, wire_from_frames
-from .context import Environment, PluginContext, as_decision
+from .bus import ServiceUnavailable, decode, encode, new_socket, prepare_bind, wire_from_frames
+from .context import Environment, PluginContext
+from .decisions import answer_remote
 
 POLL_MS = 100
 
@@ -48,6 +49,11 @@ class ServiceRuntime:
         self._wake_read, self._wake_write = os.pipe()
         os.set_blocking(self._wake_read, False)
         os.set_blocking(self._wake_write, False)
+        # functions other threads hand to this one (ctx.call_soon), run between messages
+        self._soon: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
+        self._soon_lock = threading.Lock()
+        self._soon_closed = False
+        self._thread_id: int | None = None
 
     def stop(self) -> None:
         """Ask the loop to end; `run` then stops the plugins in reverse order."""
@@ -59,6 +65,8 @@ class ServiceRuntime:
         control = new_socket(zctx, zmq.ROUTER)
         message = new_socket(zctx, zmq.ROUTER)
         started: list[str] = []
+        self._thread_id = threading.get_ident()
+        self.env.loops[self.name] = self
         try:
             for sock, endpoint in ((control, self.env.endpoints.control[self.name]),
                                    (message, self.env.endpoints.message[self.name])):
@@ -94,6 +102,10 @@ class ServiceRuntime:
                     self.log.exception("plugin %s failed to stop cleanly", plugin)
             for plugin in self.plugins:
                 self.env.contexts.pop(plugin, None)
+            if self.env.loops.get(self.name) is self:
+                del self.env.loops[self.name]
+            with self._soon_lock:  # no write may reach the pipe's descriptors once closed (and reused)
+                self._soon_closed = True
             control.close(0)
             message.close(0)
             os.close(self._wake_read)
@@ -118,6 +130,7 @@ class ServiceRuntime:
                         self._on_message(message.recv_multipart(zmq.NOBLOCK))
                     else:
                         self._send_finished(control)
+                        self._run_soon()
                 except Exception:  # one bad message must never end the service
                     self.log.exception("unexpected error handling a bus message in %s; serving on", self.name)
 
@@ -173,6 +186,29 @@ class ServiceRuntime:
             except zmq.ZMQError as e:  # the asker's queue is full: its request times out, the others go on
                 self.log.warning("could not answer %r: %s", name, e)
 
+    def call_soon(self, fn: Callable[[], None]) -> None:
+        """Run `fn()` on this service's thread (from any thread), between two messages."""
+        with self._soon_lock:
+            if self._soon_closed:
+                raise ServiceUnavailable(self.name, "has stopped")
+            self._soon.put(fn)
+            try:
+                os.write(self._wake_write, b"!")
+            except OSError:
+                pass  # the pipe is full: a wake-up is pending anyway
+
+    def on_own_thread(self) -> bool:
+        """True when called on this service's thread."""
+        return threading.get_ident() == self._thread_id
+
+    def _run_soon(self) -> None:
+        for _ in range(self._soon.qsize()):  # only those queued so far: the loop must serve messages too
+            fn = self._soon.get_nowait()
+            try:
+                fn()
+            except Exception:
+                self.log.exception("a function run with call_soon failed")
+
     def _dispatch(self, kind: bytes, name: str, body: Any) -> Any:
         reg = self.env.registry
         if kind == wire.PING:
@@ -202,13 +238,8 @@ class ServiceRuntime:
                     except Exception:
                         self.log.exception("handler of event %s in %s failed", name, sub.plugin)
             return None
-        if kind == wire.DECISION:
-            plugin = body.get("plugin") if isinstance(body, dict) else None
-            for owned in reg.decisions.get(name, []):
-                if owned.plugin == plugin and owned.service == self.name:
-                    verdict = as_decision(owned.item(self.env.contexts[plugin], body.get("body", {})), plugin)
-                    return {"allowed": verdict.allowed, "reason": verdict.reason}
-            raise RpcError(RpcError.METHOD_NOT_FOUND, f"{plugin!r} takes no part in decision {name!r} here")
+        if kind == wire.DECISION:  # a Future answer is replied to later, like a request's
+            return answer_remote(self.env, self.name, name, body)
         raise RpcError(RpcError.INVALID_REQUEST, f"unknown control message kind {kind!r}")
 
     def _on_message(self, frames: list[bytes]) -> None:

@@ -18,18 +18,19 @@ import pluggy
 
 from .channel import ChannelExtension, TxDraft, TxOutDraft
 from .features import FeatureSpec
-from .types import (REQUIRED, Decision, DecisionSpec, Event, EventSpec, Field, KeyCustody, NodeInfo,
-                    Param, PerContext, RemoteCustody, RpcError, RpcMethod, ServiceContext, SettingError, Storage,
-                    StorageModels, Subscription,
-                    WireMessage, rpc_method)
+from .types import (REQUIRED, Continue, Decision, DecisionResult, DecisionSpec, Event, EventSpec, Fail, Field,
+                    KeyCustody, NodeInfo, Param, PerContext, RemoteCustody, Resolve, RpcError, RpcMethod,
+                    ServiceContext, SettingError, Storage, StorageModels, Subscription, WireMessage, as_result, result_from_json,
+                    result_to_json, rpc_method)
 
 PROJECT = "lnp_host"
 ENTRY_POINT_GROUP = "lnp_host.plugins"
 hookimpl = pluggy.HookimplMarker(PROJECT)
 
 __all__ = [
-    "ENTRY_POINT_GROUP", "PROJECT", "REQUIRED", "ChannelExtension", "Decision", "DecisionSpec", "Event",
-    "EventSpec", "FeatureSpec", "Field", "KeyCustody", "NodeInfo", "Param", "PerContext", "RemoteCustody", "RpcError", "RpcMethod", "ServiceContext",
-    "SettingError", "Storage", "StorageModels", "Subscription", "TxDraft", "TxOutDraft", "WireMessage", "hookimpl",
-    "rpc_method",
+    "ENTRY_POINT_GROUP", "PROJECT", "REQUIRED", "ChannelExtension", "Continue", "Decision", "DecisionResult",
+    "DecisionSpec", "Event", "EventSpec", "Fail", "FeatureSpec", "Field", "KeyCustody", "NodeInfo", "Param",
+    "PerContext", "RemoteCustody", "Resolve", "RpcError", "RpcMethod", "ServiceContext", "SettingError", "Storage",
+    "StorageModels", "Subscription", "TxDraft", "TxOutDraft", "WireMessage", "as_result", "hookimpl",
+    "result_from_json", "result_to_json", "rpc_method",
 ]

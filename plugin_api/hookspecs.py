@@ -75,7 +75,7 @@ def lnp_rpc_methods() -> list[RpcMethod]:
 @hookspec
 def lnp_subscriptions() -> list[Subscription]:
     """What this plugin handles: peer wire messages by type, control requests by name, events by
-    name, and decisions by name. See `Subscription`.
+    name, and decisions by name (in an order set with `before`/`after`). See `Subscription`.
     """
 
 
@@ -86,9 +86,13 @@ def lnp_events() -> list[EventSpec]:
 
 @hookspec
 def lnp_decisions() -> list[DecisionSpec]:
-    """Decision points this plugin asks with `ctx.decide` (for example `accept_channel`).
+    """Decision points this plugin asks with `ctx.decide_async` or `ctx.decide` (e.g. `accept_channel`).
 
-    Other plugins take part with `Subscription.decision`; any one of them may refuse.
+    Other plugins take part with `Subscription.decision`, asked one after another in their declared
+    order; each answers `Continue` (possibly replacing parts of the request), `Fail` or `Resolve`, at
+    once or later with a Future, and the first answer that is not `Continue` ends the chain. Each
+    `DecisionSpec` sets how long a participant may take and the result for one that does not answer;
+    a profile may change both in `[decisions.NAME]`.
     """
 
 

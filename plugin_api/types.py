@@ -5,6 +5,7 @@ import inspect
 import logging
 import typing
 import weakref
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Literal, Mapping, Protocol
@@ -139,14 +140,17 @@ class Subscription:
     - wire: a peer wire message by BOLT type number; `handler(ctx, msg: WireMessage)`.
     - control: a control-bus request by name; `handler(ctx, body: dict) -> JSON-able reply`.
     - event: a notification by name; `handler(ctx, event: Event)`.
-    - decision: a decision by name; `handler(ctx, body: dict) -> Decision | bool | None`
-      (None or True accept, False or Decision(False, reason) refuse).
+    - decision: a decision by name; `handler(ctx, body: dict) -> Continue | Fail | Resolve`, or a
+      `concurrent.futures.Future` of one (None/True mean Continue, False/Decision(False, why) Fail).
+      `before`/`after` name plugins this participant must be asked before/after.
     - outbound: the transport that sends wire messages to peers (peerd); `handler(ctx, msg: WireMessage)`.
     """
 
     kind: SubscriptionKind
     key: str | int
     handler: Callable[..., Any]
+    before: tuple[str, ...] = ()    # decisions only: plugins to be asked after this one
+    after: tuple[str, ...] = ()     # decisions only: plugins to be asked before this one
 
     @classmethod
     def wire(cls, msg_type: int, handler: Callable[..., Any]) -> "Subscription":
@@ -169,22 +173,23 @@ class Subscription:
         return cls("event", name, handler)
 
     @classmethod
-    def decision(cls, name: str, handler: Callable[..., Any]) -> "Subscription":
-        """Take part in the decision called `name`; any participant may refuse."""
-        return cls("decision", name, handler)
+    def decision(cls, name: str, handler: Callable[..., Any], before: str | tuple[str, ...] | list[str] = (),
+                 after: str | tuple[str, ...] | list[str] = ()) -> "Subscription":
+        """Take part in the decision called `name`, asked before the plugins named in `before` and
+        after those in `after` (when they take part too); any participant may end the chain."""
+        return cls("decision", name, handler, _names(before), _names(after))
+
+
+def _names(value: str | tuple[str, ...] | list[str]) -> tuple[str, ...]:
+    names = (value,) if isinstance(value, str) else tuple(value)
+    if not all(isinstance(n, str) for n in names):
+        raise TypeError("before/after take plugin names")
+    return names
 
 
 @dataclass(frozen=True)
 class EventSpec:
     """A notification a plugin emits, declared so subscribers and docs know it."""
-
-    name: str
-    help: str = ""
-
-
-@dataclass(frozen=True)
-class DecisionSpec:
-    """A decision point a plugin asks, declared so other plugins can take part in it."""
 
     name: str
     help: str = ""
@@ -199,16 +204,134 @@ class Event:
     body: dict[str, Any]
 
 
+# --- decisions -----------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Continue:
+    """A participant's answer: go on to the next participant, with `replace` merged into the request
+    (top-level keys replaced). As a decision's outcome: every participant continued, and `replace`
+    holds every replacement made, so `{**body, **(replace or {})}` is the request the last one saw."""
+
+    replace: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class Fail:
+    """A participant's answer: stop here and refuse, `reason` for logs and errors, `payload` (bytes or
+    JSON-able, e.g. an onion failure) for the peer. `by` is the plugin that answered (set by the host)."""
+
+    reason: str = "refused"
+    payload: Any = None
+    by: str = ""
+
+
+@dataclass(frozen=True)
+class Resolve:
+    """A participant's answer: stop here, the participant settled it; `payload` (bytes or JSON-able,
+    e.g. a preimage) is the answer. `by` is the plugin that answered (set by the host)."""
+
+    payload: Any = None
+    by: str = ""
+
+
+DecisionResult = Continue | Fail | Resolve
+
+
+def result_to_json(result: DecisionResult) -> dict[str, Any]:
+    """The JSON form of a result on the control bus (bytes payloads as `payload_hex`)."""
+    if isinstance(result, Continue):
+        return {"result": "continue", "replace": result.replace}
+    out: dict[str, Any] = {"result": "fail" if isinstance(result, Fail) else "resolve", "by": result.by}
+    if isinstance(result, Fail):
+        out["reason"] = result.reason
+    if isinstance(result.payload, (bytes, bytearray)):
+        out["payload_hex"] = bytes(result.payload).hex()
+    else:
+        out["payload"] = result.payload
+    return out
+
+
+def result_from_json(data: Any) -> DecisionResult:
+    """Inverse of `result_to_json`; ValueError for anything else."""
+    if not isinstance(data, dict) or data.get("result") not in ("continue", "fail", "resolve"):
+        raise ValueError("expected {result: continue|fail|resolve, ...}")
+    if data["result"] == "continue":
+        replace = data.get("replace")
+        if replace is not None and not isinstance(replace, dict):
+            raise ValueError("replace must be an object")
+        return Continue(replace)
+    payload = data.get("payload")
+    if data.get("payload_hex") is not None:
+        payload = bytes.fromhex(str(data["payload_hex"]))
+    by = str(data.get("by") or "")
+    if data["result"] == "fail":
+        return Fail(str(data.get("reason", "refused")), payload, by)
+    return Resolve(payload, by)
+
+
+def as_result(value: Any, plugin: str) -> DecisionResult:
+    """A participant's answer as a result, `by` set to `plugin`: None/True continue, False fails, a
+    Decision stands for Continue or Fail. TypeError for anything else."""
+    if value is None or value is True:
+        return Continue()
+    if value is False:
+        return Fail("refused", by=plugin)
+    if isinstance(value, Continue):
+        if value.replace is not None and not isinstance(value.replace, dict):
+            raise TypeError(f"decision handler of {plugin!r} replaced with {type(value.replace).__name__}, "
+                            "expected a dict")
+        return value
+    if isinstance(value, Fail):
+        return Fail(str(value.reason), value.payload, plugin)
+    if isinstance(value, Resolve):
+        return Resolve(value.payload, plugin)
+    if isinstance(value, Decision):
+        return Continue() if value.allowed else Fail(value.reason or "refused", by=plugin)
+    raise TypeError(f"decision handler of {plugin!r} returned {type(value).__name__}")
+
+
+@dataclass(frozen=True)
+class DecisionSpec:
+    """A decision point a plugin asks, declared so other plugins can take part in it.
+
+    Each participant has `timeout` seconds to answer; one that does not (or that fails) gets
+    `default` (Continue() or a Fail). A profile may override both in `[decisions.NAME]`.
+    """
+
+    name: str
+    help: str = ""
+    timeout: float = 30.0
+    default: Continue | Fail = Fail("timeout")
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.timeout, (int, float)) or isinstance(self.timeout, bool) or self.timeout <= 0:
+            raise ValueError(f"decision {self.name!r}: timeout must be a positive number of seconds")
+        if not isinstance(self.default, (Continue, Fail)):
+            raise ValueError(f"decision {self.name!r}: default must be Continue() or a Fail")
+
+
 @dataclass(frozen=True)
 class Decision:
-    """The outcome of a decision: `allowed`, and when refused, who refused and why."""
+    """A decision's outcome as a yes/no (`ctx.decide`): `allowed` when every participant continued;
+    otherwise who ended it and why. `result` is the full result (Continue, Fail or Resolve)."""
 
     allowed: bool
     reason: str = ""
     by: str = ""
+    result: Any = field(default=None, compare=False, repr=False)
 
     def __bool__(self) -> bool:
         return self.allowed
+
+    @classmethod
+    def of(cls, result: DecisionResult) -> "Decision":
+        """The yes/no form of a result: Continue allows; Fail refuses; Resolve, which a yes/no asker
+        cannot act on, refuses too (fail safe)."""
+        if isinstance(result, Continue):
+            return cls(True, result=result)
+        if isinstance(result, Fail):
+            return cls(False, result.reason, result.by, result)
+        return cls(False, "resolved by the participant", result.by, result)
 
 
 @dataclass(frozen=True)
@@ -336,8 +459,16 @@ class ServiceContext(Protocol):
         """Send a notification to every subscriber of `event`."""
 
     def decide(self, decision: str, body: dict[str, Any] | None = None,
-               timeout: float = 30.0) -> Decision:
-        """Ask every participant of `decision`, in profile order; the first refusal wins."""
+               timeout: float | None = None) -> Decision:
+        """Ask `decision` and wait for its outcome as a yes/no. Blocks: not for event loops."""
+
+    def decide_async(self, decision: str, body: dict[str, Any] | None = None,
+                     on_done: Callable[[DecisionResult], None] | None = None) -> "Future[DecisionResult]":
+        """Ask `decision` without blocking: participants in order, each may continue (with
+        replacements), fail or resolve. `on_done(result)` runs on this service's thread."""
+
+    def call_soon(self, fn: Callable[[], None]) -> None:
+        """Run `fn()` on this plugin's service thread (from any thread), after what it is doing."""
 
     def send_wire(self, msg: WireMessage) -> None:
         """Send a wire message to a peer, through the transport plugin (peerd), over the message bus."""

@@ -7,8 +7,7 @@ import pytest
 
 from lnp_host.rpc_server import bind_params
 from lnp_host.schema import coerce_text, type_matches, type_name
-from lnp_plugin_api import REQUIRED, Decision, RpcError, rpc_method
-from lnp_host.context import as_decision
+from lnp_plugin_api import REQUIRED, RpcError, rpc_method
 
 
 @rpc_method
@@ -39,14 +38,6 @@ def test_type_checks() -> None:
     assert type_matches(["a"], list[str]) and not type_matches(["a", 1], list[str])
     assert type_matches(None, str | None) and type_name(list[int]) == "a list of integers"
     assert coerce_text("true", bool) is True and coerce_text("abc", int) == "abc"
-
-
-def test_decisions_normalised() -> None:
-    assert as_decision(None, "p").allowed and as_decision(True, "p").allowed
-    assert as_decision(False, "p") == Decision(False, "refused", "p")
-    assert as_decision(Decision(False, "why"), "p").by == "p"
-    with pytest.raises(TypeError):
-        as_decision("yes", "p")
 
 
 def test_rpc_method_refuses_varargs() -> None:

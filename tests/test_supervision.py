@@ -30,7 +30,7 @@ def test_restarts_spread_over_time_do_not_stop_the_node(nodes) -> None:
         os.kill(node.service("hello")["pid"], signal.SIGKILL)
         wait_for(lambda: node.service("hello")["restarts"] == n and node.service("hello")["state"] == "running")
         time.sleep(1.6)
-    assert node.proc.poll() is None
+    assert node.proc.poll() is None, (node.data_dir / "lnp-host.log").read_text()[-3000:]
     with node.client() as c:
         assert c.hello("gina")["greeting"] == "hi gina"
     os.kill(node.service("hello")["pid"], signal.SIGKILL)  # two crashes within the window: that is too many
