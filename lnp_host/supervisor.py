@@ -198,6 +198,9 @@ class Supervisor:
         self._heartbeat_events(handle)
         if handle.state == "running" and not handle.connected \
                 and time.monotonic() - handle.down_since > self.heartbeat * self.misses:
+            if self._ping(handle, self.heartbeat):  # the heartbeat connection lags (a loaded machine)
+                handle.down_since = time.monotonic()
+                return None
             return f"missed {self.misses} heartbeats"
         if handle.state in ("starting", "unreachable") and handle.connected and self._ping(handle, 0.2):
             self._set(handle, "running")
