@@ -85,7 +85,11 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, OSError, KeyError) as e:
         print(json.dumps({"error": {"code": RpcError.INVALID_REQUEST, "message": str(e)}}, indent=2))
         return EXIT_USAGE
-    print(json.dumps(result, indent=2))
+    try:
+        print(json.dumps(result, indent=2))
+        sys.stdout.flush()
+    except BrokenPipeError:  # `lnp-cli ... | head`: the reader left, which is no error of ours
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     return 0
 
 
