@@ -21,7 +21,7 @@ from .features import FeatureSpec
 from .types import (REQUIRED, Decision, DecisionSpec, Event, EventSpec, Field, KeyCustody, NodeInfo,
                     Param, PerContext, RemoteCustody, RpcError, RpcMethod, ServiceContext, SettingError, Storage,
                     StorageModels, Subscription,
-                    WireMessage, rpc_method)
+                    WireMessage, control_method, rpc_method)
 
 PROJECT = "lnp_host"
 ENTRY_POINT_GROUP = "lnp_host.plugins"
@@ -30,6 +30,6 @@ hookimpl = pluggy.HookimplMarker(PROJECT)
 __all__ = [
     "ENTRY_POINT_GROUP", "PROJECT", "REQUIRED", "ChannelExtension", "Decision", "DecisionSpec", "Event",
     "EventSpec", "FeatureSpec", "Field", "KeyCustody", "NodeInfo", "Param", "PerContext", "RemoteCustody", "RpcError", "RpcMethod", "ServiceContext",
-    "SettingError", "Storage", "StorageModels", "Subscription", "TxDraft", "TxOutDraft", "WireMessage", "hookimpl",
-    "rpc_method",
+    "SettingError", "Storage", "StorageModels", "Subscription", "TxDraft", "TxOutDraft", "WireMessage", "control_method",
+    "hookimpl", "rpc_method",
 ]
