@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import wait_for  # noqa: F401 (the fixtures' module)
+from chain_tools import BTC, PROFILE as CHAIN_PROFILE, ChainNode
+from conftest import wait_for
 from lnp_plugin_api import RpcError
+from peer_tools import free_port
 
 PROFILE = """
 [node]
@@ -72,3 +74,26 @@ def test_a_bad_service_name_in_a_profile_is_refused(nodes) -> None:
     node.start(wait=False)
     assert node.proc.wait(30) == 2
     assert "[plugins.tk_beta] service: expected a service name" in node.log.read_text()
+
+
+@pytest.mark.parametrize("mode", ["threads", "processes"])
+def test_signer_wallet_and_chain_backend_move_by_profile(nodes, mode: str) -> None:
+    """signd, the wallet and the chain backend, each in a service none of their callers names."""
+    port = free_port()
+    profile = (CHAIN_PROFILE.format(port=port).replace("[plugins]\n", f'[bus]\nmode = "{mode}"\n[plugins]\n')
+               .replace("[plugins.bitcoind]\n", '[plugins.bitcoind]\nservice = "chainsrc"\n')
+               + '[plugins.signd]\nservice = "keys"\n[plugins.wallet]\nservice = "funds"\n')
+    chain = ChainNode(nodes(profile, name="moved").start(wait=False), port)
+    try:
+        services = {s["name"]: s["plugins"] for s in chain.info["services"]}
+        assert services["keys"] == ["signd"] and services["funds"] == ["wallet"] and services["chainsrc"] == ["bitcoind"]
+        assert "signd" not in services and "wallet" not in services
+        chain.mine(101, chain.call("newaddr")["address"])  # keys from signd, blocks through watchd and chainsrc
+        wait_for(lambda: chain.funds()["confirmed_sat"] >= 50 * BTC)
+        held = chain.call("tk_fund", chain.btc_address(), BTC)  # Funding, then Signer, across services
+        assert chain.call("tk_fund_finish", held["reservation"], True)["txid"] == held["txid"]
+        assert held["txid"] in chain.btc.call("getrawmempool")
+        chain.mine(1)
+        assert chain.tx(held["txid"])["confirmations"] == 1
+    finally:
+        chain.close()

@@ -12,7 +12,7 @@ from lnp_host.control import answer
 from lnp_host.node import _custody
 from lnp_host.plugins import Discovered, load_registry
 from lnp_host.profile import ProfileError, load_profile
-from lnp_plugin_api import RemoteCustody, RpcError, control_method, hookimpl, rpc_method
+from lnp_plugin_api import RemoteCustody, RpcError, Subscription, control_method, hookimpl, rpc_method
 
 KEY = bytes.fromhex("02" + "11" * 32)
 
@@ -77,6 +77,18 @@ class Hider:
         return [[m for m in methods if not m.name.startswith("secret_")] for methods in results]
 
 
+class Keeper:
+    """Serves the node key over the control bus, as signd does."""
+
+    @hookimpl
+    def lnp_subscriptions(self) -> list:
+        return [Subscription.control("host.keys.node_id", lambda ctx, body: {"node_id": KEY.hex()})]
+
+    @hookimpl
+    def lnp_key_custody(self, node: Any) -> RemoteCustody:
+        return RemoteCustody("keeper", KEY)  # its default service, named as signd names its own
+
+
 class Duplicate:
     @hookimpl
     def lnp_service(self) -> str:
@@ -87,8 +99,8 @@ class Duplicate:
         return [ping]
 
 
-FIRST, EAGER, LATE, HIDER, DUPLICATE = First(), Eager(), Late(), Hider(), Duplicate()
-PLUGINS = ("first", "eager", "late", "hider", "duplicate")  # entry points: this module's FIRST, ...
+FIRST, EAGER, LATE, HIDER, KEEPER, DUPLICATE = First(), Eager(), Late(), Hider(), Keeper(), Duplicate()
+PLUGINS = ("first", "eager", "late", "hider", "keeper", "duplicate")  # entry points: this module's FIRST, ...
 
 
 def registry(tmp_path: Path, enabled: list[str], extra: str = "") -> Any:
@@ -127,6 +139,8 @@ def test_a_profile_moves_a_plugin(tmp_path: Path) -> None:
     assert reg.service_of["first"] == "elsewhere" and reg.services == ["lnpd", "elsewhere"]
     assert reg.control["x.ping"].service == "elsewhere"
     assert profile.plugin_table("first") == {}  # the host's key, not the plugin's config
+    reg, profile = registry(tmp_path, ["keeper"], '[plugins.keeper]\nservice = "vault"\n')
+    assert _custody(reg, profile, None).service == "vault"  # the key is asked where its plugin runs
 
 
 def test_control_bodies_are_checked(tmp_path: Path) -> None:
