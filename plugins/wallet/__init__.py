@@ -75,8 +75,11 @@ def _fund(ctx: ServiceContext, outputs: list[dict], feerate: float | None = None
     for o in outputs:
         if not isinstance(o.get("value_sat"), int) or isinstance(o.get("value_sat"), bool):
             raise WalletError("each output needs value_sat and an address or a script")
-        script = bytes.fromhex(str(o["script"])) if "script" in o else script_for(str(o.get("address", "")),
-                                                                                   w.network).data
+        try:
+            script = bytes.fromhex(str(o["script"])) if "script" in o else script_for(str(o.get("address", "")),
+                                                                                       w.network).data
+        except ValueError:
+            raise WalletError("an output's script must be hex") from None
         scripts.append((script, o["value_sat"]))
     if not scripts:
         raise WalletError("no outputs to fund")
