@@ -97,3 +97,13 @@ def test_signer_wallet_and_chain_backend_move_by_profile(nodes, mode: str) -> No
         assert chain.tx(held["txid"])["confirmations"] == 1
     finally:
         chain.close()
+
+
+def test_trace_plugins_on_a_node(nodes, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LNP_TRACE_PLUGINS", "1")
+    node = nodes(PROFILE.replace("MODE", "processes").replace("PLACEMENT", "")).start()
+    assert node.stop() == 0
+    log = node.log.read_text()
+    # every process (lnpd, alpha, beta) assembles the registry, and says so
+    assert log.count("lnp trace: lnp_service [tk_beta] ok in ") == 3, log
+    assert "lnp trace: lnp_key_custody [no plugin] ok in " in log  # the node's own key file
