@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import importlib.metadata as md
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
+from lnp_host.context import PluginContext
 from lnp_host.control import answer
 from lnp_host.node import _custody
 from lnp_host.plugins import Discovered, load_registry
@@ -166,3 +168,21 @@ def test_trace_plugins_logs_each_hook_call(tmp_path: Path, monkeypatch: pytest.M
     assert "lnp trace: lnp_rpc_methods [first, hider] ok in " in err  # the wrapper and the plugin it wraps
     assert "lnp trace: lnp_key_custody [first] ok in " in err
     assert "KEY" not in err and KEY.hex() not in err  # arguments and results are not written
+
+
+def test_request_in_one_service_checks_and_answers_as_the_bus_does(tmp_path: Path) -> None:
+    reg, profile = registry(tmp_path, ["first"])
+    env = SimpleNamespace(registry=reg, profile=profile, node=SimpleNamespace(data_dir=tmp_path), storage=None,
+                          keys=None, host=None, contexts={})
+    ctx = PluginContext(env, "first")  # type: ignore[arg-type]  (the parts a local request uses)
+    env.contexts["first"] = ctx
+    assert ctx.request("x.ping", {"n": 2}) == {"pong": 2}
+    with pytest.raises(RpcError) as e:
+        ctx.request("x.ping", {"n": "2"})
+    assert (e.value.code, e.value.message) == (RpcError.INVALID_PARAMS,
+                                               "x.ping: parameter 'n' must be an integer, got \"2\"")
+    with pytest.raises(RpcError) as e:
+        ctx.request("x.nothing")
+    assert e.value.code == RpcError.METHOD_NOT_FOUND
+    with pytest.raises(TypeError, match=r"use ctx.request\('x.ping', body\)"):
+        ctx.request("one", "x.ping", {"n": 1})  # the old form, naming the service: refused, not misrouted
