@@ -20,6 +20,7 @@ from lnp_plugin_api import Decision, DecisionResult, Event, KeyCustody, NodeInfo
 from . import bus as wire
 from .bus import Bus, Endpoints
 from .decisions import Chain, Post
+from .control import answer, as_rpc_error, no_such_request, result_of
 from .plugins import Owned, Registry
 from .profile import HOST_SERVICE, Profile
 
@@ -86,16 +87,30 @@ class PluginContext:
             return None
         return self._env.contexts.get(owned.plugin)
 
-    def request(self, service: str, name: str, body: dict[str, Any] | None = None,
-                timeout: float = 30.0) -> Any:
-        """Send a control request to `service` and wait for its reply."""
-        owned = self._env.registry.control.get((service, name))
-        if owned is not None:
-            ctx = self._local(owned)
-            if ctx is not None:
-                result = owned.item(ctx, body or {})
-                return result.result(timeout) if isinstance(result, Future) else result
-        return self._env.bus.request(service, name, body or {}, timeout=timeout)
+    def request(self, name: str, body: dict[str, Any] | None = None, timeout: float = 30.0) -> Any:
+        """Send control request `name` to the plugin that answers it, wherever it runs, and wait.
+
+        The registry knows the one plugin answering each name; in this same service it is called
+        directly, with the body and reply passed through JSON and the same checks, so its answers and
+        errors are exactly those a caller in another service gets.
+        """
+        if isinstance(body, str):  # the old request(service, name, body): say so rather than misroute
+            raise TypeError(f"ctx.request({name!r}, {body!r}, ...): the service is no longer named, "
+                            f"use ctx.request({body!r}, body)")
+        body = {} if body is None else body
+        owned = self._env.registry.control.get(name)
+        if owned is None:
+            if not name.startswith("host."):  # the host's own requests, answered by lnpd
+                raise no_such_request(name)
+            return self._env.bus.request(HOST_SERVICE, name, body, timeout=timeout)
+        ctx = self._local(owned)
+        if ctx is None:
+            return self._env.bus.request(owned.service, name, body, timeout=timeout)
+        body = wire.decode(wire.encode(body))  # a body JSON cannot carry fails here as it would on the bus
+        try:
+            return wire.decode(wire.encode(result_of(answer(owned, ctx, name, body), timeout, owned.service, name)))
+        except Exception as e:
+            raise as_rpc_error(owned.service, name, e, ctx.log) from None
 
     def emit(self, event: str, body: dict[str, Any] | None = None) -> None:
         """Notify every subscriber of `event`: local ones by a call, other services over the bus."""

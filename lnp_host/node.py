@@ -139,19 +139,19 @@ def _custody(registry: Registry, profile: Profile, forced_key: bytes | None) -> 
     `keys.forced_node_key`), so the node id is the forced key's; a local custody plugin is replaced by
     the host's, holding the forced key in memory.
     """
-    for name in registry.plugins:
-        try:
-            custody = registry.call("lnp_key_custody", name, node=profile)
-        except Exception as e:
-            raise NodeError(f"plugin {name!r} could not provide the node key: {e}") from None
-        if custody is None:
-            continue
-        if forced_key is None:
-            return custody
-        if isinstance(custody, RemoteCustody):
-            return RemoteCustody(custody.service, coincurve.PrivateKey(forced_key).public_key.format())
-        break
-    return FileKeyCustody(profile.data_dir, forced_key)
+    try:  # firstresult: the first plugin in profile order (or a tryfirst one) that answers
+        custody = registry.pm.hook.lnp_key_custody(node=profile)
+    except Exception as e:
+        raise NodeError(f"a plugin could not provide the node key: {e}") from None
+    if isinstance(custody, RemoteCustody):
+        # the key's service is where the plugin answering host.keys.* runs, which a profile may move
+        owner = registry.control.get("host.keys.node_id")
+        custody = RemoteCustody(owner.service if owner else custody.service, custody.node_id)
+    if custody is None or forced_key is not None and not isinstance(custody, RemoteCustody):
+        return FileKeyCustody(profile.data_dir, forced_key)
+    if forced_key is None:
+        return custody
+    return RemoteCustody(custody.service, coincurve.PrivateKey(forced_key).public_key.format())
 
 
 def run_node(profile: Profile, registry: Registry, verbosity: int = 0, profile_args: list[str] | None = None,

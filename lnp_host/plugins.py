@@ -3,10 +3,21 @@
 The host has no list of plugins: built-in and third-party plugins are found the same way, in the
 entry-point group `lnp_host.plugins`. Declarative hooks are called per plugin so everything a plugin
 declares is attributed to it; every process builds the same registry from the same profile.
+
+Hooks go through pluggy's hook callers: a per-plugin call (`Registry.call`) is a subset caller holding
+that plugin's implementations and every plugin's wrappers (`hookwrapper=True` / `wrapper=True`), and
+whole-node hooks (`lnp_key_custody`, firstresult) are `pm.hook.NAME(...)`, so `tryfirst`/`trylast`,
+`firstresult` and wrappers behave as pluggy documents. Plugins are registered in reverse profile order
+so that pluggy, which calls the last registered first, calls them in profile order.
+`LNP_TRACE_PLUGINS=1` writes every hook call to stderr (pluggy's hook call monitoring).
 """
 from __future__ import annotations
 
 import importlib.metadata as md
+import os
+import sys
+import threading
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -60,7 +71,32 @@ def new_manager() -> pluggy.PluginManager:
     """A plugin manager that knows the hook specs."""
     pm = pluggy.PluginManager(lnp_plugin_api.PROJECT)
     pm.add_hookspecs(hookspecs)
+    if os.environ.get(TRACE_ENV, "") not in ("", "0"):
+        trace_hook_calls(pm)
     return pm
+
+
+TRACE_ENV = "LNP_TRACE_PLUGINS"
+
+
+def trace_hook_calls(pm: pluggy.PluginManager) -> None:
+    """Write one line per hook call to stderr: the hook, the plugins called, the outcome and the time.
+
+    Arguments and results are not written: they may hold a profile or keys.
+    """
+    started = threading.local()
+
+    def before(hook: str, impls: Any, kwargs: Any) -> None:
+        started.stack = getattr(started, "stack", []) + [time.perf_counter()]
+
+    def after(outcome: Any, hook: str, impls: Any, kwargs: Any) -> None:
+        elapsed = (time.perf_counter() - started.stack.pop()) * 1000
+        failed = outcome.exception
+        names = ", ".join(i.plugin_name for i in impls) or "no plugin"
+        print(f"lnp trace: {hook} [{names}] {'ok' if failed is None else type(failed).__name__} "
+              f"in {elapsed:.2f} ms", file=sys.stderr, flush=True)
+
+    pm.add_hookcall_monitoring(before, after)
 
 
 @dataclass(frozen=True)
@@ -83,7 +119,7 @@ class Registry:
     schemas: dict[str, dict[str, Field]] = field(default_factory=dict)
     rpc: dict[str, Owned] = field(default_factory=dict)                  # method -> RpcMethod
     wire: dict[int, Owned] = field(default_factory=dict)                 # type -> handler
-    control: dict[tuple[str, str], Owned] = field(default_factory=dict)  # (service, name) -> handler
+    control: dict[str, Owned] = field(default_factory=dict)              # name -> Subscription
     events: dict[str, list[Owned]] = field(default_factory=dict)         # name -> handlers
     event_specs: dict[str, Owned] = field(default_factory=dict)          # name -> EventSpec
     decisions: dict[str, list[Owned]] = field(default_factory=dict)      # name -> handlers, in order
@@ -95,12 +131,17 @@ class Registry:
     outbound: Owned | None = None                        # who sends wire messages to peers
 
     def call(self, hook: str, plugin: str, **kwargs: Any) -> Any:
-        """Call `hook` on one plugin only; None when the plugin does not implement it."""
-        for impl in getattr(self.pm.hook, hook).get_hookimpls():
-            if impl.plugin_name == plugin:
-                # pluggy lets an implementation take only some of the spec's arguments
-                return impl.function(*[kwargs[a] for a in impl.argnames])
-        return None
+        """Call `hook` on one plugin only (and every plugin's wrappers of it); None when the plugin
+        does not implement it."""
+        caller = getattr(self.pm.hook, hook)
+        impls = caller.get_hookimpls()
+        if not any(i.plugin_name == plugin and not (i.hookwrapper or i.wrapper) for i in impls):
+            return None
+        others = {i.plugin for i in impls if i.plugin_name != plugin and not (i.hookwrapper or i.wrapper)}
+        result = self.pm.subset_hook_caller(hook, others)(**kwargs)
+        if caller.spec is not None and caller.spec.opts.get("firstresult"):
+            return result
+        return result[0] if result else None
 
     def plugins_in(self, service: str) -> list[str]:
         """The enabled plugins of `service`, in profile order."""
@@ -120,22 +161,28 @@ def load_registry(profile: Profile, discovered: dict[str, Discovered] | None = N
     discovered = discover() if discovered is None else discovered
     pm = new_manager()
     enabled: dict[str, Discovered] = {}
+    modules: dict[str, Any] = {}
     for name in profile.enabled:
         if name not in discovered:
             raise profile.error(("plugins", "enabled"), f"unknown plugin {name!r} "
                                 f"(discovered: {', '.join(sorted(discovered)) or 'none'})")
         try:
-            module = discovered[name].entry_point.load()
-            pm.register(module, name=name)
+            modules[name] = discovered[name].entry_point.load()
         except Exception as e:  # a broken third-party package must not take the host down
             raise profile.error(("plugins", "enabled"), f"plugin {name!r} failed to load: "
                                 f"{type(e).__name__}: {e}") from None
         enabled[name] = discovered[name]
+    for name in reversed(profile.enabled):  # pluggy calls the last registered first: profile order
+        try:
+            pm.register(modules[name], name=name)
+        except Exception as e:  # a hook that is not in the specs, or a module enabled twice
+            raise profile.error(("plugins", "enabled"), f"plugin {name!r} failed to load: "
+                                f"{type(e).__name__}: {e}") from None
     reg = Registry(pm, enabled, {}, [HOST_SERVICE])
     for spec in HOST_EVENTS:
         reg.event_specs[spec.name] = Owned(HOST_PLUGIN, HOST_SERVICE, spec)
     for name in enabled:
-        service = reg.call("lnp_service", name) or name
+        service = profile.service_override(name) or reg.call("lnp_service", name) or name
         reg.service_of[name] = service
         if service not in reg.services:
             reg.services.append(service)
@@ -150,7 +197,7 @@ def load_registry(profile: Profile, discovered: dict[str, Discovered] | None = N
             raise PluginLoadError(f"plugin {name!r}: {type(e).__name__}: {e}") from None
     _order_decisions(reg, profile)
     requires = {name: _list(reg.call("lnp_requires", name), str, name, "lnp_requires") for name in enabled}
-    profile.validate_requirements(requires, {request for _, request in reg.control}, set(discovered))
+    profile.validate_requirements(requires, set(reg.control), set(discovered))
     return reg
 
 
@@ -178,15 +225,16 @@ def _collect(reg: Registry, name: str, profile: Profile) -> None:
             raise conflict(f"RPC method {method.name!r}", reg.rpc[method.name].plugin)
         reg.rpc[method.name] = Owned(name, service, method)
     for sub in _list(reg.call("lnp_subscriptions", name), Subscription, name, "lnp_subscriptions"):
-        owned = Owned(name, service, sub.handler)
+        owned = Owned(name, service, sub if sub.kind == "control" else sub.handler)
         if sub.kind == "wire":
             if sub.key in reg.wire:
                 raise conflict(f"a handler for wire message type {sub.key}", reg.wire[sub.key].plugin)
             reg.wire[int(sub.key)] = owned
         elif sub.kind == "control":
-            if (service, sub.key) in reg.control:
-                raise conflict(f"control request {sub.key!r}", reg.control[(service, sub.key)].plugin)
-            reg.control[(service, str(sub.key))] = owned
+            # one answerer per name and node, so a request needs no service name (see ctx.request)
+            if sub.key in reg.control:
+                raise conflict(f"control request {sub.key!r}", reg.control[str(sub.key)].plugin)
+            reg.control[str(sub.key)] = owned
         elif sub.kind == "event":
             reg.events.setdefault(str(sub.key), []).append(owned)
         elif sub.kind == "decision":

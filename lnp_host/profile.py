@@ -112,6 +112,9 @@ DECISION_SCHEMA: dict[str, Field] = {
                         "decision's own)", ("", "continue", "fail")),
 }
 
+SERVICE_KEY = "service"  # in every `[plugins.NAME]`: run the plugin in another service than its default
+SERVICE_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
 TOP_LEVEL_KEYS = {"extends", "node", "storage", "bus", "rpc", "services", "plugins", "decisions"}
 
 
@@ -176,6 +179,14 @@ class Profile:
         """The (validated once `validate_plugins` ran) table of plugin `name`."""
         return self.data.get("plugins", {}).get(name, {})
 
+    def service_override(self, name: str) -> str | None:
+        """The service `[plugins.NAME] service = "..."` puts plugin `name` in, instead of its `lnp_service`."""
+        table = self.data.get("plugins", {}).get(name)
+        value = table.get(SERVICE_KEY) if isinstance(table, dict) else None
+        if value is not None and not (isinstance(value, str) and SERVICE_NAME.fullmatch(value)):
+            raise self.error(("plugins", name, SERVICE_KEY), "expected a service name (letters, digits, _ and -)")
+        return value
+
     def service_settings(self, name: str) -> dict[str, Any]:
         """A service's settings with defaults filled in."""
         table = self.data.get("services", {}).get(name, {})
@@ -221,7 +232,8 @@ class Profile:
             if not isinstance(table, dict):
                 raise self.error(("plugins", name), "must be a table")
         for name in self.enabled:
-            plugins[name] = validate_table(schemas.get(name, {}), plugins.get(name, {}), ("plugins", name), self)
+            table = {k: v for k, v in plugins.get(name, {}).items() if k != SERVICE_KEY}  # the host's key
+            plugins[name] = validate_table(schemas.get(name, {}), table, ("plugins", name), self)
         table = self.data.get("services", {})
         if not isinstance(table, dict):
             raise self.error(("services",), "must be a table")

@@ -24,7 +24,7 @@ from . import bus as wire
 from .bus import TooDeep, decode, decode_untrusted, encode, new_socket, prepare_bind
 from .context import Environment
 from .keys import allowed_clients, server_keys
-from .schema import coerce_text, type_matches, type_name
+from .schema import check_params, coerce_text
 
 log = logging.getLogger("lnp.host.rpc")
 PARSE_ERROR = -32700
@@ -67,22 +67,7 @@ def bind_params(method: RpcMethod, params: Any) -> dict[str, Any]:
         params = {p.name: v for p, v in zip(method.params, params)}
     if not isinstance(params, dict):
         raise RpcError(RpcError.INVALID_PARAMS, "params must be a list or an object")
-    known = {p.name for p in method.params}
-    unknown = sorted(set(params) - known)
-    if unknown:
-        raise RpcError(RpcError.INVALID_PARAMS, f"{method.name}: unknown parameter {unknown[0]!r}")
-    out: dict[str, Any] = {}
-    for p in method.params:
-        if p.name not in params:
-            if p.required:
-                raise RpcError(RpcError.INVALID_PARAMS, f"{method.name}: missing parameter {p.name!r}")
-            continue
-        value = coerce_text(params[p.name], p.type, decode_untrusted)
-        if not type_matches(value, p.type):
-            raise RpcError(RpcError.INVALID_PARAMS, f"{method.name}: parameter {p.name!r} must be "
-                           f"{type_name(p.type)}, got {json.dumps(value)[:40]}")
-        out[p.name] = value
-    return out
+    return check_params(method.name, method.params, params, lambda v, t: coerce_text(v, t, decode_untrusted))
 
 
 class RpcServer:

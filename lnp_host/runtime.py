@@ -19,6 +19,7 @@ from lnp_plugin_api import Event, RpcError, SettingError
 from . import bus as wire
 from .bus import ServiceUnavailable, decode, encode, new_socket, prepare_bind, wire_from_frames
 from .context import Environment, PluginContext
+from .control import answer, as_rpc_error, no_such_request
 from .decisions import answer_remote
 
 POLL_MS = 100
@@ -156,11 +157,7 @@ class ServiceRuntime:
             sock.send_multipart(reply, zmq.NOBLOCK)
 
     def _error(self, kind: bytes, name: str, e: BaseException) -> dict[str, Any]:
-        if isinstance(e, RpcError):
-            return e.to_json()
-        self.log.error("%s %r failed", kind.decode(errors="replace"), name, exc_info=e)
-        return RpcError(RpcError.INTERNAL_ERROR, f"internal error in {self.name} handling {name!r}: "
-                        f"{type(e).__name__}").to_json()
+        return as_rpc_error(self.name, name, e, self.log).to_json()
 
     def _finish_later(self, ident: bytes, rid: bytes, name: str, future: Future[Any]) -> None:
         """Runs in whichever thread completed the future: hand the reply to the service's thread."""
@@ -221,13 +218,16 @@ class ServiceRuntime:
                 raise RpcError(RpcError.INVALID_PARAMS, "parameters must be an object")
             return owned.item.handler(self.env.contexts[owned.plugin], **body)
         if kind == wire.REQUEST:
-            owned = reg.control.get((self.name, name))
-            if owned is not None:
-                return owned.item(self.env.contexts[owned.plugin], body)
+            owned = reg.control.get(name)
+            if owned is not None and owned.service == self.name:
+                return answer(owned, self.env.contexts[owned.plugin], name, body)
             builtin = self.env.builtins.get(name)
             if builtin is not None:
                 return builtin(body)
-            raise RpcError(RpcError.METHOD_NOT_FOUND, f"service {self.name!r} has no control request {name!r}")
+            if owned is None:
+                raise no_such_request(name)
+            raise RpcError(RpcError.METHOD_NOT_FOUND, f"service {self.name!r} has no control request {name!r} "
+                           f"({owned.plugin!r} answers it in {owned.service!r})")
         if kind == wire.EVENT:
             source = body.get("source", "?") if isinstance(body, dict) else "?"
             event = Event(name, source, body.get("body", {}) if isinstance(body, dict) else {})

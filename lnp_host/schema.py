@@ -4,7 +4,9 @@ from __future__ import annotations
 import json
 import types
 import typing
-from typing import Any, Callable, get_args, get_origin
+from typing import Any, Callable, Sequence, get_args, get_origin
+
+from lnp_plugin_api import Param, RpcError
 
 
 def type_matches(value: Any, expected: Any) -> bool:
@@ -68,3 +70,28 @@ def coerce_text(value: Any, expected: Any, parse: Callable[[str], Any] = json.lo
     except (ValueError, RecursionError):  # RecursionError: a string of 5,000 "[" from a client
         return value
     return parsed if type_matches(parsed, expected) else value
+
+
+def check_params(name: str, params: Sequence[Param], values: dict[str, Any],
+                 convert: Callable[[Any, Any], Any] | None = None) -> dict[str, Any]:
+    """Check named values against declared parameters (RPC parameters, control request bodies).
+
+    Raises RpcError(INVALID_PARAMS) naming the first unknown, missing or mistyped key; `convert(value,
+    type)` may first turn a value into the declared type (the command line's strings).
+    """
+    known = {p.name for p in params}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise RpcError(RpcError.INVALID_PARAMS, f"{name}: unknown parameter {unknown[0]!r}")
+    out: dict[str, Any] = {}
+    for p in params:
+        if p.name not in values:
+            if p.required:
+                raise RpcError(RpcError.INVALID_PARAMS, f"{name}: missing parameter {p.name!r}")
+            continue
+        value = values[p.name] if convert is None else convert(values[p.name], p.type)
+        if not type_matches(value, p.type):
+            raise RpcError(RpcError.INVALID_PARAMS, f"{name}: parameter {p.name!r} must be "
+                           f"{type_name(p.type)}, got {json.dumps(value, default=repr)[:40]}")
+        out[p.name] = value
+    return out

@@ -21,7 +21,7 @@ from .features import FeatureSpec
 from .types import (REQUIRED, Continue, Decision, DecisionResult, DecisionSpec, Event, EventSpec, Fail, Field,
                     KeyCustody, NodeInfo, Param, PerContext, RemoteCustody, Resolve, RpcError, RpcMethod,
                     ServiceContext, SettingError, Storage, StorageModels, Subscription, WireMessage, as_result, result_from_json,
-                    result_to_json, rpc_method)
+                    result_to_json, control_method, rpc_method)
 
 PROJECT = "lnp_host"
 ENTRY_POINT_GROUP = "lnp_host.plugins"
@@ -31,6 +31,6 @@ __all__ = [
     "ENTRY_POINT_GROUP", "PROJECT", "REQUIRED", "ChannelExtension", "Continue", "Decision", "DecisionResult",
     "DecisionSpec", "Event", "EventSpec", "Fail", "FeatureSpec", "Field", "KeyCustody", "NodeInfo", "Param",
     "PerContext", "RemoteCustody", "Resolve", "RpcError", "RpcMethod", "ServiceContext", "SettingError", "Storage",
-    "StorageModels", "Subscription", "TxDraft", "TxOutDraft", "WireMessage", "as_result", "hookimpl",
+    "StorageModels", "Subscription", "TxDraft", "TxOutDraft", "WireMessage", "as_result", "control_method", "hookimpl",
     "result_from_json", "result_to_json", "rpc_method",
 ]

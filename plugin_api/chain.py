@@ -1,7 +1,7 @@
 """The chain backend interface, and the block and transaction parsing every chain plugin shares.
 
-A backend is a plugin in the `watchd` service that answers six control requests, in the spirit
-of Core Lightning's backend methods:
+A backend is a plugin (in any service; bitcoind runs in watchd's) that answers six control requests,
+in the spirit of Core Lightning's backend methods:
 
     chain.info       -> {network, height, best_hash, syncing}
     chain.fees       -> {"2": sat_per_kvb, "6": ..., "12": ..., "144": ...}   (targets in blocks)
@@ -26,9 +26,8 @@ from typing import Any, Callable, Protocol
 
 from embit.transaction import Transaction
 
-from .types import RpcError, ServiceContext, Subscription
+from .types import RpcError, ServiceContext, Subscription, control_method
 
-CHAIN_SERVICE = "watchd"
 BROADCAST_REJECTED = -26
 REQUESTS = ("chain.info", "chain.fees", "chain.block", "chain.utxo", "chain.broadcast", "chain.in_mempool")
 CLIENT_TIMEOUT = 10.0  # a backend should answer sooner (bitcoind's default is 3 s), this is the last resort
@@ -71,29 +70,33 @@ class ChainBackend(Protocol):
 def backend_subscriptions(get_backend: Callable[[ServiceContext], ChainBackend]) -> list[Subscription]:
     """The control subscriptions of REQUESTS, served by the backend `get_backend(ctx)` returns."""
 
-    def info(ctx: ServiceContext, body: dict[str, Any]) -> dict[str, Any]:
+    def info(ctx: ServiceContext) -> dict[str, Any]:
         i = get_backend(ctx).info()
         return {"network": i.network, "height": i.height, "best_hash": i.best_hash, "syncing": i.syncing}
 
-    def fees(ctx: ServiceContext, body: dict[str, Any]) -> dict[str, int]:
+    def fees(ctx: ServiceContext) -> dict[str, int]:
         return {str(k): v for k, v in get_backend(ctx).fees().items()}
 
-    def block(ctx: ServiceContext, body: dict[str, Any]) -> dict[str, Any] | None:
-        found = get_backend(ctx).block(int(body["height"]))
+    def block(ctx: ServiceContext, height: int) -> dict[str, Any] | None:
+        found = get_backend(ctx).block(height)
         return None if found is None else {"hash": found[0], "raw": found[1].hex()}
 
-    def utxo(ctx: ServiceContext, body: dict[str, Any]) -> dict[str, Any] | None:
-        found = get_backend(ctx).utxo(str(body["txid"]), int(body["vout"]))
+    def utxo(ctx: ServiceContext, txid: str, vout: int) -> dict[str, Any] | None:
+        found = get_backend(ctx).utxo(txid, vout)
         return None if found is None else {"value_sat": found[0], "script": found[1].hex()}
 
-    def broadcast(ctx: ServiceContext, body: dict[str, Any]) -> dict[str, str]:
-        return {"txid": get_backend(ctx).broadcast(bytes.fromhex(str(body["raw"])))}
+    def broadcast(ctx: ServiceContext, raw: str) -> dict[str, str]:
+        try:
+            tx = bytes.fromhex(raw)
+        except ValueError:
+            raise RpcError(RpcError.INVALID_PARAMS, "chain.broadcast: parameter 'raw' must be hex") from None
+        return {"txid": get_backend(ctx).broadcast(tx)}
 
-    def in_mempool(ctx: ServiceContext, body: dict[str, Any]) -> bool:
-        return get_backend(ctx).in_mempool(str(body["txid"]))
+    def in_mempool(ctx: ServiceContext, txid: str) -> bool:
+        return get_backend(ctx).in_mempool(txid)
 
     handlers = (info, fees, block, utxo, broadcast, in_mempool)
-    return [Subscription.control(name, fn) for name, fn in zip(REQUESTS, handlers)]
+    return [control_method(name)(fn) for name, fn in zip(REQUESTS, handlers)]
 
 
 class ChainClient:
@@ -104,8 +107,8 @@ class ChainClient:
 
     def _ask(self, name: str, body: dict[str, Any] | None = None) -> Any:
         try:
-            return self._ctx.request(CHAIN_SERVICE, name, body or {}, timeout=self._timeout)
-        except RpcError as e:  # watchd itself not answering in time: say what it means to the caller
+            return self._ctx.request(name, body or {}, timeout=self._timeout)
+        except RpcError as e:  # the backend's service not answering in time: say what it means to the caller
             if e.code in (RpcError.SERVICE_UNAVAILABLE, RpcError.TIMEOUT) and not e.message.startswith("chain backend"):
                 raise RpcError(RpcError.SERVICE_UNAVAILABLE, f"chain backend not answering: {e.message}") from None
             raise

@@ -107,17 +107,22 @@ class RpcMethod:
     def from_function(cls, fn: Callable[..., Any], name: str | None = None,
                       help: str | None = None) -> "RpcMethod":
         """Build the method from `fn(ctx, ...)`: parameters from its signature, help from its docstring."""
-        hints = typing.get_type_hints(fn)
-        params = []
-        for i, p in enumerate(inspect.signature(fn).parameters.values()):
-            if i == 0:
-                continue  # the context
-            if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
-                raise TypeError(f"{fn.__name__}: *args/**kwargs are not allowed in RPC methods")
-            default = REQUIRED if p.default is p.empty else p.default
-            params.append(Param(p.name, hints.get(p.name, Any), default))
         doc = help if help is not None else inspect.getdoc(fn) or ""
-        return cls(name or fn.__name__, fn, tuple(params), doc)
+        return cls(name or fn.__name__, fn, params_of(fn, "RPC methods"), doc)
+
+
+def params_of(fn: Callable[..., Any], what: str) -> tuple[Param, ...]:
+    """The parameters of `fn(ctx, name: type = default, ...)` after the context, with their types."""
+    hints = typing.get_type_hints(fn)
+    params = []
+    for i, p in enumerate(inspect.signature(fn).parameters.values()):
+        if i == 0:
+            continue  # the context
+        if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
+            raise TypeError(f"{fn.__name__}: *args/**kwargs are not allowed in {what}")
+        default = REQUIRED if p.default is p.empty else p.default
+        params.append(Param(p.name, hints.get(p.name, Any), default))
+    return tuple(params)
 
 
 def rpc_method(fn: Callable[..., Any] | None = None, *, name: str | None = None,
@@ -138,7 +143,8 @@ class Subscription:
     """What a plugin handles, and the function that handles it.
 
     - wire: a peer wire message by BOLT type number; `handler(ctx, msg: WireMessage)`.
-    - control: a control-bus request by name; `handler(ctx, body: dict) -> JSON-able reply`.
+    - control: a control-bus request by name; `handler(ctx, body: dict) -> JSON-able reply`, or, made
+      with `@control_method`, `handler(ctx, **body)` with `params` the host checks first.
     - event: a notification by name; `handler(ctx, event: Event)`.
     - decision: a decision by name; `handler(ctx, body: dict) -> Continue | Fail | Resolve`, or a
       `concurrent.futures.Future` of one (None/True mean Continue, False/Decision(False, why) Fail).
@@ -151,6 +157,7 @@ class Subscription:
     handler: Callable[..., Any]
     before: tuple[str, ...] = ()    # decisions only: plugins to be asked after this one
     after: tuple[str, ...] = ()     # decisions only: plugins to be asked before this one
+    params: tuple[Param, ...] | None = None  # control only: the body's keys, checked like RPC parameters
 
     @classmethod
     def wire(cls, msg_type: int, handler: Callable[..., Any]) -> "Subscription":
@@ -185,6 +192,18 @@ def _names(value: str | tuple[str, ...] | list[str]) -> tuple[str, ...]:
     if not all(isinstance(n, str) for n in names):
         raise TypeError("before/after take plugin names")
     return names
+
+
+def control_method(name: str) -> Callable[[Callable[..., Any]], Subscription]:
+    """Decorator: answer control request `name` with `fn(ctx, param: type = default, ...)`.
+
+    The host checks the request's body against the parameters, as it checks RPC parameters, before
+    `fn` runs: a body with an unknown, missing or mistyped key gets RpcError(INVALID_PARAMS) naming it.
+    The check and the error are the same whether the caller runs in the same service or another.
+    """
+    def declare(fn: Callable[..., Any]) -> Subscription:
+        return Subscription("control", name, fn, params=params_of(fn, "control methods"))
+    return declare
 
 
 @dataclass(frozen=True)
@@ -451,9 +470,9 @@ class ServiceContext(Protocol):
     data_dir: Path              # a directory of the plugin's own, inside the node's data dir
     host: Any                   # the host's control (services, plugins, stop); only in lnpd
 
-    def request(self, service: str, name: str, body: dict[str, Any] | None = None,
-                timeout: float = 30.0) -> Any:
-        """Send a control request to `service` and wait for its reply."""
+    def request(self, name: str, body: dict[str, Any] | None = None, timeout: float = 30.0) -> Any:
+        """Send control request `name` to the plugin that answers it, wherever it runs, and wait for
+        its reply. Errors are RpcError, the same for a plugin in this service as in another."""
 
     def emit(self, event: str, body: dict[str, Any] | None = None) -> None:
         """Send a notification to every subscriber of `event`."""

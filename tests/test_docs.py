@@ -47,7 +47,7 @@ PLACEHOLDER = re.compile(r"[A-Z\[\]|]|\.\.\.")               # NODE_ID, [--known
 PEER_EVENTS = {"peer_connected", "peer_disconnected", "custommsg"}   # a raw BOLT-8 peer comes and goes
 AT_START = {"node_ready"}
 CONTROL_BODIES = {"quote.fee": {"amount_sat": 250_000}}               # control requests, by name
-DECISION_CAUSES = {"sign_request": ("signd", "signd.sign_message", {"message": "00ff", "purpose": "docs"})}
+DECISION_CAUSES = {"sign_request": ("signd.sign_message", {"message": "00ff", "purpose": "docs"})}
 UNHANDLED_CUSTOM = 32801  # an odd custom type no example handles: becomes `custommsg`
 
 
@@ -298,9 +298,9 @@ from lnp_plugin_api import hookimpl, rpc_method
 
 
 @rpc_method
-def docs_request(ctx, service: str, name: str, body: dict) -> dict:
-    """Send control request NAME with BODY to SERVICE."""
-    return {"reply": ctx.request(service, name, body)}
+def docs_request(ctx, name: str, body: dict) -> dict:
+    """Send control request NAME with BODY to whichever plugin answers it."""
+    return {"reply": ctx.request(name, body)}
 
 
 @hookimpl
@@ -461,7 +461,7 @@ def test_python_examples_run_in_a_real_node(short_tmp: Path, nodes: Any) -> None
                     assert e.code != RpcError.INTERNAL_ERROR, f"{ex.block}: {m.name}: {e.message}"
             for s in ex.subscriptions("control"):
                 assert s.key in CONTROL_BODIES, f"{ex.block}: add a body for control request {s.key!r}"
-                c.docs_request(ex.service, s.key, CONTROL_BODIES[s.key])
+                c.docs_request(s.key, CONTROL_BODIES[s.key])
         for name in sorted(decisions & set(DECISION_CAUSES)):
             c.docs_request(*DECISION_CAUSES[name])
         expected = {("event", n) for n in events} | {("decision", n) for n in decisions}

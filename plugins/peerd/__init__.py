@@ -9,8 +9,8 @@ from __future__ import annotations
 from concurrent.futures import Future
 from typing import Any
 
-from lnp_plugin_api import (EventSpec, PerContext, RpcError, ServiceContext, Subscription, WireMessage, hookimpl,
-                        rpc_method)
+from lnp_plugin_api import (EventSpec, PerContext, RpcError, ServiceContext, Subscription, WireMessage,
+                        control_method, hookimpl, rpc_method)
 from lnp_plugin_api.addresses import AddressError, parse_address, parse_node_id, parse_peer
 from lnp_plugin_api.wire import WireError, split_message
 
@@ -133,18 +133,21 @@ def listen(ctx: ServiceContext, address: str | None = None) -> dict[str, Any] | 
 
 # --- control requests for other services ---------------------------------------------------------
 
-def _set_persistent(ctx: ServiceContext, body: dict[str, Any]) -> Later:
+@control_method("peerd.set_persistent")
+def _set_persistent(ctx: ServiceContext, id: str, persistent: bool, address: str | None = None) -> Later:
     manager = _manager(ctx)
-    address = body.get("address")
     if address is not None:
-        parse_address(address)
-    return manager.submit(manager.set_persistent(_node_id(str(body.get("id", ""))), bool(body.get("persistent")),
-                                                 address))
+        try:
+            parse_address(address)
+        except AddressError as e:
+            raise RpcError(RpcError.INVALID_PARAMS, f"address: {e}") from None
+    return manager.submit(manager.set_persistent(_node_id(id), persistent, address))
 
 
-def _peer(ctx: ServiceContext, body: dict[str, Any]) -> "Future[dict[str, Any] | None]":
+@control_method("peerd.peer")
+def _peer(ctx: ServiceContext, id: str) -> "Future[dict[str, Any] | None]":
     manager = _manager(ctx)
-    node_id = _node_id(str(body.get("id", "")))
+    node_id = _node_id(id)
 
     async def one() -> dict[str, Any] | None:
         found = await manager.describe(node_id)
@@ -181,8 +184,7 @@ def lnp_rpc_methods() -> list:
 @hookimpl
 def lnp_subscriptions() -> list[Subscription]:
     return [Subscription.outbound(_outbound),
-            Subscription.control("peerd.set_persistent", _set_persistent),
-            Subscription.control("peerd.peer", _peer)]
+            _set_persistent, _peer]
 
 
 @hookimpl

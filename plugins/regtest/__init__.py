@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from lnp_plugin_api import Field, PerContext, RpcError, ServiceContext, hookimpl, rpc_method
+from lnp_plugin_api.services import Funding
 
 from lnp_plugins.bitcoind import UNREACHABLE, Bitcoind, BitcoindError
 
@@ -127,7 +128,7 @@ def mine(ctx: ServiceContext, blocks: int = 1, address: str | None = None) -> di
         raise RpcError(RpcError.INVALID_PARAMS, "blocks must be 1..1000")
     node.rpc.call("getblockcount")  # a node that does not answer is reported now, not after mining's long wait
     if address is None:
-        address = ctx.request("wallet", "wallet.newaddr", {})["address"]
+        address = Funding(ctx).new_address()
     try:
         hashes = node.rpc.call("generatetoaddress", blocks, address,
                                timeout=CALL_TIMEOUT + blocks * SECONDS_PER_BLOCK)

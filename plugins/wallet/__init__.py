@@ -13,7 +13,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from lnp_plugin_api import Field, PerContext, RpcError, ServiceContext, Subscription, hookimpl, rpc_method
+from lnp_plugin_api import (Field, PerContext, RpcError, ServiceContext, Subscription, control_method, hookimpl,
+                            rpc_method)
+from lnp_plugin_api.services import SIGNER_REQUESTS
 
 from . import storage
 from .builder import WalletError, script_for
@@ -60,19 +62,38 @@ def abandon(ctx: ServiceContext, txid: str) -> dict[str, Any]:
     return _wallet(ctx).abandon(txid)
 
 
-def _fund(ctx: ServiceContext, body: dict[str, Any]) -> dict[str, Any]:
+@control_method("wallet.newaddr")
+def _newaddr(ctx: ServiceContext) -> dict[str, str]:
+    return {"address": _wallet(ctx).new_address()["address"]}
+
+
+@control_method("wallet.fund")
+def _fund(ctx: ServiceContext, outputs: list[dict], feerate: float | None = None, label: str = "",
+          purpose: str = "fund") -> dict[str, Any]:
     w = _wallet(ctx)
-    outputs = []
-    for o in body.get("outputs") or []:
-        if not isinstance(o, dict) or not isinstance(o.get("value_sat"), int):
+    scripts = []
+    for o in outputs:
+        if not isinstance(o.get("value_sat"), int) or isinstance(o.get("value_sat"), bool):
             raise WalletError("each output needs value_sat and an address or a script")
-        script = bytes.fromhex(o["script"]) if "script" in o else script_for(str(o.get("address", "")), w.network).data
-        outputs.append((script, o["value_sat"]))
-    if not outputs:
+        try:
+            script = bytes.fromhex(str(o["script"])) if "script" in o else script_for(str(o.get("address", "")),
+                                                                                       w.network).data
+        except ValueError:
+            raise WalletError("an output's script must be hex") from None
+        scripts.append((script, o["value_sat"]))
+    if not scripts:
         raise WalletError("no outputs to fund")
-    feerate = body.get("feerate")
-    return w.fund(outputs, float(feerate) if feerate is not None else None, label=str(body.get("label", "")),
-                  purpose=str(body.get("purpose", "fund")))
+    return w.fund(scripts, feerate, label=label, purpose=purpose)
+
+
+@control_method("wallet.broadcast")
+def _broadcast(ctx: ServiceContext, reservation: str) -> dict[str, Any]:
+    return _wallet(ctx).broadcast(reservation)
+
+
+@control_method("wallet.release")
+def _release(ctx: ServiceContext, reservation: str) -> dict[str, Any]:
+    return _wallet(ctx).release(reservation)
 
 
 def _on_event(ctx: ServiceContext, event: Any) -> None:
@@ -89,7 +110,7 @@ def lnp_service() -> str:
 @hookimpl
 def lnp_requires() -> list[str]:
     # keys and signatures from a signer, addresses watched by watchd, fees and broadcasts from a backend
-    return ["signd.wallet", "signd.sign_psbt", "watchd.watch", "watchd.status", "watchd.notifications",
+    return [SIGNER_REQUESTS["wallet"], SIGNER_REQUESTS["sign_psbt"], "watchd.watch", "watchd.status", "watchd.notifications",
             "watchd.acknowledge", "chain.fees", "chain.broadcast"]
 
 
@@ -113,10 +134,7 @@ def lnp_rpc_methods() -> list:
 
 @hookimpl
 def lnp_subscriptions() -> list:
-    return [Subscription.control("wallet.newaddr", lambda ctx, body: {"address": _wallet(ctx).new_address()["address"]}),
-            Subscription.control("wallet.fund", _fund),
-            Subscription.control("wallet.broadcast", lambda ctx, body: _wallet(ctx).broadcast(str(body.get("reservation")))),
-            Subscription.control("wallet.release", lambda ctx, body: _wallet(ctx).release(str(body.get("reservation"))))
+    return [_newaddr, _fund, _broadcast, _release
             ] + [Subscription.event(name, _on_event) for name in WATCHD_EVENTS]
 
 

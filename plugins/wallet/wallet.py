@@ -26,6 +26,7 @@ from sqlalchemy import delete, func, insert, select, update
 from lnp_plugin_api import RpcError, ServiceContext
 from lnp_plugin_api.chain import BROADCAST_REJECTED, ChainClient
 from lnp_plugin_api.chains import embit_network
+from lnp_plugin_api.services import ChainWatch, Signer
 
 from . import storage as db
 from .builder import Coin, WalletError, build_psbt, dust_limit, script_for, select as select_coins
@@ -51,14 +52,16 @@ class Wallet:
         self.min_feerate = float(ctx.config["min_feerate"])
         self.max_feerate = float(ctx.config["max_feerate"])
         self.lock = threading.RLock()
-        info = ctx.request("signd", "signd.wallet", {}, timeout=60)
-        self.account = HDKey.from_string(info["xpub"])
-        self.fingerprint = bytes.fromhex(info["fingerprint"])
+        self.signer = Signer(ctx)
+        self.watchd = ChainWatch(ctx, OWNER)
+        info = self.signer.wallet(timeout=60)
+        self.account = HDKey.from_string(info.xpub)
+        self.fingerprint = bytes.fromhex(info.fingerprint)
         coin = 0 if self.network == "mainnet" else 1
         self.account_path = [84 + HARDENED_INDEX, coin + HARDENED_INDEX, HARDENED_INDEX]
-        self.descriptors = info["descriptors"]
+        self.descriptors = info.descriptors
         self.chain = ChainClient(ctx)
-        self.tip = int(ctx.request("watchd", "watchd.status", {}, timeout=60).get("height") or 0)
+        self.tip = int(self.watchd.status(timeout=60).get("height") or 0)
         with ctx.storage.begin() as conn:  # the last watchd notification applied
             self.applied = int(conn.execute(select(db.state.c.value).where(db.state.c.key == "watchd_seq")).scalar() or 0)
         for branch in (0, 1):
@@ -94,7 +97,7 @@ class Wallet:
         next_idx = max((r.idx for r in rows), default=-1) + 1
         for idx in range(next_idx, next_idx + max(0, self.gap - unused)):
             script, address = self._derive(branch, idx)
-            self.ctx.request("watchd", "watchd.watch", {"kind": "script", "key": script, "owner": OWNER})
+            self.watchd.watch_script(script)
             with self.ctx.storage.begin() as conn:
                 conn.execute(insert(db.addresses).values(script=script, branch=branch, idx=idx, address=address,
                                                          used=False))
@@ -170,13 +173,13 @@ class Wallet:
         with self.ctx.storage.begin() as conn:
             conn.execute(delete(db.state).where(db.state.c.key == "watchd_seq"))
             conn.execute(insert(db.state).values(key="watchd_seq", value=str(self.applied)))
-        self.ctx.request("watchd", "watchd.acknowledge", {"owner": OWNER, "seq": self.applied})
+        self.watchd.acknowledge(self.applied)
 
     def catch_up(self) -> None:
         """Apply every notification watchd holds for the wallet beyond the last one applied."""
         with self.lock:
             while True:
-                missed = self.ctx.request("watchd", "watchd.notifications", {"owner": OWNER, "after": self.applied})
+                missed = self.watchd.notifications(self.applied)
                 for n in missed:
                     self._apply(int(n["seq"]), n["name"], n["body"])
                 if len(missed) < 500:
@@ -215,8 +218,7 @@ class Wallet:
                     conn.execute(update(db.transactions).where(db.transactions.c.txid == b["txid"]).values(**values))
             row = conn.execute(update(db.addresses).where(db.addresses.c.script == b["script"])
                                .values(used=True).returning(db.addresses.c.branch)).first()
-        self.ctx.request("watchd", "watchd.watch", {"kind": "outpoint", "key": f"{b['txid']}:{b['vout']}",
-                                                    "owner": OWNER})
+        self.watchd.watch_outpoint(b["txid"], b["vout"])
         if row is not None:
             self._fill_gap(row.branch)
 
@@ -323,7 +325,7 @@ class Wallet:
         """Send again each of our unconfirmed transactions the backend's mempool lacks, parents first."""
         # A transaction just mined is not missing: only check once watchd has the backend's tip, and
         # once its notifications are applied.
-        watched = self.ctx.request("watchd", "watchd.status", {})["height"]
+        watched = self.watchd.status()["height"]
         if watched is None or watched < self.chain.info().height:
             return  # watchd is catching up: checked again at its next block
         self.catch_up()
@@ -460,8 +462,8 @@ class Wallet:
             change_script, _, change_idx = self._next_unused(1)
             plan = select_coins(coins, outputs, rate, (bytes.fromhex(change_script), 1, change_idx), send_all)
             psbt = build_psbt(plan, self.fingerprint, self.account_path, self.tip, self.pubkey)
-            signed = self.ctx.request("signd", "signd.sign_psbt", {"psbt": psbt.to_string(), "purpose": purpose})
-            tx = finalize_psbt(PSBT.from_string(signed["psbt"]))
+            signed = self.signer.sign_psbt(psbt.to_string(), purpose)
+            tx = finalize_psbt(PSBT.from_string(signed))
             if tx is None:
                 raise RpcError(RpcError.INTERNAL_ERROR, "signd did not sign every input")
             txid = tx.txid().hex()
@@ -522,10 +524,9 @@ class Wallet:
                                                              height=None, coinbase=False))
                     conn.execute(update(db.addresses).where(db.addresses.c.script == script).values(used=True))
                 conn.execute(delete(db.state).where(db.state.c.key == f"reservation_{reservation}"))
-            self.ctx.request("watchd", "watchd.watch", {"kind": "txid", "key": txid, "owner": OWNER, "depths": [1]})
+            self.watchd.watch_txid(txid, [1])
             if held["change"]:
-                self.ctx.request("watchd", "watchd.watch", {"kind": "outpoint", "key": f"{txid}:{held['change'][2]}",
-                                                            "owner": OWNER})
+                self.watchd.watch_outpoint(txid, held["change"][2])
                 self._fill_gap(1)
             if unsure is not None:
                 raise RpcError(unsure.code, f"{unsure.message}; transaction {txid} is kept as sent, and sent again "

@@ -18,7 +18,8 @@ import threading
 import time
 from typing import Any
 
-from lnp_plugin_api import EventSpec, Field, PerContext, RpcError, ServiceContext, Subscription, hookimpl, rpc_method
+from lnp_plugin_api import (EventSpec, Field, PerContext, RpcError, ServiceContext, Subscription, control_method,
+                            hookimpl, rpc_method)
 from lnp_plugin_api.chain import ChainClient
 
 from . import storage
@@ -87,31 +88,32 @@ _running: PerContext[Watchd] = PerContext("watchd")
 _get = _running.get
 
 
-def _watch(ctx: ServiceContext, body: dict[str, Any]) -> dict[str, Any]:
-    depths = body.get("depths")
-    if depths is not None and (not isinstance(depths, list) or not all(isinstance(d, int) for d in depths)):
-        raise RpcError(RpcError.INVALID_PARAMS, "depths must be a list of integers")
+@control_method("watchd.watch")
+def _watch(ctx: ServiceContext, kind: str, key: str, owner: str, depths: list[int] | None = None) -> dict[str, Any]:
     w = _get(ctx)
-    out = w.scanner.add(str(body.get("kind", "")), str(body.get("key", "")), str(body.get("owner", "?")), depths)
+    out = w.scanner.add(kind, key, owner, depths)
     w.wake.set()  # a new watch may already be due at the current tip (depth 1 of a mined txid is not)
     return out
 
 
-def _unwatch(ctx: ServiceContext, body: dict[str, Any]) -> dict[str, bool]:
-    return {"removed": _get(ctx).scanner.remove(int(body.get("id", -1)))}
+@control_method("watchd.unwatch")
+def _unwatch(ctx: ServiceContext, id: int) -> dict[str, bool]:
+    return {"removed": _get(ctx).scanner.remove(id)}
 
 
-def _notifications(ctx: ServiceContext, body: dict[str, Any]) -> list[dict[str, Any]]:
-    return _get(ctx).scanner.notifications(str(body.get("owner", "")), int(body.get("after", 0)),
-                                           min(int(body.get("limit", 500)), 5000))
+@control_method("watchd.notifications")
+def _notifications(ctx: ServiceContext, owner: str, after: int = 0, limit: int = 500) -> list[dict[str, Any]]:
+    return _get(ctx).scanner.notifications(owner, after, max(1, min(limit, 5000)))
 
 
-def _acknowledge(ctx: ServiceContext, body: dict[str, Any]) -> dict[str, bool]:
-    _get(ctx).scanner.acknowledge(str(body.get("owner", "")), int(body.get("seq", 0)))
+@control_method("watchd.acknowledge")
+def _acknowledge(ctx: ServiceContext, owner: str, seq: int) -> dict[str, bool]:
+    _get(ctx).scanner.acknowledge(owner, seq)
     return {"acknowledged": True}
 
 
-def _status(ctx: ServiceContext, body: dict[str, Any]) -> dict[str, Any]:
+@control_method("watchd.status")
+def _status(ctx: ServiceContext) -> dict[str, Any]:
     return _get(ctx).scanner.status()
 
 
@@ -177,10 +179,7 @@ def lnp_rpc_methods() -> list:
 
 @hookimpl
 def lnp_subscriptions() -> list:
-    return [Subscription.control("watchd.watch", _watch), Subscription.control("watchd.unwatch", _unwatch),
-            Subscription.control("watchd.status", _status),
-            Subscription.control("watchd.notifications", _notifications),
-            Subscription.control("watchd.acknowledge", _acknowledge), Subscription.event("chain_block_hint", _hint),
+    return [_watch, _unwatch, _status, _notifications, _acknowledge, Subscription.event("chain_block_hint", _hint),
             Subscription.event("chain_mempool_tx", _mempool_tx), Subscription.event("node_ready", _node_ready)]
 
 

@@ -1,19 +1,29 @@
 """tk_alpha: drives requests, decisions, wire messages and failures from the alpha service."""
 import time
+from typing import Any
 
 from lnp_plugin_api import DecisionSpec, RpcError, WireMessage, hookimpl, rpc_method
 
 
 @rpc_method
-def tk_roundtrips(ctx, n: int = 1000, service: str = "beta") -> dict:
-    """Make N control-bus requests to SERVICE's `echo` and time them."""
+def tk_roundtrips(ctx, n: int = 1000) -> dict:
+    """Make N control requests `echo` (answered by tk_beta, wherever it runs) and time them."""
     start = time.perf_counter()
     for i in range(n):
-        reply = ctx.request(service, "echo", {"i": i})
+        reply = ctx.request("echo", {"i": i})
         if reply["i"] != i:
             raise RpcError(RpcError.INTERNAL_ERROR, "echo answered the wrong request")
     elapsed = time.perf_counter() - start
     return {"n": n, "seconds": elapsed, "per_second": n / elapsed if elapsed else None}
+
+
+@rpc_method
+def tk_ask(ctx, name: str, body: Any = None) -> dict:
+    """Send control request NAME with BODY; its reply, or the RpcError it raised (code and message)."""
+    try:
+        return {"reply": ctx.request(name, body)}
+    except RpcError as e:
+        return {"error": {"code": e.code, "message": e.message}}
 
 
 @rpc_method
@@ -50,7 +60,7 @@ def lnp_service():
 
 @hookimpl
 def lnp_rpc_methods():
-    return [tk_roundtrips, tk_spend, tk_deliver, tk_fail, tk_crash]
+    return [tk_roundtrips, tk_ask, tk_spend, tk_deliver, tk_fail, tk_crash]
 
 
 @hookimpl

@@ -1,11 +1,23 @@
 """tk_beta: answers `echo`, takes part in `tk_spend`, receives wire type 32769 and `greeted` events."""
-from lnp_plugin_api import Decision, Field, Subscription, hookimpl, rpc_method
+from lnp_plugin_api import Decision, Field, Subscription, control_method, hookimpl, rpc_method
 
 received: list = []
 
 
 def echo(ctx, body):
     return body
+
+
+@control_method("tk.add")
+def add(ctx, a: int, b: int = 0, note: str | None = None) -> dict:
+    """A typed control request: the host checks the body before this runs."""
+    return {"sum": a + b, "note": note, "service": ctx.service}
+
+
+@control_method("tk.crash")
+def crash(ctx) -> dict:
+    """A handler that fails unexpectedly: its callers get INTERNAL_ERROR, wherever they run."""
+    raise ZeroDivisionError("a detail that stays in the log")
 
 
 def spend_limit(ctx, body):
@@ -45,5 +57,5 @@ def lnp_rpc_methods():
 
 @hookimpl
 def lnp_subscriptions():
-    return [Subscription.control("echo", echo), Subscription.decision("tk_spend", spend_limit),
+    return [Subscription.control("echo", echo), add, crash, Subscription.decision("tk_spend", spend_limit),
             Subscription.wire(32769, on_custom), Subscription.event("greeted", on_greeted)]

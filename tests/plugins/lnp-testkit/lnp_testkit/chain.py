@@ -1,5 +1,8 @@
 """tk_chain: asks watchd for watches over the control bus and records watchd's events."""
+from dataclasses import asdict
+
 from lnp_plugin_api import Subscription, hookimpl, rpc_method
+from lnp_plugin_api.services import ChainWatch, Funding
 
 EVENTS = ("block_connected", "block_disconnected", "outpoint_spent", "outpoint_unspent", "tx_depth",
           "tx_unconfirmed", "script_paid", "script_unpaid")
@@ -21,10 +24,7 @@ def tk_chain_events(ctx, name: str | None = None) -> list:
 @rpc_method
 def tk_chain_watch(ctx, kind: str, key: str, depths: list[int] | None = None) -> dict:
     """Ask watchd to watch an outpoint, a txid or a script."""
-    body = {"kind": kind, "key": key, "owner": "tk_chain"}
-    if depths is not None:
-        body["depths"] = depths
-    return ctx.request("watchd", "watchd.watch", body)
+    return ChainWatch(ctx, "tk_chain").watch(kind, key, depths)
 
 
 @hookimpl
@@ -50,11 +50,11 @@ def lnp_subscriptions():
 @rpc_method
 def tk_fund(ctx, address: str, value_sat: int) -> dict:
     """Fund (but do not send) a payment through the wallet's control API, as channel funding will."""
-    return ctx.request("wallet", "wallet.fund", {"outputs": [{"address": address, "value_sat": value_sat}],
-                                                 "purpose": "tk_fund"})
+    return asdict(Funding(ctx).fund([{"address": address, "value_sat": value_sat}], purpose="tk_fund"))
 
 
 @rpc_method
 def tk_fund_finish(ctx, reservation: str, send: bool) -> dict:
     """Broadcast a funded transaction, or release its inputs."""
-    return ctx.request("wallet", "wallet.broadcast" if send else "wallet.release", {"reservation": reservation})
+    funding = Funding(ctx)
+    return {"txid": funding.broadcast(reservation)} if send else {"released": funding.release(reservation)}

@@ -2,7 +2,8 @@
 
 tk_needs_feature: requires a BOLT-9 feature, so peers that lack it are refused.
 """
-from lnp_plugin_api import FeatureSpec, Subscription, WireMessage, hookimpl, rpc_method
+from lnp_plugin_api import FeatureSpec, Subscription, hookimpl, rpc_method
+from lnp_plugin_api.services import PeerTransport
 
 received: list = []
 
@@ -24,20 +25,20 @@ def tk_peer_received(ctx) -> list:
 @rpc_method
 def tk_peer_send(ctx, id: str, msg_type: int, payload_hex: str = "") -> dict:
     """Send a wire message to peer ID through the message bus (ctx.send_wire)."""
-    ctx.send_wire(WireMessage(bytes.fromhex(id), msg_type, bytes.fromhex(payload_hex)))
+    PeerTransport(ctx).send(bytes.fromhex(id), msg_type, bytes.fromhex(payload_hex))
     return {"queued": True}
 
 
 @rpc_method
 def tk_peer_persist(ctx, id: str, address: str) -> dict:
     """Mark peer ID at ADDRESS persistent, as channeld will: a control request to peerd."""
-    return ctx.request("peerd", "peerd.set_persistent", {"id": id, "persistent": True, "address": address})
+    return PeerTransport(ctx).set_persistent(id, True, address)
 
 
 @rpc_method
 def tk_peer_lookup(ctx, id: str) -> dict:
     """peerd's view of one peer (None when not connected), over the control bus."""
-    return {"peer": ctx.request("peerd", "peerd.peer", {"id": id})}
+    return {"peer": PeerTransport(ctx).peer(id)}
 
 
 @hookimpl

@@ -1,23 +1,24 @@
 """tk_signer: asks signd for channel keys and signatures over the control bus, as channeld will."""
 from lnp_plugin_api import hookimpl, rpc_method
+from lnp_plugin_api.services import Signer
 
 
 @rpc_method
 def tk_signer_basepoints(ctx, index: int) -> dict:
     """BOLT-3 basepoints of channel INDEX."""
-    return ctx.request("signd", "signd.basepoints", {"index": index})
+    return Signer(ctx).basepoints(index)
 
 
 @rpc_method
 def tk_signer_point(ctx, index: int, commitment_number: int) -> dict:
     """The per-commitment point of channel INDEX for COMMITMENT_NUMBER."""
-    return ctx.request("signd", "signd.per_commitment_point", {"index": index, "commitment_number": commitment_number})
+    return {"point": Signer(ctx).per_commitment_point(index, commitment_number).hex()}
 
 
 @rpc_method
 def tk_signer_message(ctx, message: str) -> dict:
     """A node-key signature over SHA256d(MESSAGE), as for gossip."""
-    return ctx.request("signd", "signd.sign_message", {"message": message, "purpose": "gossip"})
+    return {"signature": Signer(ctx).sign_message(bytes.fromhex(message), "gossip").hex()}
 
 
 @hookimpl
