@@ -40,7 +40,7 @@ class Participant:
     def __init__(self, name: str, service: str, before: tuple[str, ...] = (), after: tuple[str, ...] = (),
                  answers_seen: bool = False) -> None:
         self.name, self.service, self.before, self.after = name, service, before, after
-        self.answers_seen = answers_seen   # the one plugin of its service answering `tk_seen`
+        self.answers_seen = answers_seen   # the one plugin of its service answering `tk_seen.SERVICE`
 
     def answer(self, ctx: Any, body: dict) -> Any:
         on_thread = threading.get_ident() == threads.find(ctx)
@@ -79,7 +79,7 @@ class Participant:
         if self.name in ("tk_p2", "tk_local"):
             subs.append(Subscription.decision("tk_hold", self.answer))
         if self.answers_seen:
-            subs.append(Subscription.control("tk_seen", self.seen_by))
+            subs.append(Subscription.control(f"tk_seen.{self.service}", self.seen_by))
         return subs
 
 
@@ -165,7 +165,7 @@ def tk_seen(ctx, id: str) -> list:
     """The participants that saw request ID, in any service."""
     found = set()
     for service in ("pa", "pb", "asker"):
-        found.update(ctx.request(service, "tk_seen", {"id": id}))
+        found.update(ctx.request(f"tk_seen.{service}", {"id": id}))
     return sorted(found)
 
 
