@@ -235,6 +235,9 @@ class Bus:
         try:
             sock.send_multipart(frames, zmq.NOBLOCK)
         except zmq.Again:  # not connected (yet): wait for the connection, within the timeout
+            if timeout <= 0:  # the caller must not wait (an event loop)
+                raise ServiceUnavailable(service, "cannot take it now (not connected, or its inbox is full)") \
+                    from None
             deadline = time.monotonic() + timeout
             while not sock.poll(max(min(int((deadline - time.monotonic()) * 1000), WAKE_MS), 0), zmq.POLLOUT):
                 self._give_up_if_abandoned(service)
@@ -329,8 +332,14 @@ class Bus:
         """Send a one-way control message (an event) to `service`."""
         self._send(service, self.endpoints.control[service], [kind, b"", name.encode(), encode(body)], timeout)
 
+    def connect_ahead(self, service: str) -> None:
+        """Open the calling thread's connection to `service`'s message inbox now: a new connection
+        takes a moment, and a send that must not wait (timeout 0) would find it still connecting."""
+        self._dealer(self.endpoints.message[service])
+
     def send_wire(self, service: str, direction: bytes, msg: WireMessage, timeout: float = 5.0) -> None:
-        """Put a wire message in `service`'s message inbox."""
+        """Put a wire message in `service`'s message inbox, waiting up to `timeout` seconds for room
+        (0: not at all; ServiceUnavailable at once when it cannot be queued now)."""
         self._send(service, self.endpoints.message[service], wire_frames(direction, msg), timeout)
 
     def close_thread(self) -> None:

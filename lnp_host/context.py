@@ -188,8 +188,9 @@ class PluginContext:
         else:
             self._env.bus.send_wire(owned.service, wire.WIRE_OUT, msg)
 
-    def deliver_wire(self, msg: WireMessage) -> bool:
-        """Hand a message from a peer to the plugin that handles its type; False if none does."""
+    def deliver_wire(self, msg: WireMessage, timeout: float = 5.0) -> bool:
+        """Hand a message from a peer to the plugin that handles its type; False if none does.
+        Waits up to `timeout` seconds (0: not at all) for that plugin's service to take it."""
         owned = self._env.registry.wire.get(msg.type)
         if owned is None:
             return False
@@ -197,8 +198,15 @@ class PluginContext:
         if ctx is not None:
             owned.item(ctx, msg)
         else:
-            self._env.bus.send_wire(owned.service, wire.WIRE_IN, msg)
+            self._env.bus.send_wire(owned.service, wire.WIRE_IN, msg, timeout)
         return True
+
+    def connect_wire_handlers(self) -> None:
+        """Connect the calling thread to the services that handle wire messages, so that its first
+        `deliver_wire(msg, timeout=0)` does not find the connection still being made (an event loop
+        that delivers calls this once, on its own thread)."""
+        for service in sorted({owned.service for owned in self._env.registry.wire.values()} - {self.service}):
+            self._env.bus.connect_ahead(service)
 
     def set_health(self, problem: str | None) -> None:
         """Report a problem of the plugin (None: none); `info` shows it with the plugin's service."""

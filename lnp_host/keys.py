@@ -6,6 +6,7 @@ custody here with its own (hook `lnp_key_custody`), without changing any caller.
 """
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
@@ -116,6 +117,13 @@ class BusKeyCustody:
     def ecdh(self, pubkey: bytes) -> bytes:
         """ECDH with the node key, computed by the custodian."""
         return bytes.fromhex(self._bus.request(self._service, "host.keys.ecdh", {"pubkey": pubkey.hex()})["secret"])
+
+    async def ecdh_async(self, pubkey: bytes, timeout: float = 30.0) -> bytes:
+        """`ecdh` for an asyncio loop: the request goes out on the bus's I/O thread and the loop keeps
+        running while the custodian answers (or is stopped). Raises RpcError as `ecdh` does."""
+        reply = await asyncio.wrap_future(self._bus.request_async(self._service, "host.keys.ecdh",
+                                                                  {"pubkey": pubkey.hex()}, timeout=timeout))
+        return bytes.fromhex(reply["secret"])
 
     def sign_digest(self, digest: bytes) -> bytes:
         """A signature by the node key, made by the custodian."""

@@ -200,13 +200,16 @@ class Session:
 
 
 class _CustodyKey:
-    """The static private key as noiseprotocol sees it: ECDH answered by key custody."""
+    """The static private key as noiseprotocol sees it: ECDH answered by key custody, or by a result
+    computed beforehand (`Handshake.static_ecdh_key`), so the handshake itself never waits on custody."""
 
     def __init__(self, custody: KeyCustody) -> None:
         self._custody = custody
+        self.ready: dict[bytes, bytes] = {}  # peer's public key -> ECDH result given beforehand
 
     def ecdh(self, public_key: bytes) -> bytes:
-        return self._custody.ecdh(public_key)
+        ready = self.ready.pop(bytes(public_key), None)
+        return ready if ready is not None else self._custody.ecdh(public_key)
 
 
 class Handshake:
@@ -215,6 +218,8 @@ class Handshake:
     Initiator: `act_one()`, then `read_act_two(bytes)` returns act three and the session is ready.
     Responder: `read_act_one(bytes)` returns act two, then `read_act_three(bytes)`.
     `session` is set when the handshake is complete; `remote_id` is the peer's node id.
+    The node key's ECDH (reading act one, writing act three) is asked of custody when needed, unless
+    the caller computed it beforehand (`static_ecdh_key`, `give_ecdh`): custody over a bus is slow.
     """
 
     def __init__(self, custody: KeyCustody, remote_id: bytes | None = None,
@@ -238,10 +243,27 @@ class Handshake:
             warnings.simplefilter("ignore")
             conn.start_handshake()
         self._conn = conn
+        self._static = conn.noise_protocol.keypairs["s"].private
         # noiseprotocol drops the handshake state when done; BOLT-8's rotation needs its final ck
         self._symmetric = conn.noise_protocol.handshake_state.symmetric_state
         self.remote_id = remote_id
         self.session: Session | None = None
+
+    def static_ecdh_key(self, act: bytes) -> bytes | None:
+        """The public key the node key's ECDH uses once `act` is read: the peer's ephemeral key in act
+        one (read by a responder) or act two (read by an initiator, for its act three). None when
+        `act` is malformed: it is then refused without any ECDH."""
+        size = ACT_ONE_SIZE if not self.initiator else ACT_TWO_SIZE
+        if len(act) != size or act[0] != 0:
+            return None
+        try:
+            return bytes(_Secp256k1KeyPair.from_public_bytes(act[1:34]).public_bytes)
+        except _BadPubkey:
+            return None
+
+    def give_ecdh(self, public_key: bytes, secret: bytes) -> None:
+        """The node key's ECDH with `public_key`, computed beforehand by the caller."""
+        self._static.ready[bytes(public_key)] = secret
 
     def act_one(self) -> bytes:
         """Initiator: the 50-byte act one."""

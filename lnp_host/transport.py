@@ -13,7 +13,7 @@ import socket
 import struct
 from typing import Awaitable, Callable
 
-from lnp_plugin_api import KeyCustody
+from lnp_plugin_api import KeyCustody, RpcError
 
 from .noise import (ACT_ONE_SIZE, ACT_THREE_SIZE, ACT_TWO_SIZE, LENGTH_HEADER_SIZE, MAC_SIZE, Handshake,
                     HandshakeError, Session, TransportError)
@@ -237,6 +237,7 @@ async def initiate(conn: Connection, custody: KeyCustody, remote_id: bytes, time
     async with asyncio.timeout(timeout):
         conn.write(hs.act_one())
         act_two = await _read_act(conn, ACT_TWO_SIZE, "ACT2")
+        await _static_ecdh(hs, custody, act_two, "ACT2")
         conn.write(hs.read_act_two(act_two))
     assert hs.session is not None
     return NoiseStream(conn, hs.session)
@@ -250,10 +251,26 @@ async def respond(conn: Connection, custody: KeyCustody, timeout: float,
     async with asyncio.timeout(timeout):
         async with asyncio.timeout(act_one_timeout):
             act_one = await _read_act(conn, ACT_ONE_SIZE, "ACT1")
+        await _static_ecdh(hs, custody, act_one, "ACT1")
         conn.write(hs.read_act_one(act_one))
         hs.read_act_three(await _read_act(conn, ACT_THREE_SIZE, "ACT3"))
     assert hs.session is not None
     return NoiseStream(conn, hs.session)
+
+
+async def _static_ecdh(hs: Handshake, custody: KeyCustody, act: bytes, name: str) -> None:
+    """Compute the node key's ECDH for `act` before the handshake reads it, awaiting custody that has
+    `ecdh_async` (a custodian over the bus), so the loop serves other connections meanwhile. Custody
+    without it holds the key in this process and answers at once."""
+    pubkey = hs.static_ecdh_key(act)
+    if pubkey is None:
+        return  # a malformed act: the handshake refuses it without an ECDH
+    ecdh_async = getattr(custody, "ecdh_async", None)
+    try:
+        secret = await ecdh_async(pubkey) if ecdh_async is not None else custody.ecdh(pubkey)
+    except RpcError as e:
+        raise HandshakeError(f"{name}_ECDH_FAILED", f"the node key's ECDH failed: {e.message}") from None
+    hs.give_ecdh(pubkey, secret)
 
 
 async def _read_act(conn: Connection, size: int, name: str) -> bytes:

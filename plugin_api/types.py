@@ -492,8 +492,14 @@ class ServiceContext(Protocol):
     def send_wire(self, msg: WireMessage) -> None:
         """Send a wire message to a peer, through the transport plugin (peerd), over the message bus."""
 
-    def deliver_wire(self, msg: WireMessage) -> bool:
-        """Hand a message received from a peer to the plugin that handles its type; False if none does."""
+    def deliver_wire(self, msg: WireMessage, timeout: float = 5.0) -> bool:
+        """Hand a message received from a peer to the plugin that handles its type; False if none does.
+        Waits up to `timeout` seconds for a handler's service to take it (0: never waits), else raises
+        RpcError (SERVICE_UNAVAILABLE)."""
+
+    def connect_wire_handlers(self) -> None:
+        """Connect the calling thread to the services that handle wire messages now, so its first
+        `deliver_wire(msg, timeout=0)` does not find a connection still being made (peerd's loop)."""
 
     def set_health(self, problem: str | None) -> None:
         """Report a problem the plugin has (for example its backend not answering), or None once it is

@@ -10,7 +10,7 @@ import socket
 import pytest
 
 from lnp_host.noise import Handshake
-from lnp_host.transport import Connection, connect, initiate, respond, serve
+from lnp_host.transport import Connection, HandshakeError, connect, initiate, respond, serve
 from peer_tools import TCP_CLOSE, Key, tcp_state
 
 
@@ -197,5 +197,107 @@ def test_close_gives_up_on_a_peer_that_does_not_read() -> None:
                 assert asyncio.get_running_loop().time() - started < 3, "the connection was never reset"
                 await asyncio.sleep(0.05)
         server.close()
+
+    run(main())
+
+
+class SlowCustody:
+    """Custody reached asynchronously (as over the bus): `ecdh_async` waits for `gate`; `ecdh` must not be used."""
+
+    def __init__(self, key: Key, fail: bool = False) -> None:
+        self.key, self.fail = key, fail
+        self.gate = asyncio.Event()
+        self.asked = 0
+
+    def node_id(self) -> bytes:
+        return self.key.node_id()
+
+    def ecdh(self, pubkey: bytes) -> bytes:
+        raise AssertionError("the node key's ECDH was asked synchronously on the loop")
+
+    async def ecdh_async(self, pubkey: bytes) -> bytes:
+        self.asked += 1
+        await self.gate.wait()
+        if self.fail:
+            from lnp_plugin_api import RpcError
+            raise RpcError(RpcError.SERVICE_UNAVAILABLE, "service 'signd' did not answer")
+        return self.key.ecdh(pubkey)
+
+
+def test_the_node_keys_ecdh_is_awaited_on_both_sides() -> None:
+    """Responder (act one) and initiator (act three) await custody's ECDH; the loop keeps running."""
+    server, client = SlowCustody(Key()), SlowCustody(Key())
+
+    async def main() -> None:
+        ticks = 0
+
+        async def ticker() -> None:
+            nonlocal ticks
+            while True:
+                await asyncio.sleep(0.01)
+                ticks += 1
+
+        streams: asyncio.Queue = asyncio.Queue()
+
+        async def handle(conn: Connection) -> None:
+            try:
+                await streams.put(await respond(conn, server, 10))
+            except Exception as e:
+                await streams.put(e)
+                conn.close()
+
+        srv = await serve(handle, "127.0.0.1", 0)
+        conn = await connect("127.0.0.1", srv.sockets[0].getsockname()[1], 5)
+        tick = asyncio.create_task(ticker())
+        try:
+            out = asyncio.create_task(initiate(conn, client, server.node_id(), 10))
+            await asyncio.sleep(0.3)
+            assert server.asked == 1 and client.asked == 0 and ticks > 10  # the responder waits, the loop runs
+            server.gate.set()
+            while client.asked == 0:
+                await asyncio.sleep(0.01)
+            before = ticks
+            await asyncio.sleep(0.3)
+            assert not out.done() and ticks > before + 10  # now the initiator waits for its act three
+            client.gate.set()
+            stream = await out
+            theirs = await streams.get()
+            assert stream.remote_id == server.node_id() and theirs.remote_id == client.node_id()
+            stream.write_message(b"hello")
+            assert await theirs.read_message() == b"hello"
+            theirs.close()
+        finally:
+            tick.cancel()
+            conn.close()
+            srv.close()
+
+    run(main())
+
+
+def test_a_failing_custodian_fails_the_handshake_cleanly() -> None:
+    server = SlowCustody(Key(), fail=True)
+    server.gate.set()
+
+    async def main() -> None:
+        errors: asyncio.Queue = asyncio.Queue()
+
+        async def handle(conn: Connection) -> None:
+            try:
+                await respond(conn, server, 5)
+            except HandshakeError as e:
+                await errors.put(e)
+            finally:
+                conn.close()
+
+        srv = await serve(handle, "127.0.0.1", 0)
+        conn = await connect("127.0.0.1", srv.sockets[0].getsockname()[1], 5)
+        try:
+            with pytest.raises(HandshakeError):
+                await initiate(conn, Key(), server.node_id(), 5)
+            e = await errors.get()
+            assert e.code == "ACT1_ECDH_FAILED" and "did not answer" in str(e)
+        finally:
+            conn.close()
+            srv.close()
 
     run(main())

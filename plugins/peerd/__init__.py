@@ -71,7 +71,7 @@ def peers(ctx: ServiceContext, id: str | None = None, known: bool = False) -> La
     async def listing() -> dict[str, Any]:
         out: dict[str, Any] = {"peers": await manager.describe(node_id)}
         if known:
-            out["known"] = [vars(p) for p in storage.all_peers(ctx.storage)
+            out["known"] = [vars(p) for p in await manager.stored(storage.all_peers)
                             if node_id is None or p.node_id == node_id.hex()]
         return out
     return manager.submit(listing())

@@ -1,7 +1,10 @@
 """peerd's runtime: an asyncio loop in its own thread that owns every peer connection.
 
 Other threads (RPC handlers, the service's bus loop) reach it only through `run()` and
-`send_wire()`, so all connection state is touched by the loop's thread alone.
+`send_wire()`, so all connection state is touched by the loop's thread alone. The loop never
+waits on anything but its sockets: the node key's ECDH is awaited (transport), inbound messages
+are handed to their services without waiting (`_hand_over`), and the peer table's reads and
+writes, and events (sent over the bus), go to one worker thread (`stored`, `_emit`), in order.
 """
 from __future__ import annotations
 
@@ -13,8 +16,8 @@ import random
 import threading
 import weakref
 from collections import deque
-from concurrent.futures import Future, TimeoutError as FutureTimeout
-from typing import Any, Coroutine, TypeVar
+from concurrent.futures import Future, ThreadPoolExecutor, TimeoutError as FutureTimeout
+from typing import Any, Callable, Coroutine, TypeVar
 
 from lnp_host.noise import ACT_ONE_SIZE
 from lnp_host.transport import Connection, HandshakeError, NoiseStream, connect, initiate, respond, serve
@@ -63,12 +66,15 @@ class PeerManager:
         self._stopping = False
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._run_loop, name="peerd-io", daemon=True)
+        # one thread: the peer table's reads and writes, and events, stay in the order they were asked
+        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="peerd-worker")
 
     # --- lifecycle, called from the service thread --------------------------------------------
 
     def start(self) -> None:
         """Start the loop, listen on the configured addresses, and reconnect persistent peers."""
         self._thread.start()
+        self.run(self._connect_handlers())
         for address in self.options.listen:
             try:
                 self.run(self.listen(address))
@@ -85,6 +91,7 @@ class PeerManager:
                 log.warning("peer connections did not close in time")
             self.loop.call_soon_threadsafe(self.loop.stop)
             self._thread.join(10)
+        self._worker.shutdown(wait=True)
 
     def _run_loop(self) -> None:
         asyncio.set_event_loop(self.loop)
@@ -120,6 +127,22 @@ class PeerManager:
         self.loop.call_soon_threadsafe(self._send_wire, msg)
 
     # --- on the loop ---------------------------------------------------------------------------
+
+    async def stored(self, fn: Callable[..., T], *args: Any) -> T:
+        """`fn(storage, *args)` (a function of peerd's storage module) on the storage thread."""
+        return await self.loop.run_in_executor(self._worker, fn, self.ctx.storage, *args)
+
+    def _store_later(self, fn: Callable[..., Any], *args: Any) -> None:
+        """`fn(storage, *args)` on the storage thread, without waiting for it (a failure is logged)."""
+        def run() -> None:
+            try:
+                fn(self.ctx.storage, *args)
+            except Exception:
+                log.exception("could not store %s", fn.__name__)
+        self._worker.submit(run)
+
+    async def _connect_handlers(self) -> None:
+        self.ctx.connect_wire_handlers()  # on this thread: the loop's own connections to the bus
 
     def _spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
         task = asyncio.create_task(coro)
@@ -216,7 +239,7 @@ class PeerManager:
                 conn.close()
                 raise
             log.debug("handshake from %s done: node %s", shown, stream.remote_id.hex())
-            if storage.get(self.ctx.storage, stream.remote_id.hex()) is not None:
+            if await self.stored(storage.get, stream.remote_id.hex()) is not None:
                 self.slots.trust(slot)  # a known peer: its init goes on in a reserved slot
             peer = Peer(self, stream, shown, "in")
             if not await self._init(peer, self._our_init("in", host, port)):
@@ -285,11 +308,8 @@ class PeerManager:
                 await asyncio.wait([old_task], timeout=5)
         self.peers[peer.node_id] = peer
         node = peer.node_id.hex()
-        try:
-            storage.record_connection(self.ctx.storage, node, dial_address, peer.direction,
-                                      features.encode(peer.features).hex())
-        except Exception:
-            log.exception("could not record peer %s", node)
+        self._store_later(storage.record_connection, node, dial_address, peer.direction,
+                          features.encode(peer.features).hex())
         log.info("peer %s connected (%s, %s)", node, peer.direction, peer.address)
         self._emit("peer_connected", {"id": node, "address": peer.address, "direction": peer.direction,
                                       "features": features.encode(peer.features).hex(),
@@ -309,12 +329,20 @@ class PeerManager:
                                              "reason": peer.close_reason})
             self._maybe_reconnect(peer.node_id)
 
-    def _on_message(self, peer: Peer, msg_type: int, payload: bytes) -> None:
+    def _hand_over(self, peer: Peer, msg_type: int, payload: bytes) -> bool:
+        """Give a message from `peer` to the plugin that handles its type, without waiting; False
+        if no plugin does. One that cannot be handed over now (its service not connected, or its
+        inbox full) closes the peer's connection: dropping it would leave the peer and the plugin
+        out of step, and waiting would stall every other peer."""
         try:
-            if self.ctx.deliver_wire(WireMessage(peer.node_id, msg_type, payload)):
-                return
-        except RpcError as e:  # the handler's service is down: the message cannot be handled now
-            log.warning("message of type %d from %s not delivered: %s", msg_type, peer.node_id.hex(), e.message)
+            return self.ctx.deliver_wire(WireMessage(peer.node_id, msg_type, payload), timeout=0)
+        except RpcError as e:
+            why = f"message of type {msg_type} could not be handed to its handler: {e.message}"
+            log.warning("closing the connection to %s: %s", peer.node_id.hex(), why)
+            raise PeerError(why) from None
+
+    def _on_message(self, peer: Peer, msg_type: int, payload: bytes) -> None:
+        if self._hand_over(peer, msg_type, payload):
             return
         if msg_type in (1, 17):
             return  # warning and error were logged; no plugin wants them
@@ -329,10 +357,13 @@ class PeerManager:
         log.debug("unknown odd message type %d from %s ignored", msg_type, peer.node_id.hex())
 
     def _emit(self, event: str, body: dict[str, Any]) -> None:
-        try:
-            self.ctx.emit(event, body)
-        except Exception:
-            log.exception("could not emit %s", event)
+        """Send an event from the worker thread: a subscriber's service that is down costs a wait there."""
+        def run() -> None:
+            try:
+                self.ctx.emit(event, body)
+            except Exception:
+                log.exception("could not emit %s", event)
+        self._worker.submit(run)
 
     # --- outgoing connections ------------------------------------------------------------------
 
@@ -342,13 +373,13 @@ class PeerManager:
         if node_id == self.ctx.node.node_id:
             raise RpcError(RpcError.INVALID_PARAMS, "that is our own node id")
         if address is None:
-            known = storage.get(self.ctx.storage, node)
+            known = await self.stored(storage.get, node)
             if known is None or not known.address:
                 raise RpcError(RpcError.INVALID_PARAMS, f"no address known for {node}: give NODE_ID@HOST[:PORT]")
             address = parse_address(known.address)
         self._suppressed.discard(node_id)
         if persistent:
-            storage.set_persistent(self.ctx.storage, node, True, str(address))
+            await self.stored(storage.set_persistent, node, True, str(address))
         current = self.peers.get(node_id)
         if current is not None:
             return {**current.describe(), "already_connected": True}
@@ -466,7 +497,7 @@ class PeerManager:
 
     async def set_persistent(self, node_id: bytes, persistent: bool, address: str | None) -> dict[str, Any]:
         """Keep (or stop keeping) a peer connected; channels mark their peers so."""
-        storage.set_persistent(self.ctx.storage, node_id.hex(), persistent, address)
+        await self.stored(storage.set_persistent, node_id.hex(), persistent, address)
         if persistent:
             self._suppressed.discard(node_id)
             self._maybe_reconnect(node_id, first_delay=0.0)
@@ -477,22 +508,28 @@ class PeerManager:
         return {"id": node_id.hex(), "persistent": persistent}
 
     async def _resume_persistent(self) -> None:
-        for known in storage.all_peers(self.ctx.storage):
+        for known in await self.stored(storage.all_peers):
             if known.persistent and known.address:
                 self._maybe_reconnect(bytes.fromhex(known.node_id), first_delay=0.0)
 
     def _maybe_reconnect(self, node_id: bytes, first_delay: float | None = None) -> None:
         if self._stopping or node_id in self._suppressed or node_id in self._reconnects or node_id in self.peers:
             return
-        known = storage.get(self.ctx.storage, node_id.hex())
-        if known is None or not known.persistent or not known.address:
-            return
         delay = self.options.reconnect_min_delay if first_delay is None else first_delay
-        self._reconnects[node_id] = self._spawn(self._reconnect(node_id, parse_address(known.address), delay))
+        self._reconnects[node_id] = self._spawn(self._reconnect(node_id, delay))
 
-    async def _reconnect(self, node_id: bytes, address: Address, delay: float) -> None:
+    async def _reconnect(self, node_id: bytes, delay: float) -> None:
+        """Redial a persistent peer (one that is not, or has no address, is left alone)."""
         opts = self.options
         try:
+            try:
+                known = await self.stored(storage.get, node_id.hex())
+            except Exception:
+                log.exception("could not read the record of peer %s: not reconnecting it", node_id.hex())
+                return
+            if known is None or not known.persistent or not known.address:
+                return
+            address = parse_address(known.address)
             while not self._stopping:
                 await asyncio.sleep(delay * random.uniform(0.8, 1.2))
                 if node_id in self.peers or node_id in self._suppressed:
