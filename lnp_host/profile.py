@@ -87,8 +87,9 @@ HOST_SCHEMA: dict[str, dict[str, Field]] = {
         "endpoints": Field(dict, {}, "per service: {control = ENDPOINT, message = ENDPOINT}"),
     },
     "rpc": {
-        "endpoint": Field(str, "", "the local RPC endpoint; empty means ipc://DATA_DIR/rpc.sock",
-                          check=_endpoint("ipc", "tcp")),
+        # ipc only: a tcp:// endpoint here would be plaintext full admin; TCP goes through `tcp` (CURVE)
+        "endpoint": Field(str, "", "the local RPC endpoint (ipc:// only; use `tcp` for TCP, CURVE-encrypted); "
+                          "empty means ipc://DATA_DIR/rpc.sock", check=_endpoint("ipc")),
         "tcp": Field(str, "", "an optional tcp:// endpoint, always CURVE-encrypted", check=_endpoint("tcp")),
         "timeout": Field(float, 60.0, "seconds before an RPC call that got no answer fails", check=_positive),
     },
