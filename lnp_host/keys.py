@@ -22,6 +22,8 @@ log = logging.getLogger("lnp.host.keys")
 NODE_KEY_FILE = "node_key"
 RPC_DIR = "rpc"
 FORCED_KEY_ENV = "LNP_DEV_FORCE_PRIVKEY"
+SEED_PASSPHRASE_ENV = "LNP_SEED_PASSPHRASE"
+CUSTODY_ONLY_ENV = (FORCED_KEY_ENV, SEED_PASSPHRASE_ENV)  # secrets no child but the custody service inherits
 _forced_keys: dict[Path, bytes] = {}  # data dir -> the --dev-force-privkey secret of the node run here
 
 

@@ -27,7 +27,7 @@ from lnp_plugin_api import NodeInfo, RemoteCustody, RpcError
 from . import __version__, logs
 from .bus import Bus, Endpoints
 from .context import HEALTH_REQUEST, Environment, record_health
-from .keys import FORCED_KEY_ENV, BusKeyCustody, FileKeyCustody, force_node_key
+from .keys import CUSTODY_ONLY_ENV, FORCED_KEY_ENV, SEED_PASSPHRASE_ENV, BusKeyCustody, FileKeyCustody, force_node_key
 from .plugins import Registry, discover
 from .profile import HOST_SERVICE, Profile
 from .rpc_server import RpcServer
@@ -191,13 +191,18 @@ def run_node(profile: Profile, registry: Registry, verbosity: int = 0, profile_a
             "node_id": node.node_id.hex(), "alias": node.alias, "network": node.network,
             "custody": custody_service}
 
+        passphrase = os.environ.get(SEED_PASSPHRASE_ENV, "")
+
         def spawn(service: str) -> subprocess.Popen[bytes]:
             cmd = [sys.executable, "-m", "lnp_host", "run", "--service", service, *(profile_args or [])]
             child_env = {**os.environ, PARENT_ENV: str(os.getpid())}
-            child_env.pop(FORCED_KEY_ENV, None)
-            if forced_key is not None and service == custody_service:
-                # the custody service alone gets the forced key: in its environment, never on a command line
-                child_env[FORCED_KEY_ENV] = forced_key.hex()
+            for name in CUSTODY_ONLY_ENV:  # the seed's passphrase and a forced key reach the custodian alone
+                child_env.pop(name, None)
+            if service == custody_service:
+                if passphrase:
+                    child_env[SEED_PASSPHRASE_ENV] = passphrase
+                if forced_key is not None:  # in its environment, never on a command line
+                    child_env[FORCED_KEY_ENV] = forced_key.hex()
             return subprocess.Popen(cmd, env=child_env)
 
         supervisor = Supervisor(env, spawn)

@@ -34,14 +34,39 @@ def _keychain_for(data_dir: Path, network: str, passphrase: str, node_secret: by
     return Keychain(seed.load(data_dir, passphrase), network, node_secret)
 
 
-def ensure_seed(data_dir: Path, network: str, passphrase: str) -> bytes:
-    """Create the seed on first run; returns the node id (also written in the clear for other processes)."""
+def create_seed(data_dir: Path, network: str, passphrase: str) -> str:
+    """Create the seed and, beside it, the public node id file; returns the mnemonic.
+
+    The node id comes from the new words in memory: creating a seed never decrypts one."""
+    words = seed.create(data_dir, passphrase)
+    _write_node_id(data_dir, Keychain(words, network).node_id())
+    return words
+
+
+def _write_node_id(data_dir: Path, node_id: bytes) -> None:
+    (seed.folder(data_dir) / seed.NODE_ID_FILE).write_text(node_id.hex() + "\n")
+
+
+def public_node_id(data_dir: Path, network: str, passphrase_file: str) -> bytes:
+    """The node id for lnpd, from the public node id file: the seed is created on first run (encrypted
+    with the passphrase when one is set) but never decrypted here; only signd reads it."""
     public = seed.folder(data_dir) / seed.NODE_ID_FILE
     if not (seed.folder(data_dir) / seed.SEED_FILE).exists():
-        seed.create(data_dir, passphrase)
+        create_seed(data_dir, network, seed.passphrase_from(passphrase_file, data_dir))
     if not public.exists():
-        node_id = _keychain_for(data_dir, network, passphrase).node_id()
-        public.write_text(node_id.hex() + "\n")
+        raise seed.SeedError(f"{public} (the public node id) is missing: run `lnp-host init` to write it "
+                             "again from the seed")
+    return bytes.fromhex(public.read_text().strip())
+
+
+def ensure_seed(data_dir: Path, network: str, passphrase: str) -> bytes:
+    """signd's own start (and offline tools): create the seed if needed, and rewrite a missing public
+    node id file by reading the seed (signd holds the passphrase). Returns the node id."""
+    public = seed.folder(data_dir) / seed.NODE_ID_FILE
+    if not (seed.folder(data_dir) / seed.SEED_FILE).exists():
+        create_seed(data_dir, network, passphrase)
+    if not public.exists():
+        _write_node_id(data_dir, _keychain_for(data_dir, network, passphrase).node_id())
     return bytes.fromhex(public.read_text().strip())
 
 
@@ -178,8 +203,10 @@ def lnp_key_custody(node: Any) -> RemoteCustody:
     """The node key lives in signd; every process reaches it over the control bus."""
     network = node.section("node")["network"]
     table = node.plugin_table("signd")
-    passphrase = seed.passphrase_from(table.get("passphrase_file", ""), node.data_dir)
-    return RemoteCustody(SERVICE, ensure_seed(node.data_dir, network, passphrase))
+    try:
+        return RemoteCustody(SERVICE, public_node_id(node.data_dir, network, table.get("passphrase_file", "")))
+    except seed.SeedError as e:
+        raise RuntimeError(str(e)) from None
 
 
 @hookimpl
@@ -187,9 +214,13 @@ def lnp_init(node: Any) -> dict[str, Any]:
     """`lnp-host init`: create the seed (encrypted when a passphrase is set)."""
     network = node.section("node")["network"]
     passphrase = seed.passphrase_from(node.plugin_table("signd").get("passphrase_file", ""), node.data_dir)
-    mnemonic = seed.create(node.data_dir, passphrase)
-    node_id = ensure_seed(node.data_dir, network, passphrase)
-    return {"node_id": node_id.hex(), "seed_file": str(seed.folder(node.data_dir) / seed.SEED_FILE),
+    if (seed.folder(node.data_dir) / seed.SEED_FILE).exists() and not (
+            seed.folder(node.data_dir) / seed.NODE_ID_FILE).exists():  # repair: an offline tool, like signd
+        node_id = ensure_seed(node.data_dir, network, passphrase)
+        return {"node_id": node_id.hex(), "seed_file": str(seed.folder(node.data_dir) / seed.SEED_FILE),
+                "rewrote": seed.NODE_ID_FILE}
+    mnemonic = create_seed(node.data_dir, network, passphrase)
+    return {"node_id": Keychain(mnemonic, network).node_id().hex(), "seed_file": str(seed.folder(node.data_dir) / seed.SEED_FILE),
             "encrypted": bool(passphrase), "mnemonic": mnemonic}
 
 
