@@ -17,6 +17,7 @@ from lnp_plugin_api import Decision, Event, KeyCustody, NodeInfo, RpcError, Stor
 
 from . import bus as wire
 from .bus import Bus, Endpoints
+from .caller import calling_as
 from .plugins import Owned, Registry
 from .profile import HOST_SERVICE, Profile
 
@@ -55,7 +56,8 @@ class PluginContext:
         self.node: NodeInfo = env.node
         self.log = logging.getLogger(f"lnp.{self.service}.{plugin}")
         self.storage = env.storage
-        self.keys = env.keys
+        # the key custody asks as this plugin's service, so a custodian can check what it may do
+        self.keys = env.keys.for_service(self.service) if hasattr(env.keys, "for_service") else env.keys
         self.host = env.host
         self._data_dir = env.node.data_dir / "plugins" / plugin
         self._health: Any = _UNSET  # the last problem reported to lnpd
@@ -79,9 +81,10 @@ class PluginContext:
         if owned is not None:
             ctx = self._local(owned)
             if ctx is not None:
-                result = owned.item(ctx, body or {})
+                with calling_as(self.service):
+                    result = owned.item(ctx, body or {})
                 return result.result(timeout) if isinstance(result, Future) else result
-        return self._env.bus.request(service, name, body or {}, timeout=timeout)
+        return self._env.bus.request(service, name, body or {}, timeout=timeout, source=self.service)
 
     def emit(self, event: str, body: dict[str, Any] | None = None) -> None:
         """Notify every subscriber of `event`: local ones by a call, other services over the bus."""

@@ -89,27 +89,23 @@ class FileKeyCustody:
         """SHA256 of the compressed shared point (BOLT-8's ECDH)."""
         return self._key.ecdh(pubkey)
 
-    def sign_digest(self, digest: bytes) -> bytes:
-        """A compact 64-byte low-S ECDSA signature of a 32-byte digest."""
-        if len(digest) != 32:
-            raise ValueError("digest must be 32 bytes")
-        return self._key.sign_recoverable(digest, hasher=None)[:64]
-
     def control_handlers(self) -> dict[str, Callable[[Any], Any]]:
         """Control-bus requests that serve this custody to other processes (hex in, hex out)."""
         return {
             "host.keys.node_id": lambda _body: {"node_id": self.node_id().hex()},
             "host.keys.ecdh": lambda body: {"secret": self.ecdh(bytes.fromhex(body["pubkey"])).hex()},
-            "host.keys.sign_digest": lambda body: {"signature": self.sign_digest(
-                bytes.fromhex(body["digest"])).hex()},
         }
 
 
 class BusKeyCustody:
     """Key custody held by another process, reached over the control bus."""
 
-    def __init__(self, bus: Bus, service: str, node_id: bytes) -> None:
-        self._bus, self._service, self._node_id = bus, service, node_id
+    def __init__(self, bus: Bus, service: str, node_id: bytes, source: str | None = None) -> None:
+        self._bus, self._service, self._node_id, self._source = bus, service, node_id, source
+
+    def for_service(self, source: str) -> "BusKeyCustody":
+        """The same custody, asking as service `source` (the custodian checks what each service may do)."""
+        return BusKeyCustody(self._bus, self._service, self._node_id, source)
 
     def node_id(self) -> bytes:
         """The 33-byte compressed public key."""
@@ -117,12 +113,8 @@ class BusKeyCustody:
 
     def ecdh(self, pubkey: bytes) -> bytes:
         """ECDH with the node key, computed by the custodian."""
-        return bytes.fromhex(self._bus.request(self._service, "host.keys.ecdh", {"pubkey": pubkey.hex()})["secret"])
-
-    def sign_digest(self, digest: bytes) -> bytes:
-        """A signature by the node key, made by the custodian."""
-        return bytes.fromhex(self._bus.request(self._service, "host.keys.sign_digest",
-                                               {"digest": digest.hex()})["signature"])
+        return bytes.fromhex(self._bus.request(self._service, "host.keys.ecdh", {"pubkey": pubkey.hex()},
+                                               source=self._source)["secret"])
 
 
 # --- RPC CURVE keys ------------------------------------------------------------------------------

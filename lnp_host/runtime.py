@@ -18,6 +18,7 @@ from lnp_plugin_api import Event, RpcError, SettingError
 
 from . import bus as wire
 from .bus import decode, encode, new_socket, prepare_bind, wire_from_frames
+from .caller import calling_as, source_of
 from .context import Environment, PluginContext, as_decision
 
 POLL_MS = 100
@@ -132,7 +133,8 @@ class ServiceRuntime:
                 body = decode(body_raw)
             except ValueError as e:
                 raise RpcError(RpcError.INVALID_REQUEST, f"the body of {name!r} is not valid JSON: {e}") from None
-            result = self._dispatch(kind, name, body)
+            with calling_as(source_of(ident)):
+                result = self._dispatch(kind, name, body)
             if isinstance(result, Future):  # answered later, without holding up this service
                 result.add_done_callback(lambda f: self._finish_later(ident, rid, name, f))
                 return

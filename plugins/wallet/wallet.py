@@ -460,7 +460,7 @@ class Wallet:
             change_script, _, change_idx = self._next_unused(1)
             plan = select_coins(coins, outputs, rate, (bytes.fromhex(change_script), 1, change_idx), send_all)
             psbt = build_psbt(plan, self.fingerprint, self.account_path, self.tip, self.pubkey)
-            signed = self.ctx.request("signd", "signd.sign_psbt", {"psbt": psbt.to_string(), "purpose": purpose})
+            signed = self.ctx.request("signd", "signd.sign_wallet_psbt", {"psbt": psbt.to_string(), "purpose": purpose})
             tx = finalize_psbt(PSBT.from_string(signed["psbt"]))
             if tx is None:
                 raise RpcError(RpcError.INTERNAL_ERROR, "signd did not sign every input")
