@@ -182,6 +182,8 @@ class Bus:
         self.closed = False
         self.abandoned = ""                   # why every wait fails at once: the node is gone
         self.generation: dict[str, int] = {}  # endpoint -> times its service was restarted
+        self.curve: Any = None  # lnp_host.buskeys.BusCurve when endpoints are tcp://: DEALERs there use CURVE
+        self._service_at = {e: s for table in (endpoints.control, endpoints.message) for s, e in table.items()}
 
     def abandon(self, why: str) -> None:
         """The rest of the node is gone: requests waiting now, and later ones, fail at once (within
@@ -204,6 +206,8 @@ class Bus:
         sock.setsockopt(zmq.IMMEDIATE, 1)
         if source is not None:
             sock.setsockopt(zmq.ROUTING_ID, routing_id(source))
+        if self.curve is not None and endpoint.startswith("tcp://") and endpoint in self._service_at:
+            self.curve.client(sock, source or self.source, self._service_at[endpoint])
         for option, value in (options or {}).items():
             sock.setsockopt(option, value)
         sock.connect(endpoint)

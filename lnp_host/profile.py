@@ -84,7 +84,8 @@ HOST_SCHEMA: dict[str, dict[str, Field]] = {
                                     check=_positive),
         "heartbeat_misses": Field(int, 3, "missed heartbeats before a service counts as dead",
                                   check=_at_least(1)),
-        "endpoints": Field(dict, {}, "per service: {control = ENDPOINT, message = ENDPOINT}"),
+        "endpoints": Field(dict, {}, "per service: {control = ENDPOINT, message = ENDPOINT}; tcp:// ones are "
+                          "always CURVE-encrypted with the node's service keys (DATA_DIR/bus)"),
     },
     "rpc": {
         # ipc only: a tcp:// endpoint here would be plaintext full admin; TCP goes through `tcp` (CURVE)

@@ -206,3 +206,69 @@ def test_a_service_gets_only_its_capabilities(nodes, mode: str) -> None:
     for service, name in refused:
         assert f"refused {name} to service {service}" in log
     assert node.stop() == 0
+
+
+# --- the buses over tcp:// ---------------------------------------------------------------------------
+
+def tcp_profile(port: int, services: list[str], mode: str = "processes") -> str:
+    tables = "".join(f'[bus.endpoints.{s}]\ncontrol = "tcp://127.0.0.1:{free_port()}"\n'
+                     f'message = "tcp://127.0.0.1:{free_port()}"\n' for s in services)
+    return profile(Path("DATA_DIR"), port, mode) + tables
+
+
+@pytest.mark.parametrize("mode", ["threads", "processes"])
+def test_the_buses_over_tcp_are_curve_with_the_node_keys(nodes, mode: str) -> None:
+    """Processes (and threads) mode with every bus endpoint on tcp://: the node works over CURVE, the caller is the
+    service whose key authenticated (capabilities still hold), and a client without a node key, or
+    without CURVE, gets nothing while the node runs on."""
+    import zmq
+    port = free_port()
+    node = nodes(tcp_profile(port, ["lnpd", "signd", "peerd", "tksigner"], mode), name=f"tcp{mode[0]}")
+    node.start()
+    node_id = node.wait_ready()["node_id"]
+    keys = node.data_dir / "bus"
+    assert sorted(p.name for p in keys.glob("*.key")) == ["lnpd.key", "peerd.key", "signd.key", "tksigner.key"]
+    assert all(p.stat().st_mode & 0o077 == 0 for p in keys.glob("*.key"))
+    raw = RawPeer(port)  # peerd's ECDH, over CURVE to signd
+    try:
+        raw.connect(bytes.fromhex(node_id))
+    finally:
+        raw.close()
+    with node.client() as c:
+        assert c.call("tk_signer_basepoints", 0)
+        with pytest.raises(RpcError, match="service 'tksigner' may not"):
+            c.call("tk_signer_request", "host.keys.ecdh", {"pubkey": node_id})
+    text = node.profile.read_text()
+    signd_control = text.split("[bus.endpoints.signd]\ncontrol = \"")[1].split('"')[0]
+    signd_public = (keys / "signd.pub").read_text().strip().encode()
+    zctx = zmq.Context()
+    try:
+        for curve in (True, False):
+            sock = zctx.socket(zmq.DEALER)
+            sock.linger = 0
+            sock.routing_id = b"peerd/1/1"  # claims to be peerd: a claim proves nothing over tcp://
+            if curve:
+                sock.curve_publickey, sock.curve_secretkey = zmq.curve_keypair()
+                sock.curve_serverkey = signd_public
+            sock.connect(signd_control)
+            try:
+                sock.send_multipart([b"Q", b"1", b"host.keys.ecdh", b'{"pubkey": "%s"}' % node_id.encode()],
+                                    zmq.NOBLOCK)
+            except zmq.Again:
+                pass  # not even connected: nothing to answer
+            assert sock.poll(1500) == 0  # nothing comes back
+            sock.close()
+    finally:
+        zctx.term()
+    with node.client() as c:
+        assert c.info()["node_id"] == node_id  # the node runs on
+    assert "refused a bus connection with an unknown CURVE key" in (node.data_dir / "lnp-host.log").read_text()
+    assert node.stop() == 0
+
+
+def test_a_tcp_bus_without_its_keys_is_refused(short_tmp: Path, plugin_site: Path, nodes) -> None:
+    """A service run alone (as on another host) with tcp:// endpoints but no bus keys: exit 2 naming the key."""
+    node = nodes(tcp_profile(free_port(), ["lnpd", "signd", "peerd", "tksigner"]), name="nokeys")
+    done = lnp_host("run", "--profile", str(node.profile), "--service", "tksigner", site=plugin_site, timeout=60)
+    assert done.returncode == 2, done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1 and "bus/lnpd.pub" in done.stderr and "[bus] endpoints" in done.stderr
