@@ -29,6 +29,8 @@ import zmq
 
 from lnp_plugin_api import RpcError, WireMessage
 
+from .caller import routing_id
+
 REQUEST, CALL, DECISION, EVENT, PING, REPLY = b"Q", b"C", b"D", b"E", b"P", b"R"
 WIRE_IN, WIRE_OUT = b"I", b"O"
 OK, ERR = b"ok", b"err"
@@ -182,6 +184,8 @@ class Bus:
         self.abandoned = ""                   # why every wait fails at once: the node is gone
         self.generation: dict[str, int] = {}  # endpoint -> times its service was restarted
         self._io: Any = None                   # the BusIO thread, started by the first request_async
+        self.curve: Any = None  # lnp_host.buskeys.BusCurve when endpoints are tcp://: DEALERs there use CURVE
+        self._service_at = {e: s for table in (endpoints.control, endpoints.message) for s, e in table.items()}
 
     def abandon(self, why: str) -> None:
         """The rest of the node is gone: requests waiting now, and later ones, fail at once (within
@@ -197,29 +201,35 @@ class Bus:
         for endpoint in (self.endpoints.control[service], self.endpoints.message[service]):
             self.generation[endpoint] = self.generation.get(endpoint, 0) + 1
 
-    def connect(self, endpoint: str, options: dict[int, int] | None = None) -> zmq.Socket:
-        """A new DEALER connected to `endpoint`, that never queues for an absent peer."""
+    def connect(self, endpoint: str, options: dict[int, int] | None = None, source: str | None = None) -> zmq.Socket:
+        """A new DEALER connected to `endpoint`, that never queues for an absent peer; with `source`,
+        its routing id names that service (the caller the receiving service sees, lnp_host.caller)."""
         sock = new_socket(self.zctx, zmq.DEALER)
         sock.setsockopt(zmq.IMMEDIATE, 1)
+        if source is not None:
+            sock.setsockopt(zmq.ROUTING_ID, routing_id(source))
+        if self.curve is not None and endpoint.startswith("tcp://") and endpoint in self._service_at:
+            self.curve.client(sock, source or self.source, self._service_at[endpoint])
         for option, value in (options or {}).items():
             sock.setsockopt(option, value)
         sock.connect(endpoint)
         return sock
 
-    def _dealer(self, endpoint: str) -> zmq.Socket:
+    def _dealer(self, endpoint: str, source: str | None = None) -> zmq.Socket:
+        source = source or self.source
         cache = getattr(self._local, "dealers", None)
         if cache is None:
             cache = self._local.dealers = {}
         gen = self.generation.get(endpoint, 0)
-        cached = cache.get(endpoint)
+        cached = cache.get((endpoint, source))
         if cached is not None and cached[0] == gen:
             return cached[1]
         if self.closed:
             raise ServiceUnavailable(endpoint, "is unreachable: the bus is closed")
         if cached is not None:
             self._forget(cached[1])
-        sock = self.connect(endpoint)
-        cache[endpoint] = (gen, sock)
+        sock = self.connect(endpoint, source=source)
+        cache[(endpoint, source)] = (gen, sock)
         with self._lock:
             self._sockets.append(sock)
         return sock
@@ -230,8 +240,9 @@ class Bus:
             if sock in self._sockets:
                 self._sockets.remove(sock)
 
-    def _send(self, service: str, endpoint: str, frames: list[bytes], timeout: float) -> zmq.Socket:
-        sock = self._dealer(endpoint)
+    def _send(self, service: str, endpoint: str, frames: list[bytes], timeout: float,
+              source: str | None = None) -> zmq.Socket:
+        sock = self._dealer(endpoint, source)
         try:
             sock.send_multipart(frames, zmq.NOBLOCK)
         except zmq.Again:  # not connected (yet): wait for the connection, within the timeout
@@ -247,13 +258,15 @@ class Bus:
         return sock
 
     def request(self, service: str, name: str, body: Any = None, kind: bytes = REQUEST,
-                timeout: float = 30.0) -> Any:
-        """Send a request to `service`'s control inbox and wait for the reply (timed in debug logs)."""
+                timeout: float = 30.0, source: str | None = None) -> Any:
+        """Send a request to `service`'s control inbox and wait for the reply (timed in debug logs).
+
+        `source`: the service asking (default: this bus's), which the receiver sees as the caller."""
         if not log.isEnabledFor(logging.DEBUG):  # the hot path formats nothing
-            return self._request(service, name, body, kind, timeout)
+            return self._request(service, name, body, kind, timeout, source)
         started, outcome = time.perf_counter(), "failed"
         try:
-            result = self._request(service, name, body, kind, timeout)
+            result = self._request(service, name, body, kind, timeout, source)
             outcome = "ok"
             return result
         except RpcError as e:
@@ -263,13 +276,14 @@ class Bus:
             log.debug("bus %s %s -> %s: %s in %.1f ms", kind.decode(errors="replace"), name, service, outcome,
                       (time.perf_counter() - started) * 1000)
 
-    def _request(self, service: str, name: str, body: Any, kind: bytes, timeout: float) -> Any:
+    def _request(self, service: str, name: str, body: Any, kind: bytes, timeout: float,
+                 source: str | None = None) -> Any:
         endpoint = self.endpoints.control.get(service)
         if endpoint is None:
             raise ServiceUnavailable(service, "is not part of this node")
         rid = str(next(self._ids)).encode()
         self._give_up_if_abandoned(service)
-        sock = self._send(service, endpoint, [kind, rid, name.encode(), encode(body)], timeout)
+        sock = self._send(service, endpoint, [kind, rid, name.encode(), encode(body)], timeout, source)
         wake_ms = min(int(timeout * 1000), WAKE_MS)
         if sock.rcvtimeo != wake_ms:
             sock.rcvtimeo = wake_ms
@@ -302,8 +316,10 @@ class Bus:
         raise ServiceUnavailable(service, f"did not answer {name!r} within {timeout:g}s")
 
     def request_async(self, service: str, name: str, body: Any = None, kind: bytes = REQUEST,
-                      timeout: float = 30.0) -> Future[Any]:
+                      timeout: float = 30.0, source: str | None = None) -> Future[Any]:
         """Send a request to `service` without waiting: the Future gets the reply (or the error).
+
+        `source`: the service asking (default: this bus's), which the receiver sees as the caller.
 
         Its done callbacks run on the bus's I/O thread: keep them short (see `lnp_host.bus_io`).
         """
@@ -312,7 +328,7 @@ class Bus:
             future: Future[Any] = Future()
             future.set_exception(ServiceUnavailable(service, "is not part of this node"))
             return future
-        return self._io_thread().request(service, endpoint, kind, name, body, timeout)
+        return self._io_thread().request(service, endpoint, kind, name, body, timeout, source or self.source)
 
     def call_later(self, delay: float, fn: Callable[[], None]) -> None:
         """Run `fn()` on the bus's I/O thread in `delay` seconds (short and non-blocking)."""

@@ -69,7 +69,8 @@ class BusIO:
         # the rest belongs to the I/O thread
         self._timers: list[tuple[float, int, Callable[[], None]]] = []
         self._pending: dict[bytes, _Pending] = {}
-        self._dealers: dict[str, tuple[int, zmq.Socket]] = {}   # endpoint -> (generation, DEALER)
+        # (endpoint, asking service) -> (generation, DEALER): the DEALER's routing id names the asker
+        self._dealers: dict[tuple[str, str], tuple[int, zmq.Socket]] = {}
         self._outbox: dict[zmq.Socket, deque[tuple[bytes, list[bytes]]]] = {}
         self._poller = zmq.Poller()
         self._thread = threading.Thread(target=self._run, name="bus-io", daemon=True)
@@ -78,11 +79,11 @@ class BusIO:
     # --- any thread -------------------------------------------------------------------------------
 
     def request(self, service: str, endpoint: str, kind: bytes, name: str, body: Any,
-                timeout: float) -> Future[Any]:
+                timeout: float, source: str) -> Future[Any]:
         """Send a control request; the Future gets the reply, an RpcError, or ServiceUnavailable."""
         future: Future[Any] = Future()
         frames = [kind, b"", name.encode(), encode(body)]  # encoded here: a bad body fails its caller
-        if not self._submit(lambda: self._send(service, endpoint, frames,
+        if not self._submit(lambda: self._send(service, endpoint, source, frames,
                                                _Pending(future, service, name, timeout))):
             settle(future, error=ServiceUnavailable(service, "is unreachable: the bus is closed"))
         return future
@@ -168,15 +169,15 @@ class BusIO:
             except Exception:
                 log.exception("a bus timer failed")
 
-    def _dealer(self, endpoint: str) -> zmq.Socket:
+    def _dealer(self, endpoint: str, source: str) -> zmq.Socket:
         gen = self._bus.generation.get(endpoint, 0)
-        cached = self._dealers.get(endpoint)
+        cached = self._dealers.get((endpoint, source))
         if cached is not None and cached[0] == gen:
             return cached[1]
         if cached is not None:  # the service restarted: inproc:// does not reconnect, so connect afresh
             self._drop(cached[1], "was restarted")
-        sock = self._bus.connect(endpoint)
-        self._dealers[endpoint] = (gen, sock)
+        sock = self._bus.connect(endpoint, source=source)
+        self._dealers[(endpoint, source)] = (gen, sock)
         self._poller.register(sock, zmq.POLLIN)
         return sock
 
@@ -186,14 +187,14 @@ class BusIO:
         self._poller.unregister(sock)
         sock.close(0)
 
-    def _send(self, service: str, endpoint: str, frames: list[bytes], pending: _Pending) -> None:
+    def _send(self, service: str, endpoint: str, source: str, frames: list[bytes], pending: _Pending) -> None:
         if pending.future.done():
             return  # cancelled before it left
         if self._closed:
             settle(pending.future, error=ServiceUnavailable(service, "is unreachable: the bus is closed"))
             return
         try:
-            sock = self._dealer(endpoint)
+            sock = self._dealer(endpoint, source)
         except zmq.ZMQError as e:
             settle(pending.future, error=ServiceUnavailable(service, f"is unreachable: {e}"))
             return

@@ -21,6 +21,7 @@ from . import bus as wire
 from .bus import Bus, Endpoints
 from .decisions import Chain, Post
 from .control import answer, as_rpc_error, no_such_request, result_of
+from .caller import calling_as
 from .plugins import Owned, Registry
 from .profile import HOST_SERVICE, Profile
 
@@ -70,7 +71,8 @@ class PluginContext:
         self.node: NodeInfo = env.node
         self.log = logging.getLogger(f"lnp.{self.service}.{plugin}")
         self.storage = env.storage
-        self.keys = env.keys
+        # the key custody asks as this plugin's service, so a custodian can check what it may do
+        self.keys = env.keys.for_service(self.service) if hasattr(env.keys, "for_service") else env.keys
         self.host = env.host
         self._data_dir = env.node.data_dir / "plugins" / plugin
         self._health: Any = _UNSET  # the last problem reported to lnpd
@@ -102,13 +104,15 @@ class PluginContext:
         if owned is None:
             if not name.startswith("host."):  # the host's own requests, answered by lnpd
                 raise no_such_request(name)
-            return self._env.bus.request(HOST_SERVICE, name, body, timeout=timeout)
+            return self._env.bus.request(HOST_SERVICE, name, body, timeout=timeout, source=self.service)
         ctx = self._local(owned)
         if ctx is None:
-            return self._env.bus.request(owned.service, name, body, timeout=timeout)
+            return self._env.bus.request(owned.service, name, body, timeout=timeout, source=self.service)
         body = wire.decode(wire.encode(body))  # a body JSON cannot carry fails here as it would on the bus
         try:
-            return wire.decode(wire.encode(result_of(answer(owned, ctx, name, body), timeout, owned.service, name)))
+            with calling_as(self.service):  # the callee sees who asks, as it would over the bus
+                answered = answer(owned, ctx, name, body)
+            return wire.decode(wire.encode(result_of(answered, timeout, owned.service, name)))
         except Exception as e:
             raise as_rpc_error(owned.service, name, e, ctx.log) from None
 

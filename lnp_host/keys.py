@@ -23,6 +23,8 @@ log = logging.getLogger("lnp.host.keys")
 NODE_KEY_FILE = "node_key"
 RPC_DIR = "rpc"
 FORCED_KEY_ENV = "LNP_DEV_FORCE_PRIVKEY"
+SEED_PASSPHRASE_ENV = "LNP_SEED_PASSPHRASE"
+CUSTODY_ONLY_ENV = (FORCED_KEY_ENV, SEED_PASSPHRASE_ENV)  # secrets no child but the custody service inherits
 _forced_keys: dict[Path, bytes] = {}  # data dir -> the --dev-force-privkey secret of the node run here
 
 
@@ -88,27 +90,23 @@ class FileKeyCustody:
         """SHA256 of the compressed shared point (BOLT-8's ECDH)."""
         return self._key.ecdh(pubkey)
 
-    def sign_digest(self, digest: bytes) -> bytes:
-        """A compact 64-byte low-S ECDSA signature of a 32-byte digest."""
-        if len(digest) != 32:
-            raise ValueError("digest must be 32 bytes")
-        return self._key.sign_recoverable(digest, hasher=None)[:64]
-
     def control_handlers(self) -> dict[str, Callable[[Any], Any]]:
         """Control-bus requests that serve this custody to other processes (hex in, hex out)."""
         return {
             "host.keys.node_id": lambda _body: {"node_id": self.node_id().hex()},
             "host.keys.ecdh": lambda body: {"secret": self.ecdh(bytes.fromhex(body["pubkey"])).hex()},
-            "host.keys.sign_digest": lambda body: {"signature": self.sign_digest(
-                bytes.fromhex(body["digest"])).hex()},
         }
 
 
 class BusKeyCustody:
     """Key custody held by another process, reached over the control bus."""
 
-    def __init__(self, bus: Bus, service: str, node_id: bytes) -> None:
-        self._bus, self._service, self._node_id = bus, service, node_id
+    def __init__(self, bus: Bus, service: str, node_id: bytes, source: str | None = None) -> None:
+        self._bus, self._service, self._node_id, self._source = bus, service, node_id, source
+
+    def for_service(self, source: str) -> "BusKeyCustody":
+        """The same custody, asking as service `source` (the custodian checks what each service may do)."""
+        return BusKeyCustody(self._bus, self._service, self._node_id, source)
 
     def node_id(self) -> bytes:
         """The 33-byte compressed public key."""
@@ -116,19 +114,16 @@ class BusKeyCustody:
 
     def ecdh(self, pubkey: bytes) -> bytes:
         """ECDH with the node key, computed by the custodian."""
-        return bytes.fromhex(self._bus.request(self._service, "host.keys.ecdh", {"pubkey": pubkey.hex()})["secret"])
+        return bytes.fromhex(self._bus.request(self._service, "host.keys.ecdh", {"pubkey": pubkey.hex()},
+                                               source=self._source)["secret"])
 
     async def ecdh_async(self, pubkey: bytes, timeout: float = 30.0) -> bytes:
         """`ecdh` for an asyncio loop: the request goes out on the bus's I/O thread and the loop keeps
         running while the custodian answers (or is stopped). Raises RpcError as `ecdh` does."""
         reply = await asyncio.wrap_future(self._bus.request_async(self._service, "host.keys.ecdh",
-                                                                  {"pubkey": pubkey.hex()}, timeout=timeout))
+                                                                  {"pubkey": pubkey.hex()}, timeout=timeout,
+                                                                  source=self._source))
         return bytes.fromhex(reply["secret"])
-
-    def sign_digest(self, digest: bytes) -> bytes:
-        """A signature by the node key, made by the custodian."""
-        return bytes.fromhex(self._bus.request(self._service, "host.keys.sign_digest",
-                                               {"digest": digest.hex()})["signature"])
 
 
 # --- RPC CURVE keys ------------------------------------------------------------------------------

@@ -26,8 +26,9 @@ from lnp_plugin_api import NodeInfo, RemoteCustody, RpcError
 
 from . import __version__, logs
 from .bus import Bus, Endpoints
+from .buskeys import ZAP_DOMAIN, BusCurve, BusKeyError, create_keys, uses_tcp, zap_start, zap_stop
 from .context import HEALTH_REQUEST, Environment, record_health
-from .keys import FORCED_KEY_ENV, BusKeyCustody, FileKeyCustody, force_node_key
+from .keys import CUSTODY_ONLY_ENV, FORCED_KEY_ENV, SEED_PASSPHRASE_ENV, BusKeyCustody, FileKeyCustody, force_node_key
 from .plugins import Registry, discover
 from .profile import HOST_SERVICE, Profile
 from .rpc_server import RpcServer
@@ -178,6 +179,9 @@ def run_node(profile: Profile, registry: Registry, verbosity: int = 0, profile_a
         endpoints = Endpoints.for_profile(registry.services, mode, data_dir,
                                           profile.section("bus")["endpoints"], instance)
         bus = Bus(zctx, endpoints, HOST_SERVICE)
+        if uses_tcp(endpoints):
+            create_keys(data_dir, registry.services)  # per node, as the RPC's client keys
+            _curve(profile, zctx, bus, registry.services, registry.services)
         custody_service = HOST_SERVICE
         if isinstance(custody, RemoteCustody):  # the key lives in a service: reach it over the bus
             custody_service = custody.service
@@ -191,13 +195,18 @@ def run_node(profile: Profile, registry: Registry, verbosity: int = 0, profile_a
             "node_id": node.node_id.hex(), "alias": node.alias, "network": node.network,
             "custody": custody_service}
 
+        passphrase = os.environ.get(SEED_PASSPHRASE_ENV, "")
+
         def spawn(service: str) -> subprocess.Popen[bytes]:
             cmd = [sys.executable, "-m", "lnp_host", "run", "--service", service, *(profile_args or [])]
             child_env = {**os.environ, PARENT_ENV: str(os.getpid())}
-            child_env.pop(FORCED_KEY_ENV, None)
-            if forced_key is not None and service == custody_service:
-                # the custody service alone gets the forced key: in its environment, never on a command line
-                child_env[FORCED_KEY_ENV] = forced_key.hex()
+            for name in CUSTODY_ONLY_ENV:  # the seed's passphrase and a forced key reach the custodian alone
+                child_env.pop(name, None)
+            if service == custody_service:
+                if passphrase:
+                    child_env[SEED_PASSPHRASE_ENV] = passphrase
+                if forced_key is not None:  # in its environment, never on a command line
+                    child_env[FORCED_KEY_ENV] = forced_key.hex()
             return subprocess.Popen(cmd, env=child_env)
 
         supervisor = Supervisor(env, spawn)
@@ -226,6 +235,7 @@ def run_node(profile: Profile, registry: Registry, verbosity: int = 0, profile_a
     finally:
         force_node_key(data_dir, None)
         db.close()
+        zap_stop(zctx)
         zctx.destroy(linger=0)
         log.info("stopped")
         lock.close()
@@ -245,6 +255,12 @@ def run_service(profile: Profile, registry: Registry, service: str, verbosity: i
     endpoints = Endpoints.for_profile(registry.services, profile.section("bus")["mode"], data_dir,
                                       profile.section("bus")["endpoints"])
     bus = Bus(zctx, endpoints, service)
+    if uses_tcp(endpoints):
+        try:
+            _curve(profile, zctx, bus, registry.services, [service])
+        except BaseException:
+            zctx.destroy(linger=0)
+            raise
     db = Database(profile.section("storage")["url"], data_dir)
     runtime: ServiceRuntime | None = None
     stopping = threading.Event()
@@ -286,7 +302,17 @@ def run_service(profile: Profile, registry: Registry, service: str, verbosity: i
         force_node_key(data_dir, None)
         bus.close()
         db.close()
+        zap_stop(zctx)
         zctx.destroy(linger=0)
+
+
+def _curve(profile: Profile, zctx: zmq.Context, bus: Bus, services: list[str], own: list[str]) -> None:
+    """tcp:// bus endpoints: CURVE with the node's service keys, or refuse to start (exit 2)."""
+    try:
+        bus.curve = BusCurve.load(profile.data_dir, services, own)
+    except BusKeyError as e:
+        raise profile.error(("bus", "endpoints"), str(e)) from None
+    zap_start(zctx, ZAP_DOMAIN, bus.curve.allowed)
 
 
 def _on_signals(handler: Callable[[], None]) -> None:

@@ -84,11 +84,13 @@ HOST_SCHEMA: dict[str, dict[str, Field]] = {
                                     check=_positive),
         "heartbeat_misses": Field(int, 3, "missed heartbeats before a service counts as dead",
                                   check=_at_least(1)),
-        "endpoints": Field(dict, {}, "per service: {control = ENDPOINT, message = ENDPOINT}"),
+        "endpoints": Field(dict, {}, "per service: {control = ENDPOINT, message = ENDPOINT}; tcp:// ones are "
+                          "always CURVE-encrypted with the node's service keys (DATA_DIR/bus)"),
     },
     "rpc": {
-        "endpoint": Field(str, "", "the local RPC endpoint; empty means ipc://DATA_DIR/rpc.sock",
-                          check=_endpoint("ipc", "tcp")),
+        # ipc only: a tcp:// endpoint here would be plaintext full admin; TCP goes through `tcp` (CURVE)
+        "endpoint": Field(str, "", "the local RPC endpoint (ipc:// only; use `tcp` for TCP, CURVE-encrypted); "
+                          "empty means ipc://DATA_DIR/rpc.sock", check=_endpoint("ipc")),
         "tcp": Field(str, "", "an optional tcp:// endpoint, always CURVE-encrypted", check=_endpoint("tcp")),
         "timeout": Field(float, 60.0, "seconds before an RPC call that got no answer fails", check=_positive),
     },

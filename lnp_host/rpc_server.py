@@ -16,11 +16,11 @@ from pathlib import Path
 from typing import Any
 
 import zmq
-from zmq.auth.thread import ThreadAuthenticator
 
 from lnp_plugin_api import RpcError, RpcMethod
 
 from . import bus as wire
+from .buskeys import zap_start, zap_stop
 from .bus import TooDeep, decode, decode_untrusted, encode, new_socket, prepare_bind
 from .context import Environment
 from .keys import allowed_clients, server_keys
@@ -83,7 +83,7 @@ class RpcServer:
         self._thread = threading.Thread(target=self._run, name="rpc", daemon=True)
         self._ready = threading.Event()
         self._error: str | None = None
-        self._auth: ThreadAuthenticator | None = None
+        self._zap = False  # using the process's ZAP authenticator (lnp_host.buskeys)
 
     def start(self) -> None:
         """Bind the endpoints; raises RuntimeError if that fails."""
@@ -97,8 +97,9 @@ class RpcServer:
         self._stop.set()
         if self._thread.is_alive():
             self._thread.join(5)
-        if self._auth is not None:
-            self._auth.stop()
+        if self._zap:
+            zap_stop(self.env.zctx)
+            self._zap = False
 
     def remove_socket(self) -> None:
         """Remove the ipc:// socket file, so clients see at once that no node is running."""
@@ -112,9 +113,8 @@ class RpcServer:
         local.bind(self.endpoint)  # born private: the node runs under umask 077 in a 0700 data dir
         sockets = [local]
         if self.tcp_endpoint:
-            self._auth = ThreadAuthenticator(zctx, log=logging.getLogger("lnp.host.rpc.zap"))
-            self._auth.start()
-            self._auth.configure_curve_callback(ZAP_DOMAIN, credentials_provider=_AllowList(self.env))
+            zap_start(zctx, ZAP_DOMAIN, _AllowList(self.env).callback)
+            self._zap = True
             public, secret = server_keys(self.env.node.data_dir)
             remote = new_socket(zctx, zmq.ROUTER)
             remote.curve_server = True

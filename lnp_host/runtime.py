@@ -18,6 +18,7 @@ from lnp_plugin_api import Event, RpcError, SettingError
 
 from . import bus as wire
 from .bus import ServiceUnavailable, decode, encode, new_socket, prepare_bind, wire_from_frames
+from .caller import calling_as, source_of
 from .context import Environment, PluginContext
 from .control import answer, as_rpc_error, no_such_request
 from .decisions import answer_remote
@@ -72,6 +73,8 @@ class ServiceRuntime:
             for sock, endpoint in ((control, self.env.endpoints.control[self.name]),
                                    (message, self.env.endpoints.message[self.name])):
                 prepare_bind(endpoint)
+                if endpoint.startswith("tcp://"):  # never plaintext over TCP (lnp_host.buskeys)
+                    self.env.bus.curve.server(sock, self.name)
                 try:
                     sock.bind(endpoint)
                 except zmq.ZMQError as e:
@@ -126,7 +129,7 @@ class ServiceRuntime:
             for sock, _ in poller.poll(POLL_MS):
                 try:
                     if sock is control:
-                        self._on_control(control, control.recv_multipart(zmq.NOBLOCK))
+                        self._on_control(control, *self._receive_control(control))
                     elif sock is message:
                         self._on_message(message.recv_multipart(zmq.NOBLOCK))
                     else:
@@ -135,7 +138,16 @@ class ServiceRuntime:
                 except Exception:  # one bad message must never end the service
                     self.log.exception("unexpected error handling a bus message in %s; serving on", self.name)
 
-    def _on_control(self, sock: zmq.Socket, frames: list[bytes]) -> None:
+    def _receive_control(self, sock: zmq.Socket) -> tuple[list[bytes], str | None]:
+        """A control frame set and the service that sent it: over CURVE the one whose key the sender
+        authenticated with, else the one its routing id names (lnp_host.caller)."""
+        if sock.curve_server:
+            parts = sock.recv_multipart(zmq.NOBLOCK, copy=False)
+            return [p.bytes for p in parts], self.env.bus.curve.service_of(parts[-1].get("User-Id"))
+        frames = sock.recv_multipart(zmq.NOBLOCK)
+        return frames, source_of(frames[0]) if frames else None
+
+    def _on_control(self, sock: zmq.Socket, frames: list[bytes], caller: str | None = None) -> None:
         if len(frames) != 5:
             self.log.warning("dropped a malformed control message (%d frames)", len(frames))
             return
@@ -146,7 +158,8 @@ class ServiceRuntime:
                 body = decode(body_raw)
             except ValueError as e:
                 raise RpcError(RpcError.INVALID_REQUEST, f"the body of {name!r} is not valid JSON: {e}") from None
-            result = self._dispatch(kind, name, body)
+            with calling_as(caller):
+                result = self._dispatch(kind, name, body)
             if isinstance(result, Future):  # answered later, without holding up this service
                 result.add_done_callback(lambda f: self._finish_later(ident, rid, name, f))
                 return

@@ -54,7 +54,7 @@ def lnp_shutdown(ctx: ServiceContext) -> None:
 
 @hookspec
 def lnp_requires() -> list[str]:
-    """Control requests this plugin sends and cannot work without, by name (`"signd.sign_psbt"`,
+    """Control requests this plugin sends and cannot work without, by name (`"signd.sign_wallet_psbt"`,
     `"chain.info"`), whoever provides them.
 
     A profile that enables the plugin but no plugin answering one of them is refused, naming the

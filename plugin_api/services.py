@@ -14,12 +14,11 @@ from typing import Any
 
 from .types import ServiceContext, WireMessage
 
-# The signer's request names, in one place: signd's operations are being renamed (sign_psbt -> sign_wallet_psbt,
-# sign_message -> sign_node_message); the rename is this table.
+# The signer's request names, in one place (a signer answering other names is one edit here).
 SIGNER_REQUESTS = {
     "wallet": "signd.wallet",
-    "sign_psbt": "signd.sign_psbt",
-    "sign_message": "signd.sign_message",
+    "sign_wallet_psbt": "signd.sign_wallet_psbt",
+    "sign_node_message": "signd.sign_node_message",
     "basepoints": "signd.basepoints",
     "per_commitment_point": "signd.per_commitment_point",
 }
@@ -51,13 +50,15 @@ class Signer:
         found = self._ask("wallet", {}, timeout)
         return WalletKeys(found["xpub"], found["fingerprint"], dict(found["descriptors"]))
 
-    def sign_psbt(self, psbt: str, purpose: str) -> str:
-        """Sign the inputs of a base64 PSBT that belong to the wallet; the signed PSBT (base64)."""
-        return str(self._ask("sign_psbt", {"psbt": psbt, "purpose": purpose})["psbt"])
+    def sign_wallet_psbt(self, psbt: str, purpose: str) -> str:
+        """Sign the inputs of a base64 PSBT that are on the wallet's own paths; the signed PSBT (base64).
+        The signer refuses a PSBT with any other input of ours, or a change output it cannot derive."""
+        return str(self._ask("sign_wallet_psbt", {"psbt": psbt, "purpose": purpose})["psbt"])
 
-    def sign_message(self, message: bytes, purpose: str) -> bytes:
-        """A 64-byte node-key signature over SHA256d(message), as gossip messages are signed."""
-        return bytes.fromhex(self._ask("sign_message", {"message": message.hex(), "purpose": purpose})["signature"])
+    def sign_node_message(self, kind: str, message: bytes) -> bytes:
+        """The node key's 64-byte signature of a BOLT-7 message of `kind` (channel_announcement,
+        node_announcement, channel_update), whose signature fields the signer checks and skips."""
+        return bytes.fromhex(self._ask("sign_node_message", {"kind": kind, "message": message.hex()})["signature"])
 
     def basepoints(self, index: int) -> dict[str, str]:
         """The BOLT-3 basepoints (hex public keys) of channel `index`."""

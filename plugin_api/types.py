@@ -391,14 +391,12 @@ class KeyCustody(Protocol):
     def ecdh(self, pubkey: bytes) -> bytes:
         """SHA256 of the compressed shared point of the node key and `pubkey` (BOLT-8's ECDH)."""
 
-    def sign_digest(self, digest: bytes) -> bytes:
-        """A 64-byte compact ECDSA signature (low-S) of a 32-byte digest with the node key."""
-
 
 @dataclass(frozen=True)
 class RemoteCustody:
     """Returned by `lnp_key_custody` when the node key is served by a service over the control bus
-    (it answers `host.keys.node_id`, `host.keys.ecdh` and `host.keys.sign_digest`)."""
+    (it answers `host.keys.node_id` and `host.keys.ecdh`; signatures are the custodian's own typed
+    operations, e.g. signd's `signd.sign_node_message`)."""
 
     service: str
     node_id: bytes

@@ -47,7 +47,9 @@ PLACEHOLDER = re.compile(r"[A-Z\[\]|]|\.\.\.")               # NODE_ID, [--known
 PEER_EVENTS = {"peer_connected", "peer_disconnected", "custommsg"}   # a raw BOLT-8 peer comes and goes
 AT_START = {"node_ready"}
 CONTROL_BODIES = {"quote.fee": {"amount_sat": 250_000}}               # control requests, by name
-DECISION_CAUSES = {"sign_request": ("signd.sign_message", {"message": "00ff", "purpose": "docs"})}
+# a control request that causes each decision; NODE_ID is replaced by the node's id
+DECISION_CAUSES = {"sign_request": ("signd.sign_node_message", {
+    "kind": "node_announcement", "message": "0101" + "00" * 64 + "0000" + "00000000" + "NODE_ID" + "00" * 37})}
 UNHANDLED_CUSTOM = 32801  # an odd custom type no example handles: becomes `custommsg`
 
 
@@ -397,6 +399,8 @@ data_dir = "DATA_DIR"
 enabled = {json.dumps(enabled)}
 [plugins.peerd]
 listen = ["127.0.0.1:{port}"]
+[plugins.signd]
+grant = {{docs_asker = ["node_message"]}}  # its own service: signd knows it only from this grant
 {tables}"""
 
 
@@ -463,7 +467,8 @@ def test_python_examples_run_in_a_real_node(short_tmp: Path, nodes: Any) -> None
                 assert s.key in CONTROL_BODIES, f"{ex.block}: add a body for control request {s.key!r}"
                 c.docs_request(s.key, CONTROL_BODIES[s.key])
         for name in sorted(decisions & set(DECISION_CAUSES)):
-            c.docs_request(*DECISION_CAUSES[name])
+            request, body = DECISION_CAUSES[name]
+            c.docs_request(request, json.loads(json.dumps(body).replace("NODE_ID", info["node_id"])))
         expected = {("event", n) for n in events} | {("decision", n) for n in decisions}
 
         def missing() -> set[tuple[str, str]]:

@@ -159,11 +159,13 @@ def test_storage_url_must_be_usable(tmp_path: Path) -> None:
 
 def test_rpc_endpoints_must_be_endpoints(tmp_path: Path) -> None:
     check_refused(tmp_path, BASE + '[rpc]\ntcp = "127.0.0.1:9836"\n', "[rpc] tcp", "expected tcp://")
+    # a tcp:// local endpoint would be plaintext full admin: TCP only through `tcp`, with CURVE
+    check_refused(tmp_path, BASE + '[rpc]\nendpoint = "tcp://0.0.0.0:9999"\n', "[rpc] endpoint", "expected ipc://")
 
 
 def test_a_plugin_without_what_it_needs(tmp_path: Path, plugin_site: Path) -> None:
     check_refused(tmp_path, BASE + '[plugins]\nenabled = ["core", "bitcoind", "watchd", "wallet"]\n',
-                  "[plugins] enabled", "plugin 'wallet' needs 'signd.wallet', 'signd.sign_psbt', which no enabled "
+                  "[plugins] enabled", "plugin 'wallet' needs 'signd.wallet', 'signd.sign_wallet_psbt', which no enabled "
                   "plugin answers (enable signd?)")
     check_refused(tmp_path, BASE + '[plugins]\nenabled = ["core", "signd", "watchd", "wallet"]\n',
                   "[plugins] enabled", "plugin 'watchd' needs 'chain.info', 'chain.block'")

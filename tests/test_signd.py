@@ -17,10 +17,12 @@ from lnp_plugins.signd.keys import Keychain, PER_COMMITMENT_FAMILY
 WORDS = "abandon abandon abandon abandon abandon abandon abandon abandon abandon abandon abandon about"
 
 
-def profile(data_dir: Path, port: int, mode: str = "threads", extra: str = "") -> str:
+def profile(data_dir: Path, port: int, mode: str = "threads", signd: str = "", enabled: str = "") -> str:
+    """signd, peerd and tk_signer (granted what channeld will have); `signd`: more of signd's table."""
     return (f'[node]\nnetwork = "regtest"\ndata_dir = "{data_dir}"\n[bus]\nmode = "{mode}"\n'
-            f'[plugins]\nenabled = ["core", "signd", "peerd", "tk_signer"]\n'
-            f'[plugins.peerd]\nlisten = ["127.0.0.1:{port}"]\n{extra}')
+            f'[plugins]\nenabled = ["core", "signd", "peerd", "tk_signer"{enabled}]\n'
+            f'[plugins.peerd]\nlisten = ["127.0.0.1:{port}"]\n'
+            f'[plugins.signd]\ngrant = {{tksigner = ["channel", "node_message"]}}\n{signd}')
 
 
 def test_same_seed_same_keys() -> None:
@@ -52,8 +54,8 @@ def test_seed_files_and_passphrase(tmp_path: Path) -> None:
 
 def test_init_then_run_with_an_encrypted_seed(short_tmp: Path, plugin_site: Path, nodes) -> None:
     (short_tmp / "pass").write_text("s3cret phrase\n")
-    extra = f'[plugins.signd]\npassphrase_file = "{short_tmp / "pass"}"\n'
-    node = nodes(profile(Path("DATA_DIR"), free_port(), extra=extra), name="enc")
+    node = nodes(profile(Path("DATA_DIR"), free_port(), signd=f'passphrase_file = "{short_tmp / "pass"}"\n'),
+                 name="enc")
     path, data_dir = node.profile, node.data_dir
     done = lnp_host("init", "--profile", str(path), site=plugin_site)
     assert done.returncode == 0, done.stderr
@@ -95,7 +97,7 @@ def test_signd_serves_the_node_key_and_channel_keys(nodes, mode: str) -> None:
         pcp = c.call("tk_signer_point", 0, 5)["point"]
         assert pcp == keys.per_commitment_point(0, 5).hex()
         assert derive_pubkey(bytes.fromhex(got["payment_basepoint"]), bytes.fromhex(pcp))  # usable points
-        sig = c.call("tk_signer_message", "00ff")["signature"]
+        sig = c.call("tk_signer_message", "node_announcement", node_announcement(node_id))["signature"]
         assert len(bytes.fromhex(sig)) == 64
         dump = json.dumps([c.call("help"), c.info()])
     secret_hex = keys.node_key.secret.hex()
@@ -103,6 +105,12 @@ def test_signd_serves_the_node_key_and_channel_keys(nodes, mode: str) -> None:
         assert secret_hex not in text and words not in text
     assert os.environ.get(seed.PASSPHRASE_ENV) is None
     raw.close()
+
+
+def node_announcement(node_id: str, features: str = "") -> str:
+    """A BOLT-7 node_announcement of NODE_ID (hex) with a zero signature, as hex."""
+    return ("0101" + "00" * 64 + f"{len(features) // 2:04x}" + features + "00000001" + node_id + "010203"
+            + "61" * 32 + "0000")
 
 
 FORCED = "01" * 32

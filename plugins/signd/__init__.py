@@ -1,29 +1,29 @@
-"""signd: the only service that holds secrets. Others ask it for signatures and ECDH; no private key
-ever leaves it.
+"""signd: the only service that holds secrets. Others ask it for typed operations; no private key
+ever leaves it, and it signs no arbitrary digest.
 
-Control requests (service `signd`):
-    host.keys.node_id / host.keys.ecdh / host.keys.sign_digest   the node key (key custody)
-    signd.wallet          -> {xpub, fingerprint, descriptors}
-    signd.sign_psbt       {psbt (base64), purpose} -> {psbt}       signs the inputs that are ours
-    signd.sign_message    {message (hex), purpose} -> {signature}  node key over SHA256d (gossip)
-    signd.basepoints      {index} -> BOLT-3 basepoints of channel INDEX
-    signd.per_commitment_point {index, commitment_number} -> {point}
-Every signature except ECDH is first put to the decision `sign_request`; any plugin may refuse it.
+Control requests (service `signd`), each open only to the services with its capability (policy.py):
+    host.keys.node_id                          anyone
+    host.keys.ecdh        {pubkey}             ecdh (peerd): BOLT-8 handshakes
+    signd.wallet          -> {xpub, fingerprint, descriptors}                       wallet
+    signd.sign_wallet_psbt {psbt (base64), purpose} -> {psbt, signed_inputs}        wallet
+    signd.sign_node_message {kind, message (hex)} -> {signature}                    node_message
+    signd.basepoints      {index} -> BOLT-3 basepoints of channel INDEX             channel
+    signd.per_commitment_point {index, commitment_number} -> {point}                channel
+Every signature is first put to the decision `sign_request`; any plugin may refuse it.
 """
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 from typing import Any
 
 from embit.psbt import PSBT
-from embit.script import Script
 
 from lnp_plugin_api import (DecisionSpec, Field, PerContext, RemoteCustody, RpcError, ServiceContext, Subscription, hookimpl)
 from lnp_plugin_api.chains import embit_network
+from lnp_host.caller import current_caller
 from lnp_host.keys import FORCED_KEY_ENV, forced_node_key
 
-from . import seed
+from . import policy, seed
 from .keys import Keychain
 
 SERVICE = "signd"
@@ -34,14 +34,39 @@ def _keychain_for(data_dir: Path, network: str, passphrase: str, node_secret: by
     return Keychain(seed.load(data_dir, passphrase), network, node_secret)
 
 
-def ensure_seed(data_dir: Path, network: str, passphrase: str) -> bytes:
-    """Create the seed on first run; returns the node id (also written in the clear for other processes)."""
+def create_seed(data_dir: Path, network: str, passphrase: str) -> str:
+    """Create the seed and, beside it, the public node id file; returns the mnemonic.
+
+    The node id comes from the new words in memory: creating a seed never decrypts one."""
+    words = seed.create(data_dir, passphrase)
+    _write_node_id(data_dir, Keychain(words, network).node_id())
+    return words
+
+
+def _write_node_id(data_dir: Path, node_id: bytes) -> None:
+    (seed.folder(data_dir) / seed.NODE_ID_FILE).write_text(node_id.hex() + "\n")
+
+
+def public_node_id(data_dir: Path, network: str, passphrase_file: str) -> bytes:
+    """The node id for lnpd, from the public node id file: the seed is created on first run (encrypted
+    with the passphrase when one is set) but never decrypted here; only signd reads it."""
     public = seed.folder(data_dir) / seed.NODE_ID_FILE
     if not (seed.folder(data_dir) / seed.SEED_FILE).exists():
-        seed.create(data_dir, passphrase)
+        create_seed(data_dir, network, seed.passphrase_from(passphrase_file, data_dir))
     if not public.exists():
-        node_id = _keychain_for(data_dir, network, passphrase).node_id()
-        public.write_text(node_id.hex() + "\n")
+        raise seed.SeedError(f"{public} (the public node id) is missing: run `lnp-host init` to write it "
+                             "again from the seed")
+    return bytes.fromhex(public.read_text().strip())
+
+
+def ensure_seed(data_dir: Path, network: str, passphrase: str) -> bytes:
+    """signd's own start (and offline tools): create the seed if needed, and rewrite a missing public
+    node id file by reading the seed (signd holds the passphrase). Returns the node id."""
+    public = seed.folder(data_dir) / seed.NODE_ID_FILE
+    if not (seed.folder(data_dir) / seed.SEED_FILE).exists():
+        create_seed(data_dir, network, passphrase)
+    if not public.exists():
+        _write_node_id(data_dir, _keychain_for(data_dir, network, passphrase).node_id())
     return bytes.fromhex(public.read_text().strip())
 
 
@@ -60,6 +85,7 @@ class Signer:
             ctx.log.warning("the node key is forced (--dev-force-privkey, developers only); the other keys "
                             "come from the seed")
         self.table = self.handlers()
+        self.grants = _grants(ctx.config.get("grant", {}))
 
     def allowed(self, kind: str, detail: dict[str, Any]) -> None:
         """Put a signing request to the `sign_request` decision; raise if refused."""
@@ -67,56 +93,60 @@ class Signer:
         if not verdict.allowed:
             raise RpcError(REFUSED, f"signing refused by {verdict.by}: {verdict.reason}")
 
-    def sign_psbt(self, body: dict[str, Any]) -> dict[str, Any]:
+    def sign_wallet_psbt(self, body: dict[str, Any]) -> dict[str, Any]:
+        """Sign the wallet's own inputs of a PSBT that passes the wallet policy (policy.check_wallet_psbt)."""
         try:
             psbt = PSBT.from_string(str(body["psbt"]))
         except Exception:
             raise RpcError(RpcError.INVALID_PARAMS, "not a valid PSBT") from None
-        network = embit_network(self.keys.network)
-        ours = self.keys.root.my_fingerprint
-        outputs = []
-        for out, info in zip(psbt.tx.vout, psbt.outputs):
-            mine = any(d.fingerprint == ours for d in info.bip32_derivations.values())
-            outputs.append({"value_sat": out.value, "script": out.script_pubkey.data.hex(), "change": mine,
-                            "address": _address(out.script_pubkey, network)})
-        try:
-            fee = sum(inp.utxo.value for inp in psbt.inputs) - sum(o.value for o in psbt.tx.vout)
-        except AttributeError:
-            raise RpcError(RpcError.INVALID_PARAMS, "every input needs its UTXO (witness_utxo)") from None
-        self.allowed("psbt", {"purpose": str(body.get("purpose", "")), "outputs": outputs, "fee_sat": fee})
-        signed = psbt.sign_with(self.keys.root)
-        if signed == 0:
-            raise RpcError(RpcError.INVALID_PARAMS, "none of the inputs belongs to this node's wallet")
+        checked = policy.check_wallet_psbt(self.keys, psbt, embit_network(self.keys.network))
+        change = sum(o["value_sat"] for o in checked.outputs if o["change"])
+        self.allowed("psbt", {"purpose": str(body.get("purpose", "")), "inputs": checked.inputs,
+                              "outputs": checked.outputs, "change_sat": change, "fee_sat": checked.fee_sat})
+        signed = policy.sign_wallet_inputs(self.keys, checked)
         return {"psbt": psbt.to_string(), "signed_inputs": signed}
 
-    def sign_message(self, body: dict[str, Any]) -> dict[str, str]:
-        message = bytes.fromhex(str(body["message"]))
-        self.allowed("message", {"purpose": str(body.get("purpose", "")), "size": len(message)})
-        digest = hashlib.sha256(hashlib.sha256(message).digest()).digest()
-        return {"signature": self.keys.node_key.sign_recoverable(digest, hasher=None)[:64].hex()}
+    def sign_node_message(self, body: dict[str, Any]) -> dict[str, Any]:
+        """The node key's signature of a typed BOLT-7 message (policy.node_message_digest)."""
+        kind, message = str(body["kind"]), bytes.fromhex(str(body["message"]))
+        digest, slot = policy.node_message_digest(self.keys, kind, message)
+        self.allowed("message", {"purpose": kind, "size": len(message)})
+        signature = self.keys.node_key.sign_recoverable(digest, hasher=None)[:64].hex()
+        return {"signature": signature, **({"node": slot} if slot else {})}
 
     def handlers(self) -> dict[str, Any]:
         keys = self.keys
-
-        def sign_digest(body: dict[str, Any]) -> dict[str, str]:
-            digest = bytes.fromhex(body["digest"])
-            if len(digest) != 32:
-                raise RpcError(RpcError.INVALID_PARAMS, "digest must be 32 bytes")
-            self.allowed("digest", {"purpose": str(body.get("purpose", ""))})
-            return {"signature": keys.node_key.sign_recoverable(digest, hasher=None)[:64].hex()}
-
         return {
             "host.keys.node_id": lambda body: {"node_id": keys.node_id().hex()},
             "host.keys.ecdh": lambda body: {"secret": keys.node_key.ecdh(bytes.fromhex(body["pubkey"])).hex()},
-            "host.keys.sign_digest": sign_digest,
             "signd.wallet": lambda body: {"xpub": keys.account_xpub(), "fingerprint": keys.fingerprint,
                                           "descriptors": keys.descriptors()},
-            "signd.sign_psbt": self.sign_psbt,
-            "signd.sign_message": self.sign_message,
+            "signd.sign_wallet_psbt": self.sign_wallet_psbt,
+            "signd.sign_node_message": self.sign_node_message,
             "signd.basepoints": lambda body: keys.basepoints(_index(body.get("index"))),
             "signd.per_commitment_point": lambda body: {"point": keys.per_commitment_point(
                 _index(body.get("index")), _index(body.get("commitment_number"))).hex()},
         }
+
+    def check_caller(self, name: str) -> None:
+        """Refuse (and log) a request from a service without the capability `name` needs."""
+        caller = current_caller()
+        if not policy.may(caller, name, self.ctx.service, self.grants):
+            self.ctx.log.warning("refused %s to service %s: it lacks the capability %r", name,
+                                 caller or "(unknown)", policy.OPERATIONS[name])
+            raise RpcError(REFUSED, f"service {caller or '(unknown)'!r} may not ask signd for {name}")
+
+
+def _grants(table: dict[str, Any]) -> dict[str, frozenset[str]]:
+    return {str(service): frozenset(caps) for service, caps in table.items()}
+
+
+def _check_grants(table: dict[str, Any]) -> str | None:
+    known = {c for c in policy.OPERATIONS.values() if c}
+    for service, caps in table.items():
+        if not isinstance(caps, list) or not all(isinstance(c, str) and c in known for c in caps):
+            return f"{service}: expected a list of capabilities among {', '.join(sorted(known))}"
+    return None
 
 
 def _index(value: Any) -> int:
@@ -125,19 +155,13 @@ def _index(value: Any) -> int:
     return value
 
 
-def _address(script: Script, network: dict) -> str | None:
-    try:
-        return script.address(network)
-    except Exception:
-        return None
-
-
 _signers: PerContext[Signer] = PerContext("signd")
 
 
 def _handler(name: str) -> Any:
     def handle(ctx: ServiceContext, body: dict[str, Any]) -> Any:
         signer = _signers.get(ctx)
+        signer.check_caller(name)
         if not isinstance(body, dict):
             raise RpcError(RpcError.INVALID_PARAMS, "expected an object")
         try:
@@ -147,8 +171,7 @@ def _handler(name: str) -> Any:
     return handle
 
 
-HANDLED = ("host.keys.node_id", "host.keys.ecdh", "host.keys.sign_digest", "signd.wallet", "signd.sign_psbt",
-           "signd.sign_message", "signd.basepoints", "signd.per_commitment_point")
+HANDLED = tuple(policy.OPERATIONS)
 
 
 @hookimpl
@@ -159,7 +182,10 @@ def lnp_service() -> str:
 @hookimpl
 def lnp_config_schema() -> dict:
     return {"passphrase_file": Field(str, "", "a file holding the seed's passphrase (or set "
-                                     f"{seed.PASSPHRASE_ENV}); relative to the data dir unless absolute")}
+                                     f"{seed.PASSPHRASE_ENV}); relative to the data dir unless absolute"),
+            "grant": Field(dict, {}, "capabilities for services signd does not know: {SERVICE = [CAPABILITY, ...]}"
+                           f"; capabilities: {', '.join(sorted({c for c in policy.OPERATIONS.values() if c}))}",
+                           check=_check_grants)}
 
 
 @hookimpl
@@ -169,8 +195,9 @@ def lnp_subscriptions() -> list:
 
 @hookimpl
 def lnp_decisions() -> list:
-    return [DecisionSpec("sign_request", "may signd sign this? body: {kind: psbt|message|digest, purpose, ...}; "
-                                         "for psbt: outputs [{value_sat, script, address, change}], fee_sat")]
+    return [DecisionSpec("sign_request", "may signd sign this? body: {kind: psbt|message, purpose, ...}; for psbt: "
+                                         "inputs [{txid, vout, value_sat, ours, path}], outputs [{value_sat, "
+                                         "script, address, change}], change_sat, fee_sat; for message: size")]
 
 
 @hookimpl
@@ -178,8 +205,10 @@ def lnp_key_custody(node: Any) -> RemoteCustody:
     """The node key lives in signd; every process reaches it over the control bus."""
     network = node.section("node")["network"]
     table = node.plugin_table("signd")
-    passphrase = seed.passphrase_from(table.get("passphrase_file", ""), node.data_dir)
-    return RemoteCustody(SERVICE, ensure_seed(node.data_dir, network, passphrase))
+    try:
+        return RemoteCustody(SERVICE, public_node_id(node.data_dir, network, table.get("passphrase_file", "")))
+    except seed.SeedError as e:
+        raise RuntimeError(str(e)) from None
 
 
 @hookimpl
@@ -187,9 +216,13 @@ def lnp_init(node: Any) -> dict[str, Any]:
     """`lnp-host init`: create the seed (encrypted when a passphrase is set)."""
     network = node.section("node")["network"]
     passphrase = seed.passphrase_from(node.plugin_table("signd").get("passphrase_file", ""), node.data_dir)
-    mnemonic = seed.create(node.data_dir, passphrase)
-    node_id = ensure_seed(node.data_dir, network, passphrase)
-    return {"node_id": node_id.hex(), "seed_file": str(seed.folder(node.data_dir) / seed.SEED_FILE),
+    if (seed.folder(node.data_dir) / seed.SEED_FILE).exists() and not (
+            seed.folder(node.data_dir) / seed.NODE_ID_FILE).exists():  # repair: an offline tool, like signd
+        node_id = ensure_seed(node.data_dir, network, passphrase)
+        return {"node_id": node_id.hex(), "seed_file": str(seed.folder(node.data_dir) / seed.SEED_FILE),
+                "rewrote": seed.NODE_ID_FILE}
+    mnemonic = create_seed(node.data_dir, network, passphrase)
+    return {"node_id": Keychain(mnemonic, network).node_id().hex(), "seed_file": str(seed.folder(node.data_dir) / seed.SEED_FILE),
             "encrypted": bool(passphrase), "mnemonic": mnemonic}
 
 

@@ -15,11 +15,11 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from embit import bip39
 
-from lnp_host.keys import read_secret, write_secret
+from lnp_host.keys import SEED_PASSPHRASE_ENV, read_secret, write_secret
 
 SEED_FILE = "seed.json"
 NODE_ID_FILE = "node_id"
-PASSPHRASE_ENV = "LNP_SEED_PASSPHRASE"
+PASSPHRASE_ENV = SEED_PASSPHRASE_ENV  # lnpd passes it to signd's process only
 SCRYPT = {"n": 2**15, "r": 8, "p": 1}
 
 

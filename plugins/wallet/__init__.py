@@ -110,7 +110,7 @@ def lnp_service() -> str:
 @hookimpl
 def lnp_requires() -> list[str]:
     # keys and signatures from a signer, addresses watched by watchd, fees and broadcasts from a backend
-    return [SIGNER_REQUESTS["wallet"], SIGNER_REQUESTS["sign_psbt"], "watchd.watch", "watchd.status", "watchd.notifications",
+    return [SIGNER_REQUESTS["wallet"], SIGNER_REQUESTS["sign_wallet_psbt"], "watchd.watch", "watchd.status", "watchd.notifications",
             "watchd.acknowledge", "chain.fees", "chain.broadcast"]
 
 

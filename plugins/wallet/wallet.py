@@ -462,7 +462,7 @@ class Wallet:
             change_script, _, change_idx = self._next_unused(1)
             plan = select_coins(coins, outputs, rate, (bytes.fromhex(change_script), 1, change_idx), send_all)
             psbt = build_psbt(plan, self.fingerprint, self.account_path, self.tip, self.pubkey)
-            signed = self.signer.sign_psbt(psbt.to_string(), purpose)
+            signed = self.signer.sign_wallet_psbt(psbt.to_string(), purpose)
             tx = finalize_psbt(PSBT.from_string(signed))
             if tx is None:
                 raise RpcError(RpcError.INTERNAL_ERROR, "signd did not sign every input")
