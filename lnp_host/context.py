@@ -116,6 +116,10 @@ class PluginContext:
         except Exception as e:
             raise as_rpc_error(owned.service, name, e, ctx.log) from None
 
+    def plugins_in(self, service: str) -> list[str]:
+        """The enabled plugins running in `service` (empty for a service this node does not have)."""
+        return self._env.registry.plugins_in(service) if service in self._env.registry.services else []
+
     def emit(self, event: str, body: dict[str, Any] | None = None) -> None:
         """Notify every subscriber of `event`: local ones by a call, other services over the bus."""
         spec = self._env.registry.event_specs.get(event)

@@ -472,6 +472,9 @@ class ServiceContext(Protocol):
         """Send control request `name` to the plugin that answers it, wherever it runs, and wait for
         its reply. Errors are RpcError, the same for a plugin in this service as in another."""
 
+    def plugins_in(self, service: str) -> list[str]:
+        """The enabled plugins running in `service` (e.g. to grant a service what its plugins need)."""
+
     def emit(self, event: str, body: dict[str, Any] | None = None) -> None:
         """Send a notification to every subscriber of `event`."""
 

@@ -131,7 +131,7 @@ class Signer:
     def check_caller(self, name: str) -> None:
         """Refuse (and log) a request from a service without the capability `name` needs."""
         caller = current_caller()
-        if not policy.may(caller, name, self.ctx.service, self.grants):
+        if not policy.may(caller, name, self.ctx.service, self.grants, self.ctx.plugins_in(caller or "")):
             self.ctx.log.warning("refused %s to service %s: it lacks the capability %r", name,
                                  caller or "(unknown)", policy.OPERATIONS[name])
             raise RpcError(REFUSED, f"service {caller or '(unknown)'!r} may not ask signd for {name}")
@@ -183,7 +183,7 @@ def lnp_service() -> str:
 def lnp_config_schema() -> dict:
     return {"passphrase_file": Field(str, "", "a file holding the seed's passphrase (or set "
                                      f"{seed.PASSPHRASE_ENV}); relative to the data dir unless absolute"),
-            "grant": Field(dict, {}, "capabilities for services signd does not know: {SERVICE = [CAPABILITY, ...]}"
+            "grant": Field(dict, {}, "capabilities for plugins (or services) signd does not know: {NAME = [CAPABILITY, ...]}"
                            f"; capabilities: {', '.join(sorted({c for c in policy.OPERATIONS.values() if c}))}",
                            check=_check_grants)}
 

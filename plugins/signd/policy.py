@@ -19,12 +19,13 @@ from .keys import Keychain
 REFUSED = RpcError.REFUSED
 HARDENED = 0x80000000
 
-# service -> the capabilities signd grants it (hsmd's per-client capabilities). `[plugins.signd] grant`
-# adds to this table for services it does not know (a third-party plugin's own service).
+# plugin -> the capabilities signd grants it (hsmd's per-client capabilities). A requesting service
+# gets those of the plugins it runs, so moving a plugin to another service is still a profile change
+# only. `[plugins.signd] grant` adds to this table (by plugin or service name) for plugins it does not know.
 CAPABILITIES: dict[str, frozenset[str]] = {
     "peerd": frozenset({"ecdh"}),                     # BOLT-8 handshakes
     "wallet": frozenset({"wallet"}),                  # the account xpub, and its own PSBTs
-    "lnpd": frozenset(),                              # reads the node id like everyone
+    "core": frozenset(),                              # reads the node id like everyone
     "channeld": frozenset({"channel", "node_message"}),  # the next issue's channel operations go here
 }
 # control request -> the capability it needs (None: anyone in the node may ask)
@@ -39,14 +40,18 @@ OPERATIONS: dict[str, str | None] = {
 }
 
 
-def may(caller: str | None, operation: str, own_service: str, grants: dict[str, Any]) -> bool:
-    """Whether service `caller` may ask for `operation`; signd's own service may ask for anything."""
+def may(caller: str | None, operation: str, own_service: str, grants: dict[str, Any],
+        plugins: list[str]) -> bool:
+    """Whether service `caller`, running `plugins`, may ask for `operation`; signd's own service may
+    ask for anything."""
     needed = OPERATIONS[operation]
     if needed is None or caller == own_service:
         return True
     if caller is None:
         return False
-    granted = CAPABILITIES.get(caller, frozenset()) | set(grants.get(caller, ()))
+    granted = set(grants.get(caller, ()))
+    for plugin in plugins:
+        granted |= CAPABILITIES.get(plugin, frozenset()) | set(grants.get(plugin, ()))
     return needed in granted
 
 
