@@ -17,6 +17,7 @@ from lnp_plugin_api import Decision, Event, KeyCustody, NodeInfo, RpcError, Stor
 
 from . import bus as wire
 from .bus import Bus, Endpoints
+from .outbox import Transaction
 from .plugins import Owned, Registry
 from .profile import HOST_SERVICE, Profile
 
@@ -42,6 +43,7 @@ class Environment:
     contexts: dict[str, "PluginContext"] = field(default_factory=dict)      # running plugins here
     failures: dict[str, str] = field(default_factory=dict)                  # service -> reason
     health: dict[str, str] = field(default_factory=dict)    # plugin -> its problem (lnpd keeps them all)
+    couriers: dict[str, Any] = field(default_factory=dict)  # service -> its outbox.Courier (running here)
 
 
 class PluginContext:
@@ -88,7 +90,16 @@ class PluginContext:
         spec = self._env.registry.event_specs.get(event)
         if spec is None or spec.plugin != self.plugin:
             raise ValueError(f"plugin {self.plugin!r} did not declare event {event!r} in lnp_events")
+        if getattr(spec.item, "durable", False):  # a transaction of its own: stored, then delivered
+            with self.transaction() as tx:
+                tx.emit(event, body)
+            return
         publish(self._env, event, self.plugin, body or {}, self)
+
+    def transaction(self) -> Transaction:
+        """`with ctx.transaction() as tx:` the plugin's writes (`tx.conn`) and the durable events,
+        one-way requests and wire messages that follow from them, committed together (lnp_host.outbox)."""
+        return Transaction(self._env, self.plugin)
 
     def decide(self, decision: str, body: dict[str, Any] | None = None,
                timeout: float = 30.0) -> Decision:

@@ -19,6 +19,7 @@ from lnp_plugin_api import Event, RpcError, SettingError
 from . import bus as wire
 from .bus import decode, encode, new_socket, prepare_bind, wire_from_frames
 from .context import Environment, PluginContext, as_decision
+from .outbox import DELIVER, Courier, receive
 
 POLL_MS = 100
 
@@ -59,6 +60,7 @@ class ServiceRuntime:
         control = new_socket(zctx, zmq.ROUTER)
         message = new_socket(zctx, zmq.ROUTER)
         started: list[str] = []
+        courier = Courier(self.env, self.name)
         try:
             for sock, endpoint in ((control, self.env.endpoints.control[self.name]),
                                    (message, self.env.endpoints.message[self.name])):
@@ -82,11 +84,15 @@ class ServiceRuntime:
             self.env.failures.pop(self.name, None)
             self.log.info("service %s running (%s)", self.name, ", ".join(self.plugins) or "host only")
             self.ready.set()
+            self.env.couriers[self.name] = courier
+            courier.start()  # what the plugins committed before (and while) this service was down
             self._loop(control, message)
         except ServiceFailed as e:
             self.error, self.fatal = str(e), e.fatal
             raise
         finally:
+            courier.stop()
+            self.env.couriers.pop(self.name, None)
             for plugin in reversed(started):
                 try:
                     self.env.registry.call("lnp_shutdown", plugin, ctx=self.env.contexts[plugin])
@@ -184,6 +190,8 @@ class ServiceRuntime:
             if not isinstance(body, dict):
                 raise RpcError(RpcError.INVALID_PARAMS, "parameters must be an object")
             return owned.item.handler(self.env.contexts[owned.plugin], **body)
+        if kind == wire.REQUEST and name == DELIVER:  # durable rows from another service's courier
+            return receive(self.env, self.name, body)
         if kind == wire.REQUEST:
             owned = reg.control.get((self.name, name))
             if owned is not None:

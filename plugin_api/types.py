@@ -176,10 +176,15 @@ class Subscription:
 
 @dataclass(frozen=True)
 class EventSpec:
-    """A notification a plugin emits, declared so subscribers and docs know it."""
+    """A notification a plugin emits, declared so subscribers and docs know it.
+
+    `durable`: written to the outbox and delivered at least once, in order, to every subscriber
+    (each acknowledges it), even across restarts of either side; otherwise fire-and-forget (lossy).
+    """
 
     name: str
     help: str = ""
+    durable: bool = False
 
 
 @dataclass(frozen=True)
@@ -197,6 +202,8 @@ class Event:
     name: str
     source: str  # the plugin that emitted it
     body: dict[str, Any]
+    seq: int | None = None  # durable events: the outbox row's number, increasing for each subscriber;
+                            # delivery is at least once, so a handler may see a number again
 
 
 @dataclass(frozen=True)
@@ -334,6 +341,11 @@ class ServiceContext(Protocol):
 
     def emit(self, event: str, body: dict[str, Any] | None = None) -> None:
         """Send a notification to every subscriber of `event`."""
+
+    def transaction(self) -> Any:
+        """`with ctx.transaction() as tx:` one storage transaction holding the plugin's writes
+        (`tx.conn`) and what follows from them: `tx.emit`, `tx.request` (one-way) and `tx.send_wire`
+        are delivered by the host only after the commit, in order, at least once."""
 
     def decide(self, decision: str, body: dict[str, Any] | None = None,
                timeout: float = 30.0) -> Decision:
