@@ -313,9 +313,13 @@ class PeerManager:
         try:
             if self.ctx.deliver_wire(WireMessage(peer.node_id, msg_type, payload)):
                 return
-        except RpcError as e:  # the handler's service is down: the message cannot be handled now
-            log.warning("message of type %d from %s not delivered: %s", msg_type, peer.node_id.hex(), e.message)
-            return
+        except RpcError as e:
+            # The plugin owning the type cannot take it (its service down, its queue full). Dropping
+            # it while the connection stays up would silently desynchronise a channel: disconnect, so
+            # the channel protocol re-establishes from what both sides stored.
+            log.warning("disconnecting %s: its message of type %d could not be handed to the plugin handling "
+                        "it (%s)", peer.node_id.hex(), msg_type, e.message)
+            raise PeerError(f"message of type {msg_type} undeliverable: {e.message}") from None
         if msg_type in (1, 17):
             return  # warning and error were logged; no plugin wants them
         if msg_type >= CUSTOM_FROM and msg_type % 2:
