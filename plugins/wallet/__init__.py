@@ -76,9 +76,8 @@ def _fund(ctx: ServiceContext, body: dict[str, Any]) -> dict[str, Any]:
 
 
 def _on_event(ctx: ServiceContext, event: Any) -> None:
-    w = _wallets.find(ctx)
-    if w is not None:
-        w.on_event(event.name, event.body)
+    # a durable event: raising leaves it unacknowledged, and the outbox delivers it again
+    _wallet(ctx).on_event(event.name, event.body)
 
 
 @hookimpl
@@ -89,8 +88,7 @@ def lnp_service() -> str:
 @hookimpl
 def lnp_requires() -> list[str]:
     # keys and signatures from a signer, addresses watched by watchd, fees and broadcasts from a backend
-    return ["signd.wallet", "signd.sign_psbt", "watchd.watch", "watchd.status", "watchd.notifications",
-            "watchd.acknowledge", "chain.fees", "chain.broadcast"]
+    return ["signd.wallet", "signd.sign_psbt", "watchd.watch", "watchd.status", "chain.fees", "chain.broadcast"]
 
 
 @hookimpl
@@ -130,7 +128,3 @@ def lnp_shutdown(ctx: ServiceContext) -> None:
     w = _wallets.pop(ctx)
     if w is not None:
         w.close()
-        try:
-            w.save_cursor()
-        except RpcError:
-            pass  # watchd stopped first: the cursor is saved, watchd forgets on the next catch-up
