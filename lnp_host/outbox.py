@@ -34,9 +34,10 @@ DELIVER = "host.outbox"    # the control request carrying a window of rows to a 
 EVENT, REQUEST, WIRE = "E", "Q", "W"
 WINDOW = 1000              # rows per delivery
 RECEIVE_BUDGET = 5.0       # seconds a receiver spends on one window before answering with what it did
-DELIVERY_TIMEOUT = 30.0    # seconds the courier waits for that answer
+DELIVERY_TIMEOUT = 15.0    # seconds the courier waits for that answer
 IDLE = 1.0                 # seconds between looks at the table when nothing woke the courier
 MAX_BACKOFF = 10.0
+STOP_WAIT = 3.0            # seconds a stopping service waits for its courier's delivery in flight
 CRASH_ENV = "LNP_DEV_CRASH_AT"
 AFTER_COMMIT = "outbox_after_commit"
 
@@ -64,6 +65,15 @@ def crash_point(name: str, network: str) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
+_write_locks: dict[str, threading.Lock] = {}
+_locks_lock = threading.Lock()
+
+
+def _write_lock(service: str) -> threading.Lock:
+    with _locks_lock:
+        return _write_locks.setdefault(service, threading.Lock())
+
+
 class Transaction:
     """`with ctx.transaction() as tx:` the plugin's writes (`tx.conn`) and the outbox rows, committed
     together; a failure inside the block rolls back both, and nothing is sent."""
@@ -80,13 +90,19 @@ class Transaction:
         return self
 
     def __exit__(self, kind: Any, value: Any, tb: Any) -> bool | None:
-        if kind is None and self._rows:
-            try:
-                self.conn.execute(outbox.insert(), self._rows)  # one statement for the whole batch
-            except BaseException as e:
-                self._begin.__exit__(type(e), e, e.__traceback__)
-                raise
-        result = self._begin.__exit__(kind, value, tb)
+        if kind is not None or not self._rows:
+            result = self._begin.__exit__(kind, value, tb)
+        else:
+            # Ids are taken at the insert, rows seen at the commit: one service's transactions insert
+            # and commit one at a time, so its rows become visible in id order (PostgreSQL's
+            # sequences would otherwise let a lower id appear after a higher one was delivered).
+            with _write_lock(self._env.registry.service_of[self.plugin]):
+                try:
+                    self.conn.execute(outbox.insert(), self._rows)  # one statement for the whole batch
+                except BaseException as e:
+                    self._begin.__exit__(type(e), e, e.__traceback__)
+                    raise
+                result = self._begin.__exit__(None, None, None)
         if kind is None:
             crash_point(AFTER_COMMIT, self._env.node.network)
             if self._rows:
@@ -206,8 +222,8 @@ class Courier:
         """End the thread; what is not delivered stays in the table for the next start."""
         self._stopping.set()
         self._wake.set()
-        if self.thread.is_alive():
-            self.thread.join(DELIVERY_TIMEOUT + 5)
+        if self.thread.is_alive():  # a delivery to a hung service is not waited for: it is repeated later
+            self.thread.join(STOP_WAIT)
 
     def _run(self) -> None:
         try:
@@ -258,9 +274,9 @@ class Courier:
         except RpcError as e:
             self._failed(dest, e.message)
             return False
-        if acked:
+        if acked:  # the rows of this window only
             with self.env.storage.begin() as conn:
-                conn.execute(delete(outbox).where(mine & (outbox.c.id <= acked)))
+                conn.execute(delete(outbox).where(mine & (outbox.c.id >= rows[0].id) & (outbox.c.id <= acked)))
         if acked < rows[-1].id and acked == 0:
             self._failed(dest, f"its handler failed on outbox #{rows[0].id} (see {service}'s log)")
             return False

@@ -11,6 +11,7 @@ from sqlalchemy import text
 
 from conftest import lnp_host, wait_for
 from peer_tools import RawPeer, free_port
+from test_storage import new_pg_database, postgres  # noqa: F401 (a fixture)
 from lnp_host.outbox import MODELS, outbox
 from lnp_host.storage import Database
 from lnp_plugin_api import RpcError
@@ -80,6 +81,21 @@ def test_durable_events_and_requests_arrive_in_order_after_the_commit(nodes, pro
     with db.begin() as conn:  # everything was acknowledged
         assert conn.execute(text("SELECT count(*) FROM lnp_outbox")).scalar() == 0
     db.close()
+
+
+@pytest.mark.postgres
+def test_durable_delivery_on_postgresql(nodes, postgres: str) -> None:  # noqa: F811
+    url = new_pg_database(postgres)
+    node = nodes(PROCESSES + f'[storage]\nurl = "{url}"\n').start()
+    with node.client() as c:
+        for b in range(1, 6):
+            c.tk_durable_write(batch=b, n=20)
+        want = [e for b in range(1, 6) for e in batch(20, b)]
+        wait_for(lambda: len(events(node)) >= len(want), timeout=30)
+        got = events(node)
+        assert without_seq(got) == want
+        assert_numbered(got)
+    assert node.stop() == 0
 
 
 def test_a_subscriber_that_was_down_receives_what_it_missed(nodes) -> None:
