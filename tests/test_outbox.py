@@ -11,7 +11,7 @@ from sqlalchemy import text
 
 from conftest import lnp_host, wait_for
 from peer_tools import RawPeer, free_port
-from test_storage import new_pg_database, postgres  # noqa: F401 (a fixture)
+from test_storage import db_url, new_pg_database, postgres  # noqa: F401 (fixtures)
 from lnp_host.outbox import MODELS, outbox
 from lnp_host.storage import Database
 from lnp_plugin_api import RpcError
@@ -163,8 +163,8 @@ def test_the_crash_point_is_refused_on_mainnet(nodes, monkeypatch) -> None:
     assert out.returncode != 0 and "refused on mainnet" in out.stderr
 
 
-def test_outbox_numbers_are_never_given_twice(tmp_path: Path) -> None:
-    db = Database("", tmp_path)
+def test_outbox_numbers_are_never_given_twice(db_url: str, tmp_path: Path) -> None:  # noqa: F811
+    db = Database(db_url, tmp_path)
     db.migrate({"lnp_host": MODELS})
 
     def write() -> int:

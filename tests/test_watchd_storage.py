@@ -8,10 +8,11 @@ from sqlalchemy import inspect, text
 from lnp_host.outbox import HOST_TABLES, MODELS as HOST_MODELS
 from lnp_host.storage import Database
 from lnp_plugins.watchd import storage
+from test_storage import db_url, postgres  # noqa: F401 (fixtures: SQLite and PostgreSQL)
 
 
-def test_version_3_notifications_move_to_the_outbox_in_order(tmp_path: Path) -> None:
-    db = Database("", tmp_path)
+def test_version_3_notifications_move_to_the_outbox_in_order(db_url: str, tmp_path: Path) -> None:  # noqa: F811
+    db = Database(db_url, tmp_path)
     db.migrate({HOST_TABLES: HOST_MODELS})
     with db.begin() as conn:  # watchd's tables as version 3 made them, two notifications not acknowledged
         for table in storage.metadata.tables.values():
@@ -29,8 +30,8 @@ def test_version_3_notifications_move_to_the_outbox_in_order(tmp_path: Path) -> 
     db.close()
 
 
-def test_a_new_database_has_no_notifications_table(tmp_path: Path) -> None:
-    db = Database("", tmp_path)
+def test_a_new_database_has_no_notifications_table(db_url: str, tmp_path: Path) -> None:  # noqa: F811
+    db = Database(db_url, tmp_path)
     db.migrate({HOST_TABLES: HOST_MODELS, "watchd": storage.MODELS})
     with db.begin() as conn:
         assert not inspect(conn).has_table("watchd_notifications")
