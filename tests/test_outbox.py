@@ -193,3 +193,30 @@ def test_an_inbound_message_its_plugin_cannot_take_disconnects_the_peer(nodes) -
         assert peer.is_closed(timeout=20)
     wait_for(lambda: "could not be handed to the plugin handling it" in node.log.read_text())
     assert node.stop() == 0
+
+
+def test_a_hung_service_whose_queue_is_full_gets_the_peer_disconnected(nodes) -> None:
+    """SIGSTOP the service owning a wire type: once its inbox is full, the peer is disconnected."""
+    port = free_port()
+    profile = (PROCESSES.replace("heartbeat_interval = 0.5", "heartbeat_interval = 60")  # not restarted
+                        .replace('"tk_durable", "tk_sink"]', '"peerd", "tk_beta"]') +
+               f'[plugins.tk_beta]\nlimit = 1\n[plugins.peerd]\nlisten = ["127.0.0.1:{port}"]\n')
+    node = nodes(profile).start()
+    node_id = bytes.fromhex(node.wait_ready()["node_id"])
+    beta = node.service("beta")["pid"]
+    with RawPeer(port) as peer:
+        peer.connect(node_id)
+        os.kill(beta, signal.SIGSTOP)
+        try:
+            sent = 0
+            while sent < 200_000 and not (sent % 5000 == 0 and peer.is_closed(timeout=0.01)):
+                try:
+                    peer.send((32769).to_bytes(2, "big") + sent.to_bytes(4, "big"))
+                except OSError:
+                    break
+                sent += 1
+            assert peer.is_closed(timeout=20)
+        finally:
+            os.kill(beta, signal.SIGCONT)
+    wait_for(lambda: "could not be handed to the plugin handling it" in node.log.read_text())
+    assert node.stop() == 0
