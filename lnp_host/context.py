@@ -146,6 +146,11 @@ class PluginContext:
             self._env.bus.send_wire(owned.service, wire.WIRE_IN, msg)
         return True
 
+    def wire_service(self, msg_type: int) -> str | None:
+        """The service whose plugin handles wire messages of `msg_type`, or None."""
+        owned = self._env.registry.wire.get(msg_type)
+        return owned.service if owned is not None else None
+
     def set_health(self, problem: str | None) -> None:
         """Report a problem of the plugin (None: none); `info` shows it with the plugin's service."""
         if problem == self._health:

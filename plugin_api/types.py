@@ -357,6 +357,9 @@ class ServiceContext(Protocol):
     def deliver_wire(self, msg: WireMessage) -> bool:
         """Hand a message received from a peer to the plugin that handles its type; False if none does."""
 
+    def wire_service(self, msg_type: int) -> str | None:
+        """The service whose plugin handles wire messages of `msg_type`, or None."""
+
     def set_health(self, problem: str | None) -> None:
         """Report a problem the plugin has (for example its backend not answering), or None once it is
         gone; `lnp-cli info` shows it under the plugin's service. Cheap to call often: only changes

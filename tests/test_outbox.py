@@ -220,3 +220,32 @@ def test_a_hung_service_whose_queue_is_full_gets_the_peer_disconnected(nodes) ->
             os.kill(beta, signal.SIGCONT)
     wait_for(lambda: "could not be handed to the plugin handling it" in node.log.read_text())
     assert node.stop() == 0
+
+
+@pytest.mark.parametrize("how", ["kill", "stop"])
+def test_a_peer_whose_messages_a_dead_service_handled_is_disconnected(nodes, how: str) -> None:
+    """Killed, or hung until the supervisor kills it: whatever its inbox held from the peer is lost."""
+    port = free_port()
+    profile = (PROCESSES.replace('"tk_durable", "tk_sink"]', '"peerd", "tk_beta"]') +
+               f'[plugins.tk_beta]\nlimit = 1\n[plugins.peerd]\nlisten = ["127.0.0.1:{port}"]\n')
+    node = nodes(profile).start()
+    node_id = bytes.fromhex(node.wait_ready()["node_id"])
+    beta = node.service("beta")["pid"]
+    with RawPeer(port) as peer, RawPeer(port) as bystander:
+        peer.connect(node_id)
+        bystander.connect(node_id)  # sends nothing beta handles: stays connected
+        peer.send((32769).to_bytes(2, "big") + b"\x01")
+        wait_for(lambda: any(r.get("payload") == "01" for r in call(node, "tk_received")))
+        os.kill(beta, signal.SIGKILL if how == "kill" else signal.SIGSTOP)
+        try:
+            assert peer.is_closed(timeout=20)
+        finally:
+            if how == "stop":
+                try:
+                    os.kill(beta, signal.SIGCONT)
+                except ProcessLookupError:
+                    pass
+        bystander.ping(4)
+        assert bystander.read_type(19) == bytes([0, 4]) + bytes(4)  # pong: 4 zero bytes, length first
+    wait_for(lambda: "which handled its messages, is restarting" in node.log.read_text())
+    assert node.stop() == 0

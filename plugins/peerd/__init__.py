@@ -156,6 +156,12 @@ def _outbound(ctx: ServiceContext, msg: WireMessage) -> None:
     _manager(ctx).send_wire(msg)
 
 
+def _service_state(ctx: ServiceContext, event: Any) -> None:
+    state = str(event.body.get("state", ""))
+    if state in ("restarting", "failed", "unreachable"):
+        _manager(ctx).service_down(str(event.body.get("service", "")), state)
+
+
 # --- hooks ---------------------------------------------------------------------------------------
 
 @hookimpl
@@ -182,7 +188,7 @@ def lnp_rpc_methods() -> list:
 def lnp_subscriptions() -> list[Subscription]:
     return [Subscription.outbound(_outbound),
             Subscription.control("peerd.set_persistent", _set_persistent),
-            Subscription.control("peerd.peer", _peer)]
+            Subscription.control("peerd.peer", _peer), Subscription.event("service_state", _service_state)]
 
 
 @hookimpl
