@@ -18,6 +18,7 @@ import signal
 import threading
 import time
 from concurrent.futures import Future
+from contextlib import nullcontext
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import BigInteger, Column, Index, Integer, MetaData, String, Table, Text, delete, select
@@ -96,7 +97,10 @@ class Transaction:
             # Ids are taken at the insert, rows seen at the commit: one service's transactions insert
             # and commit one at a time, so its rows become visible in id order (PostgreSQL's
             # sequences would otherwise let a lower id appear after a higher one was delivered).
-            with _write_lock(self._env.registry.service_of[self.plugin]):
+            # SQLite needs no lock: a writer holds the database from its first write to its commit
+            # (and taking one there could deadlock with a writer waiting for the database).
+            sqlite = self.conn.dialect.name == "sqlite"
+            with nullcontext() if sqlite else _write_lock(self._env.registry.service_of[self.plugin]):
                 try:
                     self.conn.execute(outbox.insert(), self._rows)  # one statement for the whole batch
                 except BaseException as e:
