@@ -1,6 +1,7 @@
-"""Control-bus round trips between two services (threads vs processes) and `info` calls per second.
+"""Control-bus round trips between two services (threads vs processes), `info` calls per second, and
+durable events per second (outbox: committed, delivered, acknowledged; floor 10,000/s in processes mode).
 
-Run: python bench/bus.py [--n 20000]
+Run: python bench/bus.py [--n 20000] [--durable 20000]
 Prints each figure next to a bare pyzmq DEALER/ROUTER round trip over ipc between two processes,
 which is what the host's bus is built on.
 """
@@ -31,7 +32,7 @@ log_level = "warning"
 [bus]
 mode = "{mode}"
 [plugins]
-enabled = ["core", "tk_alpha", "tk_beta"]
+enabled = ["core", "tk_alpha", "tk_beta", "tk_durable", "tk_sink"]
 [plugins.tk_beta]
 limit = 1
 """
@@ -92,6 +93,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--n", type=int, default=20000, help="round trips per measurement")
     parser.add_argument("--info", type=int, default=3000, help="info calls through the client library")
+    parser.add_argument("--durable", type=int, default=20000, help="durable events per measurement")
     args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="lnp-bench-", dir="/tmp"))
     site = workdir / "site"
@@ -115,6 +117,10 @@ def main() -> None:
                         c.info()
                     rate = args.info / (time.perf_counter() - start)
                     print(f"info via the client library, {mode:9}:   {rate:10.0f} calls/s")
+                    c.tk_durable_bench(n=1000)
+                    d = c.tk_durable_bench(n=args.durable, per_tx=500)["per_second"]
+                    print(f"durable events, acknowledged, {mode:9}:  {d:10.0f} events/s "
+                          f"(500 per transaction, SQLite){'  BELOW the 10,000/s floor' if d < 10_000 else ''}")
                     if mode == "threads":
                         k = 20
                         start = time.perf_counter()

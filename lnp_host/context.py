@@ -22,6 +22,7 @@ from .bus import Bus, Endpoints
 from .decisions import Chain, Post
 from .control import answer, as_rpc_error, no_such_request, result_of
 from .caller import calling_as
+from .outbox import Transaction
 from .plugins import Owned, Registry
 from .profile import HOST_SERVICE, Profile
 
@@ -58,6 +59,7 @@ class Environment:
     failures: dict[str, str] = field(default_factory=dict)                  # service -> reason
     health: dict[str, str] = field(default_factory=dict)    # plugin -> its problem (lnpd keeps them all)
     loops: dict[str, ServiceLoop] = field(default_factory=dict)             # running services here
+    couriers: dict[str, Any] = field(default_factory=dict)  # service -> its outbox.Courier (running here)
 
 
 class PluginContext:
@@ -125,6 +127,10 @@ class PluginContext:
         spec = self._env.registry.event_specs.get(event)
         if spec is None or spec.plugin != self.plugin:
             raise ValueError(f"plugin {self.plugin!r} did not declare event {event!r} in lnp_events")
+        if getattr(spec.item, "durable", False):  # a transaction of its own: stored, then delivered
+            with self.transaction() as tx:
+                tx.emit(event, body)
+            return
         publish(self._env, event, self.plugin, body or {}, self)
 
     def call_soon(self, fn: Callable[[], None]) -> None:
@@ -141,6 +147,11 @@ class PluginContext:
         chain = self._chain(decision, body, self.call_soon, on_done)
         self.call_soon(chain.start)
         return chain.future
+
+    def transaction(self) -> Transaction:
+        """`with ctx.transaction() as tx:` the plugin's writes (`tx.conn`) and the durable events,
+        one-way requests and wire messages that follow from them, committed together (lnp_host.outbox)."""
+        return Transaction(self._env, self.plugin)
 
     def decide(self, decision: str, body: dict[str, Any] | None = None,
                timeout: float | None = None) -> Decision:
@@ -215,6 +226,10 @@ class PluginContext:
         that delivers calls this once, on its own thread)."""
         for service in sorted({owned.service for owned in self._env.registry.wire.values()} - {self.service}):
             self._env.bus.connect_ahead(service)
+    def wire_service(self, msg_type: int) -> str | None:
+        """The service whose plugin handles wire messages of `msg_type`, or None."""
+        owned = self._env.registry.wire.get(msg_type)
+        return owned.service if owned is not None else None
 
     def set_health(self, problem: str | None) -> None:
         """Report a problem of the plugin (None: none); `info` shows it with the plugin's service."""

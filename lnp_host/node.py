@@ -24,7 +24,7 @@ import zmq
 
 from lnp_plugin_api import NodeInfo, RemoteCustody, RpcError
 
-from . import __version__, logs
+from . import __version__, logs, outbox
 from .bus import Bus, Endpoints
 from .buskeys import ZAP_DOMAIN, BusCurve, BusKeyError, create_keys, uses_tcp, zap_start, zap_stop
 from .context import HEALTH_REQUEST, Environment, record_health
@@ -159,6 +159,8 @@ def run_node(profile: Profile, registry: Registry, verbosity: int = 0, profile_a
              forced_key: bytes | None = None, instance: str = "",
              stop_event: threading.Event | None = None) -> int:
     """Run the whole node until SIGINT/SIGTERM, `lnp-cli stop`, or a fatal service failure."""
+    if os.environ.get(outbox.CRASH_ENV) and profile.section("node")["network"] == "mainnet":
+        raise NodeError(f"{outbox.CRASH_ENV} (a developer's crash point) is refused on mainnet")
     data_dir, was_open = _prepare_data_dir(profile)
     lock = _lock(data_dir)
     logs.setup(profile, registry.services, verbosity)
@@ -170,7 +172,7 @@ def run_node(profile: Profile, registry: Registry, verbosity: int = 0, profile_a
     rpc: RpcServer | None = None
     try:
         try:
-            db.migrate(registry.storage)
+            db.migrate({outbox.HOST_TABLES: outbox.MODELS, **registry.storage})  # the host's first
         except StorageError as e:
             raise NodeError(str(e)) from None
         force_node_key(data_dir, forced_key)  # for a custody service in this process (threads mode)

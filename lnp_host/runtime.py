@@ -22,6 +22,7 @@ from .caller import calling_as, source_of
 from .context import Environment, PluginContext
 from .control import answer, as_rpc_error, no_such_request
 from .decisions import answer_remote
+from .outbox import DELIVER, Courier, receive
 
 POLL_MS = 100
 
@@ -69,6 +70,7 @@ class ServiceRuntime:
         started: list[str] = []
         self._thread_id = threading.get_ident()
         self.env.loops[self.name] = self
+        courier = Courier(self.env, self.name)
         try:
             for sock, endpoint in ((control, self.env.endpoints.control[self.name]),
                                    (message, self.env.endpoints.message[self.name])):
@@ -94,11 +96,15 @@ class ServiceRuntime:
             self.env.failures.pop(self.name, None)
             self.log.info("service %s running (%s)", self.name, ", ".join(self.plugins) or "host only")
             self.ready.set()
+            self.env.couriers[self.name] = courier
+            courier.start()  # what the plugins committed before (and while) this service was down
             self._loop(control, message)
         except ServiceFailed as e:
             self.error, self.fatal = str(e), e.fatal
             raise
         finally:
+            courier.stop()
+            self.env.couriers.pop(self.name, None)
             for plugin in reversed(started):
                 try:
                     self.env.registry.call("lnp_shutdown", plugin, ctx=self.env.contexts[plugin])
@@ -230,6 +236,8 @@ class ServiceRuntime:
             if not isinstance(body, dict):
                 raise RpcError(RpcError.INVALID_PARAMS, "parameters must be an object")
             return owned.item.handler(self.env.contexts[owned.plugin], **body)
+        if kind == wire.REQUEST and name == DELIVER:  # durable rows from another service's courier
+            return receive(self.env, self.name, body)
         if kind == wire.REQUEST:
             owned = reg.control.get(name)
             if owned is not None and owned.service == self.name:

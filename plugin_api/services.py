@@ -110,14 +110,6 @@ class ChainWatch:
         """watchd's tip (`height`, `hash`) and its watch counts."""
         return dict(self._ask("watchd.status", {}, timeout))
 
-    def notifications(self, after: int, limit: int = 500) -> list[dict[str, Any]]:
-        """This owner's stored notifications after sequence number `after`: [{seq, name, body}]."""
-        return list(self._ask("watchd.notifications", {"owner": self.owner, "after": after, "limit": limit}))
-
-    def acknowledge(self, seq: int) -> None:
-        """Notifications up to `seq` are applied: watchd may forget them."""
-        self._ask("watchd.acknowledge", {"owner": self.owner, "seq": seq})
-
 
 @dataclass(frozen=True)
 class Funded:

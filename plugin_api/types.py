@@ -208,10 +208,15 @@ def control_method(name: str) -> Callable[[Callable[..., Any]], Subscription]:
 
 @dataclass(frozen=True)
 class EventSpec:
-    """A notification a plugin emits, declared so subscribers and docs know it."""
+    """A notification a plugin emits, declared so subscribers and docs know it.
+
+    `durable`: written to the outbox and delivered at least once, in order, to every subscriber
+    (each acknowledges it), even across restarts of either side; otherwise fire-and-forget (lossy).
+    """
 
     name: str
     help: str = ""
+    durable: bool = False
 
 
 @dataclass(frozen=True)
@@ -221,6 +226,8 @@ class Event:
     name: str
     source: str  # the plugin that emitted it
     body: dict[str, Any]
+    seq: int | None = None  # durable events: the outbox row's number, increasing for each subscriber;
+                            # delivery is at least once, so a handler may see a number again
 
 
 # --- decisions -----------------------------------------------------------------------------------
@@ -478,6 +485,11 @@ class ServiceContext(Protocol):
     def emit(self, event: str, body: dict[str, Any] | None = None) -> None:
         """Send a notification to every subscriber of `event`."""
 
+    def transaction(self) -> Any:
+        """`with ctx.transaction() as tx:` one storage transaction holding the plugin's writes
+        (`tx.conn`) and what follows from them: `tx.emit`, `tx.request` (one-way) and `tx.send_wire`
+        are delivered by the host only after the commit, in order, at least once."""
+
     def decide(self, decision: str, body: dict[str, Any] | None = None,
                timeout: float | None = None) -> Decision:
         """Ask `decision` and wait for its outcome as a yes/no. Blocks: not for event loops."""
@@ -501,6 +513,9 @@ class ServiceContext(Protocol):
     def connect_wire_handlers(self) -> None:
         """Connect the calling thread to the services that handle wire messages now, so its first
         `deliver_wire(msg, timeout=0)` does not find a connection still being made (peerd's loop)."""
+
+    def wire_service(self, msg_type: int) -> str | None:
+        """The service whose plugin handles wire messages of `msg_type`, or None."""
 
     def set_health(self, problem: str | None) -> None:
         """Report a problem the plugin has (for example its backend not answering), or None once it is

@@ -1,51 +1,38 @@
-"""watchd's stored notifications: their numbers only go up, also once all are acknowledged (an
-owner skips numbers it has applied, so a number given twice is a notification lost)."""
+"""watchd's storage: the notifications versions 2 and 3 kept for their owners move to the host's outbox."""
 from __future__ import annotations
 
 from pathlib import Path
 
-from sqlalchemy import text
+from sqlalchemy import inspect, text
 
+from lnp_host.outbox import HOST_TABLES, MODELS as HOST_MODELS
 from lnp_host.storage import Database
 from lnp_plugins.watchd import storage
-from lnp_plugins.watchd.scanner import _log
+from test_storage import db_url, postgres  # noqa: F401 (fixtures: SQLite and PostgreSQL)
 
 
-def notify(db: Database, owner: str = "wallet") -> int:
-    body = {"owner": owner}
+def test_version_3_notifications_move_to_the_outbox_in_order(db_url: str, tmp_path: Path) -> None:  # noqa: F811
+    db = Database(db_url, tmp_path)
+    db.migrate({HOST_TABLES: HOST_MODELS})
+    with db.begin() as conn:  # watchd's tables as version 3 made them, two notifications not acknowledged
+        for table in storage.metadata.tables.values():
+            table.create(conn)
+        storage.notifications.create(conn)
+        conn.execute(text("INSERT INTO lnp_schema_versions (plugin, version) VALUES ('watchd', 3)"))
+        conn.execute(storage.notifications.insert(), [{"seq": 7, "owner": "wallet", "name": "tx_depth", "body": '{"a":1}'},
+                                                      {"seq": 9, "owner": "wallet", "name": "script_paid",
+                                                       "body": '{"b":2}'}])
+    assert db.migrate({HOST_TABLES: HOST_MODELS, "watchd": storage.MODELS}) == {"watchd": (3, 4)}
     with db.begin() as conn:
-        _log(conn, [("tx_depth", body)])
-    return body["seq"]
-
-
-def acknowledge_all(db: Database) -> None:
-    with db.begin() as conn:
-        conn.execute(storage.notifications.delete())
-
-
-def test_numbers_are_never_given_twice(tmp_path: Path) -> None:
-    db = Database("", tmp_path)
-    db.migrate({"watchd": storage.MODELS})
-    first = notify(db)
-    acknowledge_all(db)  # the owner applied everything: the table is empty
-    assert notify(db) > first
+        rows = conn.execute(text("SELECT source, dest, kind, name, body FROM lnp_outbox ORDER BY id")).all()
+        assert not inspect(conn).has_table("watchd_notifications")
+    assert rows == [("watchd", "wallet", "E", "tx_depth", '{"a":1}'), ("watchd", "wallet", "E", "script_paid", '{"b":2}')]
     db.close()
 
 
-def test_a_version_2_table_is_made_again_with_its_rows(tmp_path: Path) -> None:
-    db = Database("", tmp_path)
-    db.migrate({})
-    with db.begin() as conn:  # watchd's tables as version 2 made them
-        conn.execute(text("CREATE TABLE watchd_notifications (seq INTEGER NOT NULL PRIMARY KEY, "
-                          "owner VARCHAR(64) NOT NULL, name VARCHAR(32) NOT NULL, body TEXT NOT NULL)"))
-        conn.execute(text("CREATE INDEX ix_watchd_notifications_owner ON watchd_notifications (owner)"))
-        for table in ("watchd_blocks", "watchd_watches", "watchd_payments"):
-            storage.metadata.tables[table].create(conn)
-        conn.execute(text("INSERT INTO lnp_schema_versions (plugin, version) VALUES ('watchd', 2)"))
-        conn.execute(text("INSERT INTO watchd_notifications VALUES (7, 'wallet', 'tx_depth', '{}')"))
-    assert db.migrate({"watchd": storage.MODELS}) == {"watchd": (2, 3)}
+def test_a_new_database_has_no_notifications_table(db_url: str, tmp_path: Path) -> None:  # noqa: F811
+    db = Database(db_url, tmp_path)
+    db.migrate({HOST_TABLES: HOST_MODELS, "watchd": storage.MODELS})
     with db.begin() as conn:
-        assert conn.execute(text("SELECT seq, owner FROM watchd_notifications")).all() == [(7, "wallet")]
-    acknowledge_all(db)
-    assert notify(db) == 8
+        assert not inspect(conn).has_table("watchd_notifications")
     db.close()

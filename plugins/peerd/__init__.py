@@ -159,6 +159,12 @@ def _outbound(ctx: ServiceContext, msg: WireMessage) -> None:
     _manager(ctx).send_wire(msg)
 
 
+def _service_state(ctx: ServiceContext, event: Any) -> None:
+    state = str(event.body.get("state", ""))
+    if state in ("restarting", "failed", "unreachable"):
+        _manager(ctx).service_down(str(event.body.get("service", "")), state)
+
+
 # --- hooks ---------------------------------------------------------------------------------------
 
 @hookimpl
@@ -184,7 +190,7 @@ def lnp_rpc_methods() -> list:
 @hookimpl
 def lnp_subscriptions() -> list[Subscription]:
     return [Subscription.outbound(_outbound),
-            _set_persistent, _peer]
+            _set_persistent, _peer, Subscription.event("service_state", _service_state)]
 
 
 @hookimpl

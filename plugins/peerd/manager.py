@@ -335,11 +335,14 @@ class PeerManager:
         inbox full) closes the peer's connection: dropping it would leave the peer and the plugin
         out of step, and waiting would stall every other peer."""
         try:
-            return self.ctx.deliver_wire(WireMessage(peer.node_id, msg_type, payload), timeout=0)
+            handed = self.ctx.deliver_wire(WireMessage(peer.node_id, msg_type, payload), timeout=0)
         except RpcError as e:
             why = f"message of type {msg_type} could not be handed to its handler: {e.message}"
             log.warning("closing the connection to %s: %s", peer.node_id.hex(), why)
             raise PeerError(why) from None
+        if handed:
+            peer.routed.add(msg_type)  # its service going down later disconnects this peer (_service_down)
+        return handed
 
     def _on_message(self, peer: Peer, msg_type: int, payload: bytes) -> None:
         if self._hand_over(peer, msg_type, payload):
@@ -355,6 +358,19 @@ class PeerManager:
         if msg_type % 2 == 0:
             raise PeerError(f"unknown even message type {msg_type}", warn=True)
         log.debug("unknown odd message type %d from %s ignored", msg_type, peer.node_id.hex())
+
+    def service_down(self, service: str, state: str) -> None:
+        """A service went down (thread-safe): messages it had accepted but not handled may be lost."""
+        self.loop.call_soon_threadsafe(self._service_down, service, state)
+
+    def _service_down(self, service: str, state: str) -> None:
+        # Its inbox may have held messages from these peers when it died: with the connection up, a
+        # channel would silently miss them. Disconnect, so the channel protocol re-establishes.
+        for peer in list(self.peers.values()):
+            if any(self.ctx.wire_service(t) == service for t in peer.routed):
+                log.warning("disconnecting %s: service %s, which handled its messages, is %s (it may have lost "
+                            "some)", peer.node_id.hex(), service, state)
+                peer.close(f"service {service} handling its messages is {state}")
 
     def _emit(self, event: str, body: dict[str, Any]) -> None:
         """Send an event from the worker thread: a subscriber's service that is down costs a wait there."""

@@ -59,6 +59,7 @@ class Peer:
         self.state = "init"
         self.since = time.time()
         self.features: set[int] = set()
+        self.routed: set[int] = set()  # wire types handed to plugins during this connection
         self.networks: list[bytes] | None = None
         self.remote_addr: Address | None = None
         self.msgs_in = self.msgs_out = self.bytes_in = self.bytes_out = 0

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from lnp_plugin_api import (Field, PerContext, RpcError, ServiceContext, Subscription, control_method, hookimpl,
+from lnp_plugin_api import (Field, PerContext, ServiceContext, Subscription, control_method, hookimpl,
                             rpc_method)
 from lnp_plugin_api.services import SIGNER_REQUESTS
 
@@ -97,9 +97,8 @@ def _release(ctx: ServiceContext, reservation: str) -> dict[str, Any]:
 
 
 def _on_event(ctx: ServiceContext, event: Any) -> None:
-    w = _wallets.find(ctx)
-    if w is not None:
-        w.on_event(event.name, event.body)
+    # a durable event: raising leaves it unacknowledged, and the outbox delivers it again
+    _wallet(ctx).on_event(event.name, event.body)
 
 
 @hookimpl
@@ -110,8 +109,8 @@ def lnp_service() -> str:
 @hookimpl
 def lnp_requires() -> list[str]:
     # keys and signatures from a signer, addresses watched by watchd, fees and broadcasts from a backend
-    return [SIGNER_REQUESTS["wallet"], SIGNER_REQUESTS["sign_wallet_psbt"], "watchd.watch", "watchd.status", "watchd.notifications",
-            "watchd.acknowledge", "chain.fees", "chain.broadcast"]
+    return [SIGNER_REQUESTS["wallet"], SIGNER_REQUESTS["sign_wallet_psbt"], "watchd.watch", "watchd.status",
+            "chain.fees", "chain.broadcast"]
 
 
 @hookimpl
@@ -148,7 +147,3 @@ def lnp_shutdown(ctx: ServiceContext) -> None:
     w = _wallets.pop(ctx)
     if w is not None:
         w.close()
-        try:
-            w.save_cursor()
-        except RpcError:
-            pass  # watchd stopped first: the cursor is saved, watchd forgets on the next catch-up

@@ -61,12 +61,13 @@ class Wallet:
         self.account_path = [84 + HARDENED_INDEX, coin + HARDENED_INDEX, HARDENED_INDEX]
         self.descriptors = info.descriptors
         self.chain = ChainClient(ctx)
-        self.tip = int(self.watchd.status(timeout=60).get("height") or 0)
-        with ctx.storage.begin() as conn:  # the last watchd notification applied
-            self.applied = int(conn.execute(select(db.state.c.value).where(db.state.c.key == "watchd_seq")).scalar() or 0)
+        with ctx.storage.begin() as conn:  # the last block whose events the wallet applied
+            stored = conn.execute(select(db.state.c.value).where(db.state.c.key == "tip")).scalar()
+        self.tip = int(stored) if stored is not None else \
+            int(self.watchd.status(timeout=60).get("height") or 0)
         for branch in (0, 1):
             self._fill_gap(branch)
-        self.catch_up()  # what watchd notified while the wallet was not running
+        # what watchd notified while the wallet was not running comes from the outbox once it serves
         self.mempool: dict[str, str] = {}  # our unconfirmed txid -> what the last check found
         self.wake = threading.Event()
         self.stopping = threading.Event()
@@ -137,54 +138,20 @@ class Wallet:
     def on_event(self, name: str, body: dict[str, Any]) -> None:
         """Apply one of watchd's events (ours only, except the block events).
 
-        Numbered notifications (`seq`) are applied strictly in order: one that arrives after a gap
-        makes the wallet read what it missed from watchd first. Mempool sightings carry no number.
-        """
+        They are durable: delivered in order, at least once, so one may come again after a restart
+        (a suffix of what was delivered, in the same order). Each handler is idempotent, so
+        applying it again gives the same state."""
         with self.lock:
-            if name == "block_connected":
-                self.tip = int(body["height"])
+            if name in ("block_connected", "block_disconnected"):  # after the block's other events
+                self.tip = int(body["height"]) - (name == "block_disconnected")
+                with self.ctx.storage.begin() as conn:
+                    conn.execute(delete(db.state).where(db.state.c.key == "tip"))
+                    conn.execute(insert(db.state).values(key="tip", value=str(self.tip)))
                 self.wake.set()
-                return
-            if name == "block_disconnected":
-                self.tip = int(body["height"]) - 1
                 return
             if body.get("owner") != OWNER:
                 return
-            if "seq" not in body:
-                getattr(self, "_on_" + name)(body)
-                return
-            seq = int(body["seq"])
-            if seq == self.applied + 1:
-                self._apply(seq, name, body)
-            elif seq > self.applied:
-                self.catch_up()
-
-    def _apply(self, seq: int, name: str, body: dict[str, Any]) -> None:
-        if seq <= self.applied:
-            return  # applied already
-        getattr(self, "_on_" + name)(body)
-        self.applied = seq
-        if seq % 50 == 0:
-            self.save_cursor()
-
-    def save_cursor(self) -> None:
-        """Record how far the notifications are applied, and let watchd forget them. Not after each
-        one: the handlers are idempotent, so replaying a few after a crash gives the same state."""
-        with self.ctx.storage.begin() as conn:
-            conn.execute(delete(db.state).where(db.state.c.key == "watchd_seq"))
-            conn.execute(insert(db.state).values(key="watchd_seq", value=str(self.applied)))
-        self.watchd.acknowledge(self.applied)
-
-    def catch_up(self) -> None:
-        """Apply every notification watchd holds for the wallet beyond the last one applied."""
-        with self.lock:
-            while True:
-                missed = self.watchd.notifications(self.applied)
-                for n in missed:
-                    self._apply(int(n["seq"]), n["name"], n["body"])
-                if len(missed) < 500:
-                    break
-            self.save_cursor()
+            getattr(self, "_on_" + name)(body)
 
     def _given_up(self, conn: Any, txid: str, height: int | None) -> bool:
         """A mempool sighting of a transaction we gave up on: ignored."""
@@ -324,11 +291,10 @@ class Wallet:
     def resend(self) -> None:
         """Send again each of our unconfirmed transactions the backend's mempool lacks, parents first."""
         # A transaction just mined is not missing: only check once watchd has the backend's tip, and
-        # once its notifications are applied.
+        # the wallet has applied watchd's events up to it (block events come after the block's others).
         watched = self.watchd.status()["height"]
-        if watched is None or watched < self.chain.info().height:
-            return  # watchd is catching up: checked again at its next block
-        self.catch_up()
+        if watched is None or watched < self.chain.info().height or self.tip < watched:
+            return  # watchd or the wallet is catching up: checked again at the next block event
         with self.ctx.storage.begin() as conn:
             rows = conn.execute(select(db.transactions.c.txid, db.transactions.c.raw)
                                 .where((db.transactions.c.state == "broadcast") & db.transactions.c.height.is_(None))

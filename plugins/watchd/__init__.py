@@ -4,12 +4,11 @@ Control requests (from any service):
     watchd.watch    {kind: outpoint|txid|script, key, owner, depths?} -> the watch
     watchd.unwatch  {id} -> {removed}
     watchd.status   -> {height, hash, watches}
-    watchd.notifications {owner, after} -> [{seq, name, body}]   what an owner may have missed
-    watchd.acknowledge   {owner, seq}                            applied up to seq: forget it
-Events: block_connected / block_disconnected {height, hash}; outpoint_spent / outpoint_unspent;
+Events, all durable (written in the block's transaction, delivered by the host's outbox in order
+and at least once to each subscriber, also one that was down; `event.seq` numbers them):
+block_connected / block_disconnected {height, hash}; outpoint_spent / outpoint_unspent;
 tx_depth (once per requested depth) / tx_unconfirmed; script_paid / script_unpaid. Each watch
-event carries the watch's `watch_id` and `owner`, and a `seq`: notifications are stored with the
-block that caused them until the owner acknowledges them, so an owner that was down reads them. Spends and payments seen in the mempool (when
+event carries the watch's `watch_id` and `owner`. Spends and payments seen in the mempool (when
 the backend announces mempool transactions) come first with `height` None, then again when mined.
 """
 from __future__ import annotations
@@ -26,15 +25,20 @@ from . import storage
 from .scanner import Scanner
 
 NODE_READY_WAIT = 30.0
+# Durable, block events too: they are ordered with the watch events of the same block, so a
+# subscriber's view of the tip never runs ahead of or behind what it was told about the block.
 EVENTS = [
-    EventSpec("block_connected", "{height, hash}"),
-    EventSpec("block_disconnected", "a reorg took the block back; {height, hash}"),
-    EventSpec("outpoint_spent", "{watch_id, owner, outpoint, spending_txid, spending_tx, height}"),
-    EventSpec("outpoint_unspent", "a reorg undid the spend; {watch_id, owner, outpoint, spending_txid, height}"),
-    EventSpec("tx_depth", "a watched txid reached a requested depth; {watch_id, owner, txid, depth, height}"),
-    EventSpec("tx_unconfirmed", "a reorg undid the confirmation; {watch_id, owner, txid, height}"),
-    EventSpec("script_paid", "{watch_id, owner, script, txid, vout, value_sat, height, tx}"),
-    EventSpec("script_unpaid", "a reorg undid the payment; {watch_id, owner, script, txid, vout, height}"),
+    EventSpec("block_connected", "{height, hash}", durable=True),
+    EventSpec("block_disconnected", "a reorg took the block back; {height, hash}", durable=True),
+    EventSpec("outpoint_spent", "{watch_id, owner, outpoint, spending_txid, spending_tx, height}", durable=True),
+    EventSpec("outpoint_unspent", "a reorg undid the spend; {watch_id, owner, outpoint, spending_txid, height}",
+              durable=True),
+    EventSpec("tx_depth", "a watched txid reached a requested depth; {watch_id, owner, txid, depth, height}",
+              durable=True),
+    EventSpec("tx_unconfirmed", "a reorg undid the confirmation; {watch_id, owner, txid, height}", durable=True),
+    EventSpec("script_paid", "{watch_id, owner, script, txid, vout, value_sat, height, tx}", durable=True),
+    EventSpec("script_unpaid", "a reorg undid the payment; {watch_id, owner, script, txid, vout, height}",
+              durable=True),
 ]
 
 
@@ -44,18 +48,12 @@ class Watchd:
     def __init__(self, ctx: ServiceContext) -> None:
         self.ctx = ctx
         self.poll_interval = float(ctx.config["poll_interval"])
-        self.scanner = Scanner(ctx.storage, ChainClient(ctx), self._emit, int(ctx.config["start_height"]))
+        self.scanner = Scanner(ctx.storage, ChainClient(ctx), ctx.transaction, int(ctx.config["start_height"]))
         self.wake = threading.Event()
         self.stopping = threading.Event()
         self.node_ready = threading.Event()  # every service is up, so no subscriber misses an event
         self.thread = threading.Thread(target=self._run, name="watchd-poll", daemon=True)
         self.last_error = ""
-
-    def _emit(self, name: str, body: dict[str, Any]) -> None:
-        try:
-            self.ctx.emit(name, body)
-        except Exception:
-            self.ctx.log.exception("could not emit %s", name)
 
     def _run(self) -> None:
         # Blocks found at startup (mined while the node was down) are only processed once the
@@ -99,17 +97,6 @@ def _watch(ctx: ServiceContext, kind: str, key: str, owner: str, depths: list[in
 @control_method("watchd.unwatch")
 def _unwatch(ctx: ServiceContext, id: int) -> dict[str, bool]:
     return {"removed": _get(ctx).scanner.remove(id)}
-
-
-@control_method("watchd.notifications")
-def _notifications(ctx: ServiceContext, owner: str, after: int = 0, limit: int = 500) -> list[dict[str, Any]]:
-    return _get(ctx).scanner.notifications(owner, after, max(1, min(limit, 5000)))
-
-
-@control_method("watchd.acknowledge")
-def _acknowledge(ctx: ServiceContext, owner: str, seq: int) -> dict[str, bool]:
-    _get(ctx).scanner.acknowledge(owner, seq)
-    return {"acknowledged": True}
 
 
 @control_method("watchd.status")
@@ -179,7 +166,7 @@ def lnp_rpc_methods() -> list:
 
 @hookimpl
 def lnp_subscriptions() -> list:
-    return [_watch, _unwatch, _status, _notifications, _acknowledge, Subscription.event("chain_block_hint", _hint),
+    return [_watch, _unwatch, _status, Subscription.event("chain_block_hint", _hint),
             Subscription.event("chain_mempool_tx", _mempool_tx), Subscription.event("node_ready", _node_ready)]
 
 

@@ -1,8 +1,8 @@
 """watchd's state machine: follow the chain block by block, match watches, undo on reorgs.
 
-Each connected or disconnected block is one database transaction (watch states and the tip), and
-its notifications are emitted only after that transaction commits, so a restart never re-sends
-or loses one: it resumes from the stored tip.
+Each connected or disconnected block is one database transaction holding the watch states, the tip
+and the block's events (durable: the host's outbox delivers them after the commit, in order, at
+least once, to each subscriber), so a restart never loses one: it resumes from the stored tip.
 """
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import json
 import logging
 import threading
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, ContextManager
 
 from sqlalchemy import delete, insert, select, update
 
@@ -22,7 +22,7 @@ from lnp_plugin_api.chain import ChainBackend, parse_block
 from . import storage as db
 
 log = logging.getLogger("lnp.watchd")
-Emit = Callable[[str, dict[str, Any]], None]
+Begin = Callable[[], ContextManager[Any]]  # ctx.transaction: a transaction with `conn` and `emit`
 
 
 @dataclass
@@ -48,8 +48,8 @@ class Watch:
 class Scanner:
     """The chain as processed so far, the watch list, and the block-by-block work."""
 
-    def __init__(self, storage: Storage, chain: ChainBackend, emit: Emit, start_height: int = -1) -> None:
-        self.storage, self.chain, self.emit = storage, chain, emit
+    def __init__(self, storage: Storage, chain: ChainBackend, transaction: Begin, start_height: int = -1) -> None:
+        self.storage, self.chain, self.transaction = storage, chain, transaction
         self.start_height = start_height
         self.lock = threading.RLock()
         self.watches: dict[int, Watch] = {}
@@ -157,7 +157,7 @@ class Scanner:
 
     def _connect(self, height: int, raw: bytes) -> None:
         block_hash, _, txs = parse_block(raw)
-        events: list[tuple[str, dict[str, Any]]] = [("block_connected", {"height": height, "hash": block_hash})]
+        events: list[tuple[str, dict[str, Any]]] = []
         watch_updates: dict[int, dict[str, Any]] = {}
         new_payments: list[dict[str, Any]] = []
         for tx in txs:
@@ -196,7 +196,8 @@ class Scanner:
                 for d in due:
                     events.append(("tx_depth", {"watch_id": w.id, "owner": w.owner, "txid": w.key, "depth": d,
                                                 "height": w.confirmed_height}))
-        with self.storage.begin() as conn:
+        with self.transaction() as tx:
+            conn = tx.conn
             for watch_id, values in watch_updates.items():
                 conn.execute(update(db.watches).where(db.watches.c.id == watch_id).values(**values))
             for p in new_payments:
@@ -207,11 +208,11 @@ class Scanner:
             conn.execute(delete(db.blocks).where(db.blocks.c.height >= height))
             conn.execute(insert(db.blocks).values(height=height, hash=block_hash))
             conn.execute(delete(db.blocks).where(db.blocks.c.height <= height - db.KEEP_BLOCKS))
-            _log(conn, events)
+            # the block's own event comes last: a subscriber at this tip has had the block's watch events
+            for name, body in events + [("block_connected", {"height": height, "hash": block_hash})]:
+                tx.emit(name, body)
         self.tip = (height, block_hash)
         log.debug("block %d (%s) connected: %d transactions, %d events", height, block_hash, len(txs), len(events))
-        for name, body in events:
-            self.emit(name, body)
 
     def _disconnect(self) -> None:
         assert self.tip is not None
@@ -234,7 +235,8 @@ class Scanner:
                                                     "spending_txid": w.spent_txid, "height": height}))
                 w.spent_txid, w.spent_height = None, None
                 watch_updates[w.id] = {"spent_txid": None, "spent_height": None}
-        with self.storage.begin() as conn:
+        with self.transaction() as tx:
+            conn = tx.conn
             for r in conn.execute(select(db.payments).where(db.payments.c.height == height)):
                 w = self.watches.get(r.watch_id)
                 events.append(("script_unpaid", {"watch_id": r.watch_id, "owner": w.owner if w else "",
@@ -253,15 +255,14 @@ class Scanner:
                 below_hash = found[0]
             else:
                 below_hash = below.hash
-            _log(conn, events)
+            for name, body in events + [("block_disconnected", {"height": height, "hash": block_hash})]:
+                tx.emit(name, body)
         self.tip = (height - 1, below_hash)
         log.info("block %d (%s) disconnected", height, block_hash)
-        for name, body in events + [("block_disconnected", {"height": height, "hash": block_hash})]:
-            self.emit(name, body)
 
     def mempool_tx(self, raw: bytes) -> None:
         """A transaction entered the mempool: tell the owners of the scripts it pays and the outpoints it
-        spends, with `height` None. Nothing is stored; the same events come again when it is mined."""
+        spends, with `height` None. No watch state changes; the same events come again when it is mined."""
         tx = Transaction.parse(raw)
         txid = tx.txid().hex()
         events: list[tuple[str, dict[str, Any]]] = []
@@ -278,22 +279,10 @@ class Scanner:
                     events.append(("script_paid", {"watch_id": w.id, "owner": w.owner, "script": script,
                                                    "txid": txid, "vout": vout, "value_sat": out.value,
                                                    "height": None, "tx": raw.hex()}))
-        for name, body in events:
-            self.emit(name, body)
-
-    def notifications(self, owner: str, after: int, limit: int = 500) -> list[dict[str, Any]]:
-        """The owner's notifications after sequence number `after`, oldest first."""
-        with self.storage.begin() as conn:
-            rows = conn.execute(select(db.notifications).where((db.notifications.c.owner == owner)
-                                                               & (db.notifications.c.seq > after))
-                                .order_by(db.notifications.c.seq).limit(limit)).all()
-        return [{"seq": r.seq, "name": r.name, "body": json.loads(r.body)} for r in rows]
-
-    def acknowledge(self, owner: str, seq: int) -> None:
-        """The owner has applied everything up to `seq`: forget it."""
-        with self.storage.begin() as conn:
-            conn.execute(delete(db.notifications).where((db.notifications.c.owner == owner)
-                                                        & (db.notifications.c.seq <= seq)))
+        if events:
+            with self.transaction() as out:
+                for name, body in events:
+                    out.emit(name, body)
 
     def status(self) -> dict[str, Any]:
         """The tip and the number of watches of each kind."""
@@ -303,15 +292,6 @@ class Scanner:
                 counts[w.kind] = counts.get(w.kind, 0) + 1
             return {"height": self.tip[0] if self.tip else None, "hash": self.tip[1] if self.tip else None,
                     "watches": counts}
-
-
-def _log(conn: Any, events: list[tuple[str, dict[str, Any]]]) -> None:
-    """Store the watch notifications of a block in its transaction, numbering them (`seq`)."""
-    for name, body in events:
-        if body.get("owner"):
-            seq = conn.execute(insert(db.notifications).values(owner=body["owner"], name=name,
-                                                               body=json.dumps(body))).inserted_primary_key[0]
-            body["seq"] = int(seq)
 
 
 def _normalise(kind: str, key: str) -> str:

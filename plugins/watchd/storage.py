@@ -39,11 +39,11 @@ payments = Table(
     Column("height", Integer, nullable=False),
 )
 
-# every watch notification, in order, until its owner acknowledges it: an owner that was down when
-# it was emitted (a restarting service) reads what it missed. A number is never given twice, even
-# once every row is acknowledged (SQLite's AUTOINCREMENT): an owner skips numbers it has applied.
+# Versions 2 and 3 kept watch notifications here until their owner acknowledged them; the host's
+# outbox does that now. The table as it was, for the migrations that made it and the one that empties it.
+_legacy = MetaData()
 notifications = Table(
-    "watchd_notifications", metadata,
+    "watchd_notifications", _legacy,
     Column("seq", Integer, primary_key=True, autoincrement=True),
     Column("owner", String(64), nullable=False, index=True),
     Column("name", String(32), nullable=False),
@@ -69,5 +69,15 @@ def _never_reuse_numbers(conn: Any) -> None:
     conn.execute(text("DROP TABLE watchd_notifications_v2"))
 
 
-MODELS = StorageModels(metadata, version=3, migrations={2: _add_notifications, 3: _never_reuse_numbers})
+def _to_the_outbox(conn: Any) -> None:
+    """Notifications not yet acknowledged become outbox rows for their owner (the host migrates its
+    tables first), in their order; the table goes."""
+    conn.execute(text("INSERT INTO lnp_outbox (source, dest, kind, name, body) "
+                      "SELECT 'watchd', owner, 'E', name, body FROM watchd_notifications ORDER BY seq"))
+    conn.execute(text("DROP INDEX IF EXISTS ix_watchd_notifications_owner"))
+    conn.execute(text("DROP TABLE watchd_notifications"))
+
+
+MODELS = StorageModels(metadata, version=4, migrations={2: _add_notifications, 3: _never_reuse_numbers,
+                                                     4: _to_the_outbox})
 KEEP_BLOCKS = 1000  # block hashes kept for finding where a reorg forked

@@ -7,9 +7,13 @@ from lnp_plugin_api.services import ChainWatch, Funding
 EVENTS = ("block_connected", "block_disconnected", "outpoint_spent", "outpoint_unspent", "tx_depth",
           "tx_unconfirmed", "script_paid", "script_unpaid")
 received: list = []
+applied = {"seq": 0}  # watchd's events are durable (at least once): a number seen already is skipped
 
 
 def on_event(ctx, event):
+    if event.seq is not None and event.seq <= applied["seq"]:
+        return
+    applied["seq"] = event.seq or applied["seq"]
     if event.body.get("owner", "tk_chain") != "tk_chain":
         return  # another plugin's watch (the wallet's)
     received.append({"event": event.name, **{k: v for k, v in event.body.items() if k not in ("tx", "spending_tx")}})
