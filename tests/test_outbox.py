@@ -191,7 +191,7 @@ def test_an_inbound_message_its_plugin_cannot_take_disconnects_the_peer(nodes) -
         peer.connect(node_id)
         peer.send((32769).to_bytes(2, "big") + b"\xca\xfe")
         assert peer.is_closed(timeout=20)
-    wait_for(lambda: "could not be handed to the plugin handling it" in node.log.read_text())
+    wait_for(lambda: "could not be handed to its handler" in node.log.read_text())
     assert node.stop() == 0
 
 
@@ -218,7 +218,7 @@ def test_a_hung_service_whose_queue_is_full_gets_the_peer_disconnected(nodes) ->
             assert peer.is_closed(timeout=20)
         finally:
             os.kill(beta, signal.SIGCONT)
-    wait_for(lambda: "could not be handed to the plugin handling it" in node.log.read_text())
+    wait_for(lambda: "could not be handed to its handler" in node.log.read_text())
     assert node.stop() == 0
 
 
