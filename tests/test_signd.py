@@ -10,6 +10,7 @@ import pytest
 
 from conftest import lnp_host, wait_for
 from peer_tools import RawPeer, free_port
+from lnp_plugin_api import RpcError
 from lnp_plugin_api.bolt3 import derive_pubkey, per_commitment_secret, point
 from lnp_plugins.signd import seed
 from lnp_plugins.signd.keys import Keychain, PER_COMMITMENT_FAMILY
@@ -99,6 +100,9 @@ def test_signd_serves_the_node_key_and_channel_keys(nodes, mode: str) -> None:
         assert derive_pubkey(bytes.fromhex(got["payment_basepoint"]), bytes.fromhex(pcp))  # usable points
         sig = c.call("tk_signer_message", "node_announcement", node_announcement(node_id))["signature"]
         assert len(bytes.fromhex(sig)) == 64
+        with pytest.raises(RpcError) as bad:  # a bad body says what was wrong
+            c.call("tk_signer_request", "signd.sign_node_message", {"message": "00"})
+        assert bad.value.code == RpcError.INVALID_PARAMS and "missing parameter 'kind'" in bad.value.message
         dump = json.dumps([c.call("help"), c.info()])
     secret_hex = keys.node_key.secret.hex()
     for text in (dump, (node.data_dir / "lnp-host.log").read_text(), node.log.read_text()):

@@ -166,8 +166,10 @@ def _handler(name: str) -> Any:
             raise RpcError(RpcError.INVALID_PARAMS, "expected an object")
         try:
             return signer.table[name](body)
-        except (KeyError, ValueError) as e:
-            raise RpcError(RpcError.INVALID_PARAMS, f"{name}: bad request ({type(e).__name__})") from None
+        except KeyError as e:  # say what was wrong, as the host's checks of other requests do
+            raise RpcError(RpcError.INVALID_PARAMS, f"{name}: missing parameter {e.args[0]!r}") from None
+        except (ValueError, TypeError) as e:  # bad hex, a number where text belongs, ...; never a secret
+            raise RpcError(RpcError.INVALID_PARAMS, f"{name}: a parameter is malformed ({type(e).__name__})") from None
     return handle
 
 
