@@ -204,7 +204,7 @@ Deliver = Callable[[bytes, str, bytes, str, Waiter], None]
 
 # pyzmq's send_multipart/recv_multipart combine enum flags in Python on every frame, which costs three
 # times the send itself: these plain ints and loops do the same for a fraction (the hot path's frames)
-_MORE, _NOW, _RCVMORE = int(zmq.SNDMORE | zmq.NOBLOCK), int(zmq.NOBLOCK), int(zmq.RCVMORE)
+_MORE, _NOW = int(zmq.SNDMORE | zmq.NOBLOCK), int(zmq.NOBLOCK)
 
 
 def send_frames(sock: zmq.Socket, frames: list[bytes]) -> None:
@@ -217,9 +217,11 @@ def send_frames(sock: zmq.Socket, frames: list[bytes]) -> None:
 
 def recv_frames(sock: zmq.Socket, flags: int = 0) -> list[bytes]:
     """`sock.recv_multipart(flags)`, faster: every frame of the next message."""
-    frames = [sock.recv(flags)]
-    while sock.get(_RCVMORE):
-        frames.append(sock.recv(flags))
+    frame = sock.recv(flags, copy=False)  # a Frame knows whether more follow: no socket option read
+    frames = [frame.bytes]
+    while frame.more:
+        frame = sock.recv(flags, copy=False)
+        frames.append(frame.bytes)
     return frames
 
 
