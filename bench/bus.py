@@ -79,7 +79,7 @@ def run_node(mode: str, workdir: Path, site: Path) -> tuple[subprocess.Popen, Pa
     profile = workdir / f"{mode}.toml"
     profile.write_text(PROFILE.format(data_dir=data_dir, mode=mode))
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), str(ROOT)])}
-    proc = subprocess.Popen([sys.executable, "-m", "lnp_host", "run", "--profile", str(profile)], env=env,
+    proc = subprocess.Popen([sys.executable, "-m", "lnp_host", "run", "--profile", str(profile)], env=env, cwd=ROOT,
                             stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
