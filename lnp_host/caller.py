@@ -10,11 +10,9 @@ service, whatever routing id it claims.
 """
 from __future__ import annotations
 
-import contextlib
 import itertools
 import os
 from contextvars import ContextVar
-from typing import Iterator
 
 _caller: ContextVar[str | None] = ContextVar("lnp_caller", default=None)
 _ids = itertools.count(1)
@@ -41,11 +39,18 @@ def current_caller() -> str | None:
     return _caller.get()
 
 
-@contextlib.contextmanager
-def calling_as(service: str | None) -> Iterator[None]:
-    """Handle a request on behalf of `service` (the runtime, and direct calls within one service)."""
-    token = _caller.set(service)
-    try:
-        yield
-    finally:
-        _caller.reset(token)
+class calling_as:  # noqa: N801 - used as a function: `with calling_as(service):`
+    """Handle a request on behalf of `service` (the runtime, and direct calls within one service).
+
+    A class rather than a generator: it runs on every control request, and costs a third as much."""
+
+    __slots__ = ("_service", "_token")
+
+    def __init__(self, service: str | None) -> None:
+        self._service = service
+
+    def __enter__(self) -> None:
+        self._token = _caller.set(self._service)
+
+    def __exit__(self, *_: object) -> None:
+        _caller.reset(self._token)

@@ -80,6 +80,8 @@ HOST_SCHEMA: dict[str, dict[str, Field]] = {
     "bus": {
         "mode": Field(str, "threads", "threads: one process; processes: one process per service",
                       ("threads", "processes")),
+        "one_cpu": Field(bool, True, "threads mode: run the services' threads on one CPU (they take turns "
+                         "anyway, and a request then wakes its service without a cross-CPU wake-up)"),
         "heartbeat_interval": Field(float, 1.0, "seconds between liveness checks of each service",
                                     check=_positive),
         "heartbeat_misses": Field(int, 3, "missed heartbeats before a service counts as dead",

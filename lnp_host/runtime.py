@@ -17,7 +17,7 @@ import zmq
 from lnp_plugin_api import Event, RpcError, SettingError
 
 from . import bus as wire
-from .bus import ServiceUnavailable, decode, encode, new_socket, prepare_bind, wire_from_frames
+from .bus import ServiceUnavailable, Waiter, decode, encode, new_socket, prepare_bind, wire_from_frames
 from .caller import calling_as, source_of
 from .context import Environment, PluginContext
 from .control import answer, as_rpc_error, no_such_request
@@ -25,6 +25,23 @@ from .decisions import answer_remote
 from .outbox import DELIVER, Courier, receive
 
 POLL_MS = 100
+Reply = Callable[[bytes, bytes], None]  # sends a reply: (OK | ERR, JSON body)
+
+
+def share_one_cpu() -> None:
+    """Run the calling thread (and the threads it starts) on this process's one chosen CPU.
+
+    In threads mode the services take turns anyway (the GIL), so one CPU loses little, and handing a
+    request from one service's thread to another's then wakes a thread on the same CPU instead of
+    another, idle one: in a virtual machine that cross-CPU wake-up takes most of a round trip.
+    """
+    if not hasattr(os, "sched_setaffinity"):  # not Linux
+        return
+    try:
+        cpus = sorted(os.sched_getaffinity(0))
+        os.sched_setaffinity(0, {cpus[os.getpid() % len(cpus)]})  # spread the nodes of one machine
+    except OSError:
+        pass  # not allowed here: the services just run where the system puts them
 
 
 class ServiceFailed(Exception):
@@ -48,7 +65,9 @@ class ServiceRuntime:
         self.fatal = False  # it failed on a setting (SettingError): restarting cannot help
         self._stop = threading.Event()
         # handlers may answer later with a Future; its reply is sent from this thread when it is done
-        self._finished: queue.SimpleQueue[tuple[bytes, bytes, str, Future[Any]]] = queue.SimpleQueue()
+        self._finished: queue.SimpleQueue[tuple[Reply, str, Future[Any]]] = queue.SimpleQueue()
+        # requests from services running in this process (Bus.serve_here): no sockets, the same checks
+        self._here: queue.SimpleQueue[tuple[bytes, str, bytes, str, Waiter]] = queue.SimpleQueue()
         self._wake_read, self._wake_write = os.pipe()
         os.set_blocking(self._wake_read, False)
         os.set_blocking(self._wake_write, False)
@@ -70,6 +89,9 @@ class ServiceRuntime:
         started: list[str] = []
         self._thread_id = threading.get_ident()
         self.env.loops[self.name] = self
+        bus_cfg = self.env.profile.section("bus")
+        if bus_cfg["mode"] == "threads" and bus_cfg["one_cpu"]:
+            share_one_cpu()
         courier = Courier(self.env, self.name)
         try:
             for sock, endpoint in ((control, self.env.endpoints.control[self.name]),
@@ -94,6 +116,7 @@ class ServiceRuntime:
                     raise ServiceFailed(f"plugin {plugin!r} failed to start: {type(e).__name__}: {e}") from None
                 started.append(plugin)
             self.env.failures.pop(self.name, None)
+            self.env.bus.serve_here(self.name, self._deliver)
             self.log.info("service %s running (%s)", self.name, ", ".join(self.plugins) or "host only")
             self.ready.set()
             self.env.couriers[self.name] = courier
@@ -114,8 +137,10 @@ class ServiceRuntime:
                 self.env.contexts.pop(plugin, None)
             if self.env.loops.get(self.name) is self:
                 del self.env.loops[self.name]
+            self.env.bus.serve_here(self.name, None)
             with self._soon_lock:  # no write may reach the pipe's descriptors once closed (and reused)
                 self._soon_closed = True
+            self._refuse_here()
             control.close(0)
             message.close(0)
             os.close(self._wake_read)
@@ -128,6 +153,7 @@ class ServiceRuntime:
         poller.register(control, zmq.POLLIN)
         poller.register(message, zmq.POLLIN)
         poller.register(self._wake_read, zmq.POLLIN)
+        curve = bool(control.curve_server)  # asked once: a socket option read costs a call per message
         while not self._stop.is_set():
             failure = self.env.failures.get(self.name)
             if failure:
@@ -135,22 +161,24 @@ class ServiceRuntime:
             for sock, _ in poller.poll(POLL_MS):
                 try:
                     if sock is control:
-                        self._on_control(control, *self._receive_control(control))
+                        self._on_control(control, *self._receive_control(control, curve))
                     elif sock is message:
-                        self._on_message(message.recv_multipart(zmq.NOBLOCK))
+                        self._on_message(wire.recv_frames(message, zmq.NOBLOCK))
                     else:
-                        self._send_finished(control)
+                        self._drain_wake()
+                        self._serve_here()
+                        self._send_finished()
                         self._run_soon()
                 except Exception:  # one bad message must never end the service
                     self.log.exception("unexpected error handling a bus message in %s; serving on", self.name)
 
-    def _receive_control(self, sock: zmq.Socket) -> tuple[list[bytes], str | None]:
+    def _receive_control(self, sock: zmq.Socket, curve: bool) -> tuple[list[bytes], str | None]:
         """A control frame set and the service that sent it: over CURVE the one whose key the sender
         authenticated with, else the one its routing id names (lnp_host.caller)."""
-        if sock.curve_server:
+        if curve:
             parts = sock.recv_multipart(zmq.NOBLOCK, copy=False)
             return [p.bytes for p in parts], self.env.bus.curve.service_of(parts[-1].get("User-Id"))
-        frames = sock.recv_multipart(zmq.NOBLOCK)
+        frames = wire.recv_frames(sock, zmq.NOBLOCK)
         return frames, source_of(frames[0]) if frames else None
 
     def _on_control(self, sock: zmq.Socket, frames: list[bytes], caller: str | None = None) -> None:
@@ -158,7 +186,17 @@ class ServiceRuntime:
             self.log.warning("dropped a malformed control message (%d frames)", len(frames))
             return
         ident, kind, rid, name_raw, body_raw = frames
-        name = name_raw.decode(errors="replace")
+
+        def reply(status: bytes, raw: bytes) -> None:
+            try:
+                wire.send_frames(sock, [ident, wire.REPLY, rid, status, raw])
+            except zmq.ZMQError as e:  # the asker's queue is full: its request times out, the others go on
+                self.log.warning("could not answer %r: %s", name_raw[:100], e)
+
+        self._handle(kind, name_raw.decode(errors="replace"), body_raw, caller, reply)
+
+    def _handle(self, kind: bytes, name: str, body_raw: bytes, caller: str | None, reply: Reply) -> None:
+        """Answer one control message, however it came: `reply` sends the answer (none for events)."""
         try:
             try:
                 body = decode(body_raw)
@@ -167,40 +205,63 @@ class ServiceRuntime:
             with calling_as(caller):
                 result = self._dispatch(kind, name, body)
             if isinstance(result, Future):  # answered later, without holding up this service
-                result.add_done_callback(lambda f: self._finish_later(ident, rid, name, f))
+                result.add_done_callback(lambda f: self._finish_later(reply, name, f))
                 return
-            reply = [ident, wire.REPLY, rid, wire.OK, encode(result)]
+            status, raw = wire.OK, encode(result)
         except Exception as e:
-            reply = [ident, wire.REPLY, rid, wire.ERR, encode(self._error(kind, name, e))]
+            status, raw = wire.ERR, encode(self._error(kind, name, e))
         if kind != wire.EVENT:  # events are one-way, even when their handling failed
-            sock.send_multipart(reply, zmq.NOBLOCK)
+            reply(status, raw)
+
+    def _deliver(self, kind: bytes, name: str, body_raw: bytes, caller: str, waiter: Waiter) -> None:
+        """A request from a service in this process (any thread): queued for this service's thread."""
+        with self._soon_lock:
+            if self._soon_closed:
+                raise ServiceUnavailable(self.name, "has stopped")
+            self._here.put((kind, name, body_raw, caller, waiter))
+            self._wake()
+
+    def _serve_here(self) -> None:
+        for _ in range(self._here.qsize()):  # only those queued so far, as `_run_soon`
+            kind, name, body_raw, caller, waiter = self._here.get_nowait()
+            try:
+                self._handle(kind, name, body_raw, caller, waiter.set)
+            except Exception as e:  # never leave the caller waiting for its timeout
+                waiter.fail(e)
+                raise
+
+    def _refuse_here(self) -> None:
+        while not self._here.empty():
+            self._here.get_nowait()[4].fail(ServiceUnavailable(self.name, "has stopped"))
 
     def _error(self, kind: bytes, name: str, e: BaseException) -> dict[str, Any]:
         return as_rpc_error(self.name, name, e, self.log).to_json()
 
-    def _finish_later(self, ident: bytes, rid: bytes, name: str, future: Future[Any]) -> None:
+    def _finish_later(self, reply: Reply, name: str, future: Future[Any]) -> None:
         """Runs in whichever thread completed the future: hand the reply to the service's thread."""
-        self._finished.put((ident, rid, name, future))
+        self._finished.put((reply, name, future))
+        self._wake()
+
+    def _wake(self) -> None:
         try:
             os.write(self._wake_write, b"!")
         except OSError:
             pass  # the pipe is full (a wake-up is pending anyway) or the service has stopped
 
-    def _send_finished(self, sock: zmq.Socket) -> None:
+    def _drain_wake(self) -> None:
         try:
             os.read(self._wake_read, 4096)
         except BlockingIOError:
             pass
+
+    def _send_finished(self) -> None:
         while not self._finished.empty():
-            ident, rid, name, future = self._finished.get()
+            reply, name, future = self._finished.get()
             try:
-                reply = [ident, wire.REPLY, rid, wire.OK, encode(future.result())]
+                status, raw = wire.OK, encode(future.result())
             except BaseException as e:
-                reply = [ident, wire.REPLY, rid, wire.ERR, encode(self._error(wire.REQUEST, name, e))]
-            try:
-                sock.send_multipart(reply, zmq.NOBLOCK)
-            except zmq.ZMQError as e:  # the asker's queue is full: its request times out, the others go on
-                self.log.warning("could not answer %r: %s", name, e)
+                status, raw = wire.ERR, encode(self._error(wire.REQUEST, name, e))
+            reply(status, raw)
 
     def call_soon(self, fn: Callable[[], None]) -> None:
         """Run `fn()` on this service's thread (from any thread), between two messages."""
@@ -208,10 +269,7 @@ class ServiceRuntime:
             if self._soon_closed:
                 raise ServiceUnavailable(self.name, "has stopped")
             self._soon.put(fn)
-            try:
-                os.write(self._wake_write, b"!")
-            except OSError:
-                pass  # the pipe is full: a wake-up is pending anyway
+            self._wake()
 
     def on_own_thread(self) -> bool:
         """True when called on this service's thread."""
