@@ -450,6 +450,17 @@ class Bus:
             return future
         return self._io_thread().request(service, endpoint, kind, name, body, timeout, source or self.source)
 
+    def send_wire_soon(self, service: str, direction: bytes, msg: WireMessage, timeout: float = 2.0,
+                       source: str | None = None) -> Future[None]:
+        """Put a wire message in `service`'s message inbox without waiting: in order after the ones sent
+        this way before; the Future fails when the service did not take it within `timeout`."""
+        endpoint = self.endpoints.message.get(service)
+        if endpoint is None:
+            future: Future[None] = Future()
+            future.set_exception(ServiceUnavailable(service, "is not part of this node"))
+            return future
+        return self._io_thread().send(service, endpoint, source or self.source, wire_frames(direction, msg), timeout)
+
     def call_later(self, delay: float, fn: Callable[[], None]) -> None:
         """Run `fn()` on the bus's I/O thread in `delay` seconds (short and non-blocking)."""
         self._io_thread().call_later(delay, fn)

@@ -69,6 +69,7 @@ class BusIO:
         # the rest belongs to the I/O thread
         self._timers: list[tuple[float, int, Callable[[], None]]] = []
         self._pending: dict[bytes, _Pending] = {}
+        self._oneway: set[bytes] = set()   # pending ids of one-way messages: done once sent
         # (endpoint, asking service) -> (generation, DEALER): the DEALER's routing id names the asker
         self._dealers: dict[tuple[str, str], tuple[int, zmq.Socket]] = {}
         self._outbox: dict[zmq.Socket, deque[tuple[bytes, list[bytes]]]] = {}
@@ -85,6 +86,17 @@ class BusIO:
         frames = [kind, b"", name.encode(), encode(body)]  # encoded here: a bad body fails its caller
         if not self._submit(lambda: self._send(service, endpoint, source, frames,
                                                _Pending(future, service, name, timeout))):
+            settle(future, error=ServiceUnavailable(service, "is unreachable: the bus is closed"))
+        return future
+
+    def send(self, service: str, endpoint: str, source: str, frames: list[bytes], timeout: float) -> Future[None]:
+        """Send a one-way message (a wire message to its handler's inbox), in order after the ones sent
+        before to the same endpoint; the Future is done once ZeroMQ took it, or fails after `timeout`
+        (the service not connected, or its inbox full), failing every later one queued behind it too,
+        so a receiver never gets a message whose predecessor was lost."""
+        future: Future[None] = Future()
+        if not self._submit(lambda: self._send_oneway(service, endpoint, source, frames,
+                                                      _Pending(future, service, "a message", timeout))):
             settle(future, error=ServiceUnavailable(service, "is unreachable: the bus is closed"))
         return future
 
@@ -214,6 +226,44 @@ class BusIO:
             self._outbox[sock] = deque([(rid, frames)])
             self._poller.modify(sock, zmq.POLLIN | zmq.POLLOUT)
 
+    def _send_oneway(self, service: str, endpoint: str, source: str, frames: list[bytes],
+                     pending: _Pending) -> None:
+        if self._closed:
+            settle(pending.future, error=ServiceUnavailable(service, "is unreachable: the bus is closed"))
+            return
+        try:
+            sock = self._dealer(endpoint, source)
+        except zmq.ZMQError as e:
+            settle(pending.future, error=ServiceUnavailable(service, f"is unreachable: {e}"))
+            return
+        rid = b"~" + str(next(self._ids)).encode()  # never a reply's id: requests' ids are digits
+        waiting = self._outbox.get(sock)
+        if not waiting:
+            try:
+                sock.send_multipart(frames, zmq.NOBLOCK)
+                settle(pending.future, None)
+                return
+            except zmq.Again:  # not connected yet (or the inbox is full): send once it can take it
+                waiting = self._outbox[sock] = deque()
+                self._poller.modify(sock, zmq.POLLIN | zmq.POLLOUT)
+        self._pending[rid] = pending
+        self._oneway.add(rid)
+        waiting.append((rid, frames))
+        heapq.heappush(self._timers, (time.monotonic() + pending.timeout, next(self._seq),
+                                      lambda: self._fail_after(sock, rid)))
+
+    def _fail_after(self, sock: zmq.Socket, rid: bytes) -> None:
+        """A one-way message could not be sent in time: it fails, and so do the ones queued after it."""
+        if rid not in self._pending:
+            return  # sent meanwhile
+        why = "did not take a message in time (not connected, or its inbox is full)"
+        after = False
+        for queued, _ in list(self._outbox.get(sock, ())):
+            after = after or queued == rid
+            if after and queued in self._oneway:
+                self._oneway.discard(queued)
+                self._fail(queued, why)
+
     def _flush(self, sock: zmq.Socket) -> None:
         waiting = self._outbox.get(sock)
         while waiting:
@@ -223,6 +273,9 @@ class BusIO:
                     sock.send_multipart(frames, zmq.NOBLOCK)
                 except zmq.Again:
                     return
+                if rid in self._oneway:  # one-way: done once sent
+                    self._oneway.discard(rid)
+                    settle(self._pending.pop(rid).future, None)
             waiting.popleft()
         self._outbox.pop(sock, None)
         self._poller.modify(sock, zmq.POLLIN)

@@ -220,6 +220,21 @@ class PluginContext:
             self._env.bus.send_wire(owned.service, wire.WIRE_IN, msg, timeout)
         return True
 
+    def deliver_wire_soon(self, msg: WireMessage, timeout: float = 2.0) -> "Future[None] | None":
+        """Hand a message from a peer to the plugin that handles its type without waiting (for event
+        loops): None if no plugin does; else a Future that fails when its service did not take the
+        message within `timeout` (messages are taken in order, and none after a failed one)."""
+        owned = self._env.registry.wire.get(msg.type)
+        if owned is None:
+            return None
+        ctx = self._local(owned)
+        if ctx is None:
+            return self._env.bus.send_wire_soon(owned.service, wire.WIRE_IN, msg, timeout, source=self.service)
+        owned.item(ctx, msg)  # in this same service: handled now, as `deliver_wire` does
+        done: Future[None] = Future()
+        done.set_result(None)
+        return done
+
     def connect_wire_handlers(self) -> None:
         """Connect the calling thread to the services that handle wire messages, so that its first
         `deliver_wire(msg, timeout=0)` does not find the connection still being made (an event loop

@@ -214,3 +214,36 @@ def test_a_locked_database_does_not_stall_peers(nodes) -> None:
             raw.close()
     for got in rtts:
         assert max(got) < FAST, f"a pong took {max(got) * 1000:.0f} ms"
+
+
+def test_wire_messages_handed_over_soon_arrive_in_order_or_fail_together(short_tmp) -> None:
+    """`send_wire_soon` never waits: queued until the service connects, in order; past the timeout the
+    message fails and so does every one queued behind it (a receiver never gets a gap)."""
+    import zmq
+
+    from lnp_host.bus import WIRE_IN, Bus, Endpoints, ServiceUnavailable, new_socket, prepare_bind
+    from lnp_plugin_api import WireMessage
+
+    zctx = zmq.Context()
+    endpoints = Endpoints.for_profile(["here", "there"], "processes", short_tmp, {})
+    bus = Bus(zctx, endpoints, "here")
+    prepare_bind(endpoints.message["there"])
+    try:
+        lost = [bus.send_wire_soon("there", WIRE_IN, WireMessage(bytes(33), 32771, bytes([i])), timeout=0.3)
+                for i in range(3)]
+        for future in lost:  # nobody listens: all three fail, none is sent later
+            assert isinstance(future.exception(timeout=5), ServiceUnavailable)
+        inbox = new_socket(zctx, zmq.ROUTER)
+        inbox.bind(endpoints.message["there"])
+        sent = [bus.send_wire_soon("there", WIRE_IN, WireMessage(bytes(33), 32771, bytes([i])), timeout=5)
+                for i in range(10, 20)]
+        for future in sent:
+            assert future.result(timeout=5) is None
+        inbox.rcvtimeo = 5000
+        got = [inbox.recv_multipart()[-1] for _ in range(10)]
+        assert got == [bytes([i]) for i in range(10, 20)]
+        assert inbox.poll(300) == 0  # the lost ones never came
+        inbox.close(0)
+    finally:
+        bus.close()
+        zctx.destroy(linger=0)

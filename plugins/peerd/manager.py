@@ -39,6 +39,9 @@ CUSTOM_KEPT = 1000  # received custom messages kept for `listcustommsgs`
 SHED_LOG_EVERY = 10.0  # seconds between summaries of inbound connections refused or closed to make room
 
 
+HAND_OVER_TIMEOUT = 2.0  # seconds a service has to take a peer's message before the peer is disconnected
+
+
 class PeerManager:
     """Listeners, connections, reconnection and limits for one node."""
 
@@ -331,18 +334,23 @@ class PeerManager:
 
     def _hand_over(self, peer: Peer, msg_type: int, payload: bytes) -> bool:
         """Give a message from `peer` to the plugin that handles its type, without waiting; False
-        if no plugin does. One that cannot be handed over now (its service not connected, or its
-        inbox full) closes the peer's connection: dropping it would leave the peer and the plugin
-        out of step, and waiting would stall every other peer."""
-        try:
-            handed = self.ctx.deliver_wire(WireMessage(peer.node_id, msg_type, payload), timeout=0)
-        except RpcError as e:
-            why = f"message of type {msg_type} could not be handed to its handler: {e.message}"
-            log.warning("closing the connection to %s: %s", peer.node_id.hex(), why)
-            raise PeerError(why) from None
-        if handed:
-            peer.routed.add(msg_type)  # its service going down later disconnects this peer (_service_down)
-        return handed
+        if no plugin does. The bus's I/O thread sends it, in order; one its service does not take in
+        time (not connected, or its inbox full) closes the peer's connection: dropping it would leave
+        the peer and the plugin out of step, and waiting here would stall every other peer."""
+        handed = self.ctx.deliver_wire_soon(WireMessage(peer.node_id, msg_type, payload), timeout=HAND_OVER_TIMEOUT)
+        if handed is None:
+            return False
+        peer.routed.add(msg_type)  # its service going down later disconnects this peer (_service_down)
+        if not handed.done() or handed.exception() is not None:
+            handed.add_done_callback(lambda f: f.exception() is not None and self.loop.call_soon_threadsafe(
+                self._not_handed_over, peer, msg_type, f.exception()))
+        return True
+
+    def _not_handed_over(self, peer: Peer, msg_type: int, error: BaseException) -> None:
+        why = f"message of type {msg_type} could not be handed to its handler: " \
+              f"{error.message if isinstance(error, RpcError) else type(error).__name__}"
+        log.warning("closing the connection to %s: %s", peer.node_id.hex(), why)
+        peer.close(why)
 
     def _on_message(self, peer: Peer, msg_type: int, payload: bytes) -> None:
         if self._hand_over(peer, msg_type, payload):
