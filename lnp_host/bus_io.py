@@ -199,16 +199,22 @@ class BusIO:
         self._poller.unregister(sock)
         sock.close(0)
 
+    def _socket_for(self, service: str, endpoint: str, source: str, pending: _Pending) -> zmq.Socket | None:
+        """The DEALER to send on, or None with `pending` failed (the bus closed, the endpoint unusable)."""
+        if self._closed:
+            settle(pending.future, error=ServiceUnavailable(service, "is unreachable: the bus is closed"))
+            return None
+        try:
+            return self._dealer(endpoint, source)
+        except zmq.ZMQError as e:
+            settle(pending.future, error=ServiceUnavailable(service, f"is unreachable: {e}"))
+            return None
+
     def _send(self, service: str, endpoint: str, source: str, frames: list[bytes], pending: _Pending) -> None:
         if pending.future.done():
             return  # cancelled before it left
-        if self._closed:
-            settle(pending.future, error=ServiceUnavailable(service, "is unreachable: the bus is closed"))
-            return
-        try:
-            sock = self._dealer(endpoint, source)
-        except zmq.ZMQError as e:
-            settle(pending.future, error=ServiceUnavailable(service, f"is unreachable: {e}"))
+        sock = self._socket_for(service, endpoint, source, pending)
+        if sock is None:
             return
         rid = str(next(self._ids)).encode()
         frames[1] = rid
@@ -228,13 +234,8 @@ class BusIO:
 
     def _send_oneway(self, service: str, endpoint: str, source: str, frames: list[bytes],
                      pending: _Pending) -> None:
-        if self._closed:
-            settle(pending.future, error=ServiceUnavailable(service, "is unreachable: the bus is closed"))
-            return
-        try:
-            sock = self._dealer(endpoint, source)
-        except zmq.ZMQError as e:
-            settle(pending.future, error=ServiceUnavailable(service, f"is unreachable: {e}"))
+        sock = self._socket_for(service, endpoint, source, pending)
+        if sock is None:
             return
         rid = b"~" + str(next(self._ids)).encode()  # never a reply's id: requests' ids are digits
         waiting = self._outbox.get(sock)
