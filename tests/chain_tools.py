@@ -113,9 +113,13 @@ def start_regtest(port: int, wallet_port: int, key: str = "testkey",
 
 
 def stop_process(proc: subprocess.Popen[bytes]) -> None:
-    """Terminate a process the test started, and close its pipes."""
+    """Terminate a process the test started (killing it if it lingers), and close its pipes."""
     proc.terminate()
-    proc.wait(10)
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(10)
     if proc.stdout is not None:
         proc.stdout.close()
 

@@ -137,6 +137,8 @@ async function sendRawTransaction(args, help) {
 });
 
 async function shutdown() {
+  // Closing waits for open HTTP connections and pending work; a stop must not hang on them.
+  setTimeout(() => process.exit(0), 3000).unref();
   try {
     await node.close();
   } finally {
