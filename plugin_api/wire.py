@@ -16,6 +16,15 @@ class WireError(ValueError):
     """Bytes that are not a valid encoding; the reason says why."""
 
 
+class TlvError(WireError):
+    """A TLV stream that does not decode: `type` is the offending record's type (0 when not known) and
+    `offset` the byte offset of that record in the stream (BOLT-4's `invalid_onion_payload` reports both)."""
+
+    def __init__(self, reason: str, type: int = 0, offset: int = 0) -> None:
+        super().__init__(reason)
+        self.type, self.offset = type, offset
+
+
 class Reader:
     """Reads fundamental types from a byte string, failing on truncation."""
 
@@ -176,23 +185,28 @@ class TlvStream:
         out: dict[str, Any] = {}
         last = -1
         while r.remaining:
-            t = r.bigsize()
-            length = r.bigsize()
-            value = r.take(length)
-            if t <= last:
-                raise WireError("TLV records out of order or duplicated")
-            last = t
-            rec = self._by_type.get(t)
-            if rec is None:
-                if t % 2 == 0:
-                    raise WireError(f"unknown even TLV type {t}")
-                out[str(t)] = value
-                continue
-            vr = Reader(value)
-            values = {name: FIELD_TYPES[kind][0](vr) for kind, name in rec.fields}
-            if vr.remaining:
-                raise WireError(f"TLV {rec.name}: {vr.remaining} bytes more than its fields")
-            out[rec.name] = values
+            start, t = r.pos, 0
+            try:
+                t = r.bigsize()
+                value = r.take(r.bigsize())
+                if t <= last:
+                    raise WireError("TLV records out of order or duplicated")
+                last = t
+                rec = self._by_type.get(t)
+                if rec is None:
+                    if t % 2 == 0:
+                        raise WireError(f"unknown even TLV type {t}")
+                    out[str(t)] = value
+                    continue
+                vr = Reader(value)
+                values = {name: FIELD_TYPES[kind][0](vr) for kind, name in rec.fields}
+                if vr.remaining:
+                    raise WireError(f"TLV {rec.name}: {vr.remaining} bytes more than its fields")
+                out[rec.name] = values
+            except TlvError:
+                raise
+            except WireError as e:
+                raise TlvError(str(e), t, start) from None
         return out
 
     def encode(self, values: dict[str, Any]) -> bytes:
