@@ -17,11 +17,11 @@ from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 import coincurve
-from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
 
 from .onion_errors import (FINAL_INCORRECT_CLTV_EXPIRY, FINAL_INCORRECT_HTLC_AMOUNT,
                            INCORRECT_OR_UNKNOWN_PAYMENT_DETAILS, INVALID_ONION_HMAC, INVALID_ONION_KEY,
-                           INVALID_ONION_PAYLOAD, INVALID_ONION_VERSION, FailureMessage, failure)
+                           INVALID_ONION_PAYLOAD, INVALID_ONION_VERSION, FailureMessage, failure, generate_key, hmac256,
+                           stream, xor)
 from .wire import Reader, TlvError, TlvRecord, TlvStream, WireError, encode_bigsize
 
 VERSION = 0
@@ -50,28 +50,6 @@ class OnionError(ValueError):
 
 
 # --- primitives -------------------------------------------------------------------------------------------
-
-def generate_key(key_type: bytes, secret: bytes) -> bytes:
-    """BOLT-4 key generation: HMAC-SHA256 keyed by the key type (`rho`, `mu`, `um`, `pad`, `ammag`)."""
-    return _hmac.new(key_type, secret, hashlib.sha256).digest()
-
-
-def stream(key: bytes, length: int) -> bytes:
-    """`length` bytes of ChaCha20 keystream under `key` with the all-zero nonce."""
-    enc = Cipher(algorithms.ChaCha20(key, bytes(16)), mode=None).encryptor()
-    return enc.update(bytes(length))
-
-
-def xor(a: bytes, b: bytes) -> bytes:
-    """Byte-wise XOR of two strings, as long as the shorter."""
-    n = min(len(a), len(b))
-    return (int.from_bytes(a[:n], "big") ^ int.from_bytes(b[:n], "big")).to_bytes(n, "big")
-
-
-def hmac256(key: bytes, data: bytes) -> bytes:
-    """HMAC-SHA256."""
-    return _hmac.new(key, data, hashlib.sha256).digest()
-
 
 def ecdh_with_key(private_key: bytes) -> Ecdh:
     """An `ecdh` callable from a private key (tests and the origin side; a node's own key stays in signd)."""

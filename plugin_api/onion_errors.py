@@ -73,6 +73,30 @@ BY_NAME = {name: code for code, (name, _) in FAILURES.items()}
 _NO_TLVS = TlvStream()
 
 
+# --- Sphinx primitives (onion.py uses them too) -------------------------------------------------------------
+
+def generate_key(key_type: bytes, secret: bytes) -> bytes:
+    """BOLT-4 key generation: HMAC-SHA256 keyed by the key type (`rho`, `mu`, `um`, `pad`, `ammag`)."""
+    return _hmac.new(key_type, secret, hashlib.sha256).digest()
+
+
+def stream(key: bytes, length: int) -> bytes:
+    """`length` bytes of ChaCha20 keystream under `key` with the all-zero nonce."""
+    enc = Cipher(algorithms.ChaCha20(key, bytes(16)), mode=None).encryptor()
+    return enc.update(bytes(length))
+
+
+def xor(a: bytes, b: bytes) -> bytes:
+    """Byte-wise XOR of two strings, as long as the shorter."""
+    n = min(len(a), len(b))
+    return (int.from_bytes(a[:n], "big") ^ int.from_bytes(b[:n], "big")).to_bytes(n, "big")
+
+
+def hmac256(key: bytes, data: bytes) -> bytes:
+    """HMAC-SHA256."""
+    return _hmac.new(key, data, hashlib.sha256).digest()
+
+
 @dataclass(frozen=True)
 class FailureMessage:
     """A BOLT-4 `failuremsg`: the code and the bytes after it (fields, then an optional TLV stream)."""
@@ -155,14 +179,8 @@ def failure(code: int | str, tlvs: dict[str, bytes] | None = None, **fields: Any
 MIN_PADDED_LEN = 256  # failure_len + pad_len, per BOLT-4
 
 
-def _key(key_type: bytes, secret: bytes) -> bytes:
-    return _hmac.new(key_type, secret, hashlib.sha256).digest()
-
-
 def _obfuscate(secret: bytes, packet: bytes) -> bytes:
-    enc = Cipher(algorithms.ChaCha20(_key(b"ammag", secret), bytes(16)), mode=None).encryptor()
-    ks = enc.update(bytes(len(packet)))
-    return (int.from_bytes(packet, "big") ^ int.from_bytes(ks, "big")).to_bytes(len(packet), "big")
+    return xor(packet, stream(generate_key(b"ammag", secret), len(packet)))
 
 
 def error_packet_payload(failure_msg: FailureMessage | bytes, padded_len: int = MIN_PADDED_LEN) -> bytes:
@@ -180,8 +198,7 @@ def create_error_packet(shared_secret: bytes, failure_msg: FailureMessage | byte
 
     `shared_secret` is the one `process_onion` returned for the incoming HTLC."""
     payload = error_packet_payload(failure_msg, padded_len)
-    return _obfuscate(shared_secret, _hmac.new(_key(b"um", shared_secret), payload, hashlib.sha256).digest()
-                      + payload)
+    return _obfuscate(shared_secret, hmac256(generate_key(b"um", shared_secret), payload) + payload)
 
 
 def wrap_error_packet(shared_secret: bytes, packet: bytes) -> bytes:
@@ -210,8 +227,7 @@ def decode_error_packet(secrets: Sequence[bytes], packet: bytes) -> DecodedFailu
     for i in range(max(MAX_HOPS, len(secrets))):
         ss = secrets[i] if i < len(secrets) else dummy
         packet = _obfuscate(ss, packet)
-        ok = len(packet) >= 32 and _hmac.compare_digest(
-            _hmac.new(_key(b"um", ss), packet[32:], hashlib.sha256).digest(), packet[:32])
+        ok = len(packet) >= 32 and _hmac.compare_digest(hmac256(generate_key(b"um", ss), packet[32:]), packet[:32])
         if ok and found is None and i < len(secrets):
             found = DecodedFailure(i, _read_payload(packet[32:]))
     return found or DecodedFailure(None, None)
