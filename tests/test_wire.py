@@ -10,8 +10,8 @@ from hypothesis import given, strategies as st
 from conftest import VECTORS
 from lnp_plugin_api import features
 
-from lnp_plugin_api.wire import (INIT, MessageSpec, TlvRecord, TlvStream, WireError, decode_bigsize, decode_signed,
-                             encode_bigsize, encode_signed, format_scid, split_message)
+from lnp_plugin_api.wire import (INIT, MessageSpec, TlvError, TlvRecord, TlvStream, WireError, decode_bigsize,
+                             decode_signed, encode_bigsize, encode_signed, format_scid, split_message)
 
 V = VECTORS
 
@@ -78,6 +78,20 @@ def test_tlv_stream_rules() -> None:
                 n1.decode(bytes.fromhex(good["stream"] + bad["stream"]))
     assert n1.decode(bytes.fromhex("0100" + "fd00fe020226")) == {"tlv1": {"amount_msat": 0},
                                                                   "tlv4": {"cltv_delta": 550}}
+
+
+@pytest.mark.parametrize("stream,tlv_type,offset", [
+    ("0100" + "0201", 2, 2),             # value truncated
+    ("0100" + "fd", 0, 2),               # type truncated
+    ("0100" + "0a00", 10, 2),            # unknown even
+    ("0100" + "fd00fe020226" + "0100", 1, 8),   # out of order
+    ("01020001", 1, 0),                         # a non-minimal tu64
+])
+def test_tlv_errors_name_the_record_and_its_offset(stream: str, tlv_type: int, offset: int) -> None:
+    """BOLT-4's invalid_onion_payload reports the failing record's type and offset: TlvError carries them."""
+    with pytest.raises(TlvError) as e:
+        namespaces()["n1"].decode(bytes.fromhex(stream))
+    assert (e.value.type, e.value.offset) == (tlv_type, offset)
 
 
 def test_init_extension_vectors() -> None:
