@@ -6,6 +6,7 @@ from __future__ import annotations
 
 CHARSET = "qpzry9x8gf2tvdw0s3jn54khce6mua7l"
 _VALUES = {c: i for i, c in enumerate(CHARSET)}
+_BITS = [format(i, "05b") for i in range(32)]
 _GEN = (0x3B6A57B2, 0x26508E6D, 0x1EA119FA, 0x3D4233DD, 0x2A1462B3)
 
 
@@ -58,11 +59,8 @@ def bech32_encode(hrp: str, data: bytes) -> str:
 
 
 def words_to_int(words: bytes) -> int:
-    """Big-endian 5-bit values as an integer."""
-    value = 0
-    for w in words:
-        value = value << 5 | w
-    return value
+    """Big-endian 5-bit values as an integer (in linear time: an invoice has no length limit)."""
+    return int("".join(_BITS[w] for w in words), 2) if words else 0
 
 
 def int_to_words(value: int, nwords: int | None = None) -> bytes:

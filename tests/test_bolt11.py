@@ -264,3 +264,13 @@ def test_random_text_only_ever_raises_invoice_error(text: str) -> None:
     except InvoiceError:
         return
     assert inv.payee is not None and len(inv.payment_hash) == 32
+
+
+def test_long_invoices_have_no_length_limit() -> None:
+    inv = regtest_invoice(description="d" * 639, extra=tuple(bolt11.RawField(30, bytes([i % 32]) * 1023)
+                                                             for i in range(100)))
+    text = bolt11.encode(inv, SIGN)
+    assert len(text) > 100_000
+    assert bolt11.decode(text) == dataclasses.replace(inv, payee=PAYEE)
+    with pytest.raises(InvoiceError, match="longer than 1023"):
+        bolt11.encode(regtest_invoice(description="d" * 640), SIGN)
