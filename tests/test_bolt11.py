@@ -238,7 +238,8 @@ invoices = st.builds(
     description=st.text(max_size=100), expiry=st.integers(0, 2**40), min_final_cltv_expiry_delta=st.integers(0, 5000),
     features=st.frozensets(st.sampled_from([8, 9, 14, 15, 16, 17, 48, 49, 99, 101, 255])),
     fallbacks=st.lists(fallbacks, max_size=2).map(tuple),
-    route_hints=st.lists(st.lists(hops, min_size=1, max_size=3).map(tuple), max_size=2).map(tuple), metadata=st.one_of(st.none(), st.binary(max_size=40)),
+    route_hints=st.lists(st.lists(hops, min_size=1, max_size=3).map(tuple), max_size=2).map(tuple),
+    metadata=st.one_of(st.none(), st.binary(max_size=40)),
     payee_in_invoice=st.booleans())
 
 
