@@ -119,6 +119,14 @@ class HopPayload:
         return PAYLOAD_TLVS.encode(v)
 
     @classmethod
+    def final(cls, amount_msat: int, cltv_expiry: int, payment_secret: bytes, total_msat: int | None = None,
+              payment_metadata: bytes | None = None) -> HopPayload:
+        """The payload for the payee (BOLT-4's "payload for the last node"): the amount and expiry of the HTLC it
+        gets, the invoice's secret and metadata, `total_msat` the whole payment (default: this amount)."""
+        return cls(amt_to_forward=amount_msat, outgoing_cltv_value=cltv_expiry, payment_secret=payment_secret,
+                   total_msat=amount_msat if total_msat is None else total_msat, payment_metadata=payment_metadata)
+
+    @classmethod
     def decode(cls, data: bytes) -> HopPayload:
         """Parse a payload; raises `TlvError` (with the offending type and offset) when it is not valid."""
         d = PAYLOAD_TLVS.decode(data)

@@ -285,6 +285,12 @@ SECRET = b"\x22" * 32
 FINAL = HopPayload(amt_to_forward=5000, outgoing_cltv_value=600, payment_secret=SECRET, total_msat=5000)
 
 
+def test_the_payer_builds_the_final_payload() -> None:
+    assert HopPayload.final(5000, 600, SECRET) == FINAL
+    mpp = HopPayload.final(5000, 600, SECRET, total_msat=9000, payment_metadata=b"m")
+    assert (mpp.total_msat, mpp.payment_metadata) == (9000, b"m")
+
+
 def test_final_payload_must_carry_amount_and_cltv() -> None:
     assert check_final_payload(FINAL) is None
     got = check_final_payload(HopPayload(outgoing_cltv_value=600))
