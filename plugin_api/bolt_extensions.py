@@ -154,10 +154,13 @@ class Htlcs(BaseExtension):
                 replace(ids, next_remote=ids.next_remote + 1)
         if update.kind not in self.update_kinds:
             raise UpdateRefused(f"unknown HTLC update {update.kind!r}")
-        # A removal names an HTLC the other side offered, committed in both latest commitments.
+        # A removal names an HTLC the other side offered, irrevocably committed in both commitments.
         htlc_id = int(body["id"])
         if ctx.local.htlc(sender.other, htlc_id) is None or ctx.remote.htlc(sender.other, htlc_id) is None:
             raise UpdateRefused(f"no committed HTLC {htlc_id} to remove")
+        if any(u.kind == "add_htlc" and u.proposer is sender.other and int(u.body["id"]) == htlc_id
+               for u in ctx.in_flight):
+            raise UpdateRefused(f"HTLC {htlc_id} is not irrevocably committed yet")
         htlc = ctx.pending.htlc(sender.other, htlc_id)
         if htlc is None:
             raise UpdateRefused(f"HTLC {htlc_id} is already being removed")
@@ -166,6 +169,15 @@ class Htlcs(BaseExtension):
                 raise UpdateRefused(f"preimage does not match HTLC {htlc_id}'s payment_hash")
         if update.kind == "fail_malformed_htlc" and not int(body["failure_code"]) & BADONION:
             raise UpdateRefused("update_fail_malformed_htlc without the BADONION bit")
+        return ids
+
+    def rollback(self, state: ExtensionState | None, dropped: Sequence[Update]) -> ExtensionState | None:
+        """Forgotten adds give their ids back (the peer will send them again, or we will)."""
+        ids = state if isinstance(state, HtlcIds) else HtlcIds()
+        for side in (Side.LOCAL, Side.REMOTE):
+            gone = [int(u.body["id"]) for u in dropped if u.kind == "add_htlc" and u.proposer is side]
+            if gone:
+                ids = replace(ids, next_local=min(gone)) if side is Side.LOCAL else replace(ids, next_remote=min(gone))
         return ids
 
     def apply_update(self, update: Update, spec: CommitmentSpec) -> CommitmentSpec:

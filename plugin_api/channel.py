@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 from enum import Enum
-from typing import Any, ClassVar, Mapping, Protocol, runtime_checkable
+from typing import Any, ClassVar, Mapping, Protocol, Sequence, runtime_checkable
 
 
 class Side(str, Enum):
@@ -122,6 +122,10 @@ class ChannelParams:
     channel_type: ChannelType
     extensions: tuple[str, ...] = ()
 
+    def mirrored(self) -> "ChannelParams":
+        """The same channel as the peer sees it (local and remote swapped)."""
+        return replace(self, local=self.remote, remote=self.local, opener=self.opener.other)
+
     def side(self, side: Side) -> SideConfig:
         """That side's announced configuration."""
         return self.local if side is Side.LOCAL else self.remote
@@ -168,6 +172,7 @@ class ExtensionState(Protocol):
     """An extension's typed state (per channel, or per commitment in `CommitmentSpec.ext`).
 
     `VERSION` is written with the data; the extension's `load_state` reads every version it ever wrote.
+    A state that names a `Side` also has `mirrored()` (the same state seen from the peer's node).
     """
 
     VERSION: ClassVar[int]
@@ -189,6 +194,10 @@ class CommitmentSpec:
     htlcs: tuple[Htlc, ...] = ()
     ext: Mapping[str, ExtensionState] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        # HTLCs are a set: keep one canonical order so both nodes' specs compare equal.
+        object.__setattr__(self, "htlcs", tuple(sorted(self.htlcs, key=lambda h: (h.offerer.value, h.id))))
+
     def balance(self, side: Side) -> int:
         """That side's balance in msat."""
         return self.local_msat if side is Side.LOCAL else self.remote_msat
@@ -202,6 +211,12 @@ class CommitmentSpec:
     def htlc(self, offerer: Side, htlc_id: int) -> Htlc | None:
         """The HTLC with that offerer and id, if present."""
         return next((h for h in self.htlcs if h.offerer is offerer and h.id == htlc_id), None)
+
+    def mirrored(self) -> "CommitmentSpec":
+        """The same commitment seen from the peer's node (balances swapped, offerers flipped)."""
+        ext = {n: s.mirrored() if hasattr(s, "mirrored") else s for n, s in self.ext.items()}
+        return replace(self, local_msat=self.remote_msat, remote_msat=self.local_msat,
+                       htlcs=tuple(replace(h, offerer=h.offerer.other) for h in self.htlcs), ext=ext)
 
     def to_json(self) -> dict[str, Any]:
         """JSON form (extension states tagged with their version)."""
@@ -248,14 +263,16 @@ class UpdateContext:
     """What an extension sees when checking an update.
 
     `pending` is the next commitment of the side RECEIVING the update, with every update proposed so far
-    (the one checked excluded); `local`/`remote` are both sides' latest signed commitments; `state` is this
-    extension's channel-level state (from `negotiate`, then from its previous `check_update`).
+    (the one checked excluded); `local`/`remote` are both sides' latest signed commitments; `in_flight` are
+    the updates not yet irrevocably committed by both sides (oldest first); `state` is this extension's
+    channel-level state (from `negotiate`, then from its previous `check_update`).
     """
 
     params: ChannelParams
     pending: CommitmentSpec
     local: CommitmentSpec
     remote: CommitmentSpec
+    in_flight: tuple[Update, ...]
     state: ExtensionState | None
 
 
@@ -405,6 +422,10 @@ class ChannelExtension(Protocol):
     def apply_update(self, update: Update, spec: CommitmentSpec) -> CommitmentSpec:
         """The spec after `update` (pure: returns a new spec)."""
 
+    def rollback(self, state: ExtensionState | None, dropped: Sequence[Update]) -> ExtensionState | None:
+        """The channel state once `dropped` (this extension's updates never signed, forgotten on a
+        disconnection, newest last) are undone."""
+
     def prepare(self, draft: TxDraft) -> None:
         """Phase 1: add weight and opener charges; decide trimming (no keys needed)."""
 
@@ -438,6 +459,10 @@ class BaseExtension:
     def apply_update(self, update: Update, spec: CommitmentSpec) -> CommitmentSpec:
         """Owns no updates."""
         raise UpdateRefused(f"extension {self.name!r} has no update {update.kind!r}")
+
+    def rollback(self, state: ExtensionState | None, dropped: Sequence[Update]) -> ExtensionState | None:
+        """Nothing to undo."""
+        return state
 
     def prepare(self, draft: TxDraft) -> None:
         """Nothing to weigh."""

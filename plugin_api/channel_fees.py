@@ -6,7 +6,7 @@ weight or takes an amount from the opener is counted exactly as in the transacti
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Sequence
+from typing import Mapping, Sequence
 
 from .channel import ChannelExtension, ChannelParams, CommitmentSpec, Htlc, Side
 
@@ -93,17 +93,18 @@ def reserve_shortfall_msat(params: ChannelParams, spec: CommitmentSpec, owner: S
     return max(0, need - b.left(side))
 
 
-def can_afford(params: ChannelParams, before: CommitmentSpec, after: CommitmentSpec, side: Side,
+def can_afford(params: ChannelParams, changes: Mapping[Side, tuple[CommitmentSpec, CommitmentSpec]], side: Side,
                extensions: Sequence[ChannelExtension], fee_spike: bool = False) -> str | None:
-    """BOLT-2's "can `side` afford this update" on both commitments: None if yes, else why not.
+    """BOLT-2's "can `side` afford this update": None if yes, else why not (safe to tell the peer).
 
-    `before`/`after` are the spec without and with the update. The update is refused when it leaves `side`
-    further below its reserve than before (after the opener paid fee and charges), so a side that is already
-    below it (right after open, or after push_msat) may still receive funds or remove HTLCs. channeld calls
-    this for the proposer, and for the opener when the proposer is not the opener (the added weight is paid
-    by the opener). With `fee_spike`, the opener must also keep BOLT-2's fee spike buffer.
+    `changes` maps each commitment owner to its spec without and with the update (`UpdateLog.budget_check`
+    builds it). The update is refused when it leaves `side` further below its reserve on either commitment
+    (after the opener paid fee and charges) than before, so a side already below it (right after open, or
+    after push_msat) may still receive funds or remove HTLCs. channeld checks the proposer, and the opener
+    when the proposer is not the opener (the added weight is the opener's to pay). With `fee_spike`, the
+    opener must also keep BOLT-2's fee spike buffer.
     """
-    for owner in (Side.LOCAL, Side.REMOTE):
+    for owner, (before, after) in changes.items():
         after_short = reserve_shortfall_msat(params, after, owner, side, extensions, fee_spike)
         if after_short == 0:
             continue
