@@ -241,21 +241,26 @@ class Update:
     Built-in kinds: `add_htlc` {id, amount_msat, payment_hash, cltv_expiry}, `fulfill_htlc` {id, payment_preimage},
     `fail_htlc` {id, reason}, `fail_malformed_htlc` {id, sha256_of_onion, failure_code}, `update_fee`
     {feerate_per_kw}. `body` is JSON-able (bytes as hex). For removals, `id` names an HTLC the OTHER side offered.
+    `tlvs` are extra TLV records of the update message (type -> value): those channeld does not decode itself
+    on receipt, and on sending those every extension's `update_tlvs` returned.
     """
 
     kind: str
     owner: str
     proposer: Side
     body: Mapping[str, Any]
+    tlvs: Mapping[int, bytes] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         """JSON form."""
-        return {"kind": self.kind, "owner": self.owner, "proposer": self.proposer.value, "body": dict(self.body)}
+        return {"kind": self.kind, "owner": self.owner, "proposer": self.proposer.value, "body": dict(self.body),
+                "tlvs": {str(t): v.hex() for t, v in self.tlvs.items()}}
 
     @classmethod
     def from_json(cls, d: Mapping[str, Any]) -> "Update":
         """Inverse of `to_json`."""
-        return cls(d["kind"], d["owner"], Side(d["proposer"]), dict(d["body"]))
+        return cls(d["kind"], d["owner"], Side(d["proposer"]), dict(d["body"]),
+                   {int(t): bytes.fromhex(v) for t, v in d.get("tlvs", {}).items()})
 
 
 @dataclass(frozen=True)
@@ -412,6 +417,9 @@ class ChannelExtension(Protocol):
     def negotiate(self, ours: Mapping[int, bytes], theirs: Mapping[int, bytes]) -> ExtensionState | None:
         """Agree this extension's channel state from both sides' TLVs; raise ValueError to refuse the channel."""
 
+    def update_tlvs(self, update: Update) -> dict[int, bytes]:
+        """TLV records this extension adds to the message carrying `update` (any kind, not only its own)."""
+
     def load_state(self, version: int, data: Mapping[str, Any]) -> ExtensionState:
         """Rebuild (and migrate) a state written by `to_json` with that version."""
 
@@ -447,6 +455,10 @@ class BaseExtension:
     def negotiate(self, ours: Mapping[int, bytes], theirs: Mapping[int, bytes]) -> ExtensionState | None:
         """No state."""
         return None
+
+    def update_tlvs(self, update: Update) -> dict[int, bytes]:
+        """No TLVs."""
+        return {}
 
     def load_state(self, version: int, data: Mapping[str, Any]) -> ExtensionState:
         """No state to load."""

@@ -124,6 +124,17 @@ class UpdateLog:
         owed = self.local_revoke_owed if holder is Side.LOCAL else self.remote_revoke_awaited
         return n < self.number(holder) or not owed
 
+    @property
+    def next_commitment_number(self) -> int:
+        """channel_reestablish's `next_commitment_number`: the commitment_signed we expect next."""
+        return self.local_number + 1
+
+    @property
+    def next_revocation_number(self) -> int:
+        """channel_reestablish's `next_revocation_number`: the commitment the next revoke_and_ack we expect
+        revokes."""
+        return self.remote_number - 1 if self.remote_revoke_awaited else self.remote_number
+
     def has_changes(self, owner: Side) -> bool:
         """Whether `owner`'s next commitment would include any update (a commitment_signed is due)."""
         return bool(self._due(owner))

@@ -18,12 +18,14 @@ SIGHASH_SINGLE_ANYONECANPAY = 0x83
 
 @dataclass(frozen=True)
 class TxIn:
-    """An input: the outpoint it spends, its nSequence, and its witness (empty while unsigned)."""
+    """An input: the outpoint it spends, its nSequence, its witness (empty while unsigned) and scriptSig
+    (empty for the segwit spends channels make)."""
 
     txid: str
     vout: int
     sequence: int = 0xFFFFFFFF
     witness: tuple[bytes, ...] = ()
+    script_sig: bytes = b""
 
 
 @dataclass(frozen=True)
@@ -44,7 +46,8 @@ class Tx:
     version: int = 2
 
     def _embit(self) -> Transaction:
-        vin = [TransactionInput(bytes.fromhex(i.txid), i.vout, sequence=i.sequence) for i in self.inputs]
+        vin = [TransactionInput(bytes.fromhex(i.txid), i.vout, Script(i.script_sig), i.sequence)
+               for i in self.inputs]
         for e, i in zip(vin, self.inputs):
             if i.witness:
                 e.witness = Witness(list(i.witness))
@@ -67,15 +70,15 @@ class Tx:
         """A copy with input `index`'s witness set."""
         inputs = list(self.inputs)
         old = inputs[index]
-        inputs[index] = TxIn(old.txid, old.vout, old.sequence, tuple(witness))
+        inputs[index] = TxIn(old.txid, old.vout, old.sequence, tuple(witness), old.script_sig)
         return Tx(tuple(inputs), self.outputs, self.locktime, self.version)
 
     @classmethod
     def parse(cls, raw: bytes) -> "Tx":
         """Inverse of `serialize`."""
         t = Transaction.parse(raw)
-        inputs = tuple(TxIn(i.txid.hex(), i.vout, i.sequence, tuple(i.witness.items) if i.witness else ())
-                       for i in t.vin)
+        inputs = tuple(TxIn(i.txid.hex(), i.vout, i.sequence, tuple(i.witness.items) if i.witness else (),
+                            i.script_sig.data) for i in t.vin)
         return cls(inputs, tuple(TxOut(o.value, o.script_pubkey.data) for o in t.vout), t.locktime, t.version)
 
 

@@ -16,9 +16,10 @@ from lnp_plugin_api.bolt_extensions import extensions_for
 from lnp_plugin_api.channel import (ANCHORS, STATIC_REMOTEKEY, Basepoints, ChannelParams, ChannelType,
                                     CommitmentSpec, Htlc, Side, SideConfig)
 from lnp_plugin_api.commitment import BuiltCommitment, build_commitment, signed_commitment, signed_second_stage
-from lnp_plugin_api.tx import SIGHASH_SINGLE_ANYONECANPAY, Tx
+from lnp_plugin_api.tx import SIGHASH_SINGLE_ANYONECANPAY, Tx, p2wsh
 
 APP_C = json.loads((VECTORS / "bolt03-appC-commitment-htlc-txs.json").read_text())
+APP_B = json.loads((VECTORS / "bolt03-appB-funding-tx.json").read_text())
 APP_F = json.loads((VECTORS / "bolt03-appF-anchors-commitment-htlc-txs.json").read_text())
 P = APP_C["params"]
 INTERNAL = APP_C["internal_derivation_inputs"]
@@ -145,3 +146,14 @@ def test_appendix_f_anchors(case: dict) -> None:
         preimage = preimage_of(htlc.id) if stage.stage.kind == "htlc_success" else None
         assert signed_second_stage(stage, remote_sig, local_sig, preimage).serialize().hex() == \
             expected["ResolutionTxHex"]
+
+
+def test_appendix_b_funding_output() -> None:
+    """The funding output both commitments spend: P2WSH of the sorted 2-of-2 (Appendix B)."""
+    from lnp_plugin_api.commitment import funding_script
+    script = funding_script(params(STATIC_REMOTEKEY, 546))
+    assert script.hex() in APP_B["comments"][2]
+    funding = Tx.parse(bytes.fromhex(APP_B["funding_tx"]))
+    assert funding.txid() == P["funding_tx_id"] and funding.serialize().hex() == APP_B["funding_tx"]
+    out = funding.outputs[int(APP_B["funding_output"])]
+    assert (out.amount_sat, out.script_pubkey) == (int(APP_B["funding_satoshis"]), p2wsh(script))

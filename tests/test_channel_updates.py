@@ -150,7 +150,9 @@ def test_an_update_walks_through_both_commitments_in_order() -> None:
     assert a.add_htlc(5_000_000)
     entry = a.log.entries[0]
     assert (entry.in_local, entry.in_remote) == (None, None)
+    assert (a.log.next_commitment_number, a.log.next_revocation_number) == (1, 0)
     assert a.sign()
+    assert (a.log.next_commitment_number, a.log.next_revocation_number) == (1, 0)
     assert a.log.entries[0].in_remote == 1 and a.log.included(R, 1)[0].kind == "add_htlc"
     assert a.log.remote.htlc(L, 0) and not a.log.local.htlc(L, 0)
     deliver(a, b)                                    # update_add_htlc
@@ -160,6 +162,7 @@ def test_an_update_walks_through_both_commitments_in_order() -> None:
     assert b.log.has_changes(R)                      # now due in A's commitment
     assert not a.log.has_changes(L)
     deliver(b, a)                                    # revoke_and_ack: acked, due in A's commitment
+    assert a.log.next_revocation_number == 1
     assert a.log.has_changes(L) and not a.log.local.htlc(L, 0)
     assert b.sign()
     assert b.log.entries[0].in_remote == 1
@@ -238,6 +241,8 @@ def test_log_round_trips_through_json() -> None:
         assert UpdateLog.from_json(data, node.params, node.exts) == node.log
     with pytest.raises(ValueError, match="version"):
         UpdateLog.from_json({**a.log.to_json(), "version": 99}, a.params, a.exts)
+    blinded = Update("add_htlc", "htlcs", L, {"id": 1}, {0: b"\x02" * 33})
+    assert Update.from_json(json.loads(json.dumps(blinded.to_json()))) == blinded
 
 
 def test_htlc_order_does_not_matter() -> None:
