@@ -15,7 +15,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 from enum import Enum
-from typing import Any, ClassVar, Mapping, Protocol, Sequence, runtime_checkable
+from typing import TYPE_CHECKING, Any, ClassVar, Mapping, Protocol, Sequence, runtime_checkable
+
+from .tx import TxIn
+
+if TYPE_CHECKING:
+    from .commitment import CommitmentKeys
 
 
 class Side(str, Enum):
@@ -377,8 +382,8 @@ class TxDraft:
     number: int                    # commitment number
     params: ChannelParams
     spec: CommitmentSpec
-    keys: Any = None               # commitment.CommitmentKeys (None while only weighing)
-    inputs: list[Any] = field(default_factory=list)   # tx.TxIn
+    keys: CommitmentKeys | None = None   # None while only weighing (the prepare phase needs no keys)
+    inputs: list[TxIn] = field(default_factory=list)
     outputs: list[TxOutDraft] = field(default_factory=list)
     locktime: int = 0
     version: int = 2

@@ -170,14 +170,19 @@ class UpdateLog:
             raise UpdateRefused(f"extension {ext.name!r} does not own update {update.kind!r}")
         return ext.check_update(update, ctx)
 
-    def budget_check(self, update: Update, side: Side, extensions: Sequence[ChannelExtension],
-                     fee_spike: bool = False) -> str | None:
-        """`channel_fees.can_afford` for `update` on both sides' pending commitments."""
+    def preview(self, update: Update, extensions: Sequence[ChannelExtension]) -> dict[Side, tuple[CommitmentSpec,
+                                                                                            CommitmentSpec]]:
+        """Each side's pending commitment without and with `update` (for budget and dust-exposure checks)."""
         changes = {}
         for owner in (Side.LOCAL, Side.REMOTE):
             before = self.pending(owner, extensions)
             changes[owner] = (before, _apply(before, [update], extensions))
-        return can_afford(self.params, changes, side, extensions, fee_spike)
+        return changes
+
+    def budget_check(self, update: Update, side: Side, extensions: Sequence[ChannelExtension],
+                     fee_spike: bool = False) -> str | None:
+        """`channel_fees.can_afford` for `update` on both sides' pending commitments."""
+        return can_afford(self.params, self.preview(update, extensions), side, extensions, fee_spike)
 
     def add(self, update: Update, extensions: Sequence[ChannelExtension]) -> "UpdateLog":
         """Record an update we propose (LOCAL) or receive (REMOTE), after the owning extension's checks."""

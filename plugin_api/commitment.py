@@ -1,4 +1,5 @@
-"""Building a commitment through the extension pipeline, with its HTLC transactions and sighashes.
+"""Building a commitment through the extension pipeline, with its HTLC transactions and sighashes; and the
+closing transaction.
 
 `build_commitment(params, spec, owner, number, per_commitment_point, extensions)` returns a `BuiltCommitment`:
 the unsigned transaction, its outputs with their BOLT-5 descriptors, the second-stage (HTLC-success/timeout)
@@ -169,13 +170,55 @@ def _second_stage(commitment_txid: str, out: BuiltOutput) -> BuiltSecondStage:
     return BuiltSecondStage(out.index, st, tx, desc.witness_script, out.amount_sat)
 
 
-def signed_commitment(built: BuiltCommitment, local_sig: bytes, remote_sig: bytes, params: ChannelParams) -> Tx:
-    """The commitment with its funding witness, from both DER signatures (SIGHASH_ALL)."""
+def funding_witness(params: ChannelParams, local_sig: bytes, remote_sig: bytes) -> list[bytes]:
+    """The witness spending the funding output, from both DER signatures (SIGHASH_ALL), lesser key first."""
     sigs = {params.local.funding_pubkey: local_sig, params.remote.funding_pubkey: remote_sig}
     first, second = sorted(sigs)
-    witness = [b"", der_with_sighash(sigs[first], SIGHASH_ALL), der_with_sighash(sigs[second], SIGHASH_ALL),
-               built.funding_script]
-    return built.tx.with_witness(0, witness)
+    return [b"", der_with_sighash(sigs[first], SIGHASH_ALL), der_with_sighash(sigs[second], SIGHASH_ALL),
+            funding_script(params)]
+
+
+def signed_commitment(built: BuiltCommitment, local_sig: bytes, remote_sig: bytes, params: ChannelParams) -> Tx:
+    """The commitment with its funding witness."""
+    return built.tx.with_witness(0, funding_witness(params, local_sig, remote_sig))
+
+
+@dataclass(frozen=True)
+class BuiltClosing:
+    """A closing transaction ready to sign; `output_sides` says whose each output is, in order."""
+
+    tx: Tx
+    output_sides: tuple[Side, ...]
+    funding_script: bytes
+    funding_sat: int
+
+    @property
+    def sighash(self) -> bytes:
+        """The digest both sides sign (SIGHASH_ALL)."""
+        return self.tx.sighash(0, self.funding_script, self.funding_sat, SIGHASH_ALL)
+
+
+def build_closing(params: ChannelParams, local_msat: int, remote_msat: int, local_script: bytes,
+                  remote_script: bytes, fee_sat: int, payer: Side, dust_limit_sat: int, locktime: int = 0,
+                  sequence: int = 0xFFFFFFFF, omit: Side | None = None) -> BuiltClosing:
+    """A closing transaction (BOLT-3): each balance rounded down to satoshis, the fee taken from `payer`
+    (the opener for closing_signed, the closer for closing_complete), outputs below `dust_limit_sat` (the
+    signer's own) removed, an OP_RETURN output worth 0, BIP69 order. `omit` drops that side's output."""
+    amounts = {Side.LOCAL: local_msat // 1000, Side.REMOTE: remote_msat // 1000}
+    amounts[payer] -= fee_sat
+    if amounts[payer] < 0:
+        raise ValueError("the payer's balance does not cover the closing fee")
+    outs: list[tuple[TxOut, Side]] = []
+    for side, script in ((Side.LOCAL, local_script), (Side.REMOTE, remote_script)):
+        if side is omit:
+            continue
+        if script[:1] == b"\x6a":
+            outs.append((TxOut(0, script), side))
+        elif amounts[side] >= dust_limit_sat:
+            outs.append((TxOut(amounts[side], script), side))
+    outs.sort(key=lambda o: (o[0].amount_sat, o[0].script_pubkey))
+    tx = Tx((TxIn(params.funding_txid, params.funding_output_index, sequence),), tuple(o for o, _ in outs), locktime)
+    return BuiltClosing(tx, tuple(s for _, s in outs), funding_script(params), params.funding_sat)
 
 
 def signed_second_stage(stage: BuiltSecondStage, remote_sig: bytes, owner_sig: bytes,

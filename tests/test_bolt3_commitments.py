@@ -157,3 +157,26 @@ def test_appendix_b_funding_output() -> None:
     assert funding.txid() == P["funding_tx_id"] and funding.serialize().hex() == APP_B["funding_tx"]
     out = funding.outputs[int(APP_B["funding_output"])]
     assert (out.amount_sat, out.script_pubkey) == (int(APP_B["funding_satoshis"]), p2wsh(script))
+
+
+def test_closing_transaction() -> None:
+    """BOLT-3 closing: rounded down, fee from the payer, own dust removed, OP_RETURN worth 0, BIP69 order."""
+    from lnp_plugin_api.commitment import build_closing, funding_witness
+    p = params(STATIC_REMOTEKEY, 546)
+    a, b = bytes.fromhex("0014") + b"\x01" * 20, bytes.fromhex("0014") + b"\x02" * 20
+    c = build_closing(p, 7_000_000_999, 2_999_999_001, a, b, 1000, Side.LOCAL, 546)
+    assert [o.amount_sat for o in c.tx.outputs] == [2_999_999, 6_999_000]
+    assert c.output_sides == (Side.REMOTE, Side.LOCAL)
+    assert (c.tx.locktime, c.tx.inputs[0].sequence, c.tx.inputs[0].txid) == (0, 0xFFFFFFFF, P["funding_tx_id"])
+    dusty = build_closing(p, 9_999_500_000, 500_000, a, b, 1000, Side.LOCAL, 546)
+    assert dusty.output_sides == (Side.LOCAL,)
+    simple = build_closing(p, 9_999_500_000, 500_000, a, b"\x6a", 1000, Side.LOCAL, 546, locktime=7,
+                           sequence=0xFFFFFFFD)
+    assert [o.amount_sat for o in simple.tx.outputs] == [0, 9_998_500]
+    with pytest.raises(ValueError, match="payer"):
+        build_closing(p, 500_000, 9_999_500_000, a, b, 1000, Side.LOCAL, 546)
+    # Both sides sign the same digest; the witness puts the lesser funding key's signature first.
+    sig_l, sig_r = sign(LOCAL_FUNDING, c.sighash), sign(REMOTE_FUNDING, c.sighash)
+    witness = funding_witness(p, sig_l, sig_r)
+    assert witness[1][:-1] == sig_l and witness[2][:-1] == sig_r  # 023da0... < 030e9f...
+    assert coincurve.PublicKey(bytes.fromhex(P["remote_funding_pubkey"])).verify(sig_r, c.sighash, hasher=None)

@@ -335,6 +335,17 @@ def test_side_below_reserve_may_still_receive_and_pay_nothing_more() -> None:
     assert can_afford(p, {L: (poor, offer)}, R, exts) is not None
 
 
+def test_preview_gives_the_dust_exposure_an_update_would_add() -> None:
+    a, b = pair()
+    dust = Update("add_htlc", "htlcs", L, {"id": 0, "amount_msat": 2_000_000, "payment_hash": "11" * 32,
+                                           "cltv_expiry": 500})
+    for owner, (before, after) in a.log.preview(dust, a.exts).items():
+        assert dust_exposure_msat(a.params, before, owner) == 0
+        assert dust_exposure_msat(a.params, after, owner) == 2_000_000   # 2000 sat < 546 + HTLC tx fee at 2500
+    big = replace(dust, body={**dust.body, "amount_msat": 20_000_000})
+    assert all(dust_exposure_msat(a.params, after, o) == 0 for o, (_, after) in a.log.preview(big, a.exts).items())
+
+
 def test_fee_greater_than_opener_balance_leaves_no_opener_output() -> None:
     p = make_params(reserve=0)
     spec = CommitmentSpec(100_000, 1_000_000, FUNDING_SAT * 1000 - 1_000_000)
