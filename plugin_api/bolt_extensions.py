@@ -12,7 +12,7 @@ from dataclasses import dataclass, replace
 from typing import Any, ClassVar, Mapping, Sequence
 
 from . import bolt3
-from .channel import (BaseExtension, ChannelExtension, ChannelType, CommitmentSpec, ExtensionState, Htlc, KeyRef,
+from .channel import (BaseExtension, ChannelExtension, ChannelParams, ChannelType, CommitmentSpec, ExtensionState, Htlc, KeyRef,
                       OutputDescriptor, SecondStage, Side, SpendPath, TxDraft, TxOutDraft, Update, UpdateContext,
                       UpdateRefused)
 from .channel_fees import (ANCHOR_SAT, ANCHORS_EXTRA_WEIGHT, BASE_WEIGHT, HTLC_OUTPUT_WEIGHT, htlc_success_fee,
@@ -282,6 +282,17 @@ def extensions_for(channel_type: ChannelType) -> list[ChannelExtension]:
         exts.append(Anchors())
     exts.append(Bip69CltvOrdering())
     return exts
+
+
+def for_params(params: ChannelParams, available: Mapping[str, ChannelExtension]) -> list[ChannelExtension]:
+    """A stored channel's extensions: the built-in ones for its type plus the Bifrost ones its
+    `params.extensions` names (from `available`, e.g. the plugins' `lnp_channel_extensions`); a missing one
+    is an error, since the channel's transactions cannot be built without it."""
+    builtin = {e.name for e in extensions_for(params.channel_type)}
+    missing = [n for n in params.extensions if n not in builtin and n not in available]
+    if missing:
+        raise ValueError(f"channel needs extensions no enabled plugin provides: {', '.join(missing)}")
+    return with_extensions(params.channel_type, [available[n] for n in params.extensions if n not in builtin])
 
 
 def with_extensions(channel_type: ChannelType, extra: Sequence[ChannelExtension]) -> list[ChannelExtension]:

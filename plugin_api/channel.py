@@ -311,8 +311,9 @@ class KeyRef:
 class SpendPath:
     """One way to spend an output: who, with which key, after which delays, with what witness.
 
-    `witness` lists the stack items before the witness script: bytes literals, or placeholders `sig`,
-    `remote_sig`, `local_sig`, `preimage`, `revocation_pubkey` to be filled in by the spender.
+    `witness` lists the stack items before the witness script: bytes literals, or the placeholders `sig`
+    (DER plus sighash byte, by `key`), `preimage` and `revocation_pubkey`, filled in by
+    `commitment.spend_witness`.
     """
 
     name: str
@@ -416,11 +417,14 @@ class ChannelExtension(Protocol):
     feature_bits: tuple[int, ...]
     update_kinds: tuple[str, ...]
 
-    def open_tlvs(self, params: Mapping[str, Any]) -> dict[int, bytes]:
-        """TLV records (type -> value, encoded with `lnp_plugin_api.wire`) to add to our open/accept_channel."""
+    def open_tlvs(self, message: str, fields: Mapping[str, Any]) -> dict[int, bytes]:
+        """TLV records (type -> value, values encoded with `lnp_plugin_api.wire`'s field codecs) to add to the
+        `open_channel` or `accept_channel` (`message`) we send; `fields` are that message's fields."""
 
     def negotiate(self, ours: Mapping[int, bytes], theirs: Mapping[int, bytes]) -> ExtensionState | None:
-        """Agree this extension's channel state from both sides' TLVs; raise ValueError to refuse the channel."""
+        """Agree this extension's channel state from the TLV records of the open/accept_channel we sent and
+        the one we received; raise ValueError to leave the extension out (or refuse the channel, if it is
+        required)."""
 
     def update_tlvs(self, update: Update) -> dict[int, bytes]:
         """TLV records this extension adds to the message carrying `update` (any kind, not only its own)."""
@@ -453,7 +457,7 @@ class BaseExtension:
     feature_bits: tuple[int, ...] = ()
     update_kinds: tuple[str, ...] = ()
 
-    def open_tlvs(self, params: Mapping[str, Any]) -> dict[int, bytes]:
+    def open_tlvs(self, message: str, fields: Mapping[str, Any]) -> dict[int, bytes]:
         """No TLVs."""
         return {}
 

@@ -9,11 +9,11 @@ to sign. Signing happens in signd; `signed_commitment`/`signed_second_stage` put
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Mapping, Sequence
 
 from . import bolt3
 from .channel import (ChannelExtension, ChannelParams, CommitmentSpec, OutputDescriptor, SecondStage, Side,
-                      TxDraft)
+                      SpendPath, TxDraft)
 from .channel_fees import fee_for_weight
 from .tx import SIGHASH_ALL, Tx, TxIn, TxOut, der_with_sighash, p2wsh
 
@@ -181,6 +181,13 @@ def funding_witness(params: ChannelParams, local_sig: bytes, remote_sig: bytes) 
 def signed_commitment(built: BuiltCommitment, local_sig: bytes, remote_sig: bytes, params: ChannelParams) -> Tx:
     """The commitment with its funding witness."""
     return built.tx.with_witness(0, funding_witness(params, local_sig, remote_sig))
+
+
+def spend_witness(descriptor: OutputDescriptor, path: SpendPath, values: Mapping[str, bytes]) -> list[bytes]:
+    """The witness spending an output by `path`: its items with placeholders taken from `values` (`sig`,
+    `preimage`, `revocation_pubkey`), then the witness script (none for P2WPKH)."""
+    items = [values[i] if isinstance(i, str) else i for i in path.witness]
+    return items + ([descriptor.witness_script] if descriptor.witness_script is not None else [])
 
 
 @dataclass(frozen=True)

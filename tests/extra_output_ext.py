@@ -61,7 +61,7 @@ class ExtraOutputExtension(BaseExtension):
     def __init__(self, max_sat: int = 50_000) -> None:
         self.max_sat = max_sat
 
-    def open_tlvs(self, params: Mapping[str, Any]) -> dict[int, bytes]:
+    def open_tlvs(self, message: str, fields: Mapping[str, Any]) -> dict[int, bytes]:
         """Offer our maximum in open_channel/accept_channel."""
         return {TLV_MAX: WRITE_U64(self.max_sat)}
 

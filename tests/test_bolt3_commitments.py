@@ -180,3 +180,48 @@ def test_closing_transaction() -> None:
     witness = funding_witness(p, sig_l, sig_r)
     assert witness[1][:-1] == sig_l and witness[2][:-1] == sig_r  # 023da0... < 030e9f...
     assert coincurve.PublicKey(bytes.fromhex(P["remote_funding_pubkey"])).verify(sig_r, c.sighash, hasher=None)
+
+
+@pytest.mark.parametrize("channel_type", [STATIC_REMOTEKEY, ANCHORS], ids=lambda t: t.name)
+def test_descriptors_name_keys_the_spender_can_derive(channel_type: ChannelType) -> None:
+    """BOLT-5's view of Appendix C's commitment: each path's key is the one its spender's secrets give."""
+    from lnp_plugin_api.bolt3 import derive_revocation_privkey
+    from lnp_plugin_api.commitment import spend_witness
+    built = build(channel_type, 546, 6_988_000_000, 3_000_000_000, 0, [0, 1, 2, 3, 4])
+    revocation = derive_revocation_privkey(key(INTERNAL["remote_revocation_basepoint_secret"]),
+                                           key(INTERNAL["x_local_per_commitment_secret"]))
+    secrets = {("local", "delayed_payment"): key(INTERNAL["local_delayed_privkey"]),
+               ("remote", "revocation"): revocation,
+               ("remote", "htlc"): REMOTE_HTLC,
+               ("remote", "payment"): key(INTERNAL["remote_payment_basepoint_secret"]),
+               ("local", "funding"): LOCAL_FUNDING, ("remote", "funding"): REMOTE_FUNDING}
+    kinds = set()
+    for out in built.outputs:
+        desc = out.descriptor
+        kinds.add(desc.kind)
+        stage_paths = desc.second_stage.paths if desc.second_stage else ()
+        for path in desc.paths + stage_paths:
+            if path.key is None:
+                assert desc.kind == "anchor" and (path.spender, path.csv, path.witness) == (None, 16, (b"",))
+                continue
+            assert point(secrets[(path.key.side.value, path.key.basepoint)]) == path.key.pubkey, (desc.kind, path)
+        if desc.kind == "to_local":
+            delayed, revoke = desc.paths
+            assert (delayed.spender, delayed.csv, revoke.spender) == (Side.LOCAL, P["local_delay"], Side.REMOTE)
+            assert spend_witness(desc, delayed, {"sig": b"S"}) == [b"S", b"", desc.witness_script]
+            assert spend_witness(desc, revoke, {"sig": b"S"}) == [b"S", b"\x01", desc.witness_script]
+        if desc.kind == "received_htlc":
+            timeout = desc.paths[1]
+            assert (timeout.spender, timeout.cltv) == (Side.REMOTE, desc.htlc.cltv_expiry)
+            assert desc.second_stage.kind == "htlc_success"
+        if desc.kind == "offered_htlc":
+            assert desc.paths[1].name == "preimage" and desc.second_stage.locktime == desc.htlc.cltv_expiry
+            assert desc.paths[1].csv == (1 if channel_type.anchors else 0)
+        if desc.kind == "to_remote" and not channel_type.anchors:
+            assert desc.witness_script is None
+            assert spend_witness(desc, desc.paths[0], {"sig": b"S"}) == [b"S", desc.paths[0].key.pubkey]
+        if desc.kind == "to_remote" and channel_type.anchors:
+            assert desc.paths[0].csv == 1 and spend_witness(desc, desc.paths[0], {"sig": b"S"}) == \
+                [b"S", desc.witness_script]
+    assert kinds == {"to_local", "to_remote", "offered_htlc", "received_htlc"} | \
+        ({"anchor"} if channel_type.anchors else set())

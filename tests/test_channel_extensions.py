@@ -3,6 +3,7 @@ carry it like the built-in ones (tests/extra_output_ext.py)."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 
@@ -20,8 +21,9 @@ SCRIPT = bytes.fromhex("51")  # OP_TRUE: any script will do for the test
 
 def negotiated(ours: int = 50_000, theirs: int = 40_000) -> ExtraTerms:
     a, b = ExtraOutputExtension(ours), ExtraOutputExtension(theirs)
-    terms = a.negotiate(a.open_tlvs({}), b.open_tlvs({}))
-    assert terms == b.negotiate(b.open_tlvs({}), a.open_tlvs({}))
+    sent, received = a.open_tlvs("open_channel", {}), b.open_tlvs("accept_channel", {})
+    terms = a.negotiate(sent, received)
+    assert terms == b.negotiate(received, sent)
     assert isinstance(terms, ExtraTerms)
     return terms
 
@@ -38,9 +40,14 @@ def pair_with_extra(channel_type=ANCHORS) -> tuple[Node, Node]:
 
 def test_negotiation_through_tlvs() -> None:
     assert negotiated().max_sat == 40_000
-    assert set(ExtraOutputExtension().open_tlvs({})) == {TLV_MAX} and TLV_MAX % 2 == 1
+    tlvs = ExtraOutputExtension().open_tlvs("open_channel", {})
+    assert set(tlvs) == {TLV_MAX} and TLV_MAX % 2 == 1
+    # The records travel in open_channel's TLV stream: an odd type the peer's codec keeps under its number.
+    from lnp_plugin_api.wire import TlvStream
+    stream = TlvStream().encode({str(t): v for t, v in tlvs.items()})
+    assert {int(t): v for t, v in TlvStream().decode(stream).items()} == tlvs
     with pytest.raises(ValueError, match="did not offer"):
-        ExtraOutputExtension().negotiate(ExtraOutputExtension().open_tlvs({}), {})
+        ExtraOutputExtension().negotiate(tlvs, {})
 
 
 def test_extension_goes_before_the_ordering() -> None:
@@ -74,6 +81,17 @@ def test_extra_output_appears_in_both_commitments_in_bip69_order() -> None:
     assert mine.outputs[-1].amount_sat == (600_000_000 - 5_000_000) // 1000 - 1000 - mine.fee_sat - 660
     # In the remote's commitment the HTLC is received, still one extra output.
     assert sorted(o.descriptor.kind for o in theirs.outputs).count("extra") == 1
+
+
+def test_stored_channel_finds_its_extensions() -> None:
+    from lnp_plugin_api.bolt_extensions import for_params
+    p = replace(make_params(ANCHORS), extensions=("funding", "balances", "htlcs", "anchors", NAME, "bip69_cltv"))
+    ext = ExtraOutputExtension()
+    assert for_params(p, {NAME: ext})[-2] is ext
+    with pytest.raises(ValueError, match=NAME):
+        for_params(p, {})
+    assert [e.name for e in for_params(replace(p, extensions=()), {})] == ["funding", "balances", "htlcs",
+                                                                            "anchors", "bip69_cltv"]
 
 
 def test_extension_rules_and_foreign_channels() -> None:
