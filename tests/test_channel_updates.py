@@ -251,7 +251,7 @@ def test_htlc_order_does_not_matter() -> None:
     assert CommitmentSpec(253, 1, 2, (h1, h2)) == CommitmentSpec(253, 1, 2, (h2, h1))
 
 
-ACTIONS = st.lists(st.tuples(st.sampled_from(["add", "fulfill", "fail", "fee", "sign", "deliver"]),
+ACTIONS = st.lists(st.tuples(st.sampled_from(["add", "fulfill", "fail", "fee", "sign", "deliver", "disconnect"]),
                              st.booleans(), st.integers(0, 60_000_000)), max_size=100)
 
 
@@ -269,10 +269,24 @@ def test_both_views_converge(actions: list, anchors: bool) -> None:
             me.propose(Update("update_fee", "funding", L, {"feerate_per_kw": 253 + value % 5000}))
         elif action == "sign":
             me.sign()
+        elif action == "disconnect":
+            # Only unsigned updates are lost (channel_reestablish retransmits signatures and revocations).
+            if all(m[0] == "update" for m in a.outbox + b.outbox):
+                a.outbox.clear(), b.outbox.clear()
+                a.log, _ = a.log.disconnected(a.exts)
+                b.log, _ = b.log.disconnected(b.exts)
         else:
             deliver(me, peer)
         for node in (a, b):
             assert conserved(node.log.local) and conserved(node.log.remote)
+            for e in node.log.entries:   # an update reaches its proposer's commitment only after the receiver's
+                p = e.update.proposer
+                assert e.in_commitment(p) is None or e.in_commitment(p.other) is not None
+        # Whenever both nodes hold the same commitment number, they agree on its contents.
+        if a.log.remote_number == b.log.local_number:
+            assert a.log.remote == b.log.local.mirrored()
+        if a.log.local_number == b.log.remote_number:
+            assert a.log.local == b.log.remote.mirrored()
     settle(a, b)
     assert_converged(a, b)
 
