@@ -12,11 +12,12 @@ from dataclasses import dataclass, replace
 from typing import Any, ClassVar, Mapping, Sequence
 
 from . import bolt3
-from .channel import (BaseExtension, ChannelExtension, ChannelParams, ChannelType, CommitmentSpec, ExtensionState, Htlc, KeyRef,
-                      OutputDescriptor, SecondStage, Side, SpendPath, TxDraft, TxOutDraft, Update, UpdateContext,
-                      UpdateRefused)
+from .channel import (BaseExtension, ChannelExtension, ChannelParams, ChannelType, CommitmentSpec, ExtensionState,
+                      Htlc, KeyRef, OutputDescriptor, SecondStage, Side, SpendPath, TxDraft, TxOutDraft, Update,
+                      UpdateContext, UpdateRefused)
 from .channel_fees import (ANCHOR_SAT, ANCHORS_EXTRA_WEIGHT, BASE_WEIGHT, HTLC_OUTPUT_WEIGHT, htlc_success_fee,
                            htlc_timeout_fee, is_trimmed)
+from .commitment import obscured_number
 from .tx import SIGHASH_ALL, SIGHASH_SINGLE_ANYONECANPAY, TxIn, p2wpkh, p2wsh
 
 MAX_CLTV = 500_000_000
@@ -54,7 +55,6 @@ class Funding(BaseExtension):
 
     def build(self, draft: TxDraft) -> None:
         """The single input and the obscured commitment number in locktime and sequence."""
-        from .commitment import obscured_number
         obscured = obscured_number(draft.params, draft.number)
         draft.version = 2
         draft.locktime = 0x20 << 24 | obscured & 0xFFFFFF

@@ -68,7 +68,7 @@ class Budget:
 def budget(params: ChannelParams, spec: CommitmentSpec, owner: Side, extensions: Sequence[ChannelExtension],
            extra_weight: int = 0) -> Budget:
     """Fee and charges of `owner`'s commitment for `spec`, and both sides' remaining balances."""
-    from .commitment import weigh
+    from .commitment import weigh  # here: commitment imports this module for the fee formula
     draft = weigh(params, spec, owner, extensions)
     weight = draft.weight + extra_weight
     fee = fee_for_weight(spec.feerate_per_kw, weight)

@@ -5,6 +5,7 @@ vectors' private keys (coincurve: RFC6979, low-S, DER), and compared with the sp
 """
 from __future__ import annotations
 
+import hashlib
 import json
 
 import coincurve
@@ -70,7 +71,6 @@ def htlcs(ids: list[int]) -> tuple[Htlc, ...]:
         if h["id"] in ids:
             offerer = Side.LOCAL if h["direction"] == "local->remote" else Side.REMOTE
             preimage = bytes.fromhex(h["payment_preimage"])
-            import hashlib
             out.append(Htlc(offerer, h["id"], h["amount_msat"], hashlib.sha256(preimage).digest(), h["expiry"]))
     return tuple(out)
 

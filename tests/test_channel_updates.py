@@ -68,8 +68,8 @@ class Node:
         ids = self.log.states["htlcs"]
         assert isinstance(ids, HtlcIds)
         hid = ids.next(L)
-        body = {"id": hid, "amount_msat": amount_msat, "payment_hash": hashlib.sha256(preimage(self.seed, hid)).hexdigest(),
-                "cltv_expiry": cltv}
+        payment_hash = hashlib.sha256(preimage(self.seed, hid)).hexdigest()
+        body = {"id": hid, "amount_msat": amount_msat, "payment_hash": payment_hash, "cltv_expiry": cltv}
         return self.propose(Update("add_htlc", "htlcs", L, body))
 
     def remove(self, index: int, fulfill: bool) -> bool:
@@ -79,8 +79,8 @@ class Node:
         h = theirs[index % len(theirs)]
         other_seed = 3 - self.seed
         if fulfill:
-            return self.propose(Update("fulfill_htlc", "htlcs", L, {"id": h.id,
-                                                                    "payment_preimage": preimage(other_seed, h.id).hex()}))
+            body = {"id": h.id, "payment_preimage": preimage(other_seed, h.id).hex()}
+            return self.propose(Update("fulfill_htlc", "htlcs", L, body))
         return self.propose(Update("fail_htlc", "htlcs", L, {"id": h.id, "reason": "00"}))
 
     def sign(self) -> bool:
