@@ -114,3 +114,30 @@ def can_afford(params: ChannelParams, changes: Mapping[Side, tuple[CommitmentSpe
             return (f"{who} cannot afford it on the {owner.value} commitment: {after_short} msat short of the "
                     f"reserve{' with the fee spike buffer' if fee_spike else ''}")
     return None
+
+
+def initial_spec(params: ChannelParams, push_msat: int, feerate_per_kw: int) -> CommitmentSpec:
+    """Commitment 0: the opener has the funding less `push_msat`, the other side `push_msat`."""
+    if not 0 <= push_msat <= params.funding_sat * 1000:
+        raise ValueError("push_msat must be between 0 and the funding amount")
+    opener_msat = params.funding_sat * 1000 - push_msat
+    if params.opener is Side.LOCAL:
+        return CommitmentSpec(feerate_per_kw, opener_msat, push_msat)
+    return CommitmentSpec(feerate_per_kw, push_msat, opener_msat)
+
+
+def check_initial(params: ChannelParams, spec: CommitmentSpec,
+                  extensions: Sequence[ChannelExtension]) -> str | None:
+    """BOLT-2's checks of the first commitments: None if fine, else why the channel must fail.
+
+    The opener must pay the full fee (and the anchors) on both commitments, and at least one side must
+    hold more than its reserve.
+    """
+    for owner in (Side.LOCAL, Side.REMOTE):
+        b = budget(params, spec, owner, extensions)
+        if b.left(params.opener) < 0:
+            return (f"the opener's amount cannot pay the fee of the {owner.value} commitment "
+                    f"({b.fee_sat} sat, charges {b.charges_sat} sat)")
+        if all(b.left(side) <= params.reserve_of(side) * 1000 for side in (Side.LOCAL, Side.REMOTE)):
+            return "neither side's amount in the first commitment is above its channel reserve"
+    return None

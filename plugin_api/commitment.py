@@ -15,7 +15,7 @@ from . import bolt3
 from .channel import (ChannelExtension, ChannelParams, CommitmentSpec, OutputDescriptor, SecondStage, Side,
                       SpendPath, TxDraft)
 from .channel_fees import fee_for_weight
-from .tx import SIGHASH_ALL, Tx, TxIn, TxOut, der_with_sighash, p2wsh
+from .tx import SIGHASH_ALL, Tx, TxIn, TxOut, der_with_sighash, p2wsh, verify
 
 
 @dataclass(frozen=True)
@@ -168,6 +168,19 @@ def _second_stage(commitment_txid: str, out: BuiltOutput) -> BuiltSecondStage:
     tx = Tx((TxIn(commitment_txid, out.index, st.sequence),), (TxOut(st.amount_sat, p2wsh(st.witness_script)),),
             st.locktime)
     return BuiltSecondStage(out.index, st, tx, desc.witness_script, out.amount_sat)
+
+
+def check_signatures(built: BuiltCommitment, signature: bytes, htlc_signatures: Sequence[bytes]) -> str | None:
+    """BOLT-2's checks of a received commitment_signed against our commitment `built` (64-byte signatures):
+    None if valid, else why not (for the warning or error to the peer)."""
+    if len(htlc_signatures) != len(built.second_stages):
+        return f"{len(htlc_signatures)} htlc_signatures for {len(built.second_stages)} HTLC outputs"
+    if not verify(built.keys.other_funding_pubkey, signature, built.funding_sighash):
+        return f"invalid commitment signature for commitment {built.number}"
+    for i, (sig, stage) in enumerate(zip(htlc_signatures, built.second_stages)):
+        if not verify(built.keys.other_htlc_pubkey, sig, stage.remote_sighash):
+            return f"invalid htlc_signature {i} (output {stage.output_index}) for commitment {built.number}"
+    return None
 
 
 def funding_witness(params: ChannelParams, local_sig: bytes, remote_sig: bytes) -> list[bytes]:

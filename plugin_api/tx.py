@@ -8,6 +8,9 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 
+import coincurve
+from coincurve.ecdsa import cdata_to_der, der_to_cdata, deserialize_compact, serialize_compact
+
 from embit.hashes import ripemd160
 from embit.script import Script, Witness
 from embit.transaction import Transaction, TransactionInput, TransactionOutput
@@ -105,3 +108,28 @@ def p2wpkh(pubkey: bytes) -> bytes:
 def der_with_sighash(der_sig: bytes, sighash_type: int) -> bytes:
     """A witness signature: DER followed by its sighash byte."""
     return der_sig + bytes([sighash_type])
+
+
+SECP256K1_ORDER = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
+
+
+def der_to_compact(der_sig: bytes) -> bytes:
+    """A DER signature as BOLT's 64-byte `signature` (r || s)."""
+    return serialize_compact(der_to_cdata(der_sig))
+
+
+def compact_to_der(sig64: bytes) -> bytes:
+    """BOLT's 64-byte `signature` as DER (without a sighash byte)."""
+    if len(sig64) != 64:
+        raise ValueError("a signature is 64 bytes")
+    return cdata_to_der(deserialize_compact(sig64))
+
+
+def verify(pubkey: bytes, sig64: bytes, digest: bytes) -> bool:
+    """Whether a 64-byte signature is valid for `digest` and low-S (BOLT-2 refuses high-S signatures)."""
+    if len(sig64) != 64 or int.from_bytes(sig64[32:], "big") > SECP256K1_ORDER // 2:
+        return False
+    try:
+        return coincurve.PublicKey(pubkey).verify(compact_to_der(sig64), digest, hasher=None)
+    except ValueError:
+        return False

@@ -225,3 +225,21 @@ def test_descriptors_name_keys_the_spender_can_derive(channel_type: ChannelType)
                 [b"S", desc.witness_script]
     assert kinds == {"to_local", "to_remote", "offered_htlc", "received_htlc"} | \
         ({"anchor"} if channel_type.anchors else set())
+
+
+def test_received_commitment_signed_is_checked() -> None:
+    """Our commitment with the peer's signatures from Appendix F: valid; high-S, wrong count or a swapped
+    HTLC signature refused."""
+    from lnp_plugin_api.commitment import check_signatures
+    from lnp_plugin_api.tx import SECP256K1_ORDER, compact_to_der, der_to_compact
+    case = next(c for c in APP_F["vectors"] if c["Name"] == "commitment tx with seven outputs untrimmed")
+    built = build(ANCHORS, case["DustLimitSatoshis"], case["LocalBalance"], case["RemoteBalance"], case["FeePerKw"],
+                  f_ids(case))
+    sig = der_to_compact(bytes.fromhex(case["RemoteSigHex"]))
+    htlc_sigs = [der_to_compact(bytes.fromhex(d["RemoteSigHex"])) for d in case["HtlcDescs"]]
+    assert compact_to_der(sig).hex() == case["RemoteSigHex"]
+    assert check_signatures(built, sig, htlc_sigs) is None
+    high_s = sig[:32] + (SECP256K1_ORDER - int.from_bytes(sig[32:], "big")).to_bytes(32, "big")
+    assert "commitment signature" in check_signatures(built, high_s, htlc_sigs)
+    assert "htlc_signatures for" in check_signatures(built, sig, htlc_sigs[:-1])
+    assert "htlc_signature 0" in check_signatures(built, sig, [htlc_sigs[1], htlc_sigs[0]] + htlc_sigs[2:])

@@ -18,8 +18,8 @@ from lnp_plugin_api.bolt3 import point
 from lnp_plugin_api.bolt_extensions import HtlcIds, extensions_for
 from lnp_plugin_api.channel import (ANCHORS, STATIC_REMOTEKEY, Basepoints, ChannelParams, ChannelType,
                                     CommitmentSpec, Htlc, Side, SideConfig, Update, UpdateRefused)
-from lnp_plugin_api.channel_fees import (budget, can_afford, dust_exposure_msat, fee_for_weight, is_trimmed,
-                                         reserve_shortfall_msat)
+from lnp_plugin_api.channel_fees import (budget, can_afford, check_initial, dust_exposure_msat, fee_for_weight,
+                                         initial_spec, is_trimmed, reserve_shortfall_msat)
 from lnp_plugin_api.channel_updates import ProtocolViolation, UpdateLog
 from lnp_plugin_api.commitment import build_commitment
 
@@ -367,3 +367,22 @@ def test_fee_greater_than_opener_balance_leaves_no_opener_output() -> None:
     assert [o.descriptor.kind for o in built.outputs] == ["to_remote"]
     assert built.fee_sat == 1_000
     assert budget(p, spec, L, extensions_for(STATIC_REMOTEKEY)).left(L) < 0
+
+
+@pytest.mark.parametrize("channel_type", [STATIC_REMOTEKEY, ANCHORS], ids=lambda t: t.name)
+def test_first_commitment_checks(channel_type: ChannelType) -> None:
+    """BOLT-2 open_channel: the opener pays the whole fee (and the anchors); someone is above the reserve."""
+    exts = extensions_for(channel_type)
+    small = replace(make_params(channel_type, reserve=1000), funding_sat=20_000)
+    fee = fee_for_weight(5000, 1124 if channel_type.anchors else 724) + (660 if channel_type.anchors else 0)
+    exact = initial_spec(small, (20_000 - fee) * 1000, 5000)
+    assert (exact.local_msat, exact.remote_msat) == (fee * 1000, (20_000 - fee) * 1000)
+    assert check_initial(small, exact, exts) is None
+    over = initial_spec(small, (20_000 - fee) * 1000 + 1, 5000)
+    assert "cannot pay the fee" in check_initial(small, over, exts)
+    mirrored = small.mirrored()
+    assert initial_spec(mirrored, 5, 253) == CommitmentSpec(253, 5, 20_000_000 - 5)
+    tiny = replace(make_params(channel_type, reserve=10_000), funding_sat=15_000)
+    assert "reserve" in check_initial(tiny, initial_spec(tiny, 7_000_000, 253), exts)
+    with pytest.raises(ValueError):
+        initial_spec(small, 20_000_001, 253)
