@@ -164,11 +164,19 @@ class UpdateLog:
         return ext, ctx
 
     def check(self, update: Update, extensions: Sequence[ChannelExtension]) -> ExtensionState | None:
-        """The owning extension's checks; raises `UpdateRefused`, else returns its next channel state."""
+        """The owning extension's checks; raises `UpdateRefused`, else returns its next channel state.
+
+        A malformed body (a missing field, bad hex) is refused too, never raised as another error.
+        """
         ext, ctx = self._context(update, extensions)
         if update.kind not in ext.update_kinds:
             raise UpdateRefused(f"extension {ext.name!r} does not own update {update.kind!r}")
-        return ext.check_update(update, ctx)
+        try:
+            return ext.check_update(update, ctx)
+        except UpdateRefused:
+            raise
+        except (KeyError, ValueError, TypeError) as e:
+            raise UpdateRefused(f"malformed {update.kind}: {e!r}") from None
 
     def preview(self, update: Update, extensions: Sequence[ChannelExtension]) -> dict[Side, tuple[CommitmentSpec,
                                                                                             CommitmentSpec]]:
@@ -290,6 +298,15 @@ class UpdateLog:
                    CommitmentSpec.from_json(data["remote"], by_name), int(data["local_number"]),
                    int(data["remote_number"]), bool(data["local_revoke_owed"]), bool(data["remote_revoke_awaited"]),
                    entries, int(data["next_seq"]), states)
+
+
+def update_owner(kind: str, extensions: Sequence[ChannelExtension]) -> str:
+    """The name of the extension owning update `kind` (e.g. `add_htlc` -> `htlcs`), to build an `Update`
+    from a received message; `UpdateRefused` if none of the channel's extensions owns it."""
+    for ext in extensions:
+        if kind in ext.update_kinds:
+            return ext.name
+    raise UpdateRefused(f"this channel has no extension for update {kind!r}")
 
 
 def _owner(update: Update, extensions: Sequence[ChannelExtension]) -> ChannelExtension:

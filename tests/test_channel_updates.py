@@ -20,7 +20,7 @@ from lnp_plugin_api.channel import (ANCHORS, STATIC_REMOTEKEY, Basepoints, Chann
                                     CommitmentSpec, Htlc, Side, SideConfig, Update, UpdateRefused)
 from lnp_plugin_api.channel_fees import (budget, can_afford, check_initial, dust_exposure_msat, fee_for_weight,
                                          initial_spec, is_trimmed, reserve_shortfall_msat)
-from lnp_plugin_api.channel_updates import ProtocolViolation, UpdateLog
+from lnp_plugin_api.channel_updates import ProtocolViolation, UpdateLog, update_owner
 from lnp_plugin_api.commitment import build_commitment
 
 FUNDING_SAT = 1_000_000
@@ -214,6 +214,22 @@ def test_protocol_order_is_enforced() -> None:
         b.log.check(Update("update_fee", "funding", L, {"feerate_per_kw": 300}), b.exts)
 
 
+def test_malformed_updates_are_refused_not_raised() -> None:
+    a, _ = pair()
+    assert update_owner("add_htlc", a.exts) == "htlcs" and update_owner("update_fee", a.exts) == "funding"
+    with pytest.raises(UpdateRefused, match="no extension"):
+        update_owner("add_ptlc", a.exts)
+    for body in ({}, {"id": 0, "amount_msat": 1000, "payment_hash": "zz", "cltv_expiry": 5},
+                 {"id": "x", "amount_msat": 1000, "payment_hash": "00" * 32, "cltv_expiry": 5}):
+        with pytest.raises(UpdateRefused, match="malformed"):
+            a.log.check(Update("add_htlc", "htlcs", R, body), a.exts)
+    with pytest.raises(UpdateRefused, match="32 bytes"):
+        a.log.check(Update("add_htlc", "htlcs", R, {"id": 0, "amount_msat": 1000, "payment_hash": "00",
+                                                    "cltv_expiry": 5}), a.exts)
+    with pytest.raises(UpdateRefused, match="malformed"):
+        a.log.check(Update("update_fee", "funding", L, {"feerate_per_kw": None}), a.exts)
+
+
 def test_disconnection_forgets_unsigned_updates_and_their_ids() -> None:
     a, b = pair()
     a.add_htlc(1_000_000)
@@ -386,3 +402,43 @@ def test_first_commitment_checks(channel_type: ChannelType) -> None:
     assert "reserve" in check_initial(tiny, initial_spec(tiny, 7_000_000, 253), exts)
     with pytest.raises(ValueError):
         initial_spec(small, 20_000_001, 253)
+
+
+HTLC_SETS = st.lists(st.tuples(st.booleans(), st.integers(1, 30_000_000), st.integers(400, 900)), max_size=12)
+
+
+@settings(max_examples=80, deadline=None)
+@given(htlcs=HTLC_SETS, feerate=st.integers(253, 60_000), opener_msat=st.integers(0, 800_000_000),
+       anchors=st.booleans(), owner=st.sampled_from([L, R]), dust=st.integers(354, 5000))
+def test_budget_matches_the_built_transaction(htlcs: list, feerate: int, opener_msat: int, anchors: bool,
+                                              owner: Side, dust: int) -> None:
+    """What `budget` says the opener keeps is exactly its output in the transaction, trimmed HTLCs go to fees,
+    and nothing is created: outputs + fee = funding."""
+    channel_type = ANCHORS if anchors else STATIC_REMOTEKEY
+    p, exts = make_params(channel_type, dust=dust), extensions_for(channel_type)
+    hs = tuple(Htlc(L if mine else R, i, amount, hashlib.sha256(bytes([i])).digest(), cltv)
+               for i, (mine, amount, cltv) in enumerate(htlcs))
+    in_flight = sum(h.amount_msat for h in hs)
+    rest = FUNDING_SAT * 1000 - in_flight - opener_msat
+    if rest < 0:
+        return
+    spec = CommitmentSpec(feerate, opener_msat, rest, hs)
+    b = budget(p, spec, owner, exts)
+    if anchors and opener_msat < 660_000:
+        # An opener that cannot even pay the anchors (BOLT-2's budget never lets this happen): the builder
+        # refuses rather than create money.
+        try:
+            built = build_commitment(p, spec, owner, 7, pcp(1, 7), exts)
+        except ValueError as e:
+            assert "exceed the funding" in str(e)
+            return
+    built = build_commitment(p, spec, owner, 7, pcp(1, 7), exts)
+    assert sum(o.amount_sat for o in built.outputs) + built.fee_sat == FUNDING_SAT
+    kinds = {o.descriptor.kind: o.amount_sat for o in built.outputs if o.descriptor.kind in ("to_local", "to_remote")}
+    opener_output = kinds.get("to_local" if owner is L else "to_remote")
+    expected = max(0, b.left(L)) // 1000
+    assert opener_output == (expected if expected >= dust else None)
+    kept = [o for o in built.outputs if o.descriptor.htlc is not None]
+    assert b.weight == (1124 if anchors else 724) + 172 * len(kept) and len(built.second_stages) == len(kept)
+    trimmed = sum(h.amount_msat for h in hs) - sum(o.descriptor.htlc.amount_msat for o in kept)
+    assert dust_exposure_msat(p, spec, owner) == trimmed
