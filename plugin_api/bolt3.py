@@ -9,6 +9,7 @@ import hashlib
 from dataclasses import dataclass, field
 
 import coincurve
+from embit.hashes import ripemd160
 
 MAX_INDEX = (1 << 48) - 1  # commitment numbers count down from here
 
@@ -121,3 +122,87 @@ class Shachain:
     def from_json(cls, data: dict[str, list]) -> "Shachain":
         """Inverse of `to_json`."""
         return cls({int(b): (bytes.fromhex(s), int(i)) for b, (s, i) in data.items()})
+
+
+# --- Scripts (BOLT-3 "Commitment Transaction Outputs" and "HTLC-Timeout and HTLC-Success Transactions") ---
+
+OP_0, OP_1, OP_2, OP_16 = 0x00, 0x51, 0x52, 0x60
+OP_IF, OP_NOTIF, OP_ELSE, OP_ENDIF = 0x63, 0x64, 0x67, 0x68
+OP_DROP, OP_DUP, OP_IFDUP, OP_SWAP, OP_SIZE = 0x75, 0x76, 0x73, 0x7C, 0x82
+OP_EQUAL, OP_EQUALVERIFY, OP_HASH160 = 0x87, 0x88, 0xA9
+OP_CHECKSIG, OP_CHECKSIGVERIFY, OP_CHECKMULTISIG = 0xAC, 0xAD, 0xAE
+OP_CLTV, OP_CSV = 0xB1, 0xB2
+
+
+def _push(data: bytes) -> bytes:
+    if len(data) > 75:
+        raise ValueError("push longer than 75 bytes")
+    return bytes([len(data)]) + data
+
+
+def push_int(n: int) -> bytes:
+    """A minimal script number push (OP_0, OP_1..OP_16, or little-endian bytes with a sign bit)."""
+    if n == 0:
+        return bytes([OP_0])
+    if 1 <= n <= 16:
+        return bytes([OP_1 - 1 + n])
+    if n < 0:
+        raise ValueError("negative script numbers are not used here")
+    raw = n.to_bytes((n.bit_length() + 7) // 8, "little")
+    if raw[-1] & 0x80:
+        raw += b"\x00"
+    return _push(raw)
+
+
+def _ripemd_sha(data: bytes) -> bytes:
+    return ripemd160(_sha(data))
+
+
+def funding_script(pubkey_a: bytes, pubkey_b: bytes) -> bytes:
+    """2-of-2 multisig of the two funding pubkeys, lesser first."""
+    k1, k2 = sorted((pubkey_a, pubkey_b))
+    return bytes([OP_2]) + _push(k1) + _push(k2) + bytes([OP_2, OP_CHECKMULTISIG])
+
+
+def to_local_script(revocation_pubkey: bytes, to_self_delay: int, delayed_pubkey: bytes) -> bytes:
+    """to_local (and the second-stage HTLC output): revocation key now, or the delayed key after the CSV."""
+    return (bytes([OP_IF]) + _push(revocation_pubkey) + bytes([OP_ELSE]) + push_int(to_self_delay)
+            + bytes([OP_CSV, OP_DROP]) + _push(delayed_pubkey) + bytes([OP_ENDIF, OP_CHECKSIG]))
+
+
+def to_remote_anchor_script(remote_pubkey: bytes) -> bytes:
+    """to_remote with option_anchors: the remote key after one confirmation."""
+    return _push(remote_pubkey) + bytes([OP_CHECKSIGVERIFY, OP_1, OP_CSV])
+
+
+def anchor_script(funding_pubkey: bytes) -> bytes:
+    """An anchor: its side's funding key, or anyone after 16 blocks."""
+    return _push(funding_pubkey) + bytes([OP_CHECKSIG, OP_IFDUP, OP_NOTIF, OP_16, OP_CSV, OP_ENDIF])
+
+
+def offered_htlc_script(revocation_pubkey: bytes, local_htlcpubkey: bytes, remote_htlcpubkey: bytes,
+                        payment_hash: bytes, anchors: bool) -> bytes:
+    """An HTLC offered by the commitment's owner (timeout through HTLC-timeout; remote claims with preimage)."""
+    csv = bytes([OP_1, OP_CSV, OP_DROP]) if anchors else b""
+    return (bytes([OP_DUP, OP_HASH160]) + _push(_ripemd_sha(revocation_pubkey)) + bytes([OP_EQUAL, OP_IF, OP_CHECKSIG,
+            OP_ELSE]) + _push(remote_htlcpubkey) + bytes([OP_SWAP, OP_SIZE]) + _push(b"\x20")
+            + bytes([OP_EQUAL, OP_NOTIF, OP_DROP, OP_2, OP_SWAP]) + _push(local_htlcpubkey)
+            + bytes([OP_2, OP_CHECKMULTISIG, OP_ELSE, OP_HASH160]) + _push(ripemd160(payment_hash))
+            + bytes([OP_EQUALVERIFY, OP_CHECKSIG, OP_ENDIF]) + csv + bytes([OP_ENDIF]))
+
+
+def received_htlc_script(revocation_pubkey: bytes, local_htlcpubkey: bytes, remote_htlcpubkey: bytes,
+                         payment_hash: bytes, cltv_expiry: int, anchors: bool) -> bytes:
+    """An HTLC received by the commitment's owner (claimed through HTLC-success; remote times it out)."""
+    csv = bytes([OP_1, OP_CSV, OP_DROP]) if anchors else b""
+    return (bytes([OP_DUP, OP_HASH160]) + _push(_ripemd_sha(revocation_pubkey)) + bytes([OP_EQUAL, OP_IF, OP_CHECKSIG,
+            OP_ELSE]) + _push(remote_htlcpubkey) + bytes([OP_SWAP, OP_SIZE]) + _push(b"\x20")
+            + bytes([OP_EQUAL, OP_IF, OP_HASH160]) + _push(ripemd160(payment_hash))
+            + bytes([OP_EQUALVERIFY, OP_2, OP_SWAP]) + _push(local_htlcpubkey)
+            + bytes([OP_2, OP_CHECKMULTISIG, OP_ELSE, OP_DROP]) + push_int(cltv_expiry)
+            + bytes([OP_CLTV, OP_DROP, OP_CHECKSIG, OP_ENDIF]) + csv + bytes([OP_ENDIF]))
+
+
+def obscuring_factor(opener_payment_basepoint: bytes, accepter_payment_basepoint: bytes) -> int:
+    """The lower 48 bits of SHA256(opener's payment_basepoint || accepter's), XORed into commitment numbers."""
+    return int.from_bytes(_sha(opener_payment_basepoint, accepter_payment_basepoint)[-6:], "big")

@@ -112,7 +112,9 @@ def lnp_storage_models() -> StorageModels:
 
 @hookspec
 def lnp_channel_extensions() -> list[ChannelExtension]:
-    """Bifrost: channel-transaction extensions this plugin provides (HTLC, PTLC, anchors, ...)."""
+    """Bifrost: channel extensions this plugin provides (outputs, update kinds, TLVs; `channel.ChannelExtension`,
+    docs/channels.md). Names are unique across plugins; channeld uses one for a channel when both peers set
+    its feature bits and its `negotiate` agrees."""
 
 
 @hookspec(firstresult=True)

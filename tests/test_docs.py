@@ -381,9 +381,11 @@ def check_declarations(examples: list[Example], builtins: list[str]) -> None:
     tables = Counter(t for m in models if m is not None for t in m.metadata.tables)
     assert not [t for t, n in tables.items() if n > 1], f"examples reuse tables of other plugins: {tables}"
     for ex in examples:
-        for ext in ex.hook("lnp_channel_extensions") or []:  # nothing drives them yet: check the protocol
-            assert isinstance(ext.name, str) and all(isinstance(x, tuple) for x in (ext.feature_bits, ext.depends_on))
-            assert all(callable(getattr(ext, m)) for m in ("negotiate", "apply_update", "build")), ex.block
+        for ext in ex.hook("lnp_channel_extensions") or []:  # check the protocol (channel.ChannelExtension)
+            assert isinstance(ext.name, str) and all(isinstance(x, tuple) for x in (ext.feature_bits, ext.update_kinds))
+            assert all(callable(getattr(ext, m)) for m in ("open_tlvs", "negotiate", "update_tlvs", "load_state",
+                                                           "check_update", "apply_update", "rollback", "prepare",
+                                                           "build")), ex.block
 
 
 def examples_profile(examples: list[Example], builtins: list[str], port: int) -> str:

@@ -1,0 +1,322 @@
+"""BOLT-2's two-phase updates as an explicit log: which update is in which commitment, and when.
+
+Every update (an HTLC add/fulfill/fail, update_fee, or an extension's own kind) is one `LogEntry` that
+records the first LOCAL and the first REMOTE commitment number that include it. The rules (BOLT-2 "Normal
+Operation"), for an update proposed by side P to side R:
+
+1. proposed: in no commitment (`in_local` and `in_remote` both None);
+2. signed: P sends commitment_signed, R's next commitment includes it (`in_<R>` set);
+3. acked: R revokes its previous commitment (revoke_and_ack); it is now due in P's commitment;
+4. in P's commitment: R sends commitment_signed (`in_<P>` set);
+5. irrevocably committed: P revokes its previous commitment. The entry is then dropped: both latest specs
+   contain its effect.
+
+So a commitment we SIGN for the peer (`sign_remote`) includes our proposals not yet in it and the peer's
+proposals that are in our latest commitment once we revoked the previous one; a commitment the peer signs for
+us (`receive_commitment_signed`) includes the peer's proposals not yet in it and ours that the peer acked. At
+most one commitment per side is unrevoked besides the latest (we need the peer's next per-commitment point,
+which comes with its revoke_and_ack, before signing again).
+
+All methods are pure: they return a new `UpdateLog`. channeld persists `to_json()` with every change, in the
+same transaction as the message that depends on it.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Any, Mapping, Sequence
+
+from .channel import (ChannelExtension, ChannelParams, CommitmentSpec, ExtensionState, Side, Update, UpdateContext,
+                      UpdateRefused)
+from .channel_fees import can_afford
+
+LOG_VERSION = 1
+
+
+class ProtocolViolation(ValueError):
+    """A message out of order for the log's state (e.g. revoke_and_ack that nobody awaits)."""
+
+
+@dataclass(frozen=True)
+class LogEntry:
+    """One update and the first LOCAL/REMOTE commitment numbers that include it (None: not yet)."""
+
+    seq: int
+    update: Update
+    in_local: int | None = None
+    in_remote: int | None = None
+
+    def in_commitment(self, owner: Side) -> int | None:
+        """The first commitment of `owner` that includes it."""
+        return self.in_local if owner is Side.LOCAL else self.in_remote
+
+
+@dataclass(frozen=True)
+class UpdateLog:
+    """Both sides' latest commitment specs and numbers, revocations due, and the updates in flight.
+
+    `local_revoke_owed`: we accepted commitment_signed for `local_number` and have not yet revoked the
+    previous one. `remote_revoke_awaited`: we signed `remote_number` and await the peer's revoke_and_ack.
+    `states` are the extensions' channel-level states (e.g. the next HTLC ids).
+    """
+
+    params: ChannelParams
+    local: CommitmentSpec
+    remote: CommitmentSpec
+    local_number: int = 0
+    remote_number: int = 0
+    local_revoke_owed: bool = False
+    remote_revoke_awaited: bool = False
+    entries: tuple[LogEntry, ...] = ()
+    next_seq: int = 0
+    states: Mapping[str, ExtensionState] = field(default_factory=dict)
+
+    @classmethod
+    def start(cls, params: ChannelParams, spec: CommitmentSpec, extensions: Sequence[ChannelExtension],
+              states: Mapping[str, ExtensionState] | None = None) -> "UpdateLog":
+        """A channel's log after funding: commitment 0 on both sides with `spec`.
+
+        `states` are what each extension's `negotiate` returned (missing ones are asked with no TLVs).
+        """
+        found = dict(states or {})
+        for ext in extensions:
+            if ext.name not in found:
+                state = ext.negotiate({}, {})
+                if state is not None:
+                    found[ext.name] = state
+        return cls(params, spec, spec, states=found)
+
+    # --- reading ---
+
+    def latest(self, owner: Side) -> CommitmentSpec:
+        """The spec of `owner`'s latest commitment."""
+        return self.local if owner is Side.LOCAL else self.remote
+
+    def number(self, owner: Side) -> int:
+        """`owner`'s latest commitment number."""
+        return self.local_number if owner is Side.LOCAL else self.remote_number
+
+    def pending(self, owner: Side, extensions: Sequence[ChannelExtension]) -> CommitmentSpec:
+        """`owner`'s next commitment if every update proposed so far were in it."""
+        todo = [e.update for e in self.entries if e.in_commitment(owner) is None]
+        return _apply(self.latest(owner), todo, extensions)
+
+    def included(self, owner: Side, number: int) -> list[Update]:
+        """The updates `owner`'s commitment `number` added (among those still in the log)."""
+        return [e.update for e in self.entries if e.in_commitment(owner) == number]
+
+    def _due(self, owner: Side) -> list[LogEntry]:
+        """Entries `owner`'s next commitment must include (see the module docstring)."""
+        out = []
+        for e in self.entries:
+            if e.in_commitment(owner) is not None:
+                continue
+            if e.update.proposer is owner.other:
+                out.append(e)   # the signer's own proposals
+            elif self._acked(e, owner.other):
+                out.append(e)   # the owner's proposals, acked by the signer
+        return out
+
+    def _acked(self, e: LogEntry, holder: Side) -> bool:
+        """Whether a commitment of `holder` includes `e` and the commitment before that one is revoked."""
+        n = e.in_commitment(holder)
+        if n is None:
+            return False
+        owed = self.local_revoke_owed if holder is Side.LOCAL else self.remote_revoke_awaited
+        return n < self.number(holder) or not owed
+
+    @property
+    def next_commitment_number(self) -> int:
+        """channel_reestablish's `next_commitment_number`: the commitment_signed we expect next."""
+        return self.local_number + 1
+
+    @property
+    def next_revocation_number(self) -> int:
+        """channel_reestablish's `next_revocation_number`: the commitment the next revoke_and_ack we expect
+        revokes."""
+        return self.remote_number - 1 if self.remote_revoke_awaited else self.remote_number
+
+    def has_changes(self, owner: Side) -> bool:
+        """Whether `owner`'s next commitment would include any update (a commitment_signed is due)."""
+        return bool(self._due(owner))
+
+    def can_sign_remote(self) -> bool:
+        """Whether we may send commitment_signed now: changes due, no revocation awaited or owed."""
+        return not self.remote_revoke_awaited and not self.local_revoke_owed and self.has_changes(Side.REMOTE)
+
+    def irrevocably_committed(self, offerer: Side, htlc_id: int) -> bool:
+        """Whether that HTLC's addition is irrevocably committed by both sides and it is not being removed
+        (BOLT-2: only then may it be fulfilled or failed)."""
+        adding = any(e.update.kind == "add_htlc" and e.update.proposer is offerer and int(e.update.body["id"]) ==
+                     htlc_id for e in self.entries)
+        return (not adding and self.local.htlc(offerer, htlc_id) is not None
+                and self.remote.htlc(offerer, htlc_id) is not None
+                and not any(e.update.kind != "add_htlc" and e.update.proposer is offerer.other
+                            and int(e.update.body.get("id", -1)) == htlc_id for e in self.entries))
+
+    # --- proposing ---
+
+    def _context(self, update: Update, extensions: Sequence[ChannelExtension]) -> tuple[ChannelExtension,
+                                                                                       UpdateContext]:
+        ext = _owner(update, extensions)
+        receiver = update.proposer.other
+        ctx = UpdateContext(self.params, self.pending(receiver, extensions), self.local, self.remote,
+                            tuple(e.update for e in self.entries), self.states.get(ext.name))
+        return ext, ctx
+
+    def check(self, update: Update, extensions: Sequence[ChannelExtension]) -> ExtensionState | None:
+        """The owning extension's checks; raises `UpdateRefused`, else returns its next channel state.
+
+        A malformed body (a missing field, bad hex) is refused too, never raised as another error.
+        """
+        ext, ctx = self._context(update, extensions)
+        if update.kind not in ext.update_kinds:
+            raise UpdateRefused(f"extension {ext.name!r} does not own update {update.kind!r}")
+        try:
+            return ext.check_update(update, ctx)
+        except UpdateRefused:
+            raise
+        except (KeyError, ValueError, TypeError) as e:
+            raise UpdateRefused(f"malformed {update.kind}: {e!r}") from None
+
+    def preview(self, update: Update, extensions: Sequence[ChannelExtension]) -> dict[Side, tuple[CommitmentSpec,
+                                                                                            CommitmentSpec]]:
+        """Each side's pending commitment without and with `update` (for budget and dust-exposure checks)."""
+        changes = {}
+        for owner in (Side.LOCAL, Side.REMOTE):
+            before = self.pending(owner, extensions)
+            changes[owner] = (before, _apply(before, [update], extensions))
+        return changes
+
+    def budget_check(self, update: Update, side: Side, extensions: Sequence[ChannelExtension],
+                     fee_spike: bool = False) -> str | None:
+        """`channel_fees.can_afford` for `update` on both sides' pending commitments."""
+        return can_afford(self.params, self.preview(update, extensions), side, extensions, fee_spike)
+
+    def add(self, update: Update, extensions: Sequence[ChannelExtension]) -> "UpdateLog":
+        """Record an update we propose (LOCAL) or receive (REMOTE), after the owning extension's checks."""
+        state = self.check(update, extensions)
+        states = dict(self.states)
+        if state is not None:
+            states[_owner(update, extensions).name] = state
+        entry = LogEntry(self.next_seq, update)
+        return replace(self, entries=self.entries + (entry,), next_seq=self.next_seq + 1, states=states)
+
+    # --- commitment_signed and revoke_and_ack ---
+
+    def sign_remote(self, extensions: Sequence[ChannelExtension]) -> tuple["UpdateLog", CommitmentSpec]:
+        """We send commitment_signed: the peer's next commitment and its spec (to build and sign)."""
+        if self.remote_revoke_awaited:
+            raise ProtocolViolation("cannot sign: the peer has not revoked its previous commitment")
+        if self.local_revoke_owed:
+            raise ProtocolViolation("cannot sign: we owe a revoke_and_ack first")
+        return self._commit(Side.REMOTE, extensions, require_changes=True)
+
+    def receive_commitment_signed(self, extensions: Sequence[ChannelExtension]) -> tuple["UpdateLog",
+                                                                                          CommitmentSpec]:
+        """The peer sent commitment_signed: our next commitment and its spec (to build and verify).
+
+        A commitment_signed without updates is accepted (the spec allows one that only bumps the number).
+        """
+        if self.local_revoke_owed:
+            raise ProtocolViolation("commitment_signed before we revoked the previous one")
+        return self._commit(Side.LOCAL, extensions, require_changes=False)
+
+    def _commit(self, owner: Side, extensions: Sequence[ChannelExtension],
+                require_changes: bool) -> tuple["UpdateLog", CommitmentSpec]:
+        due = self._due(owner)
+        if require_changes and not due:
+            raise ProtocolViolation("no update to commit")
+        n = self.number(owner) + 1
+        spec = _apply(self.latest(owner), [e.update for e in due], extensions)
+        marked = {e.seq for e in due}
+        entries = tuple((replace(e, in_local=n) if owner is Side.LOCAL else replace(e, in_remote=n))
+                        if e.seq in marked else e for e in self.entries)
+        if owner is Side.LOCAL:
+            log = replace(self, local=spec, local_number=n, local_revoke_owed=True, entries=entries)
+        else:
+            log = replace(self, remote=spec, remote_number=n, remote_revoke_awaited=True, entries=entries)
+        return log, spec
+
+    def send_revoke(self) -> "UpdateLog":
+        """We send revoke_and_ack for our previous commitment."""
+        if not self.local_revoke_owed:
+            raise ProtocolViolation("no commitment of ours to revoke")
+        return replace(self, local_revoke_owed=False)._collect()
+
+    def receive_revoke(self) -> "UpdateLog":
+        """The peer revoked its previous commitment."""
+        if not self.remote_revoke_awaited:
+            raise ProtocolViolation("revoke_and_ack without a commitment_signed of ours")
+        return replace(self, remote_revoke_awaited=False)._collect()
+
+    def _collect(self) -> "UpdateLog":
+        """Drop entries that both sides have irrevocably committed."""
+        keep = tuple(e for e in self.entries
+                     if not (self._acked(e, Side.LOCAL) and self._acked(e, Side.REMOTE)))
+        return replace(self, entries=keep)
+
+    def disconnected(self, extensions: Sequence[ChannelExtension]) -> tuple["UpdateLog", list[Update]]:
+        """Forget the updates never signed into the receiver's commitment (BOLT-2: a disconnection reverses
+        them); returns the log and the forgotten updates (ours may be proposed again after reestablish)."""
+        dropped = [e for e in self.entries if e.in_commitment(e.update.proposer.other) is None]
+        if not dropped:
+            return self, []
+        gone = {e.seq for e in dropped}
+        states = dict(self.states)
+        for ext in extensions:
+            mine = [e.update for e in dropped if e.update.owner == ext.name]
+            if mine:
+                state = ext.rollback(states.get(ext.name), mine)
+                if state is not None:
+                    states[ext.name] = state
+        entries = tuple(e for e in self.entries if e.seq not in gone)
+        return replace(self, entries=entries, states=states), [e.update for e in dropped]
+
+    # --- persistence ---
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON form, with `version` for migrations."""
+        return {"version": LOG_VERSION, "local": self.local.to_json(), "remote": self.remote.to_json(),
+                "local_number": self.local_number, "remote_number": self.remote_number,
+                "local_revoke_owed": self.local_revoke_owed, "remote_revoke_awaited": self.remote_revoke_awaited,
+                "next_seq": self.next_seq,
+                "entries": [{"seq": e.seq, "update": e.update.to_json(), "in_local": e.in_local,
+                             "in_remote": e.in_remote} for e in self.entries],
+                "states": {n: {"version": s.VERSION, "data": s.to_json()} for n, s in self.states.items()}}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any], params: ChannelParams,
+                  extensions: Sequence[ChannelExtension]) -> "UpdateLog":
+        """Inverse of `to_json`; each extension loads (and migrates) its own states."""
+        if int(data["version"]) != LOG_VERSION:
+            raise ValueError(f"unknown update log version {data['version']}")
+        by_name = {e.name: e for e in extensions}
+        states = {n: by_name[n].load_state(int(v["version"]), v["data"]) for n, v in data["states"].items()}
+        entries = tuple(LogEntry(int(e["seq"]), Update.from_json(e["update"]), e["in_local"], e["in_remote"])
+                        for e in data["entries"])
+        return cls(params, CommitmentSpec.from_json(data["local"], by_name),
+                   CommitmentSpec.from_json(data["remote"], by_name), int(data["local_number"]),
+                   int(data["remote_number"]), bool(data["local_revoke_owed"]), bool(data["remote_revoke_awaited"]),
+                   entries, int(data["next_seq"]), states)
+
+
+def update_owner(kind: str, extensions: Sequence[ChannelExtension]) -> str:
+    """The name of the extension owning update `kind` (e.g. `add_htlc` -> `htlcs`), to build an `Update`
+    from a received message; `UpdateRefused` if none of the channel's extensions owns it."""
+    for ext in extensions:
+        if kind in ext.update_kinds:
+            return ext.name
+    raise UpdateRefused(f"this channel has no extension for update {kind!r}")
+
+
+def _owner(update: Update, extensions: Sequence[ChannelExtension]) -> ChannelExtension:
+    for ext in extensions:
+        if ext.name == update.owner:
+            return ext
+    raise UpdateRefused(f"update {update.kind!r} for extension {update.owner!r}, which this channel has not")
+
+
+def _apply(spec: CommitmentSpec, updates: Sequence[Update], extensions: Sequence[ChannelExtension]) -> CommitmentSpec:
+    for u in updates:
+        spec = _owner(u, extensions).apply_update(u, spec)
+    return spec
