@@ -32,6 +32,7 @@ from typing import Any, Callable
 
 import lnprototest
 import pyln.proto.wire
+from cryptography.exceptions import InvalidTag
 from lnprototest import Conn, Event, EventError, KeySet, MustNotMsg, SpecFileError
 
 from lnp_host.client import Client
@@ -160,7 +161,7 @@ class LnpConn(Conn):
         try:
             sock.settimeout(timeout)
             return self.connection.read_message()
-        except (OSError, ValueError):  # closed, reset, timed out, or a short read
+        except (OSError, ValueError, InvalidTag):  # closed, reset, timed out, a short read, or garbage
             return None
 
     def close(self) -> None:
@@ -181,7 +182,7 @@ class LnpRunner(lnprototest.Runner):
         self.node_id = b""
         self.node_features: set[int] = set()
         self.startup_flags = [f"--{flag}" for flag in config.getoption("runner_args", default=None) or []]
-        self.executor = concurrent.futures.ThreadPoolExecutor(max_workers=2)
+        self.executor: concurrent.futures.ThreadPoolExecutor | None = None
         self.fundchannel_future: concurrent.futures.Future[Any] | None = None
         self.fundchannel_expect_fail = False
         self.dev_options = list(self._dev_options())
@@ -286,7 +287,9 @@ class LnpRunner(lnprototest.Runner):
             return c.call(method, *args, **kwargs)
 
     def stop(self, print_logs: bool = False, also_chain: bool = True) -> None:
-        """Stop the node (and the chain, if this runner started it); raise a fundchannel's unexpected failure."""
+        """Stop the node (and the chain, if this runner started it); raise a fundchannel's unexpected failure
+        (one still running is ended by the stop, as lnprototest's own runner ends it)."""
+        failure = self._fundchannel_failure()
         for conn in self.conns.values():
             conn.close()
         self.conns = {}
@@ -304,9 +307,9 @@ class LnpRunner(lnprototest.Runner):
             log.info("---------- lnp-host log ----------\n%s", self._log_tail(1000))
         if also_chain and self.owns_chain:
             self.chain.stop()
-        failure = self._fundchannel_failure()
-        if also_chain:
+        if also_chain and self.executor is not None:
             self.executor.shutdown(wait=False, cancel_futures=True)
+            self.executor = None
         if failure is not None:
             raise failure
 
@@ -408,6 +411,8 @@ class LnpRunner(lnprototest.Runner):
             raise SpecFileError(event, "fundchannel while another is still running")
         peer = conn.pubkey.format().hex()
         self.fundchannel_expect_fail = expect_fail
+        if self.executor is None:
+            self.executor = concurrent.futures.ThreadPoolExecutor(max_workers=1)
         self.fundchannel_future = self.executor.submit(self.rpc, "fundchannel", peer, amount,
                                                        feerate_per_kw=feerate)
 

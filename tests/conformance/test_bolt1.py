@@ -16,12 +16,13 @@ if os.environ.get("LNP_REQUIRE_LNPROTOTEST"):
 lnprototest = pytest.importorskip("lnprototest")
 
 import pyln.spec.bolt1  # noqa: E402
-from lnprototest import (Block, Connect, ExpectDisconnect, ExpectMsg, Msg, RawMsg,  # noqa: E402
+from lnprototest import (Block, Conn, Connect, ExpectDisconnect, ExpectMsg, Msg, RawMsg,  # noqa: E402
                          bitfield, has_bit)
 from pyln.proto.message import Message  # noqa: E402
 
 from lnp_plugin_api.chains import chain_hash  # noqa: E402
-from lnp_runner import BLOCK_1, LnpRunner, RegtestChain  # noqa: E402
+from lnp_plugin_api import RpcError  # noqa: E402
+from lnp_runner import BLOCK_1, TIMEOUT, LnpRunner, RegtestChain  # noqa: E402
 
 UNKNOWN_ODD, UNKNOWN_EVEN = 99, 98  # feature bits no BOLT assigns
 
@@ -138,3 +139,15 @@ def test_expect_tx_sees_the_node_broadcast(runner: LnpRunner, chain: RegtestChai
     runner.add_blocks(None, [], 100)
     txid = runner.rpc("withdraw", chain.address, 100_000)["txid"]
     runner.expect_tx(None, bytes.fromhex(txid)[::-1].hex())  # lnprototest's txids are in internal order
+
+
+def test_node_rpc_failures_reach_the_suite(runner: LnpRunner) -> None:
+    # what the runner asks of the node's RPC fails as the node says, never silently
+    runner.start()
+    with pytest.raises(RpcError):
+        runner.close_channel("00" * 32)  # no such channel
+    stranger = Conn("05")  # a peer that never connected
+    runner.fundchannel(None, stranger, 100_000)
+    runner.fundchannel_future.exception(TIMEOUT)  # it ran beside the suite...
+    with pytest.raises(RpcError):
+        runner.stop()  # ...and its failure is raised when the run stops
