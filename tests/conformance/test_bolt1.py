@@ -132,6 +132,15 @@ def test_blocks_added_and_trimmed_reach_the_node(runner: LnpRunner) -> None:
     assert runner.getblockheight() == 103
 
 
+def test_suite_s_spendable_tx_is_mined(runner: LnpRunner, chain: RegtestChain) -> None:
+    # lnprototest's BOLT-2 tests fund channels from tx_spendable (it spends block 1's coinbase, P2WPKH)
+    from bitcoin.core import CTransaction, b2lx
+    from lnprototest.utils import tx_spendable
+    runner.run([Block(blockheight=102, txs=[tx_spendable]), *opened(), ping(1), pong(1)])
+    block = chain.call("getblock", chain.call("getblockhash", 102), True, False)
+    assert block["tx"][1:] == [b2lx(CTransaction.deserialize(bytes.fromhex(tx_spendable)).GetTxid())]
+
+
 def test_expect_tx_sees_the_node_broadcast(runner: LnpRunner, chain: RegtestChain) -> None:
     runner.start()
     address = runner.rpc("newaddr")["address"]
