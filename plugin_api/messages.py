@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, NamedTuple
+from typing import Any, ClassVar, NamedTuple, Self
 
 from .wire import MessageSpec, TlvRecord, TlvStream, WireError, split_message
 
@@ -98,7 +98,7 @@ class Message:
         return out
 
     @classmethod
-    def decode(cls, msg: bytes) -> "Message":
+    def decode(cls, msg: bytes) -> Self:
         """Decode a whole message of this class's type."""
         kind, payload = split_message(msg)
         if kind != cls.TYPE:
@@ -106,7 +106,7 @@ class Message:
         return cls.decode_payload(payload)
 
     @classmethod
-    def decode_payload(cls, payload: bytes) -> "Message":
+    def decode_payload(cls, payload: bytes) -> Self:
         """Decode the bytes after the type."""
         values = cls.SPEC.decode(payload)
         tlvs = values.pop("tlvs")
