@@ -71,24 +71,8 @@ class Message:
 
     def encode(self) -> bytes:
         """The whole message, its 2-byte type first; `WireError` if a value does not fit its field."""
-        values: dict[str, Any] = {}
-        tlvs: dict[str, Any] = {str(t): v for t, v in self.extra_tlvs.items()}
-        for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            if "wire" in f.metadata:
-                values[f.name] = value
-            elif "tlv" in f.metadata and value is not None:
-                _, rec_fields, as_ = f.metadata["tlv"]
-                parts = value if as_ is not None else (value,)
-                if len(parts) != len(rec_fields):
-                    raise WireError(f"{self.NAME}.{f.name}: expected {len(rec_fields)} values")
-                tlvs[f.name] = {name: part for (_, name), part in zip(rec_fields, parts)}
-        for t in self.extra_tlvs:
-            if t % 2 == 0 or any(rec.type == t for rec in self.SPEC.tlvs.records):
-                raise WireError(f"{self.NAME}: extra TLV {t} must be odd and not a known record")
-        values["tlvs"] = tlvs
         try:
-            out = self.SPEC.encode(values)
+            out = self.SPEC.encode(self._values())
         except (OverflowError, TypeError, AttributeError, ValueError) as e:
             if isinstance(e, WireError):
                 raise
@@ -96,6 +80,27 @@ class Message:
         if len(out) > MAX_MESSAGE_SIZE:
             raise WireError(f"{self.NAME}: {len(out)} bytes is more than a message can carry")
         return out
+
+    def _values(self) -> dict[str, Any]:
+        """The fields and TLV records as `MessageSpec.encode` takes them."""
+        values: dict[str, Any] = {}
+        tlvs: dict[str, Any] = {}
+        for t, v in self.extra_tlvs.items():
+            if t % 2 == 0 or any(rec.type == t for rec in self.SPEC.tlvs.records):
+                raise WireError(f"{self.NAME}: extra TLV {t} must be odd and not a known record")
+            tlvs[str(t)] = v
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if "wire" in f.metadata:
+                values[f.name] = value
+            elif "tlv" in f.metadata and value is not None:
+                _, rec_fields, as_ = f.metadata["tlv"]
+                parts = tuple(value) if as_ is not None else (value,)
+                if len(parts) != len(rec_fields):
+                    raise WireError(f"{self.NAME}.{f.name}: expected {len(rec_fields)} values")
+                tlvs[f.name] = {name: part for (_, name), part in zip(rec_fields, parts)}
+        values["tlvs"] = tlvs
+        return values
 
     @classmethod
     def decode(cls, msg: bytes) -> Self:
