@@ -18,6 +18,7 @@ import concurrent.futures
 import functools
 import hashlib
 import importlib.metadata
+import json
 import logging
 import os
 import secrets
@@ -211,17 +212,19 @@ class LnpRunner(lnprototest.Runner):
 
     def _profile(self) -> Path:
         plugins = ["core", "signd", "bitcoind", "watchd", "wallet", "peerd"]
+        extra = ""
         if any(ep.name == "channeld" for ep in importlib.metadata.entry_points(group="lnp_host.plugins")):
             plugins.append("channeld")
+            extra = "[plugins.channeld]\nmin_depth = 3\n"  # lnprototest's tests assume a minimum depth of 3
         mode = os.environ.get("LNP_RUNNER_BUS", "threads")
         path = Path(self.directory) / "node.toml"
         path.write_text(
             f'[node]\nnetwork = "regtest"\ndata_dir = "{self.data_dir}"\n[bus]\nmode = "{mode}"\n'
-            f'[plugins]\nenabled = {plugins!r}\n'
+            f'[plugins]\nenabled = {json.dumps(plugins)}\n'
             f'[plugins.peerd]\nlisten = ["127.0.0.1:{self.port}"]\n'
             f'[plugins.bitcoind]\nurl = "http://127.0.0.1:{self.chain.port}"\nuser = "x"\n'
             f'password = "{self.chain.key}"\nmempool_poll_interval = 0.2\n'
-            f'[plugins.watchd]\npoll_interval = 0.1\nstart_height = 0\n'.replace("'", '"'))
+            f'[plugins.watchd]\npoll_interval = 0.1\nstart_height = 0\n{extra}')
         return path
 
     def is_running(self) -> bool:
