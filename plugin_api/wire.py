@@ -132,8 +132,36 @@ def _point(r: Reader) -> bytes:
     return raw
 
 
+def _write_point(v: Any) -> bytes:
+    return _point(Reader(_fixed(33)[1](v)))
+
+
 # A field type: (read from a Reader that holds the rest of the record/message, write to bytes).
 FieldCodec = tuple[Callable[[Reader], Any], Callable[[Any], bytes]]
+
+
+def _fixed(n: int) -> FieldCodec:
+    """N bytes exactly, on reading and on writing."""
+    def write(v: Any) -> bytes:
+        v = bytes(v)
+        if len(v) != n:
+            raise WireError(f"expected {n} bytes, got {len(v)}")
+        return v
+    return (lambda r: r.take(n), write)
+
+
+def _read_signatures(r: Reader) -> list[bytes]:
+    count = r.uint(2)
+    if count * 64 > r.remaining:
+        raise WireError(f"truncated: {count} signatures announced, {r.remaining} bytes left")
+    return [r.take(64) for _ in range(count)]
+
+
+def _write_signatures(sigs: Any) -> bytes:
+    sigs = list(sigs)
+    if len(sigs) > 0xFFFF:
+        raise WireError("more than 65535 signatures")
+    return len(sigs).to_bytes(2, "big") + b"".join(_fixed(64)[1](s) for s in sigs)
 
 FIELD_TYPES: dict[str, FieldCodec] = {
     "byte": (lambda r: r.uint(1), lambda v: v.to_bytes(1, "big")),
@@ -144,10 +172,17 @@ FIELD_TYPES: dict[str, FieldCodec] = {
     "tu32": (lambda r: decode_truncated(r.rest(), 4), encode_truncated),
     "tu64": (lambda r: decode_truncated(r.rest(), 8), encode_truncated),
     "bigsize": (lambda r: r.bigsize(), encode_bigsize),
-    "point": (_point, lambda v: bytes(v)),
+    "point": (_point, _write_point),
     "short_channel_id": (lambda r: r.uint(8), lambda v: v.to_bytes(8, "big")),
-    "chain_hash": (lambda r: r.take(32), lambda v: bytes(v)),
-    "sha256": (lambda r: r.take(32), lambda v: bytes(v)),
+    "chain_hash": _fixed(32),
+    "sha256": _fixed(32),
+    "channel_id": _fixed(32),
+    "32*byte": _fixed(32),
+    "signature": _fixed(64),  # compact r||s; whether it verifies is the receiver's check, not the codec's
+    "1366*byte": _fixed(1366),  # an onion routing packet (BOLT-4)
+    "80*byte": _fixed(80),
+    "840*byte": _fixed(840),
+    "u16_signatures": (_read_signatures, _write_signatures),  # a u16 count, then 64 bytes each
     "u16_bytes": (lambda r: r.take(r.uint(2)), lambda v: len(v).to_bytes(2, "big") + bytes(v)),
     "rest": (lambda r: r.rest(), lambda v: bytes(v)),
     "chain_hashes": (lambda r: [r.take(32) for _ in range(_count(r, 32))], lambda v: b"".join(v)),

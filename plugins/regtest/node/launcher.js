@@ -6,7 +6,7 @@
 // local user can read. Prints one JSON line on stdout: {"ready": true, ...} once JSON-RPC answers, or
 // {"error": MESSAGE, "port": N} when a port is taken (then exits with status 1). Differences from stock
 // bcoin that this removes (see ../shared/notes/regtest-node.md): Core's address prefixes and RPC
-// port, segwit/CSV/CLTV active from the first blocks, wallet RPC calls on the node's RPC port, and a
+// port, segwit/CSV active from genesis and CLTV from block 1, wallet RPC calls on the node's RPC port, and a
 // `sendrawtransaction` that reports mempool rejections with bitcoind's error codes instead of
 // answering with the txid regardless (and, as bitcoind, answers the txid for a transaction its
 // mempool already holds, also when two sends of it race).
@@ -53,6 +53,16 @@ for (const name of ['csv', 'segwit']) {
 Network.set('regtest');
 
 const bcoin = require('bcoin');
+// Core's regtest has segwit and CSV active from genesis; bcoin's BIP9 versionbits would activate them a few
+// blocks later even with a window of 1, and so refuse a block 1 with a witness commitment (lnprototest submits one).
+const Chain = require('bcoin/lib/blockchain/chain');
+const { thresholdStates } = require('bcoin/lib/blockchain/common');
+const bip9State = Chain.prototype.getState;
+Chain.prototype.getState = async function getState(prev, deployment) {
+  if (deployment.name === 'csv' || deployment.name === 'segwit')
+    return thresholdStates.ACTIVE;
+  return bip9State.call(this, prev, deployment);
+};
 const { RPCError } = require('bweb');
 const TX = require('bcoin/lib/primitives/tx');
 
