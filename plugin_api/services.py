@@ -28,6 +28,8 @@ SIGNER_REQUESTS = {
     "validate_holder_commitment": "signd.validate_holder_commitment",
     "revoke_holder_commitment": "signd.revoke_holder_commitment",
     "sign_holder_commitment": "signd.sign_holder_commitment",
+    "sign_holder_htlc": "signd.sign_holder_htlc",
+    "sign_mutual_close": "signd.sign_mutual_close",
     "sign_sweep": "signd.sign_sweep",
     "sign_penalty": "signd.sign_penalty",
     "sign_invoice": "signd.sign_invoice",
@@ -50,15 +52,20 @@ class ChannelSetup:
     counterparty_to_self_delay: int
     channel_type: str                  # "static_remotekey" | "anchors"
     opener: str                        # "holder" | "counterparty"
+    holder_shutdown_script: bytes | None = None  # option_upfront_shutdown_script: a close may pay us there
 
     def to_json(self) -> dict[str, Any]:
         """The request's form (hex keys)."""
-        return {"funding_txid": self.funding_txid, "funding_vout": self.funding_vout, "funding_sat": self.funding_sat,
-                "counterparty_funding_pubkey": self.counterparty_funding_pubkey.hex(),
-                "counterparty_basepoints": {k: v.hex() for k, v in self.counterparty_basepoints.items()},
-                "holder_to_self_delay": self.holder_to_self_delay,
-                "counterparty_to_self_delay": self.counterparty_to_self_delay,
-                "channel_type": self.channel_type, "opener": self.opener}
+        body: dict[str, Any] = {
+            "funding_txid": self.funding_txid, "funding_vout": self.funding_vout, "funding_sat": self.funding_sat,
+            "counterparty_funding_pubkey": self.counterparty_funding_pubkey.hex(),
+            "counterparty_basepoints": {k: v.hex() for k, v in self.counterparty_basepoints.items()},
+            "holder_to_self_delay": self.holder_to_self_delay,
+            "counterparty_to_self_delay": self.counterparty_to_self_delay,
+            "channel_type": self.channel_type, "opener": self.opener}
+        if self.holder_shutdown_script is not None:
+            body["holder_shutdown_script"] = self.holder_shutdown_script.hex()
+        return body
 
 
 @dataclass(frozen=True)
@@ -177,6 +184,30 @@ class Signer:
         holder_signature, counterparty_signature}]} (signatures DER + sighash byte, hex). Only the
         latest validated commitment; the signer then reveals no secret of it, ever."""
         return dict(self._ask("sign_holder_commitment", {"index": index, "commitment_number": commitment_number}))
+
+    def sign_holder_htlc(self, index: int, commitment_number: int, htlc: int, tx: bytes, input_index: int,
+                         wallet_outputs: list[tuple[int, int] | None]) -> dict[str, bytes]:
+        """After `sign_holder_commitment`: our signature of HTLC transaction number `htlc` (in the order
+        validated) as `tx`, which may add inputs (fees) and wallet outputs (change) when the counterparty
+        signed SIGHASH_SINGLE|ANYONECANPAY: input and output `input_index` are the ones it signed;
+        `wallet_outputs` names a wallet key per output (None for that one).
+        {holder_signature, counterparty_signature (DER + sighash byte), witness_script}."""
+        found = self._ask("sign_holder_htlc", {
+            "index": index, "commitment_number": commitment_number, "htlc": htlc, "tx": tx.hex(),
+            "input_index": input_index, "wallet_outputs": [list(p) if p is not None else None for p in wallet_outputs]})
+        return {k: bytes.fromhex(v) for k, v in found.items()}
+
+    def sign_mutual_close(self, index: int, tx: bytes, holder_output: int | None,
+                          wallet_output: tuple[int, int] | None = None, destination: bytes | None = None) -> bytes:
+        """Our 64-byte signature of a cooperative close spending the funding outpoint alone; our output
+        `holder_output` (None: nothing for us) pays the wallet key `wallet_output` (branch, index), the
+        upfront shutdown script, or `destination` (a script the user named; `sign_request` sees it)."""
+        body: dict[str, Any] = {"index": index, "tx": tx.hex(), "holder_output": holder_output}
+        if wallet_output is not None:
+            body["wallet_output"] = list(wallet_output)
+        if destination is not None:
+            body["destination"] = destination.hex()
+        return bytes.fromhex(self._ask("sign_mutual_close", body)["signature"])
 
     def sign_sweep(self, index: int, kind: str, tx: bytes, input_index: int, amount_sat: int,
                    wallet_outputs: list[tuple[int, int]], commitment_number: int | None = None,

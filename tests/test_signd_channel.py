@@ -14,6 +14,7 @@ from embit.script import Script
 from sqlalchemy import create_engine
 
 from lnp_plugin_api import RpcError
+from lnp_plugin_api.services import ChannelSetup, HtlcTx, Signer as ServiceSigner
 from lnp_plugin_api.bolt3 import (MAX_INDEX, derive_pubkey, derive_revocation_pubkey, per_commitment_secret, point)
 from lnp_plugins import signd
 from lnp_plugins.signd import invoice, policy, scripts as S, seed, storage
@@ -368,3 +369,89 @@ def test_forced_channel_secrets_and_bip32_seed() -> None:
     seeded = Keychain("", "regtest", bip32_seed=b"\x01" * 32)
     assert seeded.node_id() != KEYS.node_id() and seeded.account_xpub() != KEYS.account_xpub()
     assert seeded.account_xpub() == Keychain("", "regtest", bip32_seed=b"\x01" * 32).account_xpub()
+
+
+# --- the typed client (plugin_api.services.Signer) over signd's handlers ------------------------
+
+class DirectContext:
+    """ctx.request straight to signd's handlers: the client's encoding, without a bus."""
+
+    def __init__(self, s: signd.Signer) -> None:
+        self.s = s
+
+    def request(self, name: str, body: dict, timeout: float | None = None) -> Any:
+        return signd.dispatch(self.s, name, body)
+
+
+def setup_for(them: Counterparty, channel_type: str = "anchors", shutdown: bytes | None = None) -> ChannelSetup:
+    p = params(them, channel_type)
+    return ChannelSetup(p["funding_txid"], 0, FUNDING_SAT, point(them.funding),
+                        {k: bytes.fromhex(v) for k, v in them.basepoints().items()}, HOLDER_DELAY, COUNTERPARTY_DELAY,
+                        channel_type, "holder", shutdown)
+
+
+def test_typed_client_drives_a_channel_to_chain(signer) -> None:
+    """The calls channeld makes, through `Signer`: open, one update each way, force close with an
+    anchors HTLC transaction that adds a fee input and wallet change."""
+    client = ServiceSigner(DirectContext(signer))  # type: ignore[arg-type]
+    ch = Channel(KEYS, 0, Counterparty(), "anchors")
+    assert client.channel_keys(0)["first_per_commitment_point"] == ch.holder_point(0).hex()
+    assert client.ready_channel(0, setup_for(ch.them)) == ch.funding_script()
+    sig, htlc_sigs = client.sign_counterparty_commitment(0, 0, ch.commitment(0, ch.their_outputs(0)).serialize(),
+                                                         ch.them.point(0), [])
+    assert len(sig) == 64 and htlc_sigs == []
+    for n in (0, 1):
+        pcp = ch.holder_point(n)
+        script = ch.htlc_script(derive_pubkey(ch.bp["htlc_basepoint"], pcp), derive_pubkey(point(ch.them.htlc), pcp))
+        tx = ch.commitment(n, ch.our_outputs(n, script))
+        htlc = ch.htlc_tx(tx, 2, ch.our_to_local(n), 10_000)  # zero-fee: anchors
+        their = ch.their_sig(htlc, ch.their_htlc_secret(n), script, 10_000, S.SIGHASH_SINGLE_ACP)
+        client.validate_holder_commitment(0, n, tx.serialize(), ch.their_sig(tx),
+                                          [HtlcTx(htlc.serialize(), script, their)])
+    secret, next_point = client.revoke_holder_commitment(0, 0)
+    assert point(secret) == ch.holder_point(0) and next_point == ch.holder_point(2)
+    client.sign_counterparty_commitment(0, 1, ch.commitment(1, ch.their_outputs(1)).serialize(), ch.them.point(1), [])
+    client.validate_counterparty_revocation(0, 0, ch.them.secret(0))
+    with pytest.raises(RpcError, match="was not signed for the chain"):
+        client.sign_holder_htlc(0, 1, 0, htlc.serialize(), 0, [None])
+    closing = client.sign_holder_commitment(0, 1)
+    assert S.parse_tx(closing["tx"]).txid() == tx.txid()
+    # the HTLC transaction with a wallet input for its fee and wallet change
+    bumped = S.parse_tx(htlc.serialize().hex())
+    bumped.vin.append(spend(b"\x77" * 32, 0, []).vin[0])
+    change = signer.channels.wallet_script(1, 9)
+    bumped.vout.append(spend(b"\x77" * 32, 0, [(change, 5_000)]).vout[0])
+    got = client.sign_holder_htlc(0, 1, 0, bumped.serialize(), 0, [None, (1, 9)])
+    digest = bumped.sighash_segwit(0, Script(script), 10_000, S.SIGHASH_ALL)
+    assert verify_der(derive_pubkey(ch.bp["htlc_basepoint"], ch.holder_point(1)), got["holder_signature"], digest)
+    assert got["counterparty_signature"][-1] == S.SIGHASH_SINGLE_ACP
+    with pytest.raises(RpcError, match="does not pay the wallet"):
+        client.sign_holder_htlc(0, 1, 0, bumped.serialize(), 0, [None, (1, 8)])
+    moved = S.parse_tx(bumped.serialize().hex())
+    moved.vout[0].value -= 1_000  # not the output the counterparty signed
+    with pytest.raises(RpcError, match="not the HTLC transaction the counterparty signed"):
+        client.sign_holder_htlc(0, 1, 0, moved.serialize(), 0, [None, (1, 9)])
+
+
+def test_mutual_close_pays_us_where_allowed(signer) -> None:
+    client = ServiceSigner(DirectContext(signer))  # type: ignore[arg-type]
+    ch = Channel(KEYS, 0, Counterparty(), "static_remotekey")
+    upfront = S.p2wpkh(point(b"\x88" * 32))
+    client.ready_channel(0, setup_for(ch.them, "static_remotekey", upfront))
+    wallet, theirs, other = signer.channels.wallet_script(0, 2), S.p2wpkh(point(ch.them.payment)), S.p2wpkh(b"\x02" * 33)
+
+    def close(ours: bytes, txid: str = "aa" * 32, value: int = 500_000) -> bytes:
+        return spend(bytes.fromhex(txid), 0, [(ours, value), (theirs, 499_000)]).serialize()
+    sig = client.sign_mutual_close(0, close(wallet), 0, wallet_output=(0, 2))
+    tx = S.parse_tx(close(wallet).hex())
+    assert S.verify(ch.bp["funding_pubkey"], sig,
+                    tx.sighash_segwit(0, Script(ch.funding_script()), FUNDING_SAT, S.SIGHASH_ALL))
+    client.sign_mutual_close(0, close(upfront), 0)
+    client.sign_mutual_close(0, close(other), 0, destination=other)  # named by the user: sign_request sees it
+    client.sign_mutual_close(0, close(theirs, value=1000), None)    # nothing for us
+    for args, match in (((close(other), 0), "pays neither"), ((close(other), 0, (0, 2)), "does not pay the wallet"),
+                        ((close(wallet, txid="bb" * 32), 0, (0, 2)), "funding outpoint"),
+                        ((close(wallet, value=600_000), 0, (0, 2)), "more than the channel holds")):
+        with pytest.raises(RpcError, match=match) as e:
+            client.sign_mutual_close(0, *args)
+        assert e.value.code == RpcError.REFUSED

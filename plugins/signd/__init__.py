@@ -11,7 +11,8 @@ Control requests (service `signd`), each open only to the services with its capa
     signd.per_commitment_point {index, commitment_number} -> {point}                channel
     signd.channel_keys, ready_channel, sign_counterparty_commitment,                channel
       validate_counterparty_revocation, validate_holder_commitment,
-      revoke_holder_commitment, sign_holder_commitment, sign_sweep, sign_penalty   (channel.py, sweeps.py)
+      revoke_holder_commitment, sign_holder_commitment, sign_holder_htlc,
+      sign_mutual_close, sign_sweep, sign_penalty                                  (channel.py, sweeps.py)
     signd.sign_invoice    {hrp, data} -> {signature (65 bytes, recoverable)}        invoice
     signd.onion_ecdh      {point} -> {secret}: ECDH with the node key (BOLT-4)     onion
 Every signature is first put to the decision `sign_request`; any plugin may refuse it.
@@ -155,6 +156,8 @@ class Signer:
             "signd.validate_holder_commitment": ch.validate_holder_commitment,
             "signd.revoke_holder_commitment": ch.revoke_holder_commitment,
             "signd.sign_holder_commitment": ch.sign_holder_commitment,
+            "signd.sign_holder_htlc": ch.sign_holder_htlc,
+            "signd.sign_mutual_close": ch.sign_mutual_close,
             "signd.sign_sweep": lambda body: sweeps.sign_sweep(ch, body),
             "signd.sign_penalty": lambda body: sweeps.sign_penalty(ch, body),
             "signd.sign_invoice": self.sign_invoice,

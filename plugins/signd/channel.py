@@ -121,6 +121,12 @@ def check_params(raw: Any) -> dict[str, Any]:
     if raw["opener"] not in ("holder", "counterparty"):
         raise bad("opener must be holder or counterparty")
     params["channel_type"], params["opener"] = raw["channel_type"], raw["opener"]
+    shutdown = raw.get("holder_shutdown_script")  # option_upfront_shutdown_script: where a close may pay us
+    if shutdown is not None:
+        script = _hex(raw, "holder_shutdown_script")
+        if not 1 <= len(script) <= 42:
+            raise bad("holder_shutdown_script must be a script of 1 to 42 bytes")
+        params["holder_shutdown_script"] = script.hex()
     return params
 
 
@@ -131,13 +137,20 @@ class ChannelSigner:
                  allowed: Callable[[str, dict[str, Any]], None] = lambda kind, detail: None) -> None:
         self.keys, self.begin, self.allowed = keys, begin, allowed
         self.lock = threading.Lock()  # one operation at a time: each reads, checks and writes a state
+        self._saved: dict[int, str] = {}  # index -> the state as committed (signd is its only writer)
 
     # --- state ------------------------------------------------------------------------------------
 
     def load(self, index: int) -> ChannelState | None:
-        with self.begin() as conn:
-            row = conn.execute(select(channels.c.state).where(channels.c.idx == index)).first()
-        return ChannelState(**json.loads(row[0])) if row else None
+        """A fresh copy of the committed state of channel `index` (None: not ready)."""
+        text = self._saved.get(index)
+        if text is None:
+            with self.begin() as conn:
+                row = conn.execute(select(channels.c.state).where(channels.c.idx == index)).first()
+            if row is None:
+                return None
+            text = self._saved[index] = row[0]
+        return ChannelState(**json.loads(text))
 
     def save(self, state: ChannelState) -> None:
         """Commit the state (before the answer that depends on it leaves)."""
@@ -147,6 +160,7 @@ class ChannelSigner:
                 conn.execute(channels.update().where(channels.c.idx == state.index).values(state=text))
             else:
                 conn.execute(channels.insert().values(idx=state.index, state=text))
+        self._saved[state.index] = text  # only once committed
 
     def ready(self, index: int) -> ChannelState:
         state = self.load(index)
@@ -233,17 +247,22 @@ class ChannelSigner:
             raise refuse("an HTLC transaction's sequence or output is not BOLT-3's for this channel: refused")
         return tx, script, spent.value
 
-    def check_wallet_outputs(self, tx: Transaction, paths: Any) -> None:
-        """Every output pays a wallet key, named by its (branch, index) in `paths`, one per output."""
+    def check_wallet_outputs(self, tx: Transaction, paths: Any, skip: int | None = None) -> None:
+        """Every output (but `skip`) pays a wallet key, named by its (branch, index) in `paths`, one
+        per output (None for `skip`)."""
         if not isinstance(paths, list) or len(paths) != len(tx.vout):
             raise bad("wallet_outputs must give [branch, index] for each output")
         for j, (out, path) in enumerate(zip(tx.vout, paths)):
-            if (not isinstance(path, list) or len(path) != 2 or path[0] not in (0, 1)
-                    or not isinstance(path[1], int) or isinstance(path[1], bool) or not 0 <= path[1] < HARDENED):
-                raise bad("wallet_outputs must give [branch (0 or 1), index] for each output")
-            if out.script_pubkey.data != self.wallet_script(path[0], path[1]):
-                raise refuse(f"output {j} does not pay the wallet key {path[0]}/{path[1]}: signd sweeps to the "
-                             "wallet only")
+            if j != skip:
+                self.check_wallet_output(j, out.script_pubkey.data, path)
+
+    def check_wallet_output(self, j: int, script: bytes, path: Any) -> None:
+        """Output `j` pays `script`, the wallet key of `path` [branch, index]."""
+        if (not isinstance(path, list) or len(path) != 2 or path[0] not in (0, 1)
+                or not isinstance(path[1], int) or isinstance(path[1], bool) or not 0 <= path[1] < HARDENED):
+            raise bad("a wallet output is given as [branch (0 or 1), index]")
+        if script != self.wallet_script(path[0], path[1]):
+            raise refuse(f"output {j} does not pay the wallet key {path[0]}/{path[1]}: signd pays the wallet only")
 
     # --- operations -------------------------------------------------------------------------------
 
@@ -399,7 +418,7 @@ class ChannelSigner:
         theirs = bytes.fromhex(state.holder_signature)
         mine_first = self.pub(FUNDING, index) < bytes.fromhex(p["counterparty_funding_pubkey"])
         sigs = [S.der(ours, S.SIGHASH_ALL), S.der(theirs, S.SIGHASH_ALL)]
-        tx.vin[0].witness = _witness([b"", *(sigs if mine_first else sigs[::-1]), funding])
+        tx.vin[0].witness = Witness([b"", *(sigs if mine_first else sigs[::-1]), funding])
         pcp = self.holder_point(index, n)
         htlc_secret = derive_privkey(self.secret(HTLC, index), pcp)
         flag = S.SIGHASH_SINGLE_ACP if p["channel_type"] == "anchors" else S.SIGHASH_ALL
@@ -412,6 +431,69 @@ class ChannelSigner:
                         "counterparty_signature": S.der(bytes.fromhex(h["signature"]), flag).hex()})
         return {"tx": tx.serialize().hex(), "txid": tx.txid().hex(), "htlcs": out}
 
+    def sign_holder_htlc(self, body: dict[str, Any]) -> dict[str, Any]:
+        """Our signature (SIGHASH_ALL) of an HTLC transaction of our commitment gone to chain, which
+        may carry more inputs and outputs than the one the counterparty signed (anchors: it signed
+        SIGHASH_SINGLE|ANYONECANPAY, so fees can be added): input `input_index` spends the HTLC output
+        and output `input_index` is the one it signed; every other output pays the wallet."""
+        index, n, tx = _int(body, "index", 0, HARDENED - 1), _int(body, "commitment_number"), _tx(body)
+        i, which = _int(body, "input_index", 0, len(tx.vin) - 1), _int(body, "htlc", 0, 482)
+        with self.lock:
+            state = self.ready(index)
+            if n != state.holder_broadcast:
+                raise refuse(f"holder commitment {n} was not signed for the chain: refused")
+            if which >= len(state.holder_htlcs):
+                raise bad(f"holder commitment {n} has {len(state.holder_htlcs)} HTLC transactions")
+            stored = state.holder_htlcs[which]
+            signed = S.parse_tx(stored["tx"])
+            vin, want = tx.vin[i], signed.vin[0]
+            if (vin.txid, vin.vout, vin.sequence) != (want.txid, want.vout, want.sequence) or tx.version != 2 \
+                    or i >= len(tx.vout) or tx.vout[i].serialize() != signed.vout[0].serialize() \
+                    or tx.locktime != signed.locktime:
+                raise refuse("the transaction is not the HTLC transaction the counterparty signed (its input, "
+                             "paired output, sequence or locktime): refused")
+            self.check_wallet_outputs(tx, body.get("wallet_outputs"), skip=i)
+            self.allowed("channel", {"purpose": "holder_htlc", "index": index, "commitment_number": n,
+                                     "input": i, "amount_sat": stored["amount_sat"]})
+        secret = derive_privkey(self.secret(HTLC, index), self.holder_point(index, n))
+        digest = tx.sighash_segwit(i, Script(bytes.fromhex(stored["witness_script"])), stored["amount_sat"],
+                                   S.SIGHASH_ALL)
+        flag = S.SIGHASH_SINGLE_ACP if state.params["channel_type"] == "anchors" else S.SIGHASH_ALL
+        return {"holder_signature": S.der(S.sign(secret, digest), S.SIGHASH_ALL).hex(),
+                "counterparty_signature": S.der(bytes.fromhex(stored["signature"]), flag).hex(),
+                "witness_script": stored["witness_script"]}
 
-def _witness(items: list[bytes]) -> Witness:
-    return Witness(items)
+    def sign_mutual_close(self, body: dict[str, Any]) -> dict[str, Any]:
+        """Our signature (64 bytes compact, SIGHASH_ALL) of a cooperative close: it spends the
+        funding outpoint alone, and our output `holder_output` (None: we take nothing) pays the
+        wallet key `wallet_output` [branch, index], the upfront shutdown script, or `destination`
+        (a script the user named), which the `sign_request` decision sees as external."""
+        index, tx = _int(body, "index", 0, HARDENED - 1), _tx(body)
+        ours = body.get("holder_output")
+        if ours is not None:
+            ours = _int(body, "holder_output", 0, len(tx.vout) - 1)
+        with self.lock:
+            state = self.ready(index)
+            p = state.params
+            if len(tx.vin) != 1 or tx.vin[0].txid.hex() != p["funding_txid"] or tx.vin[0].vout != p["funding_vout"]:
+                raise refuse(f"the close does not spend channel {index}'s funding outpoint (alone): refused")
+            if sum(o.value for o in tx.vout) > p["funding_sat"]:
+                raise refuse("the close pays out more than the channel holds: refused")
+            external = False
+            if ours is not None:
+                script = tx.vout[ours].script_pubkey.data
+                wallet, destination = body.get("wallet_output"), body.get("destination")
+                if wallet is not None:
+                    self.check_wallet_output(ours, script, wallet)
+                elif script.hex() == p.get("holder_shutdown_script"):
+                    pass
+                elif destination is not None and _hex(body, "destination") == script:
+                    external = True
+                else:
+                    raise refuse("our output of the close pays neither the wallet, nor the upfront shutdown "
+                                 "script, nor the destination named: refused")
+            self.allowed("channel", {"purpose": "mutual_close", "index": index, "holder_output": ours,
+                                     "external": external, "outputs": [
+                                         {"value_sat": o.value, "script": o.script_pubkey.data.hex()} for o in tx.vout]})
+        digest = tx.sighash_segwit(0, Script(self.funding_script(state)), p["funding_sat"], S.SIGHASH_ALL)
+        return {"signature": S.sign(self.secret(FUNDING, index), digest).hex()}

@@ -46,6 +46,8 @@ OPERATIONS: dict[str, str | None] = {
     "signd.sign_holder_commitment": "channel",
     "signd.sign_sweep": "channel",
     "signd.sign_penalty": "channel",
+    "signd.sign_holder_htlc": "channel",
+    "signd.sign_mutual_close": "channel",
     "signd.sign_invoice": "invoice",
     "signd.onion_ecdh": "onion",
 }
