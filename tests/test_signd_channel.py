@@ -106,7 +106,8 @@ def test_counterparty_commitment_must_spend_the_funding_outpoint(signer) -> None
     ch = ready(signer)
     pcp = ch.them.point(0).hex()
     for tx, why in ((ch.commitment(0, ch.their_outputs(0), txid="bb" * 32), "does not spend channel 0's funding"),
-                    (ch.commitment(0, ch.their_outputs(0), obscured=ch.factor ^ 5), "obscured commitment number")):
+                    (ch.commitment(0, ch.their_outputs(0), obscured=ch.factor ^ 5), "obscured commitment number"),
+                    (ch.commitment(0, [(ch.their_outputs(0)[1][0], FUNDING_SAT + 1)]), "more than the channel holds")):
         refused(signer, "sign_counterparty_commitment", why, index=0, commitment_number=0,
                 tx=tx.serialize().hex(), per_commitment_point=pcp)
     refused(signer, "sign_counterparty_commitment", "not ready", index=1, commitment_number=0,

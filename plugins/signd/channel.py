@@ -218,7 +218,8 @@ class ChannelSigner:
     # --- checks -----------------------------------------------------------------------------------
 
     def check_commitment(self, state: ChannelState, tx: Transaction, n: int) -> None:
-        """The transaction spends exactly this channel's funding outpoint and encodes commitment `n`."""
+        """The transaction spends exactly this channel's funding outpoint, encodes commitment `n` and
+        pays out no more than the channel holds."""
         p = state.params
         if len(tx.vin) != 1 or tx.vin[0].txid.hex() != p["funding_txid"] or tx.vin[0].vout != p["funding_vout"]:
             raise refuse(f"the commitment does not spend channel {state.index}'s funding outpoint "
@@ -228,6 +229,8 @@ class ChannelSigner:
             raise refuse("not a BOLT-3 commitment transaction (version, locktime or sequence): refused")
         if ((sequence & 0xFFFFFF) << 24 | locktime & 0xFFFFFF) != self.obscured(state, n):
             raise refuse(f"the transaction's obscured commitment number is not commitment {n}'s: refused")
+        if sum(o.value for o in tx.vout) > p["funding_sat"]:
+            raise refuse("the commitment pays out more than the channel holds: refused")
 
     def check_htlc(self, state: ChannelState, commitment: Transaction, item: dict[str, Any], output: bytes,
                    our_htlc_key: bytes) -> tuple[Transaction, bytes, int]:
