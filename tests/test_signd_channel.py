@@ -456,3 +456,32 @@ def test_mutual_close_pays_us_where_allowed(signer) -> None:
         with pytest.raises(RpcError, match=match) as e:
             client.sign_mutual_close(0, *args)
         assert e.value.code == RpcError.REFUSED
+
+
+def test_a_refused_sign_request_or_a_failed_commit_gives_nothing(signer, monkeypatch) -> None:
+    """The sign_request decision sees channel signatures and may refuse them; a state that cannot be
+    committed releases no secret and records nothing."""
+    ch = ready(signer)
+    validate(signer, ch, 0)
+    validate(signer, ch, 1)
+    seen = []
+
+    class No:
+        allowed, by, reason = False, "tk_limit", "not today"
+
+    def decide(name: str, body: dict) -> Any:
+        seen.append(body)
+        return No()
+    monkeypatch.setattr(signer.ctx, "decide", decide)
+    refused(signer, "sign_holder_commitment", "signing refused by tk_limit: not today", index=0, commitment_number=1)
+    assert seen == [{"kind": "channel", "purpose": "holder_commitment", "index": 0, "commitment_number": 1}]
+    assert signer.channels.load(0).holder_broadcast == -1  # not marked as gone to chain
+
+    def broken(state: Any) -> None:
+        raise RuntimeError("disk full")
+    monkeypatch.setattr(signer.channels, "save", broken)
+    with pytest.raises(RuntimeError):
+        ask(signer, "revoke_holder_commitment", index=0, commitment_number=0)
+    monkeypatch.undo()
+    assert signer.channels.load(0).holder_revoked == -1
+    refused(signer, "sign_holder_commitment", "not the latest", index=0, commitment_number=0)
