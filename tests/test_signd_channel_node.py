@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 
-from conftest import wait_for
 from peer_tools import free_port
 from lnp_plugin_api import RpcError
 from lnp_plugin_api.bolt3 import point

@@ -21,8 +21,8 @@ from embit.transaction import Transaction
 from sqlalchemy import select
 
 from lnp_plugin_api import RpcError
-from lnp_plugin_api.bolt3 import (MAX_INDEX, derive_privkey, derive_pubkey, derive_revocation_privkey,
-                                  derive_revocation_pubkey, per_commitment_secret, point)
+from lnp_plugin_api.bolt3 import (MAX_INDEX, derive_privkey, derive_pubkey, derive_revocation_pubkey,
+                                  per_commitment_secret, point)
 
 from . import scripts as S
 from .keys import FAMILIES, PER_COMMITMENT_FAMILY, Keychain
