@@ -306,7 +306,7 @@ def run_service(profile: Profile, registry: Registry, service: str, verbosity: i
         log.error("service %s failed: %s", service, e)
         return 2 if e.fatal else 1
     finally:
-        force_node_key(data_dir, None)
+        force_dev_secrets(data_dir, None)
         bus.close()
         db.close()
         zap_stop(zctx)
