@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 
+from embit.hashes import hash160
 from embit.script import Script
 from embit.transaction import Transaction, TransactionInput, TransactionOutput
 
@@ -72,10 +73,14 @@ class Channel:
                            locktime=0x20 << 24 | o & 0xFFFFFF)
 
     # the counterparty's commitment (paying us to_remote) and ours
-    def their_outputs(self, n: int, htlc_script: bytes | None = None) -> list[tuple[bytes, int]]:
+    def their_to_local(self, n: int) -> bytes:
+        """The counterparty's to_local script on its commitment `n` (revocable with our basepoint)."""
         pcp = self.them.point(n)
-        to_local = S.to_local_script(derive_revocation_pubkey(self.bp["revocation_basepoint"], pcp), COUNTERPARTY_DELAY,
-                                     derive_pubkey(point(self.them.delayed), pcp))
+        return S.to_local_script(derive_revocation_pubkey(self.bp["revocation_basepoint"], pcp), COUNTERPARTY_DELAY,
+                                 derive_pubkey(point(self.them.delayed), pcp))
+
+    def their_outputs(self, n: int, htlc_script: bytes | None = None) -> list[tuple[bytes, int]]:
+        to_local = self.their_to_local(n)
         ours = self.bp["payment_basepoint"]
         to_remote = S.p2wsh(S.anchors_to_remote_script(ours)) if self.type == "anchors" else S.p2wpkh(ours)
         outs = [(S.p2wsh(to_local), 600_000), (to_remote, 390_000)]
@@ -90,9 +95,23 @@ class Channel:
         outs = [(S.p2wsh(self.our_to_local(n)), 390_000), (S.p2wpkh(point(self.them.payment)), 600_000)]
         return outs + ([(S.p2wsh(htlc_script), 10_000)] if htlc_script else [])
 
-    def htlc_script(self, ours: bytes, theirs: bytes) -> bytes:
-        """A stand-in for an HTLC's witness script holding both HTLC keys (the real one is channeld's)."""
-        return S.push(ours) + bytes([S.OP_CHECKSIGVERIFY]) + S.push(theirs) + bytes([S.OP_CHECKSIG])
+    def htlc_script(self, ours: bytes, theirs: bytes, revocation: bytes = b"\x02" * 33) -> bytes:
+        """A stand-in for an HTLC's witness script holding the hash of the revocation key and both HTLC
+        keys (the real one is channeld's)."""
+        return (bytes([S.OP_DUP, S.OP_HASH160]) + S.push(hash160(revocation)) + bytes([0x87, 0x75]) + S.push(ours)
+                + bytes([S.OP_CHECKSIGVERIFY]) + S.push(theirs) + bytes([S.OP_CHECKSIG]))
+
+    def their_htlc_script(self, n: int) -> bytes:
+        """An HTLC of the counterparty's commitment `n`: revocable with our revocation basepoint."""
+        pcp = self.them.point(n)
+        return self.htlc_script(derive_pubkey(self.bp["htlc_basepoint"], pcp), derive_pubkey(point(self.them.htlc), pcp),
+                                derive_revocation_pubkey(self.bp["revocation_basepoint"], pcp))
+
+    def our_htlc_script(self, n: int) -> bytes:
+        """An HTLC of our commitment `n`: revocable with the counterparty's revocation basepoint."""
+        pcp = self.holder_point(n)
+        return self.htlc_script(derive_pubkey(self.bp["htlc_basepoint"], pcp), derive_pubkey(point(self.them.htlc), pcp),
+                                derive_revocation_pubkey(point(self.them.revocation), pcp))
 
     def htlc_tx(self, commitment: Transaction, vout: int, pays: bytes, value: int) -> Transaction:
         seq = 1 if self.type == "anchors" else 0

@@ -123,7 +123,7 @@ def test_counterparty_htlc_signatures(signer, channel_type: str) -> None:
     ch = ready(signer, channel_type)
     pcp = ch.them.point(0)
     our_htlc = derive_pubkey(ch.bp["htlc_basepoint"], pcp)
-    script = ch.htlc_script(our_htlc, derive_pubkey(point(ch.them.htlc), pcp))
+    script = ch.their_htlc_script(0)
     tx = ch.commitment(0, ch.their_outputs(0, script))
     to_local = ch.their_outputs(0)[0][0]
     their_to_local = S.to_local_script(derive_revocation_pubkey(ch.bp["revocation_basepoint"], pcp), COUNTERPARTY_DELAY,
@@ -137,7 +137,7 @@ def test_counterparty_htlc_signatures(signer, channel_type: str) -> None:
     digest = htlc.sighash_segwit(0, Script(script), 10_000, flag)
     assert S.verify(our_htlc, bytes.fromhex(got["htlc_signatures"][0]), digest)
     pcp1 = ch.them.point(1)
-    script1 = ch.htlc_script(derive_pubkey(ch.bp["htlc_basepoint"], pcp1), derive_pubkey(point(ch.them.htlc), pcp1))
+    script1 = ch.their_htlc_script(1)
     tx1 = ch.commitment(1, ch.their_outputs(1, script1))
     stolen = ch.htlc_tx(tx1, 2, ch.our_to_local(0), 9_000)  # pays elsewhere
     refused(signer, "sign_counterparty_commitment", "output is not BOLT-3's", **{
@@ -148,6 +148,29 @@ def test_counterparty_htlc_signatures(signer, channel_type: str) -> None:
         "tx": ch.commitment(1, ch.their_outputs(1, script)).serialize().hex(),
         "htlcs": [{"tx": ch.htlc_tx(ch.commitment(1, ch.their_outputs(1, script)), 2, their_to_local, 9_000)
                    .serialize().hex(), "witness_script": script.hex()}]})
+
+
+def test_every_output_of_their_commitment_is_revocable_or_ours(signer) -> None:
+    """An output of the counterparty's commitment we could not take after a revocation (paying them
+    directly, an HTLC whose transaction we do not sign, an HTLC without our revocation key) is refused."""
+    ch = ready(signer, "anchors")
+    pcp = ch.them.point(0)
+
+    def body(outputs: list, htlcs: list | None = None) -> dict:
+        return dict(index=0, commitment_number=0, tx=ch.commitment(0, outputs).serialize().hex(),
+                    per_commitment_point=pcp.hex(), htlcs=htlcs or [])
+    plain = ch.their_outputs(0)
+    refused(signer, "sign_counterparty_commitment", "output 2 of the counterparty's commitment",
+            **body(plain + [(S.p2wpkh(point(ch.them.payment)), 1_000)]))
+    refused(signer, "sign_counterparty_commitment", "output 2 of the counterparty's commitment",
+            **body(ch.their_outputs(0, ch.their_htlc_script(0))))
+    unrevocable = ch.htlc_script(derive_pubkey(ch.bp["htlc_basepoint"], pcp), derive_pubkey(point(ch.them.htlc), pcp))
+    outputs = plain + [(S.p2wsh(unrevocable), 10_000)]
+    htlc = ch.htlc_tx(ch.commitment(0, outputs), 2, ch.their_to_local(0), 10_000)
+    refused(signer, "sign_counterparty_commitment", "not an HTLC of this channel's keys",
+            **body(outputs, [{"tx": htlc.serialize().hex(), "witness_script": unrevocable.hex()}]))
+    anchors = [(S.p2wsh(S.anchor_script(key)), 330) for key in (ch.bp["funding_pubkey"], point(ch.them.funding))]
+    ask(signer, "sign_counterparty_commitment", **body(plain + anchors))
 
 
 # --- our commitments ----------------------------------------------------------------------------
@@ -193,7 +216,7 @@ def test_holder_htlc_signatures_are_checked_and_returned(signer) -> None:
     ch = ready(signer, "anchors")
     pcp = ch.holder_point(0)
     ours, theirs = derive_pubkey(ch.bp["htlc_basepoint"], pcp), derive_pubkey(point(ch.them.htlc), pcp)
-    script = ch.htlc_script(ours, theirs)
+    script = ch.our_htlc_script(0)
     tx = ch.commitment(0, ch.our_outputs(0, script))
     htlc = ch.htlc_tx(tx, 2, ch.our_to_local(0), 9_000)
     good = ch.their_sig(htlc, ch.their_htlc_secret(0), script, 10_000, S.SIGHASH_SINGLE_ACP)
@@ -403,7 +426,7 @@ def test_typed_client_drives_a_channel_to_chain(signer) -> None:
     assert len(sig) == 64 and htlc_sigs == []
     for n in (0, 1):
         pcp = ch.holder_point(n)
-        script = ch.htlc_script(derive_pubkey(ch.bp["htlc_basepoint"], pcp), derive_pubkey(point(ch.them.htlc), pcp))
+        script = ch.our_htlc_script(n)
         tx = ch.commitment(n, ch.our_outputs(n, script))
         htlc = ch.htlc_tx(tx, 2, ch.our_to_local(n), 10_000)  # zero-fee: anchors
         their = ch.their_sig(htlc, ch.their_htlc_secret(n), script, 10_000, S.SIGHASH_SINGLE_ACP)

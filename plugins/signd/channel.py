@@ -16,6 +16,7 @@ import threading
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, ContextManager
 
+from embit.hashes import hash160
 from embit.script import Script, Witness
 from embit.transaction import Transaction
 from sqlalchemy import select
@@ -233,9 +234,10 @@ class ChannelSigner:
             raise refuse("the commitment pays out more than the channel holds: refused")
 
     def check_htlc(self, state: ChannelState, commitment: Transaction, item: dict[str, Any], output: bytes,
-                   our_htlc_key: bytes) -> tuple[Transaction, bytes, int]:
+                   our_htlc_key: bytes, revocation: bytes | None = None) -> tuple[Transaction, bytes, int]:
         """A second-stage HTLC transaction: it alone spends an output of `commitment` that pays the
-        given witness script holding our HTLC key, and pays `output` (a to_local script) alone."""
+        given witness script holding our HTLC key (and the hash of `revocation`, the key we punish
+        with, when given), and pays `output` (a to_local script) alone."""
         tx, script = _tx(item), _hex(item, "witness_script")
         anchors = state.params["channel_type"] == "anchors"
         if len(tx.vin) != 1 or len(tx.vout) != 1 or tx.version != 2:
@@ -244,11 +246,31 @@ class ChannelSigner:
         if vin.txid != commitment.txid() or vin.vout >= len(commitment.vout):
             raise refuse("an HTLC transaction does not spend an output of the commitment: refused")
         spent = commitment.vout[vin.vout]
-        if spent.script_pubkey.data != S.p2wsh(script) or S.push(our_htlc_key) not in script:
+        if spent.script_pubkey.data != S.p2wsh(script) or S.push(our_htlc_key) not in script or (
+                revocation is not None and S.push(hash160(revocation)) not in script):
             raise refuse(f"commitment output {vin.vout} is not an HTLC of this channel's keys: refused")
         if vin.sequence != (1 if anchors else 0) or tx.vout[0].script_pubkey.data != S.p2wsh(output):
             raise refuse("an HTLC transaction's sequence or output is not BOLT-3's for this channel: refused")
         return tx, script, spent.value
+
+    def check_counterparty_outputs(self, state: ChannelState, tx: Transaction, pcp: bytes, htlcs: set[int]) -> None:
+        """Every output of the counterparty's commitment is one we can take if it is ever revoked, or
+        ours: its to_local (revocable with our key), our to_remote (once), an anchor of either funding
+        key, or an HTLC output whose second-stage transaction we sign (revocable too)."""
+        ours = self.pub(PAYMENT, state.index)
+        theirs = bytes.fromhex(state.params["counterparty_funding_pubkey"])
+        if state.params["channel_type"] == "anchors":
+            to_remote = S.p2wsh(S.anchors_to_remote_script(ours))
+            anchors = {S.p2wsh(S.anchor_script(self.pub(FUNDING, state.index))), S.p2wsh(S.anchor_script(theirs))}
+        else:
+            to_remote, anchors = S.p2wpkh(ours), set()
+        known = {S.p2wsh(self.counterparty_to_local(state, pcp)), to_remote} | anchors
+        for j, out in enumerate(tx.vout):
+            if j not in htlcs and out.script_pubkey.data not in known:
+                raise refuse(f"output {j} of the counterparty's commitment is neither its revocable to_local, nor "
+                             "ours, nor an anchor, nor an HTLC whose transaction we sign: refused")
+        if sum(o.script_pubkey.data == to_remote for o in tx.vout) > 1:
+            raise refuse("the commitment pays our to_remote script twice: refused")
 
     def check_wallet_outputs(self, tx: Transaction, paths: Any, skip: int | None = None) -> None:
         """Every output (but `skip`) pays a wallet key, named by its (branch, index) in `paths`, one
@@ -300,15 +322,14 @@ class ChannelSigner:
             if before is not None and before != {"txid": txid, "point": pcp.hex()}:
                 raise refuse(f"signd signed another counterparty commitment {n} already: refused")
             anchors = state.params["channel_type"] == "anchors"
-            ours = self.pub(PAYMENT, index)
-            to_remote = S.p2wsh(S.anchors_to_remote_script(ours)) if anchors else S.p2wpkh(ours)
-            if sum(o.script_pubkey.data == to_remote for o in tx.vout) > 1:
-                raise refuse("the commitment pays our to_remote script twice: refused")
             htlc_secret = derive_privkey(self.secret(HTLC, index), pcp)
             output = self.counterparty_to_local(state, pcp)
-            checked = [self.check_htlc(state, tx, item, output, point(htlc_secret)) for item in htlcs]
-            if len({h.vin[0].vout for h, _, _ in checked}) != len(checked):
+            revocation = derive_revocation_pubkey(self.pub(REVOCATION, index), pcp)
+            checked = [self.check_htlc(state, tx, item, output, point(htlc_secret), revocation) for item in htlcs]
+            spent = {h.vin[0].vout for h, _, _ in checked}
+            if len(spent) != len(checked):
                 raise refuse("two HTLC transactions spend the same output: refused")
+            self.check_counterparty_outputs(state, tx, pcp, spent)
             self.allowed("channel", {"purpose": "counterparty_commitment", "index": index, "commitment_number": n,
                                      "outputs": [{"value_sat": o.value, "script": o.script_pubkey.data.hex()}
                                                  for o in tx.vout]})
