@@ -302,10 +302,13 @@ def test_penalty_uses_the_revocation_key(signer) -> None:
 
 # --- invoices, onion ECDH, capabilities, garbage ------------------------------------------------
 
-def invoice_data(payment_hash: bool = True) -> str:
+def invoice_data(payment_hash: bool = True, payee: bytes | None = None) -> str:
     words = [0] * 6 + [1]  # the timestamp (35 bits)
     if payment_hash:
         words += [1, 1, 20] + [3] * 52  # p, 52 words
+    if payee is not None:  # n: 33 bytes in 53 words
+        bits = "".join(f"{b:08b}" for b in payee) + "0"
+        words += [19, 1, 21] + [int(bits[i:i + 5], 2) for i in range(0, 265, 5)]
     return "".join(invoice.BECH32[w] for w in words)
 
 
@@ -315,6 +318,8 @@ def test_invoice_signature(signer) -> None:
     assert len(sig) == 65
     digest = invoice.digest("lnbcrt10u", invoice.words(data))
     assert coincurve.PublicKey.from_signature_and_message(sig, digest, hasher=None).format() == KEYS.node_id()
+    ask(signer, "sign_invoice", hrp="lnbcrt10u", data=invoice_data(payee=KEYS.node_id()))
+    refused(signer, "sign_invoice", "another payee", hrp="lnbcrt10u", data=invoice_data(payee=point(b"\x09" * 32)))
     refused(signer, "sign_invoice", "network", hrp="lnbc10u", data=data)
     refused(signer, "sign_invoice", "network", hrp="lntb10u", data=data)
     refused(signer, "sign_invoice", "payment hash", hrp="lnbcrt", data=invoice_data(False))

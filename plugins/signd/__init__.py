@@ -133,7 +133,7 @@ class Signer:
     def sign_invoice(self, body: dict[str, Any]) -> dict[str, Any]:
         """The node key's recoverable signature (65 bytes: r, s, recovery id) of a BOLT-11 invoice."""
         hrp, data = str(body["hrp"]), invoice.words(str(body["data"]))
-        invoice.check_invoice(self.keys.network, hrp, data)
+        invoice.check_invoice(self.keys.network, hrp, data, self.keys.node_id())
         self.allowed("invoice", {"purpose": "invoice", "hrp": hrp, "size": len(data)})
         return {"signature": self.keys.node_key.sign_recoverable(invoice.digest(hrp, data), hasher=None).hex()}
 
