@@ -461,7 +461,7 @@ class ChannelSigner:
         SIGHASH_SINGLE|ANYONECANPAY, so fees can be added): input `input_index` spends the HTLC output
         and output `input_index` is the one it signed; every other output pays the wallet."""
         index, n, tx = _int(body, "index", 0, HARDENED - 1), _int(body, "commitment_number"), _tx(body)
-        i, which = _int(body, "input_index", 0, len(tx.vin) - 1), _int(body, "htlc", 0, 482)
+        i, which = _int(body, "input_index", 0, len(tx.vin) - 1), _int(body, "htlc", 0, 2 * 483)
         with self.lock:
             state = self.ready(index)
             if n != state.holder_broadcast:
