@@ -11,7 +11,7 @@ from typing import Any
 import coincurve
 
 from . import node
-from .keys import FORCED_KEY_ENV, create_client, write_secret
+from .keys import FORCED_CHANNEL_ENV, FORCED_KEY_ENV, FORCED_SEED_ENV, DevSecrets, create_client, write_secret
 from .plugins import PluginLoadError, discover, load_registry
 from .profile import Profile, ProfileError, load_profile
 
@@ -41,6 +41,13 @@ def _parser() -> argparse.ArgumentParser:
                         "the node key (never stored), e.g. for conformance suites that expect a given node id; "
                         f"refused on mainnet. Keep it out of `ps`: --dev-force-privkey-file or ${FORCED_KEY_ENV}")
     forced.add_argument("--dev-force-privkey-file", metavar="PATH", help="the same, read from a file (hex)")
+    run.add_argument("--dev-force-bip32-seed", metavar="HEX", help="developers only: the BIP32 root's seed "
+                     "(16 to 64 bytes) instead of the mnemonic's: every key derived from the root (wallet, "
+                     f"channels, node key) comes from it; never stored, refused on mainnet (or ${FORCED_SEED_ENV})")
+    run.add_argument("--dev-force-channel-secrets", metavar="F/R/P/D/H/S", help="developers only: six "
+                     "32-byte secrets (hex, '/'-separated, Core Lightning's order: funding, revocation, payment, "
+                     "delayed payment, HTLC, shachain seed) every channel uses; never stored, refused on mainnet "
+                     f"(or ${FORCED_CHANNEL_ENV})"),
 
     init = sub.add_parser("init", help="create the node's persistent state (the seed) before the first run")
     profile_args(init)
@@ -89,16 +96,16 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "init":
             return _init(profile, registry, args.show_mnemonic)
         verbosity = 1 if args.verbose else -1 if args.quiet else 0
-        forced = _forced_key(profile, args)
+        forced = DevSecrets(_forced_key(profile, args), _forced_seed(profile, args), _forced_channel(profile, args))
         if args.service:
             if args.service not in registry.services:
                 raise ProfileError(profile.path, "--service", f"unknown service {args.service!r} "
                                    f"(services: {', '.join(registry.services)})")
-            return node.run_service(profile, registry, args.service, verbosity, forced_key=forced)
+            return node.run_service(profile, registry, args.service, verbosity, dev=forced)
         child_args = ["--profile", str(profile.path), "--data-dir", str(profile.data_dir)]
         child_args += [f"--set={item}" for item in args.overrides]  # children see the same profile
         child_args += ["-v"] if args.verbose else ["-q"] if args.quiet else []
-        return node.run_node(profile, registry, verbosity, child_args, forced_key=forced)
+        return node.run_node(profile, registry, verbosity, child_args, dev=forced)
     except (ProfileError, PluginLoadError) as e:
         print(f"lnp-host: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -151,6 +158,57 @@ def _forced_key(profile: Profile, args: argparse.Namespace) -> bytes | None:
         raise ProfileError(profile.path, source, "expected 64 hex characters of a valid "
                            "secp256k1 secret") from None
     return secret
+
+
+def _dev_option(profile: Profile, flag: str, value: str | None, env: str) -> tuple[str, str] | None:
+    """The text of a forced-secret option (the flag, else its variable, which leaves our environment
+    so no child inherits it), refused on mainnet."""
+    text = os.environ.pop(env, None) or None
+    source = env
+    if value:
+        source, text = flag, value
+    if text is None:
+        return None
+    if profile.section("node")["network"] == "mainnet":
+        raise ProfileError(profile.path, source, "refused on mainnet")
+    return source, text.strip()
+
+
+def _hex(text: str, sizes: range) -> bytes:
+    data = bytes.fromhex(text)
+    if len(data) not in sizes:
+        raise ValueError
+    return data
+
+
+def _forced_seed(profile: Profile, args: argparse.Namespace) -> bytes | None:
+    """The seed of --dev-force-bip32-seed or its variable, checked (never echoed)."""
+    found = _dev_option(profile, "--dev-force-bip32-seed", args.dev_force_bip32_seed, FORCED_SEED_ENV)
+    if found is None:
+        return None
+    try:
+        return _hex(found[1], range(16, 65))
+    except ValueError:
+        raise ProfileError(profile.path, found[0], "expected 32 to 128 hex characters (a BIP32 seed of "
+                           "16 to 64 bytes)") from None
+
+
+def _forced_channel(profile: Profile, args: argparse.Namespace) -> tuple[bytes, ...] | None:
+    """The six secrets of --dev-force-channel-secrets or its variable, checked (never echoed)."""
+    found = _dev_option(profile, "--dev-force-channel-secrets", args.dev_force_channel_secrets, FORCED_CHANNEL_ENV)
+    if found is None:
+        return None
+    try:
+        secrets = tuple(_hex(part, range(32, 33)) for part in found[1].split("/"))
+        if len(secrets) != 6:
+            raise ValueError
+        for secret in secrets[:5]:  # keys; the shachain seed is any 32 bytes
+            coincurve.PrivateKey(secret)
+    except ValueError:
+        raise ProfileError(profile.path, found[0], "expected six secrets of 64 hex characters separated by '/' "
+                           "(funding/revocation/payment/delayed_payment/htlc/shachain_seed), the first five "
+                           "valid secp256k1 secrets") from None
+    return secrets
 
 
 def _rpc_client(profile: Profile, args: argparse.Namespace) -> int:

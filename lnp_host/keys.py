@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import stat
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -23,9 +24,39 @@ log = logging.getLogger("lnp.host.keys")
 NODE_KEY_FILE = "node_key"
 RPC_DIR = "rpc"
 FORCED_KEY_ENV = "LNP_DEV_FORCE_PRIVKEY"
+FORCED_SEED_ENV = "LNP_DEV_FORCE_BIP32_SEED"
+FORCED_CHANNEL_ENV = "LNP_DEV_FORCE_CHANNEL_SECRETS"
 SEED_PASSPHRASE_ENV = "LNP_SEED_PASSPHRASE"
-CUSTODY_ONLY_ENV = (FORCED_KEY_ENV, SEED_PASSPHRASE_ENV)  # secrets no child but the custody service inherits
-_forced_keys: dict[Path, bytes] = {}  # data dir -> the --dev-force-privkey secret of the node run here
+# secrets no child but the custody service inherits
+CUSTODY_ONLY_ENV = (FORCED_KEY_ENV, FORCED_SEED_ENV, FORCED_CHANNEL_ENV, SEED_PASSPHRASE_ENV)
+
+
+@dataclass(frozen=True)
+class DevSecrets:
+    """Developers' forced secrets (conformance suites), never stored: `--dev-force-privkey` (the node
+    key), `--dev-force-bip32-seed` (the BIP32 root's seed) and `--dev-force-channel-secrets` (six
+    secrets every channel uses: funding, revocation, payment, delayed payment, HTLC, shachain seed)."""
+
+    node_key: bytes | None = None
+    bip32_seed: bytes | None = None
+    channel_secrets: tuple[bytes, ...] | None = None
+
+    def __bool__(self) -> bool:
+        return any(v is not None for v in (self.node_key, self.bip32_seed, self.channel_secrets))
+
+    def environment(self) -> dict[str, str]:
+        """The custody child's environment variables that carry these secrets."""
+        env = {}
+        if self.node_key is not None:
+            env[FORCED_KEY_ENV] = self.node_key.hex()
+        if self.bip32_seed is not None:
+            env[FORCED_SEED_ENV] = self.bip32_seed.hex()
+        if self.channel_secrets is not None:
+            env[FORCED_CHANNEL_ENV] = "/".join(s.hex() for s in self.channel_secrets)
+        return env
+
+
+_forced: dict[Path, DevSecrets] = {}  # data dir -> the forced secrets of the node run here
 
 
 def write_secret(path: Path, data: bytes) -> None:
@@ -47,15 +78,25 @@ def read_secret(path: Path) -> bytes:
     return path.read_bytes()
 
 
-def force_node_key(data_dir: Path, secret: bytes | None) -> None:
-    """Developers only: the node key of the node in `data_dir` is `secret` (None: forget it again).
+def force_dev_secrets(data_dir: Path, secrets: DevSecrets | None) -> None:
+    """Developers only: the forced secrets of the node in `data_dir` (None: forget them again).
 
-    Kept in this process's memory only; a key custody service reads it with `forced_node_key`.
+    Kept in this process's memory only; a key custody service reads them with `dev_secrets`.
     """
-    if secret is None:
-        _forced_keys.pop(data_dir.resolve(), None)
+    if not secrets:
+        _forced.pop(data_dir.resolve(), None)
     else:
-        _forced_keys[data_dir.resolve()] = secret
+        _forced[data_dir.resolve()] = secrets
+
+
+def dev_secrets(data_dir: Path) -> DevSecrets:
+    """The forced secrets of the node in `data_dir` (empty when none)."""
+    return _forced.get(data_dir.resolve(), DevSecrets())
+
+
+def force_node_key(data_dir: Path, secret: bytes | None) -> None:
+    """Developers only: the node key of the node in `data_dir` is `secret` (None: forget it again)."""
+    force_dev_secrets(data_dir, DevSecrets(node_key=secret) if secret is not None else None)
 
 
 def forced_node_key(data_dir: Path) -> bytes | None:
@@ -63,7 +104,7 @@ def forced_node_key(data_dir: Path) -> bytes | None:
 
     A key custody service (signd) uses it as the node key instead of the one it derives itself.
     """
-    return _forced_keys.get(data_dir.resolve())
+    return dev_secrets(data_dir).node_key
 
 
 class FileKeyCustody:

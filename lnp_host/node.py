@@ -28,7 +28,8 @@ from . import __version__, logs, outbox
 from .bus import Bus, Endpoints
 from .buskeys import ZAP_DOMAIN, BusCurve, BusKeyError, create_keys, uses_tcp, zap_start, zap_stop
 from .context import HEALTH_REQUEST, Environment, record_health
-from .keys import CUSTODY_ONLY_ENV, FORCED_KEY_ENV, SEED_PASSPHRASE_ENV, BusKeyCustody, FileKeyCustody, force_node_key
+from .keys import (CUSTODY_ONLY_ENV, SEED_PASSPHRASE_ENV, BusKeyCustody, DevSecrets, FileKeyCustody,
+                   force_dev_secrets)
 from .plugins import Registry, discover
 from .profile import HOST_SERVICE, Profile
 from .rpc_server import RpcServer
@@ -133,13 +134,15 @@ def _lock(data_dir: Path) -> Any:
     return f
 
 
-def _custody(registry: Registry, profile: Profile, forced_key: bytes | None) -> Any:
+def _custody(registry: Registry, profile: Profile, dev: DevSecrets) -> Any:
     """The key custody: a plugin's (local or RemoteCustody), or the host's key file.
 
     With a forced dev key, a custody service (RemoteCustody) uses that key as the node key (it reads
-    `keys.forced_node_key`), so the node id is the forced key's; a local custody plugin is replaced by
-    the host's, holding the forced key in memory.
+    `keys.dev_secrets`), so the node id is the forced key's; a local custody plugin is replaced by
+    the host's, holding the forced key in memory. A forced BIP32 seed or channel secrets need a
+    custody service (signd): the host's key file has no seed.
     """
+    forced_key = dev.node_key
     try:  # firstresult: the first plugin in profile order (or a tryfirst one) that answers
         custody = registry.pm.hook.lnp_key_custody(node=profile)
     except Exception as e:
@@ -148,6 +151,8 @@ def _custody(registry: Registry, profile: Profile, forced_key: bytes | None) -> 
         # the key's service is where the plugin answering host.keys.* runs, which a profile may move
         owner = registry.control.get("host.keys.node_id")
         custody = RemoteCustody(owner.service if owner else custody.service, custody.node_id)
+    if (dev.bip32_seed is not None or dev.channel_secrets is not None) and not isinstance(custody, RemoteCustody):
+        raise NodeError("--dev-force-bip32-seed and --dev-force-channel-secrets need signd (a key custody service)")
     if custody is None or forced_key is not None and not isinstance(custody, RemoteCustody):
         return FileKeyCustody(profile.data_dir, forced_key)
     if forced_key is None:
@@ -156,7 +161,7 @@ def _custody(registry: Registry, profile: Profile, forced_key: bytes | None) -> 
 
 
 def run_node(profile: Profile, registry: Registry, verbosity: int = 0, profile_args: list[str] | None = None,
-             forced_key: bytes | None = None, instance: str = "",
+             dev: DevSecrets | None = None, instance: str = "",
              stop_event: threading.Event | None = None) -> int:
     """Run the whole node until SIGINT/SIGTERM, `lnp-cli stop`, or a fatal service failure."""
     if os.environ.get(outbox.CRASH_ENV) and profile.section("node")["network"] == "mainnet":
@@ -175,8 +180,9 @@ def run_node(profile: Profile, registry: Registry, verbosity: int = 0, profile_a
             db.migrate({outbox.HOST_TABLES: outbox.MODELS, **registry.storage})  # the host's first
         except StorageError as e:
             raise NodeError(str(e)) from None
-        force_node_key(data_dir, forced_key)  # for a custody service in this process (threads mode)
-        custody = _custody(registry, profile, forced_key)
+        dev = dev or DevSecrets()
+        force_dev_secrets(data_dir, dev)  # for a custody service in this process (threads mode)
+        custody = _custody(registry, profile, dev)
         mode = profile.section("bus")["mode"]
         endpoints = Endpoints.for_profile(registry.services, mode, data_dir,
                                           profile.section("bus")["endpoints"], instance)
@@ -207,8 +213,7 @@ def run_node(profile: Profile, registry: Registry, verbosity: int = 0, profile_a
             if service == custody_service:
                 if passphrase:
                     child_env[SEED_PASSPHRASE_ENV] = passphrase
-                if forced_key is not None:  # in its environment, never on a command line
-                    child_env[FORCED_KEY_ENV] = forced_key.hex()
+                child_env.update(dev.environment())  # forced dev secrets: never on a command line
             return subprocess.Popen(cmd, env=child_env)
 
         supervisor = Supervisor(env, spawn)
@@ -235,7 +240,7 @@ def run_node(profile: Profile, registry: Registry, verbosity: int = 0, profile_a
         bus.close()
         return supervisor.exit_status
     finally:
-        force_node_key(data_dir, None)
+        force_dev_secrets(data_dir, None)
         db.close()
         zap_stop(zctx)
         zctx.destroy(linger=0)
@@ -244,15 +249,15 @@ def run_node(profile: Profile, registry: Registry, verbosity: int = 0, profile_a
 
 
 def run_service(profile: Profile, registry: Registry, service: str, verbosity: int = 0,
-                forced_key: bytes | None = None) -> int:
+                dev: DevSecrets | None = None) -> int:
     """Run one service alone, connected to the rest of the node over the profile's bus endpoints.
 
-    `forced_key` (developers) is the node key the custody service uses, as `run_node`'s.
+    `dev` (developers) are the forced secrets the custody service uses, as `run_node`'s.
     """
     data_dir, was_open = _prepare_data_dir(profile)
     logs.setup(profile, registry.services, verbosity)
     _say_tightened(data_dir, was_open)
-    force_node_key(data_dir, forced_key)
+    force_dev_secrets(data_dir, dev)
     zctx = zmq.Context()
     endpoints = Endpoints.for_profile(registry.services, profile.section("bus")["mode"], data_dir,
                                       profile.section("bus")["endpoints"])
@@ -301,7 +306,7 @@ def run_service(profile: Profile, registry: Registry, service: str, verbosity: i
         log.error("service %s failed: %s", service, e)
         return 2 if e.fatal else 1
     finally:
-        force_node_key(data_dir, None)
+        force_dev_secrets(data_dir, None)
         bus.close()
         db.close()
         zap_stop(zctx)

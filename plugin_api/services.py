@@ -21,7 +21,75 @@ SIGNER_REQUESTS = {
     "sign_node_message": "signd.sign_node_message",
     "basepoints": "signd.basepoints",
     "per_commitment_point": "signd.per_commitment_point",
+    "channel_keys": "signd.channel_keys",
+    "ready_channel": "signd.ready_channel",
+    "sign_counterparty_commitment": "signd.sign_counterparty_commitment",
+    "validate_counterparty_revocation": "signd.validate_counterparty_revocation",
+    "validate_holder_commitment": "signd.validate_holder_commitment",
+    "revoke_holder_commitment": "signd.revoke_holder_commitment",
+    "sign_holder_commitment": "signd.sign_holder_commitment",
+    "sign_holder_htlc": "signd.sign_holder_htlc",
+    "sign_mutual_close": "signd.sign_mutual_close",
+    "sign_sweep": "signd.sign_sweep",
+    "sign_penalty": "signd.sign_penalty",
+    "sign_invoice": "signd.sign_invoice",
+    "onion_ecdh": "signd.onion_ecdh",
 }
+
+
+@dataclass(frozen=True)
+class ChannelSetup:
+    """A negotiated channel as the signer needs it (`Signer.ready_channel`). `holder_to_self_delay`
+    delays OUR to_local (the counterparty chose it); `counterparty_to_self_delay` delays theirs."""
+
+    funding_txid: str                  # hex, as explorers show it
+    funding_vout: int
+    funding_sat: int
+    counterparty_funding_pubkey: bytes
+    counterparty_basepoints: dict[str, bytes]  # revocation_basepoint, payment_basepoint,
+                                               # delayed_payment_basepoint, htlc_basepoint
+    holder_to_self_delay: int
+    counterparty_to_self_delay: int
+    channel_type: str                  # "static_remotekey" | "anchors"
+    opener: str                        # "holder" | "counterparty"
+    holder_shutdown_script: bytes | None = None  # option_upfront_shutdown_script: a close may pay us there
+
+    def to_json(self) -> dict[str, Any]:
+        """The request's form (hex keys)."""
+        body: dict[str, Any] = {
+            "funding_txid": self.funding_txid, "funding_vout": self.funding_vout, "funding_sat": self.funding_sat,
+            "counterparty_funding_pubkey": self.counterparty_funding_pubkey.hex(),
+            "counterparty_basepoints": {k: v.hex() for k, v in self.counterparty_basepoints.items()},
+            "holder_to_self_delay": self.holder_to_self_delay,
+            "counterparty_to_self_delay": self.counterparty_to_self_delay,
+            "channel_type": self.channel_type, "opener": self.opener}
+        if self.holder_shutdown_script is not None:
+            body["holder_shutdown_script"] = self.holder_shutdown_script.hex()
+        return body
+
+
+@dataclass(frozen=True)
+class HtlcTx:
+    """A second-stage HTLC transaction, the witness script of the commitment output it spends, and
+    (for our own commitment) the counterparty's 64-byte signature of it."""
+
+    tx: bytes
+    witness_script: bytes
+    signature: bytes | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        body = {"tx": self.tx.hex(), "witness_script": self.witness_script.hex()}
+        return body if self.signature is None else {**body, "signature": self.signature.hex()}
+
+
+@dataclass(frozen=True)
+class InputSignature:
+    """A sweep's or penalty's signature (DER with the sighash byte, as it goes in a witness), the
+    public key it verifies with, and the witness script (None for a P2WPKH spend)."""
+
+    signature: bytes
+    pubkey: bytes
+    witness_script: bytes | None
 
 
 @dataclass(frozen=True)
@@ -68,6 +136,122 @@ class Signer:
         """The per-commitment point of channel `index` for `commitment_number`."""
         found = self._ask("per_commitment_point", {"index": index, "commitment_number": commitment_number})
         return bytes.fromhex(found["point"])
+
+    # --- channels (docs/keys.md, "Channel operations and policy") -----------------------------------
+
+    def channel_keys(self, index: int) -> dict[str, str]:
+        """Funding pubkey, basepoints, first_ and second_per_commitment_point of channel `index` (hex)."""
+        return dict(self._ask("channel_keys", {"index": index}))
+
+    def ready_channel(self, index: int, setup: ChannelSetup) -> bytes:
+        """Tell the signer the negotiated channel (before any signature); the funding witness script.
+        Refused once commitments are signed with other parameters."""
+        return bytes.fromhex(self._ask("ready_channel", {"index": index, "params": setup.to_json()})["funding_script"])
+
+    def sign_counterparty_commitment(self, index: int, commitment_number: int, tx: bytes,
+                                     per_commitment_point: bytes, htlcs: list[HtlcTx]) -> tuple[bytes, list[bytes]]:
+        """Our 64-byte signature of the counterparty's commitment (its funding input) and of each
+        HTLC transaction, in the order given (anchors: SIGHASH_SINGLE|ANYONECANPAY). Refused for a
+        revoked number, a number two past the last revoked, another transaction under a number
+        already signed, another outpoint or a wrong obscured number."""
+        found = self._ask("sign_counterparty_commitment", {
+            "index": index, "commitment_number": commitment_number, "tx": tx.hex(),
+            "per_commitment_point": per_commitment_point.hex(), "htlcs": [h.to_json() for h in htlcs]})
+        return bytes.fromhex(found["signature"]), [bytes.fromhex(s) for s in found["htlc_signatures"]]
+
+    def validate_counterparty_revocation(self, index: int, commitment_number: int, secret: bytes) -> None:
+        """The counterparty's revoke_and_ack: its secret must match the point of that commitment; the
+        signer never signs that number again."""
+        self._ask("validate_counterparty_revocation", {"index": index, "commitment_number": commitment_number,
+                                                       "secret": secret.hex()})
+
+    def validate_holder_commitment(self, index: int, commitment_number: int, tx: bytes, signature: bytes,
+                                   htlcs: list[HtlcTx]) -> None:
+        """The counterparty's commitment_signed: its signatures of our next commitment (and HTLC
+        transactions, with `signature` set) must verify; it becomes our latest commitment."""
+        self._ask("validate_holder_commitment", {"index": index, "commitment_number": commitment_number,
+                                                 "tx": tx.hex(), "signature": signature.hex(),
+                                                 "htlcs": [h.to_json() for h in htlcs]})
+
+    def revoke_holder_commitment(self, index: int, commitment_number: int) -> tuple[bytes, bytes]:
+        """Our revoke_and_ack: the per-commitment secret of `commitment_number` and the point of
+        commitment_number + 2. Refused unless commitment_number + 1 is validated."""
+        found = self._ask("revoke_holder_commitment", {"index": index, "commitment_number": commitment_number})
+        return bytes.fromhex(found["secret"]), bytes.fromhex(found["next_point"])
+
+    def sign_holder_commitment(self, index: int, commitment_number: int) -> dict[str, Any]:
+        """Going to chain: {tx (hex, fully witnessed), txid, htlcs: [{tx, witness_script,
+        holder_signature, counterparty_signature}]} (signatures DER + sighash byte, hex). Only the
+        latest validated commitment; the signer then reveals no secret of it, ever."""
+        return dict(self._ask("sign_holder_commitment", {"index": index, "commitment_number": commitment_number}))
+
+    def sign_holder_htlc(self, index: int, commitment_number: int, htlc: int, tx: bytes, input_index: int,
+                         wallet_outputs: list[tuple[int, int] | None]) -> dict[str, bytes]:
+        """After `sign_holder_commitment`: our signature of HTLC transaction number `htlc` (in the order
+        validated) as `tx`, which may add inputs (fees) and wallet outputs (change) when the counterparty
+        signed SIGHASH_SINGLE|ANYONECANPAY: input and output `input_index` are the ones it signed;
+        `wallet_outputs` names a wallet key per output (None for that one).
+        {holder_signature, counterparty_signature (DER + sighash byte), witness_script}."""
+        found = self._ask("sign_holder_htlc", {
+            "index": index, "commitment_number": commitment_number, "htlc": htlc, "tx": tx.hex(),
+            "input_index": input_index, "wallet_outputs": [list(p) if p is not None else None for p in wallet_outputs]})
+        return {k: bytes.fromhex(v) for k, v in found.items()}
+
+    def sign_mutual_close(self, index: int, tx: bytes, holder_output: int | None,
+                          wallet_output: tuple[int, int] | None = None, destination: bytes | None = None) -> bytes:
+        """Our 64-byte signature of a cooperative close spending the funding outpoint alone; our output
+        `holder_output` (None: nothing for us) pays the wallet key `wallet_output` (branch, index), the
+        upfront shutdown script, or `destination` (a script the user named; `sign_request` sees it)."""
+        body: dict[str, Any] = {"index": index, "tx": tx.hex(), "holder_output": holder_output}
+        if wallet_output is not None:
+            body["wallet_output"] = list(wallet_output)
+        if destination is not None:
+            body["destination"] = destination.hex()
+        return bytes.fromhex(self._ask("sign_mutual_close", body)["signature"])
+
+    def sign_sweep(self, index: int, kind: str, tx: bytes, input_index: int, amount_sat: int,
+                   wallet_outputs: list[tuple[int, int]], commitment_number: int | None = None,
+                   per_commitment_point: bytes | None = None, witness_script: bytes | None = None) -> InputSignature:
+        """Sign an input taking one of our channel outputs: kind `to_local` (with commitment_number),
+        `to_remote`, `counterparty_htlc` (per_commitment_point, witness_script) or `anchor`. Every
+        output must pay the wallet key (branch, index) given for it in `wallet_outputs`."""
+        body: dict[str, Any] = {"index": index, "kind": kind, "tx": tx.hex(), "input_index": input_index,
+                                "amount_sat": amount_sat, "wallet_outputs": [list(p) for p in wallet_outputs]}
+        if commitment_number is not None:
+            body["commitment_number"] = commitment_number
+        if per_commitment_point is not None:
+            body["per_commitment_point"] = per_commitment_point.hex()
+        if witness_script is not None:
+            body["witness_script"] = witness_script.hex()
+        return _input_signature(self._ask("sign_sweep", body))
+
+    def sign_penalty(self, index: int, kind: str, tx: bytes, input_index: int, amount_sat: int,
+                     wallet_outputs: list[tuple[int, int]], per_commitment_secret: bytes,
+                     witness_script: bytes | None = None) -> InputSignature:
+        """Sign an input taking an output of a revoked counterparty commitment with the revocation
+        key: kind `revoked_to_local` (also their HTLC transactions' outputs) or `revoked_htlc`
+        (witness_script). Outputs to the wallet only, as `sign_sweep`."""
+        body: dict[str, Any] = {"index": index, "kind": kind, "tx": tx.hex(), "input_index": input_index,
+                                "amount_sat": amount_sat, "wallet_outputs": [list(p) for p in wallet_outputs],
+                                "per_commitment_secret": per_commitment_secret.hex()}
+        if witness_script is not None:
+            body["witness_script"] = witness_script.hex()
+        return _input_signature(self._ask("sign_penalty", body))
+
+    def sign_invoice(self, hrp: str, data: str) -> bytes:
+        """The node key's 65-byte recoverable signature (r, s, recovery id) of a BOLT-11 invoice:
+        `hrp` and `data`, the bech32 characters of the data part before the signature."""
+        return bytes.fromhex(self._ask("sign_invoice", {"hrp": hrp, "data": data})["signature"])
+
+    def onion_ecdh(self, point: bytes) -> bytes:
+        """SHA256 of the ECDH point of the node key and `point` (BOLT-4's shared secret)."""
+        return bytes.fromhex(self._ask("onion_ecdh", {"point": point.hex()})["secret"])
+
+
+def _input_signature(found: dict[str, Any]) -> InputSignature:
+    script = found.get("witness_script")
+    return InputSignature(bytes.fromhex(found["signature"]), bytes.fromhex(found["pubkey"]),
+                          bytes.fromhex(script) if script else None)
 
 
 class ChainWatch:

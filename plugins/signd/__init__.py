@@ -9,6 +9,12 @@ Control requests (service `signd`), each open only to the services with its capa
     signd.sign_node_message {kind, message (hex)} -> {signature}                    node_message
     signd.basepoints      {index} -> BOLT-3 basepoints of channel INDEX             channel
     signd.per_commitment_point {index, commitment_number} -> {point}                channel
+    signd.channel_keys, ready_channel, sign_counterparty_commitment,                channel
+      validate_counterparty_revocation, validate_holder_commitment,
+      revoke_holder_commitment, sign_holder_commitment, sign_holder_htlc,
+      sign_mutual_close, sign_sweep, sign_penalty                                  (channel.py, sweeps.py)
+    signd.sign_invoice    {hrp, data} -> {signature (65 bytes, recoverable)}        invoice
+    signd.onion_ecdh      {point} -> {secret}: ECDH with the node key (BOLT-4)     onion
 Every signature is first put to the decision `sign_request`; any plugin may refuse it.
 """
 from __future__ import annotations
@@ -16,22 +22,27 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import coincurve
 from embit.psbt import PSBT
 
 from lnp_plugin_api import (DecisionSpec, Field, PerContext, RemoteCustody, RpcError, ServiceContext, Subscription, hookimpl)
 from lnp_plugin_api.chains import embit_network
 from lnp_host.caller import current_caller
-from lnp_host.keys import FORCED_KEY_ENV, forced_node_key
+from lnp_host.keys import FORCED_KEY_ENV, DevSecrets, dev_secrets
 
-from . import policy, seed
+from . import invoice, policy, seed, storage, sweeps
+from .channel import ChannelSigner
 from .keys import Keychain
 
 SERVICE = "signd"
 REFUSED = RpcError.REFUSED
 
 
-def _keychain_for(data_dir: Path, network: str, passphrase: str, node_secret: bytes | None = None) -> Keychain:
-    return Keychain(seed.load(data_dir, passphrase), network, node_secret)
+def _keychain_for(data_dir: Path, network: str, passphrase: str, dev: DevSecrets = DevSecrets()) -> Keychain:
+    """The keychain of the seed, or of the developers' forced secrets (a forced BIP32 seed replaces
+    the mnemonic's, which is then not read)."""
+    words = seed.load(data_dir, passphrase) if dev.bip32_seed is None else ""
+    return Keychain(words, network, dev.node_key, dev.bip32_seed, dev.channel_secrets)
 
 
 def create_seed(data_dir: Path, network: str, passphrase: str) -> str:
@@ -76,14 +87,19 @@ class Signer:
     def __init__(self, ctx: ServiceContext) -> None:
         self.ctx = ctx
         passphrase = seed.passphrase_from(ctx.config["passphrase_file"], ctx.node.data_dir)
-        forced = forced_node_key(ctx.node.data_dir)
-        self.keys = _keychain_for(ctx.node.data_dir, ctx.node.network, passphrase, forced)
+        dev = dev_secrets(ctx.node.data_dir)
+        self.keys = _keychain_for(ctx.node.data_dir, ctx.node.network, passphrase, dev)
         if self.keys.node_id() != ctx.node.node_id:
             raise RuntimeError("the seed's node key is not the node id the node runs with (a node started with "
                                f"--dev-force-privkey needs the same key in signd's {FORCED_KEY_ENV})")
-        if forced is not None:
+        if dev.node_key is not None:
             ctx.log.warning("the node key is forced (--dev-force-privkey, developers only); the other keys "
                             "come from the seed")
+        if dev.bip32_seed is not None:
+            ctx.log.warning("the BIP32 seed is forced (--dev-force-bip32-seed, developers only)")
+        if dev.channel_secrets is not None:
+            ctx.log.warning("every channel's secrets are forced (--dev-force-channel-secrets, developers only)")
+        self.channels = ChannelSigner(self.keys, ctx.storage.begin, self.allowed)
         self.table = self.handlers()
         self.grants = _grants(ctx.config.get("grant", {}))
 
@@ -114,8 +130,15 @@ class Signer:
         signature = self.keys.node_key.sign_recoverable(digest, hasher=None)[:64].hex()
         return {"signature": signature, **({"node": slot} if slot else {})}
 
+    def sign_invoice(self, body: dict[str, Any]) -> dict[str, Any]:
+        """The node key's recoverable signature (65 bytes: r, s, recovery id) of a BOLT-11 invoice."""
+        hrp, data = str(body["hrp"]), invoice.words(str(body["data"]))
+        invoice.check_invoice(self.keys.network, hrp, data, self.keys.node_id())
+        self.allowed("invoice", {"purpose": "invoice", "hrp": hrp, "size": len(data)})
+        return {"signature": self.keys.node_key.sign_recoverable(invoice.digest(hrp, data), hasher=None).hex()}
+
     def handlers(self) -> dict[str, Any]:
-        keys = self.keys
+        keys, ch = self.keys, self.channels
         return {
             "host.keys.node_id": lambda body: {"node_id": keys.node_id().hex()},
             "host.keys.ecdh": lambda body: {"secret": keys.node_key.ecdh(bytes.fromhex(body["pubkey"])).hex()},
@@ -126,6 +149,19 @@ class Signer:
             "signd.basepoints": lambda body: keys.basepoints(_index(body.get("index"))),
             "signd.per_commitment_point": lambda body: {"point": keys.per_commitment_point(
                 _index(body.get("index")), _index(body.get("commitment_number"))).hex()},
+            "signd.channel_keys": lambda body: ch.channel_keys(_index(body.get("index"))),
+            "signd.ready_channel": ch.ready_channel,
+            "signd.sign_counterparty_commitment": ch.sign_counterparty_commitment,
+            "signd.validate_counterparty_revocation": ch.validate_counterparty_revocation,
+            "signd.validate_holder_commitment": ch.validate_holder_commitment,
+            "signd.revoke_holder_commitment": ch.revoke_holder_commitment,
+            "signd.sign_holder_commitment": ch.sign_holder_commitment,
+            "signd.sign_holder_htlc": ch.sign_holder_htlc,
+            "signd.sign_mutual_close": ch.sign_mutual_close,
+            "signd.sign_sweep": lambda body: sweeps.sign_sweep(ch, body),
+            "signd.sign_penalty": lambda body: sweeps.sign_penalty(ch, body),
+            "signd.sign_invoice": self.sign_invoice,
+            "signd.onion_ecdh": lambda body: {"secret": keys.node_key.ecdh(_point(body.get("point"))).hex()},
         }
 
     def check_caller(self, name: str) -> None:
@@ -149,6 +185,15 @@ def _check_grants(table: dict[str, Any]) -> str | None:
     return None
 
 
+def _point(value: Any) -> bytes:
+    try:
+        data = bytes.fromhex(str(value))
+        coincurve.PublicKey(data)
+    except (ValueError, TypeError):
+        raise RpcError(RpcError.INVALID_PARAMS, "point must be a public key (hex)") from None
+    return data
+
+
 def _index(value: Any) -> int:
     if not isinstance(value, int) or not 0 <= value < 2**31:
         raise RpcError(RpcError.INVALID_PARAMS, "index must be an integer 0..2^31-1")
@@ -158,18 +203,23 @@ def _index(value: Any) -> int:
 _signers: PerContext[Signer] = PerContext("signd")
 
 
+def dispatch(signer: Signer, name: str, body: Any) -> Any:
+    """Answer request `name` (its caller already checked); a malformed body is INVALID_PARAMS."""
+    if not isinstance(body, dict):
+        raise RpcError(RpcError.INVALID_PARAMS, "expected an object")
+    try:
+        return signer.table[name](body)
+    except KeyError as e:  # say what was wrong, as the host's checks of other requests do
+        raise RpcError(RpcError.INVALID_PARAMS, f"{name}: missing parameter {e.args[0]!r}") from None
+    except (ValueError, TypeError) as e:  # bad hex, a number where text belongs, ...; never a secret
+        raise RpcError(RpcError.INVALID_PARAMS, f"{name}: a parameter is malformed ({type(e).__name__})") from None
+
+
 def _handler(name: str) -> Any:
     def handle(ctx: ServiceContext, body: dict[str, Any]) -> Any:
         signer = _signers.get(ctx)
         signer.check_caller(name)
-        if not isinstance(body, dict):
-            raise RpcError(RpcError.INVALID_PARAMS, "expected an object")
-        try:
-            return signer.table[name](body)
-        except KeyError as e:  # say what was wrong, as the host's checks of other requests do
-            raise RpcError(RpcError.INVALID_PARAMS, f"{name}: missing parameter {e.args[0]!r}") from None
-        except (ValueError, TypeError) as e:  # bad hex, a number where text belongs, ...; never a secret
-            raise RpcError(RpcError.INVALID_PARAMS, f"{name}: a parameter is malformed ({type(e).__name__})") from None
+        return dispatch(signer, name, body)
     return handle
 
 
@@ -191,24 +241,36 @@ def lnp_config_schema() -> dict:
 
 
 @hookimpl
+def lnp_storage_models() -> Any:
+    return storage.MODELS
+
+
+@hookimpl
 def lnp_subscriptions() -> list:
     return [Subscription.control(name, _handler(name)) for name in HANDLED]
 
 
 @hookimpl
 def lnp_decisions() -> list:
-    return [DecisionSpec("sign_request", "may signd sign this? body: {kind: psbt|message, purpose, ...}; for psbt: "
-                                         "inputs [{txid, vout, value_sat, ours, path}], outputs [{value_sat, "
-                                         "script, address, change}], change_sat, fee_sat; for message: size")]
+    return [DecisionSpec("sign_request", "may signd sign this? body: {kind: psbt|message|channel|invoice, purpose, "
+                                         "...}; for psbt: inputs [{txid, vout, value_sat, ours, path}], outputs "
+                                         "[{value_sat, script, address, change}], change_sat, fee_sat; for message: "
+                                         "size; for channel: index, commitment_number or input/amount_sat, "
+                                         "outputs [{value_sat, script}]; for invoice: hrp, size")]
 
 
 @hookimpl
 def lnp_key_custody(node: Any) -> RemoteCustody:
-    """The node key lives in signd; every process reaches it over the control bus."""
+    """The node key lives in signd; every process reaches it over the control bus. With a forced
+    BIP32 seed (developers), the node key is derived from that seed (unless forced itself)."""
     network = node.section("node")["network"]
     table = node.plugin_table("signd")
     try:
-        return RemoteCustody(SERVICE, public_node_id(node.data_dir, network, table.get("passphrase_file", "")))
+        node_id = public_node_id(node.data_dir, network, table.get("passphrase_file", ""))
+        forced_seed = dev_secrets(node.data_dir).bip32_seed
+        if forced_seed is not None:
+            node_id = Keychain("", network, bip32_seed=forced_seed).node_id()
+        return RemoteCustody(SERVICE, node_id)
     except seed.SeedError as e:
         raise RuntimeError(str(e)) from None
 

@@ -5,6 +5,7 @@
                                                      4 delayed payment, 5 per-commitment seed
     wallet (BIP84)               m/84'/C'/0'/{0,1}/n
 C is 0 on mainnet and 1 on the test networks. The same seed always gives the same keys.
+Developers may force the BIP32 root's seed and every channel's secrets (lnp_host.keys.DevSecrets).
 """
 from __future__ import annotations
 
@@ -18,17 +19,23 @@ FAMILIES = {"funding_pubkey": 0, "revocation_basepoint": 1, "htlc_basepoint": 2,
             "delayed_payment_basepoint": 4}
 PER_COMMITMENT_FAMILY = 5
 NODE_FAMILY = 6
+# --dev-force-channel-secrets gives them in Core Lightning's order: funding, revocation, payment,
+# delayed payment, HTLC, shachain seed; the family of each
+FORCED_ORDER = (0, 1, 3, 4, 2, PER_COMMITMENT_FAMILY)
 
 
 class Keychain:
     """The root key and what is derived from it."""
 
-    def __init__(self, mnemonic: str, network: str, node_secret: bytes | None = None) -> None:
-        """`node_secret` replaces the derived node key (developers: `--dev-force-privkey`); every other
-        key still comes from the seed."""
+    def __init__(self, mnemonic: str, network: str, node_secret: bytes | None = None,
+                 bip32_seed: bytes | None = None, channel_secrets: tuple[bytes, ...] | None = None) -> None:
+        """Developers: `node_secret` replaces the derived node key (`--dev-force-privkey`), `bip32_seed`
+        the mnemonic's BIP32 seed (`--dev-force-bip32-seed`), `channel_secrets` every channel's keys
+        (`--dev-force-channel-secrets`, in FORCED_ORDER)."""
         self.network = network
         self.coin = 0 if network == "mainnet" else 1
-        self._root = bip32.HDKey.from_seed(bip39.mnemonic_to_seed(mnemonic))
+        self._root = bip32.HDKey.from_seed(bip32_seed if bip32_seed is not None else bip39.mnemonic_to_seed(mnemonic))
+        self._forced_channel = dict(zip(FORCED_ORDER, channel_secrets)) if channel_secrets else None
         self.fingerprint = self._root.my_fingerprint.hex()
         self.node_key = coincurve.PrivateKey(node_secret or self._secret(f"m/1017h/{self.coin}h/{NODE_FAMILY}h/0/0"))
         self.account_path = f"m/84h/{self.coin}h/0h"
@@ -57,6 +64,8 @@ class Keychain:
 
     def channel_secret(self, family: int, index: int) -> bytes:
         """A channel key's secret."""
+        if self._forced_channel is not None:
+            return self._forced_channel[family]
         return self._secret(f"m/1017h/{self.coin}h/{family}h/0/{index}")
 
     def basepoints(self, index: int) -> dict[str, str]:

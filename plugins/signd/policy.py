@@ -26,7 +26,7 @@ CAPABILITIES: dict[str, frozenset[str]] = {
     "peerd": frozenset({"ecdh"}),                     # BOLT-8 handshakes
     "wallet": frozenset({"wallet"}),                  # the account xpub, and its own PSBTs
     "core": frozenset(),                              # reads the node id like everyone
-    "channeld": frozenset({"channel", "node_message"}),  # the next issue's channel operations go here
+    "channeld": frozenset({"channel", "node_message", "onion", "invoice"}),  # channels, gossip, BOLT-4, BOLT-11
 }
 # control request -> the capability it needs (None: anyone in the node may ask)
 OPERATIONS: dict[str, str | None] = {
@@ -37,6 +37,19 @@ OPERATIONS: dict[str, str | None] = {
     "signd.sign_node_message": "node_message",
     "signd.basepoints": "channel",
     "signd.per_commitment_point": "channel",
+    "signd.channel_keys": "channel",
+    "signd.ready_channel": "channel",
+    "signd.sign_counterparty_commitment": "channel",
+    "signd.validate_counterparty_revocation": "channel",
+    "signd.validate_holder_commitment": "channel",
+    "signd.revoke_holder_commitment": "channel",
+    "signd.sign_holder_commitment": "channel",
+    "signd.sign_sweep": "channel",
+    "signd.sign_penalty": "channel",
+    "signd.sign_holder_htlc": "channel",
+    "signd.sign_mutual_close": "channel",
+    "signd.sign_invoice": "invoice",
+    "signd.onion_ecdh": "onion",
 }
 
 

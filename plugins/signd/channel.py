@@ -1,0 +1,523 @@
+"""signd's channel operations and their policy (docs/keys.md, "Channel operations and policy").
+
+channeld never holds a channel's private keys: it tells signd the negotiated channel once
+(`ready_channel`), then asks for each signature. signd keeps its own state of every channel (what it
+signed for the counterparty, which of our commitments it validated, revoked, or signed for the
+chain) and refuses whatever would let a peer take our money: signing a commitment it has revoked,
+revealing the secret of the current state, signing a revoked counterparty state, spending another
+outpoint, sweeping to a script outside the wallet. Every refusal signs nothing and changes nothing;
+every change is committed before the answer leaves (the caller passes `begin`, a storage transaction).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, ContextManager
+
+from embit.hashes import hash160
+from embit.script import Script, Witness
+from embit.transaction import Transaction
+from sqlalchemy import select
+
+from lnp_plugin_api import RpcError
+from lnp_plugin_api.bolt3 import (MAX_INDEX, derive_privkey, derive_pubkey, derive_revocation_pubkey,
+                                  per_commitment_secret, point)
+
+from . import scripts as S
+from .keys import FAMILIES, PER_COMMITMENT_FAMILY, Keychain
+from .storage import channels
+
+REFUSED = RpcError.REFUSED
+BAD = RpcError.INVALID_PARAMS
+FUNDING, REVOCATION, HTLC, PAYMENT, DELAYED = (FAMILIES[n] for n in (
+    "funding_pubkey", "revocation_basepoint", "htlc_basepoint", "payment_basepoint", "delayed_payment_basepoint"))
+CHANNEL_TYPES = ("static_remotekey", "anchors")
+HARDENED = 0x80000000
+NONE = -1  # no commitment number yet
+
+
+def refuse(message: str) -> RpcError:
+    return RpcError(REFUSED, message)
+
+
+def bad(message: str) -> RpcError:
+    return RpcError(BAD, message)
+
+
+@dataclass
+class ChannelState:
+    """What signd knows and has done for one channel; `params` as `ready_channel` checked them."""
+
+    index: int
+    params: dict[str, Any]
+    holder_validated: int = NONE     # the latest holder commitment whose counterparty signature verified
+    holder_tx: str = ""              # ... that commitment (unsigned), its counterparty signature (compact)
+    holder_signature: str = ""
+    holder_htlcs: list[dict[str, Any]] = field(default_factory=list)  # {tx, witness_script, amount_sat, signature}
+    holder_revoked: int = NONE       # every holder commitment up to this one had its secret released
+    holder_broadcast: int = NONE     # the holder commitment signed for the chain (never revoked after)
+    counterparty_signed: dict[str, dict[str, str]] = field(default_factory=dict)  # number -> {txid, point}
+    counterparty_revoked: int = NONE  # the counterparty revealed the secret of every commitment up to this
+
+
+def _int(body: dict[str, Any], name: str, low: int = 0, high: int = MAX_INDEX) -> int:
+    value = body[name]
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise bad(f"{name} must be an integer {low}..{high}")
+    return value
+
+
+def _hex(body: dict[str, Any], name: str, size: int | None = None) -> bytes:
+    value = body[name]
+    if not isinstance(value, str):
+        raise bad(f"{name} must be hex text")
+    data = bytes.fromhex(value)
+    if size is not None and len(data) != size:
+        raise bad(f"{name} must be {size} bytes")
+    return data
+
+
+def _key(body: dict[str, Any], name: str) -> bytes:
+    try:
+        return S.pubkey(body[name])
+    except ValueError:
+        raise bad(f"{name} is not a valid compressed public key") from None
+
+
+def _tx(body: dict[str, Any], name: str = "tx") -> Transaction:
+    try:
+        return S.parse_tx(body[name])
+    except ValueError:
+        raise bad(f"{name} is not a transaction (hex)") from None
+
+
+def _list(body: dict[str, Any], name: str) -> list[Any]:
+    value = body.get(name, [])
+    if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
+        raise bad(f"{name} must be a list of objects")
+    return value
+
+
+def check_params(raw: Any) -> dict[str, Any]:
+    """The negotiated channel as `ready_channel` takes it, checked and normalised."""
+    if not isinstance(raw, dict):
+        raise bad("params must be an object")
+    txid = _hex(raw, "funding_txid", 32)
+    params = {
+        "funding_txid": txid.hex(), "funding_vout": _int(raw, "funding_vout", 0, 0xFFFF),
+        "funding_sat": _int(raw, "funding_sat", 1, 21_000_000 * 100_000_000),
+        "counterparty_funding_pubkey": _key(raw, "counterparty_funding_pubkey").hex(),
+        "holder_to_self_delay": _int(raw, "holder_to_self_delay", 0, 0xFFFF),
+        "counterparty_to_self_delay": _int(raw, "counterparty_to_self_delay", 0, 0xFFFF),
+    }
+    points = raw["counterparty_basepoints"]
+    if not isinstance(points, dict):
+        raise bad("counterparty_basepoints must be an object")
+    for name in ("revocation_basepoint", "payment_basepoint", "delayed_payment_basepoint", "htlc_basepoint"):
+        params[f"counterparty_{name}"] = _key(points, name).hex()
+    if raw["channel_type"] not in CHANNEL_TYPES:
+        raise bad(f"channel_type must be one of {', '.join(CHANNEL_TYPES)}")
+    if raw["opener"] not in ("holder", "counterparty"):
+        raise bad("opener must be holder or counterparty")
+    params["channel_type"], params["opener"] = raw["channel_type"], raw["opener"]
+    shutdown = raw.get("holder_shutdown_script")  # option_upfront_shutdown_script: where a close may pay us
+    if shutdown is not None:
+        script = _hex(raw, "holder_shutdown_script")
+        if not 1 <= len(script) <= 42:
+            raise bad("holder_shutdown_script must be a script of 1 to 42 bytes")
+        params["holder_shutdown_script"] = script.hex()
+    return params
+
+
+class ChannelSigner:
+    """The channel operations over a keychain and signd's table (`begin`: a storage transaction)."""
+
+    def __init__(self, keys: Keychain, begin: Callable[[], ContextManager[Any]],
+                 allowed: Callable[[str, dict[str, Any]], None] = lambda kind, detail: None) -> None:
+        self.keys, self.begin, self.allowed = keys, begin, allowed
+        self.lock = threading.Lock()  # one operation at a time: each reads, checks and writes a state
+        self._saved: dict[int, str] = {}  # index -> the state as committed (signd is its only writer)
+
+    # --- state ------------------------------------------------------------------------------------
+
+    def load(self, index: int) -> ChannelState | None:
+        """A fresh copy of the committed state of channel `index` (None: not ready)."""
+        text = self._saved.get(index)
+        if text is None:
+            with self.begin() as conn:
+                row = conn.execute(select(channels.c.state).where(channels.c.idx == index)).first()
+            if row is None:
+                return None
+            text = self._saved[index] = row[0]
+        return ChannelState(**json.loads(text))
+
+    def save(self, state: ChannelState) -> None:
+        """Commit the state (before the answer that depends on it leaves)."""
+        text = json.dumps(asdict(state))
+        with self.begin() as conn:
+            if conn.execute(select(channels.c.idx).where(channels.c.idx == state.index)).first():
+                conn.execute(channels.update().where(channels.c.idx == state.index).values(state=text))
+            else:
+                conn.execute(channels.insert().values(idx=state.index, state=text))
+        self._saved[state.index] = text  # only once committed
+
+    def ready(self, index: int) -> ChannelState:
+        state = self.load(index)
+        if state is None:
+            raise refuse(f"channel {index} is not ready: call ready_channel first")
+        return state
+
+    # --- keys -------------------------------------------------------------------------------------
+
+    def secret(self, family: int, index: int) -> bytes:
+        return self.keys.channel_secret(family, index)
+
+    def pub(self, family: int, index: int) -> bytes:
+        return point(self.secret(family, index))
+
+    def holder_secret(self, index: int, n: int) -> bytes:
+        """Our per-commitment secret of commitment `n`."""
+        return per_commitment_secret(self.secret(PER_COMMITMENT_FAMILY, index), MAX_INDEX - n)
+
+    def holder_point(self, index: int, n: int) -> bytes:
+        return point(self.holder_secret(index, n))
+
+    def channel_keys(self, index: int) -> dict[str, str]:
+        """Funding pubkey, basepoints and the first two per-commitment points of channel `index`."""
+        return {**self.keys.basepoints(index), "first_per_commitment_point": self.holder_point(index, 0).hex(),
+                "second_per_commitment_point": self.holder_point(index, 1).hex()}
+
+    def funding_script(self, state: ChannelState) -> bytes:
+        return S.funding_script(self.pub(FUNDING, state.index), bytes.fromhex(state.params["counterparty_funding_pubkey"]))
+
+    def obscured(self, state: ChannelState, n: int) -> int:
+        """BOLT-3: n XOR the lower 48 bits of SHA256(opener's payment basepoint || accepter's)."""
+        ours, theirs = self.pub(PAYMENT, state.index), bytes.fromhex(state.params["counterparty_payment_basepoint"])
+        first, second = (ours, theirs) if state.params["opener"] == "holder" else (theirs, ours)
+        return n ^ int.from_bytes(hashlib.sha256(first + second).digest()[-6:], "big")
+
+    def holder_to_local(self, state: ChannelState, pcp: bytes) -> bytes:
+        """Our to_local script (also our HTLC transactions' output) for our per-commitment point."""
+        p = state.params
+        return S.to_local_script(derive_revocation_pubkey(bytes.fromhex(p["counterparty_revocation_basepoint"]), pcp),
+                                 p["holder_to_self_delay"], derive_pubkey(self.pub(DELAYED, state.index), pcp))
+
+    def counterparty_to_local(self, state: ChannelState, pcp: bytes) -> bytes:
+        """The counterparty's to_local script for its per-commitment point (revocable with our basepoint)."""
+        p = state.params
+        return S.to_local_script(derive_revocation_pubkey(self.pub(REVOCATION, state.index), pcp),
+                                 p["counterparty_to_self_delay"],
+                                 derive_pubkey(bytes.fromhex(p["counterparty_delayed_payment_basepoint"]), pcp))
+
+    def wallet_script(self, branch: int, index: int) -> bytes:
+        """The P2WPKH script of wallet key m/84'/C'/0'/branch/index."""
+        key = self.keys.root.derive([84 + HARDENED, self.keys.coin + HARDENED, HARDENED, branch, index])
+        return S.p2wpkh(key.get_public_key().sec())
+
+    # --- checks -----------------------------------------------------------------------------------
+
+    def check_commitment(self, state: ChannelState, tx: Transaction, n: int) -> None:
+        """The transaction spends exactly this channel's funding outpoint, encodes commitment `n` and
+        pays out no more than the channel holds."""
+        p = state.params
+        if len(tx.vin) != 1 or tx.vin[0].txid.hex() != p["funding_txid"] or tx.vin[0].vout != p["funding_vout"]:
+            raise refuse(f"the commitment does not spend channel {state.index}'s funding outpoint "
+                         f"{p['funding_txid']}:{p['funding_vout']} (alone): refused")
+        sequence, locktime = tx.vin[0].sequence, tx.locktime
+        if tx.version != 2 or sequence >> 24 != 0x80 or locktime >> 24 != 0x20:
+            raise refuse("not a BOLT-3 commitment transaction (version, locktime or sequence): refused")
+        if ((sequence & 0xFFFFFF) << 24 | locktime & 0xFFFFFF) != self.obscured(state, n):
+            raise refuse(f"the transaction's obscured commitment number is not commitment {n}'s: refused")
+        if sum(o.value for o in tx.vout) > p["funding_sat"]:
+            raise refuse("the commitment pays out more than the channel holds: refused")
+
+    def check_htlc(self, state: ChannelState, commitment: Transaction, item: dict[str, Any], output: bytes,
+                   our_htlc_key: bytes, revocation: bytes | None = None) -> tuple[Transaction, bytes, int]:
+        """A second-stage HTLC transaction: it alone spends an output of `commitment` that pays the
+        given witness script holding our HTLC key (and the hash of `revocation`, the key we punish
+        with, when given), and pays `output` (a to_local script) alone."""
+        tx, script = _tx(item), _hex(item, "witness_script")
+        anchors = state.params["channel_type"] == "anchors"
+        if len(tx.vin) != 1 or len(tx.vout) != 1 or tx.version != 2:
+            raise refuse("an HTLC transaction has one input and one output (version 2): refused")
+        vin = tx.vin[0]
+        if vin.txid != commitment.txid() or vin.vout >= len(commitment.vout):
+            raise refuse("an HTLC transaction does not spend an output of the commitment: refused")
+        spent = commitment.vout[vin.vout]
+        if spent.script_pubkey.data != S.p2wsh(script) or S.push(our_htlc_key) not in script or (
+                revocation is not None and S.push(hash160(revocation)) not in script):
+            raise refuse(f"commitment output {vin.vout} is not an HTLC of this channel's keys: refused")
+        if vin.sequence != (1 if anchors else 0) or tx.vout[0].script_pubkey.data != S.p2wsh(output):
+            raise refuse("an HTLC transaction's sequence or output is not BOLT-3's for this channel: refused")
+        return tx, script, spent.value
+
+    def check_counterparty_outputs(self, state: ChannelState, tx: Transaction, pcp: bytes, htlcs: set[int]) -> None:
+        """Every output of the counterparty's commitment is one we can take if it is ever revoked, or
+        ours: its to_local (revocable with our key), our to_remote (once), an anchor of either funding
+        key, or an HTLC output whose second-stage transaction we sign (revocable too)."""
+        ours = self.pub(PAYMENT, state.index)
+        theirs = bytes.fromhex(state.params["counterparty_funding_pubkey"])
+        if state.params["channel_type"] == "anchors":
+            to_remote = S.p2wsh(S.anchors_to_remote_script(ours))
+            anchors = {S.p2wsh(S.anchor_script(self.pub(FUNDING, state.index))), S.p2wsh(S.anchor_script(theirs))}
+        else:
+            to_remote, anchors = S.p2wpkh(ours), set()
+        known = {S.p2wsh(self.counterparty_to_local(state, pcp)), to_remote} | anchors
+        for j, out in enumerate(tx.vout):
+            if j not in htlcs and out.script_pubkey.data not in known:
+                raise refuse(f"output {j} of the counterparty's commitment is neither its revocable to_local, nor "
+                             "ours, nor an anchor, nor an HTLC whose transaction we sign: refused")
+        if sum(o.script_pubkey.data == to_remote for o in tx.vout) > 1:
+            raise refuse("the commitment pays our to_remote script twice: refused")
+
+    def check_wallet_outputs(self, tx: Transaction, paths: Any, skip: int | None = None) -> None:
+        """Every output (but `skip`) pays a wallet key, named by its (branch, index) in `paths`, one
+        per output (None for `skip`)."""
+        if not isinstance(paths, list) or len(paths) != len(tx.vout):
+            raise bad("wallet_outputs must give [branch, index] for each output")
+        for j, (out, path) in enumerate(zip(tx.vout, paths)):
+            if j != skip:
+                self.check_wallet_output(j, out.script_pubkey.data, path)
+
+    def check_wallet_output(self, j: int, script: bytes, path: Any) -> None:
+        """Output `j` pays `script`, the wallet key of `path` [branch, index]."""
+        if (not isinstance(path, list) or len(path) != 2 or path[0] not in (0, 1)
+                or not isinstance(path[1], int) or isinstance(path[1], bool) or not 0 <= path[1] < HARDENED):
+            raise bad("a wallet output is given as [branch (0 or 1), index]")
+        if script != self.wallet_script(path[0], path[1]):
+            raise refuse(f"output {j} does not pay the wallet key {path[0]}/{path[1]}: signd pays the wallet only")
+
+    # --- operations -------------------------------------------------------------------------------
+
+    def ready_channel(self, body: dict[str, Any]) -> dict[str, Any]:
+        """Record the negotiated channel; the same parameters again are fine, other ones only while
+        nothing has been signed for it."""
+        index, params = _int(body, "index", 0, HARDENED - 1), check_params(body["params"])
+        with self.lock:
+            state = self.load(index)
+            if state is not None and state.params != params and (
+                    state.counterparty_signed or state.counterparty_revoked != NONE
+                    or state.holder_validated != NONE):
+                raise refuse(f"channel {index} has signed commitments with other parameters: refused")
+            if state is None or state.params != params:
+                self.save(ChannelState(index, params))
+        return {"index": index, "funding_script": self.funding_script(ChannelState(index, params)).hex()}
+
+    def sign_counterparty_commitment(self, body: dict[str, Any]) -> dict[str, Any]:
+        """Sign the funding input of the counterparty's commitment `n` and our side of its HTLC
+        transactions (anchors: SIGHASH_SINGLE|ANYONECANPAY)."""
+        index, n, tx = _int(body, "index", 0, HARDENED - 1), _int(body, "commitment_number"), _tx(body)
+        pcp, htlcs = _key(body, "per_commitment_point"), _list(body, "htlcs")
+        with self.lock:
+            state = self.ready(index)
+            self.check_commitment(state, tx, n)
+            if n <= state.counterparty_revoked:
+                raise refuse(f"the counterparty revoked its commitment {n}: signd never signs a revoked state")
+            if n > state.counterparty_revoked + 2:
+                raise refuse(f"commitment {n - 2} of the counterparty is not revoked yet: refused to sign {n}")
+            txid = tx.txid().hex()
+            before = state.counterparty_signed.get(str(n))
+            if before is not None and before != {"txid": txid, "point": pcp.hex()}:
+                raise refuse(f"signd signed another counterparty commitment {n} already: refused")
+            anchors = state.params["channel_type"] == "anchors"
+            htlc_secret = derive_privkey(self.secret(HTLC, index), pcp)
+            output = self.counterparty_to_local(state, pcp)
+            revocation = derive_revocation_pubkey(self.pub(REVOCATION, index), pcp)
+            checked = [self.check_htlc(state, tx, item, output, point(htlc_secret), revocation) for item in htlcs]
+            spent = {h.vin[0].vout for h, _, _ in checked}
+            if len(spent) != len(checked):
+                raise refuse("two HTLC transactions spend the same output: refused")
+            self.check_counterparty_outputs(state, tx, pcp, spent)
+            self.allowed("channel", {"purpose": "counterparty_commitment", "index": index, "commitment_number": n,
+                                     "outputs": [{"value_sat": o.value, "script": o.script_pubkey.data.hex()}
+                                                 for o in tx.vout]})
+            funding = self.funding_script(state)
+            sig = S.sign(self.secret(FUNDING, index),
+                         tx.sighash_segwit(0, Script(funding), state.params["funding_sat"], S.SIGHASH_ALL))
+            flag = S.SIGHASH_SINGLE_ACP if anchors else S.SIGHASH_ALL
+            htlc_sigs = [S.sign(htlc_secret, h.sighash_segwit(0, Script(script), value, flag)).hex()
+                         for h, script, value in checked]
+            state.counterparty_signed[str(n)] = {"txid": txid, "point": pcp.hex()}
+            self.save(state)
+        return {"signature": sig.hex(), "htlc_signatures": htlc_sigs}
+
+    def validate_counterparty_revocation(self, body: dict[str, Any]) -> dict[str, Any]:
+        """The counterparty revealed the secret of its commitment `n`: check it against the point it
+        gave with that commitment and never sign `n` (or older) again."""
+        index, n, secret = _int(body, "index", 0, HARDENED - 1), _int(body, "commitment_number"), _hex(body, "secret", 32)
+        with self.lock:
+            state = self.ready(index)
+            if n <= state.counterparty_revoked:
+                return {"revoked": state.counterparty_revoked}
+            if n != state.counterparty_revoked + 1:
+                raise refuse(f"the counterparty must revoke commitment {state.counterparty_revoked + 1} first")
+            signed = state.counterparty_signed.get(str(n))
+            try:
+                matches = signed is not None and point(secret).hex() == signed["point"]
+            except ValueError:
+                matches = False
+            if not matches:
+                raise refuse(f"the secret is not the one of counterparty commitment {n}: refused")
+            state.counterparty_revoked = n
+            state.counterparty_signed = {k: v for k, v in state.counterparty_signed.items() if int(k) > n}
+            self.save(state)
+        return {"revoked": n}
+
+    def validate_holder_commitment(self, body: dict[str, Any]) -> dict[str, Any]:
+        """Verify the counterparty's signatures of our commitment `n` (and of its HTLC transactions);
+        it becomes our latest commitment, the only one signd will sign for the chain."""
+        index, n, tx = _int(body, "index", 0, HARDENED - 1), _int(body, "commitment_number"), _tx(body)
+        sig, htlcs = _hex(body, "signature", 64), _list(body, "htlcs")
+        with self.lock:
+            state = self.ready(index)
+            self.check_commitment(state, tx, n)
+            if state.holder_broadcast != NONE:
+                raise refuse(f"channel {index} went to chain with commitment {state.holder_broadcast}: refused")
+            if n == state.holder_validated and tx.serialize().hex() == state.holder_tx:
+                return {"validated": n}
+            if n != state.holder_validated + 1:
+                raise refuse(f"the next holder commitment is {state.holder_validated + 1}, not {n}: refused")
+            if state.holder_validated > state.holder_revoked + 1:
+                raise refuse(f"holder commitment {state.holder_validated - 1} is not revoked yet: refused")
+            p = state.params
+            digest = tx.sighash_segwit(0, Script(self.funding_script(state)), p["funding_sat"], S.SIGHASH_ALL)
+            if not S.verify(bytes.fromhex(p["counterparty_funding_pubkey"]), sig, digest):
+                raise refuse("the counterparty's signature of the commitment does not verify: refused")
+            pcp = self.holder_point(index, n)
+            their_htlc = derive_pubkey(bytes.fromhex(p["counterparty_htlc_basepoint"]), pcp)
+            ours = derive_pubkey(self.pub(HTLC, index), pcp)
+            flag = S.SIGHASH_SINGLE_ACP if p["channel_type"] == "anchors" else S.SIGHASH_ALL
+            kept = []
+            for item in htlcs:
+                htlc, script, value = self.check_htlc(state, tx, item, self.holder_to_local(state, pcp), ours)
+                htlc_sig = _hex(item, "signature", 64)
+                if not S.verify(their_htlc, htlc_sig, htlc.sighash_segwit(0, Script(script), value, flag)):
+                    raise refuse(f"the counterparty's signature of the HTLC transaction spending output "
+                                 f"{htlc.vin[0].vout} does not verify: refused")
+                kept.append({"tx": htlc.serialize().hex(), "witness_script": script.hex(), "amount_sat": value,
+                             "signature": htlc_sig.hex()})
+            state.holder_validated, state.holder_tx, state.holder_signature = n, tx.serialize().hex(), sig.hex()
+            state.holder_htlcs = kept
+            self.save(state)
+        return {"validated": n}
+
+    def revoke_holder_commitment(self, body: dict[str, Any]) -> dict[str, Any]:
+        """Release the secret of our commitment `n` once commitment n+1 is validated (n is replaced),
+        with the point of n+2 (revoke_and_ack). Never the current state's, nor one signed for the chain."""
+        index, n = _int(body, "index", 0, HARDENED - 1), _int(body, "commitment_number", 0, MAX_INDEX - 2)
+        with self.lock:
+            state = self.ready(index)
+            if state.holder_broadcast != NONE and n >= state.holder_broadcast:
+                raise refuse(f"holder commitment {n} may be on chain: signd never reveals its secret")
+            if n > state.holder_revoked:
+                if n >= state.holder_validated:
+                    raise refuse(f"holder commitment {n} is the current state (no later commitment validated): "
+                                 "signd never reveals its secret")
+                if n != state.holder_revoked + 1:
+                    raise refuse(f"holder commitment {state.holder_revoked + 1} must be revoked first")
+                state.holder_revoked = n
+                self.save(state)
+        return {"secret": self.holder_secret(index, n).hex(), "next_point": self.holder_point(index, n + 2).hex()}
+
+    def sign_holder_commitment(self, body: dict[str, Any]) -> dict[str, Any]:
+        """Our latest validated commitment, fully witnessed, to go to chain; and our signatures of its
+        HTLC transactions. From then on signd reveals none of its secrets."""
+        index, n = _int(body, "index", 0, HARDENED - 1), _int(body, "commitment_number")
+        with self.lock:
+            state = self.ready(index)
+            if n <= state.holder_revoked:
+                raise refuse(f"holder commitment {n} was revoked: signd never signs a revoked state")
+            if n != state.holder_validated:
+                raise refuse(f"holder commitment {n} is not the latest validated one "
+                             f"({state.holder_validated}): refused")
+            self.allowed("channel", {"purpose": "holder_commitment", "index": index, "commitment_number": n})
+            state.holder_broadcast = n
+            self.save(state)
+        p = state.params
+        tx = S.parse_tx(state.holder_tx)
+        funding = self.funding_script(state)
+        ours = S.sign(self.secret(FUNDING, index), tx.sighash_segwit(0, Script(funding), p["funding_sat"], S.SIGHASH_ALL))
+        theirs = bytes.fromhex(state.holder_signature)
+        mine_first = self.pub(FUNDING, index) < bytes.fromhex(p["counterparty_funding_pubkey"])
+        sigs = [S.der(ours, S.SIGHASH_ALL), S.der(theirs, S.SIGHASH_ALL)]
+        tx.vin[0].witness = Witness([b"", *(sigs if mine_first else sigs[::-1]), funding])
+        pcp = self.holder_point(index, n)
+        htlc_secret = derive_privkey(self.secret(HTLC, index), pcp)
+        flag = S.SIGHASH_SINGLE_ACP if p["channel_type"] == "anchors" else S.SIGHASH_ALL
+        out = []
+        for h in state.holder_htlcs:
+            htlc = S.parse_tx(h["tx"])
+            digest = htlc.sighash_segwit(0, Script(bytes.fromhex(h["witness_script"])), h["amount_sat"], S.SIGHASH_ALL)
+            out.append({"tx": h["tx"], "witness_script": h["witness_script"],
+                        "holder_signature": S.der(S.sign(htlc_secret, digest), S.SIGHASH_ALL).hex(),
+                        "counterparty_signature": S.der(bytes.fromhex(h["signature"]), flag).hex()})
+        return {"tx": tx.serialize().hex(), "txid": tx.txid().hex(), "htlcs": out}
+
+    def sign_holder_htlc(self, body: dict[str, Any]) -> dict[str, Any]:
+        """Our signature (SIGHASH_ALL) of an HTLC transaction of our commitment gone to chain, which
+        may carry more inputs and outputs than the one the counterparty signed (anchors: it signed
+        SIGHASH_SINGLE|ANYONECANPAY, so fees can be added): input `input_index` spends the HTLC output
+        and output `input_index` is the one it signed; every other output pays the wallet."""
+        index, n, tx = _int(body, "index", 0, HARDENED - 1), _int(body, "commitment_number"), _tx(body)
+        i, which = _int(body, "input_index", 0, len(tx.vin) - 1), _int(body, "htlc", 0, 2 * 483)
+        with self.lock:
+            state = self.ready(index)
+            if n != state.holder_broadcast:
+                raise refuse(f"holder commitment {n} was not signed for the chain: refused")
+            if which >= len(state.holder_htlcs):
+                raise bad(f"holder commitment {n} has {len(state.holder_htlcs)} HTLC transactions")
+            stored = state.holder_htlcs[which]
+            signed = S.parse_tx(stored["tx"])
+            vin, want = tx.vin[i], signed.vin[0]
+            if (vin.txid, vin.vout, vin.sequence) != (want.txid, want.vout, want.sequence) or tx.version != 2 \
+                    or i >= len(tx.vout) or tx.vout[i].serialize() != signed.vout[0].serialize() \
+                    or tx.locktime != signed.locktime:
+                raise refuse("the transaction is not the HTLC transaction the counterparty signed (its input, "
+                             "paired output, sequence or locktime): refused")
+            self.check_wallet_outputs(tx, body.get("wallet_outputs"), skip=i)
+            self.allowed("channel", {"purpose": "holder_htlc", "index": index, "commitment_number": n,
+                                     "input": i, "amount_sat": stored["amount_sat"]})
+        secret = derive_privkey(self.secret(HTLC, index), self.holder_point(index, n))
+        digest = tx.sighash_segwit(i, Script(bytes.fromhex(stored["witness_script"])), stored["amount_sat"],
+                                   S.SIGHASH_ALL)
+        flag = S.SIGHASH_SINGLE_ACP if state.params["channel_type"] == "anchors" else S.SIGHASH_ALL
+        return {"holder_signature": S.der(S.sign(secret, digest), S.SIGHASH_ALL).hex(),
+                "counterparty_signature": S.der(bytes.fromhex(stored["signature"]), flag).hex(),
+                "witness_script": stored["witness_script"]}
+
+    def sign_mutual_close(self, body: dict[str, Any]) -> dict[str, Any]:
+        """Our signature (64 bytes compact, SIGHASH_ALL) of a cooperative close: it spends the
+        funding outpoint alone, and our output `holder_output` (None: we take nothing) pays the
+        wallet key `wallet_output` [branch, index], the upfront shutdown script, or `destination`
+        (a script the user named), which the `sign_request` decision sees as external."""
+        index, tx = _int(body, "index", 0, HARDENED - 1), _tx(body)
+        ours = body.get("holder_output")
+        if ours is not None:
+            ours = _int(body, "holder_output", 0, len(tx.vout) - 1)
+        with self.lock:
+            state = self.ready(index)
+            p = state.params
+            if len(tx.vin) != 1 or tx.vin[0].txid.hex() != p["funding_txid"] or tx.vin[0].vout != p["funding_vout"]:
+                raise refuse(f"the close does not spend channel {index}'s funding outpoint (alone): refused")
+            if sum(o.value for o in tx.vout) > p["funding_sat"]:
+                raise refuse("the close pays out more than the channel holds: refused")
+            external = False
+            if ours is not None:
+                script = tx.vout[ours].script_pubkey.data
+                wallet, destination = body.get("wallet_output"), body.get("destination")
+                if wallet is not None:
+                    self.check_wallet_output(ours, script, wallet)
+                elif script.hex() == p.get("holder_shutdown_script"):
+                    pass
+                elif destination is not None and _hex(body, "destination") == script:
+                    external = True
+                else:
+                    raise refuse("our output of the close pays neither the wallet, nor the upfront shutdown "
+                                 "script, nor the destination named: refused")
+            self.allowed("channel", {"purpose": "mutual_close", "index": index, "holder_output": ours,
+                                     "external": external, "outputs": [
+                                         {"value_sat": o.value, "script": o.script_pubkey.data.hex()} for o in tx.vout]})
+        digest = tx.sighash_segwit(0, Script(self.funding_script(state)), p["funding_sat"], S.SIGHASH_ALL)
+        return {"signature": S.sign(self.secret(FUNDING, index), digest).hex()}

@@ -1,0 +1,135 @@
+"""A channel built by hand for signd's tests: the counterparty's keys and minimal BOLT-3 transactions
+(embit), enough to exercise signd's channel policy without channeld's builder."""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+from embit.hashes import hash160
+from embit.script import Script
+from embit.transaction import Transaction, TransactionInput, TransactionOutput
+
+from lnp_plugin_api.bolt3 import (MAX_INDEX, derive_privkey, derive_pubkey, derive_revocation_pubkey,
+                                  per_commitment_secret, point)
+from lnp_plugins.signd import scripts as S
+from lnp_plugins.signd.keys import Keychain
+
+FUNDING_TXID = "aa" * 32
+FUNDING_SAT = 1_000_000
+HOLDER_DELAY, COUNTERPARTY_DELAY = 144, 6
+
+
+@dataclass
+class Counterparty:
+    """The other side's secrets, chosen by the test."""
+
+    funding: bytes = b"\x11" * 32
+    revocation: bytes = b"\x12" * 32
+    payment: bytes = b"\x13" * 32
+    delayed: bytes = b"\x14" * 32
+    htlc: bytes = b"\x15" * 32
+    seed: bytes = b"\x16" * 32
+
+    def secret(self, n: int) -> bytes:
+        return per_commitment_secret(self.seed, MAX_INDEX - n)
+
+    def point(self, n: int) -> bytes:
+        return point(self.secret(n))
+
+    def basepoints(self) -> dict[str, str]:
+        return {"revocation_basepoint": point(self.revocation).hex(), "payment_basepoint": point(self.payment).hex(),
+                "delayed_payment_basepoint": point(self.delayed).hex(), "htlc_basepoint": point(self.htlc).hex()}
+
+
+def params(them: Counterparty, channel_type: str = "static_remotekey", opener: str = "holder") -> dict:
+    """ready_channel's params for a channel with `them`."""
+    return {"funding_txid": FUNDING_TXID, "funding_vout": 0, "funding_sat": FUNDING_SAT,
+            "counterparty_funding_pubkey": point(them.funding).hex(), "counterparty_basepoints": them.basepoints(),
+            "holder_to_self_delay": HOLDER_DELAY, "counterparty_to_self_delay": COUNTERPARTY_DELAY,
+            "channel_type": channel_type, "opener": opener}
+
+
+class Channel:
+    """Our keys (channel `index` of `keys`) and theirs; builds the transactions each side signs."""
+
+    def __init__(self, keys: Keychain, index: int, them: Counterparty, channel_type: str = "static_remotekey") -> None:
+        self.keys, self.index, self.them, self.type = keys, index, them, channel_type
+        self.bp = {k: bytes.fromhex(v) for k, v in keys.basepoints(index).items()}
+        factor_in = self.bp["payment_basepoint"] + point(them.payment)  # we open
+        self.factor = int.from_bytes(hashlib.sha256(factor_in).digest()[-6:], "big")
+
+    def holder_point(self, n: int) -> bytes:
+        return self.keys.per_commitment_point(self.index, n)
+
+    def funding_script(self) -> bytes:
+        return S.funding_script(self.bp["funding_pubkey"], point(self.them.funding))
+
+    def commitment(self, n: int, outputs: list[tuple[bytes, int]], txid: str = FUNDING_TXID,
+                   obscured: int | None = None) -> Transaction:
+        """A commitment of number `n` paying `outputs` [(script_pubkey, sat)]."""
+        o = n ^ self.factor if obscured is None else obscured
+        vin = TransactionInput(bytes.fromhex(txid), 0, sequence=0x80 << 24 | (o >> 24) & 0xFFFFFF)
+        return Transaction(version=2, vin=[vin], vout=[TransactionOutput(v, Script(s)) for s, v in outputs],
+                           locktime=0x20 << 24 | o & 0xFFFFFF)
+
+    # the counterparty's commitment (paying us to_remote) and ours
+    def their_to_local(self, n: int) -> bytes:
+        """The counterparty's to_local script on its commitment `n` (revocable with our basepoint)."""
+        pcp = self.them.point(n)
+        return S.to_local_script(derive_revocation_pubkey(self.bp["revocation_basepoint"], pcp), COUNTERPARTY_DELAY,
+                                 derive_pubkey(point(self.them.delayed), pcp))
+
+    def their_outputs(self, n: int, htlc_script: bytes | None = None) -> list[tuple[bytes, int]]:
+        to_local = self.their_to_local(n)
+        ours = self.bp["payment_basepoint"]
+        to_remote = S.p2wsh(S.anchors_to_remote_script(ours)) if self.type == "anchors" else S.p2wpkh(ours)
+        outs = [(S.p2wsh(to_local), 600_000), (to_remote, 390_000)]
+        return outs + ([(S.p2wsh(htlc_script), 10_000)] if htlc_script else [])
+
+    def our_to_local(self, n: int) -> bytes:
+        pcp = self.holder_point(n)
+        return S.to_local_script(derive_revocation_pubkey(point(self.them.revocation), pcp), HOLDER_DELAY,
+                                 derive_pubkey(self.bp["delayed_payment_basepoint"], pcp))
+
+    def our_outputs(self, n: int, htlc_script: bytes | None = None) -> list[tuple[bytes, int]]:
+        outs = [(S.p2wsh(self.our_to_local(n)), 390_000), (S.p2wpkh(point(self.them.payment)), 600_000)]
+        return outs + ([(S.p2wsh(htlc_script), 10_000)] if htlc_script else [])
+
+    def htlc_script(self, ours: bytes, theirs: bytes, revocation: bytes = b"\x02" * 33) -> bytes:
+        """A stand-in for an HTLC's witness script holding the hash of the revocation key and both HTLC
+        keys (the real one is channeld's)."""
+        return (bytes([S.OP_DUP, S.OP_HASH160]) + S.push(hash160(revocation)) + bytes([0x87, 0x75]) + S.push(ours)
+                + bytes([S.OP_CHECKSIGVERIFY]) + S.push(theirs) + bytes([S.OP_CHECKSIG]))
+
+    def their_htlc_script(self, n: int) -> bytes:
+        """An HTLC of the counterparty's commitment `n`: revocable with our revocation basepoint."""
+        pcp = self.them.point(n)
+        return self.htlc_script(derive_pubkey(self.bp["htlc_basepoint"], pcp), derive_pubkey(point(self.them.htlc), pcp),
+                                derive_revocation_pubkey(self.bp["revocation_basepoint"], pcp))
+
+    def our_htlc_script(self, n: int) -> bytes:
+        """An HTLC of our commitment `n`: revocable with the counterparty's revocation basepoint."""
+        pcp = self.holder_point(n)
+        return self.htlc_script(derive_pubkey(self.bp["htlc_basepoint"], pcp), derive_pubkey(point(self.them.htlc), pcp),
+                                derive_revocation_pubkey(point(self.them.revocation), pcp))
+
+    def htlc_tx(self, commitment: Transaction, vout: int, pays: bytes, value: int) -> Transaction:
+        seq = 1 if self.type == "anchors" else 0
+        return Transaction(version=2, vin=[TransactionInput(commitment.txid(), vout, sequence=seq)],
+                           vout=[TransactionOutput(value, Script(S.p2wsh(pays)))], locktime=0)
+
+    def their_sig(self, tx: Transaction, secret: bytes = b"", script: bytes = b"", value: int = FUNDING_SAT,
+                  flag: int = S.SIGHASH_ALL) -> bytes:
+        """The counterparty's compact signature of input 0 (by default: the funding input)."""
+        digest = tx.sighash_segwit(0, Script(script or self.funding_script()), value, flag)
+        return S.sign(secret or self.them.funding, digest)
+
+    def their_htlc_secret(self, n: int) -> bytes:
+        """The counterparty's HTLC key on our commitment `n`."""
+        return derive_privkey(self.them.htlc, self.holder_point(n))
+
+
+def spend(prev_txid: bytes, vout: int, outputs: list[tuple[bytes, int]], sequence: int = 0xFFFFFFFF) -> Transaction:
+    """A one-input transaction spending prev_txid:vout."""
+    return Transaction(version=2, vin=[TransactionInput(prev_txid, vout, sequence=sequence)],
+                       vout=[TransactionOutput(v, Script(s)) for s, v in outputs], locktime=0)
