@@ -134,7 +134,7 @@ def _lock(data_dir: Path) -> Any:
     return f
 
 
-def _custody(registry: Registry, profile: Profile, dev: DevSecrets) -> Any:
+def _custody(registry: Registry, profile: Profile, dev: DevSecrets | None) -> Any:
     """The key custody: a plugin's (local or RemoteCustody), or the host's key file.
 
     With a forced dev key, a custody service (RemoteCustody) uses that key as the node key (it reads
@@ -142,6 +142,7 @@ def _custody(registry: Registry, profile: Profile, dev: DevSecrets) -> Any:
     the host's, holding the forced key in memory. A forced BIP32 seed or channel secrets need a
     custody service (signd): the host's key file has no seed.
     """
+    dev = dev or DevSecrets()
     forced_key = dev.node_key
     try:  # firstresult: the first plugin in profile order (or a tryfirst one) that answers
         custody = registry.pm.hook.lnp_key_custody(node=profile)
