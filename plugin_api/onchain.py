@@ -117,7 +117,11 @@ def classify(tx: Tx, known: Known) -> Closing:
     secret = known.secrets.get(MAX_INDEX - number)
     if secret is not None:
         built = _rebuild_revoked(known, number, secret, txid)
-        return Closing("revoked", txid, number, built, match_outputs(tx, built), secret)
+        outputs = match_outputs(tx, built)
+        # Anchors look alike in every commitment; anything else proves it is theirs (not an old one of ours).
+        if any(o.descriptor is not None and o.descriptor.kind != "anchor" for o in outputs):
+            return Closing("revoked", txid, number, built, outputs, secret)
+        return Closing("unknown", txid, number)
     if number > max(known.remote, default=-1):
         # Any keys of ours in it that need no per-commitment point: to_remote (static_remotekey).
         built = _balance_template(known, Side.REMOTE, number, bolt3.point(b"\x01" * 32))

@@ -253,8 +253,10 @@ def anchor_cpfp(built: BuiltCommitment, side: Side, fee_inputs: Sequence[SweepIn
                 dust_limit_sat: int = 330) -> Sweep:
     """Spend `side`'s anchor of a commitment with wallet `fee_inputs` (a CPFP child): the child pays for
     itself at `feerate_per_kw` plus what the parent (`parent_weight`, paying `parent_fee_sat`) lacks."""
-    out = next(o for o in built.outputs if o.descriptor is not None and o.descriptor.kind == "anchor"
-               and o.descriptor.data.get("side") == side.value)
+    out = next((o for o in built.outputs if o.descriptor is not None and o.descriptor.kind == "anchor"
+                and o.descriptor.data.get("side") == side.value), None)
+    if out is None:
+        raise ValueError(f"the commitment has no {side.value} anchor (that side has no output)")
     anchor = output_input(built.txid, out, "anchor", built.keys.per_commitment_point)
     inputs = (anchor, *fee_inputs)
     txins = tuple(TxIn(i.txid, i.vout, i.sequence) for i in inputs)
