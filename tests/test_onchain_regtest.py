@@ -167,6 +167,22 @@ def test_force_close_resolved_by_both_sides_on_chain(external_chain, ctype) -> N
         if done:
             break
     assert early_refused
+    assert sorted(k[1] for k in made if k[0] == "A") == ["htlc_tx", "htlc_tx", "sweep", "sweep_stage", "sweep_stage"]
+    assert sorted(k[1] for k in made if k[0] == "B") == ["sweep"] * 3   # to_remote, preimage, timeout
+    assert sorted(k for k, _ in seen["A"]) == sorted(k for k, _ in seen["B"]) == ["fail_htlc", "preimage"]
+    if ctype.anchors:   # B's anchor, left unspent: anyone takes it 16 blocks after the commitment
+        h0 = chain.block_height(commit.txid())
+        anchor = next(o for o in mine_view.outputs if o.descriptor.kind == "anchor" and not chain.spends(
+            mine_view.txid, o.index, "A"))
+        grab = sweep("anchor", [anyone_anchor_input(mine_view.txid, anchor), fee_a.pop()], wa.script, FEERATE)
+        signed = sign_sweep(grab, sa, wa)
+        if chain.height() + 1 < h0 + 16:
+            with pytest.raises(RpcError):
+                chain.send(signed, "A")
+            chain.mine(h0 + 16 - chain.height() - 1)
+        chain.send(signed, "A")
+        chain.mine(1)
+        assert chain.block_height(grab.txid) is not None
     # Every output of the commitment is spent by a confirmed transaction, except anchors and HTLCs nobody
     # could claim; every transaction made is confirmed.
     for tid in chain.txs:
