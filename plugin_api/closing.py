@@ -15,7 +15,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from .tx import Tx
+from .channel import ChannelParams, Side
+from .commitment import BuiltClosing, build_closing
+from .tx import Tx, verify
 
 OP_0, OP_1, OP_16, OP_RETURN, OP_PUSHDATA1 = 0x00, 0x51, 0x60, 0x6A, 0x4C
 
@@ -68,6 +70,24 @@ def closing_fee(feerate_per_kw: int, local_script: bytes | None, remote_script: 
 def closing_txid(tx: Tx) -> str:
     """The txid of a closing transaction (to recognize it on chain)."""
     return tx.txid()
+
+
+def signed_variant(params: ChannelParams, local_msat: int, remote_msat: int, local_script: bytes,
+                   remote_script: bytes, fee_sat: int, signature: bytes) -> BuiltClosing | None:
+    """The closing transaction the peer's `closing_signed` signature (64 bytes) is for (BOLT-3 "Legacy
+    Closing Transaction"): its outputs below THEIR dust limit removed, and either both outputs or theirs
+    eliminated (a node may drop its own output). None if it signs neither: fail the channel. We sign the
+    same transaction (`sighash`), so both signatures are for one transaction."""
+    dust = params.remote.dust_limit_sat
+    for omit in (None, Side.REMOTE):
+        try:
+            built = build_closing(params, local_msat, remote_msat, local_script, remote_script, fee_sat,
+                                  params.opener, dust, omit=omit)
+        except ValueError:
+            return None
+        if built.tx.outputs and verify(params.remote.funding_pubkey, signature, built.sighash):
+            return built
+    return None
 
 
 @dataclass(frozen=True)

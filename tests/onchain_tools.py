@@ -63,7 +63,10 @@ class Signer:
         return coincurve.PrivateKey(self.privkey(req)).sign(req.digest, hasher=None)
 
     def sign_funding(self, built: BuiltCommitment) -> bytes:
-        return coincurve.PrivateKey(self.secret("funding")).sign(built.funding_sighash, hasher=None)
+        return self.sign_funding_digest(built.funding_sighash)
+
+    def sign_funding_digest(self, digest: bytes) -> bytes:
+        return coincurve.PrivateKey(self.secret("funding")).sign(digest, hasher=None)
 
     def sign_htlcs(self, built: BuiltCommitment) -> list[bytes]:
         """The htlc_signatures this side sends for the peer's commitment `built` (64-byte)."""

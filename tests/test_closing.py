@@ -165,3 +165,22 @@ def test_negotiations_end_agreed_on_a_fee_both_accept_or_fail(a1, a2, b1, b2, a_
         assert err is None              # the non-opener raises its max to the opener's
     with pytest.raises(ValueError):
         ClosingNegotiation(True, 1, (5, 2))
+
+
+def test_signed_variant_finds_the_transaction_the_peer_signed() -> None:
+    from onchain_tools import L, channel
+    from lnp_plugin_api.channel import STATIC_REMOTEKEY
+    from lnp_plugin_api.closing import signed_variant
+    from lnp_plugin_api.commitment import build_closing
+    from lnp_plugin_api.tx import der_to_compact
+    params, a, b = channel(STATIC_REMOTEKEY)
+    local, remote = 1_999_000_000, 1_000_000
+    both = build_closing(params, local, remote, P2WPKH, P2WSH, 500, L, 0)
+    mine_only = build_closing(params, local, remote, P2WPKH, P2WSH, 500, L, 0, omit=L.other)
+    for built in (both, mine_only):   # the peer kept, or eliminated, its own output
+        sig = der_to_compact(b.sign_funding_digest(built.sighash))
+        found = signed_variant(params, local, remote, P2WPKH, P2WSH, 500, sig)
+        assert found is not None and found.tx == built.tx
+    sig = der_to_compact(a.sign_funding_digest(both.sighash))      # not the peer's key
+    assert signed_variant(params, local, remote, P2WPKH, P2WSH, 500, sig) is None
+    assert signed_variant(params, local, remote, P2WPKH, P2WSH, 10**7, sig) is None   # fee above the payer's

@@ -11,11 +11,13 @@ from lnp_plugin_api import RpcError
 from lnp_plugin_api.bolt3 import MAX_INDEX, Shachain
 from lnp_plugin_api.bolt_extensions import extensions_for
 from lnp_plugin_api.channel import ANCHORS, STATIC_REMOTEKEY, ChannelParams
-from lnp_plugin_api.commitment import BuiltCommitment, build_commitment, check_signatures, signed_commitment
+from lnp_plugin_api.closing import ClosingNegotiation, closing_fee, signed_variant
+from lnp_plugin_api.commitment import (BuiltCommitment, build_closing, build_commitment, check_signatures,
+                                       funding_witness, signed_commitment)
 from lnp_plugin_api.onchain import Action, Facts, Known, Spent, classify, plan
 from lnp_plugin_api.onchain_tx import (Sweep, htlc_transaction, output_input, stage_output_input, sweep,
                                        wallet_input, anchor_cpfp, anyone_anchor_input)
-from lnp_plugin_api.tx import Tx, der_to_compact
+from lnp_plugin_api.tx import Tx, compact_to_der, der_to_compact
 
 FEERATE = 2000
 
@@ -258,3 +260,57 @@ def test_revoked_commitment_taken_whole_by_one_penalty(external_chain, ctype) ->
                    - claim.fee_sat)
     assert plan(closing, facts(chain, built, "A", {h: p for h, p in pre.items() if p == bytes([0x40]) * 32})) \
         == [Action("done")]
+
+
+def test_cooperative_close_negotiated_signed_and_mined(external_chain) -> None:  # noqa: F811
+    _, rpc = external_chain
+    chain = Chain(rpc)
+    chain.mine(110)
+    params, sa, sb = channel(ANCHORS)
+    txid, vout = fund(rpc, funding_spk(params), params.funding_sat)
+    params = ChannelParams(params.local, params.remote, txid, vout, params.funding_sat, L, ANCHORS)
+    chain.mine(1)
+    wa, wb = Wallet(1), Wallet(2)
+    local, remote = 1_234_567_890, params.funding_sat * 1000 - 1_234_567_890
+    a = ClosingNegotiation(True, closing_fee(2000, wa.script, wb.script),
+                           (closing_fee(1000, wa.script, wb.script), closing_fee(3000, wa.script, wb.script)))
+    b = ClosingNegotiation(False, closing_fee(5000, wb.script, wa.script),
+                           (closing_fee(2500, wb.script, wa.script), closing_fee(6000, wb.script, wa.script)))
+    views = {"A": (params, sa, local, remote, wa.script, wb.script),
+             "B": (params.mirrored(), sb, remote, local, wb.script, wa.script)}
+
+    def closing_signed(who: str, fee: int) -> bytes:
+        p, s, mine, theirs, my_script, their_script = views[who]
+        built = build_closing(p, mine, theirs, my_script, their_script, fee, p.opener, p.local.dust_limit_sat)
+        return der_to_compact(s.sign_funding_digest(built.sighash))
+
+    step = a.first_offer()
+    a, sender, msg = step.state, "A", (step.send, step.fee_range, closing_signed("A", step.send))
+    sigs: dict[str, bytes] = {}
+    for _ in range(10):
+        receiver = "B" if sender == "A" else "A"
+        p, s, mine, theirs, my_script, their_script = views[receiver]
+        assert signed_variant(p, mine, theirs, my_script, their_script, msg[0], msg[2]) is not None
+        sigs[sender] = msg[2]
+        state = b if receiver == "B" else a
+        step = state.receive(msg[0], msg[1])
+        assert step.error is None
+        if receiver == "B":
+            b = step.state
+        else:
+            a = step.state
+        if step.send is None:
+            break
+        msg, sender = (step.send, step.fee_range, closing_signed(receiver, step.send)), receiver
+    assert a.agreed == b.agreed is not None
+    fee = a.agreed
+    assert closing_fee(2500, wa.script, wb.script) <= fee <= closing_fee(3000, wa.script, wb.script)
+    built = signed_variant(params, local, remote, wa.script, wb.script, fee, sigs["B"])
+    assert built is not None
+    tx = built.tx.with_witness(0, funding_witness(params, compact_to_der(sigs["A"]), compact_to_der(sigs["B"])))
+    chain.send(tx, "A")
+    chain.mine(1)
+    assert chain.block_height(tx.txid()) is not None
+    assert classify(tx, Known(params, extensions_for(ANCHORS), None, {})).kind == "mutual"
+    assert {o.script_pubkey: o.amount_sat for o in tx.outputs} == {wa.script: local // 1000 - fee,
+                                                                    wb.script: remote // 1000}
