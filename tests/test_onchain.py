@@ -14,7 +14,7 @@ from onchain_tools import L, R, Signer, Wallet, channel, sign_sweep, spec, verif
 from lnp_plugin_api.bolt3 import MAX_INDEX, Shachain
 from lnp_plugin_api.bolt_extensions import extensions_for
 from lnp_plugin_api.channel import ANCHORS, STATIC_REMOTEKEY, ChannelType, CommitmentSpec, Htlc
-from lnp_plugin_api.commitment import BuiltCommitment, build_closing, build_commitment, signed_commitment
+from lnp_plugin_api.commitment import BuiltCommitment, build_closing, build_commitment
 from lnp_plugin_api.onchain import (Action, Facts, Known, Spent, classify, commitment_number, extract_preimage,
                                     must_force_close, plan)
 from lnp_plugin_api.onchain_tx import (Sweep, Uneconomical, anchor_cpfp, anyone_anchor_input, htlc_transaction,

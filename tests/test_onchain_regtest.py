@@ -120,7 +120,8 @@ def test_force_close_resolved_by_both_sides_on_chain(external_chain, ctype) -> N
     closing_b = classify(commit, known_b)
     assert closing_b.kind == "remote" and closing_b.number == n
     closing_a = classify(commit, known_a)
-    assert plan(closing_a, facts(chain, mine_view, "A", {})) == ([Action("cpfp")] if ctype.anchors else [Action("wait")])
+    unconfirmed = [Action("cpfp")] if ctype.anchors else [Action("wait")]
+    assert plan(closing_a, facts(chain, mine_view, "A", {})) == unconfirmed
     if ctype.anchors:   # the anchor pays for the commitment (CPFP), with a wallet coin
         cpfp = anchor_cpfp(mine_view, L, [fee_a.pop()], wa.script, 5000, parent_weight=4 * len(commit.serialize()),
                            parent_fee_sat=mine_view.fee_sat)
