@@ -194,6 +194,18 @@ def wallet_input(txid: str, vout: int, amount_sat: int, pubkey: bytes) -> SweepI
     return SweepInput(txid, vout, amount_sat, desc, path, RBF, wallet_pubkey=pubkey)
 
 
+def input_weight(inp: SweepInput) -> int:
+    """The weight one more input adds to a transaction: outpoint, empty scriptSig, nSequence, witness."""
+    return 4 * (36 + 1 + 4) + inp.witness_size()
+
+
+def economical(inputs: Sequence[SweepInput], feerate_per_kw: int) -> tuple[list[SweepInput], list[SweepInput]]:
+    """Split `inputs` into those worth more than the fee their own weight costs at `feerate_per_kw`, and
+    the others (leave them for a lower feerate, or for ever: a penalty that includes them loses money)."""
+    keep = [i for i in inputs if i.amount_sat > feerate_per_kw * input_weight(i) // 1000]
+    return keep, [i for i in inputs if i not in keep]
+
+
 def sweep(kind: str, inputs: Sequence[SweepInput], destination: bytes, feerate_per_kw: int,
           dust_limit_sat: int = 330, locktime: int = 0) -> Sweep:
     """Spend `inputs` to one output paying `destination` (the wallet's script), less the fee at

@@ -17,8 +17,9 @@ from lnp_plugin_api.channel import ANCHORS, STATIC_REMOTEKEY, ChannelType, Commi
 from lnp_plugin_api.commitment import BuiltCommitment, build_closing, build_commitment
 from lnp_plugin_api.onchain import (Action, Facts, Known, Spent, classify, commitment_number, extract_preimage,
                                     must_force_close, plan)
-from lnp_plugin_api.onchain_tx import (Sweep, Uneconomical, anchor_cpfp, anyone_anchor_input, htlc_transaction,
-                                       output_input, stage_output_input, sweep, wallet_input)
+from lnp_plugin_api.onchain_tx import (Sweep, Uneconomical, anchor_cpfp, anyone_anchor_input, economical,
+                                       htlc_transaction, input_weight, output_input, stage_output_input, sweep,
+                                       wallet_input)
 from lnp_plugin_api.tx import Tx, der_to_compact
 
 DEST = bytes.fromhex("0014") + b"\x09" * 20
@@ -180,6 +181,25 @@ def test_uneconomical_and_bad_finalize() -> None:
         sweep("x", [inp], DEST, 253).finalize([b"\x30"])
     with pytest.raises(ValueError, match="no 'delayed' path"):
         output_input(built.txid, htlc_out, "delayed", built.keys.per_commitment_point)
+
+
+def test_economical_splits_inputs_worth_less_than_their_fee() -> None:
+    params, a, b = channel(ANCHORS)
+    s, pre = spec(100)
+    built = build_commitment(params, s, R, 1, b.pcp(1), extensions_for(ANCHORS))
+    pcp = built.keys.per_commitment_point
+    inputs = [output_input(built.txid, o, "revocation", pcp, b.pcs(1)) for o in built.outputs
+              if o.descriptor.kind != "anchor" and o.descriptor.kind != "to_remote"]
+    anchor = anyone_anchor_input(built.txid, next(o for o in built.outputs if o.descriptor.kind == "anchor"))
+    keep, drop = economical(inputs + [anchor], 2000)
+    assert keep == inputs and drop == [anchor]         # 330 sat cost more than that to spend
+    for rate in (10_000, 100_000, 300_000):
+        keep, drop = economical(inputs, rate)
+        assert all(i.amount_sat > rate * input_weight(i) // 1000 for i in keep)
+        assert all(i.amount_sat <= rate * input_weight(i) // 1000 for i in drop)
+    assert drop and keep
+    penalty = sweep("penalty", keep, DEST, 1000)
+    assert penalty.weight == 4 * len(penalty.tx.serialize()) + 2 + sum(i.witness_size() for i in keep)
 
 
 # --- classify ---
