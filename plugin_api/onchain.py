@@ -246,6 +246,9 @@ def plan(closing: Closing, facts: Facts) -> list[Action]:
             continue
         spent = facts.spent.get(out.index)
         kind, htlc = desc.kind, desc.htlc
+        if kind not in BOLT_KINDS:
+            actions += _extension_output(out, spent, closing.kind, h0, penalty)
+            continue
         if closing.kind == "revoked":
             if kind == "to_remote":
                 actions += _sweep_once(out, spent, "payment", h0 + _csv(desc, "payment"))
@@ -269,6 +272,25 @@ def plan(closing: Closing, facts: Facts) -> list[Action]:
     if penalty or stages:
         actions.append(Action("penalty", outputs=tuple(penalty), stages=tuple(stages)))
     return actions or [Action("done")]
+
+
+BOLT_KINDS = frozenset({"to_local", "to_remote", "offered_htlc", "received_htlc", "anchor"})
+
+
+def _extension_output(out: BuiltOutput, spent: Spent | None, kind: str, h0: int, penalty: list[int]) -> list[Action]:
+    """A Bifrost extension's output: ours to take by any path whose spender is us and whose witness needs
+    only our signature (by `revocation` into the penalty, on a revoked commitment)."""
+    if spent is not None or out.descriptor is None:
+        return []
+    ours = [p for p in out.descriptor.paths if p.spender is Side.LOCAL and p.key is not None
+            and all(not isinstance(i, str) or i == "sig" for i in p.witness)]
+    if kind == "revoked" and any(p.name == "revocation" for p in ours):
+        penalty.append(out.index)
+        return []
+    for p in ours:
+        if p.name != "revocation":
+            return [Action("sweep", out.index, p.name, max(h0 + p.csv, p.cltv + 1 if p.cltv else 0))]
+    return []
 
 
 def _csv(desc, path_name: str) -> int:

@@ -318,3 +318,27 @@ def test_extract_preimage() -> None:
     p = b"\x05" * 32
     assert extract_preimage([b"", b"sig", b"sig", p, b"script"], hashlib.sha256(p).digest()) == p
     assert extract_preimage([b"sig", b""], hashlib.sha256(p).digest()) is None
+
+
+@pytest.mark.parametrize("funder", [L, R], ids=["ours", "theirs"])
+def test_an_extension_output_is_swept_by_its_own_path(funder) -> None:
+    """A Bifrost extension's output (tests/extra_output_ext.py) is resolved from its descriptor alone."""
+    from extra_output_ext import NAME, ExtraOutput, ExtraOutputExtension
+    from lnp_plugin_api.bolt_extensions import with_extensions
+    params, a, b = channel(STATIC_REMOTEKEY)
+    exts = with_extensions(STATIC_REMOTEKEY, [ExtraOutputExtension()])
+    payment = params.side(funder).basepoints.payment
+    s, pre = spec(100)
+    s = CommitmentSpec(s.feerate_per_kw, s.local_msat - 20_000_000, s.remote_msat, s.htlcs,
+                       {NAME: ExtraOutput(funder, 20_000, bytes([33]) + payment + b"\xac")})
+    built = build_commitment(params, s, L, 4, a.pcp(4), exts)
+    known = Known(params, exts, built, {})
+    acts = plan(classify(built.tx, known), Facts(120, 110))
+    extra = next(o for o in built.outputs if o.descriptor.kind == "extra")
+    mine = [x for x in acts if x.output == extra.index]
+    if funder is L:
+        assert mine == [Action("sweep", extra.index, "funder", 110)]
+        sw = sweep("extra", [output_input(built.txid, extra, "funder", a.pcp(4))], DEST, 1000)
+        check(sw, a)
+    else:
+        assert mine == []
