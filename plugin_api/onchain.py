@@ -201,7 +201,9 @@ class Action:
     - `preimage`: `preimage` was revealed on chain for `htlc`: fulfill the incoming HTLC upstream;
     - `fail_htlc`: `htlc` is timed out on chain for good: fail the incoming HTLC upstream;
     - `wait`: nothing to do on `output` until something happens (the peer's move, or expiry);
-    - `done`: every output is resolved.
+    - `done`: no transaction is left to make or wait for (it comes last, after any `preimage` or
+      `fail_htlc`). `preimage` and `fail_htlc` are repeated while the facts show them: apply them
+      idempotently. Forget the channel once done and every resolving transaction is 100 blocks deep.
     """
 
     kind: str
@@ -271,7 +273,12 @@ def plan(closing: Closing, facts: Facts) -> list[Action]:
             actions += _our_htlc(out, spent, htlc, h0, facts, built)
     if penalty or stages:
         actions.append(Action("penalty", outputs=tuple(penalty), stages=tuple(stages)))
-    return actions or [Action("done")]
+    if not any(a.kind in PENDING for a in actions):
+        actions.append(Action("done"))
+    return actions
+
+
+PENDING = frozenset({"sweep", "htlc_tx", "sweep_stage", "penalty", "cpfp", "wait"})
 
 
 BOLT_KINDS = frozenset({"to_local", "to_remote", "offered_htlc", "received_htlc", "anchor"})
@@ -338,8 +345,13 @@ def _their_htlc_they_offered(out: BuiltOutput, spent: Spent | None, htlc: Htlc, 
     if htlc.payment_hash in facts.preimages:
         return [Action("sweep", out.index, "preimage", h0 + _csv(out.descriptor, "preimage"), htlc,
                        preimage=facts.preimages[htlc.payment_hash])]
-    # Without the preimage it is theirs to time out; it is resolved for good once expired.
-    return [Action("wait", out.index, htlc=htlc, not_before=htlc.cltv_expiry)]
+    return _until_expiry(out, htlc, facts)
+
+
+def _until_expiry(out: BuiltOutput, htlc: Htlc, facts: Facts) -> list[Action]:
+    # Without the preimage it is theirs to time out; expired, it counts as resolved (BOLT-5).
+    return [Action("wait", out.index, htlc=htlc, not_before=htlc.cltv_expiry)] \
+        if facts.height < htlc.cltv_expiry else []
 
 
 def _our_htlc(out: BuiltOutput, spent: Spent | None, htlc: Htlc, h0: int, facts: Facts,
@@ -354,7 +366,7 @@ def _our_htlc(out: BuiltOutput, spent: Spent | None, htlc: Htlc, h0: int, facts:
         if htlc.payment_hash in facts.preimages:
             return [Action("htlc_tx", out.index, st.kind, h0 + st.sequence, htlc,
                            preimage=facts.preimages[htlc.payment_hash])]
-        return [Action("wait", out.index, htlc=htlc, not_before=htlc.cltv_expiry)]
+        return _until_expiry(out, htlc, facts)
     if not spent.ours:
         pre = extract_preimage(spent.witness, htlc.payment_hash)
         return [Action("preimage", out.index, htlc=htlc, preimage=pre)] if offered and pre is not None else []

@@ -19,7 +19,6 @@ from .commitment import BuiltCommitment, BuiltOutput, BuiltSecondStage
 from .tx import (SIGHASH_ALL, Tx, TxIn, TxOut, compact_to_der, der_with_sighash, hash160_of_sha256)
 
 MAX_SIG = 73            # DER signature with its sighash byte, at its largest
-FINAL = 0xFFFFFFFF
 RBF = 0xFFFFFFFD        # not final (lets nLockTime apply) and replaceable
 ANCHOR_CSV = 16
 
@@ -115,11 +114,15 @@ class Sweep:
                             inp.path.key, inp.per_commitment_point, inp.revocation_secret)
                 for i, inp in enumerate(self.inputs)]
 
-    def finalize(self, signatures: Sequence[bytes], preimages: Mapping[int, bytes] | None = None) -> Tx:
-        """The signed transaction from one DER signature (no sighash byte) per input, in input order;
-        `preimages` gives per input index the preimage when not already in the input."""
+    def finalize(self, signatures: Sequence[bytes], preimages: Mapping[int, bytes] | None = None,
+                 compact: bool = False) -> Tx:
+        """The signed transaction from one signature per input, in input order: DER without the sighash
+        byte, or with `compact` BOLT's 64-byte form (b"" for an input that needs none). `preimages` gives
+        per input index the preimage when the input does not carry it."""
         if len(signatures) != len(self.inputs):
             raise ValueError(f"{len(signatures)} signatures for {len(self.inputs)} inputs")
+        if compact:
+            signatures = [compact_to_der(s) if s else s for s in signatures]
         tx = self.tx
         for i, (inp, sig) in enumerate(zip(self.inputs, signatures)):
             tx = tx.with_witness(i, input_witness(inp, sig, (preimages or {}).get(i, inp.preimage)))

@@ -175,6 +175,8 @@ def test_uneconomical_and_bad_finalize() -> None:
     sw = sweep("x", [output_input(built.txid, htlc_out, "timeout", built.keys.per_commitment_point)], DEST, 253)
     with pytest.raises(ValueError, match="signatures"):
         sw.finalize([])
+    der = b.sign(sw.sign_requests()[0])           # the timeout path is the peer's
+    assert sw.finalize([der]) == sw.finalize([der_to_compact(der)], compact=True)
     inp = output_input(built.txid, next(o for o in built.outputs if o.descriptor.kind == "offered_htlc"),
                        "preimage", built.keys.per_commitment_point)
     with pytest.raises(ValueError, match="preimage"):
@@ -249,6 +251,12 @@ def test_classify_every_kind_of_spend(ctype: ChannelType) -> None:
     closing = build_closing(params, 1_000_000_000, 1_000_000_000, DEST, DEST[:-1] + b"\x01", 500, L, 546)
     assert classify(closing.tx, known).kind == "mutual"
     assert plan(classify(closing.tx, known), Facts(200, 150)) == [Action("done")]
+    everything = {o.index: Spent("ee" * 32, 150, True) for o in known.local.outputs}
+    acts = plan(classify(known.local.tx, known), Facts(200, 140, {}, everything))
+    assert acts[-1] != Action("done") and {a.kind for a in acts} == {"fail_htlc", "sweep_stage"}
+    acts = plan(classify(known.local.tx, known), Facts(200, 140, {}, everything,
+                                                       {"ee" * 32: Spent("ff" * 32, 160, True)}))
+    assert [a.kind for a in acts] == ["fail_htlc", "fail_htlc", "done"]     # repeated until forgotten
     with pytest.raises(ValueError, match="funding"):
         classify(Tx(((local.tx.inputs[0].__class__("00" * 32, 0)),), ()), known)
 
@@ -269,7 +277,10 @@ def test_plan_our_commitment() -> None:
                                                              for h in known.local.spec.htlcs if h.offerer is L)
     success = [a for a in acts if a.path == "htlc_success"]
     assert len(success) == 1 and success[0].preimage == pre[success_hash] and success[0].due(120)
-    assert len([a for a in acts if a.kind == "wait"]) == 1      # B's other HTLC: theirs to time out
+    assert not [a for a in acts if a.kind == "wait"]           # B's other HTLC expired at 109: resolved
+    early = plan(closing, Facts(106, 105, {success_hash: pre[success_hash]}))
+    assert [a.not_before for a in early if a.kind == "wait"] == [109]    # theirs to time out until then
+    assert early[-1] != Action("done")
     # Our HTLC-timeout confirmed: fail upstream, sweep its output after the delay.
     out = timeouts[0].output
     acts = plan(closing, Facts(200, 110, {}, {out: Spent("ab" * 32, 150, True)}))
