@@ -250,6 +250,8 @@ def htlc_transaction(built: BuiltCommitment, stage: BuiltSecondStage, remote_sig
     inputs = (first, *fee_inputs)
     if not fee_inputs:
         return Sweep(st.kind, stage.tx, inputs, tx_weight(stage.tx, inputs), out.amount_sat - st.amount_sat)
+    if st.remote_sighash == SIGHASH_ALL:
+        raise ValueError("without anchors the peer's signature covers the whole transaction: no fee inputs")
     if change is None:
         raise ValueError("fee inputs need a change script")
     txins = stage.tx.inputs + tuple(TxIn(i.txid, i.vout, i.sequence) for i in fee_inputs)

@@ -181,6 +181,10 @@ def test_uneconomical_and_bad_finalize() -> None:
                        "preimage", built.keys.per_commitment_point)
     with pytest.raises(ValueError, match="preimage"):
         sweep("x", [inp], DEST, 253).finalize([b"\x30"])
+    stage = built.second_stages[0]
+    coin = wallet_input("33" * 32, 0, 100_000, Wallet(1).pubkey)
+    with pytest.raises(ValueError, match="no fee inputs"):
+        htlc_transaction(built, stage, b.sign_htlcs(built)[0], b"\x00" * 32, [coin], DEST, 1000)
     with pytest.raises(ValueError, match="no 'delayed' path"):
         output_input(built.txid, htlc_out, "delayed", built.keys.per_commitment_point)
 
@@ -353,3 +357,23 @@ def test_an_extension_output_is_swept_by_its_own_path(funder) -> None:
         check(sw, a)
     else:
         assert mine == []
+
+
+def test_anchor_htlc_transaction_fee_inputs() -> None:
+    params, a, b = channel(ANCHORS)
+    s, pre = spec(100)
+    built = build_commitment(params, s, L, 2, a.pcp(2), extensions_for(ANCHORS))
+    stage = next(st for st in built.second_stages if st.stage.kind == "htlc_timeout")
+    sig = b.sign_htlcs(built)[built.second_stages.index(stage)]
+    alone = htlc_transaction(built, stage, sig)
+    assert alone.fee_sat == 0 and alone.tx == stage.tx        # valid, but pays nothing: add fee inputs
+    w = Wallet(3)
+    with pytest.raises(ValueError, match="change"):
+        htlc_transaction(built, stage, sig, fee_inputs=[wallet_input("44" * 32, 1, 5000, w.pubkey)])
+    with pytest.raises(Uneconomical):
+        htlc_transaction(built, stage, sig, fee_inputs=[wallet_input("44" * 32, 1, 900, w.pubkey)], change=DEST,
+                         feerate_per_kw=1000)
+    sw = htlc_transaction(built, stage, sig, fee_inputs=[wallet_input("44" * 32, 1, 50_000, w.pubkey)],
+                          change=DEST, feerate_per_kw=1000)
+    assert sw.fee_sat == 1000 * sw.weight // 1000 and sw.tx.outputs[1].amount_sat == 50_000 - sw.fee_sat
+    check(sw, a, w)
