@@ -82,7 +82,8 @@ def _varint_len(n: int) -> int:
 
 @dataclass(frozen=True)
 class SignRequest:
-    """What the signer signs for one input: `digest` with the key `key` names (None: a wallet input)."""
+    """What the signer signs for one input: `digest` with the key `key` names (None: a wallet input, or
+    an anchor anyone may spend), for the spend path `path` of the output `txid:vout` worth `amount_sat`."""
 
     index: int
     digest: bytes
@@ -90,6 +91,10 @@ class SignRequest:
     key: KeyRef | None
     per_commitment_point: bytes | None
     revocation_secret: bytes | None = field(default=None, repr=False)
+    path: str = ""
+    txid: str = ""
+    vout: int = 0
+    amount_sat: int = 0
 
 
 @dataclass(frozen=True)
@@ -111,7 +116,8 @@ class Sweep:
     def sign_requests(self) -> list[SignRequest]:
         """One request per input, in order. Our signature on a second-stage input is SIGHASH_ALL."""
         return [SignRequest(i, self.tx.sighash(i, inp.script_code, inp.amount_sat, SIGHASH_ALL), SIGHASH_ALL,
-                            inp.path.key, inp.per_commitment_point, inp.revocation_secret)
+                            inp.path.key, inp.per_commitment_point, inp.revocation_secret, inp.path.name,
+                            inp.txid, inp.vout, inp.amount_sat)
                 for i, inp in enumerate(self.inputs)]
 
     def finalize(self, signatures: Sequence[bytes], preimages: Mapping[int, bytes] | None = None,
