@@ -54,8 +54,8 @@ class Known:
     `local`: our latest commitment (the one we could broadcast). `remote`: their unrevoked commitments by
     number (the current one, and the next one while its revoke_and_ack is awaited). `revoked_specs`: the
     spec of each of their revoked commitments (what the HTLC outputs are; without it only to_local and
-    to_remote are found). `secrets`: their revealed per-commitment secrets. `closing_txids`: closing
-    transactions we signed.
+    to_remote are found). `secrets`: their revealed per-commitment secrets. `closing_txids`: the closing
+    transactions we signed (when given, any other spend that is not a commitment is `unknown`).
     """
 
     params: ChannelParams
@@ -107,8 +107,9 @@ def classify(tx: Tx, known: Known) -> Closing:
         return Closing("mutual", txid)
     number = commitment_number(params, tx)
     if number is None:
-        # Only a commitment or a closing transaction can carry both signatures; this one has a closing's form.
-        return Closing("mutual", txid)
+        # Not a commitment's form: a closing transaction, unless we keep the closing txids we signed and
+        # it is none of them (then our funding key leaked: warn the user).
+        return Closing("unknown" if known.closing_txids else "mutual", txid)
     if known.local is not None and known.local.txid == txid:
         return Closing("local", txid, number, known.local, known.local.outputs)
     remote = known.remote.get(number)

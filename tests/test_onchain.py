@@ -254,6 +254,9 @@ def test_classify_every_kind_of_spend(ctype: ChannelType) -> None:
     assert classify(build_commitment(params, old, L, 5, a.pcp(5), exts).tx, known).kind == "unknown"
     closing = build_closing(params, 1_000_000_000, 1_000_000_000, DEST, DEST[:-1] + b"\x01", 500, L, 546)
     assert classify(closing.tx, known).kind == "mutual"
+    from dataclasses import replace as copy
+    assert classify(closing.tx, copy(known, closing_txids=frozenset({closing.tx.txid()}))).kind == "mutual"
+    assert classify(closing.tx, copy(known, closing_txids=frozenset({"00" * 32}))).kind == "unknown"
     assert plan(classify(closing.tx, known), Facts(200, 150)) == [Action("done")]
     everything = {o.index: Spent("ee" * 32, 150, True) for o in known.local.outputs}
     acts = plan(classify(known.local.tx, known), Facts(200, 140, {}, everything))
