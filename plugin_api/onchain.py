@@ -167,26 +167,29 @@ def match_outputs(tx: Tx, built: BuiltCommitment) -> tuple[BuiltOutput, ...]:
 
 @dataclass(frozen=True)
 class Spent:
-    """An output of the commitment (or of our/their HTLC transaction) seen spent: by which tx, at which
-    height (None: in the mempool), and `ours` when the spending tx is one we made."""
+    """An output of the commitment (or of our/their HTLC transaction) seen spent: by which tx and which of
+    its inputs (`vin`), at which height (None: in the mempool), `ours` when the spending tx is one we made,
+    and that input's witness. An HTLC transaction's output for input `vin` is output `vin` (SIGHASH_SINGLE
+    pairs them, so a cheater may batch several in one transaction)."""
 
     txid: str
     height: int | None
     ours: bool
     witness: tuple[bytes, ...] = ()
+    vin: int = 0
 
 
 @dataclass(frozen=True)
 class Facts:
     """What the chain says now: the commitment's confirmation height (None: unconfirmed), the tip height,
     the preimages we know (by payment hash), and spends of the commitment's outputs (by output index) and
-    of second-stage transactions' outputs (by that transaction's txid)."""
+    of second-stage transactions' outputs (by that transaction's (txid, vout)))."""
 
     height: int
     confirmed: int | None
     preimages: Mapping[bytes, bytes] = field(default_factory=dict)
     spent: Mapping[int, Spent] = field(default_factory=dict)
-    stage_spent: Mapping[str, Spent] = field(default_factory=dict)
+    stage_spent: Mapping[tuple[str, int], Spent] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -195,9 +198,9 @@ class Action:
     - `sweep`: spend commitment output `output` by `path` (`onchain_tx.output_input` + `sweep`) from block
       `not_before` (broadcast once the tip is `not_before - 1`);
     - `htlc_tx`: our HTLC-timeout/success for output `output` (`onchain_tx.htlc_transaction`);
-    - `sweep_stage`: spend output 0 of the second-stage transaction `txid` by `path`;
-    - `penalty`: one transaction spending every output in `outputs` by `revocation` (and `stages`: their
-      second-stage txids, output 0, by `revocation`);
+    - `sweep_stage`: spend output `vout` of our second-stage transaction `txid` by `path`;
+    - `penalty`: one transaction spending every output in `outputs` by `revocation` (and `stages`: the
+      (txid, vout) of outputs of their second-stage transactions, by `revocation`);
     - `cpfp`: the commitment is unconfirmed; spend our anchor (`onchain_tx.anchor_cpfp`) if it lingers;
     - `preimage`: `preimage` was revealed on chain for `htlc`: fulfill the incoming HTLC upstream;
     - `fail_htlc`: `htlc` is timed out on chain for good: fail the incoming HTLC upstream;
@@ -214,7 +217,8 @@ class Action:
     htlc: Htlc | None = None
     txid: str | None = None
     outputs: tuple[int, ...] = ()
-    stages: tuple[str, ...] = ()
+    stages: tuple[tuple[str, int], ...] = ()
+    vout: int = 0
     preimage: bytes | None = field(default=None, repr=False)
 
     def due(self, height: int) -> bool:
@@ -241,7 +245,7 @@ def plan(closing: Closing, facts: Facts) -> list[Action]:
     h0 = facts.confirmed
     actions: list[Action] = []
     penalty: list[int] = []
-    stages: list[str] = []
+    stages: list[tuple[str, int]] = []
     built = closing.built
     for out in closing.outputs:
         desc = out.descriptor
@@ -312,20 +316,22 @@ def _sweep_once(out: BuiltOutput, spent: Spent | None, path: str, not_before: in
 
 
 def _revoked_output(out: BuiltOutput, spent: Spent | None, facts: Facts, htlc: Htlc | None,
-                    penalty: list[int], stages: list[str]) -> list[Action]:
+                    penalty: list[int], stages: list[tuple[str, int]]) -> list[Action]:
     if spent is None:
         penalty.append(out.index)
         return []
     if spent.ours:
         return []
+    if htlc is None:
+        return []       # to_local swept by its owner after the delay: too late
     actions = []
-    if htlc is not None:
-        pre = extract_preimage(spent.witness, htlc.payment_hash)
-        if pre is not None and htlc.payment_hash not in facts.preimages:
-            actions.append(Action("preimage", out.index, htlc=htlc, preimage=pre))
+    pre = extract_preimage(spent.witness, htlc.payment_hash)
+    if pre is not None and htlc.payment_hash not in facts.preimages:
+        actions.append(Action("preimage", out.index, htlc=htlc, preimage=pre))
     # Their second-stage (HTLC-success/timeout) transaction: its output is revocable too.
-    if spent.txid not in facts.stage_spent:
-        stages.append(spent.txid)
+    key = (spent.txid, spent.vin)
+    if key not in facts.stage_spent and key not in stages:
+        stages.append(key)
     return actions
 
 
@@ -377,9 +383,10 @@ def _our_htlc(out: BuiltOutput, spent: Spent | None, htlc: Htlc, h0: int, facts:
         return actions
     if offered:
         actions.append(Action("fail_htlc", out.index, htlc=htlc))
-    if spent.txid not in facts.stage_spent:
+    if (spent.txid, spent.vin) not in facts.stage_spent:
         delay = next(p.csv for p in st.paths if p.name == "delayed")
-        actions.append(Action("sweep_stage", out.index, "delayed", spent.height + delay, htlc, txid=spent.txid))
+        actions.append(Action("sweep_stage", out.index, "delayed", spent.height + delay, htlc, txid=spent.txid,
+                              vout=spent.vin))
     return actions
 
 

@@ -187,12 +187,13 @@ def output_input(commitment_txid: str, out: BuiltOutput, path_name: str, per_com
 
 
 def stage_output_input(stage_txid: str, stage: BuiltSecondStage, path_name: str, per_commitment_point: bytes,
-                       revocation_secret: bytes | None = None) -> SweepInput:
-    """A `SweepInput` spending output 0 of an HTLC-success/timeout transaction (delayed or revocation)."""
+                       revocation_secret: bytes | None = None, vout: int = 0) -> SweepInput:
+    """A `SweepInput` spending the output of an HTLC-success/timeout transaction (delayed or revocation):
+    output 0 of ours, output `vout` of a peer's that batched several (the index of its input)."""
     st = stage.stage
     desc = OutputDescriptor(f"{st.kind}_output", "htlcs", st.witness_script, st.paths)
     path = path_named(desc, path_name)
-    return SweepInput(stage_txid, 0, st.amount_sat, desc, path, sequence_for(path), per_commitment_point,
+    return SweepInput(stage_txid, vout, st.amount_sat, desc, path, sequence_for(path), per_commitment_point,
                       revocation_secret)
 
 

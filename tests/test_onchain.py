@@ -262,7 +262,7 @@ def test_classify_every_kind_of_spend(ctype: ChannelType) -> None:
     acts = plan(classify(known.local.tx, known), Facts(200, 140, {}, everything))
     assert acts[-1] != Action("done") and {a.kind for a in acts} == {"fail_htlc", "sweep_stage"}
     acts = plan(classify(known.local.tx, known), Facts(200, 140, {}, everything,
-                                                       {"ee" * 32: Spent("ff" * 32, 160, True)}))
+                                                       {("ee" * 32, 0): Spent("ff" * 32, 160, True)}))
     assert [a.kind for a in acts] == ["fail_htlc", "fail_htlc", "done"]     # repeated until forgotten
     with pytest.raises(ValueError, match="funding"):
         classify(Tx(((local.tx.inputs[0].__class__("00" * 32, 0)),), ()), known)
@@ -380,3 +380,26 @@ def test_anchor_htlc_transaction_fee_inputs() -> None:
                           change=DEST, feerate_per_kw=1000)
     assert sw.fee_sat == 1000 * sw.weight // 1000 and sw.tx.outputs[1].amount_sat == 50_000 - sw.fee_sat
     check(sw, a, w)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.sampled_from(["local", "remote", "revoked"]), st.sets(st.integers(0, 12)), st.integers(100, 200),
+       st.booleans())
+def test_plan_never_spends_a_spent_output(which: str, spent_idx: set, height: int, ours: bool) -> None:
+    params, a, b, exts, known, old, pre = scenario(ANCHORS)
+    tx = {"local": known.local.tx, "remote": known.remote[10].tx,
+          "revoked": build_commitment(params, old, R, 7, b.pcp(7), exts).tx}[which]
+    closing = classify(tx, known)
+    spent = {i: Spent("ab" * 32, 100, ours, vin=k) for k, i in enumerate(sorted(spent_idx))
+             if i < len(closing.outputs)}
+    acts = plan(closing, Facts(height, 100, pre, spent))
+    assert acts[-1].kind == "done" or any(x.kind in ("sweep", "htlc_tx", "sweep_stage", "penalty", "wait")
+                                          for x in acts)
+    for x in acts:
+        if x.kind in ("sweep", "htlc_tx"):
+            assert x.output not in spent
+        if x.kind == "penalty":
+            assert not set(x.outputs) & set(spent)
+            htlcs = [s.vin for i, s in spent.items()
+                     if closing.outputs[i].descriptor.kind in ("offered_htlc", "received_htlc")]
+            assert x.stages == (() if ours else tuple(("ab" * 32, v) for v in htlcs))

@@ -50,9 +50,9 @@ class Chain:
 
     def spends(self, txid: str, vout: int, me: str) -> Spent | None:
         for tid, (tx, who) in self.txs.items():
-            for txin in tx.inputs:
+            for vin, txin in enumerate(tx.inputs):
                 if txin.txid == txid and txin.vout == vout:
-                    return Spent(tid, self.block_height(tid), who == me, txin.witness)
+                    return Spent(tid, self.block_height(tid), who == me, txin.witness, vin)
         return None
 
 
@@ -66,9 +66,9 @@ def facts(chain: Chain, built: BuiltCommitment, me: str, preimages: dict) -> Fac
         s = chain.spends(built.txid, o.index, me)
         if s is not None:
             spent[o.index] = s
-            later = chain.spends(s.txid, 0, me)
+            later = chain.spends(s.txid, s.vin, me)
             if later is not None:
-                stage_spent[s.txid] = later
+                stage_spent[(s.txid, s.vin)] = later
     return Facts(chain.height(), chain.block_height(built.txid), preimages, spent, stage_spent)
 
 
@@ -86,7 +86,8 @@ def execute(a: Action, built: BuiltCommitment, signer: Signer, wallet: Wallet, f
         return htlc_transaction(built, built.second_stages[i], htlc_sigs[i], a.preimage, **extra)
     if a.kind == "sweep_stage":
         stage = next(s for s in built.second_stages if s.output_index == a.output)
-        return sweep("stage", [stage_output_input(a.txid, stage, "delayed", pcp)], wallet.script, FEERATE)
+        return sweep("stage", [stage_output_input(a.txid, stage, "delayed", pcp, vout=a.vout)], wallet.script,
+                     FEERATE)
     return None
 
 
@@ -236,7 +237,7 @@ def test_revoked_commitment_taken_whole_by_one_penalty(external_chain, ctype) ->
     assert closing.kind == "revoked" and closing.number == n and closing.built.txid == tx.txid()
     actions = plan(closing, facts(chain, closing.built, "A", {}))
     pen = next(a for a in actions if a.kind == "penalty")
-    assert pen.stages == (hs.txid,)
+    assert pen.stages == ((hs.txid, 0),)
     assert any(a.kind == "preimage" and a.preimage == bytes([0x40]) * 32 for a in actions)
     secret = closing.revocation_secret
     built = closing.built
