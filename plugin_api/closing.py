@@ -17,7 +17,7 @@ from dataclasses import dataclass, replace
 
 from .channel import ChannelParams, Side
 from .commitment import BuiltClosing, build_closing
-from .tx import Tx, verify
+from .tx import verify
 
 OP_0, OP_1, OP_16, OP_RETURN, OP_PUSHDATA1 = 0x00, 0x51, 0x60, 0x6A, 0x4C
 
@@ -65,11 +65,6 @@ def closing_weight(local_script: bytes | None, remote_script: bytes | None) -> i
 def closing_fee(feerate_per_kw: int, local_script: bytes | None, remote_script: bytes | None) -> int:
     """The fee of a closing transaction at `feerate_per_kw`."""
     return feerate_per_kw * closing_weight(local_script, remote_script) // 1000
-
-
-def closing_txid(tx: Tx) -> str:
-    """The txid of a closing transaction (to recognize it on chain)."""
-    return tx.txid()
 
 
 def signed_variant(params: ChannelParams, local_msat: int, remote_msat: int, local_script: bytes,
