@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 import coincurve
 from embit.hashes import ripemd160
 
+from .tx import SECP256K1_ORDER as ORDER, hash160_of_sha256
+
 MAX_INDEX = (1 << 48) - 1  # commitment numbers count down from here
 
 
@@ -20,9 +22,6 @@ def _sha(*parts: bytes) -> bytes:
 
 def _scalar(data: bytes) -> int:
     return int.from_bytes(data, "big")
-
-
-ORDER = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
 
 
 def point(secret: bytes) -> bytes:
@@ -134,7 +133,8 @@ OP_CHECKSIG, OP_CHECKSIGVERIFY, OP_CHECKMULTISIG = 0xAC, 0xAD, 0xAE
 OP_CLTV, OP_CSV = 0xB1, 0xB2
 
 
-def _push(data: bytes) -> bytes:
+def push(data: bytes) -> bytes:
+    """A direct push of up to 75 bytes (keys and hashes in BOLT-3 scripts)."""
     if len(data) > 75:
         raise ValueError("push longer than 75 bytes")
     return bytes([len(data)]) + data
@@ -151,43 +151,39 @@ def push_int(n: int) -> bytes:
     raw = n.to_bytes((n.bit_length() + 7) // 8, "little")
     if raw[-1] & 0x80:
         raw += b"\x00"
-    return _push(raw)
-
-
-def _ripemd_sha(data: bytes) -> bytes:
-    return ripemd160(_sha(data))
+    return push(raw)
 
 
 def funding_script(pubkey_a: bytes, pubkey_b: bytes) -> bytes:
     """2-of-2 multisig of the two funding pubkeys, lesser first."""
     k1, k2 = sorted((pubkey_a, pubkey_b))
-    return bytes([OP_2]) + _push(k1) + _push(k2) + bytes([OP_2, OP_CHECKMULTISIG])
+    return bytes([OP_2]) + push(k1) + push(k2) + bytes([OP_2, OP_CHECKMULTISIG])
 
 
 def to_local_script(revocation_pubkey: bytes, to_self_delay: int, delayed_pubkey: bytes) -> bytes:
     """to_local (and the second-stage HTLC output): revocation key now, or the delayed key after the CSV."""
-    return (bytes([OP_IF]) + _push(revocation_pubkey) + bytes([OP_ELSE]) + push_int(to_self_delay)
-            + bytes([OP_CSV, OP_DROP]) + _push(delayed_pubkey) + bytes([OP_ENDIF, OP_CHECKSIG]))
+    return (bytes([OP_IF]) + push(revocation_pubkey) + bytes([OP_ELSE]) + push_int(to_self_delay)
+            + bytes([OP_CSV, OP_DROP]) + push(delayed_pubkey) + bytes([OP_ENDIF, OP_CHECKSIG]))
 
 
 def to_remote_anchor_script(remote_pubkey: bytes) -> bytes:
     """to_remote with option_anchors: the remote key after one confirmation."""
-    return _push(remote_pubkey) + bytes([OP_CHECKSIGVERIFY, OP_1, OP_CSV])
+    return push(remote_pubkey) + bytes([OP_CHECKSIGVERIFY, OP_1, OP_CSV])
 
 
 def anchor_script(funding_pubkey: bytes) -> bytes:
     """An anchor: its side's funding key, or anyone after 16 blocks."""
-    return _push(funding_pubkey) + bytes([OP_CHECKSIG, OP_IFDUP, OP_NOTIF, OP_16, OP_CSV, OP_ENDIF])
+    return push(funding_pubkey) + bytes([OP_CHECKSIG, OP_IFDUP, OP_NOTIF, OP_16, OP_CSV, OP_ENDIF])
 
 
 def offered_htlc_script(revocation_pubkey: bytes, local_htlcpubkey: bytes, remote_htlcpubkey: bytes,
                         payment_hash: bytes, anchors: bool) -> bytes:
     """An HTLC offered by the commitment's owner (timeout through HTLC-timeout; remote claims with preimage)."""
     csv = bytes([OP_1, OP_CSV, OP_DROP]) if anchors else b""
-    return (bytes([OP_DUP, OP_HASH160]) + _push(_ripemd_sha(revocation_pubkey)) + bytes([OP_EQUAL, OP_IF, OP_CHECKSIG,
-            OP_ELSE]) + _push(remote_htlcpubkey) + bytes([OP_SWAP, OP_SIZE]) + _push(b"\x20")
-            + bytes([OP_EQUAL, OP_NOTIF, OP_DROP, OP_2, OP_SWAP]) + _push(local_htlcpubkey)
-            + bytes([OP_2, OP_CHECKMULTISIG, OP_ELSE, OP_HASH160]) + _push(ripemd160(payment_hash))
+    return (bytes([OP_DUP, OP_HASH160]) + push(hash160_of_sha256(revocation_pubkey)) + bytes([OP_EQUAL, OP_IF, OP_CHECKSIG,
+            OP_ELSE]) + push(remote_htlcpubkey) + bytes([OP_SWAP, OP_SIZE]) + push(b"\x20")
+            + bytes([OP_EQUAL, OP_NOTIF, OP_DROP, OP_2, OP_SWAP]) + push(local_htlcpubkey)
+            + bytes([OP_2, OP_CHECKMULTISIG, OP_ELSE, OP_HASH160]) + push(ripemd160(payment_hash))
             + bytes([OP_EQUALVERIFY, OP_CHECKSIG, OP_ENDIF]) + csv + bytes([OP_ENDIF]))
 
 
@@ -195,12 +191,18 @@ def received_htlc_script(revocation_pubkey: bytes, local_htlcpubkey: bytes, remo
                          payment_hash: bytes, cltv_expiry: int, anchors: bool) -> bytes:
     """An HTLC received by the commitment's owner (claimed through HTLC-success; remote times it out)."""
     csv = bytes([OP_1, OP_CSV, OP_DROP]) if anchors else b""
-    return (bytes([OP_DUP, OP_HASH160]) + _push(_ripemd_sha(revocation_pubkey)) + bytes([OP_EQUAL, OP_IF, OP_CHECKSIG,
-            OP_ELSE]) + _push(remote_htlcpubkey) + bytes([OP_SWAP, OP_SIZE]) + _push(b"\x20")
-            + bytes([OP_EQUAL, OP_IF, OP_HASH160]) + _push(ripemd160(payment_hash))
-            + bytes([OP_EQUALVERIFY, OP_2, OP_SWAP]) + _push(local_htlcpubkey)
+    return (bytes([OP_DUP, OP_HASH160]) + push(hash160_of_sha256(revocation_pubkey)) + bytes([OP_EQUAL, OP_IF, OP_CHECKSIG,
+            OP_ELSE]) + push(remote_htlcpubkey) + bytes([OP_SWAP, OP_SIZE]) + push(b"\x20")
+            + bytes([OP_EQUAL, OP_IF, OP_HASH160]) + push(ripemd160(payment_hash))
+            + bytes([OP_EQUALVERIFY, OP_2, OP_SWAP]) + push(local_htlcpubkey)
             + bytes([OP_2, OP_CHECKMULTISIG, OP_ELSE, OP_DROP]) + push_int(cltv_expiry)
             + bytes([OP_CLTV, OP_DROP, OP_CHECKSIG, OP_ENDIF]) + csv + bytes([OP_ENDIF]))
+
+
+def commitment_locktime_sequence(obscured: int) -> tuple[int, int]:
+    """A commitment's locktime and its input's sequence: 0x20 over the obscured number's lower 24 bits,
+    0x80 over its upper 24 bits."""
+    return 0x20 << 24 | obscured & 0xFFFFFF, 0x80 << 24 | obscured >> 24 & 0xFFFFFF
 
 
 def obscuring_factor(opener_payment_basepoint: bytes, accepter_payment_basepoint: bytes) -> int:
