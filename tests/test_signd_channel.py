@@ -20,7 +20,7 @@ from lnp_plugin_api.bolt3 import (MAX_INDEX, anchor_script, derive_pubkey, deriv
                                   per_commitment_secret, point, to_local_script)
 from lnp_plugin_api.tx import SIGHASH_ALL, SIGHASH_SINGLE_ANYONECANPAY, p2wpkh, p2wsh, verify
 from lnp_plugins import signd
-from lnp_plugins.signd import invoice, policy, seed, storage
+from lnp_plugins.signd import policy, seed, storage
 from lnp_plugins.signd.keys import PER_COMMITMENT_FAMILY, Keychain
 from signer_tools import COUNTERPARTY_DELAY, FUNDING_SAT, HOLDER_DELAY, Channel, Counterparty, params, parse, spend
 from test_signd import WORDS
@@ -305,8 +305,8 @@ def test_penalty_uses_the_revocation_key(signer) -> None:
 
 # --- invoices, onion ECDH, capabilities, garbage ------------------------------------------------
 
-def invoice_data(network: str = "regtest", drop: int | None = None, add: bytes = b"", **changes: Any) -> tuple[str, str]:
-    """(hrp, data) of a whole unsigned invoice as channeld asks signd to sign it; `drop` leaves out the
+def invoice_data(network: str = "regtest", drop: int | None = None, add: bytes = b"", **changes: Any) -> dict:
+    """{hrp, data} of a whole unsigned invoice as channeld asks signd to sign it; `drop` leaves out the
     fields of that tag, `add` appends raw 5-bit words."""
     inv = bolt11.Invoice(currency=bolt11.currency_for(network), timestamp=1_700_000_000, payment_hash=b"\x03" * 32,
                          payment_secret=b"\x04" * 32, amount_msat=1_000_000_000, description="coffee", **changes)
@@ -315,38 +315,34 @@ def invoice_data(network: str = "regtest", drop: int | None = None, add: bytes =
         fields = bolt11.decode_unsigned(hrp, data5).wire[1]
         data5 = data5[:7] + b"".join(bytes([f.tag, len(f.data) >> 5, len(f.data) & 31]) + f.data
                                      for f in fields if f.tag != drop)
-    return hrp, "".join(CHARSET[w] for w in data5 + add)
+    return {"hrp": hrp, "data": "".join(CHARSET[w] for w in data5 + add)}
 
 
 def test_invoice_signature(signer) -> None:
-    hrp, data = invoice_data()
-    sig = bytes.fromhex(ask(signer, "sign_invoice", hrp=hrp, data=data)["signature"])
+    body = invoice_data()
+    sig = bytes.fromhex(ask(signer, "sign_invoice", **body)["signature"])
     assert len(sig) == 65
-    data5 = words_of(data)
-    text = bech32_encode(hrp, data5 + bytes_to_words(sig))
+    text = bech32_encode(body["hrp"], words_of(body["data"]) + bytes_to_words(sig))
     assert bolt11.decode(text).payee == KEYS.node_id()  # a whole invoice, signed by the node
-    hrp, data = invoice_data(payee=KEYS.node_id(), payee_in_invoice=True)
-    ask(signer, "sign_invoice", hrp=hrp, data=data)
-    refused(signer, "sign_invoice", "another payee",
-            **dict(zip(("hrp", "data"), invoice_data(payee=point(b"\x09" * 32), payee_in_invoice=True))))
-    refused(signer, "sign_invoice", "network", **dict(zip(("hrp", "data"), invoice_data("mainnet"))))
-    refused(signer, "sign_invoice", "network", **dict(zip(("hrp", "data"), invoice_data("testnet"))))
-    refused(signer, "sign_invoice", "payment_hash", **dict(zip(("hrp", "data"), invoice_data(drop=bolt11.P))))
-    hrp, data = invoice_data()
-    refused(signer, "sign_invoice", "truncated tagged field", hrp=hrp, data=data + "pp")
+    ask(signer, "sign_invoice", **invoice_data(payee=KEYS.node_id(), payee_in_invoice=True))
+    refused(signer, "sign_invoice", "another payee", **invoice_data(payee=point(b"\x09" * 32), payee_in_invoice=True))
+    refused(signer, "sign_invoice", "network", **invoice_data("mainnet"))
+    refused(signer, "sign_invoice", "network", **invoice_data("testnet"))
+    refused(signer, "sign_invoice", "payment_hash", **invoice_data(drop=bolt11.P))
+    refused(signer, "sign_invoice", "truncated tagged field", hrp=body["hrp"], data=body["data"] + "pp")
     with pytest.raises(RpcError) as e:
-        ask(signer, "sign_invoice", hrp=hrp, data="NOT-BECH32")
+        ask(signer, "sign_invoice", hrp=body["hrp"], data="NOT-BECH32")
     assert e.value.code == RpcError.INVALID_PARAMS
 
 
 def test_invoice_is_checked_whole(signer) -> None:
     # the fields a reader needs (payment secret, description), an amount that is one, known even features,
     # and an `n` field readers would skip (wrong length) that signd refuses all the same
-    refused(signer, "sign_invoice", "payment_secret", **dict(zip(("hrp", "data"), invoice_data(drop=bolt11.S))))
-    refused(signer, "sign_invoice", "d field", **dict(zip(("hrp", "data"), invoice_data(drop=bolt11.D))))
-    refused(signer, "sign_invoice", "unknown feature", **dict(zip(("hrp", "data"), invoice_data(features=frozenset({8, 14, 100})))))
-    refused(signer, "sign_invoice", "precision", hrp="lnbcrt1p", data=invoice_data()[1])
-    refused(signer, "sign_invoice", "another payee", **dict(zip(("hrp", "data"), invoice_data(add=bytes([bolt11.N, 1, 20]) + bytes(52)))))
+    refused(signer, "sign_invoice", "payment_secret", **invoice_data(drop=bolt11.S))
+    refused(signer, "sign_invoice", "d field", **invoice_data(drop=bolt11.D))
+    refused(signer, "sign_invoice", "unknown feature", **invoice_data(features=frozenset({8, 14, 100})))
+    refused(signer, "sign_invoice", "precision", hrp="lnbcrt1p", data=invoice_data()["data"])
+    refused(signer, "sign_invoice", "another payee", **invoice_data(add=bytes([bolt11.N, 1, 20]) + bytes(52)))
 
 
 def test_onion_ecdh_and_channel_keys(signer) -> None:

@@ -21,12 +21,12 @@ from lnp_plugin_api import RpcError
 from lnp_plugin_api.addresses import parse_node_id
 from lnp_plugin_api.bolt3 import (MAX_INDEX, anchor_script, commitment_locktime_sequence, derive_privkey,
                                   derive_pubkey, derive_revocation_pubkey, funding_script, obscuring_factor,
-                                  per_commitment_secret, point, push, to_local_script, to_remote_anchor_script)
+                                  point, push, to_local_script, to_remote_anchor_script)
 from lnp_plugin_api.tx import (SIGHASH_ALL, SIGHASH_SINGLE_ANYONECANPAY, Tx, hash160_of_sha256, p2wpkh, p2wsh,
                                verify)
 
+from .keys import FAMILIES, Keychain
 from .sigs import parse_tx, sign, witness_signature
-from .keys import FAMILIES, PER_COMMITMENT_FAMILY, Keychain
 from .storage import channels
 
 REFUSED = RpcError.REFUSED
@@ -184,10 +184,10 @@ class ChannelSigner:
 
     def holder_secret(self, index: int, n: int) -> bytes:
         """Our per-commitment secret of commitment `n`."""
-        return per_commitment_secret(self.secret(PER_COMMITMENT_FAMILY, index), MAX_INDEX - n)
+        return self.keys.per_commitment_secret(index, n)
 
     def holder_point(self, index: int, n: int) -> bytes:
-        return point(self.holder_secret(index, n))
+        return self.keys.per_commitment_point(index, n)
 
     def channel_keys(self, index: int) -> dict[str, str]:
         """Funding pubkey, basepoints and the first two per-commitment points of channel `index`."""
