@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
+from typing import Sequence
 
 import coincurve
 from embit.hashes import ripemd160
 
-from .tx import SECP256K1_ORDER as ORDER, hash160_of_sha256
+from .tx import SECP256K1_ORDER as ORDER, SIGHASH_ALL, der_with_sighash, hash160_of_sha256
 
 MAX_INDEX = (1 << 48) - 1  # commitment numbers count down from here
 
@@ -158,6 +159,13 @@ def funding_script(pubkey_a: bytes, pubkey_b: bytes) -> bytes:
     """2-of-2 multisig of the two funding pubkeys, lesser first."""
     k1, k2 = sorted((pubkey_a, pubkey_b))
     return bytes([OP_2]) + push(k1) + push(k2) + bytes([OP_2, OP_CHECKMULTISIG])
+
+
+def funding_witness_of(signatures: Sequence[tuple[bytes, bytes]]) -> list[bytes]:
+    """The witness spending the funding output from both (funding pubkey, DER signature) pairs (SIGHASH_ALL):
+    the signatures in the order of their keys, then the 2-of-2 script."""
+    (key1, sig1), (key2, sig2) = sorted(signatures)
+    return [b"", der_with_sighash(sig1, SIGHASH_ALL), der_with_sighash(sig2, SIGHASH_ALL), funding_script(key1, key2)]
 
 
 def to_local_script(revocation_pubkey: bytes, to_self_delay: int, delayed_pubkey: bytes) -> bytes:

@@ -20,10 +20,10 @@ from sqlalchemy import select
 from lnp_plugin_api import RpcError
 from lnp_plugin_api.addresses import parse_node_id
 from lnp_plugin_api.bolt3 import (MAX_INDEX, anchor_script, commitment_locktime_sequence, derive_privkey,
-                                  derive_pubkey, derive_revocation_pubkey, funding_script, obscuring_factor,
-                                  point, push, to_local_script, to_remote_anchor_script)
-from lnp_plugin_api.tx import (SIGHASH_ALL, SIGHASH_SINGLE_ANYONECANPAY, Tx, hash160_of_sha256, p2wpkh, p2wsh,
-                               verify)
+                                  derive_pubkey, derive_revocation_pubkey, funding_script, funding_witness_of,
+                                  obscuring_factor, point, push, to_local_script, to_remote_anchor_script)
+from lnp_plugin_api.tx import (SIGHASH_ALL, SIGHASH_SINGLE_ANYONECANPAY, Tx, compact_to_der, hash160_of_sha256,
+                               p2wpkh, p2wsh, verify)
 
 from .keys import FAMILIES, Keychain
 from .sigs import parse_tx, sign, witness_signature
@@ -448,10 +448,8 @@ class ChannelSigner:
         tx = parse_tx(state.holder_tx)
         funding = self.funding_script(state)
         ours = sign(self.secret(FUNDING, index), tx.sighash(0, funding, p["funding_sat"], SIGHASH_ALL))
-        theirs = bytes.fromhex(state.holder_signature)
-        mine_first = self.pub(FUNDING, index) < bytes.fromhex(p["counterparty_funding_pubkey"])
-        sigs = [witness_signature(ours, SIGHASH_ALL), witness_signature(theirs, SIGHASH_ALL)]
-        tx = tx.with_witness(0, [b"", *(sigs if mine_first else sigs[::-1]), funding])
+        theirs = bytes.fromhex(p["counterparty_funding_pubkey"]), compact_to_der(bytes.fromhex(state.holder_signature))
+        tx = tx.with_witness(0, funding_witness_of([(self.pub(FUNDING, index), compact_to_der(ours)), theirs]))
         pcp = self.holder_point(index, n)
         htlc_secret = derive_privkey(self.secret(HTLC, index), pcp)
         flag = SIGHASH_SINGLE_ANYONECANPAY if p["channel_type"] == "anchors" else SIGHASH_ALL
