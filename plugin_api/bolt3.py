@@ -184,13 +184,19 @@ def anchor_script(funding_pubkey: bytes) -> bytes:
     return push(funding_pubkey) + bytes([OP_CHECKSIG, OP_IFDUP, OP_NOTIF, OP_16, OP_CSV, OP_ENDIF])
 
 
+def _htlc_head(revocation_pubkey: bytes, remote_htlcpubkey: bytes) -> bytes:
+    """What both HTLC scripts start with: the revocation path, then the remote key and a 32-byte size test."""
+    return (bytes([OP_DUP, OP_HASH160]) + push(hash160_of_sha256(revocation_pubkey))
+            + bytes([OP_EQUAL, OP_IF, OP_CHECKSIG, OP_ELSE]) + push(remote_htlcpubkey)
+            + bytes([OP_SWAP, OP_SIZE]) + push(b"\x20") + bytes([OP_EQUAL]))
+
+
 def offered_htlc_script(revocation_pubkey: bytes, local_htlcpubkey: bytes, remote_htlcpubkey: bytes,
                         payment_hash: bytes, anchors: bool) -> bytes:
     """An HTLC offered by the commitment's owner (timeout through HTLC-timeout; remote claims with preimage)."""
     csv = bytes([OP_1, OP_CSV, OP_DROP]) if anchors else b""
-    return (bytes([OP_DUP, OP_HASH160]) + push(hash160_of_sha256(revocation_pubkey)) + bytes([OP_EQUAL, OP_IF, OP_CHECKSIG,
-            OP_ELSE]) + push(remote_htlcpubkey) + bytes([OP_SWAP, OP_SIZE]) + push(b"\x20")
-            + bytes([OP_EQUAL, OP_NOTIF, OP_DROP, OP_2, OP_SWAP]) + push(local_htlcpubkey)
+    return (_htlc_head(revocation_pubkey, remote_htlcpubkey)
+            + bytes([OP_NOTIF, OP_DROP, OP_2, OP_SWAP]) + push(local_htlcpubkey)
             + bytes([OP_2, OP_CHECKMULTISIG, OP_ELSE, OP_HASH160]) + push(ripemd160(payment_hash))
             + bytes([OP_EQUALVERIFY, OP_CHECKSIG, OP_ENDIF]) + csv + bytes([OP_ENDIF]))
 
@@ -199,9 +205,8 @@ def received_htlc_script(revocation_pubkey: bytes, local_htlcpubkey: bytes, remo
                          payment_hash: bytes, cltv_expiry: int, anchors: bool) -> bytes:
     """An HTLC received by the commitment's owner (claimed through HTLC-success; remote times it out)."""
     csv = bytes([OP_1, OP_CSV, OP_DROP]) if anchors else b""
-    return (bytes([OP_DUP, OP_HASH160]) + push(hash160_of_sha256(revocation_pubkey)) + bytes([OP_EQUAL, OP_IF, OP_CHECKSIG,
-            OP_ELSE]) + push(remote_htlcpubkey) + bytes([OP_SWAP, OP_SIZE]) + push(b"\x20")
-            + bytes([OP_EQUAL, OP_IF, OP_HASH160]) + push(ripemd160(payment_hash))
+    return (_htlc_head(revocation_pubkey, remote_htlcpubkey)
+            + bytes([OP_IF, OP_HASH160]) + push(ripemd160(payment_hash))
             + bytes([OP_EQUALVERIFY, OP_2, OP_SWAP]) + push(local_htlcpubkey)
             + bytes([OP_2, OP_CHECKMULTISIG, OP_ELSE, OP_DROP]) + push_int(cltv_expiry)
             + bytes([OP_CLTV, OP_DROP, OP_CHECKSIG, OP_ENDIF]) + csv + bytes([OP_ENDIF]))
