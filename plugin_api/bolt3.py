@@ -194,22 +194,52 @@ def _htlc_head(revocation_pubkey: bytes, remote_htlcpubkey: bytes) -> bytes:
 def offered_htlc_script(revocation_pubkey: bytes, local_htlcpubkey: bytes, remote_htlcpubkey: bytes,
                         payment_hash: bytes, anchors: bool) -> bytes:
     """An HTLC offered by the commitment's owner (timeout through HTLC-timeout; remote claims with preimage)."""
-    csv = bytes([OP_1, OP_CSV, OP_DROP]) if anchors else b""
-    return (_htlc_head(revocation_pubkey, remote_htlcpubkey)
-            + bytes([OP_NOTIF, OP_DROP, OP_2, OP_SWAP]) + push(local_htlcpubkey)
-            + bytes([OP_2, OP_CHECKMULTISIG, OP_ELSE, OP_HASH160]) + push(ripemd160(payment_hash))
-            + bytes([OP_EQUALVERIFY, OP_CHECKSIG, OP_ENDIF]) + csv + bytes([OP_ENDIF]))
+    return _offered(revocation_pubkey, local_htlcpubkey, remote_htlcpubkey, ripemd160(payment_hash), anchors)
 
 
 def received_htlc_script(revocation_pubkey: bytes, local_htlcpubkey: bytes, remote_htlcpubkey: bytes,
                          payment_hash: bytes, cltv_expiry: int, anchors: bool) -> bytes:
     """An HTLC received by the commitment's owner (claimed through HTLC-success; remote times it out)."""
+    return _received(revocation_pubkey, local_htlcpubkey, remote_htlcpubkey, ripemd160(payment_hash), cltv_expiry,
+                     anchors)
+
+
+def _offered(revocation_pubkey: bytes, local_htlcpubkey: bytes, remote_htlcpubkey: bytes, payment_ripemd: bytes,
+             anchors: bool) -> bytes:
     csv = bytes([OP_1, OP_CSV, OP_DROP]) if anchors else b""
     return (_htlc_head(revocation_pubkey, remote_htlcpubkey)
-            + bytes([OP_IF, OP_HASH160]) + push(ripemd160(payment_hash))
+            + bytes([OP_NOTIF, OP_DROP, OP_2, OP_SWAP]) + push(local_htlcpubkey)
+            + bytes([OP_2, OP_CHECKMULTISIG, OP_ELSE, OP_HASH160]) + push(payment_ripemd)
+            + bytes([OP_EQUALVERIFY, OP_CHECKSIG, OP_ENDIF]) + csv + bytes([OP_ENDIF]))
+
+
+def _received(revocation_pubkey: bytes, local_htlcpubkey: bytes, remote_htlcpubkey: bytes, payment_ripemd: bytes,
+              cltv_expiry: int, anchors: bool) -> bytes:
+    csv = bytes([OP_1, OP_CSV, OP_DROP]) if anchors else b""
+    return (_htlc_head(revocation_pubkey, remote_htlcpubkey)
+            + bytes([OP_IF, OP_HASH160]) + push(payment_ripemd)
             + bytes([OP_EQUALVERIFY, OP_2, OP_SWAP]) + push(local_htlcpubkey)
             + bytes([OP_2, OP_CHECKMULTISIG, OP_ELSE, OP_DROP]) + push_int(cltv_expiry)
             + bytes([OP_CLTV, OP_DROP, OP_CHECKSIG, OP_ENDIF]) + csv + bytes([OP_ENDIF]))
+
+
+def is_htlc_script(script: bytes, revocation_pubkey: bytes, local_htlcpubkey: bytes, remote_htlcpubkey: bytes,
+                   anchors: bool) -> bool:
+    """Whether `script` is exactly an offered or a received HTLC script of these keys, for any payment hash and
+    expiry (read from the script, which is then rebuilt): what a signer checks of a script it did not build."""
+    head = len(_htlc_head(revocation_pubkey, remote_htlcpubkey))
+    at = head + 4 + 34 + 4 + 1  # NOTIF DROP 2 SWAP <local> 2 CHECKMULTISIG ELSE HASH160, the hash's push
+    offered = _offered(revocation_pubkey, local_htlcpubkey, remote_htlcpubkey, script[at:at + 20], anchors)
+    if script == offered:
+        return True
+    ripemd = script[head + 3:head + 23]  # IF HASH160, the hash's push
+    at = head + 23 + 3 + 34 + 4  # EQUALVERIFY 2 SWAP <local> 2 CHECKMULTISIG ELSE DROP, then the expiry
+    op = script[at] if at < len(script) else OP_0
+    if OP_1 <= op <= OP_16:
+        cltv = op - OP_1 + 1
+    else:  # a push of 1 to 5 bytes (a wrong opcode gives 0, and the rebuilt script differs)
+        cltv = int.from_bytes(script[at + 1:at + 1 + op], "little") if op <= 5 else 0
+    return script == _received(revocation_pubkey, local_htlcpubkey, remote_htlcpubkey, ripemd, cltv, anchors)
 
 
 def commitment_locktime_sequence(obscured: int) -> tuple[int, int]:

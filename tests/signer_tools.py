@@ -9,7 +9,8 @@ from embit.transaction import Transaction, TransactionInput, TransactionOutput
 
 from lnp_plugin_api.bolt3 import (MAX_INDEX, OP_CHECKSIG, OP_CHECKSIGVERIFY, OP_DUP, OP_HASH160, derive_privkey,
                                   derive_pubkey, derive_revocation_pubkey, funding_script, obscuring_factor,
-                                  per_commitment_secret, point, push, to_local_script, to_remote_anchor_script)
+                                  offered_htlc_script, per_commitment_secret, point, push, received_htlc_script,
+                                  to_local_script, to_remote_anchor_script)
 from lnp_plugin_api.tx import SIGHASH_ALL, hash160_of_sha256, p2wpkh, p2wsh
 from lnp_plugins.signd.keys import Keychain
 from lnp_plugins.signd.sigs import sign
@@ -17,6 +18,7 @@ from lnp_plugins.signd.sigs import sign
 FUNDING_TXID = "aa" * 32
 FUNDING_SAT = 1_000_000
 HOLDER_DELAY, COUNTERPARTY_DELAY = 144, 6
+PAYMENT_HASH = bytes(range(32))
 
 
 @dataclass
@@ -95,22 +97,24 @@ class Channel:
         return outs + ([(p2wsh(htlc_script), 10_000)] if htlc_script else [])
 
     def htlc_script(self, ours: bytes, theirs: bytes, revocation: bytes = b"\x02" * 33) -> bytes:
-        """A stand-in for an HTLC's witness script holding the hash of the revocation key and both HTLC
-        keys (the real one is channeld's)."""
+        """A look-alike of an HTLC's witness script: it holds the hash of the revocation key and both HTLC
+        keys, but is not BOLT-3's (nobody can take it with the revocation key)."""
         return (bytes([OP_DUP, OP_HASH160]) + push(hash160_of_sha256(revocation)) + bytes([0x87, 0x75]) + push(ours)
                 + bytes([OP_CHECKSIGVERIFY]) + push(theirs) + bytes([OP_CHECKSIG]))
 
     def their_htlc_script(self, n: int) -> bytes:
-        """An HTLC of the counterparty's commitment `n`: revocable with our revocation basepoint."""
+        """An HTLC the counterparty offered on its commitment `n`: revocable with our revocation basepoint."""
         pcp = self.them.point(n)
-        return self.htlc_script(derive_pubkey(self.bp["htlc_basepoint"], pcp), derive_pubkey(point(self.them.htlc), pcp),
-                                derive_revocation_pubkey(self.bp["revocation_basepoint"], pcp))
+        return offered_htlc_script(derive_revocation_pubkey(self.bp["revocation_basepoint"], pcp),
+                                   derive_pubkey(point(self.them.htlc), pcp), derive_pubkey(self.bp["htlc_basepoint"], pcp),
+                                   PAYMENT_HASH, self.type == "anchors")
 
     def our_htlc_script(self, n: int) -> bytes:
-        """An HTLC of our commitment `n`: revocable with the counterparty's revocation basepoint."""
+        """An HTLC we received on our commitment `n`: revocable with the counterparty's revocation basepoint."""
         pcp = self.holder_point(n)
-        return self.htlc_script(derive_pubkey(self.bp["htlc_basepoint"], pcp), derive_pubkey(point(self.them.htlc), pcp),
-                                derive_revocation_pubkey(point(self.them.revocation), pcp))
+        return received_htlc_script(derive_revocation_pubkey(point(self.them.revocation), pcp),
+                                    derive_pubkey(self.bp["htlc_basepoint"], pcp), derive_pubkey(point(self.them.htlc), pcp),
+                                    PAYMENT_HASH, 600_000, self.type == "anchors")
 
     def htlc_tx(self, commitment: Transaction, vout: int, pays: bytes, value: int) -> Transaction:
         seq = 1 if self.type == "anchors" else 0

@@ -176,6 +176,25 @@ def test_every_output_of_their_commitment_is_revocable_or_ours(signer) -> None:
     ask(signer, "sign_counterparty_commitment", **body(plain + anchors))
 
 
+@pytest.mark.parametrize("channel_type", ["static_remotekey", "anchors"])
+def test_an_htlc_output_must_be_bolt3s_script(signer, channel_type: str) -> None:
+    """A script that holds our revocation key's hash and both HTLC keys but is not BOLT-3's HTLC script
+    (here: the peer takes it with its key and ours, and the revocation key takes nothing) is refused."""
+    ch = ready(signer, channel_type)
+    pcp = ch.them.point(0)
+    lookalike = ch.htlc_script(derive_pubkey(ch.bp["htlc_basepoint"], pcp), derive_pubkey(point(ch.them.htlc), pcp),
+                               derive_revocation_pubkey(ch.bp["revocation_basepoint"], pcp))
+    for script, good in ((lookalike, False), (ch.their_htlc_script(0), True)):
+        tx = ch.commitment(0, ch.their_outputs(0, script))
+        htlc = ch.htlc_tx(tx, 2, ch.their_to_local(0), 9_000)
+        body = dict(index=0, commitment_number=0, tx=tx.serialize().hex(), per_commitment_point=pcp.hex(),
+                    htlcs=[{"tx": htlc.serialize().hex(), "witness_script": script.hex()}])
+        if good:
+            assert len(ask(signer, "sign_counterparty_commitment", **body)["htlc_signatures"]) == 1
+        else:
+            refused(signer, "sign_counterparty_commitment", "not an HTLC of this channel's keys", **body)
+
+
 # --- our commitments ----------------------------------------------------------------------------
 
 def validate(s: signd.Signer, ch: Channel, n: int, sig: bytes | None = None) -> None:

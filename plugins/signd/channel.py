@@ -21,9 +21,8 @@ from lnp_plugin_api import RpcError
 from lnp_plugin_api.addresses import parse_node_id
 from lnp_plugin_api.bolt3 import (MAX_INDEX, anchor_script, commitment_locktime_sequence, derive_privkey,
                                   derive_pubkey, derive_revocation_pubkey, funding_script, funding_witness_of,
-                                  obscuring_factor, point, push, to_local_script, to_remote_anchor_script)
-from lnp_plugin_api.tx import (SIGHASH_ALL, SIGHASH_SINGLE_ANYONECANPAY, Tx, compact_to_der, hash160_of_sha256,
-                               p2wpkh, p2wsh, verify)
+                                  is_htlc_script, obscuring_factor, point, to_local_script, to_remote_anchor_script)
+from lnp_plugin_api.tx import SIGHASH_ALL, SIGHASH_SINGLE_ANYONECANPAY, Tx, compact_to_der, p2wpkh, p2wsh, verify
 
 from .keys import FAMILIES, Keychain
 from .sigs import parse_tx, sign, witness_signature
@@ -245,10 +244,10 @@ class ChannelSigner:
             raise refuse(f"the transaction's obscured commitment number is not commitment {n}'s: refused")
 
     def check_htlc(self, state: ChannelState, commitment: Tx, commitment_txid: str, item: dict[str, Any],
-                   output: bytes, our_htlc_key: bytes, revocation: bytes | None = None) -> tuple[Tx, bytes, int]:
+                   output: bytes, keys: tuple[bytes, bytes, bytes]) -> tuple[Tx, bytes, int]:
         """A second-stage HTLC transaction: it alone spends an output of `commitment` that pays the
-        given witness script holding our HTLC key (and the hash of `revocation`, the key we punish
-        with, when given), and pays `output` (a to_local script) alone."""
+        given witness script, BOLT-3's offered or received HTLC script of `keys` (the commitment's
+        revocation key, its owner's HTLC key, the other side's), and pays `output` (a to_local script) alone."""
         tx, script = _tx(item), _hex(item, "witness_script")
         anchors = state.params["channel_type"] == "anchors"
         if len(tx.inputs) != 1 or len(tx.outputs) != 1 or tx.version != 2:
@@ -257,8 +256,7 @@ class ChannelSigner:
         if vin.txid != commitment_txid or vin.vout >= len(commitment.outputs):
             raise refuse("an HTLC transaction does not spend an output of the commitment: refused")
         spent = commitment.outputs[vin.vout]
-        if spent.script_pubkey != p2wsh(script) or push(our_htlc_key) not in script or (
-                revocation is not None and push(hash160_of_sha256(revocation)) not in script):
+        if spent.script_pubkey != p2wsh(script) or not is_htlc_script(script, *keys, anchors):
             raise refuse(f"commitment output {vin.vout} is not an HTLC of this channel's keys: refused")
         if vin.sequence != (1 if anchors else 0) or tx.outputs[0].script_pubkey != p2wsh(output):
             raise refuse("an HTLC transaction's sequence or output is not BOLT-3's for this channel: refused")
@@ -335,9 +333,9 @@ class ChannelSigner:
             anchors = state.params["channel_type"] == "anchors"
             htlc_secret = derive_privkey(self.secret(HTLC, index), pcp)
             output = self.counterparty_to_local(state, pcp)
-            revocation = derive_revocation_pubkey(self.pub(REVOCATION, index), pcp)
-            checked = [self.check_htlc(state, tx, txid, item, output, point(htlc_secret), revocation)
-                       for item in htlcs]
+            keys = (derive_revocation_pubkey(self.pub(REVOCATION, index), pcp),
+                    derive_pubkey(bytes.fromhex(state.params["counterparty_htlc_basepoint"]), pcp), point(htlc_secret))
+            checked = [self.check_htlc(state, tx, txid, item, output, keys) for item in htlcs]
             spent = {h.inputs[0].vout for h, _, _ in checked}
             if len(spent) != len(checked):
                 raise refuse("two HTLC transactions spend the same output: refused")
@@ -399,8 +397,9 @@ class ChannelSigner:
             ours = derive_pubkey(self.pub(HTLC, index), pcp)
             flag = SIGHASH_SINGLE_ANYONECANPAY if p["channel_type"] == "anchors" else SIGHASH_ALL
             kept, txid, to_local = [], tx.txid(), self.holder_to_local(state, pcp)
+            keys = (derive_revocation_pubkey(bytes.fromhex(p["counterparty_revocation_basepoint"]), pcp), ours, their_htlc)
             for item in htlcs:
-                htlc, script, value = self.check_htlc(state, tx, txid, item, to_local, ours)
+                htlc, script, value = self.check_htlc(state, tx, txid, item, to_local, keys)
                 htlc_sig = _hex(item, "signature", 64)
                 if not verify(their_htlc, htlc_sig, htlc.sighash(0, script, value, flag)):
                     raise refuse(f"the counterparty's signature of the HTLC transaction spending output "
