@@ -322,6 +322,29 @@ def test_penalty_uses_the_revocation_key(signer) -> None:
             **{**body, "kind": "revoked_htlc", "witness_script": ch.htlc_script(b"\x02" * 33, b"\x03" * 33).hex()})
 
 
+@pytest.mark.parametrize("channel_type", ["static_remotekey", "anchors"])
+def test_htlc_sweeps_and_penalties_take_bolt3_htlc_scripts(signer, channel_type: str) -> None:
+    ch = ready(signer, channel_type)
+    pcp, script = ch.them.point(0), ch.their_htlc_script(0)
+    theirs = ch.commitment(0, ch.their_outputs(0, script))
+    wallet = signer.channels.wallet_script(0, 7)
+    seq = 1 if channel_type == "anchors" else 0
+    body = dict(index=0, kind="counterparty_htlc", per_commitment_point=pcp.hex(), witness_script=script.hex(),
+                input_index=0, amount_sat=10_000, wallet_outputs=[[0, 7]],
+                tx=spend(theirs.txid(), 2, [(wallet, 9_000)], sequence=seq).serialize().hex())
+    got = ask(signer, "sign_sweep", **body)
+    assert got["pubkey"] == derive_pubkey(ch.bp["htlc_basepoint"], pcp).hex()
+    lookalike = ch.htlc_script(derive_pubkey(ch.bp["htlc_basepoint"], pcp), derive_pubkey(point(ch.them.htlc), pcp),
+                               derive_revocation_pubkey(ch.bp["revocation_basepoint"], pcp))
+    refused(signer, "sign_sweep", "not an HTLC", **{**body, "witness_script": lookalike.hex()})
+    # once commitment 0 is revoked, the revocation key takes the same output
+    penalty = dict(body, kind="revoked_htlc", per_commitment_secret=ch.them.secret(0).hex())
+    del penalty["per_commitment_point"]
+    got = ask(signer, "sign_penalty", **penalty)
+    assert got["pubkey"] == derive_revocation_pubkey(ch.bp["revocation_basepoint"], pcp).hex()
+    refused(signer, "sign_penalty", "not an HTLC of this revoked commitment", **{**penalty, "witness_script": lookalike.hex()})
+
+
 # --- invoices, onion ECDH, capabilities, garbage ------------------------------------------------
 
 def invoice_data(network: str = "regtest", drop: int | None = None, add: bytes = b"", **changes: Any) -> dict:

@@ -215,6 +215,13 @@ class ChannelSigner:
                                  p["counterparty_to_self_delay"],
                                  derive_pubkey(bytes.fromhex(p["counterparty_delayed_payment_basepoint"]), pcp))
 
+    def counterparty_htlc_keys(self, state: ChannelState, pcp: bytes) -> tuple[bytes, bytes, bytes]:
+        """The HTLC script keys of the counterparty's commitment for its point `pcp`: the revocation key
+        (ours to derive once revoked), the counterparty's HTLC key, ours."""
+        return (derive_revocation_pubkey(self.pub(REVOCATION, state.index), pcp),
+                derive_pubkey(bytes.fromhex(state.params["counterparty_htlc_basepoint"]), pcp),
+                derive_pubkey(self.pub(HTLC, state.index), pcp))
+
     def wallet_script(self, branch: int, index: int) -> bytes:
         """The P2WPKH script of wallet key m/84'/C'/0'/branch/index."""
         key = self.keys.root.derive([84 + HARDENED, self.keys.coin + HARDENED, HARDENED, branch, index])
@@ -333,8 +340,7 @@ class ChannelSigner:
             anchors = state.params["channel_type"] == "anchors"
             htlc_secret = derive_privkey(self.secret(HTLC, index), pcp)
             output = self.counterparty_to_local(state, pcp)
-            keys = (derive_revocation_pubkey(self.pub(REVOCATION, index), pcp),
-                    derive_pubkey(bytes.fromhex(state.params["counterparty_htlc_basepoint"]), pcp), point(htlc_secret))
+            keys = self.counterparty_htlc_keys(state, pcp)
             checked = [self.check_htlc(state, tx, txid, item, output, keys) for item in htlcs]
             spent = {h.inputs[0].vout for h, _, _ in checked}
             if len(spent) != len(checked):

@@ -1,17 +1,17 @@
 """Sweeps and penalties: signd signs one input spending a channel output to the wallet.
 
 signd rebuilds the script of the output from the channel's parameters and its own keys (or, for an
-HTLC output, checks the caller's script holds this channel's derived keys), so it signs only for
-this channel's outputs; and every output of the sweep must pay a wallet key (docs/keys.md).
+HTLC output, checks the caller's script is BOLT-3's HTLC script of this channel's keys), so it signs
+only for this channel's outputs; and every output of the sweep must pay a wallet key (docs/keys.md).
 """
 from __future__ import annotations
 
 from typing import Any
 
 from lnp_plugin_api import RpcError
-from lnp_plugin_api.bolt3 import (anchor_script, derive_privkey, derive_pubkey, derive_revocation_privkey,
-                                  derive_revocation_pubkey, point, push, to_remote_anchor_script)
-from lnp_plugin_api.tx import SIGHASH_ALL, hash160_of_sha256
+from lnp_plugin_api.bolt3 import (anchor_script, derive_privkey, derive_revocation_privkey, is_htlc_script, point,
+                                  to_remote_anchor_script)
+from lnp_plugin_api.tx import SIGHASH_ALL
 
 from .channel import (BAD, DELAYED, FUNDING, HARDENED, HTLC, PAYMENT, REVOCATION, ChannelSigner, _hex, _int, _key,
                       _tx, bad, outputs_detail, refuse)
@@ -66,8 +66,7 @@ def sign_sweep(signer: ChannelSigner, body: dict[str, Any]) -> dict[str, Any]:
             return funding, anchor_script(point(funding)), 0
         pcp, script = _key(body, "per_commitment_point"), _hex(body, "witness_script")
         secret = derive_privkey(signer.secret(HTLC, index), pcp)
-        revocation = push(hash160_of_sha256(derive_revocation_pubkey(signer.pub(REVOCATION, index), pcp)))
-        if push(point(secret)) not in script or revocation not in script:
+        if not is_htlc_script(script, *signer.counterparty_htlc_keys(state, pcp), p["channel_type"] == "anchors"):
             raise refuse("the witness script is not an HTLC of the counterparty's commitment with this "
                          "channel's keys: refused")
         return secret, script, 1 if p["channel_type"] == "anchors" else 0
@@ -88,8 +87,8 @@ def sign_penalty(signer: ChannelSigner, body: dict[str, Any]) -> dict[str, Any]:
         if kind == "revoked_to_local":
             return secret, signer.counterparty_to_local(state, pcp), 0
         script = _hex(body, "witness_script")
-        their_htlc = derive_pubkey(bytes.fromhex(state.params["counterparty_htlc_basepoint"]), pcp)
-        if push(hash160_of_sha256(point(secret))) not in script or push(their_htlc) not in script:
+        if not is_htlc_script(script, *signer.counterparty_htlc_keys(state, pcp),
+                              state.params["channel_type"] == "anchors"):
             raise refuse("the witness script is not an HTLC of this revoked commitment: refused")
         return secret, script, 0
     return _spend(signer, body, PENALTIES, key_and_script)
