@@ -342,7 +342,8 @@ def test_htlc_sweeps_and_penalties_take_bolt3_htlc_scripts(signer, channel_type:
     del penalty["per_commitment_point"]
     got = ask(signer, "sign_penalty", **penalty)
     assert got["pubkey"] == derive_revocation_pubkey(ch.bp["revocation_basepoint"], pcp).hex()
-    refused(signer, "sign_penalty", "not an HTLC of this revoked commitment", **{**penalty, "witness_script": lookalike.hex()})
+    refused(signer, "sign_penalty", "not an HTLC of this revoked commitment",
+            **{**penalty, "witness_script": lookalike.hex()})
 
 
 # --- invoices, onion ECDH, capabilities, garbage ------------------------------------------------
