@@ -41,14 +41,18 @@ def bech32_decode(text: str) -> tuple[str, bytes]:
         raise Bech32Error("malformed bech32 string: no separator '1' after a human-readable part")
     if pos + 7 > len(text):
         raise Bech32Error("malformed bech32 string: checksum too short")
-    hrp, rest = text[:pos], text[pos + 1:]
-    bad = [c for c in rest if c not in _VALUES]
-    if bad:
-        raise Bech32Error(f"invalid bech32 character {bad[0]!r}")
-    data = bytes(_VALUES[c] for c in rest)
+    hrp, data = text[:pos], words_of(text[pos + 1:])
     if _polymod(_expand(hrp) + data) != 1:
         raise Bech32Error("bech32 checksum is invalid")
     return hrp, data[:-6]
+
+
+def words_of(text: str) -> bytes:
+    """The 5-bit values of lower-case bech32 characters (a data part, no checksum checked)."""
+    bad = [c for c in text if c not in _VALUES]
+    if bad:
+        raise Bech32Error(f"invalid bech32 character {bad[0]!r}")
+    return bytes(_VALUES[c] for c in text)
 
 
 def bech32_encode(hrp: str, data: bytes) -> str:

@@ -23,6 +23,7 @@ import coincurve
 from . import features as _features
 from .bech32 import (Bech32Error, bech32_decode, bech32_encode, bytes_to_words, int_to_words, words_to_bytes,
                      words_to_int, words_to_padded_bytes)
+from .tx import SECP256K1_ORDER as _ORDER, verify
 
 CURRENCIES = {"bc": "mainnet", "tb": "testnet", "tbs": "signet", "bcrt": "regtest"}
 _NETWORK_CURRENCY = {"mainnet": "bc", "testnet": "tb", "testnet4": "tb", "signet": "tbs", "regtest": "bcrt"}
@@ -33,7 +34,6 @@ DEFAULT_FEATURES = frozenset({8, 14})
 _MSAT_PER_BTC = 100_000_000_000
 _MULTIPLIERS = {"m": 100_000_000, "u": 100_000, "n": 100}     # msat per unit; `p` is a tenth of a msat
 _MAX_MSAT = 21_000_000 * _MSAT_PER_BTC
-_ORDER = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
 
 # Tagged field types (5-bit values of the bech32 characters).
 P, S, D, M, N, H, X, C, F, R, FEATURES = 1, 16, 13, 27, 19, 23, 6, 24, 9, 3, 5
@@ -388,7 +388,7 @@ def decode(text: str) -> Invoice:
     if inv.payee_in_invoice:
         if int.from_bytes(rs[32:], "big") > _ORDER // 2:
             raise InvoiceError("signature is not in low-S form while the n field is given")
-        if not _verify(inv.payee, rs, msg):
+        if not verify(inv.payee, rs, msg):
             raise InvoiceError("signature does not match the n field")
         payee = inv.payee
     else:
@@ -400,14 +400,6 @@ def decode(text: str) -> Invoice:
         except Exception:  # coincurve raises ValueError or its own errors for unrecoverable signatures
             raise InvoiceError("signature is not recoverable") from None
     return dataclasses.replace(inv, payee=payee, signature=signature)
-
-
-def _verify(pubkey: bytes, rs: bytes, msg: bytes) -> bool:
-    from coincurve.ecdsa import cdata_to_der, deserialize_compact
-    try:
-        return coincurve.PublicKey(pubkey).verify(cdata_to_der(deserialize_compact(rs)), msg, hasher=None)
-    except Exception:  # a signature out of range: not valid
-        return False
 
 
 # --- encoding -----------------------------------------------------------------------------------------------

@@ -7,9 +7,12 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
+from typing import Sequence
 
 import coincurve
 from embit.hashes import ripemd160
+
+from .tx import SECP256K1_ORDER as ORDER, SIGHASH_ALL, der_with_sighash, hash160_of_sha256
 
 MAX_INDEX = (1 << 48) - 1  # commitment numbers count down from here
 
@@ -20,9 +23,6 @@ def _sha(*parts: bytes) -> bytes:
 
 def _scalar(data: bytes) -> int:
     return int.from_bytes(data, "big")
-
-
-ORDER = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
 
 
 def point(secret: bytes) -> bytes:
@@ -134,7 +134,8 @@ OP_CHECKSIG, OP_CHECKSIGVERIFY, OP_CHECKMULTISIG = 0xAC, 0xAD, 0xAE
 OP_CLTV, OP_CSV = 0xB1, 0xB2
 
 
-def _push(data: bytes) -> bytes:
+def push(data: bytes) -> bytes:
+    """A direct push of up to 75 bytes (keys and hashes in BOLT-3 scripts)."""
     if len(data) > 75:
         raise ValueError("push longer than 75 bytes")
     return bytes([len(data)]) + data
@@ -151,56 +152,100 @@ def push_int(n: int) -> bytes:
     raw = n.to_bytes((n.bit_length() + 7) // 8, "little")
     if raw[-1] & 0x80:
         raw += b"\x00"
-    return _push(raw)
-
-
-def _ripemd_sha(data: bytes) -> bytes:
-    return ripemd160(_sha(data))
+    return push(raw)
 
 
 def funding_script(pubkey_a: bytes, pubkey_b: bytes) -> bytes:
     """2-of-2 multisig of the two funding pubkeys, lesser first."""
     k1, k2 = sorted((pubkey_a, pubkey_b))
-    return bytes([OP_2]) + _push(k1) + _push(k2) + bytes([OP_2, OP_CHECKMULTISIG])
+    return bytes([OP_2]) + push(k1) + push(k2) + bytes([OP_2, OP_CHECKMULTISIG])
+
+
+def funding_witness_of(signatures: Sequence[tuple[bytes, bytes]]) -> list[bytes]:
+    """The witness spending the funding output from both (funding pubkey, DER signature) pairs (SIGHASH_ALL):
+    the signatures in the order of their keys, then the 2-of-2 script."""
+    (key1, sig1), (key2, sig2) = sorted(signatures)
+    return [b"", der_with_sighash(sig1, SIGHASH_ALL), der_with_sighash(sig2, SIGHASH_ALL), funding_script(key1, key2)]
 
 
 def to_local_script(revocation_pubkey: bytes, to_self_delay: int, delayed_pubkey: bytes) -> bytes:
     """to_local (and the second-stage HTLC output): revocation key now, or the delayed key after the CSV."""
-    return (bytes([OP_IF]) + _push(revocation_pubkey) + bytes([OP_ELSE]) + push_int(to_self_delay)
-            + bytes([OP_CSV, OP_DROP]) + _push(delayed_pubkey) + bytes([OP_ENDIF, OP_CHECKSIG]))
+    return (bytes([OP_IF]) + push(revocation_pubkey) + bytes([OP_ELSE]) + push_int(to_self_delay)
+            + bytes([OP_CSV, OP_DROP]) + push(delayed_pubkey) + bytes([OP_ENDIF, OP_CHECKSIG]))
 
 
 def to_remote_anchor_script(remote_pubkey: bytes) -> bytes:
     """to_remote with option_anchors: the remote key after one confirmation."""
-    return _push(remote_pubkey) + bytes([OP_CHECKSIGVERIFY, OP_1, OP_CSV])
+    return push(remote_pubkey) + bytes([OP_CHECKSIGVERIFY, OP_1, OP_CSV])
 
 
 def anchor_script(funding_pubkey: bytes) -> bytes:
     """An anchor: its side's funding key, or anyone after 16 blocks."""
-    return _push(funding_pubkey) + bytes([OP_CHECKSIG, OP_IFDUP, OP_NOTIF, OP_16, OP_CSV, OP_ENDIF])
+    return push(funding_pubkey) + bytes([OP_CHECKSIG, OP_IFDUP, OP_NOTIF, OP_16, OP_CSV, OP_ENDIF])
+
+
+def _htlc_head(revocation_pubkey: bytes, remote_htlcpubkey: bytes) -> bytes:
+    """What both HTLC scripts start with: the revocation path, then the remote key and a 32-byte size test."""
+    return (bytes([OP_DUP, OP_HASH160]) + push(hash160_of_sha256(revocation_pubkey))
+            + bytes([OP_EQUAL, OP_IF, OP_CHECKSIG, OP_ELSE]) + push(remote_htlcpubkey)
+            + bytes([OP_SWAP, OP_SIZE]) + push(b"\x20") + bytes([OP_EQUAL]))
 
 
 def offered_htlc_script(revocation_pubkey: bytes, local_htlcpubkey: bytes, remote_htlcpubkey: bytes,
                         payment_hash: bytes, anchors: bool) -> bytes:
     """An HTLC offered by the commitment's owner (timeout through HTLC-timeout; remote claims with preimage)."""
-    csv = bytes([OP_1, OP_CSV, OP_DROP]) if anchors else b""
-    return (bytes([OP_DUP, OP_HASH160]) + _push(_ripemd_sha(revocation_pubkey)) + bytes([OP_EQUAL, OP_IF, OP_CHECKSIG,
-            OP_ELSE]) + _push(remote_htlcpubkey) + bytes([OP_SWAP, OP_SIZE]) + _push(b"\x20")
-            + bytes([OP_EQUAL, OP_NOTIF, OP_DROP, OP_2, OP_SWAP]) + _push(local_htlcpubkey)
-            + bytes([OP_2, OP_CHECKMULTISIG, OP_ELSE, OP_HASH160]) + _push(ripemd160(payment_hash))
-            + bytes([OP_EQUALVERIFY, OP_CHECKSIG, OP_ENDIF]) + csv + bytes([OP_ENDIF]))
+    return _offered(revocation_pubkey, local_htlcpubkey, remote_htlcpubkey, ripemd160(payment_hash), anchors)
 
 
 def received_htlc_script(revocation_pubkey: bytes, local_htlcpubkey: bytes, remote_htlcpubkey: bytes,
                          payment_hash: bytes, cltv_expiry: int, anchors: bool) -> bytes:
     """An HTLC received by the commitment's owner (claimed through HTLC-success; remote times it out)."""
+    return _received(revocation_pubkey, local_htlcpubkey, remote_htlcpubkey, ripemd160(payment_hash), cltv_expiry,
+                     anchors)
+
+
+def _offered(revocation_pubkey: bytes, local_htlcpubkey: bytes, remote_htlcpubkey: bytes, payment_ripemd: bytes,
+             anchors: bool) -> bytes:
     csv = bytes([OP_1, OP_CSV, OP_DROP]) if anchors else b""
-    return (bytes([OP_DUP, OP_HASH160]) + _push(_ripemd_sha(revocation_pubkey)) + bytes([OP_EQUAL, OP_IF, OP_CHECKSIG,
-            OP_ELSE]) + _push(remote_htlcpubkey) + bytes([OP_SWAP, OP_SIZE]) + _push(b"\x20")
-            + bytes([OP_EQUAL, OP_IF, OP_HASH160]) + _push(ripemd160(payment_hash))
-            + bytes([OP_EQUALVERIFY, OP_2, OP_SWAP]) + _push(local_htlcpubkey)
+    return (_htlc_head(revocation_pubkey, remote_htlcpubkey)
+            + bytes([OP_NOTIF, OP_DROP, OP_2, OP_SWAP]) + push(local_htlcpubkey)
+            + bytes([OP_2, OP_CHECKMULTISIG, OP_ELSE, OP_HASH160]) + push(payment_ripemd)
+            + bytes([OP_EQUALVERIFY, OP_CHECKSIG, OP_ENDIF]) + csv + bytes([OP_ENDIF]))
+
+
+def _received(revocation_pubkey: bytes, local_htlcpubkey: bytes, remote_htlcpubkey: bytes, payment_ripemd: bytes,
+              cltv_expiry: int, anchors: bool) -> bytes:
+    csv = bytes([OP_1, OP_CSV, OP_DROP]) if anchors else b""
+    return (_htlc_head(revocation_pubkey, remote_htlcpubkey)
+            + bytes([OP_IF, OP_HASH160]) + push(payment_ripemd)
+            + bytes([OP_EQUALVERIFY, OP_2, OP_SWAP]) + push(local_htlcpubkey)
             + bytes([OP_2, OP_CHECKMULTISIG, OP_ELSE, OP_DROP]) + push_int(cltv_expiry)
             + bytes([OP_CLTV, OP_DROP, OP_CHECKSIG, OP_ENDIF]) + csv + bytes([OP_ENDIF]))
+
+
+def is_htlc_script(script: bytes, revocation_pubkey: bytes, local_htlcpubkey: bytes, remote_htlcpubkey: bytes,
+                   anchors: bool) -> bool:
+    """Whether `script` is exactly an offered or a received HTLC script of these keys, for any payment hash and
+    expiry (read from the script, which is then rebuilt): what a signer checks of a script it did not build."""
+    head = len(_htlc_head(revocation_pubkey, remote_htlcpubkey))
+    at = head + 4 + 34 + 4 + 1  # NOTIF DROP 2 SWAP <local> 2 CHECKMULTISIG ELSE HASH160, the hash's push
+    offered = _offered(revocation_pubkey, local_htlcpubkey, remote_htlcpubkey, script[at:at + 20], anchors)
+    if script == offered:
+        return True
+    ripemd = script[head + 3:head + 23]  # IF HASH160, the hash's push
+    at = head + 23 + 3 + 34 + 4  # EQUALVERIFY 2 SWAP <local> 2 CHECKMULTISIG ELSE DROP, then the expiry
+    op = script[at] if at < len(script) else OP_0
+    if OP_1 <= op <= OP_16:
+        cltv = op - OP_1 + 1
+    else:  # a push of 1 to 5 bytes (a wrong opcode gives 0, and the rebuilt script differs)
+        cltv = int.from_bytes(script[at + 1:at + 1 + op], "little") if op <= 5 else 0
+    return script == _received(revocation_pubkey, local_htlcpubkey, remote_htlcpubkey, ripemd, cltv, anchors)
+
+
+def commitment_locktime_sequence(obscured: int) -> tuple[int, int]:
+    """A commitment's locktime and its input's sequence: 0x20 over the obscured number's lower 24 bits,
+    0x80 over its upper 24 bits."""
+    return 0x20 << 24 | obscured & 0xFFFFFF, 0x80 << 24 | obscured >> 24 & 0xFFFFFF
 
 
 def obscuring_factor(opener_payment_basepoint: bytes, accepter_payment_basepoint: bytes) -> int:

@@ -55,11 +55,9 @@ class Funding(BaseExtension):
 
     def build(self, draft: TxDraft) -> None:
         """The single input and the obscured commitment number in locktime and sequence."""
-        obscured = obscured_number(draft.params, draft.number)
         draft.version = 2
-        draft.locktime = 0x20 << 24 | obscured & 0xFFFFFF
-        draft.inputs = [TxIn(draft.params.funding_txid, draft.params.funding_output_index,
-                             0x80 << 24 | obscured >> 24 & 0xFFFFFF)]
+        draft.locktime, sequence = bolt3.commitment_locktime_sequence(obscured_number(draft.params, draft.number))
+        draft.inputs = [TxIn(draft.params.funding_txid, draft.params.funding_output_index, sequence)]
 
 
 class Balances(BaseExtension):

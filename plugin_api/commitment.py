@@ -185,10 +185,8 @@ def check_signatures(built: BuiltCommitment, signature: bytes, htlc_signatures: 
 
 def funding_witness(params: ChannelParams, local_sig: bytes, remote_sig: bytes) -> list[bytes]:
     """The witness spending the funding output, from both DER signatures (SIGHASH_ALL), lesser key first."""
-    sigs = {params.local.funding_pubkey: local_sig, params.remote.funding_pubkey: remote_sig}
-    first, second = sorted(sigs)
-    return [b"", der_with_sighash(sigs[first], SIGHASH_ALL), der_with_sighash(sigs[second], SIGHASH_ALL),
-            funding_script(params)]
+    return bolt3.funding_witness_of([(params.local.funding_pubkey, local_sig),
+                                     (params.remote.funding_pubkey, remote_sig)])
 
 
 def signed_commitment(built: BuiltCommitment, local_sig: bytes, remote_sig: bytes, params: ChannelParams) -> Tx:

@@ -192,6 +192,10 @@ class Pong(Message):
     ignored: bytes = wire("u16_bytes")
 
 
+# The BOLT-1 layouts as `MessageSpec`s, for code that encodes and decodes them as dicts (peerd).
+INIT, ERROR, WARNING, PING, PONG = (c.SPEC for c in (Init, ErrorMessage, WarningMessage, Ping, Pong))
+
+
 # ---- BOLT-2: channel establishment v1 -----------------------------------------------------------------
 
 @message(32, "open_channel")

@@ -285,11 +285,3 @@ def split_message(msg: bytes) -> tuple[int, bytes]:
         raise WireError("message shorter than its type")
     return int.from_bytes(msg[:2], "big"), msg[2:]
 
-
-INIT = MessageSpec(16, "init", (("u16_bytes", "globalfeatures"), ("u16_bytes", "features")),
-                   TlvStream((TlvRecord(1, "networks", (("chain_hashes", "chains"),)),
-                              TlvRecord(3, "remote_addr", (("rest", "data"),)))))
-ERROR = MessageSpec(17, "error", (("chain_hash", "channel_id"), ("u16_bytes", "data")))
-WARNING = MessageSpec(1, "warning", (("chain_hash", "channel_id"), ("u16_bytes", "data")))
-PING = MessageSpec(18, "ping", (("u16", "num_pong_bytes"), ("u16_bytes", "ignored")))
-PONG = MessageSpec(19, "pong", (("u16_bytes", "ignored"),))

@@ -15,7 +15,8 @@ import coincurve
 from lnp_host.keys import FileKeyCustody
 from lnp_host.noise import LENGTH_HEADER_SIZE, MAC_SIZE, Handshake, Session
 from lnp_plugin_api.chains import chain_hash
-from lnp_plugin_api.wire import INIT, PING, split_message
+from lnp_plugin_api.messages import INIT, PING
+from lnp_plugin_api.wire import split_message
 
 
 class Key(FileKeyCustody):

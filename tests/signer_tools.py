@@ -2,21 +2,23 @@
 (embit), enough to exercise signd's channel policy without channeld's builder."""
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 
-from embit.hashes import hash160
 from embit.script import Script
 from embit.transaction import Transaction, TransactionInput, TransactionOutput
 
-from lnp_plugin_api.bolt3 import (MAX_INDEX, derive_privkey, derive_pubkey, derive_revocation_pubkey,
-                                  per_commitment_secret, point)
-from lnp_plugins.signd import scripts as S
+from lnp_plugin_api.bolt3 import (MAX_INDEX, OP_CHECKSIG, OP_CHECKSIGVERIFY, OP_DUP, OP_HASH160, derive_privkey,
+                                  derive_pubkey, derive_revocation_pubkey, funding_script, obscuring_factor,
+                                  offered_htlc_script, per_commitment_secret, point, push, received_htlc_script,
+                                  to_local_script, to_remote_anchor_script)
+from lnp_plugin_api.tx import SIGHASH_ALL, hash160_of_sha256, p2wpkh, p2wsh
 from lnp_plugins.signd.keys import Keychain
+from lnp_plugins.signd.sigs import sign
 
 FUNDING_TXID = "aa" * 32
 FUNDING_SAT = 1_000_000
 HOLDER_DELAY, COUNTERPARTY_DELAY = 144, 6
+PAYMENT_HASH = bytes(range(32))
 
 
 @dataclass
@@ -55,14 +57,13 @@ class Channel:
     def __init__(self, keys: Keychain, index: int, them: Counterparty, channel_type: str = "static_remotekey") -> None:
         self.keys, self.index, self.them, self.type = keys, index, them, channel_type
         self.bp = {k: bytes.fromhex(v) for k, v in keys.basepoints(index).items()}
-        factor_in = self.bp["payment_basepoint"] + point(them.payment)  # we open
-        self.factor = int.from_bytes(hashlib.sha256(factor_in).digest()[-6:], "big")
+        self.factor = obscuring_factor(self.bp["payment_basepoint"], point(them.payment))  # we open
 
     def holder_point(self, n: int) -> bytes:
         return self.keys.per_commitment_point(self.index, n)
 
     def funding_script(self) -> bytes:
-        return S.funding_script(self.bp["funding_pubkey"], point(self.them.funding))
+        return funding_script(self.bp["funding_pubkey"], point(self.them.funding))
 
     def commitment(self, n: int, outputs: list[tuple[bytes, int]], txid: str = FUNDING_TXID,
                    obscured: int | None = None) -> Transaction:
@@ -76,57 +77,64 @@ class Channel:
     def their_to_local(self, n: int) -> bytes:
         """The counterparty's to_local script on its commitment `n` (revocable with our basepoint)."""
         pcp = self.them.point(n)
-        return S.to_local_script(derive_revocation_pubkey(self.bp["revocation_basepoint"], pcp), COUNTERPARTY_DELAY,
+        return to_local_script(derive_revocation_pubkey(self.bp["revocation_basepoint"], pcp), COUNTERPARTY_DELAY,
                                  derive_pubkey(point(self.them.delayed), pcp))
 
     def their_outputs(self, n: int, htlc_script: bytes | None = None) -> list[tuple[bytes, int]]:
         to_local = self.their_to_local(n)
         ours = self.bp["payment_basepoint"]
-        to_remote = S.p2wsh(S.anchors_to_remote_script(ours)) if self.type == "anchors" else S.p2wpkh(ours)
-        outs = [(S.p2wsh(to_local), 600_000), (to_remote, 390_000)]
-        return outs + ([(S.p2wsh(htlc_script), 10_000)] if htlc_script else [])
+        to_remote = p2wsh(to_remote_anchor_script(ours)) if self.type == "anchors" else p2wpkh(ours)
+        outs = [(p2wsh(to_local), 600_000), (to_remote, 390_000)]
+        return outs + ([(p2wsh(htlc_script), 10_000)] if htlc_script else [])
 
     def our_to_local(self, n: int) -> bytes:
         pcp = self.holder_point(n)
-        return S.to_local_script(derive_revocation_pubkey(point(self.them.revocation), pcp), HOLDER_DELAY,
+        return to_local_script(derive_revocation_pubkey(point(self.them.revocation), pcp), HOLDER_DELAY,
                                  derive_pubkey(self.bp["delayed_payment_basepoint"], pcp))
 
     def our_outputs(self, n: int, htlc_script: bytes | None = None) -> list[tuple[bytes, int]]:
-        outs = [(S.p2wsh(self.our_to_local(n)), 390_000), (S.p2wpkh(point(self.them.payment)), 600_000)]
-        return outs + ([(S.p2wsh(htlc_script), 10_000)] if htlc_script else [])
+        outs = [(p2wsh(self.our_to_local(n)), 390_000), (p2wpkh(point(self.them.payment)), 600_000)]
+        return outs + ([(p2wsh(htlc_script), 10_000)] if htlc_script else [])
 
     def htlc_script(self, ours: bytes, theirs: bytes, revocation: bytes = b"\x02" * 33) -> bytes:
-        """A stand-in for an HTLC's witness script holding the hash of the revocation key and both HTLC
-        keys (the real one is channeld's)."""
-        return (bytes([S.OP_DUP, S.OP_HASH160]) + S.push(hash160(revocation)) + bytes([0x87, 0x75]) + S.push(ours)
-                + bytes([S.OP_CHECKSIGVERIFY]) + S.push(theirs) + bytes([S.OP_CHECKSIG]))
+        """A look-alike of an HTLC's witness script: it holds the hash of the revocation key and both HTLC
+        keys, but is not BOLT-3's (nobody can take it with the revocation key)."""
+        return (bytes([OP_DUP, OP_HASH160]) + push(hash160_of_sha256(revocation)) + bytes([0x87, 0x75]) + push(ours)
+                + bytes([OP_CHECKSIGVERIFY]) + push(theirs) + bytes([OP_CHECKSIG]))
 
     def their_htlc_script(self, n: int) -> bytes:
-        """An HTLC of the counterparty's commitment `n`: revocable with our revocation basepoint."""
+        """An HTLC the counterparty offered on its commitment `n`: revocable with our revocation basepoint."""
         pcp = self.them.point(n)
-        return self.htlc_script(derive_pubkey(self.bp["htlc_basepoint"], pcp), derive_pubkey(point(self.them.htlc), pcp),
-                                derive_revocation_pubkey(self.bp["revocation_basepoint"], pcp))
+        return offered_htlc_script(derive_revocation_pubkey(self.bp["revocation_basepoint"], pcp),
+                                   derive_pubkey(point(self.them.htlc), pcp), derive_pubkey(self.bp["htlc_basepoint"], pcp),
+                                   PAYMENT_HASH, self.type == "anchors")
 
     def our_htlc_script(self, n: int) -> bytes:
-        """An HTLC of our commitment `n`: revocable with the counterparty's revocation basepoint."""
+        """An HTLC we received on our commitment `n`: revocable with the counterparty's revocation basepoint."""
         pcp = self.holder_point(n)
-        return self.htlc_script(derive_pubkey(self.bp["htlc_basepoint"], pcp), derive_pubkey(point(self.them.htlc), pcp),
-                                derive_revocation_pubkey(point(self.them.revocation), pcp))
+        return received_htlc_script(derive_revocation_pubkey(point(self.them.revocation), pcp),
+                                    derive_pubkey(self.bp["htlc_basepoint"], pcp), derive_pubkey(point(self.them.htlc), pcp),
+                                    PAYMENT_HASH, 600_000, self.type == "anchors")
 
     def htlc_tx(self, commitment: Transaction, vout: int, pays: bytes, value: int) -> Transaction:
         seq = 1 if self.type == "anchors" else 0
         return Transaction(version=2, vin=[TransactionInput(commitment.txid(), vout, sequence=seq)],
-                           vout=[TransactionOutput(value, Script(S.p2wsh(pays)))], locktime=0)
+                           vout=[TransactionOutput(value, Script(p2wsh(pays)))], locktime=0)
 
     def their_sig(self, tx: Transaction, secret: bytes = b"", script: bytes = b"", value: int = FUNDING_SAT,
-                  flag: int = S.SIGHASH_ALL) -> bytes:
+                  flag: int = SIGHASH_ALL) -> bytes:
         """The counterparty's compact signature of input 0 (by default: the funding input)."""
         digest = tx.sighash_segwit(0, Script(script or self.funding_script()), value, flag)
-        return S.sign(secret or self.them.funding, digest)
+        return sign(secret or self.them.funding, digest)
 
     def their_htlc_secret(self, n: int) -> bytes:
         """The counterparty's HTLC key on our commitment `n`."""
         return derive_privkey(self.them.htlc, self.holder_point(n))
+
+
+def parse(text: str) -> Transaction:
+    """A transaction from hex (embit's, to look into what signd returns)."""
+    return Transaction.parse(bytes.fromhex(text))
 
 
 def spend(prev_txid: bytes, vout: int, outputs: list[tuple[bytes, int]], sequence: int = 0xFFFFFFFF) -> Transaction:

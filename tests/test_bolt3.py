@@ -55,3 +55,19 @@ def test_key_derivation_vectors() -> None:
     assert derive_revocation_pubkey(base_point, pc_point).hex() == expected["revocationpubkey"]
     assert derive_revocation_privkey(base_secret, pc_secret).hex() == expected["revocationprivkey"]
     assert point(derive_privkey(base_secret, pc_point)) == derive_pubkey(base_point, pc_point)
+
+
+@pytest.mark.parametrize("anchors", [False, True])
+def test_is_htlc_script_reads_and_rebuilds_both_htlc_scripts(anchors: bool) -> None:
+    from lnp_plugin_api.bolt3 import is_htlc_script, offered_htlc_script, received_htlc_script
+    rev, local, remote = (point(bytes([i]) * 32) for i in (1, 2, 3))
+    scripts = [offered_htlc_script(rev, local, remote, b"\x05" * 32, anchors)]
+    scripts += [received_htlc_script(rev, local, remote, b"\x05" * 32, cltv, anchors)
+                for cltv in (0, 1, 16, 17, 127, 128, 255, 256, 500_000, 0x800000, 499_999_999)]
+    for script in scripts:
+        assert is_htlc_script(script, rev, local, remote, anchors)
+        assert not is_htlc_script(script, rev, remote, local, anchors)  # the owner's key where the other's is
+        assert not is_htlc_script(script, local, local, remote, anchors)
+        assert not is_htlc_script(script, rev, local, remote, not anchors)
+        assert not any(is_htlc_script(script[:n], rev, local, remote, anchors) for n in range(len(script)))
+        assert not is_htlc_script(script + b"\x00", rev, local, remote, anchors)

@@ -1,13 +1,12 @@
 """The whole commitment dance with real keys, as channeld and signd will do it: both nodes build the other's
-commitment, sign it (here a fake signer: coincurve with keys derived from basepoint secrets), check what they
-receive, revoke with per-commitment secrets kept in a shachain, and can take a revoked commitment's outputs.
+commitment, sign it (here a fake signer: signd's signing helper with keys derived from basepoint secrets),
+check what they receive, revoke with per-commitment secrets kept in a shachain, and can take a revoked
+commitment's outputs.
 """
 from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field, replace
-
-import coincurve
 
 from lnp_plugin_api.bolt3 import (MAX_INDEX, Shachain, derive_privkey, derive_revocation_privkey,
                                   per_commitment_secret, point)
@@ -16,7 +15,7 @@ from lnp_plugin_api.channel import ANCHORS, Basepoints, ChannelParams, Commitmen
 from lnp_plugin_api.channel_fees import check_initial, initial_spec
 from lnp_plugin_api.channel_updates import UpdateLog, update_owner
 from lnp_plugin_api.commitment import BuiltCommitment, build_commitment, check_signatures
-from lnp_plugin_api.tx import der_to_compact
+from lnp_plugins.signd.sigs import sign
 
 L, R = Side.LOCAL, Side.REMOTE
 EXTS = extensions_for(ANCHORS)
@@ -45,9 +44,8 @@ class Secrets:
     def sign_remote(self, built: BuiltCommitment) -> tuple[bytes, list[bytes]]:
         """signd: the funding signature and the HTLC signatures for the peer's commitment."""
         htlc_key = derive_privkey(self.secret("htlc"), built.keys.per_commitment_point)
-        sig = coincurve.PrivateKey(self.secret("funding")).sign(built.funding_sighash, hasher=None)
-        htlc = [coincurve.PrivateKey(htlc_key).sign(s.remote_sighash, hasher=None) for s in built.second_stages]
-        return der_to_compact(sig), [der_to_compact(s) for s in htlc]
+        return sign(self.secret("funding"), built.funding_sighash), [sign(htlc_key, s.remote_sighash)
+                                                                     for s in built.second_stages]
 
 
 @dataclass

@@ -9,7 +9,8 @@ from lnp_plugin_api import features
 from lnp_plugin_api.addresses import (DNS, IPV4, IPV6, TORV3, Address, AddressError, decode_descriptor,
                                   encode_descriptor, parse_address, parse_peer)
 from lnp_plugin_api.chains import chain_hash, network_of
-from lnp_plugin_api.wire import ERROR, PING, PONG, WARNING, WireError
+from lnp_plugin_api.messages import ERROR, PING, PONG, WARNING
+from lnp_plugin_api.wire import WireError
 
 ONION = "pg6mmjiyjmcrsslvykfwnntlaru7p5svn6y2ymmju6nubxndf4pscryd.onion"
 NODE = "031b84c5567b126440995d3ed5aaba0565d71e1834604819ff9c17f5e9d5dd078f"

@@ -257,14 +257,3 @@ def test_same_bytes_as_pyln(msg: M.Message) -> None:
     theirs.write(out)
     assert out.getvalue() == data
 
-
-def test_bolt1_layouts_are_those_peerd_uses() -> None:
-    # the typed BOLT-1 messages and wire.py's specs (peerd's) describe the same bytes
-    from lnp_plugin_api import wire
-    same = {"channel_id": "32 bytes", "chain_hash": "32 bytes"}  # names of one encoding
-
-    def layout(spec: wire.MessageSpec) -> tuple:
-        return spec.name, [(same.get(k, k), n) for k, n in spec.fields], spec.tlvs.records
-
-    for spec in (wire.INIT, wire.ERROR, wire.WARNING, wire.PING, wire.PONG):
-        assert layout(M.MESSAGES[spec.type].SPEC) == layout(spec)

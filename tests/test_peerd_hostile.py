@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from conftest import wait_for
 from peer_tools import TCP_CLOSE, TCP_ESTABLISHED, Key, RawPeer, our_init, tcp_state
 from lnp_plugin_api.chains import chain_hash
-from lnp_plugin_api.wire import PONG, WARNING
+from lnp_plugin_api.messages import PONG, WARNING
 from test_peerd import start
 
 

@@ -13,7 +13,7 @@ import time
 
 from conftest import wait_for
 from peer_tools import RawPeer, free_port
-from lnp_plugin_api.wire import PING
+from lnp_plugin_api.messages import PING
 
 PONG_TYPE = 19
 FAST = 0.1  # seconds: every pong of a connected peer, whatever other services do

@@ -13,13 +13,16 @@ import pytest
 from embit.script import Script
 from sqlalchemy import create_engine
 
-from lnp_plugin_api import RpcError
+from lnp_plugin_api import RpcError, bolt11
+from lnp_plugin_api.bech32 import CHARSET, bech32_encode, bytes_to_words, words_of
 from lnp_plugin_api.services import ChannelSetup, HtlcTx, Signer as ServiceSigner
-from lnp_plugin_api.bolt3 import (MAX_INDEX, derive_pubkey, derive_revocation_pubkey, per_commitment_secret, point)
+from lnp_plugin_api.bolt3 import (MAX_INDEX, anchor_script, derive_pubkey, derive_revocation_pubkey,
+                                  per_commitment_secret, point, to_local_script)
+from lnp_plugin_api.tx import SIGHASH_ALL, SIGHASH_SINGLE_ANYONECANPAY, p2wpkh, p2wsh, verify
 from lnp_plugins import signd
-from lnp_plugins.signd import invoice, policy, scripts as S, seed, storage
+from lnp_plugins.signd import policy, seed, storage
 from lnp_plugins.signd.keys import PER_COMMITMENT_FAMILY, Keychain
-from signer_tools import COUNTERPARTY_DELAY, FUNDING_SAT, HOLDER_DELAY, Channel, Counterparty, params, spend
+from signer_tools import COUNTERPARTY_DELAY, FUNDING_SAT, HOLDER_DELAY, Channel, Counterparty, params, parse, spend
 from test_signd import WORDS
 
 KEYS = Keychain(WORDS, "regtest")
@@ -80,8 +83,8 @@ def test_counterparty_commitments_and_revocations(signer) -> None:
     tx0 = ch.commitment(0, ch.their_outputs(0))
     body0 = dict(index=0, commitment_number=0, tx=tx0.serialize().hex(), per_commitment_point=ch.them.point(0).hex())
     got = ask(signer, "sign_counterparty_commitment", **body0)
-    digest = tx0.sighash_segwit(0, Script(ch.funding_script()), FUNDING_SAT, S.SIGHASH_ALL)
-    assert S.verify(ch.bp["funding_pubkey"], bytes.fromhex(got["signature"]), digest)
+    digest = tx0.sighash_segwit(0, Script(ch.funding_script()), FUNDING_SAT, SIGHASH_ALL)
+    assert verify(ch.bp["funding_pubkey"], bytes.fromhex(got["signature"]), digest)
     assert ask(signer, "sign_counterparty_commitment", **body0) == got  # the same again: fine (retransmission)
     other0 = ch.commitment(0, ch.their_outputs(0)[:1])
     refused(signer, "sign_counterparty_commitment", "another counterparty commitment 0",
@@ -126,16 +129,16 @@ def test_counterparty_htlc_signatures(signer, channel_type: str) -> None:
     script = ch.their_htlc_script(0)
     tx = ch.commitment(0, ch.their_outputs(0, script))
     to_local = ch.their_outputs(0)[0][0]
-    their_to_local = S.to_local_script(derive_revocation_pubkey(ch.bp["revocation_basepoint"], pcp), COUNTERPARTY_DELAY,
+    their_to_local = to_local_script(derive_revocation_pubkey(ch.bp["revocation_basepoint"], pcp), COUNTERPARTY_DELAY,
                                        derive_pubkey(point(ch.them.delayed), pcp))
-    assert to_local == S.p2wsh(their_to_local)
+    assert to_local == p2wsh(their_to_local)
     htlc = ch.htlc_tx(tx, 2, their_to_local, 9_000)
     body = dict(index=0, commitment_number=0, tx=tx.serialize().hex(), per_commitment_point=pcp.hex(),
                 htlcs=[{"tx": htlc.serialize().hex(), "witness_script": script.hex()}])
     got = ask(signer, "sign_counterparty_commitment", **body)
-    flag = S.SIGHASH_SINGLE_ACP if channel_type == "anchors" else S.SIGHASH_ALL
+    flag = SIGHASH_SINGLE_ANYONECANPAY if channel_type == "anchors" else SIGHASH_ALL
     digest = htlc.sighash_segwit(0, Script(script), 10_000, flag)
-    assert S.verify(our_htlc, bytes.fromhex(got["htlc_signatures"][0]), digest)
+    assert verify(our_htlc, bytes.fromhex(got["htlc_signatures"][0]), digest)
     pcp1 = ch.them.point(1)
     script1 = ch.their_htlc_script(1)
     tx1 = ch.commitment(1, ch.their_outputs(1, script1))
@@ -161,16 +164,35 @@ def test_every_output_of_their_commitment_is_revocable_or_ours(signer) -> None:
                     per_commitment_point=pcp.hex(), htlcs=htlcs or [])
     plain = ch.their_outputs(0)
     refused(signer, "sign_counterparty_commitment", "output 2 of the counterparty's commitment",
-            **body(plain + [(S.p2wpkh(point(ch.them.payment)), 1_000)]))
+            **body(plain + [(p2wpkh(point(ch.them.payment)), 1_000)]))
     refused(signer, "sign_counterparty_commitment", "output 2 of the counterparty's commitment",
             **body(ch.their_outputs(0, ch.their_htlc_script(0))))
     unrevocable = ch.htlc_script(derive_pubkey(ch.bp["htlc_basepoint"], pcp), derive_pubkey(point(ch.them.htlc), pcp))
-    outputs = plain + [(S.p2wsh(unrevocable), 10_000)]
+    outputs = plain + [(p2wsh(unrevocable), 10_000)]
     htlc = ch.htlc_tx(ch.commitment(0, outputs), 2, ch.their_to_local(0), 10_000)
     refused(signer, "sign_counterparty_commitment", "not an HTLC of this channel's keys",
             **body(outputs, [{"tx": htlc.serialize().hex(), "witness_script": unrevocable.hex()}]))
-    anchors = [(S.p2wsh(S.anchor_script(key)), 330) for key in (ch.bp["funding_pubkey"], point(ch.them.funding))]
+    anchors = [(p2wsh(anchor_script(key)), 330) for key in (ch.bp["funding_pubkey"], point(ch.them.funding))]
     ask(signer, "sign_counterparty_commitment", **body(plain + anchors))
+
+
+@pytest.mark.parametrize("channel_type", ["static_remotekey", "anchors"])
+def test_an_htlc_output_must_be_bolt3s_script(signer, channel_type: str) -> None:
+    """A script that holds our revocation key's hash and both HTLC keys but is not BOLT-3's HTLC script
+    (here: the peer takes it with its key and ours, and the revocation key takes nothing) is refused."""
+    ch = ready(signer, channel_type)
+    pcp = ch.them.point(0)
+    lookalike = ch.htlc_script(derive_pubkey(ch.bp["htlc_basepoint"], pcp), derive_pubkey(point(ch.them.htlc), pcp),
+                               derive_revocation_pubkey(ch.bp["revocation_basepoint"], pcp))
+    for script, good in ((lookalike, False), (ch.their_htlc_script(0), True)):
+        tx = ch.commitment(0, ch.their_outputs(0, script))
+        htlc = ch.htlc_tx(tx, 2, ch.their_to_local(0), 9_000)
+        body = dict(index=0, commitment_number=0, tx=tx.serialize().hex(), per_commitment_point=pcp.hex(),
+                    htlcs=[{"tx": htlc.serialize().hex(), "witness_script": script.hex()}])
+        if good:
+            assert len(ask(signer, "sign_counterparty_commitment", **body)["htlc_signatures"]) == 1
+        else:
+            refused(signer, "sign_counterparty_commitment", "not an HTLC of this channel's keys", **body)
 
 
 # --- our commitments ----------------------------------------------------------------------------
@@ -200,10 +222,10 @@ def test_holder_commitments_revocation_and_going_to_chain(signer) -> None:
     refused(signer, "sign_holder_commitment", "was revoked", index=0, commitment_number=0)
     refused(signer, "sign_holder_commitment", "not the latest validated", index=0, commitment_number=1)
     closing = ask(signer, "sign_holder_commitment", index=0, commitment_number=2)
-    signed = S.parse_tx(closing["tx"])
+    signed = parse(closing["tx"])
     witness = signed.vin[0].witness.items
     assert witness[0] == b"" and witness[3] == ch.funding_script() and len(witness) == 4
-    digest = signed.sighash_segwit(0, Script(ch.funding_script()), FUNDING_SAT, S.SIGHASH_ALL)
+    digest = signed.sighash_segwit(0, Script(ch.funding_script()), FUNDING_SAT, SIGHASH_ALL)
     keys = sorted([ch.bp["funding_pubkey"], point(ch.them.funding)])
     assert verify_der(keys[0], witness[1], digest) and verify_der(keys[1], witness[2], digest)
     ask(signer, "revoke_holder_commitment", index=0, commitment_number=1)  # 1 is replaced by 2: fine
@@ -219,17 +241,17 @@ def test_holder_htlc_signatures_are_checked_and_returned(signer) -> None:
     script = ch.our_htlc_script(0)
     tx = ch.commitment(0, ch.our_outputs(0, script))
     htlc = ch.htlc_tx(tx, 2, ch.our_to_local(0), 9_000)
-    good = ch.their_sig(htlc, ch.their_htlc_secret(0), script, 10_000, S.SIGHASH_SINGLE_ACP)
+    good = ch.their_sig(htlc, ch.their_htlc_secret(0), script, 10_000, SIGHASH_SINGLE_ANYONECANPAY)
     body = dict(index=0, commitment_number=0, tx=tx.serialize().hex(), signature=ch.their_sig(tx).hex(),
                 htlcs=[{"tx": htlc.serialize().hex(), "witness_script": script.hex(), "signature": good.hex()}])
-    wrong_flag = ch.their_sig(htlc, ch.their_htlc_secret(0), script, 10_000, S.SIGHASH_ALL)
+    wrong_flag = ch.their_sig(htlc, ch.their_htlc_secret(0), script, 10_000, SIGHASH_ALL)
     refused(signer, "validate_holder_commitment", "HTLC transaction spending output 2 does not verify",
             **{**body, "htlcs": [{**body["htlcs"][0], "signature": wrong_flag.hex()}]})
     ask(signer, "validate_holder_commitment", **body)
     closing = ask(signer, "sign_holder_commitment", index=0, commitment_number=0)
     [h] = closing["htlcs"]
-    assert bytes.fromhex(h["counterparty_signature"])[-1] == S.SIGHASH_SINGLE_ACP
-    digest = htlc.sighash_segwit(0, Script(script), 10_000, S.SIGHASH_ALL)
+    assert bytes.fromhex(h["counterparty_signature"])[-1] == SIGHASH_SINGLE_ANYONECANPAY
+    digest = htlc.sighash_segwit(0, Script(script), 10_000, SIGHASH_ALL)
     assert verify_der(ours, bytes.fromhex(h["holder_signature"]), digest)
 
 
@@ -261,11 +283,11 @@ def test_sweeps_pay_the_wallet_only(signer) -> None:
                 wallet_outputs=[[1, 3]],
                 tx=spend(commitment.txid(), 0, [(wallet, 389_000)], sequence=HOLDER_DELAY).serialize().hex())
     got = ask(signer, "sign_sweep", **body)
-    sweep = S.parse_tx(body["tx"])
-    digest = sweep.sighash_segwit(0, Script(ch.our_to_local(0)), 390_000, S.SIGHASH_ALL)
+    sweep = parse(body["tx"])
+    digest = sweep.sighash_segwit(0, Script(ch.our_to_local(0)), 390_000, SIGHASH_ALL)
     assert verify_der(bytes.fromhex(got["pubkey"]), bytes.fromhex(got["signature"]), digest)
     assert got["pubkey"] == derive_pubkey(ch.bp["delayed_payment_basepoint"], ch.holder_point(0)).hex()
-    foreign = S.p2wpkh(point(b"\x33" * 32))
+    foreign = p2wpkh(point(b"\x33" * 32))
     refused(signer, "sign_sweep", "does not pay the wallet key", **{
         **body, "tx": spend(commitment.txid(), 0, [(foreign, 389_000)], sequence=HOLDER_DELAY).serialize().hex()})
     refused(signer, "sign_sweep", "CSV delay", **{
@@ -278,7 +300,7 @@ def test_sweeps_pay_the_wallet_only(signer) -> None:
     assert got["pubkey"] == ch.bp["payment_basepoint"].hex() and got["witness_script"] is None
     got = ask(signer, "sign_sweep", **{**body, "kind": "anchor", "amount_sat": 330,
                                        "tx": spend(theirs.txid(), 3, [(wallet, 300)]).serialize().hex()})
-    assert bytes.fromhex(got["witness_script"]) == S.anchor_script(ch.bp["funding_pubkey"])
+    assert bytes.fromhex(got["witness_script"]) == anchor_script(ch.bp["funding_pubkey"])
 
 
 def test_penalty_uses_the_revocation_key(signer) -> None:
@@ -291,42 +313,79 @@ def test_penalty_uses_the_revocation_key(signer) -> None:
                 tx=spend(revoked.txid(), 0, [(wallet, 599_000)]).serialize().hex())
     got = ask(signer, "sign_penalty", **body)
     assert got["pubkey"] == derive_revocation_pubkey(ch.bp["revocation_basepoint"], point(secret)).hex()
-    tx = S.parse_tx(body["tx"])
-    digest = tx.sighash_segwit(0, Script(bytes.fromhex(got["witness_script"])), 600_000, S.SIGHASH_ALL)
+    tx = parse(body["tx"])
+    digest = tx.sighash_segwit(0, Script(bytes.fromhex(got["witness_script"])), 600_000, SIGHASH_ALL)
     assert verify_der(bytes.fromhex(got["pubkey"]), bytes.fromhex(got["signature"]), digest)
-    assert S.p2wsh(bytes.fromhex(got["witness_script"])) == revoked.vout[0].script_pubkey.data
+    assert p2wsh(bytes.fromhex(got["witness_script"])) == revoked.vout[0].script_pubkey.data
     refused(signer, "sign_penalty", "does not pay the wallet key", **{**body, "wallet_outputs": [[0, 8]]})
     refused(signer, "sign_penalty", "not an HTLC of this revoked commitment",
             **{**body, "kind": "revoked_htlc", "witness_script": ch.htlc_script(b"\x02" * 33, b"\x03" * 33).hex()})
 
 
+@pytest.mark.parametrize("channel_type", ["static_remotekey", "anchors"])
+def test_htlc_sweeps_and_penalties_take_bolt3_htlc_scripts(signer, channel_type: str) -> None:
+    ch = ready(signer, channel_type)
+    pcp, script = ch.them.point(0), ch.their_htlc_script(0)
+    theirs = ch.commitment(0, ch.their_outputs(0, script))
+    wallet = signer.channels.wallet_script(0, 7)
+    seq = 1 if channel_type == "anchors" else 0
+    body = dict(index=0, kind="counterparty_htlc", per_commitment_point=pcp.hex(), witness_script=script.hex(),
+                input_index=0, amount_sat=10_000, wallet_outputs=[[0, 7]],
+                tx=spend(theirs.txid(), 2, [(wallet, 9_000)], sequence=seq).serialize().hex())
+    got = ask(signer, "sign_sweep", **body)
+    assert got["pubkey"] == derive_pubkey(ch.bp["htlc_basepoint"], pcp).hex()
+    lookalike = ch.htlc_script(derive_pubkey(ch.bp["htlc_basepoint"], pcp), derive_pubkey(point(ch.them.htlc), pcp),
+                               derive_revocation_pubkey(ch.bp["revocation_basepoint"], pcp))
+    refused(signer, "sign_sweep", "not an HTLC", **{**body, "witness_script": lookalike.hex()})
+    # once commitment 0 is revoked, the revocation key takes the same output
+    penalty = dict(body, kind="revoked_htlc", per_commitment_secret=ch.them.secret(0).hex())
+    del penalty["per_commitment_point"]
+    got = ask(signer, "sign_penalty", **penalty)
+    assert got["pubkey"] == derive_revocation_pubkey(ch.bp["revocation_basepoint"], pcp).hex()
+    refused(signer, "sign_penalty", "not an HTLC of this revoked commitment",
+            **{**penalty, "witness_script": lookalike.hex()})
+
+
 # --- invoices, onion ECDH, capabilities, garbage ------------------------------------------------
 
-def invoice_data(payment_hash: bool = True, payee: bytes | None = None) -> str:
-    words = [0] * 6 + [1]  # the timestamp (35 bits)
-    if payment_hash:
-        words += [1, 1, 20] + [3] * 52  # p, 52 words
-    if payee is not None:  # n: 33 bytes in 53 words
-        bits = "".join(f"{b:08b}" for b in payee) + "0"
-        words += [19, 1, 21] + [int(bits[i:i + 5], 2) for i in range(0, 265, 5)]
-    return "".join(invoice.BECH32[w] for w in words)
+def invoice_data(network: str = "regtest", drop: int | None = None, add: bytes = b"", **changes: Any) -> dict:
+    """{hrp, data} of a whole unsigned invoice as channeld asks signd to sign it; `drop` leaves out the
+    fields of that tag, `add` appends raw 5-bit words."""
+    inv = bolt11.Invoice(currency=bolt11.currency_for(network), timestamp=1_700_000_000, payment_hash=b"\x03" * 32,
+                         payment_secret=b"\x04" * 32, amount_msat=1_000_000_000, description="coffee", **changes)
+    hrp, data5 = bolt11.unsigned_parts(inv)
+    if drop is not None:
+        fields = bolt11.decode_unsigned(hrp, data5).wire[1]
+        data5 = data5[:7] + b"".join(bytes([f.tag, len(f.data) >> 5, len(f.data) & 31]) + f.data
+                                     for f in fields if f.tag != drop)
+    return {"hrp": hrp, "data": "".join(CHARSET[w] for w in data5 + add)}
 
 
 def test_invoice_signature(signer) -> None:
-    data = invoice_data()
-    sig = bytes.fromhex(ask(signer, "sign_invoice", hrp="lnbcrt10u", data=data)["signature"])
+    body = invoice_data()
+    sig = bytes.fromhex(ask(signer, "sign_invoice", **body)["signature"])
     assert len(sig) == 65
-    digest = invoice.digest("lnbcrt10u", invoice.words(data))
-    assert coincurve.PublicKey.from_signature_and_message(sig, digest, hasher=None).format() == KEYS.node_id()
-    ask(signer, "sign_invoice", hrp="lnbcrt10u", data=invoice_data(payee=KEYS.node_id()))
-    refused(signer, "sign_invoice", "another payee", hrp="lnbcrt10u", data=invoice_data(payee=point(b"\x09" * 32)))
-    refused(signer, "sign_invoice", "network", hrp="lnbc10u", data=data)
-    refused(signer, "sign_invoice", "network", hrp="lntb10u", data=data)
-    refused(signer, "sign_invoice", "payment hash", hrp="lnbcrt", data=invoice_data(False))
-    refused(signer, "sign_invoice", "cut short", hrp="lnbcrt", data=invoice_data(False) + "pp")
+    text = bech32_encode(body["hrp"], words_of(body["data"]) + bytes_to_words(sig))
+    assert bolt11.decode(text).payee == KEYS.node_id()  # a whole invoice, signed by the node
+    ask(signer, "sign_invoice", **invoice_data(payee=KEYS.node_id(), payee_in_invoice=True))
+    refused(signer, "sign_invoice", "another payee", **invoice_data(payee=point(b"\x09" * 32), payee_in_invoice=True))
+    refused(signer, "sign_invoice", "network", **invoice_data("mainnet"))
+    refused(signer, "sign_invoice", "network", **invoice_data("testnet"))
+    refused(signer, "sign_invoice", "payment_hash", **invoice_data(drop=bolt11.P))
+    refused(signer, "sign_invoice", "truncated tagged field", hrp=body["hrp"], data=body["data"] + "pp")
     with pytest.raises(RpcError) as e:
-        ask(signer, "sign_invoice", hrp="lnbcrt", data="NOT-BECH32")
+        ask(signer, "sign_invoice", hrp=body["hrp"], data="NOT-BECH32")
     assert e.value.code == RpcError.INVALID_PARAMS
+
+
+def test_invoice_is_checked_whole(signer) -> None:
+    # the fields a reader needs (payment secret, description), an amount that is one, known even features,
+    # and an `n` field readers would skip (wrong length) that signd refuses all the same
+    refused(signer, "sign_invoice", "payment_secret", **invoice_data(drop=bolt11.S))
+    refused(signer, "sign_invoice", "d field", **invoice_data(drop=bolt11.D))
+    refused(signer, "sign_invoice", "unknown feature", **invoice_data(features=frozenset({8, 14, 100})))
+    refused(signer, "sign_invoice", "precision", hrp="lnbcrt1p", data=invoice_data()["data"])
+    refused(signer, "sign_invoice", "another payee", **invoice_data(add=bytes([bolt11.N, 1, 20]) + bytes(52)))
 
 
 def test_onion_ecdh_and_channel_keys(signer) -> None:
@@ -434,7 +493,7 @@ def test_typed_client_drives_a_channel_to_chain(signer) -> None:
         script = ch.our_htlc_script(n)
         tx = ch.commitment(n, ch.our_outputs(n, script))
         htlc = ch.htlc_tx(tx, 2, ch.our_to_local(n), 10_000)  # zero-fee: anchors
-        their = ch.their_sig(htlc, ch.their_htlc_secret(n), script, 10_000, S.SIGHASH_SINGLE_ACP)
+        their = ch.their_sig(htlc, ch.their_htlc_secret(n), script, 10_000, SIGHASH_SINGLE_ANYONECANPAY)
         client.validate_holder_commitment(0, n, tx.serialize(), ch.their_sig(tx),
                                           [HtlcTx(htlc.serialize(), script, their)])
     secret, next_point = client.revoke_holder_commitment(0, 0)
@@ -444,19 +503,19 @@ def test_typed_client_drives_a_channel_to_chain(signer) -> None:
     with pytest.raises(RpcError, match="was not signed for the chain"):
         client.sign_holder_htlc(0, 1, 0, htlc.serialize(), 0, [None])
     closing = client.sign_holder_commitment(0, 1)
-    assert S.parse_tx(closing["tx"]).txid() == tx.txid()
+    assert parse(closing["tx"]).txid() == tx.txid()
     # the HTLC transaction with a wallet input for its fee and wallet change
-    bumped = S.parse_tx(htlc.serialize().hex())
+    bumped = parse(htlc.serialize().hex())
     bumped.vin.append(spend(b"\x77" * 32, 0, []).vin[0])
     change = signer.channels.wallet_script(1, 9)
     bumped.vout.append(spend(b"\x77" * 32, 0, [(change, 5_000)]).vout[0])
     got = client.sign_holder_htlc(0, 1, 0, bumped.serialize(), 0, [None, (1, 9)])
-    digest = bumped.sighash_segwit(0, Script(script), 10_000, S.SIGHASH_ALL)
+    digest = bumped.sighash_segwit(0, Script(script), 10_000, SIGHASH_ALL)
     assert verify_der(derive_pubkey(ch.bp["htlc_basepoint"], ch.holder_point(1)), got["holder_signature"], digest)
-    assert got["counterparty_signature"][-1] == S.SIGHASH_SINGLE_ACP
+    assert got["counterparty_signature"][-1] == SIGHASH_SINGLE_ANYONECANPAY
     with pytest.raises(RpcError, match="does not pay the wallet"):
         client.sign_holder_htlc(0, 1, 0, bumped.serialize(), 0, [None, (1, 8)])
-    moved = S.parse_tx(bumped.serialize().hex())
+    moved = parse(bumped.serialize().hex())
     moved.vout[0].value -= 1_000  # not the output the counterparty signed
     with pytest.raises(RpcError, match="not the HTLC transaction the counterparty signed"):
         client.sign_holder_htlc(0, 1, 0, moved.serialize(), 0, [None, (1, 9)])
@@ -465,16 +524,16 @@ def test_typed_client_drives_a_channel_to_chain(signer) -> None:
 def test_mutual_close_pays_us_where_allowed(signer) -> None:
     client = ServiceSigner(DirectContext(signer))  # type: ignore[arg-type]
     ch = Channel(KEYS, 0, Counterparty(), "static_remotekey")
-    upfront = S.p2wpkh(point(b"\x88" * 32))
+    upfront = p2wpkh(point(b"\x88" * 32))
     client.ready_channel(0, setup_for(ch.them, "static_remotekey", upfront))
-    wallet, theirs, other = signer.channels.wallet_script(0, 2), S.p2wpkh(point(ch.them.payment)), S.p2wpkh(b"\x02" * 33)
+    wallet, theirs, other = signer.channels.wallet_script(0, 2), p2wpkh(point(ch.them.payment)), p2wpkh(b"\x02" * 33)
 
     def close(ours: bytes, txid: str = "aa" * 32, value: int = 500_000) -> bytes:
         return spend(bytes.fromhex(txid), 0, [(ours, value), (theirs, 499_000)]).serialize()
     sig = client.sign_mutual_close(0, close(wallet), 0, wallet_output=(0, 2))
-    tx = S.parse_tx(close(wallet).hex())
-    assert S.verify(ch.bp["funding_pubkey"], sig,
-                    tx.sighash_segwit(0, Script(ch.funding_script()), FUNDING_SAT, S.SIGHASH_ALL))
+    tx = parse(close(wallet).hex())
+    assert verify(ch.bp["funding_pubkey"], sig,
+                    tx.sighash_segwit(0, Script(ch.funding_script()), FUNDING_SAT, SIGHASH_ALL))
     client.sign_mutual_close(0, close(upfront), 0)
     client.sign_mutual_close(0, close(other), 0, destination=other)  # named by the user: sign_request sees it
     client.sign_mutual_close(0, close(theirs, value=1000), None)    # nothing for us

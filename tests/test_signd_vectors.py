@@ -11,9 +11,11 @@ import pytest
 from embit.script import Witness
 
 from lnp_plugin_api.bolt3 import point
+from lnp_plugin_api.tx import SIGHASH_ALL, SIGHASH_SINGLE_ANYONECANPAY
 from lnp_plugins import signd
-from lnp_plugins.signd import scripts as S
 from lnp_plugins.signd.keys import Keychain
+from lnp_plugins.signd.sigs import witness_signature
+from signer_tools import parse
 from test_signd_channel import make_signer
 
 VECTORS = Path(__file__).parent / "vectors"
@@ -34,7 +36,7 @@ REMOTE = (secret(D["remote_funding_privkey"]), secret(D["remote_revocation_basep
 
 def unsigned(tx_hex: str) -> tuple[str, bytes]:
     """The transaction without its witness, and the witness script it carried."""
-    tx = S.parse_tx(tx_hex)
+    tx = parse(tx_hex)
     script = tx.vin[0].witness.items[-1]
     tx.vin[0].witness = Witness([])
     return tx.serialize().hex(), script
@@ -76,6 +78,6 @@ def test_bolt3_vectors_signed_as_the_remote_node(remote, index: int, case) -> No
             "per_commitment_point": D["local_per_commitment_point"],
             "htlcs": [dict(zip(("tx", "witness_script"), (t, s.hex()))) for t, s in (unsigned(h) for h, _ in htlcs)]}
     got = signd.dispatch(remote, "signd.sign_counterparty_commitment", body)
-    assert S.der(bytes.fromhex(got["signature"]), 1)[:-1].hex() == remote_sig
-    flag = S.SIGHASH_SINGLE_ACP if channel_type == "anchors" else S.SIGHASH_ALL
-    assert [S.der(bytes.fromhex(s), flag)[:-1].hex() for s in got["htlc_signatures"]] == [s for _, s in htlcs]
+    assert witness_signature(bytes.fromhex(got["signature"]), 1)[:-1].hex() == remote_sig
+    flag = SIGHASH_SINGLE_ANYONECANPAY if channel_type == "anchors" else SIGHASH_ALL
+    assert [witness_signature(bytes.fromhex(s), flag)[:-1].hex() for s in got["htlc_signatures"]] == [s for _, s in htlcs]

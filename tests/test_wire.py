@@ -10,7 +10,8 @@ from hypothesis import given, strategies as st
 from conftest import VECTORS
 from lnp_plugin_api import features
 
-from lnp_plugin_api.wire import (INIT, MessageSpec, TlvError, TlvRecord, TlvStream, WireError, decode_bigsize,
+from lnp_plugin_api.messages import INIT
+from lnp_plugin_api.wire import (MessageSpec, TlvError, TlvRecord, TlvStream, WireError, decode_bigsize,
                              decode_signed, encode_bigsize, encode_signed, format_scid, split_message)
 
 V = VECTORS

@@ -24,7 +24,7 @@ from lnp_host.transport import Connection, HandshakeError, NoiseStream, connect,
 from lnp_plugin_api import RpcError, ServiceContext, SettingError, WireMessage, features
 from lnp_plugin_api.addresses import IPV4, IPV6, TORV3, Address, encode_descriptor, parse_address
 from lnp_plugin_api.chains import chain_hash
-from lnp_plugin_api.wire import INIT
+from lnp_plugin_api.messages import INIT
 
 from . import socks5, storage
 from .errors import CONNECT_FAILED, NOT_CONNECTED, PING_FAILED, PeerError

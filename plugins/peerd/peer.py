@@ -16,7 +16,8 @@ from lnp_host.noise import MAX_MESSAGE_SIZE
 from lnp_host.transport import NoiseStream, TransportError
 from lnp_plugin_api import features
 from lnp_plugin_api.addresses import Address, decode_descriptor
-from lnp_plugin_api.wire import ERROR, INIT, PING, PONG, WARNING, WireError, split_message
+from lnp_plugin_api.messages import ERROR, INIT, PING, PONG, WARNING
+from lnp_plugin_api.wire import WireError, split_message
 
 from .errors import PeerError
 

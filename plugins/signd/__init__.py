@@ -26,6 +26,7 @@ import coincurve
 from embit.psbt import PSBT
 
 from lnp_plugin_api import (DecisionSpec, Field, PerContext, RemoteCustody, RpcError, ServiceContext, Subscription, hookimpl)
+from lnp_plugin_api import bolt11
 from lnp_plugin_api.chains import embit_network
 from lnp_host.caller import current_caller
 from lnp_host.keys import FORCED_KEY_ENV, DevSecrets, dev_secrets
@@ -135,7 +136,8 @@ class Signer:
         hrp, data = str(body["hrp"]), invoice.words(str(body["data"]))
         invoice.check_invoice(self.keys.network, hrp, data, self.keys.node_id())
         self.allowed("invoice", {"purpose": "invoice", "hrp": hrp, "size": len(data)})
-        return {"signature": self.keys.node_key.sign_recoverable(invoice.digest(hrp, data), hasher=None).hex()}
+        digest = bolt11.signing_hash(hrp, data)
+        return {"signature": self.keys.node_key.sign_recoverable(digest, hasher=None).hex()}
 
     def handlers(self) -> dict[str, Any]:
         keys, ch = self.keys, self.channels

@@ -10,23 +10,22 @@ every change is committed before the answer leaves (the caller passes `begin`, a
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import threading
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, ContextManager
 
-from embit.hashes import hash160
-from embit.script import Script, Witness
-from embit.transaction import Transaction
 from sqlalchemy import select
 
 from lnp_plugin_api import RpcError
-from lnp_plugin_api.bolt3 import (MAX_INDEX, derive_privkey, derive_pubkey, derive_revocation_pubkey,
-                                  per_commitment_secret, point)
+from lnp_plugin_api.addresses import parse_node_id
+from lnp_plugin_api.bolt3 import (MAX_INDEX, anchor_script, commitment_locktime_sequence, derive_privkey,
+                                  derive_pubkey, derive_revocation_pubkey, funding_script, funding_witness_of,
+                                  is_htlc_script, obscuring_factor, point, to_local_script, to_remote_anchor_script)
+from lnp_plugin_api.tx import SIGHASH_ALL, SIGHASH_SINGLE_ANYONECANPAY, Tx, compact_to_der, p2wpkh, p2wsh, verify
 
-from . import scripts as S
-from .keys import FAMILIES, PER_COMMITMENT_FAMILY, Keychain
+from .keys import FAMILIES, Keychain
+from .sigs import parse_tx, sign, witness_signature
 from .storage import channels
 
 REFUSED = RpcError.REFUSED
@@ -81,16 +80,21 @@ def _hex(body: dict[str, Any], name: str, size: int | None = None) -> bytes:
 
 def _key(body: dict[str, Any], name: str) -> bytes:
     try:
-        return S.pubkey(body[name])
+        return parse_node_id(str(body[name]))
     except ValueError:
         raise bad(f"{name} is not a valid compressed public key") from None
 
 
-def _tx(body: dict[str, Any], name: str = "tx") -> Transaction:
+def _tx(body: dict[str, Any], name: str = "tx") -> Tx:
     try:
-        return S.parse_tx(body[name])
+        return parse_tx(body[name])
     except ValueError:
         raise bad(f"{name} is not a transaction (hex)") from None
+
+
+def outputs_detail(tx: Tx) -> list[dict[str, Any]]:
+    """A transaction's outputs as the `sign_request` decision sees them."""
+    return [{"value_sat": o.amount_sat, "script": o.script_pubkey.hex()} for o in tx.outputs]
 
 
 def _list(body: dict[str, Any], name: str) -> list[Any]:
@@ -179,10 +183,10 @@ class ChannelSigner:
 
     def holder_secret(self, index: int, n: int) -> bytes:
         """Our per-commitment secret of commitment `n`."""
-        return per_commitment_secret(self.secret(PER_COMMITMENT_FAMILY, index), MAX_INDEX - n)
+        return self.keys.per_commitment_secret(index, n)
 
     def holder_point(self, index: int, n: int) -> bytes:
-        return point(self.holder_secret(index, n))
+        return self.keys.per_commitment_point(index, n)
 
     def channel_keys(self, index: int) -> dict[str, str]:
         """Funding pubkey, basepoints and the first two per-commitment points of channel `index`."""
@@ -190,96 +194,108 @@ class ChannelSigner:
                 "second_per_commitment_point": self.holder_point(index, 1).hex()}
 
     def funding_script(self, state: ChannelState) -> bytes:
-        return S.funding_script(self.pub(FUNDING, state.index), bytes.fromhex(state.params["counterparty_funding_pubkey"]))
+        return funding_script(self.pub(FUNDING, state.index), bytes.fromhex(state.params["counterparty_funding_pubkey"]))
 
     def obscured(self, state: ChannelState, n: int) -> int:
-        """BOLT-3: n XOR the lower 48 bits of SHA256(opener's payment basepoint || accepter's)."""
+        """BOLT-3: n XOR the obscuring factor (the opener's payment basepoint first)."""
         ours, theirs = self.pub(PAYMENT, state.index), bytes.fromhex(state.params["counterparty_payment_basepoint"])
         first, second = (ours, theirs) if state.params["opener"] == "holder" else (theirs, ours)
-        return n ^ int.from_bytes(hashlib.sha256(first + second).digest()[-6:], "big")
+        return n ^ obscuring_factor(first, second)
 
     def holder_to_local(self, state: ChannelState, pcp: bytes) -> bytes:
         """Our to_local script (also our HTLC transactions' output) for our per-commitment point."""
         p = state.params
-        return S.to_local_script(derive_revocation_pubkey(bytes.fromhex(p["counterparty_revocation_basepoint"]), pcp),
+        return to_local_script(derive_revocation_pubkey(bytes.fromhex(p["counterparty_revocation_basepoint"]), pcp),
                                  p["holder_to_self_delay"], derive_pubkey(self.pub(DELAYED, state.index), pcp))
 
     def counterparty_to_local(self, state: ChannelState, pcp: bytes) -> bytes:
         """The counterparty's to_local script for its per-commitment point (revocable with our basepoint)."""
         p = state.params
-        return S.to_local_script(derive_revocation_pubkey(self.pub(REVOCATION, state.index), pcp),
+        return to_local_script(derive_revocation_pubkey(self.pub(REVOCATION, state.index), pcp),
                                  p["counterparty_to_self_delay"],
                                  derive_pubkey(bytes.fromhex(p["counterparty_delayed_payment_basepoint"]), pcp))
+
+    def counterparty_htlc_keys(self, state: ChannelState, pcp: bytes) -> tuple[bytes, bytes, bytes]:
+        """The HTLC script keys of the counterparty's commitment for its point `pcp`: the revocation key
+        (ours to derive once revoked), the counterparty's HTLC key, ours."""
+        return (derive_revocation_pubkey(self.pub(REVOCATION, state.index), pcp),
+                derive_pubkey(bytes.fromhex(state.params["counterparty_htlc_basepoint"]), pcp),
+                derive_pubkey(self.pub(HTLC, state.index), pcp))
 
     def wallet_script(self, branch: int, index: int) -> bytes:
         """The P2WPKH script of wallet key m/84'/C'/0'/branch/index."""
         key = self.keys.root.derive([84 + HARDENED, self.keys.coin + HARDENED, HARDENED, branch, index])
-        return S.p2wpkh(key.get_public_key().sec())
+        return p2wpkh(key.get_public_key().sec())
 
     # --- checks -----------------------------------------------------------------------------------
 
-    def check_commitment(self, state: ChannelState, tx: Transaction, n: int) -> None:
+    def check_funding_spend(self, state: ChannelState, tx: Tx, what: str) -> None:
+        """`tx` spends this channel's funding outpoint alone and pays out no more than the channel holds."""
+        p = state.params
+        vin = tx.inputs
+        if len(vin) != 1 or vin[0].txid != p["funding_txid"] or vin[0].vout != p["funding_vout"]:
+            raise refuse(f"the {what} does not spend channel {state.index}'s funding outpoint "
+                         f"{p['funding_txid']}:{p['funding_vout']} (alone): refused")
+        if sum(o.amount_sat for o in tx.outputs) > p["funding_sat"]:
+            raise refuse(f"the {what} pays out more than the channel holds: refused")
+
+    def check_commitment(self, state: ChannelState, tx: Tx, n: int) -> None:
         """The transaction spends exactly this channel's funding outpoint, encodes commitment `n` and
         pays out no more than the channel holds."""
-        p = state.params
-        if len(tx.vin) != 1 or tx.vin[0].txid.hex() != p["funding_txid"] or tx.vin[0].vout != p["funding_vout"]:
-            raise refuse(f"the commitment does not spend channel {state.index}'s funding outpoint "
-                         f"{p['funding_txid']}:{p['funding_vout']} (alone): refused")
-        sequence, locktime = tx.vin[0].sequence, tx.locktime
-        if tx.version != 2 or sequence >> 24 != 0x80 or locktime >> 24 != 0x20:
+        self.check_funding_spend(state, tx, "commitment")
+        got = tx.locktime, tx.inputs[0].sequence
+        want = commitment_locktime_sequence(self.obscured(state, n))
+        if tx.version != 2 or [v >> 24 for v in got] != [v >> 24 for v in want]:
             raise refuse("not a BOLT-3 commitment transaction (version, locktime or sequence): refused")
-        if ((sequence & 0xFFFFFF) << 24 | locktime & 0xFFFFFF) != self.obscured(state, n):
+        if got != want:
             raise refuse(f"the transaction's obscured commitment number is not commitment {n}'s: refused")
-        if sum(o.value for o in tx.vout) > p["funding_sat"]:
-            raise refuse("the commitment pays out more than the channel holds: refused")
 
-    def check_htlc(self, state: ChannelState, commitment: Transaction, item: dict[str, Any], output: bytes,
-                   our_htlc_key: bytes, revocation: bytes | None = None) -> tuple[Transaction, bytes, int]:
+    def check_htlc(self, state: ChannelState, commitment: Tx, commitment_txid: str, item: dict[str, Any],
+                   output: bytes, keys: tuple[bytes, bytes, bytes]) -> tuple[Tx, bytes, int]:
         """A second-stage HTLC transaction: it alone spends an output of `commitment` that pays the
-        given witness script holding our HTLC key (and the hash of `revocation`, the key we punish
-        with, when given), and pays `output` (a to_local script) alone."""
+        given witness script, BOLT-3's offered or received HTLC script of `keys` (the commitment's
+        revocation key, its owner's HTLC key, the other side's), and pays `output` (a to_local script) alone."""
         tx, script = _tx(item), _hex(item, "witness_script")
         anchors = state.params["channel_type"] == "anchors"
-        if len(tx.vin) != 1 or len(tx.vout) != 1 or tx.version != 2:
+        if len(tx.inputs) != 1 or len(tx.outputs) != 1 or tx.version != 2:
             raise refuse("an HTLC transaction has one input and one output (version 2): refused")
-        vin = tx.vin[0]
-        if vin.txid != commitment.txid() or vin.vout >= len(commitment.vout):
+        vin = tx.inputs[0]
+        if vin.txid != commitment_txid or vin.vout >= len(commitment.outputs):
             raise refuse("an HTLC transaction does not spend an output of the commitment: refused")
-        spent = commitment.vout[vin.vout]
-        if spent.script_pubkey.data != S.p2wsh(script) or S.push(our_htlc_key) not in script or (
-                revocation is not None and S.push(hash160(revocation)) not in script):
+        spent = commitment.outputs[vin.vout]
+        if spent.script_pubkey != p2wsh(script) or not is_htlc_script(script, *keys, anchors):
             raise refuse(f"commitment output {vin.vout} is not an HTLC of this channel's keys: refused")
-        if vin.sequence != (1 if anchors else 0) or tx.vout[0].script_pubkey.data != S.p2wsh(output):
+        if vin.sequence != (1 if anchors else 0) or tx.outputs[0].script_pubkey != p2wsh(output):
             raise refuse("an HTLC transaction's sequence or output is not BOLT-3's for this channel: refused")
-        return tx, script, spent.value
+        return tx, script, spent.amount_sat
 
-    def check_counterparty_outputs(self, state: ChannelState, tx: Transaction, pcp: bytes, htlcs: set[int]) -> None:
+    def check_counterparty_outputs(self, state: ChannelState, tx: Tx, pcp: bytes, htlcs: set[int]) -> None:
         """Every output of the counterparty's commitment is one we can take if it is ever revoked, or
         ours: its to_local (revocable with our key), our to_remote (once), an anchor of either funding
         key, or an HTLC output whose second-stage transaction we sign (revocable too)."""
         ours = self.pub(PAYMENT, state.index)
         theirs = bytes.fromhex(state.params["counterparty_funding_pubkey"])
         if state.params["channel_type"] == "anchors":
-            to_remote = S.p2wsh(S.anchors_to_remote_script(ours))
-            anchors = {S.p2wsh(S.anchor_script(self.pub(FUNDING, state.index))), S.p2wsh(S.anchor_script(theirs))}
+            to_remote = p2wsh(to_remote_anchor_script(ours))
+            anchors = {p2wsh(anchor_script(self.pub(FUNDING, state.index))), p2wsh(anchor_script(theirs))}
         else:
-            to_remote, anchors = S.p2wpkh(ours), set()
-        known = {S.p2wsh(self.counterparty_to_local(state, pcp)), to_remote} | anchors
-        for j, out in enumerate(tx.vout):
-            if j not in htlcs and out.script_pubkey.data not in known:
+            to_remote, anchors = p2wpkh(ours), set()
+        known = {p2wsh(self.counterparty_to_local(state, pcp)), to_remote} | anchors
+        for j, out in enumerate(tx.outputs):
+            if j not in htlcs and out.script_pubkey not in known:
                 raise refuse(f"output {j} of the counterparty's commitment is neither its revocable to_local, nor "
                              "ours, nor an anchor, nor an HTLC whose transaction we sign: refused")
-        if sum(o.script_pubkey.data == to_remote for o in tx.vout) > 1:
+        if sum(o.script_pubkey == to_remote for o in tx.outputs) > 1:
             raise refuse("the commitment pays our to_remote script twice: refused")
 
-    def check_wallet_outputs(self, tx: Transaction, paths: Any, skip: int | None = None) -> None:
+    def check_wallet_outputs(self, tx: Tx, paths: Any, skip: int | None = None) -> None:
         """Every output (but `skip`) pays a wallet key, named by its (branch, index) in `paths`, one
         per output (None for `skip`)."""
-        if not isinstance(paths, list) or len(paths) != len(tx.vout):
+        if not isinstance(paths, list) or len(paths) != len(tx.outputs):
             raise bad("wallet_outputs must give [branch, index] for each output")
-        for j, (out, path) in enumerate(zip(tx.vout, paths)):
+        for j, (out, path) in enumerate(zip(tx.outputs, paths)):
             if j != skip:
-                self.check_wallet_output(j, out.script_pubkey.data, path)
+                self.check_wallet_output(j, out.script_pubkey, path)
 
     def check_wallet_output(self, j: int, script: bytes, path: Any) -> None:
         """Output `j` pays `script`, the wallet key of `path` [branch, index]."""
@@ -317,28 +333,25 @@ class ChannelSigner:
                 raise refuse(f"the counterparty revoked its commitment {n}: signd never signs a revoked state")
             if n > state.counterparty_revoked + 2:
                 raise refuse(f"commitment {n - 2} of the counterparty is not revoked yet: refused to sign {n}")
-            txid = tx.txid().hex()
+            txid = tx.txid()
             before = state.counterparty_signed.get(str(n))
             if before is not None and before != {"txid": txid, "point": pcp.hex()}:
                 raise refuse(f"signd signed another counterparty commitment {n} already: refused")
             anchors = state.params["channel_type"] == "anchors"
             htlc_secret = derive_privkey(self.secret(HTLC, index), pcp)
             output = self.counterparty_to_local(state, pcp)
-            revocation = derive_revocation_pubkey(self.pub(REVOCATION, index), pcp)
-            checked = [self.check_htlc(state, tx, item, output, point(htlc_secret), revocation) for item in htlcs]
-            spent = {h.vin[0].vout for h, _, _ in checked}
+            keys = self.counterparty_htlc_keys(state, pcp)
+            checked = [self.check_htlc(state, tx, txid, item, output, keys) for item in htlcs]
+            spent = {h.inputs[0].vout for h, _, _ in checked}
             if len(spent) != len(checked):
                 raise refuse("two HTLC transactions spend the same output: refused")
             self.check_counterparty_outputs(state, tx, pcp, spent)
             self.allowed("channel", {"purpose": "counterparty_commitment", "index": index, "commitment_number": n,
-                                     "outputs": [{"value_sat": o.value, "script": o.script_pubkey.data.hex()}
-                                                 for o in tx.vout]})
+                                     "outputs": outputs_detail(tx)})
             funding = self.funding_script(state)
-            sig = S.sign(self.secret(FUNDING, index),
-                         tx.sighash_segwit(0, Script(funding), state.params["funding_sat"], S.SIGHASH_ALL))
-            flag = S.SIGHASH_SINGLE_ACP if anchors else S.SIGHASH_ALL
-            htlc_sigs = [S.sign(htlc_secret, h.sighash_segwit(0, Script(script), value, flag)).hex()
-                         for h, script, value in checked]
+            sig = sign(self.secret(FUNDING, index), tx.sighash(0, funding, state.params["funding_sat"], SIGHASH_ALL))
+            flag = SIGHASH_SINGLE_ANYONECANPAY if anchors else SIGHASH_ALL
+            htlc_sigs = [sign(htlc_secret, h.sighash(0, script, value, flag)).hex() for h, script, value in checked]
             state.counterparty_signed[str(n)] = {"txid": txid, "point": pcp.hex()}
             self.save(state)
         return {"signature": sig.hex(), "htlc_signatures": htlc_sigs}
@@ -382,20 +395,21 @@ class ChannelSigner:
             if state.holder_validated > state.holder_revoked + 1:
                 raise refuse(f"holder commitment {state.holder_validated - 1} is not revoked yet: refused")
             p = state.params
-            digest = tx.sighash_segwit(0, Script(self.funding_script(state)), p["funding_sat"], S.SIGHASH_ALL)
-            if not S.verify(bytes.fromhex(p["counterparty_funding_pubkey"]), sig, digest):
+            digest = tx.sighash(0, self.funding_script(state), p["funding_sat"], SIGHASH_ALL)
+            if not verify(bytes.fromhex(p["counterparty_funding_pubkey"]), sig, digest):
                 raise refuse("the counterparty's signature of the commitment does not verify: refused")
             pcp = self.holder_point(index, n)
             their_htlc = derive_pubkey(bytes.fromhex(p["counterparty_htlc_basepoint"]), pcp)
             ours = derive_pubkey(self.pub(HTLC, index), pcp)
-            flag = S.SIGHASH_SINGLE_ACP if p["channel_type"] == "anchors" else S.SIGHASH_ALL
-            kept = []
+            flag = SIGHASH_SINGLE_ANYONECANPAY if p["channel_type"] == "anchors" else SIGHASH_ALL
+            kept, txid, to_local = [], tx.txid(), self.holder_to_local(state, pcp)
+            keys = (derive_revocation_pubkey(bytes.fromhex(p["counterparty_revocation_basepoint"]), pcp), ours, their_htlc)
             for item in htlcs:
-                htlc, script, value = self.check_htlc(state, tx, item, self.holder_to_local(state, pcp), ours)
+                htlc, script, value = self.check_htlc(state, tx, txid, item, to_local, keys)
                 htlc_sig = _hex(item, "signature", 64)
-                if not S.verify(their_htlc, htlc_sig, htlc.sighash_segwit(0, Script(script), value, flag)):
+                if not verify(their_htlc, htlc_sig, htlc.sighash(0, script, value, flag)):
                     raise refuse(f"the counterparty's signature of the HTLC transaction spending output "
-                                 f"{htlc.vin[0].vout} does not verify: refused")
+                                 f"{htlc.inputs[0].vout} does not verify: refused")
                 kept.append({"tx": htlc.serialize().hex(), "witness_script": script.hex(), "amount_sat": value,
                              "signature": htlc_sig.hex()})
             state.holder_validated, state.holder_tx, state.holder_signature = n, tx.serialize().hex(), sig.hex()
@@ -436,24 +450,22 @@ class ChannelSigner:
             state.holder_broadcast = n
             self.save(state)
         p = state.params
-        tx = S.parse_tx(state.holder_tx)
+        tx = parse_tx(state.holder_tx)
         funding = self.funding_script(state)
-        ours = S.sign(self.secret(FUNDING, index), tx.sighash_segwit(0, Script(funding), p["funding_sat"], S.SIGHASH_ALL))
-        theirs = bytes.fromhex(state.holder_signature)
-        mine_first = self.pub(FUNDING, index) < bytes.fromhex(p["counterparty_funding_pubkey"])
-        sigs = [S.der(ours, S.SIGHASH_ALL), S.der(theirs, S.SIGHASH_ALL)]
-        tx.vin[0].witness = Witness([b"", *(sigs if mine_first else sigs[::-1]), funding])
+        ours = sign(self.secret(FUNDING, index), tx.sighash(0, funding, p["funding_sat"], SIGHASH_ALL))
+        theirs = bytes.fromhex(p["counterparty_funding_pubkey"]), compact_to_der(bytes.fromhex(state.holder_signature))
+        tx = tx.with_witness(0, funding_witness_of([(self.pub(FUNDING, index), compact_to_der(ours)), theirs]))
         pcp = self.holder_point(index, n)
         htlc_secret = derive_privkey(self.secret(HTLC, index), pcp)
-        flag = S.SIGHASH_SINGLE_ACP if p["channel_type"] == "anchors" else S.SIGHASH_ALL
+        flag = SIGHASH_SINGLE_ANYONECANPAY if p["channel_type"] == "anchors" else SIGHASH_ALL
         out = []
         for h in state.holder_htlcs:
-            htlc = S.parse_tx(h["tx"])
-            digest = htlc.sighash_segwit(0, Script(bytes.fromhex(h["witness_script"])), h["amount_sat"], S.SIGHASH_ALL)
+            htlc = parse_tx(h["tx"])
+            digest = htlc.sighash(0, bytes.fromhex(h["witness_script"]), h["amount_sat"], SIGHASH_ALL)
             out.append({"tx": h["tx"], "witness_script": h["witness_script"],
-                        "holder_signature": S.der(S.sign(htlc_secret, digest), S.SIGHASH_ALL).hex(),
-                        "counterparty_signature": S.der(bytes.fromhex(h["signature"]), flag).hex()})
-        return {"tx": tx.serialize().hex(), "txid": tx.txid().hex(), "htlcs": out}
+                        "holder_signature": witness_signature(sign(htlc_secret, digest), SIGHASH_ALL).hex(),
+                        "counterparty_signature": witness_signature(bytes.fromhex(h["signature"]), flag).hex()})
+        return {"tx": tx.serialize().hex(), "txid": tx.txid(), "htlcs": out}
 
     def sign_holder_htlc(self, body: dict[str, Any]) -> dict[str, Any]:
         """Our signature (SIGHASH_ALL) of an HTLC transaction of our commitment gone to chain, which
@@ -461,7 +473,7 @@ class ChannelSigner:
         SIGHASH_SINGLE|ANYONECANPAY, so fees can be added): input `input_index` spends the HTLC output
         and output `input_index` is the one it signed; every other output pays the wallet."""
         index, n, tx = _int(body, "index", 0, HARDENED - 1), _int(body, "commitment_number"), _tx(body)
-        i, which = _int(body, "input_index", 0, len(tx.vin) - 1), _int(body, "htlc", 0, 2 * 483)
+        i, which = _int(body, "input_index", 0, len(tx.inputs) - 1), _int(body, "htlc", 0, 2 * 483)
         with self.lock:
             state = self.ready(index)
             if n != state.holder_broadcast:
@@ -469,22 +481,20 @@ class ChannelSigner:
             if which >= len(state.holder_htlcs):
                 raise bad(f"holder commitment {n} has {len(state.holder_htlcs)} HTLC transactions")
             stored = state.holder_htlcs[which]
-            signed = S.parse_tx(stored["tx"])
-            vin, want = tx.vin[i], signed.vin[0]
+            signed = parse_tx(stored["tx"])
+            vin, want = tx.inputs[i], signed.inputs[0]
             if (vin.txid, vin.vout, vin.sequence) != (want.txid, want.vout, want.sequence) or tx.version != 2 \
-                    or i >= len(tx.vout) or tx.vout[i].serialize() != signed.vout[0].serialize() \
-                    or tx.locktime != signed.locktime:
+                    or i >= len(tx.outputs) or tx.outputs[i] != signed.outputs[0] or tx.locktime != signed.locktime:
                 raise refuse("the transaction is not the HTLC transaction the counterparty signed (its input, "
                              "paired output, sequence or locktime): refused")
             self.check_wallet_outputs(tx, body.get("wallet_outputs"), skip=i)
             self.allowed("channel", {"purpose": "holder_htlc", "index": index, "commitment_number": n,
                                      "input": i, "amount_sat": stored["amount_sat"]})
         secret = derive_privkey(self.secret(HTLC, index), self.holder_point(index, n))
-        digest = tx.sighash_segwit(i, Script(bytes.fromhex(stored["witness_script"])), stored["amount_sat"],
-                                   S.SIGHASH_ALL)
-        flag = S.SIGHASH_SINGLE_ACP if state.params["channel_type"] == "anchors" else S.SIGHASH_ALL
-        return {"holder_signature": S.der(S.sign(secret, digest), S.SIGHASH_ALL).hex(),
-                "counterparty_signature": S.der(bytes.fromhex(stored["signature"]), flag).hex(),
+        digest = tx.sighash(i, bytes.fromhex(stored["witness_script"]), stored["amount_sat"], SIGHASH_ALL)
+        flag = SIGHASH_SINGLE_ANYONECANPAY if state.params["channel_type"] == "anchors" else SIGHASH_ALL
+        return {"holder_signature": witness_signature(sign(secret, digest), SIGHASH_ALL).hex(),
+                "counterparty_signature": witness_signature(bytes.fromhex(stored["signature"]), flag).hex(),
                 "witness_script": stored["witness_script"]}
 
     def sign_mutual_close(self, body: dict[str, Any]) -> dict[str, Any]:
@@ -495,17 +505,14 @@ class ChannelSigner:
         index, tx = _int(body, "index", 0, HARDENED - 1), _tx(body)
         ours = body.get("holder_output")
         if ours is not None:
-            ours = _int(body, "holder_output", 0, len(tx.vout) - 1)
+            ours = _int(body, "holder_output", 0, len(tx.outputs) - 1)
         with self.lock:
             state = self.ready(index)
             p = state.params
-            if len(tx.vin) != 1 or tx.vin[0].txid.hex() != p["funding_txid"] or tx.vin[0].vout != p["funding_vout"]:
-                raise refuse(f"the close does not spend channel {index}'s funding outpoint (alone): refused")
-            if sum(o.value for o in tx.vout) > p["funding_sat"]:
-                raise refuse("the close pays out more than the channel holds: refused")
+            self.check_funding_spend(state, tx, "close")
             external = False
             if ours is not None:
-                script = tx.vout[ours].script_pubkey.data
+                script = tx.outputs[ours].script_pubkey
                 wallet, destination = body.get("wallet_output"), body.get("destination")
                 if wallet is not None:
                     self.check_wallet_output(ours, script, wallet)
@@ -517,7 +524,6 @@ class ChannelSigner:
                     raise refuse("our output of the close pays neither the wallet, nor the upfront shutdown "
                                  "script, nor the destination named: refused")
             self.allowed("channel", {"purpose": "mutual_close", "index": index, "holder_output": ours,
-                                     "external": external, "outputs": [
-                                         {"value_sat": o.value, "script": o.script_pubkey.data.hex()} for o in tx.vout]})
-        digest = tx.sighash_segwit(0, Script(self.funding_script(state)), p["funding_sat"], S.SIGHASH_ALL)
-        return {"signature": S.sign(self.secret(FUNDING, index), digest).hex()}
+                                     "external": external, "outputs": outputs_detail(tx)})
+        digest = tx.sighash(0, self.funding_script(state), p["funding_sat"], SIGHASH_ALL)
+        return {"signature": sign(self.secret(FUNDING, index), digest).hex()}

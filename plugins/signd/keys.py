@@ -12,7 +12,7 @@ from __future__ import annotations
 import coincurve
 from embit import bip32, bip39
 
-from lnp_plugin_api.bolt3 import per_commitment_secret, point
+from lnp_plugin_api.bolt3 import MAX_INDEX, per_commitment_secret, point
 from lnp_plugin_api.chains import embit_network
 
 FAMILIES = {"funding_pubkey": 0, "revocation_basepoint": 1, "htlc_basepoint": 2, "payment_basepoint": 3,
@@ -72,7 +72,11 @@ class Keychain:
         """BOLT-3 basepoints (and the funding key) of channel `index`."""
         return {name: point(self.channel_secret(family, index)).hex() for name, family in FAMILIES.items()}
 
+    def per_commitment_secret(self, index: int, commitment_number: int) -> bytes:
+        """The per-commitment secret of channel `index` for `commitment_number` (counting up from 0)."""
+        seed = self.channel_secret(PER_COMMITMENT_FAMILY, index)
+        return per_commitment_secret(seed, MAX_INDEX - commitment_number)
+
     def per_commitment_point(self, index: int, commitment_number: int) -> bytes:
         """The per-commitment point of channel `index` for `commitment_number` (counting up from 0)."""
-        seed = self.channel_secret(PER_COMMITMENT_FAMILY, index)
-        return point(per_commitment_secret(seed, (1 << 48) - 1 - commitment_number))
+        return point(self.per_commitment_secret(index, commitment_number))
