@@ -1,0 +1,196 @@
+"""The invoices and pay plugins in real node processes with real signd, against the FAKE channeld of
+tests/plugins/lnp-fake-channeld (channeld's contract: htlc_accepted, channeld.add_htlc, htlc_resolved).
+The payee node runs invoices; the payer node runs pay; the test carries HTLCs between their fake channelds."""
+from __future__ import annotations
+
+import hashlib
+import threading
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+import coincurve
+import pytest
+
+from conftest import NodeProcess, wait_for
+from lnp_plugin_api import RpcError, bolt11, onion, onion_errors
+from lnp_plugin_api.bech32 import bech32_encode, bytes_to_words, int_to_words
+from payment_tools import PAYEE, PAYER, install_fakes, invoice_of, onion_to, profile, relay_to_payee
+
+HEIGHT = 500
+PAYEE_KEY = b"\x31" * 32            # a fake payee the test plays (for the payer node's tests)
+PAYEE_ID = coincurve.PrivateKey(PAYEE_KEY).public_key.format()
+DETAILS = onion_errors.INCORRECT_OR_UNKNOWN_PAYMENT_DETAILS
+
+
+@pytest.fixture(scope="module")
+def fakes_site() -> Iterator[Path]:
+    yield from install_fakes()
+
+
+@pytest.fixture(scope="module")
+def payee(nodes_module: Any, fakes_site: Path) -> NodeProcess:
+    return nodes_module(profile(PAYEE), name="payee", site=fakes_site).start()
+
+
+@pytest.fixture(scope="module")
+def payer(nodes_module: Any, fakes_site: Path) -> NodeProcess:
+    node = nodes_module(profile(PAYER), name="payer", site=fakes_site).start()
+    with node.client() as c:
+        c.fake_channeld_add_peer(peer_id=PAYEE_ID.hex())
+    return node
+
+
+def node_id(node: NodeProcess) -> bytes:
+    with node.client() as c:
+        return bytes.fromhex(c.info()["node_id"])
+
+
+def receive(c: Any, inv: dict[str, Any], amount: int | None = None, cltv: int = HEIGHT + 40, height: int = HEIGHT,
+            secret: bytes | None = None, total: int | None = None, htlc_id: int = 1, me: bytes = b"") -> dict:
+    """An HTLC paying `inv` reaches the payee's fake channeld, which asks htlc_accepted."""
+    decoded = bolt11.decode(inv["bolt11"])
+    amount = decoded.amount_msat if amount is None else amount
+    packet, _ = onion_to(me or decoded.payee, amount, cltv, decoded.payment_hash,
+                         decoded.payment_secret if secret is None else secret, total)
+    return c.fake_channeld_receive(peer_id="02" + "ab" * 32, htlc_id=htlc_id, amount_msat=amount,
+                                   payment_hash=decoded.payment_hash.hex(), cltv_expiry=cltv, current_height=height,
+                                   onion_hex=packet.hex())
+
+
+def waiting(node: NodeProcess, label: str, into: list) -> None:
+    """waitinvoice LABEL on a connection of its own (in a thread): its result or error goes `into`."""
+    try:
+        with node.client(timeout=30) as w:
+            into.append(w.waitinvoice(label))
+    except RpcError as e:
+        into.append(e)
+
+
+def failure_of(result: dict) -> onion_errors.FailureMessage:
+    assert result["result"] == "fail", result
+    return onion_errors.FailureMessage.decode(bytes.fromhex(result["failure"]))
+
+
+# --- the payee: invoices ---------------------------------------------------------------------------------
+
+def test_invoice_is_signed_by_the_node_and_decodes(payee: NodeProcess) -> None:
+    me = node_id(payee)
+    with payee.client() as c:
+        made = c.invoice(50_000, "coffee", description="one coffee", expiry=900)
+        inv = bolt11.decode(made["bolt11"])
+        assert inv.payee == me and not inv.payee_in_invoice        # recovered from signd's signature
+        assert (inv.amount_msat, inv.description, inv.expiry, inv.network) == (50_000, "one coffee", 900, "regtest")
+        assert inv.payment_hash.hex() == made["payment_hash"] and inv.payment_secret.hex() == made["payment_secret"]
+        assert inv.features == {8, 14} and inv.min_final_cltv_expiry_delta == 18
+        assert bolt11.check_features(inv) is None
+        shown = c.decode(made["bolt11"])
+        assert shown["payee"] == me.hex() and shown["amount_msat"] == 50_000 and shown["expired"] is False
+        assert shown["features"] == ["var_onion_optin/required", "payment_secret/required"]
+        anyamount = c.invoice("any", "tip")
+        assert bolt11.decode(anyamount["bolt11"]).amount_msat is None and anyamount["amount_msat"] is None
+        listed = {i["label"]: i for i in c.listinvoices()}
+        assert listed["coffee"]["status"] == "unpaid" and listed["tip"]["amount_msat"] is None
+        assert c.listinvoices(payment_hash=made["payment_hash"])[0]["label"] == "coffee"
+        assert "preimage" not in str(c.listinvoices()) and "preimage" not in made
+        for bad, match in [((0, "zero"), "more than 0"), (("lots", "x"), "'any'"), ((1, "coffee"), "exists already"),
+                           ((1, ""), "label")]:
+            with pytest.raises(RpcError, match=match):
+                c.invoice(*bad)
+        with pytest.raises(RpcError, match="expiry"):
+            c.invoice(1, "neg", expiry=0)
+
+
+def test_decode_any_network_and_refusals(payee: NodeProcess) -> None:
+    mainnet = ("lnbc2500u1pvjluezsp5zyg3zyg3zyg3zyg3zyg3zyg3zyg3zyg3zyg3zyg3zyg3zyg3zygspp5qqqsyqcyq5rqwzqfqqqsyqcyq5rqw"
+               "zqfqqqsyqcyq5rqwzqfqypqdq5xysxxatsyp3k7enxv4jsxqzpu9qrsgquk0rl77nj30yxdy8j9vdx85fkpmdla2087ne0xh8nhedh8w27"
+               "kyke0lp53ut353s06fv3qfegext0eh0ymjpf39tuven09sam30g4vgpfna3rh")
+    with payee.client() as c:
+        got = c.decode(mainnet)
+        assert (got["network"], got["amount_msat"], got["description"], got["expired"]) == \
+            ("mainnet", 250_000_000, "1 cup coffee", True)
+        assert got["payee"].startswith("03e7156ae3")
+        with pytest.raises(RpcError, match="checksum"):
+            c.decode(mainnet[:-1] + "x")
+
+
+def test_htlc_settles_the_invoice_once(payee: NodeProcess) -> None:
+    with payee.client() as c:
+        made = c.invoice(70_000, "settle", description="")
+        waited: list = []
+        waiter = threading.Thread(target=waiting, args=(payee, "settle", waited))
+        waiter.start()
+        time.sleep(0.3)  # waitinvoice is waiting (a Future): the service still answers others
+        assert c.listinvoices("settle")[0]["status"] == "unpaid"
+        got = receive(c, made, amount=75_000, htlc_id=7)          # a little more than asked: accepted
+        assert got["result"] == "resolve" and got["by"] == "invoices"
+        assert hashlib.sha256(bytes.fromhex(got["preimage"])).hexdigest() == made["payment_hash"]
+        waiter.join(10)
+        paid = waited[0]
+        assert paid["status"] == "paid" and paid["amount_received_msat"] == 75_000 and paid["pay_index"] >= 1
+        assert receive(c, made, amount=75_000, htlc_id=7) == got   # the same HTLC asked again: the same answer
+        again = failure_of(receive(c, made, amount=75_000, htlc_id=8))  # another HTLC for a paid invoice
+        assert again.code == DETAILS
+        wait_for(lambda: any(e["name"] == "invoice_paid" and e["body"]["label"] == "settle"
+                             for e in c.fake_channeld_events()))
+        events = [e["body"] for e in c.fake_channeld_events() if e["name"] == "invoice_paid"
+                  and e["body"]["label"] == "settle"]
+        assert events == [{"label": "settle", "payment_hash": made["payment_hash"], "amount_msat": 70_000,
+                           "received_msat": 75_000, "pay_index": paid["pay_index"]}]
+        assert c.waitinvoice("settle")["status"] == "paid"
+        with pytest.raises(RpcError, match="paid invoices are kept"):
+            c.delinvoice("settle")
+    logs = (payee.data_dir / "lnp-host.log").read_text() + payee.log.read_text()
+    assert got["preimage"] not in logs
+
+
+def test_htlc_refusals(payee: NodeProcess) -> None:
+    with payee.client() as c:
+        made = c.invoice(100_000, "refusals")
+        h = bytes.fromhex(made["payment_hash"])
+        cases = {
+            "wrong secret": dict(secret=b"\x99" * 32),
+            "below the invoice": dict(amount=99_999),
+            "above twice": dict(amount=200_001),
+            "cltv too soon": dict(cltv=HEIGHT + 17),
+            "multi-part": dict(total=200_000),
+        }
+        for why, kw in cases.items():
+            f = failure_of(receive(c, made, **kw))
+            assert f.code == DETAILS, why
+            assert f.fields["height"] == HEIGHT, why
+        no_secret = failure_of(c.fake_channeld_receive(
+            peer_id="02" + "ab" * 32, htlc_id=20, amount_msat=100_000, payment_hash=h.hex(), cltv_expiry=HEIGHT + 40,
+            current_height=HEIGHT, onion_hex=onion_to(node_id(payee), 100_000, HEIGHT + 40, h, None)[0].hex()))
+        assert no_secret.code == DETAILS
+        # the onion says more than the HTLC carries: the previous hop took some
+        packet, _ = onion_to(node_id(payee), 100_000, HEIGHT + 40, h, bytes.fromhex(made["payment_secret"]))
+        short = failure_of(c.fake_channeld_receive(peer_id="02" + "ab" * 32, htlc_id=21, amount_msat=99_000,
+                                                   payment_hash=h.hex(), cltv_expiry=HEIGHT + 40,
+                                                   current_height=HEIGHT, onion_hex=packet.hex()))
+        assert short.name == "final_incorrect_htlc_amount" and short.fields == {"incoming_htlc_amt": 99_000}
+        assert c.listinvoices("refusals")[0]["status"] == "unpaid"
+        # an unknown hash is left to the next participant (channeld's default then fails it)
+        other = invoice_of(PAYEE_KEY, preimage=b"\x77" * 32)
+        assert receive(c, {"bolt11": other}, me=node_id(payee)) == {"result": "continue"}
+        # and it still pays
+        assert receive(c, made)["result"] == "resolve"
+
+
+def test_expired_invoice_is_refused_and_listed_expired(payee: NodeProcess) -> None:
+    with payee.client() as c:
+        made = c.invoice(1_000, "brief", expiry=1)
+        waited: list = []
+        t = threading.Thread(target=waiting, args=(payee, "brief", waited))
+        t.start()
+        time.sleep(2.1)
+        assert c.listinvoices("brief")[0]["status"] == "expired"
+        assert failure_of(receive(c, made)).code == DETAILS
+        t.join(10)
+        assert isinstance(waited[0], RpcError) and "expired" in waited[0].message
+        with pytest.raises(RpcError, match="expired"):
+            c.waitinvoice("brief")
+        assert c.delinvoice("brief")["status"] == "expired"
+        assert c.listinvoices("brief") == []
+        with pytest.raises(RpcError, match="no invoice"):
+            c.waitinvoice("brief")
