@@ -194,3 +194,165 @@ def test_expired_invoice_is_refused_and_listed_expired(payee: NodeProcess) -> No
         assert c.listinvoices("brief") == []
         with pytest.raises(RpcError, match="no invoice"):
             c.waitinvoice("brief")
+
+
+# --- the payer: pay ----------------------------------------------------------------------------------------
+
+def offered(c: Any, payment_hash: str) -> list[dict]:
+    return [h for h in c.fake_channeld_offered() if h["payment_hash"] == payment_hash]
+
+
+def paying(node: NodeProcess, text: str, into: list, **kw: Any) -> None:
+    """pay on a connection of its own (in a thread): its result or error goes `into`."""
+    try:
+        with node.client(timeout=30) as p:
+            into.append(p.pay(text, **kw))
+    except RpcError as e:
+        into.append(e)
+
+
+def test_pay_a_direct_peer(payer: NodeProcess) -> None:
+    text = invoice_of(PAYEE_KEY, amount_msat=42_000, preimage=b"\x01" * 32)
+    h = hashlib.sha256(b"\x01" * 32).hexdigest()
+    with payer.client() as c:
+        got: list = []
+        t = threading.Thread(target=paying, args=(payer, text, got), kwargs={"wait": 20})
+        t.start()
+        wait_for(lambda: offered(c, h))
+        htlc = offered(c, h)[0]
+        # the onion is the payee's to read: amount, CLTV (height + 18 + margin 3) and the invoice's secret
+        peeled = onion.process_onion(bytes.fromhex(htlc["onion"]), bytes.fromhex(h), onion.ecdh_with_key(PAYEE_KEY))
+        assert peeled.is_final and htlc["cltv_expiry"] == HEIGHT + 18 + 3 and htlc["amount_msat"] == 42_000
+        p = peeled.payload
+        assert (p.amt_to_forward, p.outgoing_cltv_value, p.payment_secret, p.total_msat) == \
+            (42_000, HEIGHT + 21, b"\x11" * 32, 42_000)
+        assert htlc["peer_id"] == PAYEE_ID.hex()
+        c.fake_channeld_resolve(htlc_id=htlc["htlc_id"], preimage=(b"\x01" * 32).hex())
+        t.join(10)
+        done = got[0]
+        assert done["status"] == "complete" and done["preimage"] == (b"\x01" * 32).hex()
+        assert (done["amount_msat"], done["fee_msat"], done["destination"]) == (42_000, 0, PAYEE_ID.hex())
+        # paying it again sends nothing: the stored result
+        assert c.pay(text) == done and len(offered(c, h)) == 1
+        listed = c.listpayments(text)
+        assert listed[0]["status"] == "complete" and "preimage" not in listed[0]
+        assert c.listpayments(payment_hash=h) == listed
+        wait_for(lambda: any(e["name"] == "payment_succeeded" and e["body"]["payment_hash"] == h
+                             for e in c.fake_channeld_events()))
+        event = next(e["body"] for e in c.fake_channeld_events() if e["name"] == "payment_succeeded")
+        assert event == {"payment_hash": h, "preimage": (b"\x01" * 32).hex(), "amount_msat": 42_000, "fee_msat": 0,
+                         "destination": PAYEE_ID.hex()}
+    logs = (payer.data_dir / "lnp-host.log").read_text() + payer.log.read_text()
+    assert (b"\x01" * 32).hex() not in logs
+
+
+def test_pay_failure_is_decoded_and_may_be_retried(payer: NodeProcess) -> None:
+    text = invoice_of(PAYEE_KEY, amount_msat=10_000, preimage=b"\x02" * 32)
+    h = hashlib.sha256(b"\x02" * 32).hexdigest()
+    with payer.client() as c:
+        pending = c.pay(text, wait=0.2)                   # nothing settles it yet: pending, not failed
+        assert pending["status"] == "pending" and "stays pending" in pending["message"]
+        htlc = offered(c, h)[0]
+        assert c.pay(text, wait=0.2)["status"] == "pending" and len(offered(c, h)) == 1   # the same one
+        peeled = onion.process_onion(bytes.fromhex(htlc["onion"]), bytes.fromhex(h), onion.ecdh_with_key(PAYEE_KEY))
+        reason = onion_errors.create_error_packet(peeled.shared_secret, onion_errors.failure(
+            DETAILS, htlc_msat=10_000, height=HEIGHT))
+        c.fake_channeld_resolve(htlc_id=htlc["htlc_id"], failure_onion=reason.hex())
+        wait_for(lambda: c.listpayments(payment_hash=h)[0]["status"] == "failed")
+        failed = c.listpayments(payment_hash=h)[0]
+        assert failed["failure_code"] == DETAILS
+        assert failed["failure_reason"] == "incorrect_or_unknown_payment_details from the payee"
+        wait_for(lambda: any(e["name"] == "payment_failed" and e["body"]["payment_hash"] == h
+                             for e in c.fake_channeld_events()))
+        # a failed payment may be tried again: a new HTLC; this one comes back malformed
+        got: list = []
+        t = threading.Thread(target=paying, args=(payer, text, got), kwargs={"wait": 20})
+        t.start()
+        wait_for(lambda: len(offered(c, h)) == 2)
+        second = offered(c, h)[1]
+        c.fake_channeld_resolve(htlc_id=htlc["htlc_id"], failure_onion=reason.hex())   # the old one, again
+        c.fake_channeld_resolve(htlc_id=second["htlc_id"], failure_code=onion_errors.INVALID_ONION_HMAC)
+        t.join(10)
+        assert isinstance(got[0], RpcError) and "invalid_onion_hmac" in got[0].message
+        again = c.listpayments(payment_hash=h)[0]
+        assert again["attempts"] == 2 and again["failure_code"] == onion_errors.INVALID_ONION_HMAC
+
+
+def missing_secret_invoice() -> str:
+    """A (signed) invoice without the `s` field, which BOLT-11 requires."""
+    inv = bolt11.Invoice(currency="bcrt", timestamp=int(time.time()), payment_hash=b"\x05" * 32,
+                         payment_secret=b"\x11" * 32, amount_msat=1000, description="x")
+    hrp, data5 = bolt11.unsigned_parts(inv)
+    assert data5[7 + 3 + 52] == bolt11.S                  # after the timestamp: p (52 values), then s
+    no_s = data5[:7 + 3 + 52] + data5[7 + 3 + 52 + 3 + 52:]
+    sig = coincurve.PrivateKey(PAYEE_KEY).sign_recoverable(bolt11.signing_hash(hrp, no_s), hasher=None)
+    return bech32_encode(hrp, no_s + bytes_to_words(sig))
+
+
+def test_pay_refusals_send_nothing(payer: NodeProcess) -> None:
+    stranger = b"\x32" * 32
+    cases = [
+        (invoice_of(PAYEE_KEY, timestamp=int(time.time()) - 700, expiry=600), {}, "expired"),
+        (invoice_of(PAYEE_KEY, network="mainnet"), {}, "is for mainnet"),
+        (invoice_of(PAYEE_KEY, amount_msat=None), {}, "no amount"),
+        (invoice_of(PAYEE_KEY), {"amount_msat": 50_001}, "differs from the invoice"),
+        (invoice_of(PAYEE_KEY, features=frozenset({8, 14, 16, 22})), {}, "option_anchors"),
+        (invoice_of(PAYEE_KEY, features=frozenset({8})), {}, "lacks payment_secret"),
+        (missing_secret_invoice(), {}, "payment_secret"),
+        ("lnbcrt1garbage", {}, "not a valid invoice"),
+    ]
+    with payer.client() as c:
+        before = len(c.fake_channeld_offered())
+        for text, kw, match in cases:
+            with pytest.raises(RpcError, match=match):
+                c.pay(text, **kw)
+        assert len(c.fake_channeld_offered()) == before
+        # not a peer we have a channel with: channeld refuses, the payment is failed, nothing was sent
+        text = invoice_of(stranger, preimage=b"\x03" * 32)
+        with pytest.raises(RpcError, match="direct payments") as e:
+            c.pay(text)
+        assert "no channel with" in e.value.message and len(c.fake_channeld_offered()) == before
+        assert c.listpayments(text)[0]["status"] == "failed"
+        # an amount-less invoice with an amount
+        text = invoice_of(PAYEE_KEY, amount_msat=None, preimage=b"\x04" * 32)
+        assert c.pay(text, amount_msat=1234, wait=0.1)["status"] == "pending"
+        assert offered(c, hashlib.sha256(b"\x04" * 32).hexdigest())[0]["amount_msat"] == 1234
+
+
+def test_pay_across_two_nodes_through_the_fakes(payer: NodeProcess, payee: NodeProcess) -> None:
+    """The payee node's invoice, paid by the payer node; the test carries the HTLC between their fake channelds
+    as the real channelds will over a channel."""
+    payer_id, payee_id = node_id(payer), node_id(payee)
+    with payer.client() as a, payee.client() as b:
+        a.fake_channeld_add_peer(peer_id=payee_id.hex())
+        made = b.invoice(21_000, "across", description="two nodes")
+        got: list = []
+        t = threading.Thread(target=paying, args=(payer, made["bolt11"], got), kwargs={"wait": 20})
+        t.start()
+        wait_for(lambda: offered(a, made["payment_hash"]))
+        htlc = offered(a, made["payment_hash"])[0]
+        answer = relay_to_payee(b, htlc, payer_id.hex(), HEIGHT)
+        assert answer["result"] == "resolve"
+        a.fake_channeld_resolve(htlc_id=htlc["htlc_id"], preimage=answer["preimage"])
+        t.join(10)
+        assert got[0]["status"] == "complete" and got[0]["preimage"] == answer["preimage"]
+        assert b.listinvoices("across")[0]["status"] == "paid"
+
+
+@pytest.mark.parametrize("mode", ["threads", "processes"])
+def test_restart_while_pending(nodes: Any, fakes_site: Path, mode: str) -> None:
+    node = nodes(profile(PAYER, mode), name=f"restart{mode[0]}", site=fakes_site).start()
+    text = invoice_of(PAYEE_KEY, amount_msat=9_000, preimage=b"\x06" * 32)
+    h = hashlib.sha256(b"\x06" * 32).hexdigest()
+    with node.client() as c:
+        c.fake_channeld_add_peer(peer_id=PAYEE_ID.hex())
+        assert c.pay(text, wait=0.1)["status"] == "pending"
+    assert node.stop() == 0
+    node.start()
+    with node.client() as c:
+        assert c.listpayments(text)[0]["status"] == "pending"
+        htlc = offered(c, h)[0]
+        c.fake_channeld_resolve(htlc_id=htlc["htlc_id"], preimage=(b"\x06" * 32).hex())
+        wait_for(lambda: c.listpayments(text)[0]["status"] == "complete")
+        assert c.pay(text)["preimage"] == (b"\x06" * 32).hex() and len(offered(c, h)) == 1
+    assert node.stop() == 0
