@@ -14,7 +14,7 @@ import pytest
 
 from conftest import NodeProcess, wait_for
 from lnp_plugin_api import RpcError, bolt11, onion, onion_errors
-from lnp_plugin_api.bech32 import bech32_encode, bytes_to_words, int_to_words
+from lnp_plugin_api.bech32 import bech32_encode, bytes_to_words
 from payment_tools import PAYEE, PAYER, install_fakes, invoice_of, onion_to, profile, relay_to_payee
 
 HEIGHT = 500
@@ -102,9 +102,9 @@ def test_invoice_is_signed_by_the_node_and_decodes(payee: NodeProcess) -> None:
 
 
 def test_decode_any_network_and_refusals(payee: NodeProcess) -> None:
-    mainnet = ("lnbc2500u1pvjluezsp5zyg3zyg3zyg3zyg3zyg3zyg3zyg3zyg3zyg3zyg3zyg3zyg3zygspp5qqqsyqcyq5rqwzqfqqqsyqcyq5rqw"
-               "zqfqqqsyqcyq5rqwzqfqypqdq5xysxxatsyp3k7enxv4jsxqzpu9qrsgquk0rl77nj30yxdy8j9vdx85fkpmdla2087ne0xh8nhedh8w27"
-               "kyke0lp53ut353s06fv3qfegext0eh0ymjpf39tuven09sam30g4vgpfna3rh")
+    mainnet = ("lnbc2500u1pvjluezsp5zyg3zyg3zyg3zyg3zyg3zyg3zyg3zyg3zyg3zyg3zyg3zyg3zygspp5qqqsyqcyq5rqwzqfqqqsyqcy"
+               "q5rqwzqfqqqsyqcyq5rqwzqfqypqdq5xysxxatsyp3k7enxv4jsxqzpu9qrsgquk0rl77nj30yxdy8j9vdx85fkpmdla2087ne0x"
+               "h8nhedh8w27kyke0lp53ut353s06fv3qfegext0eh0ymjpf39tuven09sam30g4vgpfna3rh")
     with payee.client() as c:
         got = c.decode(mainnet)
         assert (got["network"], got["amount_msat"], got["description"], got["expired"]) == \
@@ -244,6 +244,20 @@ def test_pay_a_direct_peer(payer: NodeProcess) -> None:
                          "destination": PAYEE_ID.hex()}
     logs = (payer.data_dir / "lnp-host.log").read_text() + payer.log.read_text()
     assert (b"\x01" * 32).hex() not in logs
+
+
+def test_a_malformed_htlc_resolved_is_dropped_and_delivery_goes_on(payer: NodeProcess) -> None:
+    text = invoice_of(PAYEE_KEY, amount_msat=8_000, preimage=b"\x08" * 32)
+    h = hashlib.sha256(b"\x08" * 32).hexdigest()
+    with payer.client() as c:
+        assert c.pay(text, wait=0.1)["status"] == "pending"
+        htlc = offered(c, h)[0]
+        c.fake_channeld_emit(body={"channel_id": htlc["channel_id"], "htlc_id": "x", "payment_hash": h})
+        c.fake_channeld_emit(body={"channel_id": htlc["channel_id"], "htlc_id": htlc["htlc_id"], "payment_hash": h,
+                                   "preimage": "zz"})
+        c.fake_channeld_resolve(htlc_id=htlc["htlc_id"], preimage=(b"\x08" * 32).hex())
+        wait_for(lambda: c.listpayments(text)[0]["status"] == "complete")
+    assert "htlc_resolved: a malformed event (ValueError)" in (payer.data_dir / "lnp-host.log").read_text()
 
 
 def test_pay_failure_is_decoded_and_may_be_retried(payer: NodeProcess) -> None:

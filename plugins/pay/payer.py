@@ -130,6 +130,12 @@ class Payer:
 
     def on_resolved(self, body: dict[str, Any]) -> None:
         """channeld settled an HTLC we offered: complete or fail its payment (once: deliveries repeat)."""
+        try:
+            self._resolved(body)
+        except (KeyError, TypeError, ValueError) as e:  # retrying would not help: say so and go on
+            self.ctx.log.error("htlc_resolved: a malformed event (%s): dropped", type(e).__name__)
+
+    def _resolved(self, body: dict[str, Any]) -> None:
         attempt = self._attempt(body)
         if attempt is None or attempt.status not in ("sending", "pending"):
             return  # not ours, or already applied

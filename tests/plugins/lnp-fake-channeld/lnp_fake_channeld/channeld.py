@@ -79,6 +79,13 @@ def fake_channeld_resolve(ctx, htlc_id: int, preimage: str | None = None, failur
 
 
 @rpc_method
+def fake_channeld_emit(ctx, body: dict) -> dict:
+    """Emit `htlc_resolved` with any BODY (a malformed one, for the tests)."""
+    ctx.emit("htlc_resolved", body)
+    return {"emitted": True}
+
+
+@rpc_method
 def fake_channeld_receive(ctx, peer_id: str, htlc_id: int, amount_msat: int, payment_hash: str, cltv_expiry: int,
                           current_height: int, onion_hex: str) -> Future:
     """Receive an HTLC: peel the onion with the node key (signd) and ask `htlc_accepted`; the outcome."""
@@ -147,7 +154,7 @@ def lnp_storage_models():
 @hookimpl
 def lnp_rpc_methods():
     return [fake_channeld_add_peer, fake_channeld_offered, fake_channeld_resolve, fake_channeld_receive,
-            fake_channeld_events]
+            fake_channeld_events, fake_channeld_emit]
 
 
 @hookimpl
