@@ -260,6 +260,18 @@ def test_a_malformed_htlc_resolved_is_dropped_and_delivery_goes_on(payer: NodePr
     assert "htlc_resolved: a malformed event (ValueError)" in (payer.data_dir / "lnp-host.log").read_text()
 
 
+def test_no_answer_from_channeld_leaves_the_payment_pending(payer: NodeProcess) -> None:
+    """channeld stored the HTLC but its answer was lost: pending, and htlc_resolved still settles it."""
+    text = invoice_of(PAYEE_KEY, amount_msat=7_000, preimage=b"\x09" * 32)
+    h = hashlib.sha256(b"\x09" * 32).hexdigest()
+    with payer.client() as c:
+        c.fake_channeld_crash_next()
+        assert c.pay(text, wait=0.1)["status"] == "pending"
+        assert c.pay(text, wait=0.1)["status"] == "pending" and len(offered(c, h)) == 1   # not sent twice
+        c.fake_channeld_resolve(htlc_id=offered(c, h)[0]["htlc_id"], preimage=(b"\x09" * 32).hex())
+        wait_for(lambda: c.listpayments(text)[0]["status"] == "complete")
+
+
 def test_pay_failure_is_decoded_and_may_be_retried(payer: NodeProcess) -> None:
     text = invoice_of(PAYEE_KEY, amount_msat=10_000, preimage=b"\x02" * 32)
     h = hashlib.sha256(b"\x02" * 32).hexdigest()

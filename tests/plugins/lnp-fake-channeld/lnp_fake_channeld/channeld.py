@@ -30,6 +30,7 @@ offered = Table("fake_channeld_offered", metadata,
 events = Table("fake_channeld_events", metadata, Column("n", Integer, primary_key=True, autoincrement=True),
                Column("name", String(64), nullable=False), Column("body", Text, nullable=False))
 RECORDED = ("invoice_paid", "payment_succeeded", "payment_failed")
+mode = {"crash_after_store": False}   # the next add_htlc stores the HTLC, then fails without an answer
 
 
 def channel_of(peer_id: str) -> str:
@@ -47,6 +48,9 @@ def add_htlc(ctx, peer_id: str, amount_msat: int, payment_hash: str, cltv_expiry
         htlc_id = conn.execute(offered.insert().values(
             channel_id=channel_of(peer_id), peer_id=peer_id, amount_msat=amount_msat, payment_hash=payment_hash,
             cltv_expiry=cltv_expiry, onion=onion, state="offered")).inserted_primary_key[0]
+    if mode["crash_after_store"]:
+        mode["crash_after_store"] = False
+        raise RuntimeError("fake channeld: stored the HTLC, then broke before answering")
     return {"channel_id": channel_of(peer_id), "htlc_id": htlc_id}
 
 
@@ -76,6 +80,13 @@ def fake_channeld_resolve(ctx, htlc_id: int, preimage: str | None = None, failur
                                   "amount_msat": row.amount_msat, "preimage": preimage,
                                   "failure_onion": failure_onion, "failure_code": failure_code})
     return {"resolved": htlc_id}
+
+
+@rpc_method
+def fake_channeld_crash_next(ctx) -> dict:
+    """Make the next add_htlc store its HTLC and then fail (an internal error) instead of answering."""
+    mode["crash_after_store"] = True
+    return {"armed": True}
 
 
 @rpc_method
@@ -154,7 +165,7 @@ def lnp_storage_models():
 @hookimpl
 def lnp_rpc_methods():
     return [fake_channeld_add_peer, fake_channeld_offered, fake_channeld_resolve, fake_channeld_receive,
-            fake_channeld_events, fake_channeld_emit]
+            fake_channeld_events, fake_channeld_emit, fake_channeld_crash_next]
 
 
 @hookimpl
