@@ -345,13 +345,13 @@ def test_pay_refusals_send_nothing(payer: NodeProcess) -> None:
         assert offered(c, hashlib.sha256(b"\x04" * 32).hexdigest())[0]["amount_msat"] == 1234
 
 
-def test_pay_across_two_nodes_through_the_fakes(payer: NodeProcess, payee: NodeProcess) -> None:
+def pay_across(payer: NodeProcess, payee: NodeProcess, label: str) -> None:
     """The payee node's invoice, paid by the payer node; the test carries the HTLC between their fake channelds
     as the real channelds will over a channel."""
     payer_id, payee_id = node_id(payer), node_id(payee)
     with payer.client() as a, payee.client() as b:
         a.fake_channeld_add_peer(peer_id=payee_id.hex())
-        made = b.invoice(21_000, "across", description="two nodes")
+        made = b.invoice(21_000, label, description="two nodes")
         got: list = []
         t = threading.Thread(target=paying, args=(payer, made["bolt11"], got), kwargs={"wait": 20})
         t.start()
@@ -362,7 +362,19 @@ def test_pay_across_two_nodes_through_the_fakes(payer: NodeProcess, payee: NodeP
         a.fake_channeld_resolve(htlc_id=htlc["htlc_id"], preimage=answer["preimage"])
         t.join(10)
         assert got[0]["status"] == "complete" and got[0]["preimage"] == answer["preimage"]
-        assert b.listinvoices("across")[0]["status"] == "paid"
+        assert b.listinvoices(label)[0]["status"] == "paid"
+
+
+def test_pay_across_two_nodes_through_the_fakes(payer: NodeProcess, payee: NodeProcess) -> None:
+    pay_across(payer, payee, "across")
+
+
+def test_pay_across_two_nodes_in_processes_mode(nodes: Any, fakes_site: Path) -> None:
+    """Each service in its own process: htlc_accepted, add_htlc and htlc_resolved cross the buses."""
+    payer = nodes(profile(PAYER, "processes"), name="pp", site=fakes_site).start()
+    payee = nodes(profile(PAYEE, "processes"), name="pe", site=fakes_site).start()
+    pay_across(payer, payee, "processes")
+    assert payer.stop() == 0 and payee.stop() == 0
 
 
 @pytest.mark.parametrize("mode", ["threads", "processes"])
