@@ -27,6 +27,7 @@ CAPABILITIES: dict[str, frozenset[str]] = {
     "wallet": frozenset({"wallet"}),                  # the account xpub, and its own PSBTs
     "core": frozenset(),                              # reads the node id like everyone
     "channeld": frozenset({"channel", "node_message", "onion", "invoice"}),  # channels, gossip, BOLT-4, BOLT-11
+    "invoices": frozenset({"invoice"}),               # BOLT-11 invoices of this node
 }
 # control request -> the capability it needs (None: anyone in the node may ask)
 OPERATIONS: dict[str, str | None] = {

@@ -1,0 +1,264 @@
+"""The node's invoices: creating them (signed by signd), listing, waiting, and the final-hop checks of the
+`htlc_accepted` decision that settle one."""
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+import time
+from concurrent.futures import Future
+from typing import Any
+
+from sqlalchemy import func, select
+
+from lnp_plugin_api import Continue, Fail, Resolve, RpcError, ServiceContext, bolt11, features, onion
+from lnp_plugin_api.bech32 import CHARSET
+from lnp_plugin_api.onion_errors import INCORRECT_OR_UNKNOWN_PAYMENT_DETAILS, FailureMessage, failure
+from lnp_plugin_api.services import Signer
+
+from .storage import invoices
+
+MAX_LABEL = 200
+MAX_DESCRIPTION = 639          # bytes: a `d` field holds at most 1023 5-bit values
+MAX_EXPIRY = 10 * 365 * 86400
+MAX_MSAT = 21_000_000 * 100_000_000_000
+
+
+def invoice_features(specs: tuple[Any, ...]) -> frozenset[int]:
+    """What our invoices advertise: the enabled plugins' invoice features, with var_onion_optin and
+    payment_secret (required) unless a plugin already declares them."""
+    bits = features.for_context(list(specs), "9")
+    for pair in (8, 14):
+        if pair not in bits and pair | 1 not in bits:
+            bits.add(pair)
+    return frozenset(bits)
+
+
+def parse_amount(amount: int | str) -> int | None:
+    """MSAT as given to `invoice`: a positive number of msat, or `any`."""
+    if isinstance(amount, str):
+        if amount.strip().lower() == "any":
+            return None
+        if not amount.strip().isdigit():
+            raise RpcError(RpcError.INVALID_PARAMS, f"amount must be a number of msat or 'any', not {amount[:40]!r}")
+        amount = int(amount)
+    if isinstance(amount, bool) or not 0 < amount <= MAX_MSAT:
+        raise RpcError(RpcError.INVALID_PARAMS, "amount must be more than 0 msat and at most 21 million bitcoin")
+    return amount
+
+
+def hop_payload(p: dict[str, Any]) -> onion.HopPayload:
+    """The onion payload of an `htlc_accepted` body (hex fields as bytes); raises on a malformed one."""
+    def raw(key: str) -> bytes | None:
+        return None if p.get(key) is None else bytes.fromhex(p[key])
+    unknown = {int(k): bytes.fromhex(v) for k, v in (p.get("unknown") or {}).items()}
+    return onion.HopPayload(amt_to_forward=p.get("amt_to_forward"), outgoing_cltv_value=p.get("outgoing_cltv_value"),
+                            payment_secret=raw("payment_secret"), total_msat=p.get("total_msat"),
+                            payment_metadata=raw("payment_metadata"),
+                            encrypted_recipient_data=unknown.pop(10, None), current_path_key=unknown.pop(12, None),
+                            unknown=unknown)
+
+
+class Ledger:
+    """The invoices of one node; every method runs on the plugin's service thread (timers hand over with
+    `ctx.call_soon`)."""
+
+    def __init__(self, ctx: ServiceContext) -> None:
+        self.ctx = ctx
+        self.features = invoice_features(ctx.node.features)
+        self.waiters: dict[str, list[Future]] = {}
+        self.timers: dict[str, threading.Timer] = {}
+
+    def close(self) -> None:
+        """Stop the expiry timers; waiters left get an error."""
+        for timer in self.timers.values():
+            timer.cancel()
+        for label in list(self.waiters):
+            self._fail_waiters(label, RpcError(RpcError.SERVICE_UNAVAILABLE, "the invoices plugin stopped"))
+
+    # --- commands ---------------------------------------------------------------------------------------
+
+    def create(self, amount: int | str, label: str, description: str, expiry: int | None) -> dict[str, Any]:
+        """A new invoice, signed with the node key by signd; its preimage is random and kept here."""
+        amount_msat = parse_amount(amount)
+        expiry = int(self.ctx.config["expiry"]) if expiry is None else expiry
+        if not label or len(label) > MAX_LABEL:
+            raise RpcError(RpcError.INVALID_PARAMS, f"a label is 1 to {MAX_LABEL} characters")
+        if not 0 < expiry <= MAX_EXPIRY:
+            raise RpcError(RpcError.INVALID_PARAMS, f"expiry must be 1 to {MAX_EXPIRY} seconds")
+        if len(description.encode("utf-8")) > MAX_DESCRIPTION:
+            raise RpcError(RpcError.INVALID_PARAMS, f"a description is at most {MAX_DESCRIPTION} bytes")
+        if self._row(label=label) is not None:
+            raise RpcError(RpcError.INVALID_PARAMS, f"an invoice labelled {label!r} exists already")
+        preimage, secret = os.urandom(32), os.urandom(32)
+        inv = bolt11.Invoice(currency=bolt11.currency_for(self.ctx.node.network), timestamp=int(time.time()),
+                             payment_hash=hashlib.sha256(preimage).digest(), payment_secret=secret,
+                             amount_msat=amount_msat, description=description, expiry=expiry,
+                             min_final_cltv_expiry_delta=int(self.ctx.config["min_final_cltv_expiry_delta"]),
+                             features=self.features, payee=self.ctx.node.node_id)
+        text = bolt11.encode(inv, self._sign)
+        with self.ctx.storage.begin() as conn:
+            conn.execute(invoices.insert().values(
+                label=label, payment_hash=inv.payment_hash.hex(), preimage=preimage.hex(), payment_secret=secret.hex(),
+                bolt11=text, amount_msat=amount_msat, description=description, created_at=inv.timestamp,
+                expires_at=inv.expires_at, min_final_cltv_expiry_delta=inv.min_final_cltv_expiry_delta,
+                status="unpaid"))
+        self.ctx.log.info("invoice %r created: %s msat, payment hash %s", label,
+                          "any" if amount_msat is None else amount_msat, inv.payment_hash.hex())
+        return {"label": label, "bolt11": text, "payment_hash": inv.payment_hash.hex(),
+                "payment_secret": secret.hex(), "amount_msat": amount_msat, "created_at": inv.timestamp,
+                "expires_at": inv.expires_at}
+
+    def _sign(self, hrp: str, data5: bytes) -> tuple[bytes, int]:
+        sig = Signer(self.ctx).sign_invoice(hrp, "".join(CHARSET[w] for w in data5))
+        return sig[:64], sig[64]
+
+    def listing(self, label: str | None = None, payment_hash: str | None = None) -> list[dict[str, Any]]:
+        """Invoices (one LABEL's, or one PAYMENT_HASH's), oldest first; never their preimages."""
+        q = select(invoices).order_by(invoices.c.created_at, invoices.c.label)
+        if label is not None:
+            q = q.where(invoices.c.label == label)
+        if payment_hash is not None:
+            q = q.where(invoices.c.payment_hash == payment_hash.lower())
+        with self.ctx.storage.begin() as conn:
+            return [self._show(r) for r in conn.execute(q)]
+
+    def wait(self, label: str) -> dict[str, Any] | Future:
+        """The invoice once paid: at once when it is, else a Future (an error when it expires first)."""
+        row = self._row(label=label)
+        if row is None:
+            raise RpcError(RpcError.INVALID_PARAMS, f"no invoice labelled {label!r}")
+        shown = self._show(row)
+        if shown["status"] == "paid":
+            return shown
+        if shown["status"] == "expired":
+            raise RpcError(RpcError.REFUSED, f"invoice {label!r} expired unpaid")
+        done: Future = Future()
+        self.waiters.setdefault(label, []).append(done)
+        if label not in self.timers:
+            timer = threading.Timer(max(row.expires_at - time.time(), 0) + 1.0,
+                                    lambda: self.ctx.call_soon(lambda: self._expired(label)))
+            timer.daemon = True
+            self.timers[label] = timer
+            timer.start()
+        return done
+
+    def delete(self, label: str) -> dict[str, Any]:
+        """Forget an unpaid (or expired) invoice; paid ones are kept as the record of a payment."""
+        row = self._row(label=label)
+        if row is None:
+            raise RpcError(RpcError.INVALID_PARAMS, f"no invoice labelled {label!r}")
+        if row.status == "paid":
+            raise RpcError(RpcError.REFUSED, f"invoice {label!r} is paid: paid invoices are kept")
+        shown = self._show(row)
+        with self.ctx.storage.begin() as conn:
+            conn.execute(invoices.delete().where(invoices.c.label == label, invoices.c.status == "unpaid"))
+        self._fail_waiters(label, RpcError(RpcError.REFUSED, f"invoice {label!r} was deleted"))
+        return shown
+
+    # --- htlc_accepted ----------------------------------------------------------------------------------
+
+    def on_htlc(self, body: dict[str, Any]) -> Continue | Fail | Resolve:
+        """BOLT-4's final-node checks for an HTLC paying one of our invoices; Continue for anything else."""
+        try:
+            if not body["is_final"]:
+                return Continue()
+            payment_hash = bytes.fromhex(body["payment_hash"])
+            htlc = f"{body['channel_id']}:{int(body['htlc_id'])}"
+            amount, cltv, height = int(body["amount_msat"]), int(body["cltv_expiry"]), int(body["current_height"])
+            payload = hop_payload(body["payload"])
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            self.ctx.log.warning("htlc_accepted: a malformed request (%s): left to the next participant", e)
+            return Continue()
+        row = self._row(payment_hash=payment_hash.hex())
+        if row is None:
+            return Continue()  # not ours: another participant may know the hash
+        if row.status == "paid":
+            if row.paid_by == htlc:  # the same HTLC asked again (a restart): the same answer
+                return Resolve({"preimage": row.preimage})
+            return self._refuse(row, "already paid", failure(INCORRECT_OR_UNKNOWN_PAYMENT_DETAILS,
+                                                               htlc_msat=amount, height=height))
+        problem = (onion.check_final_payload(payload) or onion.check_final_htlc(payload, amount, cltv)
+                   or onion.check_final_payment(payload, amount, cltv, height,
+                                                payment_secret=bytes.fromhex(row.payment_secret),
+                                                invoice_amount_msat=row.amount_msat,
+                                                min_final_cltv_expiry_delta=row.min_final_cltv_expiry_delta,
+                                                expired=time.time() > row.expires_at))
+        if problem is not None:
+            return self._refuse(row, self._why(row, payload, amount, cltv, height), problem)
+        with self.ctx.transaction() as tx:
+            pay_index = (tx.conn.execute(select(func.max(invoices.c.pay_index))).scalar() or 0) + 1
+            tx.conn.execute(invoices.update().where(invoices.c.label == row.label, invoices.c.status == "unpaid")
+                            .values(status="paid", pay_index=pay_index, received_msat=amount, paid_at=time.time(),
+                                    paid_by=htlc))
+            tx.emit("invoice_paid", {"label": row.label, "payment_hash": row.payment_hash,
+                                     "amount_msat": row.amount_msat, "received_msat": amount, "pay_index": pay_index})
+        self.ctx.log.info("invoice %r paid: %d msat received (pay_index %d)", row.label, amount, pay_index)
+        paid = self._show(self._row(label=row.label))
+        for waiter in self.waiters.pop(row.label, []):
+            waiter.set_result(paid)
+        self._drop_timer(row.label)
+        return Resolve({"preimage": row.preimage})
+
+    def _refuse(self, row: Any, why: str, problem: FailureMessage) -> Fail:
+        self.ctx.log.info("HTLC for invoice %r refused (%s): %s", row.label, why, problem.name)
+        return Fail(f"invoice {row.label!r}: {why}", {"failure": problem.encode().hex()})
+
+    @staticmethod
+    def _why(row: Any, p: onion.HopPayload, amount: int, cltv: int, height: int) -> str:
+        """What was wrong, for the log (the failure sent back is deliberately vaguer)."""
+        total = p.total_msat if p.total_msat is not None else p.amt_to_forward
+        if p.amt_to_forward is None or p.outgoing_cltv_value is None:
+            return "onion payload incomplete"
+        if cltv < p.outgoing_cltv_value or amount < p.amt_to_forward:
+            return "HTLC below what the onion says"
+        if time.time() > row.expires_at:
+            return "invoice expired"
+        if p.payment_secret is None or p.payment_secret.hex() != row.payment_secret:
+            return "missing or wrong payment_secret"
+        if total != p.amt_to_forward:
+            return "multi-part payment (not supported yet)"
+        if row.amount_msat is not None and not row.amount_msat <= total <= 2 * row.amount_msat:
+            return f"amount {total} msat is not between {row.amount_msat} msat and twice it"
+        if cltv < height + row.min_final_cltv_expiry_delta:
+            return f"cltv_expiry {cltv} too close to height {height}"
+        return "payload refused"
+
+    # --- helpers ----------------------------------------------------------------------------------------
+
+    def _row(self, label: str | None = None, payment_hash: str | None = None) -> Any:
+        q = select(invoices).where(invoices.c.label == label if label is not None
+                                   else invoices.c.payment_hash == payment_hash)
+        with self.ctx.storage.begin() as conn:
+            return conn.execute(q).first()
+
+    @staticmethod
+    def _show(row: Any) -> dict[str, Any]:
+        status = row.status
+        if status == "unpaid" and time.time() > row.expires_at:
+            status = "expired"
+        out = {"label": row.label, "status": status, "bolt11": row.bolt11, "payment_hash": row.payment_hash,
+               "amount_msat": row.amount_msat, "description": row.description, "created_at": row.created_at,
+               "expires_at": row.expires_at}
+        if row.status == "paid":
+            out.update(pay_index=row.pay_index, amount_received_msat=row.received_msat, paid_at=int(row.paid_at))
+        return out
+
+    def _expired(self, label: str) -> None:
+        self.timers.pop(label, None)
+        row = self._row(label=label)
+        if row is not None and row.status == "paid":
+            return
+        # the timer fires a second after the expiry, so the invoice can no longer be paid
+        self._fail_waiters(label, RpcError(RpcError.REFUSED, f"invoice {label!r} expired unpaid"))
+
+    def _fail_waiters(self, label: str, error: RpcError) -> None:
+        for waiter in self.waiters.pop(label, []):
+            waiter.set_exception(error)
+        self._drop_timer(label)
+
+    def _drop_timer(self, label: str) -> None:
+        timer = self.timers.pop(label, None)
+        if timer is not None:
+            timer.cancel()
+

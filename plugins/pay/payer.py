@@ -1,0 +1,261 @@
+"""Paying a BOLT-11 invoice of a direct peer: checks, the one-hop onion, `channeld.add_htlc`, and the
+`htlc_resolved` events that settle each attempt. Every method runs on the plugin's service thread."""
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+import time
+from concurrent.futures import Future
+from typing import Any
+
+import coincurve
+from sqlalchemy import select
+
+from lnp_plugin_api import RpcError, ServiceContext, bolt11, onion, onion_errors
+from lnp_plugin_api.chain import ChainClient
+
+from .storage import attempts, payments
+
+CLTV_MARGIN = 3          # blocks on top of the invoice's delta: the payee's tip may be ahead of ours
+ADD_HTLC_TIMEOUT = 30.0
+# channeld errors after which the HTLC may have been stored: the payment stays pending (htlc_resolved tells)
+AMBIGUOUS = (RpcError.TIMEOUT, RpcError.SERVICE_UNAVAILABLE, RpcError.INTERNAL_ERROR)
+
+
+def _session_key() -> bytes:
+    while True:
+        key = os.urandom(32)
+        try:
+            coincurve.PrivateKey(key)
+            return key
+        except ValueError:  # zero or above the group order: draw again
+            continue
+
+
+class Payer:
+    """The payments of one node."""
+
+    def __init__(self, ctx: ServiceContext) -> None:
+        self.ctx = ctx
+        self.waiters: dict[str, list[Future]] = {}
+        self.timers: set[threading.Timer] = set()
+        self.supported = {s.pair for s in ctx.node.features} | set(bolt11.DEFAULT_FEATURES)
+
+    def close(self) -> None:
+        """Stop the timers; callers still waiting get an error (their payments stay as they are)."""
+        for timer in list(self.timers):
+            timer.cancel()
+        for hash_hex in list(self.waiters):
+            self._wake(hash_hex, error=RpcError(RpcError.SERVICE_UNAVAILABLE, "the pay plugin stopped"))
+
+    # --- pay ----------------------------------------------------------------------------------------
+
+    def pay(self, text: str, amount_msat: int | None, wait: float) -> dict[str, Any] | Future:
+        """Pay `text` (or wait for the same payment in flight); a Future of the outcome."""
+        try:
+            inv = bolt11.decode(text)
+        except bolt11.InvoiceError as e:
+            raise RpcError(RpcError.INVALID_PARAMS, f"not a valid invoice: {e}") from None
+        hash_hex = inv.payment_hash.hex()
+        row = self._payment(hash_hex)
+        if row is not None and row.status == "complete":
+            return self.show(row, with_preimage=True)  # paid already: nothing is sent again
+        if row is not None and row.status == "pending":
+            return self._wait(hash_hex, wait)
+        amount = self._check(inv, amount_msat)
+        height = ChainClient(self.ctx).info().height
+        cltv = height + inv.min_final_cltv_expiry_delta + CLTV_MARGIN
+        hop = onion.HopPayload.final(amount, cltv, inv.payment_secret, total_msat=amount,
+                                     payment_metadata=inv.metadata)
+        packet, secrets = onion.build_onion(_session_key(), [inv.payee], [hop], inv.payment_hash)
+        now = time.time()
+        with self.ctx.storage.begin() as conn:  # the attempt is on disk before channeld can send anything
+            values = dict(bolt11=text.strip(), destination=inv.payee.hex(), amount_msat=amount, status="pending",
+                          preimage=None, created_at=now, completed_at=None, failure_reason=None, failure_code=None,
+                          attempts=(row.attempts if row is not None else 0) + 1)
+            if row is None:
+                conn.execute(payments.insert().values(payment_hash=hash_hex, **values))
+            else:
+                conn.execute(payments.update().where(payments.c.payment_hash == hash_hex).values(**values))
+            attempt = conn.execute(attempts.insert().values(
+                payment_hash=hash_hex, shared_secrets=b"".join(secrets).hex(), amount_msat=amount,
+                cltv_expiry=cltv, status="sending", created_at=now)).inserted_primary_key[0]
+        try:
+            added = self.ctx.request("channeld.add_htlc", {
+                "peer_id": inv.payee.hex(), "amount_msat": amount, "payment_hash": hash_hex, "cltv_expiry": cltv,
+                "onion": packet.hex()}, timeout=ADD_HTLC_TIMEOUT)
+        except RpcError as e:
+            if e.code in AMBIGUOUS:
+                self.ctx.log.warning("payment %s: channeld did not answer (%s); it stays pending until channeld "
+                                     "reports the HTLC", hash_hex, e.message)
+                return self._wait(hash_hex, wait)
+            reason = (f"channeld refused the HTLC to {inv.payee.hex()}: {e.message} (only direct payments to a "
+                      "peer with a channel are implemented; multi-hop routing comes later)")
+            if e.code == RpcError.METHOD_NOT_FOUND:
+                reason = "no channeld: enable the channeld plugin to pay invoices"
+            self._settle(attempt, hash_hex, failed=(reason, None))
+            raise RpcError(RpcError.REFUSED, f"payment failed: {reason}") from None
+        with self.ctx.storage.begin() as conn:
+            conn.execute(attempts.update().where(attempts.c.id == attempt, attempts.c.status == "sending")
+                         .values(channel_id=str(added["channel_id"]), htlc_id=int(added["htlc_id"]), status="pending"))
+        self.ctx.log.info("payment %s: HTLC %s:%s offered, %d msat to %s", hash_hex, added["channel_id"],
+                          added["htlc_id"], amount, inv.payee.hex())
+        return self._wait(hash_hex, wait)
+
+    def _check(self, inv: bolt11.Invoice, amount_msat: int | None) -> int:
+        """The amount to send, after the checks that refuse an invoice before anything is sent."""
+        ours = bolt11.currency_for(self.ctx.node.network)
+        if inv.currency != ours:
+            raise RpcError(RpcError.INVALID_PARAMS, f"the invoice is for {inv.network} ({inv.currency}); this node "
+                                                    f"runs on {self.ctx.node.network} ({ours})")
+        if inv.is_expired():
+            raise RpcError(RpcError.REFUSED, f"the invoice expired at {inv.expires_at} (Unix time)")
+        problem = bolt11.check_features(inv, self.supported)
+        if problem is not None:
+            raise RpcError(RpcError.REFUSED, problem)
+        if inv.amount_msat is None and amount_msat is None:
+            raise RpcError(RpcError.INVALID_PARAMS, "the invoice has no amount: give --amount-msat")
+        if inv.amount_msat is not None and amount_msat is not None and amount_msat != inv.amount_msat:
+            raise RpcError(RpcError.INVALID_PARAMS, f"--amount-msat {amount_msat} differs from the invoice's "
+                                                    f"{inv.amount_msat} msat")
+        amount = inv.amount_msat if inv.amount_msat is not None else amount_msat
+        if isinstance(amount, bool) or amount <= 0:
+            raise RpcError(RpcError.INVALID_PARAMS, "the amount must be more than 0 msat")
+        if inv.payee == self.ctx.node.node_id:
+            raise RpcError(RpcError.INVALID_PARAMS, "this is an invoice of this node: it cannot pay itself")
+        return amount
+
+    # --- htlc_resolved --------------------------------------------------------------------------------
+
+    def on_resolved(self, body: dict[str, Any]) -> None:
+        """channeld settled an HTLC we offered: complete or fail its payment (once: deliveries repeat)."""
+        try:
+            self._resolved(body)
+        except (KeyError, TypeError, ValueError) as e:  # retrying would not help: say so and go on
+            self.ctx.log.error("htlc_resolved: a malformed event (%s): dropped", type(e).__name__)
+
+    def _resolved(self, body: dict[str, Any]) -> None:
+        attempt = self._attempt(body)
+        if attempt is None or attempt.status not in ("sending", "pending"):
+            return  # not ours, or already applied
+        hash_hex = attempt.payment_hash
+        if body.get("preimage"):
+            preimage = bytes.fromhex(body["preimage"])
+            if hashlib.sha256(preimage).hexdigest() != hash_hex:
+                self.ctx.log.error("payment %s: htlc_resolved carries a preimage of another hash: ignored", hash_hex)
+                return
+            self._settle(attempt.id, hash_hex, preimage=preimage)
+            return
+        secrets = bytes.fromhex(attempt.shared_secrets)
+        secrets_list = [secrets[i:i + 32] for i in range(0, len(secrets), 32)]
+        if body.get("failure_onion"):
+            got = onion_errors.decode_error_packet(secrets_list, bytes.fromhex(body["failure_onion"]))
+            if got.failure is None:
+                reason, code = "an unreadable failure came back", None
+            else:
+                who = "the payee" if got.hop == len(secrets_list) - 1 else f"hop {got.hop}"
+                reason, code = f"{got.failure.name} from {who}", got.failure.code
+        elif body.get("failure_code") is not None:
+            code = int(body["failure_code"])
+            reason = f"{onion_errors.FailureMessage(code).name}: our peer could not read the onion"
+        else:
+            reason, code = "the HTLC failed without a reason", None
+        self._settle(attempt.id, hash_hex, failed=(reason, code))
+
+    def _attempt(self, body: dict[str, Any]) -> Any:
+        with self.ctx.storage.begin() as conn:
+            found = conn.execute(select(attempts).where(attempts.c.channel_id == str(body.get("channel_id")),
+                                                        attempts.c.htlc_id == int(body.get("htlc_id", -1)))).first()
+            if found is None:  # an HTLC whose add_htlc answer we never got (a timeout, a restart)
+                found = conn.execute(select(attempts).where(
+                    attempts.c.payment_hash == str(body.get("payment_hash", "")).lower(),
+                    attempts.c.status == "sending").order_by(attempts.c.id.desc())).first()
+            return found
+
+    def _settle(self, attempt_id: int, hash_hex: str, preimage: bytes | None = None,
+                failed: tuple[str, int | None] | None = None) -> None:
+        """The outcome of an attempt, its payment's and the event in one transaction; then the waiters."""
+        now = time.time()
+        with self.ctx.transaction() as tx:
+            row = tx.conn.execute(select(payments).where(payments.c.payment_hash == hash_hex)).first()
+            latest = tx.conn.execute(select(attempts.c.id).where(attempts.c.payment_hash == hash_hex)
+                                     .order_by(attempts.c.id.desc())).scalar()
+            tx.conn.execute(attempts.update().where(attempts.c.id == attempt_id)
+                            .values(status="complete" if preimage else "failed"))
+            if preimage is not None:  # a success counts whichever attempt it was
+                tx.conn.execute(payments.update().where(payments.c.payment_hash == hash_hex).values(
+                    status="complete", preimage=preimage.hex(), completed_at=now, failure_reason=None,
+                    failure_code=None))
+                tx.emit("payment_succeeded", {"payment_hash": hash_hex, "preimage": preimage.hex(),
+                                              "amount_msat": row.amount_msat, "fee_msat": 0,
+                                              "destination": row.destination})
+            elif row.status == "pending" and latest == attempt_id:  # an older attempt's failure changes nothing
+                reason, code = failed
+                tx.conn.execute(payments.update().where(payments.c.payment_hash == hash_hex).values(
+                    status="failed", completed_at=now, failure_reason=reason, failure_code=code))
+                tx.emit("payment_failed", {"payment_hash": hash_hex, "reason": reason, "failure_code": code,
+                                           "destination": row.destination, "amount_msat": row.amount_msat})
+        row = self._payment(hash_hex)
+        self.ctx.log.info("payment %s: %s", hash_hex, row.status if row.status != "failed"
+                          else f"failed ({row.failure_reason})")
+        if row.status == "complete":
+            self._wake(hash_hex, result=self.show(row, with_preimage=True))
+        elif row.status == "failed":
+            self._wake(hash_hex, error=RpcError(RpcError.REFUSED, f"payment failed: {row.failure_reason}",
+                                                 data=self.show(row)))
+
+    # --- waiting and listing ----------------------------------------------------------------------------
+
+    def _wait(self, hash_hex: str, wait: float) -> Future:
+        done: Future = Future()
+        self.waiters.setdefault(hash_hex, []).append(done)
+
+        def timed_out() -> None:
+            self.timers.discard(timer)
+            if not done.done():
+                self.waiters.get(hash_hex, []).remove(done)
+                row = self._payment(hash_hex)
+                done.set_result({**self.show(row), "message": f"not settled within {wait:g} s: the payment stays "
+                                                              "pending; `pay` it again to wait, or see listpayments"})
+        timer = threading.Timer(max(wait, 0.0), lambda: self.ctx.call_soon(timed_out))
+        timer.daemon = True
+        self.timers.add(timer)
+        timer.start()
+        return done
+
+    def _wake(self, hash_hex: str, result: dict[str, Any] | None = None, error: RpcError | None = None) -> None:
+        for waiter in self.waiters.pop(hash_hex, []):
+            if not waiter.done():
+                waiter.set_exception(error) if error is not None else waiter.set_result(result)
+
+    def listing(self, text: str | None = None, payment_hash: str | None = None) -> list[dict[str, Any]]:
+        """Payments (of one invoice or payment hash), oldest first."""
+        if text is not None:
+            try:
+                payment_hash = bolt11.decode(text).payment_hash.hex()
+            except bolt11.InvoiceError as e:
+                raise RpcError(RpcError.INVALID_PARAMS, f"not a valid invoice: {e}") from None
+        q = select(payments).order_by(payments.c.created_at)
+        if payment_hash is not None:
+            q = q.where(payments.c.payment_hash == payment_hash.lower())
+        with self.ctx.storage.begin() as conn:
+            return [self.show(r) for r in conn.execute(q)]
+
+    def _payment(self, hash_hex: str) -> Any:
+        with self.ctx.storage.begin() as conn:
+            return conn.execute(select(payments).where(payments.c.payment_hash == hash_hex)).first()
+
+    @staticmethod
+    def show(row: Any, with_preimage: bool = False) -> dict[str, Any]:
+        """A payment as the commands show it; the preimage only to `pay` (its caller asked for it)."""
+        out: dict[str, Any] = {"payment_hash": row.payment_hash, "status": row.status, "destination": row.destination,
+                               "amount_msat": row.amount_msat, "fee_msat": 0, "bolt11": row.bolt11,
+                               "created_at": int(row.created_at), "attempts": row.attempts}
+        if row.completed_at is not None:
+            out["completed_at"] = int(row.completed_at)
+        if row.status == "complete" and with_preimage:
+            out["preimage"] = row.preimage
+        if row.status == "failed":
+            out.update(failure_reason=row.failure_reason, failure_code=row.failure_code)
+        return out

@@ -1,0 +1,64 @@
+"""The invoices and pay plugins' pure parts: `decode`'s view of every BOLT-11 example, amounts, payloads."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from conftest import VECTORS
+from lnp_plugin_api import FeatureSpec, RpcError, bolt11
+from lnp_plugins.invoices.describe import describe
+from lnp_plugins.invoices.ledger import hop_payload, invoice_features, parse_amount
+
+V = json.loads((VECTORS / "bolt11-invoices.json").read_text())
+
+
+@pytest.mark.parametrize("i", range(len(V["valid"])))
+def test_decode_shows_every_field_of_the_spec_examples(i: int) -> None:
+    inv = bolt11.decode(V["valid"][i]["invoice"])
+    shown = json.loads(json.dumps(describe(inv, now=inv.timestamp)))    # JSON as the RPC answers
+    assert shown["payment_hash"] == inv.payment_hash.hex() and shown["payee"] == inv.payee.hex()
+    assert shown["amount_msat"] == inv.amount_msat and shown["expired"] is False
+    assert shown.get("description") == inv.description
+    assert len(shown.get("fallbacks", [])) == len(inv.fallbacks)
+    assert all("address" in f for f in shown.get("fallbacks", []) if f["version"] in (0, 17, 18))
+    assert [len(r) for r in shown.get("route_hints", [])] == [len(r) for r in inv.route_hints]
+    assert len(shown.get("unknown_fields", [])) == len(inv.extra)
+    if inv.metadata is not None:
+        assert shown["payment_metadata"] == inv.metadata.hex()
+
+
+def test_route_hints_and_fallbacks_are_readable() -> None:
+    with_hints = next(v["invoice"] for v in V["valid"] if bolt11.decode(v["invoice"]).route_hints)
+    hop = describe(bolt11.decode(with_hints))["route_hints"][0][0]
+    assert set(hop) == {"pubkey", "short_channel_id", "fee_base_msat", "fee_proportional_millionths",
+                        "cltv_expiry_delta"}
+    assert hop["short_channel_id"].count("x") == 2
+    p2pkh = [bolt11.decode(v["invoice"]) for v in V["valid"]
+             if any(f.version == 17 for f in bolt11.decode(v["invoice"]).fallbacks)]
+    prefixes = {describe(inv)["fallbacks"][0]["address"][0] + inv.network for inv in p2pkh}
+    assert prefixes >= {"1mainnet", "mtestnet"}                  # each in its own network's form
+
+
+def test_amounts() -> None:
+    assert parse_amount("any") is None and parse_amount(" ANY ") is None
+    assert parse_amount(1) == 1 and parse_amount("2500") == 2500
+    for bad in (0, -1, True, "1.5", "", "lots", 21_000_000 * 10 ** 11 + 1):
+        with pytest.raises(RpcError):
+            parse_amount(bad)
+
+
+def test_payload_of_an_htlc_accepted_body() -> None:
+    p = hop_payload({"amt_to_forward": 5, "outgoing_cltv_value": 9, "short_channel_id": None,
+                     "payment_secret": "11" * 32, "total_msat": 5, "payment_metadata": "abcd",
+                     "unknown": {"10": "00", "65537": "ff"}})
+    assert (p.amt_to_forward, p.payment_secret, p.payment_metadata) == (5, b"\x11" * 32, b"\xab\xcd")
+    assert p.encrypted_recipient_data == b"\x00" and p.unknown == {65537: b"\xff"}   # blinded: refused later
+    with pytest.raises(ValueError):
+        hop_payload({"payment_secret": "zz"})
+
+
+def test_invoice_features_follow_the_plugins() -> None:
+    assert invoice_features(()) == {8, 14}
+    assert invoice_features((FeatureSpec(9, contexts="IN9"), FeatureSpec(17, contexts="IN9"),
+                             FeatureSpec(13, contexts="IN"))) == {9, 14, 17}
