@@ -18,6 +18,7 @@ from lnp_plugin_api import Event, RpcError, SettingError
 
 from . import bus as wire
 from .bus import ServiceUnavailable, Waiter, decode, encode, new_socket, prepare_bind, wire_from_frames
+from .bus_direct import DirectInbox, direct_path
 from .caller import calling_as, source_of
 from .context import Environment, PluginContext
 from .control import answer, as_rpc_error, no_such_request
@@ -154,23 +155,50 @@ class ServiceRuntime:
         poller.register(message, zmq.POLLIN)
         poller.register(self._wake_read, zmq.POLLIN)
         curve = bool(control.curve_server)  # asked once: a socket option read costs a call per message
-        while not self._stop.is_set():
-            failure = self.env.failures.get(self.name)
-            if failure:
-                raise ServiceFailed(failure)
-            for sock, _ in poller.poll(POLL_MS):
-                try:
-                    if sock is control:
-                        self._on_control(control, *self._receive_control(control, curve))
-                    elif sock is message:
-                        self._on_message(wire.recv_frames(message, zmq.NOBLOCK))
-                    else:
-                        self._drain_wake()
-                        self._serve_here()
-                        self._send_finished()
-                        self._run_soon()
-                except Exception:  # one bad message must never end the service
-                    self.log.exception("unexpected error handling a bus message in %s; serving on", self.name)
+        direct = self._direct_inbox(poller)
+        try:
+            while not self._stop.is_set():
+                failure = self.env.failures.get(self.name)
+                if failure:
+                    raise ServiceFailed(failure)
+                for sock, events in poller.poll(POLL_MS):
+                    try:
+                        if sock is control:
+                            self._on_control(control, *self._receive_control(control, curve))
+                        elif sock is message:
+                            self._on_message(wire.recv_frames(message, zmq.NOBLOCK))
+                        elif sock == self._wake_read:
+                            self._drain_wake()
+                            self._serve_here()
+                            self._send_finished()
+                            self._run_soon()
+                        elif direct is not None:
+                            direct.ready(sock, events)
+                    except Exception:  # one bad message must never end the service
+                        self.log.exception("unexpected error handling a bus message in %s; serving on", self.name)
+        finally:
+            if direct is not None:
+                direct.close()
+
+    def _direct_inbox(self, poller: zmq.Poller) -> DirectInbox | None:
+        """Listen for direct connections from services of this host (ipc:// only, lnp_host.bus_direct)."""
+        path = direct_path(self.env.endpoints.control[self.name])
+        if path is None:
+            return None
+        try:
+            return DirectInbox(path, self._on_direct, poller.register, poller.unregister)
+        except OSError as e:  # callers find nobody there and use ZeroMQ
+            self.log.warning("no direct inbox at %s (%s): requests come over ZeroMQ", path, e)
+            return None
+
+    def _on_direct(self, frames: list[bytes], caller: str | None, reply: Reply | None) -> None:
+        """A control message from a direct connection: the frames of the bus without the routing id,
+        the caller named by the connection's hello."""
+        if len(frames) != 4 or reply is None:
+            self.log.warning("dropped a malformed control message (%d frames)", len(frames))
+            return
+        kind, _, name_raw, body_raw = frames
+        self._handle(kind, name_raw.decode(errors="replace"), body_raw, caller, reply)
 
     def _receive_control(self, sock: zmq.Socket, curve: bool) -> tuple[list[bytes], str | None]:
         """A control frame set and the service that sent it: over CURVE the one whose key the sender
