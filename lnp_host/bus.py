@@ -82,7 +82,7 @@ class Endpoints:
 
 
 _encoder = json.JSONEncoder(separators=(",", ":"))
-_decoder = json.JSONDecoder()
+_scan = json.JSONDecoder().scan_once
 
 
 def _not_json(value: Any) -> Any:
@@ -113,8 +113,14 @@ def decode(raw: bytes) -> Any:
         # what `encode` makes is ASCII: decoded as such, skipping json.loads's guess of the encoding,
         # which it can only make otherwise for a NUL among the first two bytes (UTF-16 or UTF-32)
         if raw.isascii() and raw[0] and raw[1:2] != b"\0":
-            return _decoder.decode(raw.decode("ascii"))
-        return json.loads(raw)
+            text = raw.decode("ascii")
+            try:  # the decoder's C scanner without its Python wrapper, which skips whitespace twice
+                value, end = _scan(text, 0)
+            except StopIteration:  # not JSON here: json.loads says why
+                return json.loads(raw)
+            if end == len(text):
+                return value
+        return json.loads(raw)  # whitespace around it, extra data (an error), or not ASCII
     except RecursionError:  # deeper than the interpreter's stack: nothing `encode` made
         raise ValueError("JSON nested too deeply") from None
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import os
+import select
 import socket
 import struct
 import time
@@ -34,6 +35,7 @@ MAX_MESSAGE = 256 * 1024 * 1024  # a larger size can only be a broken or hostile
 READ_SIZE = 65536
 SEND_BUFFER = 4 * 1024 * 1024  # events a busy service has not read yet wait here (the kernel may cap it)
 _U32 = struct.Struct("!I")
+_IN, _OUT, _ERR = int(zmq.POLLIN), int(zmq.POLLOUT), int(zmq.POLLERR)  # plain ints: enum arithmetic is slow
 _MAX_PATH = 107  # sun_path holds 108 bytes with the NUL
 
 
@@ -49,24 +51,26 @@ def direct_path(endpoint: str) -> str | None:
 def pack(frames: list[bytes]) -> bytes:
     """One message of frames, as the direct channel carries it."""
     parts = [b""]
+    size = 0
     for frame in frames:
-        parts.append(_U32.pack(len(frame)))
-        parts.append(frame)
-    parts[0] = _U32.pack(sum(len(p) for p in parts))
+        n = len(frame)
+        parts += (_U32.pack(n), frame)
+        size += 4 + n
+    parts[0] = _U32.pack(size)
     return b"".join(parts)
 
 
-def unpack(payload: bytes) -> list[bytes] | None:
-    """The frames of one message's payload (after its size); None when they do not fill it exactly."""
-    frames, pos, end = [], 0, len(payload)
+def _frames(buf: bytes, pos: int, end: int) -> list[bytes] | None:
+    """The frames of the message payload buf[pos:end]; None when they do not fill it exactly."""
+    frames = []
     while pos < end:
         if end - pos < 4:
             return None
-        (size,) = _U32.unpack_from(payload, pos)
+        (size,) = _U32.unpack_from(buf, pos)
         pos += 4
         if size > end - pos:
             return None
-        frames.append(payload[pos:pos + size])
+        frames.append(buf[pos:pos + size])
         pos += size
     return frames
 
@@ -76,15 +80,16 @@ class BadStream(ValueError):
 
 
 class Reader:
-    """Cuts the bytes read from a connection into messages' payloads."""
+    """Cuts the bytes read from a connection into messages, each a list of frames (None for one whose
+    frames do not fill it: dropped, while the messages after it are read on)."""
 
     __slots__ = ("_buf",)
 
     def __init__(self) -> None:
         self._buf = b""
 
-    def feed(self, data: bytes) -> list[bytes]:
-        """The payloads completed by `data` (BadStream for an oversized one)."""
+    def feed(self, data: bytes) -> list[list[bytes] | None]:
+        """The messages completed by `data` (BadStream for an oversized one)."""
         buf = self._buf + data if self._buf else data
         out, pos, end = [], 0, len(buf)
         while end - pos >= 4:
@@ -93,7 +98,7 @@ class Reader:
                 raise BadStream(f"a message of {size} bytes (at most {MAX_MESSAGE})")
             if end - pos - 4 < size:
                 break
-            out.append(buf[pos + 4:pos + 4 + size])
+            out.append(_frames(buf, pos + 4, pos + 4 + size))
             pos += 4 + size
         self._buf = buf[pos:] if pos < end else b""
         return out
@@ -118,18 +123,25 @@ def _timeval(ms: int) -> bytes:
 class DirectLink:
     """One thread's connection to one service's direct inbox, asking as `source`.
 
-    Blocking, with the kernel's send and receive timeouts set to at most `wake_ms`, so a wait wakes
-    that often to call its `check` (which raises to give up: the node is gone)."""
+    Each wait (for room to write, for a reply) wakes at least every `wake_ms` to call its `check`,
+    which raises to give up (the node is gone)."""
 
     def __init__(self, path: str, source: str, wake_ms: int) -> None:
         self._wake_ms = wake_ms
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self._reader = Reader()
-        self._pending: list[bytes] = []  # messages read but not yet taken
-        self._timeo = {socket.SO_RCVTIMEO: 0, socket.SO_SNDTIMEO: 0}
+        self._pending: list[list[bytes] | None] = []  # messages read but not yet taken
+        self._sndtimeo = wake_ms
+        self._poll = select.poll()
+        self._poll.register(self._sock, select.POLLIN)
         try:
             self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER)
-            self._sock.connect(path)  # OSError: nobody listens (yet); the caller uses ZeroMQ instead
+            self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, _timeval(wake_ms))
+            # OSError when nobody listens (yet), or a stopped service has a full backlog: the caller
+            # uses ZeroMQ instead, which waits for it
+            self._sock.setblocking(False)
+            self._sock.connect(path)
+            self._sock.setblocking(True)  # writes wait at most SO_SNDTIMEO, replies are polled for
             self._sock.sendall(pack([HELLO, source.encode()]))
         except BaseException:
             self._sock.close()
@@ -141,36 +153,43 @@ class DirectLink:
         self.open = False
         self._sock.close()
 
-    def _timeout(self, option: int, ms: int) -> None:
+    def _send_timeout(self, ms: int) -> None:
         ms = max(min(ms, self._wake_ms), 1)
-        if self._timeo[option] != ms:  # a system call only when it changes
-            self._sock.setsockopt(socket.SOL_SOCKET, option, _timeval(ms))
-            self._timeo[option] = ms
+        if self._sndtimeo != ms:  # a system call only when it changes
+            self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, _timeval(ms))
+            self._sndtimeo = ms
 
     def send(self, frames: list[bytes], deadline: float, check: Callable[[], None]) -> None:
         """Write one message, waiting for room until `deadline` (SendTimeout; LinkLost)."""
-        data = memoryview(pack(frames))
-        sent = 0
+        data = pack(frames)
+        sent = self._write(data, 0, socket.MSG_DONTWAIT)  # it fits at once but when the service lags
+        if sent == len(data):
+            return
+        view = memoryview(data)
         while sent < len(data):
-            self._timeout(socket.SO_SNDTIMEO, int((deadline - time.monotonic()) * 1000))
-            try:
-                sent += self._sock.send(data[sent:])
-                continue
-            except BlockingIOError:
-                pass
-            except OSError as e:
-                self.close()
-                raise LinkLost(f"closed the connection ({e.strerror})", unsent=sent == 0) from None
             try:
                 check()
             except BaseException:
                 if sent:
                     self.close()  # half a message: the stream is unusable
                 raise
-            if time.monotonic() >= deadline:
+            remaining_ms = int((deadline - time.monotonic()) * 1000)
+            if remaining_ms <= 0:
                 if sent:
                     self.close()
                 raise SendTimeout()
+            self._send_timeout(remaining_ms)
+            sent += self._write(view[sent:], sent, 0)
+
+    def _write(self, data: bytes | memoryview, sent: int, flags: int) -> int:
+        """Bytes of `data` the kernel took (0 when it had no room); LinkLost when the service is gone."""
+        try:
+            return self._sock.send(data, flags)
+        except BlockingIOError:
+            return 0
+        except OSError as e:
+            self.close()
+            raise LinkLost(f"closed the connection ({e.strerror})", unsent=sent == 0) from None
 
     def receive(self, rid: bytes, deadline: float, check: Callable[[], None]) -> list[bytes] | None:
         """The reply [b"R", rid, status, body] to request `rid`, skipping late replies to earlier
@@ -178,17 +197,20 @@ class DirectLink:
         service closed the connection."""
         while True:
             while self._pending:
-                frames = unpack(self._pending.pop(0))
+                frames = self._pending.pop(0)
                 if frames is not None and len(frames) == 4 and frames[1] == rid:
                     return frames
             remaining_ms = int((deadline - time.monotonic()) * 1000)
             if remaining_ms <= 0:
                 return None
-            self._timeout(socket.SO_RCVTIMEO, remaining_ms)
-            try:
-                data = self._sock.recv(READ_SIZE)
-            except BlockingIOError:
+            # poll, not a blocking recv: the service reading our request wakes whoever sleeps in a
+            # recv on this socket (it made room to write), which poll filters out; one wake-up less
+            if not self._poll.poll(min(remaining_ms, self._wake_ms)):
                 check()
+                continue
+            try:
+                data = self._sock.recv(READ_SIZE, socket.MSG_DONTWAIT)
+            except BlockingIOError:
                 continue
             except OSError as e:
                 self.close()
@@ -244,7 +266,7 @@ class DirectInbox:
             raise
         self._path = path
         self.listen_fd = self._listener.fileno()
-        register(self.listen_fd, zmq.POLLIN)
+        register(self.listen_fd, _IN)
 
     def owns(self, fd: int) -> bool:
         """True for the listening socket and the connections."""
@@ -258,9 +280,9 @@ class DirectInbox:
         conn = self._conns.get(fd)
         if conn is None:
             return
-        if events & zmq.POLLOUT:
+        if events & _OUT:
             self._flush(conn)
-        if events & (zmq.POLLIN | zmq.POLLERR) and not conn.out and not conn.closed:
+        if events & (_IN | _ERR) and not conn.out and not conn.closed:
             self._read(conn)
 
     def close(self) -> None:
@@ -291,7 +313,7 @@ class DirectInbox:
             sock.setblocking(False)
             conn = _Conn(sock)
             self._conns[conn.fd] = conn
-            self._register(conn.fd, zmq.POLLIN)
+            self._register(conn.fd, _IN)
 
     def _read(self, conn: _Conn) -> None:
         try:
@@ -304,13 +326,12 @@ class DirectInbox:
             self._drop(conn)
             return
         try:
-            payloads = conn.reader.feed(data)
+            messages = conn.reader.feed(data)
         except BadStream as e:
             log.warning("closed a direct connection that sent %s", e)
             self._drop(conn)
             return
-        for payload in payloads:
-            frames = unpack(payload)
+        for frames in messages:
             if conn.caller is None:
                 if frames is None or len(frames) != 2 or frames[0] != HELLO or not frames[1].isascii():
                     log.warning("closed a direct connection that did not start with a hello")
@@ -348,7 +369,7 @@ class DirectInbox:
             return
         if sent < len(data):  # the caller reads slowly: the rest goes when it can, and until then
             conn.out = data[sent:]  # nothing more is read from it (it cannot make this service buffer)
-            self._register(conn.fd, zmq.POLLOUT)
+            self._register(conn.fd, _OUT)
 
     def _flush(self, conn: _Conn) -> None:
         try:
@@ -360,7 +381,7 @@ class DirectInbox:
             return
         conn.out = conn.out[sent:]
         if not conn.out:
-            self._register(conn.fd, zmq.POLLIN)
+            self._register(conn.fd, _IN)
 
     def _drop(self, conn: _Conn) -> None:
         conn.closed = True
