@@ -36,6 +36,7 @@ import zmq
 from lnp_plugin_api import RpcError, WireMessage
 
 from .bus_direct import DirectLink, LinkLost, SendTimeout, direct_path
+from .bus_waiter import Waiter
 from .caller import routing_id
 
 REQUEST, CALL, DECISION, EVENT, PING, REPLY = b"Q", b"C", b"D", b"E", b"P", b"R"
@@ -171,38 +172,6 @@ def _unicode(text: str) -> None:
             text.encode()
         except UnicodeEncodeError:
             raise ValueError("a string holds a lone surrogate (not Unicode)") from None
-
-
-class Waiter:
-    """The reply slot of one in-process request: the service's thread sets it once, the caller waits."""
-
-    __slots__ = ("_done", "reply", "error")
-
-    def __init__(self) -> None:
-        self._done = threading.Lock()
-        self._done.acquire()
-        self.reply: tuple[bytes, bytes] = (ERR, b"")  # (OK | ERR, JSON body)
-        self.error: BaseException | None = None       # raised as is instead (the service has stopped)
-
-    def set(self, status: bytes, raw: bytes) -> None:
-        """Answer with a reply as the bus would carry it (status OK or ERR, JSON body)."""
-        self.reply = (status, raw)
-        self._release()
-
-    def fail(self, error: BaseException) -> None:
-        """Answer with an exception for the caller (the service could not take the request)."""
-        self.error = error
-        self._release()
-
-    def _release(self) -> None:
-        try:
-            self._done.release()
-        except RuntimeError:  # answered twice: the first answer stands
-            pass
-
-    def wait(self, seconds: float) -> bool:
-        """True once answered; False after `seconds`."""
-        return self._done.acquire(timeout=max(seconds, 0.0))
 
 
 # the in-process inbox of a service: deliver(kind, name, JSON body, caller, waiter)

@@ -19,6 +19,7 @@ from lnp_plugin_api import Event, RpcError, SettingError
 from . import bus as wire
 from .bus import ServiceUnavailable, Waiter, decode, encode, new_socket, prepare_bind, wire_from_frames
 from .bus_direct import DirectInbox, direct_path
+from .bus_waiter import Wakeup
 from .caller import calling_as, source_of
 from .context import Environment, PluginContext
 from .control import answer, as_rpc_error, no_such_request
@@ -69,9 +70,8 @@ class ServiceRuntime:
         self._finished: queue.SimpleQueue[tuple[Reply, str, Future[Any]]] = queue.SimpleQueue()
         # requests from services running in this process (Bus.serve_here): no sockets, the same checks
         self._here: queue.SimpleQueue[tuple[bytes, str, bytes, str, Waiter]] = queue.SimpleQueue()
-        self._wake_read, self._wake_write = os.pipe()
-        os.set_blocking(self._wake_read, False)
-        os.set_blocking(self._wake_write, False)
+        self._wakeup = Wakeup()  # what other threads hand this one is waiting: the loop polls it
+        self._wake_read = self._wakeup.fileno()
         # functions other threads hand to this one (ctx.call_soon), run between messages
         self._soon: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
         self._soon_lock = threading.Lock()
@@ -144,8 +144,7 @@ class ServiceRuntime:
             self._refuse_here()
             control.close(0)
             message.close(0)
-            os.close(self._wake_read)
-            os.close(self._wake_write)
+            self._wakeup.close()
             self.env.bus.close_thread()
             self.log.info("service %s stopped", self.name)
 
@@ -271,16 +270,10 @@ class ServiceRuntime:
         self._wake()
 
     def _wake(self) -> None:
-        try:
-            os.write(self._wake_write, b"!")
-        except OSError:
-            pass  # the pipe is full (a wake-up is pending anyway) or the service has stopped
+        self._wakeup.set()
 
     def _drain_wake(self) -> None:
-        try:
-            os.read(self._wake_read, 4096)
-        except BlockingIOError:
-            pass
+        self._wakeup.clear()
 
     def _send_finished(self) -> None:
         while not self._finished.empty():
