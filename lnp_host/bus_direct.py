@@ -189,7 +189,7 @@ class DirectLink:
             return 0
         except OSError as e:
             self.close()
-            raise LinkLost(f"closed the connection ({e.strerror})", unsent=sent == 0) from None
+            raise LinkLost("closed the connection", unsent=sent == 0) from e
 
     def receive(self, rid: bytes, deadline: float, check: Callable[[], None]) -> list[bytes] | None:
         """The reply [b"R", rid, status, body] to request `rid`, skipping late replies to earlier
@@ -214,7 +214,7 @@ class DirectLink:
                 continue
             except OSError as e:
                 self.close()
-                raise LinkLost(f"closed the connection ({e.strerror})", unsent=False) from None
+                raise LinkLost("closed the connection", unsent=False) from e
             if not data:
                 self.close()
                 raise LinkLost("closed the connection", unsent=False)
