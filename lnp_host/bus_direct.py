@@ -25,7 +25,6 @@ import struct
 import time
 from typing import Callable
 
-import zmq
 
 log = logging.getLogger("lnp.host.bus")
 
@@ -35,7 +34,7 @@ MAX_MESSAGE = 256 * 1024 * 1024  # a larger size can only be a broken or hostile
 READ_SIZE = 65536
 SEND_BUFFER = 4 * 1024 * 1024  # events a busy service has not read yet wait here (the kernel may cap it)
 _U32 = struct.Struct("!I")
-_IN, _OUT, _ERR = int(zmq.POLLIN), int(zmq.POLLOUT), int(zmq.POLLERR)  # plain ints: enum arithmetic is slow
+_IN, _OUT, _ERR = select.POLLIN, select.POLLOUT, select.POLLERR | select.POLLHUP
 _MAX_PATH = 107  # sun_path holds 108 bytes with the NUL
 
 
@@ -246,7 +245,8 @@ OnMessage = Callable[[list[bytes], "str | None", "Reply | None"], None]
 
 class DirectInbox:
     """A service's direct inbox: its listening socket and callers' connections, all served from the
-    service's own thread through `ready` when the service's poller reports one of `fds()`."""
+    service's own thread through `ready` when the service's `select.poll` reports one of them
+    (`register` and `unregister` are that poll object's)."""
 
     def __init__(self, path: str, on_message: OnMessage, register: Callable[[int, int], None],
                  unregister: Callable[[int], None]) -> None:

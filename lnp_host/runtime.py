@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import os
 import queue
+import select
 import threading
 from concurrent.futures import Future
 from typing import Any, Callable
@@ -27,6 +28,8 @@ from .decisions import answer_remote
 from .outbox import DELIVER, Courier, receive
 
 POLL_MS = 100
+BATCH = 100  # messages of one ZeroMQ inbox handled before the loop looks at the others
+_EVENTS, _POLLIN = int(zmq.EVENTS), int(zmq.POLLIN)
 Reply = Callable[[bytes, bytes], None]  # sends a reply: (OK | ERR, JSON body)
 
 
@@ -149,37 +152,62 @@ class ServiceRuntime:
             self.log.info("service %s stopped", self.name)
 
     def _loop(self, control: zmq.Socket, message: zmq.Socket) -> None:
-        poller = zmq.Poller()
-        poller.register(control, zmq.POLLIN)
-        poller.register(message, zmq.POLLIN)
-        poller.register(self._wake_read, zmq.POLLIN)
+        # select.poll, not zmq.Poller: zmq_poll asks every ZeroMQ socket for its events before and
+        # after it waits (six system calls), on every wake-up, though in-process and direct requests
+        # never touch those sockets. A socket's descriptor only says "ask me": so a socket is asked
+        # (ZMQ_EVENTS) after its descriptor fired or this thread used it, and until then the loop may
+        # not block; asked and found empty, its descriptor fires when anything new comes.
+        poller = select.poll()
+        sockets = {control.get(zmq.FD): control, message.get(zmq.FD): message}
+        for fd in sockets:
+            poller.register(fd, select.POLLIN)
+        poller.register(self._wake_read, select.POLLIN)
         curve = bool(control.curve_server)  # asked once: a socket option read costs a call per message
         direct = self._direct_inbox(poller)
+        unasked = {control, message}
         try:
             while not self._stop.is_set():
                 failure = self.env.failures.get(self.name)
                 if failure:
                     raise ServiceFailed(failure)
-                for sock, events in poller.poll(POLL_MS):
+                for sock in (control, message):
+                    if sock in unasked and not self._serve_socket(sock, control, curve):
+                        unasked.discard(sock)
+                for fd, events in poller.poll(0 if unasked else POLL_MS):
+                    sock = sockets.get(fd)
+                    if sock is not None:
+                        unasked.add(sock)
+                        continue
                     try:
-                        if sock is control:
-                            self._on_control(control, *self._receive_control(control, curve))
-                        elif sock is message:
-                            self._on_message(wire.recv_frames(message, zmq.NOBLOCK))
-                        elif sock == self._wake_read:
+                        if fd == self._wake_read:
                             self._drain_wake()
                             self._serve_here()
-                            self._send_finished()
+                            if self._send_finished():  # replies went out on the control socket
+                                unasked.add(control)
                             self._run_soon()
                         elif direct is not None:
-                            direct.ready(sock, events)
+                            direct.ready(fd, events)
                     except Exception:  # one bad message must never end the service
                         self.log.exception("unexpected error handling a bus message in %s; serving on", self.name)
         finally:
             if direct is not None:
                 direct.close()
 
-    def _direct_inbox(self, poller: zmq.Poller) -> DirectInbox | None:
+    def _serve_socket(self, sock: zmq.Socket, control: zmq.Socket, curve: bool) -> bool:
+        """Handle what waits on a ZeroMQ inbox, up to BATCH messages; True when more may wait."""
+        for _ in range(BATCH):
+            if not sock.get(_EVENTS) & _POLLIN:
+                return False
+            try:
+                if sock is control:
+                    self._on_control(control, *self._receive_control(control, curve))
+                else:
+                    self._on_message(wire.recv_frames(sock, zmq.NOBLOCK))
+            except Exception:  # one bad message must never end the service
+                self.log.exception("unexpected error handling a bus message in %s; serving on", self.name)
+        return True
+
+    def _direct_inbox(self, poller: select.poll) -> DirectInbox | None:
         """Listen for direct connections from services of this host (ipc:// only, lnp_host.bus_direct)."""
         path = direct_path(self.env.endpoints.control[self.name])
         if path is None:
@@ -275,7 +303,10 @@ class ServiceRuntime:
     def _drain_wake(self) -> None:
         self._wakeup.clear()
 
-    def _send_finished(self) -> None:
+    def _send_finished(self) -> bool:
+        """Send the replies that Futures completed; True when there were any."""
+        if self._finished.empty():
+            return False
         while not self._finished.empty():
             reply, name, future = self._finished.get()
             try:
@@ -283,6 +314,7 @@ class ServiceRuntime:
             except BaseException as e:
                 status, raw = wire.ERR, encode(self._error(wire.REQUEST, name, e))
             reply(status, raw)
+        return True
 
     def call_soon(self, fn: Callable[[], None]) -> None:
         """Run `fn()` on this service's thread (from any thread), between two messages."""

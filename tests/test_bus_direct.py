@@ -5,6 +5,7 @@ found again; with nobody listening the request goes over ZeroMQ."""
 from __future__ import annotations
 
 import os
+import select
 import signal
 import socket
 import stat
@@ -26,12 +27,12 @@ from test_node import PROCESSES
 
 
 class Service:
-    """A service loop in a thread serving a DirectInbox from a poller, as ServiceRuntime does."""
+    """A service loop in a thread serving a DirectInbox from a select.poll, as ServiceRuntime does."""
 
     def __init__(self, path: str, answer) -> None:
         self.answer = answer  # (frames, caller, reply) -> None; answers through reply, or not at all
         self.seen: list[tuple[list[bytes], str | None]] = []
-        self.poller = zmq.Poller()
+        self.poller = select.poll()
         self.inbox = DirectInbox(path, self._on_message, self.poller.register, self.poller.unregister)
         self.stopping = False
         self.thread = threading.Thread(target=self._run)
