@@ -17,6 +17,10 @@ ZeroMQ: the same JSON bytes go through the service's in-process inbox (`Bus.serv
 comes back through a `Waiter`, which saves the sockets' share of the thread handoff (about half of a
 round trip). The body is encoded by the caller and decoded by the service as on the bus, so errors,
 copies and the caller's identity are those of the bus path.
+
+A request or event to a service of this host over ipc:// (processes mode) skips ZeroMQ as well: it
+goes over the calling thread's own AF_UNIX connection to the service (`lnp_host.bus_direct`), with the
+same frames, and over ZeroMQ only when nobody listens there yet.
 """
 from __future__ import annotations
 

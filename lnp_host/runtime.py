@@ -142,7 +142,7 @@ class ServiceRuntime:
             if self.env.loops.get(self.name) is self:
                 del self.env.loops[self.name]
             self.env.bus.serve_here(self.name, None)
-            with self._soon_lock:  # no write may reach the pipe's descriptors once closed (and reused)
+            with self._soon_lock:  # no write may reach the wake-up descriptor once closed (and reused)
                 self._soon_closed = True
             self._refuse_here()
             control.close(0)
@@ -173,7 +173,10 @@ class ServiceRuntime:
                 for sock in (control, message):
                     if sock in unasked and not self._serve_socket(sock, control, curve):
                         unasked.discard(sock)
-                for fd, events in poller.poll(0 if unasked else POLL_MS):
+                ready = poller.poll(0 if unasked else POLL_MS)
+                if not ready:  # idle: ask the sockets anyway, so nothing can wait longer than this
+                    unasked.update((control, message))
+                for fd, events in ready:
                     sock = sockets.get(fd)
                     if sock is not None:
                         unasked.add(sock)

@@ -285,3 +285,29 @@ def test_the_direct_channel_on_real_node_processes(nodes) -> None:
         assert c.tk_ask("tk.add", {"a": 1})["reply"]["sum"] == 1  # the restarted beta is found again
         assert c.tk_roundtrips(n=50)["n"] == 50
     assert "closed a direct connection" in (node.data_dir / "lnp-host.log").read_text()
+
+
+@pytest.mark.parametrize("mode", ["threads", "processes"])
+def test_zeromq_inbox_messages_are_served_among_fast_requests(nodes, mode: str) -> None:
+    """While alpha keeps beta busy with requests that skip ZeroMQ (in-process, or direct), RPC calls
+    reach beta over its ZeroMQ inbox and are answered at once: the loop asks that socket whenever
+    its descriptor fires, however busy it is with the others."""
+    node = nodes(PROCESSES if mode == "processes" else PROCESSES.replace('"processes"', '"threads"')).start()
+    done = threading.Event()
+
+    def busy() -> None:
+        with node.client(timeout=120) as c:
+            while not done.is_set():
+                c.tk_roundtrips(n=2000)
+
+    t = threading.Thread(target=busy)
+    t.start()
+    try:
+        with node.client(timeout=5) as c:
+            for _ in range(200):
+                started = time.monotonic()
+                assert isinstance(c.tk_received(), list)  # beta's RPC method: over its ZeroMQ inbox
+                assert time.monotonic() - started < 1
+    finally:
+        done.set()
+        t.join()
