@@ -10,6 +10,7 @@ import os
 import queue
 import select
 import threading
+import time
 from concurrent.futures import Future
 from typing import Any, Callable
 
@@ -165,18 +166,20 @@ class ServiceRuntime:
         curve = bool(control.curve_server)  # asked once: a socket option read costs a call per message
         direct = self._direct_inbox(poller)
         unasked = {control, message}
+        asked = 0.0
         try:
             while not self._stop.is_set():
                 failure = self.env.failures.get(self.name)
                 if failure:
                     raise ServiceFailed(failure)
+                now = time.monotonic()
+                if now - asked >= POLL_MS / 1000:  # and every POLL_MS anyway: a safety net, never a wait
+                    asked = now
+                    unasked.update((control, message))
                 for sock in (control, message):
                     if sock in unasked and not self._serve_socket(sock, control, curve):
                         unasked.discard(sock)
-                ready = poller.poll(0 if unasked else POLL_MS)
-                if not ready:  # idle: ask the sockets anyway, so nothing can wait longer than this
-                    unasked.update((control, message))
-                for fd, events in ready:
+                for fd, events in poller.poll(0 if unasked else POLL_MS):
                     sock = sockets.get(fd)
                     if sock is not None:
                         unasked.add(sock)
