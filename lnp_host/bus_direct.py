@@ -4,7 +4,7 @@ Over ipc:// a ZeroMQ round trip passes each message through the sender's and the
 I/O threads: four thread wake-ups per round trip more than two processes writing to each other,
 and in a virtual machine those wake-ups cost more than everything else. So next to its ipc://
 control inbox every service also listens on an AF_UNIX stream socket (`NAME.control` ->
-`NAME.control.direct`: the same 0700 directory, the socket 0600, and a peer must run as the node's
+`NAME.control.direct`: the same 0700 directory, the socket owner-only, a peer must run as the node's
 user, SO_PEERCRED), and `Bus.request` and `Bus.post` use a connection of the calling thread's own
 to it (`DirectLink`): the caller waits on its socket itself, and the service polls its connections
 in the poller it polls its inboxes with (`DirectInbox`). tcp:// endpoints keep ZeroMQ and CURVE.
@@ -21,6 +21,7 @@ import logging
 import os
 import select
 import socket
+import stat
 import struct
 import time
 from typing import Callable
@@ -258,7 +259,8 @@ class DirectInbox:
         self._listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             self._listener.bind(path)
-            os.chmod(path, 0o600)  # born so under the node's umask 077; said again in case it is not
+            # owner-only, as the node's umask 077 makes it and the ipc:// sockets: said again in case
+            os.chmod(path, stat.S_IMODE(os.stat(path).st_mode) & 0o700)
             self._listener.listen(64)
             self._listener.setblocking(False)
         except BaseException:
