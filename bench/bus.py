@@ -3,9 +3,13 @@ durable events per second (outbox: committed, delivered, acknowledged; floor 10,
 
 Run: python bench/bus.py [--n 20000] [--k 5] [--durable 20000]
 Prints each figure next to a bare pyzmq DEALER/ROUTER round trip over ipc between two processes,
-which is what the host's bus is built on. Each figure is the best of K runs, the runs of all figures
-interleaved, so that a moment of load from elsewhere on the machine spoils one run, not a figure;
-the load average is printed with them. Floors: threads <= 40 us, processes <= 120 us a round trip.
+which is what the host's bus is built on, and next to the bare floors of the paths the host takes
+on one machine: two Python processes writing to each other over an AF_UNIX socket pair (processes
+mode: the direct channel, lnp_host.bus_direct) and two threads of one process on one CPU waking
+each other through eventfds (threads mode: a request to a service of the same process). Each figure
+is the best of K runs, the runs of all figures interleaved, so that a moment of load from elsewhere
+on the machine spoils one run, not a figure; the load average is printed with them.
+Floors: threads <= 40 us, processes <= 120 us a round trip.
 """
 from __future__ import annotations
 
@@ -13,11 +17,14 @@ import argparse
 import contextlib
 import multiprocessing
 import os
+import select
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -75,6 +82,73 @@ def bare_pyzmq(n: int, workdir: Path) -> float:
     return n / elapsed
 
 
+def _unix_echo(sock: socket.socket, n: int) -> None:
+    poll = select.poll()
+    poll.register(sock, select.POLLIN)
+    for _ in range(n):
+        poll.poll()
+        sock.send(sock.recv(65536))
+
+
+def bare_unix(n: int) -> float:
+    """Round trips per second of two processes over an AF_UNIX socket pair: the service polls and
+    answers, the caller writes and polls for the answer (what the direct channel does, without it)."""
+    mine, theirs = socket.socketpair()
+    server = multiprocessing.Process(target=_unix_echo, args=(theirs, n + 100))
+    server.start()
+    theirs.close()
+    poll = select.poll()
+    poll.register(mine, select.POLLIN)
+    for i in range(n + 100):
+        if i == 100:
+            start = time.perf_counter()
+        mine.send(b"x" * 32)
+        poll.poll()
+        mine.recv(65536)
+    elapsed = time.perf_counter() - start
+    mine.close()
+    server.join()
+    return n / elapsed
+
+
+def bare_threads(n: int) -> float:
+    """Round trips per second of two threads of this process on one CPU, each waking the other through
+    an eventfd it polls (what a request to a service of the same process does, without it)."""
+    if not hasattr(os, "eventfd") or not hasattr(os, "sched_setaffinity"):
+        return float("nan")
+    to_server, to_client = os.eventfd(0), os.eventfd(0)
+    cpus = os.sched_getaffinity(0)
+
+    def serve() -> None:
+        os.sched_setaffinity(0, {min(cpus)})
+        poll = select.poll()
+        poll.register(to_server, select.POLLIN)
+        for _ in range(n + 100):
+            poll.poll()
+            os.eventfd_read(to_server)
+            os.eventfd_write(to_client, 1)
+
+    thread = threading.Thread(target=serve)
+    thread.start()
+    os.sched_setaffinity(0, {min(cpus)})
+    poll = select.poll()
+    poll.register(to_client, select.POLLIN)
+    try:
+        for i in range(n + 100):
+            if i == 100:
+                start = time.perf_counter()
+            os.eventfd_write(to_server, 1)
+            poll.poll()
+            os.eventfd_read(to_client)
+        elapsed = time.perf_counter() - start
+    finally:
+        thread.join()
+        os.sched_setaffinity(0, cpus)
+        os.close(to_server)
+        os.close(to_client)
+    return n / elapsed
+
+
 def run_node(mode: str, workdir: Path, site: Path) -> tuple[subprocess.Popen, Path]:
     data_dir = workdir / mode
     profile = workdir / f"{mode}.toml"
@@ -118,6 +192,8 @@ def main() -> None:
             best: dict[str, float] = {}  # figure -> best rate
             for _ in range(args.k):  # interleaved: bare, threads, processes, bare, ...
                 best["bare"] = max(best.get("bare", 0.0), bare_pyzmq(args.n, workdir))
+                best["unix"] = max(best.get("unix", 0.0), bare_unix(args.n))
+                best["eventfd"] = max(best.get("eventfd", 0.0), bare_threads(args.n))
                 for mode in modes:
                     r = clients[mode].tk_roundtrips(n=args.n)["per_second"]
                     best[mode] = max(best.get(mode, 0.0), r)
@@ -126,12 +202,18 @@ def main() -> None:
             print(f"best of {args.k} runs of {args.n} round trips, load average {load}")
             print(f"bare pyzmq DEALER/ROUTER over ipc, 2 processes: {bare:10.0f} round trips/s "
                   f"({1e6 / bare:6.1f} us each)")
+            floor = {"threads": ("eventfd", "bare eventfds"), "processes": ("unix", "bare AF_UNIX")}
+            print(f"bare AF_UNIX socket pair, 2 processes:          {best['unix']:10.0f} round trips/s "
+                  f"({1e6 / best['unix']:6.1f} us each)")
+            print(f"bare eventfds, 2 threads on one CPU:            {best['eventfd']:10.0f} round trips/s "
+                  f"({1e6 / best['eventfd']:6.1f} us each)")
             for mode in modes:
                 r, us = best[mode], 1e6 / best[mode]
                 verdict = "meets" if us <= FLOOR_US[mode] else "ABOVE"
+                key, what = floor[mode]
                 print(f"control bus alpha -> beta, {mode:9}:         {r:10.0f} round trips/s "
-                      f"({us:6.1f} us each, {us - 1e6 / bare:+6.1f} us vs bare; {verdict} the "
-                      f"{FLOOR_US[mode]:g} us floor)")
+                      f"({us:6.1f} us each, {us - 1e6 / bare:+6.1f} us vs bare pyzmq, "
+                      f"{us - 1e6 / best[key]:+6.1f} us vs {what}; {verdict} the {FLOOR_US[mode]:g} us floor)")
             for mode in modes:  # durable events: committed in batches, delivered, acknowledged
                 c = clients[mode]
                 c.tk_durable_bench(n=1000)

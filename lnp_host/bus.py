@@ -17,6 +17,10 @@ ZeroMQ: the same JSON bytes go through the service's in-process inbox (`Bus.serv
 comes back through a `Waiter`, which saves the sockets' share of the thread handoff (about half of a
 round trip). The body is encoded by the caller and decoded by the service as on the bus, so errors,
 copies and the caller's identity are those of the bus path.
+
+A request or event to a service of this host over ipc:// (processes mode) skips ZeroMQ as well: it
+goes over the calling thread's own AF_UNIX connection to the service (`lnp_host.bus_direct`), with the
+same frames, and over ZeroMQ only when nobody listens there yet.
 """
 from __future__ import annotations
 
@@ -35,6 +39,8 @@ import zmq
 
 from lnp_plugin_api import RpcError, WireMessage
 
+from .bus_direct import DirectLink, LinkLost, SendTimeout, direct_path
+from .bus_waiter import Waiter
 from .caller import routing_id
 
 REQUEST, CALL, DECISION, EVENT, PING, REPLY = b"Q", b"C", b"D", b"E", b"P", b"R"
@@ -81,7 +87,7 @@ class Endpoints:
 
 
 _encoder = json.JSONEncoder(separators=(",", ":"))
-_decoder = json.JSONDecoder()
+_scan = json.JSONDecoder().scan_once
 
 
 def _not_json(value: Any) -> Any:
@@ -112,8 +118,14 @@ def decode(raw: bytes) -> Any:
         # what `encode` makes is ASCII: decoded as such, skipping json.loads's guess of the encoding,
         # which it can only make otherwise for a NUL among the first two bytes (UTF-16 or UTF-32)
         if raw.isascii() and raw[0] and raw[1:2] != b"\0":
-            return _decoder.decode(raw.decode("ascii"))
-        return json.loads(raw)
+            text = raw.decode("ascii")
+            try:  # the decoder's C scanner without its Python wrapper, which skips whitespace twice
+                value, end = _scan(text, 0)
+            except StopIteration:  # not JSON here: json.loads says why
+                return json.loads(raw)
+            if end == len(text):
+                return value
+        return json.loads(raw)  # whitespace around it, extra data (an error), or not ASCII
     except RecursionError:  # deeper than the interpreter's stack: nothing `encode` made
         raise ValueError("JSON nested too deeply") from None
 
@@ -164,38 +176,6 @@ def _unicode(text: str) -> None:
             text.encode()
         except UnicodeEncodeError:
             raise ValueError("a string holds a lone surrogate (not Unicode)") from None
-
-
-class Waiter:
-    """The reply slot of one in-process request: the service's thread sets it once, the caller waits."""
-
-    __slots__ = ("_done", "reply", "error")
-
-    def __init__(self) -> None:
-        self._done = threading.Lock()
-        self._done.acquire()
-        self.reply: tuple[bytes, bytes] = (ERR, b"")  # (OK | ERR, JSON body)
-        self.error: BaseException | None = None       # raised as is instead (the service has stopped)
-
-    def set(self, status: bytes, raw: bytes) -> None:
-        """Answer with a reply as the bus would carry it (status OK or ERR, JSON body)."""
-        self.reply = (status, raw)
-        self._release()
-
-    def fail(self, error: BaseException) -> None:
-        """Answer with an exception for the caller (the service could not take the request)."""
-        self.error = error
-        self._release()
-
-    def _release(self) -> None:
-        try:
-            self._done.release()
-        except RuntimeError:  # answered twice: the first answer stands
-            pass
-
-    def wait(self, seconds: float) -> bool:
-        """True once answered; False after `seconds`."""
-        return self._done.acquire(timeout=max(seconds, 0.0))
 
 
 # the in-process inbox of a service: deliver(kind, name, JSON body, caller, waiter)
@@ -289,6 +269,9 @@ class Bus:
         self._service_at = {e: s for table in (endpoints.control, endpoints.message) for s, e in table.items()}
         self._here: dict[str, Deliver] = {}   # services whose loop runs in this process, on inproc://
         self._timeouts: dict[zmq.Socket, int] = {}  # each DEALER's receive timeout, without asking zmq
+        # control endpoint -> its service's direct socket (ipc:// only: the same host, lnp_host.bus_direct)
+        self._direct_at = {e: direct_path(e) for e in endpoints.control.values()}
+        self._links: list[DirectLink] = []
 
     def serve_here(self, service: str, deliver: Deliver | None) -> None:
         """Requests to `service` go to `deliver` (its loop runs in this process), or again over the bus
@@ -398,7 +381,12 @@ class Bus:
         if deliver is not None:
             return self._request_here(deliver, service, name, body, kind, timeout, source or self.source)
         rid = str(next(self._ids)).encode()
-        sock = self._send(service, endpoint, [kind, rid, name.encode(), encode(body)], timeout, source)
+        frames = [kind, rid, name.encode(), encode(body)]
+        if self._direct_at.get(endpoint) is not None:
+            reply = self._request_direct(service, endpoint, name, frames, timeout, source or self.source)
+            if reply is not None:
+                return _result(service, name, *reply)
+        sock = self._send(service, endpoint, frames, timeout, source)
         wake_ms = min(int(timeout * 1000), WAKE_MS)
         if self._timeouts.get(sock) != wake_ms:  # a setsockopt only when it changes
             sock.rcvtimeo = self._timeouts[sock] = wake_ms
@@ -420,6 +408,68 @@ class Bus:
             if time.monotonic() >= deadline:
                 break
         raise ServiceUnavailable(service, f"did not answer {name!r} within {timeout:g}s")
+
+    def _request_direct(self, service: str, endpoint: str, name: str, frames: list[bytes], timeout: float,
+                        source: str) -> tuple[bytes, bytes] | None:
+        """A request over the calling thread's direct connection to `service`: (status, body), or
+        None when there is no connection to be had (the service is starting: ZeroMQ waits for it)."""
+        deadline = time.monotonic() + timeout
+        for _ in range(2):  # a connection found closed before anything left is made afresh, once
+            link = self._link(endpoint, source)
+            if link is None:
+                return None
+            try:
+                self._send_direct(link, service, frames, deadline, timeout, name)
+                reply = link.receive(frames[1], deadline, lambda: self._give_up_if_abandoned(service))
+            except LinkLost as e:
+                if e.unsent:
+                    continue
+                # it may have been handled: never sent twice, as over ZeroMQ, but failed at once
+                raise ServiceUnavailable(service, f"{e} before answering {name!r}") from None
+            if reply is None:
+                break
+            return reply[2], reply[3]
+        raise ServiceUnavailable(service, f"did not answer {name!r} within {timeout:g}s")
+
+    def _send_direct(self, link: DirectLink, service: str, frames: list[bytes], deadline: float,
+                     timeout: float, what: str) -> None:
+        try:
+            link.send(frames, deadline, lambda: self._give_up_if_abandoned(service))
+        except SendTimeout:  # its inbox is full: over ZeroMQ the message would have waited in a queue
+            if timeout <= 0:
+                raise ServiceUnavailable(service, "cannot take it now (not connected, or its inbox is full)") \
+                    from None
+            raise ServiceUnavailable(service, f"did not take {what!r} within {timeout:g}s") from None
+
+    def _link(self, endpoint: str, source: str) -> DirectLink | None:
+        """The calling thread's direct connection to `endpoint`'s service, asking as `source`; None
+        when none can be made now (nobody listens: the service is starting, or the bus is closed)."""
+        links = getattr(self._local, "links", None)
+        if links is None:
+            links = self._local.links = {}
+        gen = self.generation.get(endpoint, 0)
+        cached = links.get((endpoint, source))
+        if cached is not None:
+            if cached[0] == gen and cached[1].open:
+                return cached[1]
+            del links[(endpoint, source)]
+            self._forget_link(cached[1])
+        if self.closed:
+            return None
+        try:
+            link = DirectLink(self._direct_at[endpoint], source, WAKE_MS)
+        except OSError:
+            return None
+        links[(endpoint, source)] = (gen, link)
+        with self._lock:
+            self._links.append(link)
+        return link
+
+    def _forget_link(self, link: DirectLink) -> None:
+        link.close()
+        with self._lock:
+            if link in self._links:
+                self._links.remove(link)
 
     def _request_here(self, deliver: Deliver, service: str, name: str, body: Any, kind: bytes,
                       timeout: float, source: str) -> Any:
@@ -475,9 +525,25 @@ class Bus:
             return self._io
 
     def post(self, service: str, name: str, body: Any = None, kind: bytes = EVENT,
-             timeout: float = 5.0) -> None:
-        """Send a one-way control message (an event) to `service`."""
-        self._send(service, self.endpoints.control[service], [kind, b"", name.encode(), encode(body)], timeout)
+             timeout: float = 5.0, source: str | None = None) -> None:
+        """Send a one-way control message (an event) to `service`.
+
+        Over the calling thread's direct connection when requests take it, so that a request sent
+        after an event from the same thread arrives after it, as on one DEALER."""
+        endpoint = self.endpoints.control[service]
+        frames = [kind, b"", name.encode(), encode(body)]
+        if self._direct_at.get(endpoint) is not None:
+            deadline = time.monotonic() + timeout
+            for _ in range(2):
+                link = self._link(endpoint, source or self.source)
+                if link is None:
+                    break
+                try:
+                    return self._send_direct(link, service, frames, deadline, timeout, name)
+                except LinkLost as e:
+                    if not e.unsent:
+                        raise ServiceUnavailable(service, f"{e} while taking {name!r}") from None
+        self._send(service, endpoint, frames, timeout, source)
 
     def connect_ahead(self, service: str) -> None:
         """Open the calling thread's connection to `service`'s message inbox now: a new connection
@@ -495,6 +561,10 @@ class Bus:
         for _, sock in cache.values():
             self._forget(sock)
         cache.clear()
+        links = getattr(self._local, "links", None) or {}
+        for _, link in links.values():
+            self._forget_link(link)
+        links.clear()
 
     def close(self) -> None:
         """Close every DEALER this bus opened; only once every thread using it has ended."""
@@ -507,6 +577,9 @@ class Bus:
             for sock in self._sockets:
                 sock.close(0)
             self._sockets.clear()
+            for link in self._links:
+                link.close()
+            self._links.clear()
         self._timeouts.clear()
         self._local = threading.local()
 

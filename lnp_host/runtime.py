@@ -8,7 +8,9 @@ from __future__ import annotations
 import logging
 import os
 import queue
+import select
 import threading
+import time
 from concurrent.futures import Future
 from typing import Any, Callable
 
@@ -18,6 +20,8 @@ from lnp_plugin_api import Event, RpcError, SettingError
 
 from . import bus as wire
 from .bus import ServiceUnavailable, Waiter, decode, encode, new_socket, prepare_bind, wire_from_frames
+from .bus_direct import DirectInbox, direct_path
+from .bus_waiter import Wakeup
 from .caller import calling_as, source_of
 from .context import Environment, PluginContext
 from .control import answer, as_rpc_error, no_such_request
@@ -25,6 +29,8 @@ from .decisions import answer_remote
 from .outbox import DELIVER, Courier, receive
 
 POLL_MS = 100
+BATCH = 100  # messages of one ZeroMQ inbox handled before the loop looks at the others
+_EVENTS, _POLLIN = int(zmq.EVENTS), int(zmq.POLLIN)
 Reply = Callable[[bytes, bytes], None]  # sends a reply: (OK | ERR, JSON body)
 
 
@@ -68,9 +74,8 @@ class ServiceRuntime:
         self._finished: queue.SimpleQueue[tuple[Reply, str, Future[Any]]] = queue.SimpleQueue()
         # requests from services running in this process (Bus.serve_here): no sockets, the same checks
         self._here: queue.SimpleQueue[tuple[bytes, str, bytes, str, Waiter]] = queue.SimpleQueue()
-        self._wake_read, self._wake_write = os.pipe()
-        os.set_blocking(self._wake_read, False)
-        os.set_blocking(self._wake_write, False)
+        self._wakeup = Wakeup()  # what other threads hand this one is waiting: the loop polls it
+        self._wake_read = self._wakeup.fileno()
         # functions other threads hand to this one (ctx.call_soon), run between messages
         self._soon: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
         self._soon_lock = threading.Lock()
@@ -138,39 +143,95 @@ class ServiceRuntime:
             if self.env.loops.get(self.name) is self:
                 del self.env.loops[self.name]
             self.env.bus.serve_here(self.name, None)
-            with self._soon_lock:  # no write may reach the pipe's descriptors once closed (and reused)
+            with self._soon_lock:  # no write may reach the wake-up descriptor once closed (and reused)
                 self._soon_closed = True
             self._refuse_here()
             control.close(0)
             message.close(0)
-            os.close(self._wake_read)
-            os.close(self._wake_write)
+            self._wakeup.close()
             self.env.bus.close_thread()
             self.log.info("service %s stopped", self.name)
 
     def _loop(self, control: zmq.Socket, message: zmq.Socket) -> None:
-        poller = zmq.Poller()
-        poller.register(control, zmq.POLLIN)
-        poller.register(message, zmq.POLLIN)
-        poller.register(self._wake_read, zmq.POLLIN)
+        # select.poll, not zmq.Poller: zmq_poll asks every ZeroMQ socket for its events before and
+        # after it waits (six system calls), on every wake-up, though in-process and direct requests
+        # never touch those sockets. A socket's descriptor only says "ask me": so a socket is asked
+        # (ZMQ_EVENTS) after its descriptor fired or this thread used it, and until then the loop may
+        # not block; asked and found empty, its descriptor fires when anything new comes.
+        poller = select.poll()
+        sockets = {control.get(zmq.FD): control, message.get(zmq.FD): message}
+        for fd in sockets:
+            poller.register(fd, select.POLLIN)
+        poller.register(self._wake_read, select.POLLIN)
         curve = bool(control.curve_server)  # asked once: a socket option read costs a call per message
-        while not self._stop.is_set():
-            failure = self.env.failures.get(self.name)
-            if failure:
-                raise ServiceFailed(failure)
-            for sock, _ in poller.poll(POLL_MS):
-                try:
-                    if sock is control:
-                        self._on_control(control, *self._receive_control(control, curve))
-                    elif sock is message:
-                        self._on_message(wire.recv_frames(message, zmq.NOBLOCK))
-                    else:
-                        self._drain_wake()
-                        self._serve_here()
-                        self._send_finished()
-                        self._run_soon()
-                except Exception:  # one bad message must never end the service
-                    self.log.exception("unexpected error handling a bus message in %s; serving on", self.name)
+        direct = self._direct_inbox(poller)
+        unasked = {control, message}
+        asked = 0.0
+        try:
+            while not self._stop.is_set():
+                failure = self.env.failures.get(self.name)
+                if failure:
+                    raise ServiceFailed(failure)
+                now = time.monotonic()
+                if now - asked >= POLL_MS / 1000:  # and every POLL_MS anyway: a safety net, never a wait
+                    asked = now
+                    unasked.update((control, message))
+                for sock in (control, message):
+                    if sock in unasked and not self._serve_socket(sock, control, curve):
+                        unasked.discard(sock)
+                for fd, events in poller.poll(0 if unasked else POLL_MS):
+                    sock = sockets.get(fd)
+                    if sock is not None:
+                        unasked.add(sock)
+                        continue
+                    try:
+                        if fd == self._wake_read:
+                            self._drain_wake()
+                            self._serve_here()
+                            if self._send_finished():  # replies went out on the control socket
+                                unasked.add(control)
+                            self._run_soon()
+                        elif direct is not None:
+                            direct.ready(fd, events)
+                    except Exception:  # one bad message must never end the service
+                        self.log.exception("unexpected error handling a bus message in %s; serving on", self.name)
+        finally:
+            if direct is not None:
+                direct.close()
+
+    def _serve_socket(self, sock: zmq.Socket, control: zmq.Socket, curve: bool) -> bool:
+        """Handle what waits on a ZeroMQ inbox, up to BATCH messages; True when more may wait."""
+        for _ in range(BATCH):
+            if not sock.get(_EVENTS) & _POLLIN:
+                return False
+            try:
+                if sock is control:
+                    self._on_control(control, *self._receive_control(control, curve))
+                else:
+                    self._on_message(wire.recv_frames(sock, zmq.NOBLOCK))
+            except Exception:  # one bad message must never end the service
+                self.log.exception("unexpected error handling a bus message in %s; serving on", self.name)
+        return True
+
+    def _direct_inbox(self, poller: select.poll) -> DirectInbox | None:
+        """Listen for direct connections from services of this host (ipc:// only, lnp_host.bus_direct)."""
+        path = direct_path(self.env.endpoints.control[self.name])
+        if path is None:
+            return None
+        try:
+            return DirectInbox(path, self._on_direct, poller.register, poller.unregister)
+        except OSError as e:  # callers find nobody there and use ZeroMQ
+            self.log.warning("no direct inbox at %s (%s): requests come over ZeroMQ", path, e)
+            return None
+
+    def _on_direct(self, frames: list[bytes], caller: str | None, reply: Reply | None) -> None:
+        """A control message from a direct connection: the frames of the bus without the routing id,
+        the caller named by the connection's hello."""
+        if len(frames) != 4 or reply is None:
+            self.log.warning("dropped a malformed control message (%d frames)", len(frames))
+            return
+        kind, _, name_raw, body_raw = frames
+        self._handle(kind, name_raw.decode(errors="replace"), body_raw, caller, reply)
 
     def _receive_control(self, sock: zmq.Socket, curve: bool) -> tuple[list[bytes], str | None]:
         """A control frame set and the service that sent it: over CURVE the one whose key the sender
@@ -243,18 +304,15 @@ class ServiceRuntime:
         self._wake()
 
     def _wake(self) -> None:
-        try:
-            os.write(self._wake_write, b"!")
-        except OSError:
-            pass  # the pipe is full (a wake-up is pending anyway) or the service has stopped
+        self._wakeup.set()
 
     def _drain_wake(self) -> None:
-        try:
-            os.read(self._wake_read, 4096)
-        except BlockingIOError:
-            pass
+        self._wakeup.clear()
 
-    def _send_finished(self) -> None:
+    def _send_finished(self) -> bool:
+        """Send the replies that Futures completed; True when there were any."""
+        if self._finished.empty():
+            return False
         while not self._finished.empty():
             reply, name, future = self._finished.get()
             try:
@@ -262,6 +320,7 @@ class ServiceRuntime:
             except BaseException as e:
                 status, raw = wire.ERR, encode(self._error(wire.REQUEST, name, e))
             reply(status, raw)
+        return True
 
     def call_soon(self, fn: Callable[[], None]) -> None:
         """Run `fn()` on this service's thread (from any thread), between two messages."""

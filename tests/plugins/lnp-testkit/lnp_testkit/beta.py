@@ -1,4 +1,6 @@
 """tk_beta: answers `echo`, takes part in `tk_spend`, receives wire type 32769 and `greeted` events."""
+import time
+
 from lnp_plugin_api import Decision, Field, Subscription, control_method, hookimpl, rpc_method
 
 received: list = []
@@ -18,6 +20,13 @@ def add(ctx, a: int, b: int = 0, note: str | None = None) -> dict:
 def crash(ctx) -> dict:
     """A handler that fails unexpectedly: its callers get INTERNAL_ERROR, wherever they run."""
     raise ZeroDivisionError("a detail that stays in the log")
+
+
+@control_method("tk.sleep")
+def nap(ctx, seconds: float) -> dict:
+    """Hold beta's thread for SECONDS: a request still being handled when its service dies."""
+    time.sleep(seconds)
+    return {"slept": seconds}
 
 
 def spend_limit(ctx, body):
@@ -57,5 +66,5 @@ def lnp_rpc_methods():
 
 @hookimpl
 def lnp_subscriptions():
-    return [Subscription.control("echo", echo), add, crash, Subscription.decision("tk_spend", spend_limit),
+    return [Subscription.control("echo", echo), add, crash, nap, Subscription.decision("tk_spend", spend_limit),
             Subscription.wire(32769, on_custom), Subscription.event("greeted", on_greeted)]
