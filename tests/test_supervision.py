@@ -25,11 +25,11 @@ def gone(pid: int) -> bool:
 
 
 def test_restarts_spread_over_time_do_not_stop_the_node(nodes) -> None:
-    node = nodes(PROCESSES + '\n[services.hello]\nmax_restarts = 1\nrestart_window = 1.5\n').start()
+    node = nodes(PROCESSES + '\n[services.hello]\nmax_restarts = 1\nrestart_window = 4.0\n').start()
     for n in (1, 2, 3):  # each crash comes after the window of the previous restart has passed
         os.kill(node.service("hello")["pid"], signal.SIGKILL)
         wait_for(lambda: node.service("hello")["restarts"] == n and node.service("hello")["state"] == "running")
-        time.sleep(1.6)
+        time.sleep(4.1)
     assert node.proc.poll() is None, (node.data_dir / "lnp-host.log").read_text()[-3000:]
     with node.client() as c:
         assert c.hello("gina")["greeting"] == "hi gina"
@@ -37,7 +37,7 @@ def test_restarts_spread_over_time_do_not_stop_the_node(nodes) -> None:
     wait_for(lambda: node.service("hello")["restarts"] == 4 and node.service("hello")["state"] == "running")
     os.kill(node.service("hello")["pid"], signal.SIGKILL)
     assert node.proc.wait(20) == 1
-    assert "max_restarts (1) reached within restart_window (1.5s)" in (node.data_dir / "lnp-host.log").read_text()
+    assert "max_restarts (1) reached within restart_window (4s)" in (node.data_dir / "lnp-host.log").read_text()
 
 
 def test_a_restarted_watchd_follows_the_chain_at_once(nodes, external_chain) -> None:  # noqa: F811
