@@ -279,7 +279,7 @@ def test_sweeps_pay_the_wallet_only(signer) -> None:
     validate(signer, ch, 0)
     commitment = ch.commitment(0, ch.our_outputs(0))
     wallet = signer.channels.wallet_script(1, 3)
-    body = dict(index=0, kind="to_local", commitment_number=0, input_index=0, amount_sat=390_000,
+    body = dict(index=0, kind="delayed", commitment_number=0, input_index=0, amount_sat=390_000,
                 wallet_outputs=[[1, 3]],
                 tx=spend(commitment.txid(), 0, [(wallet, 389_000)], sequence=HOLDER_DELAY).serialize().hex())
     got = ask(signer, "sign_sweep", **body)
@@ -295,7 +295,7 @@ def test_sweeps_pay_the_wallet_only(signer) -> None:
     refused(signer, "sign_sweep", "never validated", **{**body, "commitment_number": 1})
     # to_remote of their commitment (static_remotekey: P2WPKH of our payment basepoint) and our anchor
     theirs = ch.commitment(0, ch.their_outputs(0))
-    got = ask(signer, "sign_sweep", **{**body, "kind": "to_remote", "amount_sat": 390_000,
+    got = ask(signer, "sign_sweep", **{**body, "kind": "payment", "amount_sat": 390_000,
                                        "tx": spend(theirs.txid(), 1, [(wallet, 389_000)]).serialize().hex()})
     assert got["pubkey"] == ch.bp["payment_basepoint"].hex() and got["witness_script"] is None
     got = ask(signer, "sign_sweep", **{**body, "kind": "anchor", "amount_sat": 330,
@@ -303,14 +303,32 @@ def test_sweeps_pay_the_wallet_only(signer) -> None:
     assert bytes.fromhex(got["witness_script"]) == anchor_script(ch.bp["funding_pubkey"])
 
 
+def revoke_theirs(s: signd.Signer, ch: Channel, n: int, htlc_script: bytes | None = None) -> Any:
+    """Sign their commitments up to n + 1 (with the HTLC transactions of `htlc_script` outputs) and
+    record the revocation of 0..n; their commitment n."""
+    txs = []
+    for k in range(n + 2):
+        tx = ch.commitment(k, ch.their_outputs(k, htlc_script and ch.their_htlc_script(k)))
+        htlcs = [{"tx": ch.htlc_tx(tx, 2, ch.their_to_local(k), 9_000).serialize().hex(),
+                  "witness_script": ch.their_htlc_script(k).hex()}] if htlc_script else []
+        ask(s, "sign_counterparty_commitment", index=0, commitment_number=k, tx=tx.serialize().hex(),
+            per_commitment_point=ch.them.point(k).hex(), htlcs=htlcs)
+        if k <= n:
+            ask(s, "validate_counterparty_revocation", index=0, commitment_number=k, secret=ch.them.secret(k).hex())
+        txs.append(tx)
+    return txs[n]
+
+
 def test_penalty_uses_the_revocation_key(signer) -> None:
     ch = ready(signer)
-    revoked = ch.commitment(0, ch.their_outputs(0))
     wallet = signer.channels.wallet_script(0, 7)
     secret = ch.them.secret(0)
-    body = dict(index=0, kind="revoked_to_local", per_commitment_secret=secret.hex(), input_index=0,
-                amount_sat=600_000, wallet_outputs=[[0, 7]],
+    revoked = ch.commitment(0, ch.their_outputs(0))
+    body = dict(index=0, commitment_number=0, per_commitment_secret=secret.hex(), input_index=0,
+                amount_sat=600_000, wallet_outputs=[[0, 7]], witness_script=ch.their_to_local(0).hex(),
                 tx=spend(revoked.txid(), 0, [(wallet, 599_000)]).serialize().hex())
+    refused(signer, "sign_penalty", "counterparty commitment 0 is not revoked", **body)
+    assert revoke_theirs(signer, ch, 0).txid() == revoked.txid()
     got = ask(signer, "sign_penalty", **body)
     assert got["pubkey"] == derive_revocation_pubkey(ch.bp["revocation_basepoint"], point(secret)).hex()
     tx = parse(body["tx"])
@@ -318,8 +336,11 @@ def test_penalty_uses_the_revocation_key(signer) -> None:
     assert verify_der(bytes.fromhex(got["pubkey"]), bytes.fromhex(got["signature"]), digest)
     assert p2wsh(bytes.fromhex(got["witness_script"])) == revoked.vout[0].script_pubkey.data
     refused(signer, "sign_penalty", "does not pay the wallet key", **{**body, "wallet_outputs": [[0, 8]]})
-    refused(signer, "sign_penalty", "not an HTLC of this revoked commitment",
-            **{**body, "kind": "revoked_htlc", "witness_script": ch.htlc_script(b"\x02" * 33, b"\x03" * 33).hex()})
+    refused(signer, "sign_penalty", "neither the to_local nor an HTLC of this revoked commitment",
+            **{**body, "witness_script": ch.htlc_script(b"\x02" * 33, b"\x03" * 33).hex()})
+    refused(signer, "sign_penalty", "not the one the counterparty revealed", **{
+        **body, "per_commitment_secret": ch.them.secret(1).hex()})  # a secret it never revealed
+    refused(signer, "sign_penalty", "commitment 1 is not revoked", **{**body, "commitment_number": 1})
 
 
 @pytest.mark.parametrize("channel_type", ["static_remotekey", "anchors"])
@@ -329,7 +350,11 @@ def test_htlc_sweeps_and_penalties_take_bolt3_htlc_scripts(signer, channel_type:
     theirs = ch.commitment(0, ch.their_outputs(0, script))
     wallet = signer.channels.wallet_script(0, 7)
     seq = 1 if channel_type == "anchors" else 0
-    body = dict(index=0, kind="counterparty_htlc", per_commitment_point=pcp.hex(), witness_script=script.hex(),
+    refused(signer, "sign_sweep", "timeout path does not spend an HTLC the counterparty offered", **dict(
+        index=0, kind="timeout", per_commitment_point=pcp.hex(), witness_script=script.hex(), input_index=0,
+        amount_sat=10_000, wallet_outputs=[[0, 7]],
+        tx=spend(theirs.txid(), 2, [(wallet, 9_000)], sequence=seq).serialize().hex()))
+    body = dict(index=0, kind="preimage", per_commitment_point=pcp.hex(), witness_script=script.hex(),
                 input_index=0, amount_sat=10_000, wallet_outputs=[[0, 7]],
                 tx=spend(theirs.txid(), 2, [(wallet, 9_000)], sequence=seq).serialize().hex())
     got = ask(signer, "sign_sweep", **body)
@@ -338,11 +363,12 @@ def test_htlc_sweeps_and_penalties_take_bolt3_htlc_scripts(signer, channel_type:
                                derive_revocation_pubkey(ch.bp["revocation_basepoint"], pcp))
     refused(signer, "sign_sweep", "not an HTLC", **{**body, "witness_script": lookalike.hex()})
     # once commitment 0 is revoked, the revocation key takes the same output
-    penalty = dict(body, kind="revoked_htlc", per_commitment_secret=ch.them.secret(0).hex())
-    del penalty["per_commitment_point"]
+    assert revoke_theirs(signer, ch, 0, script).txid() == theirs.txid()
+    penalty = dict(body, commitment_number=0, per_commitment_secret=ch.them.secret(0).hex())
+    del penalty["per_commitment_point"], penalty["kind"]
     got = ask(signer, "sign_penalty", **penalty)
     assert got["pubkey"] == derive_revocation_pubkey(ch.bp["revocation_basepoint"], pcp).hex()
-    refused(signer, "sign_penalty", "not an HTLC of this revoked commitment",
+    refused(signer, "sign_penalty", "neither the to_local nor an HTLC of this revoked commitment",
             **{**penalty, "witness_script": lookalike.hex()})
 
 
@@ -501,7 +527,7 @@ def test_typed_client_drives_a_channel_to_chain(signer) -> None:
     client.sign_counterparty_commitment(0, 1, ch.commitment(1, ch.their_outputs(1)).serialize(), ch.them.point(1), [])
     client.validate_counterparty_revocation(0, 0, ch.them.secret(0))
     with pytest.raises(RpcError, match="was not signed for the chain"):
-        client.sign_holder_htlc(0, 1, 0, htlc.serialize(), 0, [None])
+        client.sign_holder_htlc(0, 1, htlc.serialize(), 0, [None], htlc=0)
     closing = client.sign_holder_commitment(0, 1)
     assert parse(closing["tx"]).txid() == tx.txid()
     # the HTLC transaction with a wallet input for its fee and wallet change
@@ -509,16 +535,16 @@ def test_typed_client_drives_a_channel_to_chain(signer) -> None:
     bumped.vin.append(spend(b"\x77" * 32, 0, []).vin[0])
     change = signer.channels.wallet_script(1, 9)
     bumped.vout.append(spend(b"\x77" * 32, 0, [(change, 5_000)]).vout[0])
-    got = client.sign_holder_htlc(0, 1, 0, bumped.serialize(), 0, [None, (1, 9)])
+    got = client.sign_holder_htlc(0, 1, bumped.serialize(), 0, [None, (1, 9)])  # found by its input
     digest = bumped.sighash_segwit(0, Script(script), 10_000, SIGHASH_ALL)
     assert verify_der(derive_pubkey(ch.bp["htlc_basepoint"], ch.holder_point(1)), got["holder_signature"], digest)
     assert got["counterparty_signature"][-1] == SIGHASH_SINGLE_ANYONECANPAY
     with pytest.raises(RpcError, match="does not pay the wallet"):
-        client.sign_holder_htlc(0, 1, 0, bumped.serialize(), 0, [None, (1, 8)])
+        client.sign_holder_htlc(0, 1, bumped.serialize(), 0, [None, (1, 8)], htlc=0)
     moved = parse(bumped.serialize().hex())
     moved.vout[0].value -= 1_000  # not the output the counterparty signed
     with pytest.raises(RpcError, match="not the HTLC transaction the counterparty signed"):
-        client.sign_holder_htlc(0, 1, 0, moved.serialize(), 0, [None, (1, 9)])
+        client.sign_holder_htlc(0, 1, moved.serialize(), 0, [None, (1, 9)], htlc=0)
 
 
 def test_mutual_close_pays_us_where_allowed(signer) -> None:
