@@ -328,6 +328,16 @@ class ChainWatch:
 
 
 @dataclass(frozen=True)
+class WalletDestination:
+    """A fresh receive key of the wallet: its address, scriptPubKey and (branch, index) in the wallet
+    account, which signd derives to check that a sweep or a close pays the wallet."""
+
+    address: str
+    script: bytes
+    key: tuple[int, int]
+
+
+@dataclass(frozen=True)
 class Funded:
     """A transaction the wallet funded and signed but did not send; its inputs are reserved."""
 
@@ -349,6 +359,13 @@ class Funding:
     def new_address(self) -> str:
         """A fresh receive address of the wallet."""
         return str(self._ctx.request("wallet.newaddr", {}, timeout=self._timeout)["address"])
+
+    def new_destination(self) -> WalletDestination:
+        """A fresh receive key of the wallet, for a sweep's `destination` and `destination_path` (or a
+        close's `wallet_output`): the wallet watches it, signd can check it."""
+        found = self._ctx.request("wallet.newaddr", {}, timeout=self._timeout)
+        branch, index = found["key"]
+        return WalletDestination(str(found["address"]), bytes.fromhex(found["script"]), (int(branch), int(index)))
 
     def fund(self, outputs: list[dict[str, Any]], feerate: float | None = None, label: str = "",
              purpose: str = "fund") -> Funded:
