@@ -17,12 +17,13 @@ from lnp_plugin_api import RpcError, bolt11
 from lnp_plugin_api.bech32 import CHARSET, bech32_encode, bytes_to_words, words_of
 from lnp_plugin_api.services import ChannelSetup, HtlcTx, Signer as ServiceSigner
 from lnp_plugin_api.bolt3 import (MAX_INDEX, anchor_script, derive_pubkey, derive_revocation_pubkey,
-                                  per_commitment_secret, point, to_local_script)
+                                  per_commitment_secret, point, received_htlc_script, to_local_script)
 from lnp_plugin_api.tx import SIGHASH_ALL, SIGHASH_SINGLE_ANYONECANPAY, p2wpkh, p2wsh, verify
 from lnp_plugins import signd
 from lnp_plugins.signd import policy, seed, storage
 from lnp_plugins.signd.keys import PER_COMMITMENT_FAMILY, Keychain
-from signer_tools import COUNTERPARTY_DELAY, FUNDING_SAT, HOLDER_DELAY, Channel, Counterparty, params, parse, spend
+from signer_tools import (COUNTERPARTY_DELAY, FUNDING_SAT, HOLDER_DELAY, PAYMENT_HASH, Channel, Counterparty, params,
+                          parse, spend)
 from test_signd import WORDS
 
 KEYS = Keychain(WORDS, "regtest")
@@ -372,6 +373,45 @@ def test_htlc_sweeps_and_penalties_take_bolt3_htlc_scripts(signer, channel_type:
             **{**penalty, "witness_script": lookalike.hex()})
 
 
+def test_a_timeout_claim_waits_for_the_htlc_expiry(signer) -> None:
+    """Our claim of an HTLC we offered, on their commitment: only by `timeout` (not `preimage`), with a
+    locktime at the expiry read from the script, and a non-final input."""
+    ch = ready(signer, "anchors")
+    pcp = ch.them.point(0)
+    script = received_htlc_script(derive_revocation_pubkey(ch.bp["revocation_basepoint"], pcp),
+                                  derive_pubkey(point(ch.them.htlc), pcp), derive_pubkey(ch.bp["htlc_basepoint"], pcp),
+                                  PAYMENT_HASH, 600_000, True)
+    wallet = signer.channels.wallet_script(0, 7)
+
+    def claim(locktime: int, sequence: int = 1) -> str:
+        tx = spend(b"\x44" * 32, 2, [(wallet, 9_000)], sequence=sequence)
+        tx.locktime = locktime
+        return tx.serialize().hex()
+    body = dict(index=0, kind="timeout", per_commitment_point=pcp.hex(), witness_script=script.hex(), input_index=0,
+                amount_sat=10_000, wallet_outputs=[[0, 7]], tx=claim(600_000))
+    ask(signer, "sign_sweep", **body)
+    refused(signer, "sign_sweep", "expires at 600000", **{**body, "tx": claim(599_999)})
+    refused(signer, "sign_sweep", "expires at 600000", **{**body, "tx": claim(600_000, 0xFFFFFFFF)})
+    refused(signer, "sign_sweep", "CSV delay", **{**body, "tx": claim(600_000, 0)})
+    refused(signer, "sign_sweep", "preimage path does not spend an HTLC the counterparty received",
+            **{**body, "kind": "preimage"})
+
+
+def test_a_delayed_sweep_names_its_commitment(signer) -> None:
+    ch = ready(signer)
+    validate(signer, ch, 0)
+    commitment = ch.commitment(0, ch.our_outputs(0))
+    body = dict(index=0, kind="delayed", commitment_number=0, per_commitment_point=ch.holder_point(0).hex(),
+                input_index=0, amount_sat=390_000, wallet_outputs=[[1, 3]], witness_script=ch.our_to_local(0).hex(),
+                tx=spend(commitment.txid(), 0, [(signer.channels.wallet_script(1, 3), 389_000)],
+                         sequence=HOLDER_DELAY).serialize().hex())
+    ask(signer, "sign_sweep", **body)
+    refused(signer, "sign_sweep", "not the one of holder commitment 0",
+            **{**body, "per_commitment_point": ch.holder_point(1).hex()})
+    refused(signer, "sign_sweep", "not the one of this channel's delayed output",
+            **{**body, "witness_script": ch.our_to_local(1).hex()})
+
+
 # --- invoices, onion ECDH, capabilities, garbage ------------------------------------------------
 
 def invoice_data(network: str = "regtest", drop: int | None = None, add: bytes = b"", **changes: Any) -> dict:
@@ -541,6 +581,10 @@ def test_typed_client_drives_a_channel_to_chain(signer) -> None:
     assert got["counterparty_signature"][-1] == SIGHASH_SINGLE_ANYONECANPAY
     with pytest.raises(RpcError, match="does not pay the wallet"):
         client.sign_holder_htlc(0, 1, bumped.serialize(), 0, [None, (1, 8)], htlc=0)
+    elsewhere = parse(bumped.serialize().hex())
+    elsewhere.vin[0].vout = 3
+    with pytest.raises(RpcError, match="no HTLC transaction of holder commitment 1 spends"):
+        client.sign_holder_htlc(0, 1, elsewhere.serialize(), 0, [None, (1, 9)])
     moved = parse(bumped.serialize().hex())
     moved.vout[0].value -= 1_000  # not the output the counterparty signed
     with pytest.raises(RpcError, match="not the HTLC transaction the counterparty signed"):
