@@ -218,6 +218,41 @@ def test_force_close_swept_to_the_wallet_by_signd(chain, node, ctype) -> None:
         node.signer.sign_input(index, other.sign_requests()[0])
 
 
+def test_their_commitment_claimed_by_preimage_timeout_and_to_remote(chain, node) -> None:
+    """The peer's current commitment on chain: signd signs our to_remote, the HTLC it offered us by its
+    preimage, and the one we offered by timeout once it expired (not before)."""
+    index = 4
+    params, peer = open_channel(chain, node, index, ANCHORS)
+    chain.mine(1)
+    spec, _, preimage = two_htlcs(chain.height())
+    theirs = build_commitment(params, spec, R, 0, peer.pcp(0), extensions_for(ANCHORS))
+    sig, _ = node.signer.sign_counterparty_commitment(
+        index, 0, theirs.tx.serialize(), peer.pcp(0), [HtlcTx(s.tx.serialize(), s.input_script)
+                                                      for s in theirs.second_stages])
+    chain.send(theirs.tx.with_witness(0, funding_witness(params, compact_to_der(sig), peer.sign_funding(theirs))))
+    chain.mine(1)
+    kinds = {o.descriptor.kind: o.index for o in theirs.outputs if o.descriptor and o.descriptor.kind != "anchor"}
+    script, _, path = node.wallet_key()
+    now = sweep("claim", [commitment_input(theirs, kinds["to_remote"], "payment"),
+                          commitment_input(theirs, kinds["offered_htlc"], "preimage", preimage=preimage)],
+                script, FEERATE, destination_path=path)
+    script, _, path = node.wallet_key()
+    later = sweep("timeout", [commitment_input(theirs, kinds["received_htlc"], "timeout")], script, FEERATE,
+                  destination_path=path)
+    chain.send(node.sign(index, now))
+    early = node.sign(index, later)   # signd signs it (the locktime is the expiry): the chain waits
+    with pytest.raises(RpcError):
+        chain.send(early)
+    chain.mine(later.tx.locktime - chain.height())
+    chain.send(early)
+    chain.mine(1)
+    for sw in (now, later):
+        assert chain.confirmed_outputs(sw.txid) == [sw.tx.outputs[0].amount_sat]
+    got = now.tx.outputs[0].amount_sat + later.tx.outputs[0].amount_sat
+    ours = spec.local_msat // 1000 - theirs.fee_sat - 2 * 330 + sum(h.amount_msat // 1000 for h in spec.htlcs)
+    assert got == ours - now.fee_sat - later.fee_sat
+
+
 def test_revoked_commitment_penalized_and_to_remote_claimed(chain, node) -> None:
     index = 1
     params, peer = open_channel(chain, node, index, ANCHORS)
