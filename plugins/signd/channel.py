@@ -19,9 +19,10 @@ from sqlalchemy import select
 
 from lnp_plugin_api import RpcError
 from lnp_plugin_api.addresses import parse_node_id
-from lnp_plugin_api.bolt3 import (MAX_INDEX, Shachain, ShachainError, anchor_script, commitment_locktime_sequence, derive_privkey,
-                                  derive_pubkey, derive_revocation_pubkey, funding_script, funding_witness_of,
-                                  is_htlc_script, obscuring_factor, point, to_local_script, to_remote_anchor_script)
+from lnp_plugin_api.bolt3 import (MAX_INDEX, Shachain, ShachainError, anchor_script, commitment_locktime_sequence,
+                                  derive_privkey, derive_pubkey, derive_revocation_pubkey, funding_script,
+                                  funding_witness_of, is_htlc_script, obscuring_factor, point, to_local_script,
+                                  to_remote_anchor_script)
 from lnp_plugin_api.tx import SIGHASH_ALL, SIGHASH_SINGLE_ANYONECANPAY, Tx, compact_to_der, p2wpkh, p2wsh, verify
 
 from .keys import FAMILIES, Keychain

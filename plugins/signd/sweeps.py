@@ -49,7 +49,8 @@ def _spend(signer: ChannelSigner, body: dict[str, Any], kind: str, key_and_scrip
 
 def _htlc_kind(signer: ChannelSigner, state: ChannelState, script: bytes, pcp: bytes) -> tuple[str, int] | None:
     """What HTLC of the counterparty's commitment at point `pcp` `script` is (BOLT-3's, this channel's keys)."""
-    return htlc_script_kind(script, *signer.counterparty_htlc_keys(state, pcp), state.params["channel_type"] == "anchors")
+    anchors = state.params["channel_type"] == "anchors"
+    return htlc_script_kind(script, *signer.counterparty_htlc_keys(state, pcp), anchors)
 
 
 def sign_sweep(signer: ChannelSigner, body: dict[str, Any]) -> dict[str, Any]:
