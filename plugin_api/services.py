@@ -10,9 +10,12 @@ backend's client.)
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .types import ServiceContext, WireMessage
+
+if TYPE_CHECKING:
+    from .onchain_tx import SignRequest
 
 # The signer's request names, in one place (a signer answering other names is one edit here).
 SIGNER_REQUESTS = {
@@ -240,7 +243,7 @@ class Signer:
             "wallet_outputs": _paths(wallet_outputs), "commitment_number": commitment_number,
             "per_commitment_secret": per_commitment_secret.hex(), "witness_script": witness_script.hex()}))
 
-    def sign_input(self, index: int, request: Any) -> bytes:
+    def sign_input(self, index: int, request: "SignRequest") -> bytes:
         """Our DER signature (no sighash byte), as `onchain_tx.Sweep.finalize` takes it, for one
         `onchain_tx.SignRequest` of channel `index`: `revocation` goes to `sign_penalty`, our HTLC
         transactions (`htlc_success`, `htlc_timeout`) to `sign_holder_htlc`, every other path to
