@@ -254,6 +254,8 @@ class Signer:
             return b""
         if r.path == "wallet" or r.key is None:
             raise ValueError(f"input {r.index} is a wallet input: the wallet signs it (Sweep.wallet_psbt)")
+        if r.key.side.value != "local":
+            raise ValueError(f"input {r.index} is spent by the peer's key ({r.path}), not ours")
         paths = list(r.wallet_outputs)
         if r.path == "revocation":
             if r.revocation_secret is None or r.commitment_number is None or r.witness_script is None:

@@ -13,7 +13,11 @@ from lnp_plugin_api.bolt3 import (anchor_script, derive_pubkey, derive_revocatio
 from lnp_plugin_api.tx import SIGHASH_ALL, p2wpkh, p2wsh
 from lnp_plugins import signd
 from signer_tools import HOLDER_DELAY, PAYMENT_HASH, Channel, parse, spend
-from test_signd_channel import ask, ready, refused, signer, validate, verify_der  # noqa: F401 (signer: a fixture)
+from lnp_plugin_api.channel import KeyRef, Side
+from lnp_plugin_api.onchain_tx import SignRequest
+from lnp_plugin_api.services import Signer
+from test_signd_channel import (DirectContext, ask, ready, refused, signer, validate,  # noqa: F401 (a fixture)
+                                verify_der)
 
 
 def test_sweeps_pay_the_wallet_only(signer) -> None:
@@ -151,3 +155,17 @@ def test_a_delayed_sweep_names_its_commitment(signer) -> None:
             **{**body, "per_commitment_point": ch.holder_point(1).hex()})
     refused(signer, "sign_sweep", "not the one of this channel's delayed output",
             **{**body, "witness_script": ch.our_to_local(1).hex()})
+
+
+def test_sign_input_refuses_what_is_not_ours_to_sign(signer) -> None:
+    """Wallet inputs are the wallet's (by PSBT); a path of the peer's key is not signd's to sign."""
+    client = Signer(DirectContext(signer))  # type: ignore[arg-type]
+    ready(signer)
+    wallet = SignRequest(1, b"\x00" * 32, 1, None, None, path="wallet")
+    with pytest.raises(ValueError, match="the wallet signs it"):
+        client.sign_input(0, wallet)
+    theirs = SignRequest(0, b"\x00" * 32, 1, KeyRef(Side.REMOTE, "delayed_payment", "per_commitment", b"\x02" * 33),
+                         b"\x02" * 33, path="delayed", commitment_number=0)
+    with pytest.raises(ValueError, match="the peer's key"):
+        client.sign_input(0, theirs)
+    assert client.sign_input(0, SignRequest(0, b"", 1, None, None, path="anyone")) == b""
