@@ -227,11 +227,18 @@ def is_htlc_script(script: bytes, revocation_pubkey: bytes, local_htlcpubkey: by
                    anchors: bool) -> bool:
     """Whether `script` is exactly an offered or a received HTLC script of these keys, for any payment hash and
     expiry (read from the script, which is then rebuilt): what a signer checks of a script it did not build."""
+    return htlc_script_kind(script, revocation_pubkey, local_htlcpubkey, remote_htlcpubkey, anchors) is not None
+
+
+def htlc_script_kind(script: bytes, revocation_pubkey: bytes, local_htlcpubkey: bytes, remote_htlcpubkey: bytes,
+                     anchors: bool) -> tuple[str, int] | None:
+    """("offered", 0) or ("received", cltv_expiry) when `script` is exactly that HTLC script of these keys
+    (as `is_htlc_script`), else None."""
     head = len(_htlc_head(revocation_pubkey, remote_htlcpubkey))
     at = head + 4 + 34 + 4 + 1  # NOTIF DROP 2 SWAP <local> 2 CHECKMULTISIG ELSE HASH160, the hash's push
     offered = _offered(revocation_pubkey, local_htlcpubkey, remote_htlcpubkey, script[at:at + 20], anchors)
     if script == offered:
-        return True
+        return "offered", 0
     ripemd = script[head + 3:head + 23]  # IF HASH160, the hash's push
     at = head + 23 + 3 + 34 + 4  # EQUALVERIFY 2 SWAP <local> 2 CHECKMULTISIG ELSE DROP, then the expiry
     op = script[at] if at < len(script) else OP_0
@@ -239,7 +246,9 @@ def is_htlc_script(script: bytes, revocation_pubkey: bytes, local_htlcpubkey: by
         cltv = op - OP_1 + 1
     else:  # a push of 1 to 5 bytes (a wrong opcode gives 0, and the rebuilt script differs)
         cltv = int.from_bytes(script[at + 1:at + 1 + op], "little") if op <= 5 else 0
-    return script == _received(revocation_pubkey, local_htlcpubkey, remote_htlcpubkey, ripemd, cltv, anchors)
+    if script == _received(revocation_pubkey, local_htlcpubkey, remote_htlcpubkey, ripemd, cltv, anchors):
+        return "received", cltv
+    return None
 
 
 def commitment_locktime_sequence(obscured: int) -> tuple[int, int]:

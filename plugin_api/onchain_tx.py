@@ -14,9 +14,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Mapping, Sequence
 
+from embit.ec import PublicKey
+from embit.psbt import PSBT, DerivationPath
+from embit.script import Script
+from embit.transaction import Transaction, TransactionOutput
+
 from .channel import KeyRef, OutputDescriptor, Side, SpendPath
 from .commitment import BuiltCommitment, BuiltOutput, BuiltSecondStage
-from .tx import (SIGHASH_ALL, Tx, TxIn, TxOut, compact_to_der, der_with_sighash, hash160_of_sha256)
+from .tx import (SIGHASH_ALL, Tx, TxIn, TxOut, compact_to_der, der_with_sighash, hash160_of_sha256, p2wpkh, p2wsh)
 
 MAX_SIG = 73            # DER signature with its sighash byte, at its largest
 RBF = 0xFFFFFFFD        # not final (lets nLockTime apply) and replaceable
@@ -50,6 +55,8 @@ class SweepInput:
     remote_sighash_type: int = SIGHASH_ALL
     preimage: bytes | None = field(default=None, repr=False)
     wallet_pubkey: bytes | None = None
+    commitment_number: int | None = None          # of the commitment the output belongs to (signd checks it)
+    wallet_path: tuple[int, int] | None = None     # a wallet input's (branch, index), for the wallet's PSBT
 
     @property
     def script_code(self) -> bytes:
@@ -83,7 +90,12 @@ def _varint_len(n: int) -> int:
 @dataclass(frozen=True)
 class SignRequest:
     """What the signer signs for one input: `digest` with the key `key` names (None: a wallet input, or
-    an anchor anyone may spend), for the spend path `path` of the output `txid:vout` worth `amount_sat`."""
+    an anchor anyone may spend), for the spend path `path` of the output `txid:vout` worth `amount_sat`.
+
+    The rest is what signd takes (`Signer.sign_input`) to check the spend on its own and recompute the
+    digest itself (it never signs the caller's digest): the unsigned `tx`, the output's `witness_script`,
+    the `commitment_number` it belongs to, and per output of `tx` the wallet key (branch, index) it pays
+    (None: not a wallet output, e.g. an HTLC transaction's own output)."""
 
     index: int
     digest: bytes
@@ -95,6 +107,10 @@ class SignRequest:
     txid: str = ""
     vout: int = 0
     amount_sat: int = 0
+    tx: bytes = b""
+    witness_script: bytes | None = None
+    commitment_number: int | None = None
+    wallet_outputs: tuple[tuple[int, int] | None, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -107,6 +123,7 @@ class Sweep:
     inputs: tuple[SweepInput, ...]
     weight: int
     fee_sat: int
+    output_paths: tuple[tuple[int, int] | None, ...] = ()  # per output: the wallet key (branch, index) it pays
 
     @property
     def txid(self) -> str:
@@ -115,10 +132,43 @@ class Sweep:
 
     def sign_requests(self) -> list[SignRequest]:
         """One request per input, in order. Our signature on a second-stage input is SIGHASH_ALL."""
+        raw = self.tx.serialize()
+        paths = self.output_paths or (None,) * len(self.tx.outputs)
         return [SignRequest(i, self.tx.sighash(i, inp.script_code, inp.amount_sat, SIGHASH_ALL), SIGHASH_ALL,
                             inp.path.key, inp.per_commitment_point, inp.revocation_secret, inp.path.name,
-                            inp.txid, inp.vout, inp.amount_sat)
+                            inp.txid, inp.vout, inp.amount_sat, raw, inp.descriptor.witness_script,
+                            inp.commitment_number, paths)
                 for i, inp in enumerate(self.inputs)]
+
+    def wallet_psbt(self, fingerprint: bytes, account: Sequence[int]) -> str:
+        """The sweep as a base64 PSBT for the wallet's signer (`signd.sign_wallet_psbt`): every input's
+        UTXO, the derivation (`account` + [branch, index]) of each wallet input and wallet output, so the
+        wallet path signs its own fee inputs and signs nothing else."""
+        psbt = PSBT(Transaction.parse(self.tx.serialize()))
+        for inp, txin in zip(self.inputs, psbt.inputs):
+            script = p2wpkh(inp.wallet_pubkey) if inp.wallet_pubkey is not None else \
+                p2wsh(inp.descriptor.witness_script or b"")
+            txin.witness_utxo = TransactionOutput(inp.amount_sat, Script(script))
+            if inp.wallet_pubkey is not None and inp.wallet_path is not None:
+                txin.bip32_derivations[PublicKey.parse(inp.wallet_pubkey)] = DerivationPath(
+                    fingerprint, [*account, *inp.wallet_path])
+        return psbt.to_string()
+
+    def wallet_signatures(self, signed_psbt: str) -> dict[int, bytes]:
+        """Input index -> DER signature (no sighash byte) of each wallet input in a PSBT the wallet signed."""
+        psbt = PSBT.from_string(signed_psbt)
+        if psbt.tx.txid().hex() != self.txid:
+            raise ValueError("the signed PSBT is not this sweep")
+        found = {}
+        for i, inp in enumerate(self.inputs):
+            if inp.wallet_pubkey is None:
+                continue
+            for pub, sig in psbt.inputs[i].partial_sigs.items():
+                if pub.sec() == inp.wallet_pubkey:
+                    if sig[-1] != SIGHASH_ALL:
+                        raise ValueError(f"input {i}: the wallet signed with another sighash type")
+                    found[i] = sig[:-1]
+        return found
 
     def finalize(self, signatures: Sequence[bytes], preimages: Mapping[int, bytes] | None = None,
                  compact: bool = False) -> Tx:
@@ -176,32 +226,45 @@ def path_named(desc: OutputDescriptor, name: str) -> SpendPath:
 
 
 def output_input(commitment_txid: str, out: BuiltOutput, path_name: str, per_commitment_point: bytes,
-                 revocation_secret: bytes | None = None, preimage: bytes | None = None) -> SweepInput:
+                 revocation_secret: bytes | None = None, preimage: bytes | None = None,
+                 commitment_number: int | None = None) -> SweepInput:
     """A `SweepInput` spending a commitment output by the path `path_name` (delayed, revocation,
-    payment, preimage, timeout, anchor, anyone)."""
+    payment, preimage, timeout, anchor, anyone). signd needs `commitment_number` for `delayed` (our
+    commitment) and `revocation` (their revoked one): `commitment_input` fills it in."""
     if out.descriptor is None:
         raise ValueError(f"output {out.index} has no descriptor")
     path = path_named(out.descriptor, path_name)
     return SweepInput(commitment_txid, out.index, out.amount_sat, out.descriptor, path, sequence_for(path),
-                      per_commitment_point, revocation_secret, preimage=preimage)
+                      per_commitment_point, revocation_secret, preimage=preimage, commitment_number=commitment_number)
+
+
+def commitment_input(built: BuiltCommitment, output_index: int, path_name: str,
+                     revocation_secret: bytes | None = None, preimage: bytes | None = None) -> SweepInput:
+    """`output_input` for output `output_index` of `built`, with its txid, point and number."""
+    return output_input(built.txid, built.outputs[output_index], path_name, built.keys.per_commitment_point,
+                        revocation_secret, preimage, built.number)
 
 
 def stage_output_input(stage_txid: str, stage: BuiltSecondStage, path_name: str, per_commitment_point: bytes,
-                       revocation_secret: bytes | None = None, vout: int = 0) -> SweepInput:
+                       revocation_secret: bytes | None = None, vout: int = 0,
+                       commitment_number: int | None = None) -> SweepInput:
     """A `SweepInput` spending the output of an HTLC-success/timeout transaction (delayed or revocation):
-    output 0 of ours, output `vout` of a peer's that batched several (the index of its input)."""
+    output 0 of ours, output `vout` of a peer's that batched several (the index of its input).
+    `commitment_number`: of the commitment the HTLC transaction spent (signd needs it)."""
     st = stage.stage
     desc = OutputDescriptor(f"{st.kind}_output", "htlcs", st.witness_script, st.paths)
     path = path_named(desc, path_name)
     return SweepInput(stage_txid, vout, st.amount_sat, desc, path, sequence_for(path), per_commitment_point,
-                      revocation_secret)
+                      revocation_secret, commitment_number=commitment_number)
 
 
-def wallet_input(txid: str, vout: int, amount_sat: int, pubkey: bytes) -> SweepInput:
-    """A P2WPKH wallet coin adding fees (HTLC transactions with anchors, anchor CPFP); the wallet signs it."""
+def wallet_input(txid: str, vout: int, amount_sat: int, pubkey: bytes,
+                 path: tuple[int, int] | None = None) -> SweepInput:
+    """A P2WPKH wallet coin adding fees (HTLC transactions with anchors, anchor CPFP); the wallet signs it
+    (`Sweep.wallet_psbt`, which needs its `path`, (branch, index) of the wallet account)."""
     desc = OutputDescriptor("wallet", "wallet", None, ())
-    path = SpendPath("wallet", Side.LOCAL, None, ("sig", "pubkey"))
-    return SweepInput(txid, vout, amount_sat, desc, path, RBF, wallet_pubkey=pubkey)
+    spend = SpendPath("wallet", Side.LOCAL, None, ("sig", "pubkey"))
+    return SweepInput(txid, vout, amount_sat, desc, spend, RBF, wallet_pubkey=pubkey, wallet_path=path)
 
 
 def input_weight(inp: SweepInput) -> int:
@@ -217,10 +280,10 @@ def economical(inputs: Sequence[SweepInput], feerate_per_kw: int) -> tuple[list[
 
 
 def sweep(kind: str, inputs: Sequence[SweepInput], destination: bytes, feerate_per_kw: int,
-          dust_limit_sat: int = 330, locktime: int = 0) -> Sweep:
-    """Spend `inputs` to one output paying `destination` (the wallet's script), less the fee at
-    `feerate_per_kw`. The locktime is at least every input's CLTV. Raises `Uneconomical` if what is left
-    would be below `dust_limit_sat`."""
+          dust_limit_sat: int = 330, locktime: int = 0, destination_path: tuple[int, int] | None = None) -> Sweep:
+    """Spend `inputs` to one output paying `destination` (the wallet's script of key `destination_path`,
+    (branch, index), which signd checks), less the fee at `feerate_per_kw`. The locktime is at least every
+    input's CLTV. Raises `Uneconomical` if what is left would be below `dust_limit_sat`."""
     if not inputs:
         raise ValueError("nothing to sweep")
     locktime = max([locktime] + [i.path.cltv for i in inputs])
@@ -231,18 +294,20 @@ def sweep(kind: str, inputs: Sequence[SweepInput], destination: bytes, feerate_p
     fee = feerate_per_kw * weight // 1000
     if total - fee < dust_limit_sat:
         raise Uneconomical(f"{kind}: {total} sat less a {fee} sat fee is below the dust limit {dust_limit_sat}")
-    return Sweep(kind, replace(draft, outputs=(TxOut(total - fee, destination),)), tuple(inputs), weight, fee)
+    return Sweep(kind, replace(draft, outputs=(TxOut(total - fee, destination),)), tuple(inputs), weight, fee,
+                 (destination_path,))
 
 
 def htlc_transaction(built: BuiltCommitment, stage: BuiltSecondStage, remote_sig: bytes,
                      preimage: bytes | None = None, fee_inputs: Sequence[SweepInput] = (),
                      change: bytes | None = None, feerate_per_kw: int = 0,
-                     dust_limit_sat: int = 330) -> Sweep:
+                     dust_limit_sat: int = 330, change_path: tuple[int, int] | None = None) -> Sweep:
     """Our HTLC-timeout or HTLC-success transaction (our commitment on chain), with the peer's
     `remote_sig` from its commitment_signed. Without anchors it is complete as pre-signed (the fee was
     taken from the HTLC amount). With anchors it carries no fee: give wallet `fee_inputs` and a `change`
-    script; the HTLC input and its output stay first (the peer's SIGHASH_SINGLE|ANYONECANPAY signature
-    covers only them) and the change gets the wallet amount less the fee at `feerate_per_kw`."""
+    script (the wallet key `change_path`); the HTLC input and its output stay first (the peer's
+    SIGHASH_SINGLE|ANYONECANPAY signature covers only them) and the change gets the wallet amount less
+    the fee at `feerate_per_kw`."""
     st = stage.stage
     out = built.outputs[stage.output_index]
     assert out.descriptor is not None
@@ -251,7 +316,7 @@ def htlc_transaction(built: BuiltCommitment, stage: BuiltSecondStage, remote_sig
     path = SpendPath(st.kind, owner, key, (), csv=st.sequence, cltv=st.locktime)
     first = SweepInput(built.txid, stage.output_index, out.amount_sat, out.descriptor, path, st.sequence,
                        built.keys.per_commitment_point, remote_sig=remote_sig,
-                       remote_sighash_type=st.remote_sighash, preimage=preimage)
+                       remote_sighash_type=st.remote_sighash, preimage=preimage, commitment_number=built.number)
     if st.kind == "htlc_success" and preimage is None:
         raise ValueError("HTLC-success needs the preimage")
     inputs = (first, *fee_inputs)
@@ -269,19 +334,20 @@ def htlc_transaction(built: BuiltCommitment, stage: BuiltSecondStage, remote_sig
     left = extra - (fee - (out.amount_sat - st.amount_sat))
     if left < dust_limit_sat:
         raise Uneconomical(f"{st.kind}: fee inputs of {extra} sat do not cover a {fee} sat fee")
-    return Sweep(st.kind, replace(draft, outputs=stage.tx.outputs + (TxOut(left, change),)), inputs, weight, fee)
+    return Sweep(st.kind, replace(draft, outputs=stage.tx.outputs + (TxOut(left, change),)), inputs, weight, fee,
+                 (None, change_path))
 
 
 def anchor_cpfp(built: BuiltCommitment, side: Side, fee_inputs: Sequence[SweepInput], destination: bytes,
                 feerate_per_kw: int, parent_weight: int = 0, parent_fee_sat: int = 0,
-                dust_limit_sat: int = 330) -> Sweep:
+                dust_limit_sat: int = 330, destination_path: tuple[int, int] | None = None) -> Sweep:
     """Spend `side`'s anchor of a commitment with wallet `fee_inputs` (a CPFP child): the child pays for
     itself at `feerate_per_kw` plus what the parent (`parent_weight`, paying `parent_fee_sat`) lacks."""
     out = next((o for o in built.outputs if o.descriptor is not None and o.descriptor.kind == "anchor"
                 and o.descriptor.data.get("side") == side.value), None)
     if out is None:
         raise ValueError(f"the commitment has no {side.value} anchor (that side has no output)")
-    anchor = output_input(built.txid, out, "anchor", built.keys.per_commitment_point)
+    anchor = output_input(built.txid, out, "anchor", built.keys.per_commitment_point, commitment_number=built.number)
     inputs = (anchor, *fee_inputs)
     txins = tuple(TxIn(i.txid, i.vout, i.sequence) for i in inputs)
     total = sum(i.amount_sat for i in inputs)
@@ -290,7 +356,8 @@ def anchor_cpfp(built: BuiltCommitment, side: Side, fee_inputs: Sequence[SweepIn
     fee = max(0, feerate_per_kw * (weight + parent_weight) // 1000 - parent_fee_sat)
     if total - fee < dust_limit_sat:
         raise Uneconomical(f"anchor CPFP: {total} sat do not cover a {fee} sat fee")
-    return Sweep("anchor", replace(draft, outputs=(TxOut(total - fee, destination),)), inputs, weight, fee)
+    return Sweep("anchor", replace(draft, outputs=(TxOut(total - fee, destination),)), inputs, weight, fee,
+                 (destination_path,))
 
 
 def anyone_anchor_input(commitment_txid: str, out: BuiltOutput) -> SweepInput:

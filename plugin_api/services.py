@@ -10,9 +10,12 @@ backend's client.)
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .types import ServiceContext, WireMessage
+
+if TYPE_CHECKING:
+    from .onchain_tx import SignRequest
 
 # The signer's request names, in one place (a signer answering other names is one edit here).
 SIGNER_REQUESTS = {
@@ -185,17 +188,19 @@ class Signer:
         latest validated commitment; the signer then reveals no secret of it, ever."""
         return dict(self._ask("sign_holder_commitment", {"index": index, "commitment_number": commitment_number}))
 
-    def sign_holder_htlc(self, index: int, commitment_number: int, htlc: int, tx: bytes, input_index: int,
-                         wallet_outputs: list[tuple[int, int] | None]) -> dict[str, bytes]:
-        """After `sign_holder_commitment`: our signature of HTLC transaction number `htlc` (in the order
-        validated) as `tx`, which may add inputs (fees) and wallet outputs (change) when the counterparty
-        signed SIGHASH_SINGLE|ANYONECANPAY: input and output `input_index` are the ones it signed;
-        `wallet_outputs` names a wallet key per output (None for that one).
-        {holder_signature, counterparty_signature (DER + sighash byte), witness_script}."""
-        found = self._ask("sign_holder_htlc", {
-            "index": index, "commitment_number": commitment_number, "htlc": htlc, "tx": tx.hex(),
-            "input_index": input_index, "wallet_outputs": [list(p) if p is not None else None for p in wallet_outputs]})
-        return {k: bytes.fromhex(v) for k, v in found.items()}
+    def sign_holder_htlc(self, index: int, commitment_number: int, tx: bytes, input_index: int,
+                         wallet_outputs: list[tuple[int, int] | None], htlc: int | None = None) -> dict[str, bytes]:
+        """After `sign_holder_commitment`: our signature of one of its HTLC transactions as `tx` (the
+        one whose input `input_index` spends; or number `htlc` in the order validated), which may add
+        inputs (fees) and wallet outputs (change) when the counterparty signed SIGHASH_SINGLE|ANYONECANPAY:
+        input and output `input_index` are the ones it signed; `wallet_outputs` names a wallet key per
+        output (None for that one). {holder_signature, counterparty_signature (DER + sighash byte),
+        witness_script}."""
+        body: dict[str, Any] = {"index": index, "commitment_number": commitment_number, "tx": tx.hex(),
+                                "input_index": input_index, "wallet_outputs": _paths(wallet_outputs)}
+        if htlc is not None:
+            body["htlc"] = htlc
+        return {k: bytes.fromhex(v) for k, v in self._ask("sign_holder_htlc", body).items()}
 
     def sign_mutual_close(self, index: int, tx: bytes, holder_output: int | None,
                           wallet_output: tuple[int, int] | None = None, destination: bytes | None = None) -> bytes:
@@ -210,13 +215,14 @@ class Signer:
         return bytes.fromhex(self._ask("sign_mutual_close", body)["signature"])
 
     def sign_sweep(self, index: int, kind: str, tx: bytes, input_index: int, amount_sat: int,
-                   wallet_outputs: list[tuple[int, int]], commitment_number: int | None = None,
+                   wallet_outputs: list[tuple[int, int] | None], commitment_number: int | None = None,
                    per_commitment_point: bytes | None = None, witness_script: bytes | None = None) -> InputSignature:
-        """Sign an input taking one of our channel outputs: kind `to_local` (with commitment_number),
-        `to_remote`, `counterparty_htlc` (per_commitment_point, witness_script) or `anchor`. Every
-        output must pay the wallet key (branch, index) given for it in `wallet_outputs`."""
+        """Sign an input taking one of our channel outputs, by the spend path `kind`: `delayed` (our
+        to_local or our HTLC transaction's output; commitment_number), `payment` (to_remote), `preimage`
+        or `timeout` (an HTLC of the counterparty's commitment: per_commitment_point, witness_script) or
+        `anchor`. Every output must pay the wallet key (branch, index) given for it in `wallet_outputs`."""
         body: dict[str, Any] = {"index": index, "kind": kind, "tx": tx.hex(), "input_index": input_index,
-                                "amount_sat": amount_sat, "wallet_outputs": [list(p) for p in wallet_outputs]}
+                                "amount_sat": amount_sat, "wallet_outputs": _paths(wallet_outputs)}
         if commitment_number is not None:
             body["commitment_number"] = commitment_number
         if per_commitment_point is not None:
@@ -225,18 +231,45 @@ class Signer:
             body["witness_script"] = witness_script.hex()
         return _input_signature(self._ask("sign_sweep", body))
 
-    def sign_penalty(self, index: int, kind: str, tx: bytes, input_index: int, amount_sat: int,
-                     wallet_outputs: list[tuple[int, int]], per_commitment_secret: bytes,
-                     witness_script: bytes | None = None) -> InputSignature:
-        """Sign an input taking an output of a revoked counterparty commitment with the revocation
-        key: kind `revoked_to_local` (also their HTLC transactions' outputs) or `revoked_htlc`
-        (witness_script). Outputs to the wallet only, as `sign_sweep`."""
-        body: dict[str, Any] = {"index": index, "kind": kind, "tx": tx.hex(), "input_index": input_index,
-                                "amount_sat": amount_sat, "wallet_outputs": [list(p) for p in wallet_outputs],
-                                "per_commitment_secret": per_commitment_secret.hex()}
-        if witness_script is not None:
-            body["witness_script"] = witness_script.hex()
-        return _input_signature(self._ask("sign_penalty", body))
+    def sign_penalty(self, index: int, tx: bytes, input_index: int, amount_sat: int,
+                     wallet_outputs: list[tuple[int, int] | None], commitment_number: int,
+                     per_commitment_secret: bytes, witness_script: bytes) -> InputSignature:
+        """Sign an input taking an output of the counterparty's revoked commitment `commitment_number`
+        (its to_local, an HTLC output, or its HTLC transaction's output: `witness_script`) with the
+        revocation key. The secret must be the one the counterparty revealed for that commitment
+        (`validate_counterparty_revocation`). Outputs to the wallet only, as `sign_sweep`."""
+        return _input_signature(self._ask("sign_penalty", {
+            "index": index, "tx": tx.hex(), "input_index": input_index, "amount_sat": amount_sat,
+            "wallet_outputs": _paths(wallet_outputs), "commitment_number": commitment_number,
+            "per_commitment_secret": per_commitment_secret.hex(), "witness_script": witness_script.hex()}))
+
+    def sign_input(self, index: int, request: "SignRequest") -> bytes:
+        """Our DER signature (no sighash byte), as `onchain_tx.Sweep.finalize` takes it, for one
+        `onchain_tx.SignRequest` of channel `index`: `revocation` goes to `sign_penalty`, our HTLC
+        transactions (`htlc_success`, `htlc_timeout`) to `sign_holder_htlc`, every other path to
+        `sign_sweep`; an anchor anyone may spend needs none (b""). A wallet input (`wallet`) is the
+        wallet's: sign it with `Sweep.wallet_psbt` and `sign_wallet_psbt`."""
+        r = request
+        if r.path == "anyone":
+            return b""
+        if r.path == "wallet" or r.key is None:
+            raise ValueError(f"input {r.index} is a wallet input: the wallet signs it (Sweep.wallet_psbt)")
+        if r.key.side.value != "local":
+            raise ValueError(f"input {r.index} is spent by the peer's key ({r.path}), not ours")
+        paths = list(r.wallet_outputs)
+        if r.path == "revocation":
+            if r.revocation_secret is None or r.commitment_number is None or r.witness_script is None:
+                raise ValueError("a revocation spend needs the revealed secret, its commitment number and script")
+            found = self.sign_penalty(index, r.tx, r.index, r.amount_sat, paths, r.commitment_number,
+                                      r.revocation_secret, r.witness_script)
+        elif r.path in ("htlc_success", "htlc_timeout"):
+            if r.commitment_number is None:
+                raise ValueError("an HTLC transaction needs its commitment number")
+            return self.sign_holder_htlc(index, r.commitment_number, r.tx, r.index, paths)["holder_signature"][:-1]
+        else:
+            found = self.sign_sweep(index, r.path, r.tx, r.index, r.amount_sat, paths, r.commitment_number,
+                                    r.per_commitment_point, r.witness_script)
+        return found.signature[:-1]
 
     def sign_invoice(self, hrp: str, data: str) -> bytes:
         """The node key's 65-byte recoverable signature (r, s, recovery id) of a BOLT-11 invoice:
@@ -246,6 +279,10 @@ class Signer:
     def onion_ecdh(self, point: bytes) -> bytes:
         """SHA256 of the ECDH point of the node key and `point` (BOLT-4's shared secret)."""
         return bytes.fromhex(self._ask("onion_ecdh", {"point": point.hex()})["secret"])
+
+
+def _paths(wallet_outputs: list[tuple[int, int] | None]) -> list[list[int] | None]:
+    return [list(p) if p is not None else None for p in wallet_outputs]
 
 
 def _input_signature(found: dict[str, Any]) -> InputSignature:
@@ -296,6 +333,16 @@ class ChainWatch:
 
 
 @dataclass(frozen=True)
+class WalletDestination:
+    """A fresh receive key of the wallet: its address, scriptPubKey and (branch, index) in the wallet
+    account, which signd derives to check that a sweep or a close pays the wallet."""
+
+    address: str
+    script: bytes
+    key: tuple[int, int]
+
+
+@dataclass(frozen=True)
 class Funded:
     """A transaction the wallet funded and signed but did not send; its inputs are reserved."""
 
@@ -317,6 +364,13 @@ class Funding:
     def new_address(self) -> str:
         """A fresh receive address of the wallet."""
         return str(self._ctx.request("wallet.newaddr", {}, timeout=self._timeout)["address"])
+
+    def new_destination(self) -> WalletDestination:
+        """A fresh receive key of the wallet, for a sweep's `destination` and `destination_path` (or a
+        close's `wallet_output`): the wallet watches it, signd can check it."""
+        found = self._ctx.request("wallet.newaddr", {}, timeout=self._timeout)
+        branch, index = found["key"]
+        return WalletDestination(str(found["address"]), bytes.fromhex(found["script"]), (int(branch), int(index)))
 
     def fund(self, outputs: list[dict[str, Any]], feerate: float | None = None, label: str = "",
              purpose: str = "fund") -> Funded:

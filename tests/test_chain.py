@@ -117,6 +117,19 @@ def test_funding_api_reserves_until_sent_or_released(chain: ChainNode) -> None:
     chain.mine(1)
 
 
+def test_a_sweep_destination_is_a_wallet_key_the_wallet_watches(chain: ChainNode) -> None:
+    """What channeld sweeps to (`Funding.new_destination`): a fresh receive key with its (branch, index),
+    which signd derives to check the sweep; what it receives is the wallet's."""
+    got = chain.call("tk_destination")
+    assert script_for(got["address"], "regtest").data.hex() == got["script"] and got["key"][0] == 0
+    following = chain.call("newaddr")
+    assert following["path"].endswith(f"/0/{got['key'][1] + 1}")  # handed out once, in order
+    txid = chain.call("withdraw", got["address"], "1230000")["txid"]  # after test_receive_to_newaddr
+    wait_for(lambda: any(o["txid"] == txid and o["address"] == got["address"] and o["value_sat"] == 1_230_000
+                         for o in chain.funds()["outputs"]))
+    chain.mine(1)
+
+
 def test_watches_depths_spends_payments_and_a_reorg(chain: ChainNode) -> None:
     target = chain.btc_address()
     script = script_for(target, "regtest").data.hex()

@@ -272,80 +272,6 @@ def test_state_survives_a_restart(tmp_path: Path) -> None:
         second.engine.dispose()
 
 
-# --- sweeps and penalties -----------------------------------------------------------------------
-
-def test_sweeps_pay_the_wallet_only(signer) -> None:
-    ch = ready(signer)
-    validate(signer, ch, 0)
-    commitment = ch.commitment(0, ch.our_outputs(0))
-    wallet = signer.channels.wallet_script(1, 3)
-    body = dict(index=0, kind="to_local", commitment_number=0, input_index=0, amount_sat=390_000,
-                wallet_outputs=[[1, 3]],
-                tx=spend(commitment.txid(), 0, [(wallet, 389_000)], sequence=HOLDER_DELAY).serialize().hex())
-    got = ask(signer, "sign_sweep", **body)
-    sweep = parse(body["tx"])
-    digest = sweep.sighash_segwit(0, Script(ch.our_to_local(0)), 390_000, SIGHASH_ALL)
-    assert verify_der(bytes.fromhex(got["pubkey"]), bytes.fromhex(got["signature"]), digest)
-    assert got["pubkey"] == derive_pubkey(ch.bp["delayed_payment_basepoint"], ch.holder_point(0)).hex()
-    foreign = p2wpkh(point(b"\x33" * 32))
-    refused(signer, "sign_sweep", "does not pay the wallet key", **{
-        **body, "tx": spend(commitment.txid(), 0, [(foreign, 389_000)], sequence=HOLDER_DELAY).serialize().hex()})
-    refused(signer, "sign_sweep", "CSV delay", **{
-        **body, "tx": spend(commitment.txid(), 0, [(wallet, 389_000)], sequence=1).serialize().hex()})
-    refused(signer, "sign_sweep", "never validated", **{**body, "commitment_number": 1})
-    # to_remote of their commitment (static_remotekey: P2WPKH of our payment basepoint) and our anchor
-    theirs = ch.commitment(0, ch.their_outputs(0))
-    got = ask(signer, "sign_sweep", **{**body, "kind": "to_remote", "amount_sat": 390_000,
-                                       "tx": spend(theirs.txid(), 1, [(wallet, 389_000)]).serialize().hex()})
-    assert got["pubkey"] == ch.bp["payment_basepoint"].hex() and got["witness_script"] is None
-    got = ask(signer, "sign_sweep", **{**body, "kind": "anchor", "amount_sat": 330,
-                                       "tx": spend(theirs.txid(), 3, [(wallet, 300)]).serialize().hex()})
-    assert bytes.fromhex(got["witness_script"]) == anchor_script(ch.bp["funding_pubkey"])
-
-
-def test_penalty_uses_the_revocation_key(signer) -> None:
-    ch = ready(signer)
-    revoked = ch.commitment(0, ch.their_outputs(0))
-    wallet = signer.channels.wallet_script(0, 7)
-    secret = ch.them.secret(0)
-    body = dict(index=0, kind="revoked_to_local", per_commitment_secret=secret.hex(), input_index=0,
-                amount_sat=600_000, wallet_outputs=[[0, 7]],
-                tx=spend(revoked.txid(), 0, [(wallet, 599_000)]).serialize().hex())
-    got = ask(signer, "sign_penalty", **body)
-    assert got["pubkey"] == derive_revocation_pubkey(ch.bp["revocation_basepoint"], point(secret)).hex()
-    tx = parse(body["tx"])
-    digest = tx.sighash_segwit(0, Script(bytes.fromhex(got["witness_script"])), 600_000, SIGHASH_ALL)
-    assert verify_der(bytes.fromhex(got["pubkey"]), bytes.fromhex(got["signature"]), digest)
-    assert p2wsh(bytes.fromhex(got["witness_script"])) == revoked.vout[0].script_pubkey.data
-    refused(signer, "sign_penalty", "does not pay the wallet key", **{**body, "wallet_outputs": [[0, 8]]})
-    refused(signer, "sign_penalty", "not an HTLC of this revoked commitment",
-            **{**body, "kind": "revoked_htlc", "witness_script": ch.htlc_script(b"\x02" * 33, b"\x03" * 33).hex()})
-
-
-@pytest.mark.parametrize("channel_type", ["static_remotekey", "anchors"])
-def test_htlc_sweeps_and_penalties_take_bolt3_htlc_scripts(signer, channel_type: str) -> None:
-    ch = ready(signer, channel_type)
-    pcp, script = ch.them.point(0), ch.their_htlc_script(0)
-    theirs = ch.commitment(0, ch.their_outputs(0, script))
-    wallet = signer.channels.wallet_script(0, 7)
-    seq = 1 if channel_type == "anchors" else 0
-    body = dict(index=0, kind="counterparty_htlc", per_commitment_point=pcp.hex(), witness_script=script.hex(),
-                input_index=0, amount_sat=10_000, wallet_outputs=[[0, 7]],
-                tx=spend(theirs.txid(), 2, [(wallet, 9_000)], sequence=seq).serialize().hex())
-    got = ask(signer, "sign_sweep", **body)
-    assert got["pubkey"] == derive_pubkey(ch.bp["htlc_basepoint"], pcp).hex()
-    lookalike = ch.htlc_script(derive_pubkey(ch.bp["htlc_basepoint"], pcp), derive_pubkey(point(ch.them.htlc), pcp),
-                               derive_revocation_pubkey(ch.bp["revocation_basepoint"], pcp))
-    refused(signer, "sign_sweep", "not an HTLC", **{**body, "witness_script": lookalike.hex()})
-    # once commitment 0 is revoked, the revocation key takes the same output
-    penalty = dict(body, kind="revoked_htlc", per_commitment_secret=ch.them.secret(0).hex())
-    del penalty["per_commitment_point"]
-    got = ask(signer, "sign_penalty", **penalty)
-    assert got["pubkey"] == derive_revocation_pubkey(ch.bp["revocation_basepoint"], pcp).hex()
-    refused(signer, "sign_penalty", "not an HTLC of this revoked commitment",
-            **{**penalty, "witness_script": lookalike.hex()})
-
-
 # --- invoices, onion ECDH, capabilities, garbage ------------------------------------------------
 
 def invoice_data(network: str = "regtest", drop: int | None = None, add: bytes = b"", **changes: Any) -> dict:
@@ -501,7 +427,7 @@ def test_typed_client_drives_a_channel_to_chain(signer) -> None:
     client.sign_counterparty_commitment(0, 1, ch.commitment(1, ch.their_outputs(1)).serialize(), ch.them.point(1), [])
     client.validate_counterparty_revocation(0, 0, ch.them.secret(0))
     with pytest.raises(RpcError, match="was not signed for the chain"):
-        client.sign_holder_htlc(0, 1, 0, htlc.serialize(), 0, [None])
+        client.sign_holder_htlc(0, 1, htlc.serialize(), 0, [None], htlc=0)
     closing = client.sign_holder_commitment(0, 1)
     assert parse(closing["tx"]).txid() == tx.txid()
     # the HTLC transaction with a wallet input for its fee and wallet change
@@ -509,16 +435,20 @@ def test_typed_client_drives_a_channel_to_chain(signer) -> None:
     bumped.vin.append(spend(b"\x77" * 32, 0, []).vin[0])
     change = signer.channels.wallet_script(1, 9)
     bumped.vout.append(spend(b"\x77" * 32, 0, [(change, 5_000)]).vout[0])
-    got = client.sign_holder_htlc(0, 1, 0, bumped.serialize(), 0, [None, (1, 9)])
+    got = client.sign_holder_htlc(0, 1, bumped.serialize(), 0, [None, (1, 9)])  # found by its input
     digest = bumped.sighash_segwit(0, Script(script), 10_000, SIGHASH_ALL)
     assert verify_der(derive_pubkey(ch.bp["htlc_basepoint"], ch.holder_point(1)), got["holder_signature"], digest)
     assert got["counterparty_signature"][-1] == SIGHASH_SINGLE_ANYONECANPAY
     with pytest.raises(RpcError, match="does not pay the wallet"):
-        client.sign_holder_htlc(0, 1, 0, bumped.serialize(), 0, [None, (1, 8)])
+        client.sign_holder_htlc(0, 1, bumped.serialize(), 0, [None, (1, 8)], htlc=0)
+    elsewhere = parse(bumped.serialize().hex())
+    elsewhere.vin[0].vout = 3
+    with pytest.raises(RpcError, match="no HTLC transaction of holder commitment 1 spends"):
+        client.sign_holder_htlc(0, 1, elsewhere.serialize(), 0, [None, (1, 9)])
     moved = parse(bumped.serialize().hex())
     moved.vout[0].value -= 1_000  # not the output the counterparty signed
     with pytest.raises(RpcError, match="not the HTLC transaction the counterparty signed"):
-        client.sign_holder_htlc(0, 1, 0, moved.serialize(), 0, [None, (1, 9)])
+        client.sign_holder_htlc(0, 1, moved.serialize(), 0, [None, (1, 9)], htlc=0)
 
 
 def test_mutual_close_pays_us_where_allowed(signer) -> None:

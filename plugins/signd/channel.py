@@ -19,9 +19,10 @@ from sqlalchemy import select
 
 from lnp_plugin_api import RpcError
 from lnp_plugin_api.addresses import parse_node_id
-from lnp_plugin_api.bolt3 import (MAX_INDEX, anchor_script, commitment_locktime_sequence, derive_privkey,
-                                  derive_pubkey, derive_revocation_pubkey, funding_script, funding_witness_of,
-                                  is_htlc_script, obscuring_factor, point, to_local_script, to_remote_anchor_script)
+from lnp_plugin_api.bolt3 import (MAX_INDEX, Shachain, ShachainError, anchor_script, commitment_locktime_sequence,
+                                  derive_privkey, derive_pubkey, derive_revocation_pubkey, funding_script,
+                                  funding_witness_of, is_htlc_script, obscuring_factor, point, to_local_script,
+                                  to_remote_anchor_script)
 from lnp_plugin_api.tx import SIGHASH_ALL, SIGHASH_SINGLE_ANYONECANPAY, Tx, compact_to_der, p2wpkh, p2wsh, verify
 
 from .keys import FAMILIES, Keychain
@@ -59,6 +60,7 @@ class ChannelState:
     holder_broadcast: int = NONE     # the holder commitment signed for the chain (never revoked after)
     counterparty_signed: dict[str, dict[str, str]] = field(default_factory=dict)  # number -> {txid, point}
     counterparty_revoked: int = NONE  # the counterparty revealed the secret of every commitment up to this
+    counterparty_secrets: dict[str, list[Any]] = field(default_factory=dict)  # those secrets (Shachain.to_json)
 
 
 def _int(body: dict[str, Any], name: str, low: int = 0, high: int = MAX_INDEX) -> int:
@@ -373,7 +375,13 @@ class ChannelSigner:
                 matches = False
             if not matches:
                 raise refuse(f"the secret is not the one of counterparty commitment {n}: refused")
-            state.counterparty_revoked = n
+            secrets = Shachain.from_json(state.counterparty_secrets)
+            try:  # kept (49 entries at most) so a penalty is signed only with a secret really revealed
+                secrets.insert(secret, MAX_INDEX - n)
+            except ShachainError:
+                raise refuse(f"the secret of counterparty commitment {n} does not derive the earlier ones: "
+                             "refused") from None
+            state.counterparty_revoked, state.counterparty_secrets = n, secrets.to_json()
             state.counterparty_signed = {k: v for k, v in state.counterparty_signed.items() if int(k) > n}
             self.save(state)
         return {"revoked": n}
@@ -471,16 +479,15 @@ class ChannelSigner:
         """Our signature (SIGHASH_ALL) of an HTLC transaction of our commitment gone to chain, which
         may carry more inputs and outputs than the one the counterparty signed (anchors: it signed
         SIGHASH_SINGLE|ANYONECANPAY, so fees can be added): input `input_index` spends the HTLC output
-        and output `input_index` is the one it signed; every other output pays the wallet."""
+        and output `input_index` is the one it signed; every other output pays the wallet. Which HTLC
+        transaction: number `htlc` in the order validated, else the one spending that input's outpoint."""
         index, n, tx = _int(body, "index", 0, HARDENED - 1), _int(body, "commitment_number"), _tx(body)
-        i, which = _int(body, "input_index", 0, len(tx.inputs) - 1), _int(body, "htlc", 0, 2 * 483)
+        i = _int(body, "input_index", 0, len(tx.inputs) - 1)
         with self.lock:
             state = self.ready(index)
             if n != state.holder_broadcast:
                 raise refuse(f"holder commitment {n} was not signed for the chain: refused")
-            if which >= len(state.holder_htlcs):
-                raise bad(f"holder commitment {n} has {len(state.holder_htlcs)} HTLC transactions")
-            stored = state.holder_htlcs[which]
+            stored = self.holder_htlc(state, tx.inputs[i], body)
             signed = parse_tx(stored["tx"])
             vin, want = tx.inputs[i], signed.inputs[0]
             if (vin.txid, vin.vout, vin.sequence) != (want.txid, want.vout, want.sequence) or tx.version != 2 \
@@ -496,6 +503,21 @@ class ChannelSigner:
         return {"holder_signature": witness_signature(sign(secret, digest), SIGHASH_ALL).hex(),
                 "counterparty_signature": witness_signature(bytes.fromhex(stored["signature"]), flag).hex(),
                 "witness_script": stored["witness_script"]}
+
+    def holder_htlc(self, state: ChannelState, vin: Any, body: dict[str, Any]) -> dict[str, Any]:
+        """The validated HTLC transaction numbered `htlc` in `body`, else the one spending `vin`'s outpoint."""
+        htlcs = state.holder_htlcs
+        if body.get("htlc") is not None:
+            which = _int(body, "htlc", 0, 2 * 483)
+            if which >= len(htlcs):
+                raise bad(f"holder commitment {state.holder_broadcast} has {len(htlcs)} HTLC transactions")
+            return htlcs[which]
+        for h in htlcs:
+            spent = parse_tx(h["tx"]).inputs[0]
+            if (spent.txid, spent.vout) == (vin.txid, vin.vout):
+                return h
+        raise refuse(f"no HTLC transaction of holder commitment {state.holder_broadcast} spends "
+                     f"{vin.txid}:{vin.vout}: refused")
 
     def sign_mutual_close(self, body: dict[str, Any]) -> dict[str, Any]:
         """Our signature (64 bytes compact, SIGHASH_ALL) of a cooperative close: it spends the

@@ -3,7 +3,7 @@
 RPC: newaddr, funds, withdraw ADDRESS SATS|all [--feerate SAT_PER_VB], transactions [--limit N] [--since HEIGHT],
 abandon TXID.
 Control requests for other services (channel funding):
-    wallet.newaddr   -> {address}
+    wallet.newaddr   -> {address, script, key: [branch, index]}              (signd checks sweeps by the key)
     wallet.fund      {outputs: [{address | script, value_sat}], feerate?, label?}
                      -> {reservation, txid, tx, fee_sat, change_vout}   inputs reserved, nothing sent
     wallet.broadcast {reservation} -> {txid}
@@ -63,8 +63,11 @@ def abandon(ctx: ServiceContext, txid: str) -> dict[str, Any]:
 
 
 @control_method("wallet.newaddr")
-def _newaddr(ctx: ServiceContext) -> dict[str, str]:
-    return {"address": _wallet(ctx).new_address()["address"]}
+def _newaddr(ctx: ServiceContext) -> dict[str, Any]:
+    w = _wallet(ctx)
+    found = w.new_address()
+    return {"address": found["address"], "script": script_for(found["address"], w.network).data.hex(),
+            "key": [0, int(found["path"].rsplit("/", 1)[1])]}
 
 
 @control_method("wallet.fund")

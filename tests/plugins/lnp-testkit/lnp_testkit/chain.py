@@ -43,7 +43,7 @@ def lnp_requires():
 
 @hookimpl
 def lnp_rpc_methods():
-    return [tk_chain_events, tk_chain_watch, tk_fund, tk_fund_finish]
+    return [tk_chain_events, tk_chain_watch, tk_fund, tk_fund_finish, tk_destination]
 
 
 @hookimpl
@@ -62,3 +62,10 @@ def tk_fund_finish(ctx, reservation: str, send: bool) -> dict:
     """Broadcast a funded transaction, or release its inputs."""
     funding = Funding(ctx)
     return {"txid": funding.broadcast(reservation)} if send else {"released": funding.release(reservation)}
+
+
+@rpc_method
+def tk_destination(ctx) -> dict:
+    """A fresh wallet key for a sweep, through the wallet's control API, as channeld asks for one."""
+    found = Funding(ctx).new_destination()
+    return {"address": found.address, "script": found.script.hex(), "key": list(found.key)}
