@@ -1,0 +1,18 @@
+"""channeld's errors: what goes back to an RPC caller, and what goes to a peer."""
+from __future__ import annotations
+
+from lnp_plugin_api import RpcError
+
+
+class ChannelError(Exception):
+    """A peer broke the protocol or a limit of ours: the channel (or the opening) fails, and the message,
+    safe to send, goes to the peer in an `error` (or a `warning` when `warning` is set)."""
+
+    def __init__(self, message: str, warning: bool = False) -> None:
+        super().__init__(message)
+        self.warning = warning
+
+
+def refused(message: str) -> RpcError:
+    """An RPC refusal the caller sees as is."""
+    return RpcError(RpcError.INVALID_PARAMS, message)
