@@ -14,16 +14,16 @@ from concurrent.futures import Future
 from typing import Any
 
 from lnp_plugin_api import (Continue, DecisionSpec, EventSpec, FeatureSpec, PerContext, RpcError, ServiceContext,
-                            Subscription, WireMessage, hookimpl, rpc_method)
+                            Subscription, WireMessage, control_method, hookimpl, rpc_method)
 from lnp_plugin_api.addresses import AddressError, parse_node_id
 from lnp_plugin_api.services import SIGNER_REQUESTS
 
-from . import storage
+from . import normal, storage
 from .manager import ChannelManager
 from .options import SCHEMA, Options
 
 # BOLT-2 messages channeld handles, and error/warning (an error for one of our channels fails it)
-WIRE_TYPES = (1, 17, 32, 33, 34, 35, 36)
+WIRE_TYPES = (1, 17, 32, 33, 34, 35, 36, 128, 130, 131, 132, 133, 134, 135)
 MAX_FUNDING_SAT = 16_777_215          # without option_support_large_channel
 _managers: PerContext[ChannelManager] = PerContext("channeld")
 _manager = _managers.get
@@ -88,6 +88,25 @@ def channels(ctx: ServiceContext, peer: str | None = None) -> dict[str, Any]:
     return {"channels": [c.summary() for c in found if peer_hex is None or c.peer_id.hex() == peer_hex]}
 
 
+# --- control requests for other plugins (invoices, pay) -----------------------------------------
+
+@control_method("channeld.add_htlc")
+def _add_htlc(ctx: ServiceContext, peer_id: str, amount_msat: int, payment_hash: str, cltv_expiry: int, onion: str,
+              channel_id: str | None = None) -> "Future[dict[str, Any]]":
+    """Offer an HTLC to PEER_ID; {channel_id, htlc_id} once the add is stored (it goes out with the next
+    commitment_signed). Refusals are RpcErrors and send nothing."""
+    peer = _node_id(peer_id)
+    try:
+        hash_, packet = bytes.fromhex(payment_hash), bytes.fromhex(onion)
+        cid = bytes.fromhex(channel_id) if channel_id is not None else None
+    except ValueError:
+        raise RpcError(RpcError.INVALID_PARAMS, "payment_hash, onion and channel_id must be hex") from None
+    if amount_msat <= 0 or cltv_expiry <= 0:
+        raise RpcError(RpcError.INVALID_PARAMS, "amount_msat and cltv_expiry must be positive")
+    mgr = _manager(ctx)
+    return mgr.submit(peer, lambda: normal.add_htlc(mgr, peer, amount_msat, hash_, cltv_expiry, packet, cid))
+
+
 # --- subscriptions -------------------------------------------------------------------------------
 
 def _on_wire(ctx: ServiceContext, msg: WireMessage) -> None:
@@ -122,15 +141,21 @@ def lnp_storage_models() -> Any:
 @hookimpl
 def lnp_requires() -> list[str]:
     return [SIGNER_REQUESTS[op] for op in ("channel_keys", "ready_channel", "sign_counterparty_commitment",
-                                            "validate_holder_commitment", "per_commitment_point")] + [
-        "wallet.fund", "wallet.broadcast", "wallet.release", "watchd.watch", "chain.fees", "chain.block",
+                                            "validate_holder_commitment", "per_commitment_point",
+                                            "revoke_holder_commitment", "validate_counterparty_revocation",
+                                            "onion_ecdh")] + [
+        "wallet.fund", "wallet.broadcast", "wallet.release", "watchd.watch", "watchd.status", "chain.fees",
+        "chain.block",
         "peerd.peer"]
 
 
 @hookimpl
 def lnp_features() -> list[FeatureSpec]:
     # only what channeld implements; more with each protocol part (docs/channels.md)
-    return [FeatureSpec(12), FeatureSpec(22), FeatureSpec(44)]  # static_remotekey, anchors, channel_type
+    # var_onion_optin and payment_secret (BOLT-4/11): channeld peels each HTLC's TLV onion and hands its
+    # payload (payment_secret included) to htlc_accepted
+    return [FeatureSpec(8, contexts="IN9"), FeatureSpec(14, contexts="IN9"), FeatureSpec(12), FeatureSpec(22),
+            FeatureSpec(44)]
 
 
 @hookimpl
@@ -160,7 +185,7 @@ def lnp_rpc_methods() -> list:
 def lnp_subscriptions() -> list:
     return ([Subscription.wire(t, _on_wire) for t in WIRE_TYPES]
             + [Subscription.event(n, _on_peer) for n in ("peer_connected", "peer_disconnected")]
-            + [Subscription.event("tx_depth", _on_depth)])
+            + [Subscription.event("tx_depth", _on_depth), _add_htlc])
 
 
 @hookimpl

@@ -90,6 +90,9 @@ class Channel:
     private: bool = False
     funding_tx: str | None = None        # hex, while we (the opener) may need to send it again
     failure: str | None = None
+    # per HTLC, what the update log does not keep: "in:ID" (received) {onion}; "out:ID" (offered) {onion,
+    # and once the peer removes it: failure_onion or failure_code, resolved}
+    htlcs: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
     @property
     def extensions(self) -> list[ChannelExtension]:
@@ -113,7 +116,7 @@ class Channel:
                 "their_points": {str(n): p.hex() for n, p in self.their_points.items()},
                 "their_secrets": self.their_secrets.to_json(), "ready_sent": self.ready_sent,
                 "ready_received": self.ready_received, "scid": self.scid, "private": self.private,
-                "funding_tx": self.funding_tx, "failure": self.failure}
+                "funding_tx": self.funding_tx, "failure": self.failure, "htlcs": dict(self.htlcs)}
 
     @classmethod
     def from_json(cls, d: Mapping[str, Any]) -> "Channel":
@@ -123,7 +126,8 @@ class Channel:
                    UpdateLog.from_json(d["log"], params, extensions_for(params.channel_type)), int(d["min_depth"]),
                    {int(n): bytes.fromhex(p) for n, p in d["their_points"].items()},
                    Shachain.from_json(d["their_secrets"]), bool(d["ready_sent"]), bool(d["ready_received"]),
-                   d.get("scid"), bool(d.get("private", False)), d.get("funding_tx"), d.get("failure"))
+                   d.get("scid"), bool(d.get("private", False)), d.get("funding_tx"), d.get("failure"),
+                   dict(d.get("htlcs", {})))
 
     def summary(self) -> dict[str, Any]:
         """What `channels` lists (no secret: balances, limits, state)."""

@@ -15,12 +15,14 @@ from typing import Any, Callable
 from lnp_plugin_api import RpcError, ServiceContext, WireMessage
 from lnp_plugin_api.chain import ChainClient, parse_block
 from lnp_plugin_api.features import decode as decode_features
-from lnp_plugin_api.messages import (AcceptChannel, ChannelReady, ErrorMessage, FundingCreated, FundingSigned,
-                                     Message, OpenChannel, WarningMessage, decode_message)
+from lnp_plugin_api.messages import (AcceptChannel, ChannelReady, CommitmentSigned, ErrorMessage, FundingCreated,
+                                     FundingSigned, Message, OpenChannel, RevokeAndAck, UpdateAddHtlc, UpdateFailHtlc,
+                                     UpdateFailMalformedHtlc, UpdateFee, UpdateFulfillHtlc, WarningMessage,
+                                     decode_message)
 from lnp_plugin_api.services import ChainWatch, Funding, PeerTransport, Signer
 from lnp_plugin_api.wire import WireError, format_scid
 
-from . import opening, storage
+from . import normal, opening, storage
 from .actor import PeerWorker
 from .document import AWAITING_LOCK, FAILED, NORMAL, Channel
 from .errors import ChannelError
@@ -53,6 +55,8 @@ class ChannelManager:
         self._workers: dict[bytes, PeerWorker] = {}
         self._lock = threading.Lock()                      # workers, openings and dbid across threads
         self._dbid = 0
+        self.asked: dict[tuple[bytes, int], bytes] = {}   # HTLCs put to htlc_accepted -> their onion secret
+        self._signing: set[bytes] = set()                  # channels with a commitment_signed scheduled
 
     # --- lifecycle ---
 
@@ -124,6 +128,25 @@ class ChannelManager:
         """Have watchd tell us when the funding transaction is `min_depth` deep."""
         self.watch.watch_txid(ch.params.funding_txid, [ch.min_depth])
 
+    def schedule_sign(self, ch: Channel) -> None:
+        """Send commitment_signed for `ch` after commit_interval_ms (updates meanwhile join it)."""
+        with self._lock:
+            if ch.channel_id in self._signing:
+                return
+            self._signing.add(ch.channel_id)
+        item = ("sign", ch.channel_id)
+        delay = self.options.commit_interval_ms / 1000
+        if delay <= 0:
+            self.worker(ch.peer_id).put(item)
+            return
+        timer = threading.Timer(delay, lambda: self.worker(ch.peer_id).put(item))
+        timer.daemon = True
+        timer.start()
+
+    def height(self) -> int:
+        """The chain's tip as watchd has processed it."""
+        return int(self.watch.status()["height"])
+
     def peer_bits(self, peer_id: bytes) -> set[int]:
         """The peer's init features (from peer_connected, else asked of peerd)."""
         bits = self.peer_features.get(peer_id)
@@ -172,12 +195,41 @@ class ChannelManager:
             self._on_message(item[1])
         elif kind == "depth":
             self._funding_deep(item[1], item[2])
+        elif kind == "sign":
+            with self._lock:
+                self._signing.discard(item[1])
+            self._guarded(item[1], lambda: normal.sign(self, item[1]))
+        elif kind == "decided":
+            self._guarded(item[1], lambda: normal.on_decided(self, item[1], item[2], item[3]))
         elif kind == "peer_connected":
             self._connected(bytes.fromhex(item[1]["id"]))
         elif kind == "peer_disconnected":
             peer_id = bytes.fromhex(item[1]["id"])
             for op in [o for o in self.openings.values() if o.peer_id == peer_id]:
                 self._abort(op, "the peer disconnected")
+            self._disconnected(peer_id)
+
+    def _guarded(self, channel_id: bytes, fn: Callable[[], None]) -> None:
+        """Run a step of a channel's protocol that we started; a ChannelError fails the channel."""
+        try:
+            fn()
+        except ChannelError as e:
+            ch = self.channels.get(channel_id)
+            if ch is not None:
+                self._fail(ch.peer_id, channel_id, str(e), e.warning)
+
+    def _disconnected(self, peer_id: bytes) -> None:
+        """BOLT-2: updates not yet signed are forgotten on a disconnection."""
+        for ch in list(self.channels.values()):
+            if ch.peer_id != peer_id or ch.state != NORMAL:
+                continue
+            log, dropped = ch.log.disconnected(ch.extensions)
+            if dropped:
+                gone = {f"out:{u.body['id']}" if u.proposer.value == "local" else f"in:{u.body['id']}"
+                        for u in dropped if u.kind == "add_htlc"}
+                htlcs = {k: v for k, v in ch.htlcs.items() if k not in gone}
+                with self.ctx.transaction() as tx:
+                    self.store(tx, replace(ch, log=log, htlcs=htlcs))
 
     def _on_message(self, wire: WireMessage) -> None:
         try:
@@ -218,6 +270,12 @@ class ChannelManager:
                     op.reply.set_result({"channel_id": ch.channel_id.hex(), "funding_txid": ch.params.funding_txid,
                                          "funding_vout": ch.params.funding_output_index,
                                          "channel_type": ch.params.channel_type.name})
+        elif isinstance(msg, (UpdateAddHtlc, UpdateFulfillHtlc, UpdateFailHtlc, UpdateFailMalformedHtlc, UpdateFee)):
+            normal.on_update(self, peer_id, msg)
+        elif isinstance(msg, CommitmentSigned):
+            normal.on_commitment_signed(self, peer_id, msg)
+        elif isinstance(msg, RevokeAndAck):
+            normal.on_revoke_and_ack(self, peer_id, msg)
         elif isinstance(msg, ChannelReady):
             self._channel_ready(peer_id, msg)
         elif isinstance(msg, ErrorMessage):
@@ -272,10 +330,13 @@ class ChannelManager:
             self.store(tx, new)
 
     def _connected(self, peer_id: bytes) -> None:
-        # Until channel_reestablish is implemented: a channel_ready the peer may have missed goes again.
+        # Until channel_reestablish is implemented: a channel_ready the peer may have missed goes again,
+        # and HTLCs committed to us but unresolved (after a restart) are put to htlc_accepted again.
         for ch in list(self.channels.values()):
             if ch.peer_id == peer_id and ch.state == AWAITING_LOCK and ch.ready_sent:
                 self.send(peer_id, ChannelReady(ch.channel_id, self.signer.per_commitment_point(ch.dbid, 1)))
+            elif ch.peer_id == peer_id and ch.state == NORMAL:
+                self._guarded(ch.channel_id, lambda c=ch: normal.after_change(self, c))
 
     # --- failures ---
 
