@@ -93,6 +93,7 @@ class Channel:
     # per HTLC, what the update log does not keep: "in:ID" (received) {onion}; "out:ID" (offered) {onion,
     # and once the peer removes it: failure_onion or failure_code, resolved}
     htlcs: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    last_sent: str = ""                  # "commit" or "revoke": which we sent last (reestablish's order)
 
     @property
     def extensions(self) -> list[ChannelExtension]:
@@ -116,7 +117,8 @@ class Channel:
                 "their_points": {str(n): p.hex() for n, p in self.their_points.items()},
                 "their_secrets": self.their_secrets.to_json(), "ready_sent": self.ready_sent,
                 "ready_received": self.ready_received, "scid": self.scid, "private": self.private,
-                "funding_tx": self.funding_tx, "failure": self.failure, "htlcs": dict(self.htlcs)}
+                "funding_tx": self.funding_tx, "failure": self.failure, "htlcs": dict(self.htlcs),
+                "last_sent": self.last_sent}
 
     @classmethod
     def from_json(cls, d: Mapping[str, Any]) -> "Channel":
@@ -127,7 +129,7 @@ class Channel:
                    {int(n): bytes.fromhex(p) for n, p in d["their_points"].items()},
                    Shachain.from_json(d["their_secrets"]), bool(d["ready_sent"]), bool(d["ready_received"]),
                    d.get("scid"), bool(d.get("private", False)), d.get("funding_tx"), d.get("failure"),
-                   dict(d.get("htlcs", {})))
+                   dict(d.get("htlcs", {})), d.get("last_sent", ""))
 
     def summary(self) -> dict[str, Any]:
         """What `channels` lists (no secret: balances, limits, state)."""

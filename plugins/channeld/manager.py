@@ -15,14 +15,16 @@ from typing import Any, Callable
 from lnp_plugin_api import RpcError, ServiceContext, WireMessage
 from lnp_plugin_api.chain import ChainClient, parse_block
 from lnp_plugin_api.features import decode as decode_features
-from lnp_plugin_api.messages import (AcceptChannel, ChannelReady, CommitmentSigned, ErrorMessage, FundingCreated,
+from lnp_plugin_api.messages import (AcceptChannel, ChannelReady, ChannelReestablish, CommitmentSigned, ErrorMessage, FundingCreated,
                                      FundingSigned, Message, OpenChannel, RevokeAndAck, UpdateAddHtlc, UpdateFailHtlc,
                                      UpdateFailMalformedHtlc, UpdateFee, UpdateFulfillHtlc, WarningMessage,
                                      decode_message)
 from lnp_plugin_api.services import ChainWatch, Funding, PeerTransport, Signer
+from lnp_plugin_api.channel import Side
+from lnp_plugin_api.onion_errors import TEMPORARY_CHANNEL_FAILURE
 from lnp_plugin_api.wire import WireError, format_scid
 
-from . import normal, opening, storage
+from . import normal, opening, reestablish, storage
 from .actor import PeerWorker
 from .document import AWAITING_LOCK, FAILED, NORMAL, Channel
 from .errors import ChannelError
@@ -57,6 +59,8 @@ class ChannelManager:
         self._dbid = 0
         self.asked: dict[tuple[bytes, int], bytes] = {}   # HTLCs put to htlc_accepted -> their onion secret
         self._signing: set[bytes] = set()                  # channels with a commitment_signed scheduled
+        self.live: set[bytes] = set()                      # channels reestablished on the current connection
+        self.reestablish_sent: set[bytes] = set()          # our channel_reestablish went on this connection
 
     # --- lifecycle ---
 
@@ -66,6 +70,8 @@ class ChannelManager:
             for ch in storage.load_all(conn):
                 self.channels[ch.channel_id] = ch
             self._dbid = storage.max_dbid(conn)
+        for ch in list(self.channels.values()):  # a restart is a disconnection (BOLT-2)
+            self._forget_unsigned(ch)
 
     def stop(self) -> None:
         """Stop the workers; openings in progress are abandoned (their inputs released)."""
@@ -219,17 +225,37 @@ class ChannelManager:
                 self._fail(ch.peer_id, channel_id, str(e), e.warning)
 
     def _disconnected(self, peer_id: bytes) -> None:
-        """BOLT-2: updates not yet signed are forgotten on a disconnection."""
+        """BOLT-2: updates not yet signed are forgotten on a disconnection; channels wait for reestablish."""
         for ch in list(self.channels.values()):
-            if ch.peer_id != peer_id or ch.state != NORMAL:
-                continue
-            log, dropped = ch.log.disconnected(ch.extensions)
-            if dropped:
-                gone = {f"out:{u.body['id']}" if u.proposer.value == "local" else f"in:{u.body['id']}"
-                        for u in dropped if u.kind == "add_htlc"}
-                htlcs = {k: v for k, v in ch.htlcs.items() if k not in gone}
-                with self.ctx.transaction() as tx:
-                    self.store(tx, replace(ch, log=log, htlcs=htlcs))
+            if ch.peer_id == peer_id:
+                self.live.discard(ch.channel_id)
+                self.reestablish_sent.discard(ch.channel_id)
+                self._forget_unsigned(ch)
+
+    def _forget_unsigned(self, ch: Channel) -> None:
+        """Drop the updates the receiver never signed. Our removals are decided again after reestablish; our
+        adds never reached a commitment: htlc_resolved says so (failure_code temporary_channel_failure)."""
+        if ch.state != NORMAL:
+            return
+        log, dropped = ch.log.disconnected(ch.extensions)
+        if not dropped:
+            return
+        events, htlcs = [], dict(ch.htlcs)
+        for u in dropped:
+            htlc_id = int(u.body.get("id", -1))
+            if u.kind == "add_htlc" and u.proposer is Side.LOCAL:
+                htlcs.pop(f"out:{htlc_id}", None)
+                events.append({"channel_id": ch.channel_id.hex(), "htlc_id": htlc_id,
+                               "payment_hash": u.body["payment_hash"], "amount_msat": int(u.body["amount_msat"]),
+                               "preimage": None, "failure_onion": None, "failure_code": TEMPORARY_CHANNEL_FAILURE})
+            elif u.kind == "add_htlc":
+                htlcs.pop(f"in:{htlc_id}", None)
+            elif u.proposer is Side.LOCAL:
+                self.asked.pop((ch.channel_id, htlc_id), None)
+        with self.ctx.transaction() as tx:
+            self.store(tx, replace(ch, log=log, htlcs=htlcs))
+            for event in events:
+                tx.emit("htlc_resolved", event)
 
     def _on_message(self, wire: WireMessage) -> None:
         try:
@@ -266,6 +292,9 @@ class ChannelManager:
                 fn = opening.on_funding_signed if isinstance(msg, FundingSigned) else opening.on_funding_created
                 ch = fn(self, op, msg)
                 self.openings.pop(op.temp_id, None)
+                self.live.add(ch.channel_id)              # opened on this connection: nothing to reestablish
+                self.reestablish_sent.add(ch.channel_id)
+                self._keep_connected(peer_id)
                 if op.reply is not None and not op.reply.done():
                     op.reply.set_result({"channel_id": ch.channel_id.hex(), "funding_txid": ch.params.funding_txid,
                                          "funding_vout": ch.params.funding_output_index,
@@ -276,12 +305,24 @@ class ChannelManager:
             normal.on_commitment_signed(self, peer_id, msg)
         elif isinstance(msg, RevokeAndAck):
             normal.on_revoke_and_ack(self, peer_id, msg)
+        elif isinstance(msg, ChannelReestablish):
+            reestablish.on_reestablish(self, peer_id, msg)
+            ch = self.channels[msg.channel_id]
+            if ch.state == NORMAL and ch.channel_id in self.live:
+                normal.after_change(self, ch)
         elif isinstance(msg, ChannelReady):
             self._channel_ready(peer_id, msg)
         elif isinstance(msg, ErrorMessage):
             self._peer_error(peer_id, msg)
         elif isinstance(msg, WarningMessage):
             self.ctx.log.info("warning from %s: %s", peer_id.hex(), printable(msg.data))
+
+    def _keep_connected(self, peer_id: bytes) -> None:
+        """A peer we have a channel with is redialled by peerd after a drop or a restart."""
+        try:
+            self.transport.set_persistent(peer_id.hex(), True)
+        except RpcError as e:
+            self.ctx.log.info("peer %s not made persistent: %s", peer_id.hex(), e.message)
 
     def _opening_by_channel_id(self, cid: bytes) -> Opening | None:
         from .document import channel_id_of
@@ -330,13 +371,10 @@ class ChannelManager:
             self.store(tx, new)
 
     def _connected(self, peer_id: bytes) -> None:
-        # Until channel_reestablish is implemented: a channel_ready the peer may have missed goes again,
-        # and HTLCs committed to us but unresolved (after a restart) are put to htlc_accepted again.
+        """channel_reestablish for each of the peer's channels, before anything else about them."""
         for ch in list(self.channels.values()):
-            if ch.peer_id == peer_id and ch.state == AWAITING_LOCK and ch.ready_sent:
-                self.send(peer_id, ChannelReady(ch.channel_id, self.signer.per_commitment_point(ch.dbid, 1)))
-            elif ch.peer_id == peer_id and ch.state == NORMAL:
-                self._guarded(ch.channel_id, lambda c=ch: normal.after_change(self, c))
+            if ch.peer_id == peer_id:
+                reestablish.send(self, ch)
 
     # --- failures ---
 

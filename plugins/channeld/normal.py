@@ -42,6 +42,8 @@ def usable(mgr: "ChannelManager", peer_id: bytes, channel_id: bytes) -> Channel:
         raise ChannelError("message for no channel of ours", warning=True)
     if ch.state != NORMAL:
         raise ChannelError(f"channel is {ch.state}, not normal")
+    if channel_id not in mgr.live:
+        raise ChannelError("update before channel_reestablish")
     return ch
 
 
@@ -70,7 +72,7 @@ def add_htlc(mgr: "ChannelManager", peer_id: bytes, amount_msat: int, payment_ha
     if len(payment_hash) != 32:
         raise RpcError(RpcError.INVALID_PARAMS, "payment_hash must be 32 bytes")
     candidates = [c for c in mgr.channels.values() if c.peer_id == peer_id and c.state == NORMAL
-                  and (channel_id is None or c.channel_id == channel_id)]
+                  and c.channel_id in mgr.live and (channel_id is None or c.channel_id == channel_id)]
     if not candidates or mgr.transport.peer(peer_id.hex()) is None:
         raise RpcError(RpcError.INVALID_PARAMS, f"no usable channel with peer {peer_id.hex()}")
     problems = []
@@ -163,7 +165,7 @@ def _resolved(ch: Channel, htlc_id: int, payment_hash: bytes, amount_msat: int, 
 def sign(mgr: "ChannelManager", channel_id: bytes) -> None:
     """Send commitment_signed if the peer's next commitment has changes and we may sign."""
     ch = mgr.channels.get(channel_id)
-    if ch is None or ch.state != NORMAL or not ch.log.can_sign_remote():
+    if ch is None or ch.state != NORMAL or channel_id not in mgr.live or not ch.log.can_sign_remote():
         return
     log, spec = ch.log.sign_remote(ch.extensions)
     n = log.remote_number
@@ -171,7 +173,7 @@ def sign(mgr: "ChannelManager", channel_id: bytes) -> None:
     built = build_commitment(ch.params, spec, R, n, pcp, ch.extensions)
     stages = [HtlcTx(s.tx.serialize(), s.input_script) for s in built.second_stages]
     sig, htlc_sigs = mgr.signer.sign_counterparty_commitment(ch.dbid, n, built.tx.serialize(), pcp, stages)
-    new = replace(ch, log=log)
+    new = replace(ch, log=log, last_sent="commit")
     with mgr.ctx.transaction() as tx:
         mgr.store(tx, new)
         _remember_remote(tx.conn, ch, n, built)
@@ -206,7 +208,7 @@ def on_commitment_signed(mgr: "ChannelManager", peer_id: bytes, msg: CommitmentS
     except RpcError as e:
         raise ChannelError(f"bad commitment_signed: {e.message}") from None
     secret, next_point = mgr.signer.revoke_holder_commitment(ch.dbid, n - 1)
-    new = _forget_settled(mgr, replace(ch, log=log.send_revoke()))
+    new = _forget_settled(mgr, replace(ch, log=log.send_revoke(), last_sent="revoke"))
     with mgr.ctx.transaction() as tx:
         mgr.store(tx, new[0])
         mgr.send(peer_id, RevokeAndAck(ch.channel_id, secret, next_point), tx)
@@ -273,6 +275,8 @@ def after_change(mgr: "ChannelManager", ch: Channel) -> None:
 
 def ask_pending(mgr: "ChannelManager", ch: Channel) -> None:
     """Ask `htlc_accepted` for each HTLC irrevocably committed to us and not yet being resolved."""
+    if ch.channel_id not in mgr.live:
+        return
     for h in ch.log.local.htlcs:
         key = (ch.channel_id, h.id)
         if h.offerer is not R or key in mgr.asked or not ch.log.irrevocably_committed(R, h.id):
@@ -312,6 +316,9 @@ def on_decided(mgr: "ChannelManager", channel_id: bytes, body: dict[str, Any], r
     secret = mgr.asked.get((channel_id, htlc_id))
     ch = mgr.channels.get(channel_id)
     if secret is None or ch is None or ch.state != NORMAL or not ch.log.irrevocably_committed(R, htlc_id):
+        return
+    if channel_id not in mgr.live:  # disconnected meanwhile: asked again after channel_reestablish
+        mgr.asked.pop((channel_id, htlc_id), None)
         return
     fail_with = None
     if isinstance(result, Resolve):
