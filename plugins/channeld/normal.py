@@ -26,7 +26,7 @@ from lnp_plugin_api.onion_errors import (INCORRECT_OR_UNKNOWN_PAYMENT_DETAILS, T
 from lnp_plugin_api.services import HtlcTx
 
 from .document import NORMAL, Channel
-from .errors import ChannelError
+from .errors import ChannelError, crash_point
 from .storage import remote_commitments
 
 if TYPE_CHECKING:
@@ -178,6 +178,7 @@ def sign(mgr: "ChannelManager", channel_id: bytes) -> None:
         mgr.store(tx, new)
         _remember_remote(tx.conn, ch, n, built)
         mgr.send(ch.peer_id, CommitmentSigned(ch.channel_id, sig, htlc_sigs), tx)
+    crash_point("commitment_signed_stored", mgr.ctx.node.network)
 
 
 def _remember_remote(conn: Any, ch: Channel, n: int, built: BuiltCommitment) -> None:
@@ -214,6 +215,7 @@ def on_commitment_signed(mgr: "ChannelManager", peer_id: bytes, msg: CommitmentS
         mgr.send(peer_id, RevokeAndAck(ch.channel_id, secret, next_point), tx)
         for event in new[1]:
             tx.emit("htlc_resolved", event)
+    crash_point("revoke_and_ack_stored", mgr.ctx.node.network)
     after_change(mgr, new[0])
 
 
@@ -242,6 +244,7 @@ def on_revoke_and_ack(mgr: "ChannelManager", peer_id: bytes, msg: RevokeAndAck) 
         mgr.store(tx, new)
         for event in events:
             tx.emit("htlc_resolved", event)
+    crash_point("revocation_received", mgr.ctx.node.network)
     after_change(mgr, new)
 
 
@@ -368,4 +371,5 @@ def _remove(mgr: "ChannelManager", channel_id: bytes, htlc_id: int, kind: str, f
     with mgr.ctx.transaction() as tx:
         mgr.store(tx, new)
         mgr.send(ch.peer_id, msg, tx)
+    crash_point(f"{kind}_stored", mgr.ctx.node.network)
     mgr.schedule_sign(new)
