@@ -154,8 +154,9 @@ def lnp_features() -> list[FeatureSpec]:
     # only what channeld implements; more with each protocol part (docs/channels.md)
     # var_onion_optin and payment_secret (BOLT-4/11): channeld peels each HTLC's TLV onion and hands its
     # payload (payment_secret included) to htlc_accepted
-    return [FeatureSpec(8, contexts="IN9"), FeatureSpec(14, contexts="IN9"), FeatureSpec(12), FeatureSpec(22),
-            FeatureSpec(44)]
+    # option_data_loss_protect: channel_reestablish carries its fields, and a node behind stops (reestablish.py)
+    return [FeatureSpec(0), FeatureSpec(8, contexts="IN9"), FeatureSpec(14, contexts="IN9"), FeatureSpec(12),
+            FeatureSpec(22), FeatureSpec(44)]
 
 
 @hookimpl
