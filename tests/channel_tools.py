@@ -35,13 +35,15 @@ def profile(chain_port: int, peer_port: int, mode: str, extra: str = "", plugins
             + "[plugins.channeld]\nmin_depth = 3\n" + extra)
 
 
-def two_nodes(nodes, chain_port: int, mode: str, extra: str = "", plugins: tuple[str, ...] = ()) -> tuple[Party,
-                                                                                                           Party]:
-    """Alice and Bob, started and connected (Alice dials Bob)."""
+def two_nodes(nodes, chain_port: int, mode: str, extra: str = "", plugins: tuple[str, ...] = (),
+              bob_extra: str = "") -> tuple[Party, Party]:
+    """Alice and Bob, started and connected (Alice dials Bob); EXTRA goes in both [plugins.channeld]
+    tables, BOB_EXTRA in Bob's."""
     parties = []
     for name in ("alice", "bob"):
         port = free_port()
-        node = nodes(profile(chain_port, port, mode, extra, plugins), name=f"{name}{mode[0]}").start()
+        mine = extra + (bob_extra if name == "bob" else "")
+        node = nodes(profile(chain_port, port, mode, mine, plugins), name=f"{name}{mode[0]}").start()
         p = Party(node, port)
         p.node_id = p.call("info")["node_id"]
         parties.append(p)

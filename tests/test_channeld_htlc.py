@@ -92,10 +92,24 @@ def test_htlcs_fulfilled_failed_and_malformed_with_balances_to_the_msat(nodes, e
     assert channel_of(alice, cid)["htlcs_in_flight"] == 0
 
 
-def test_a_plugin_refuses_a_channel_and_the_opener_hears_why(nodes, external_chain) -> None:
+def test_a_plugin_refuses_a_channel_and_dust_htlcs_over_the_limit_fail(nodes, external_chain) -> None:
     port, btc = external_chain
-    alice, bob = two_nodes(nodes, port, "threads", plugins=("tk_htlcs",))
+    alice, bob = two_nodes(nodes, port, "threads", plugins=("tk_htlcs", "tk_signer"),
+                           bob_extra="max_dust_htlc_exposure_msat = 400000\n")
     fund(alice, btc)
     with pytest.raises(RpcError, match="no channels of 77777 sat here"):
         alice.call("open", bob.node_id, 77_777)
     assert alice.channels() == [] and bob.channels() == []
+    cid = alice.call("open", bob.node_id, FUNDING)["channel_id"]
+    mine(btc, [alice, bob], 3)
+    for p in (alice, bob):
+        wait_for(lambda: channel_of(p, cid)["state"] == "normal", timeout=30)
+    # 500 sat is below the dust limit: Bob would lose it on a force close, more than he accepts; his
+    # plugin knows the preimage, yet the HTLC fails (temporary_channel_failure) and the channel stays
+    preimage = os.urandom(32)
+    h = bytes.fromhex(bob.call("tk_htlc_preimage", preimage.hex())["payment_hash"])
+    _, secrets = add(alice, bob, 500_000, h, alice.call("chaininfo")["watchd"]["height"])
+    ev = resolved(alice, 0)
+    assert ev["preimage"] is None
+    assert decode_error_packet(secrets, bytes.fromhex(ev["failure_onion"])).failure.code == TEMPORARY_CHANNEL_FAILURE
+    assert channel_of(bob, cid)["state"] == "normal" and bob.call("tk_htlc_events", "htlc_accepted") == []

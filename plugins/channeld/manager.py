@@ -33,6 +33,7 @@ from .options import Options
 
 OWNER = "channeld"                      # our watches' owner in watchd
 FALLBACK_FEERATE_PER_KW = 2500          # when the backend has no estimate (regtest)
+OPENING_TIMEOUT = 60.0                  # seconds an opening may wait for the peer before it is abandoned
 ZERO_ID = bytes(32)
 
 
@@ -281,6 +282,7 @@ class ChannelManager:
                 raise ChannelError("temporary_channel_id already in use")
             op = opening.on_open_channel(self, peer_id, msg, self.peer_bits(peer_id))
             self.openings[op.temp_id] = op
+            self._expire(op)
         elif isinstance(msg, (AcceptChannel, FundingCreated, FundingSigned)):
             key = msg.temporary_channel_id if not isinstance(msg, FundingSigned) else None
             op = self.openings.get(key) if key else self._opening_by_channel_id(msg.channel_id)
@@ -429,4 +431,14 @@ class ChannelManager:
         op.reply, op.min_depth = reply, min_depth
         self.openings[op.temp_id] = op
         opening.start_open(self, op)
+        self._expire(op)
+
+    def _expire(self, op: Opening) -> None:
+        """Abandon `op` if it is still in progress after OPENING_TIMEOUT (the peer went quiet)."""
+        def check() -> None:
+            if self.openings.get(op.temp_id) is op:
+                self._abort(op, f"no answer from the peer in {OPENING_TIMEOUT:.0f} s")
+        timer = threading.Timer(OPENING_TIMEOUT, lambda: self.worker(op.peer_id).put(("call", check, Future())))
+        timer.daemon = True
+        timer.start()
 

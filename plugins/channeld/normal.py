@@ -16,12 +16,14 @@ from sqlalchemy import insert
 from lnp_plugin_api import Continue, Fail, Resolve, RpcError
 from lnp_plugin_api.bolt3 import MAX_INDEX, ShachainError, point
 from lnp_plugin_api.channel import Side, Update, UpdateRefused
+from lnp_plugin_api.channel_fees import dust_exposure_msat
 from lnp_plugin_api.channel_updates import ProtocolViolation, update_owner
 from lnp_plugin_api.commitment import BuiltCommitment, build_commitment
 from lnp_plugin_api.messages import (CommitmentSigned, Message, RevokeAndAck, UpdateAddHtlc, UpdateFailHtlc,
                                      UpdateFailMalformedHtlc, UpdateFee, UpdateFulfillHtlc)
 from lnp_plugin_api.onion import OnionError, PACKET_SIZE, process_onion, sha256_of_onion
-from lnp_plugin_api.onion_errors import (INCORRECT_OR_UNKNOWN_PAYMENT_DETAILS, TEMPORARY_NODE_FAILURE,
+from lnp_plugin_api.onion_errors import (INCORRECT_OR_UNKNOWN_PAYMENT_DETAILS, TEMPORARY_CHANNEL_FAILURE,
+                                         TEMPORARY_NODE_FAILURE,
                                          UNKNOWN_NEXT_PEER, create_error_packet, failure)
 from lnp_plugin_api.services import HtlcTx
 
@@ -43,8 +45,20 @@ def usable(mgr: "ChannelManager", peer_id: bytes, channel_id: bytes) -> Channel:
     if ch.state != NORMAL:
         raise ChannelError(f"channel is {ch.state}, not normal")
     if channel_id not in mgr.live:
-        raise ChannelError("update before channel_reestablish")
+        # the peer broke BOLT-2's order (or a message of an earlier connection arrived late): ignored with a
+        # warning, never a reason to fail the channel; what matters is retransmitted after reestablish
+        raise ChannelError(f"channel {channel_id.hex()} not reestablished yet: message ignored", warning=True)
     return ch
+
+
+def dust_problem(mgr: "ChannelManager", ch: Channel) -> str | None:
+    """Why the HTLCs trimmed from either pending commitment are more than we accept to lose, or None."""
+    limit = mgr.options.max_dust_htlc_exposure_msat
+    for owner in (L, R):
+        exposure = dust_exposure_msat(ch.params, ch.log.pending(owner, ch.extensions), owner)
+        if exposure > limit:
+            return f"dust HTLCs of {exposure} msat on the {owner.value} commitment, over our limit {limit}"
+    return None
 
 
 def _propose(ch: Channel, u: Update, budget_sides: tuple[Side, ...], fee_spike: bool = False) -> Channel:
@@ -87,6 +101,10 @@ def add_htlc(mgr: "ChannelManager", peer_id: bytes, amount_msat: int, payment_ha
             new = _propose(ch, u, sides, fee_spike=True)
         except ChannelError as e:
             problems.append(str(e))
+            continue
+        dust = dust_problem(mgr, new)
+        if dust:
+            problems.append(dust)
             continue
         info = {"onion": onion.hex(), "payment_hash": payment_hash.hex(), "amount_msat": amount_msat}
         new = replace(new, htlcs={**new.htlcs, f"out:{htlc_id}": info})
@@ -133,6 +151,8 @@ def on_update(mgr: "ChannelManager", peer_id: bytes, msg: Message) -> None:
     except UpdateRefused as e:
         raise ChannelError(str(e)) from None
     new = _propose(ch, Update(kind, owner, R, body), sides)
+    if kind == "add_htlc" and dust_problem(mgr, new):  # BOLT-2: failed once committed, the channel kept
+        extra[f"in:{msg.id}"]["refuse"] = dust_problem(mgr, new)  # type: ignore[attr-defined]
     if kind != "add_htlc" and kind != "update_fee":
         key = f"out:{msg.id}"  # type: ignore[attr-defined]
         htlc = ch.log.local.htlc(L, msg.id) or ch.log.remote.htlc(L, msg.id)  # type: ignore[attr-defined]
@@ -284,9 +304,13 @@ def ask_pending(mgr: "ChannelManager", ch: Channel) -> None:
         key = (ch.channel_id, h.id)
         if h.offerer is not R or key in mgr.asked or not ch.log.irrevocably_committed(R, h.id):
             continue
-        onion = bytes.fromhex(ch.htlcs.get(f"in:{h.id}", {}).get("onion", ""))
+        info = ch.htlcs.get(f"in:{h.id}", {})
+        onion = bytes.fromhex(info.get("onion", ""))
         try:
             peeled = process_onion(onion, h.payment_hash, mgr.signer.onion_ecdh)
+            if info.get("refuse"):
+                mgr.ctx.log.info("HTLC %d failed: %s", h.id, info["refuse"])
+                raise OnionError(str(info["refuse"]), failure(TEMPORARY_CHANNEL_FAILURE), peeled.shared_secret)
         except OnionError as e:
             if e.shared_secret is None:
                 _remove(mgr, ch.channel_id, h.id, "fail_malformed_htlc",
