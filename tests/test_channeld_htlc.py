@@ -113,3 +113,35 @@ def test_a_plugin_refuses_a_channel_and_dust_htlcs_over_the_limit_fail(nodes, ex
     assert ev["preimage"] is None
     assert decode_error_packet(secrets, bytes.fromhex(ev["failure_onion"])).failure.code == TEMPORARY_CHANNEL_FAILURE
     assert channel_of(bob, cid)["state"] == "normal" and bob.call("tk_htlc_events", "htlc_accepted") == []
+
+
+@pytest.mark.slow
+def test_many_htlcs_both_ways_at_once(nodes, external_chain) -> None:
+    """Payments crossing in both directions, many in flight: commitments cross and batch, nothing is lost."""
+    from concurrent.futures import ThreadPoolExecutor
+    port, btc = external_chain
+    alice, bob = two_nodes(nodes, port, "threads", plugins=("tk_htlcs", "tk_signer"))
+    fund(alice, btc)
+    cid = alice.call("open", bob.node_id, FUNDING, push_msat=PUSH)["channel_id"]
+    mine(btc, [alice, bob], 3)
+    for p in (alice, bob):
+        wait_for(lambda: channel_of(p, cid)["state"] == "normal", timeout=30)
+    height = alice.call("chaininfo")["watchd"]["height"]
+
+    def pay(payer, payee, i: int) -> int:
+        preimage = hashlib.sha256(f"{payer.node_id}{i}".encode()).digest()
+        h = bytes.fromhex(payee.call("tk_htlc_preimage", preimage.hex())["payment_hash"])
+        return add(payer, payee, 1_000_000 + i, h, height)[0]["htlc_id"]
+
+    with ThreadPoolExecutor(8) as pool:
+        jobs = [pool.submit(pay, alice, bob, i) for i in range(12)] + [pool.submit(pay, bob, alice, i) for i in range(12)]
+        ids = [j.result() for j in jobs]
+    assert sorted(ids[:12]) == sorted(ids[12:]) == list(range(12))
+    for payer in (alice, bob):
+        wait_for(lambda: len([e for e in payer.call("tk_htlc_events", "htlc_resolved") if e["preimage"]]) == 12,
+                 timeout=60)
+    for p in (alice, bob):
+        wait_for(lambda: channel_of(p, cid)["htlcs_in_flight"] == 0, timeout=30)
+    a, b = channel_of(alice, cid), channel_of(bob, cid)
+    assert (a["local_msat"], a["remote_msat"]) == (FUNDING * 1000 - PUSH, PUSH)   # the same sums both ways
+    assert (b["local_msat"], b["remote_msat"]) == (PUSH, FUNDING * 1000 - PUSH)
