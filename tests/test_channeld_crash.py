@@ -37,3 +37,25 @@ def test_the_payee_killed_at_each_step(nodes, external_chain, point: str) -> Non
     assert resolved(alice, 0)["preimage"] == preimage.hex()
     settled((alice, bob), cid, FUNDING * 1000 - 5_000_000)
     assert channel_of(alice, cid)["state"] == channel_of(bob, cid)["state"] == "normal"
+
+
+@pytest.mark.slow
+def test_killed_once_the_funding_is_deep_still_sends_channel_ready(nodes, external_chain) -> None:
+    """watchd's tx_depth is acknowledged before channel_ready goes: a kill between the two loses nothing."""
+    from channel_tools import fund, mine
+    port, btc = external_chain
+    alice, bob = two_nodes(nodes, port, "threads")
+    fund(alice, btc)
+    assert bob.node.stop() == 0
+    os.environ["LNP_DEV_CRASH_AT"] = "channeld:funding_deep"
+    try:
+        bob.node.start()
+    finally:
+        del os.environ["LNP_DEV_CRASH_AT"]
+    alice.call("connect", f"{bob.node_id}@127.0.0.1:{bob.port}")   # no channel yet: not redialled
+    cid = alice.call("open", bob.node_id, FUNDING)["channel_id"]
+    mine(btc, [alice], 3)                                  # Bob dies as he sees the depth
+    assert bob.node.proc.wait(30) == -9
+    bob.node.start()
+    for p in (alice, bob):
+        wait_for(lambda: channel_of(p, cid)["state"] == "normal", timeout=30)

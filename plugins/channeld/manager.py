@@ -27,7 +27,7 @@ from lnp_plugin_api.wire import WireError, format_scid
 from . import normal, opening, reestablish, storage
 from .actor import PeerWorker
 from .document import AWAITING_LOCK, FAILED, NORMAL, Channel
-from .errors import ChannelError
+from .errors import ChannelError, crash_point
 from .opening import Opening
 from .options import Options
 
@@ -73,6 +73,11 @@ class ChannelManager:
             self._dbid = storage.max_dbid(conn)
         for ch in list(self.channels.values()):  # a restart is a disconnection (BOLT-2)
             self._forget_unsigned(ch)
+        with self.ctx.storage.begin() as conn:
+            deep = storage.confirmed(conn)
+        for ch in list(self.channels.values()):  # deep enough before a restart, channel_ready not sent yet
+            if ch.state == AWAITING_LOCK and not ch.ready_sent and ch.channel_id.hex() in deep:
+                self.worker(ch.peer_id).put(("depth", ch.channel_id, {"height": deep[ch.channel_id.hex()]}))
 
     def stop(self) -> None:
         """Stop the workers; openings in progress are abandoned (their inputs released)."""
@@ -185,7 +190,9 @@ class ChannelManager:
         if body.get("owner") != OWNER:
             return
         for ch in list(self.channels.values()):
-            if ch.params.funding_txid == body.get("txid"):
+            if ch.params.funding_txid == body.get("txid") and ch.state == AWAITING_LOCK:
+                with self.ctx.storage.begin() as conn:   # before the event is acknowledged
+                    storage.note_confirmed(conn, ch.channel_id.hex(), int(body["height"]))
                 self.worker(ch.peer_id).put(("depth", ch.channel_id, body))
 
     # --- the worker ---
@@ -342,6 +349,7 @@ class ChannelManager:
             return
         height = int(body["height"])   # watchd: the block that confirmed it
         scid = self._scid(height, ch.params.funding_txid, ch.params.funding_output_index)
+        crash_point("funding_deep", self.ctx.node.network)
         second = self.signer.per_commitment_point(ch.dbid, 1)
         ready = replace(ch, ready_sent=True, scid=scid, funding_tx=None)
         if ready.ready_received:

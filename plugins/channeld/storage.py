@@ -50,6 +50,14 @@ remote_commitments = Table(
 )
 Index("channeld_remote_commitments_txid", remote_commitments.c.txid)
 
+funding_confirmed = Table(
+    # watchd's tx_depth for a funding transaction, written when the (durable) event is received, so a
+    # channel whose channel_ready was not sent yet finds it again after a restart
+    "channeld_funding_confirmed", metadata,
+    Column("channel_id", String(64), primary_key=True),
+    Column("height", Integer, nullable=False),            # the block that confirmed the funding
+)
+
 MODELS = StorageModels(metadata, version=1)
 
 
@@ -75,3 +83,16 @@ def load_all(conn: Any) -> list["Channel"]:
 def max_dbid(conn: Any) -> int:
     """The highest channel index used (0 when none)."""
     return int(conn.execute(select(func.max(channels.c.dbid))).scalar() or 0)
+
+
+def note_confirmed(conn: Any, channel_id: str, height: int) -> None:
+    """Remember that a channel's funding is deep enough (idempotent: events come at least once)."""
+    done = conn.execute(funding_confirmed.update().where(funding_confirmed.c.channel_id == channel_id)
+                        .values(height=height))
+    if done.rowcount == 0:
+        conn.execute(funding_confirmed.insert().values(channel_id=channel_id, height=height))
+
+
+def confirmed(conn: Any) -> dict[str, int]:
+    """Funding confirmation heights by channel id."""
+    return {r.channel_id: int(r.height) for r in conn.execute(select(funding_confirmed)).all()}
