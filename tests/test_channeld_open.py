@@ -60,3 +60,21 @@ def test_open_refusals_send_nothing_and_release_the_inputs(nodes, external_chain
         alice.call("open", bob.node_id, 600_000)
     assert alice.call("funds").get("reserved_sat", 0) == 0
     assert alice.channels() == [] and bob.channels() == []
+
+
+@pytest.mark.slow
+def test_the_opener_follows_its_fee_estimate_with_update_fee(nodes, external_chain) -> None:
+    from channel_tools import two_nodes as pair
+    port, btc = external_chain
+    alice, bob = pair(nodes, port, "threads")
+    fund(alice, btc)
+    cid = alice.call("open", bob.node_id, 1_000_000, feerate=10_000)["channel_id"]
+    mine(btc, [alice, bob], 3)
+    for p in (alice, bob):
+        wait_for(lambda: channel_of(p, cid)["state"] == "normal", timeout=30)
+    assert channel_of(bob, cid)["feerate_per_kw"] == 10_000
+    mine(btc, [alice, bob], 1)   # a block: Alice's estimate (regtest has none: 2500) is far from 10000
+    for p in (alice, bob):
+        wait_for(lambda: channel_of(p, cid)["feerate_per_kw"] == 2500, timeout=30)
+    a = channel_of(alice, cid)
+    assert (a["local_msat"], a["remote_msat"]) == (1_000_000_000, 0) and a["htlcs_in_flight"] == 0

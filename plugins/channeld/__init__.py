@@ -121,6 +121,10 @@ def _on_depth(ctx: ServiceContext, event: Any) -> None:
     _manager(ctx).on_depth(event.body)
 
 
+def _on_block(ctx: ServiceContext, event: Any) -> None:
+    _manager(ctx).on_block()
+
+
 # --- hooks ---------------------------------------------------------------------------------------
 
 @hookimpl
@@ -186,7 +190,8 @@ def lnp_rpc_methods() -> list:
 def lnp_subscriptions() -> list:
     return ([Subscription.wire(t, _on_wire) for t in WIRE_TYPES]
             + [Subscription.event(n, _on_peer) for n in ("peer_connected", "peer_disconnected")]
-            + [Subscription.event("tx_depth", _on_depth), _add_htlc])
+            + [Subscription.event("tx_depth", _on_depth), Subscription.event("block_connected", _on_block),
+               _add_htlc])
 
 
 @hookimpl

@@ -195,6 +195,12 @@ class ChannelManager:
                     storage.note_confirmed(conn, ch.channel_id.hex(), int(body["height"]))
                 self.worker(ch.peer_id).put(("depth", ch.channel_id, body))
 
+    def on_block(self) -> None:
+        """A new block: the channels we opened follow our fee estimate (update_fee)."""
+        for ch in list(self.channels.values()):
+            if ch.state == NORMAL and ch.opener:
+                self.worker(ch.peer_id).put(("fee", ch.channel_id))
+
     # --- the worker ---
 
     def _handle(self, item: tuple) -> None:
@@ -213,6 +219,8 @@ class ChannelManager:
             with self._lock:
                 self._signing.discard(item[1])
             self._guarded(item[1], lambda: normal.sign(self, item[1]))
+        elif kind == "fee":
+            self._guarded(item[1], lambda: normal.follow_fee(self, item[1]))
         elif kind == "decided":
             self._guarded(item[1], lambda: normal.on_decided(self, item[1], item[2], item[3]))
         elif kind == "peer_connected":

@@ -117,6 +117,32 @@ def add_htlc(mgr: "ChannelManager", peer_id: bytes, amount_msat: int, payment_ha
     raise RpcError(RpcError.REFUSED, "; ".join(problems))
 
 
+# --- update_fee (we opened the channel: its commitments' fee is ours to keep current) ---------------------
+
+FEE_CHANGE = 0.2   # a relative change of our estimate that is worth an update_fee
+
+
+def follow_fee(mgr: "ChannelManager", channel_id: bytes) -> None:
+    """Propose update_fee when our estimate moved more than FEE_CHANGE from the channel's feerate."""
+    ch = mgr.channels.get(channel_id)
+    if ch is None or ch.state != NORMAL or ch.params.opener is not L or channel_id not in mgr.live:
+        return
+    current = ch.log.pending(R, ch.extensions).feerate_per_kw
+    wanted = mgr.feerate_per_kw()
+    if abs(wanted - current) <= current * FEE_CHANGE:
+        return
+    try:
+        new = _propose(ch, Update("update_fee", update_owner("update_fee", ch.extensions), L,
+                                  {"feerate_per_kw": wanted}), (L,))
+    except ChannelError as e:
+        mgr.ctx.log.info("channel %s: no update_fee to %d sat/kw: %s", channel_id.hex(), wanted, e)
+        return
+    with mgr.ctx.transaction() as tx:
+        mgr.store(tx, new)
+        mgr.send(ch.peer_id, UpdateFee(channel_id, wanted), tx)
+    mgr.schedule_sign(new)
+
+
 # --- updates from the peer -------------------------------------------------------------------------------
 
 def on_update(mgr: "ChannelManager", peer_id: bytes, msg: Message) -> None:
