@@ -176,6 +176,10 @@ def on_update(mgr: "ChannelManager", peer_id: bytes, msg: Message) -> None:
         owner = update_owner(kind, exts)
     except UpdateRefused as e:
         raise ChannelError(str(e)) from None
+    if any(e.update.proposer is R and e.update.kind == kind and dict(e.update.body) == body for e in ch.log.entries):
+        # the same update twice: a copy delivered again (at least once) after a reconnection, harmless
+        mgr.ctx.log.info("channel %s: %s received twice, ignored", ch.channel_id.hex(), msg.NAME)
+        return
     new = _propose(ch, Update(kind, owner, R, body), sides)
     if kind == "add_htlc" and dust_problem(mgr, new):  # BOLT-2: failed once committed, the channel kept
         extra[f"in:{msg.id}"]["refuse"] = dust_problem(mgr, new)  # type: ignore[attr-defined]

@@ -17,11 +17,22 @@ _asked: list = []
 
 @rpc_method
 def tk_htlc_preimage(ctx, preimage: str) -> dict:
-    """Resolve HTLCs paying sha256(PREIMAGE)."""
+    """Resolve HTLCs paying sha256(PREIMAGE) (kept in the plugin's data dir: a restart keeps them)."""
     h = hashlib.sha256(bytes.fromhex(preimage)).hexdigest()
     with _lock:
         _preimages[h] = preimage
+        with open(ctx.data_dir / "preimages", "a") as f:
+            f.write(preimage + "\n")
     return {"payment_hash": h}
+
+
+@hookimpl
+def lnp_startup(ctx):
+    path = ctx.data_dir / "preimages"
+    if path.exists():
+        with _lock:
+            for line in path.read_text().split():
+                _preimages[hashlib.sha256(bytes.fromhex(line)).hexdigest()] = line
 
 
 @rpc_method
