@@ -1,0 +1,53 @@
+"""One worker per peer: the inputs concerning a peer's channels are handled one at a time, in order.
+
+A channel's protocol is sequential (a `revoke_and_ack` must be handled after the `commitment_signed`
+before it), and its steps wait on signd, the wallet and the database. Those waits happen on the
+peer's worker thread, never on channeld's service thread, so one slow peer or signer holds up only
+its own channels (the host's rule: no I/O loop waits on another service).
+"""
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from typing import Any, Callable
+
+Handler = Callable[[Any], None]
+STOP = object()
+
+
+class PeerWorker:
+    """A queue and a thread; `put` never blocks, `handle(item)` runs on the thread for each item."""
+
+    def __init__(self, name: str, handle: Handler, log: logging.Logger) -> None:
+        self.name = name
+        self._handle = handle
+        self._log = log
+        self._inbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name=f"channeld-{name[:16]}", daemon=True)
+        self._thread.start()
+
+    def put(self, item: Any) -> None:
+        """Queue `item` for the worker."""
+        self._inbox.put(item)
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Finish what is queued, then end the thread (waiting up to `timeout` s)."""
+        self._inbox.put(STOP)
+        if threading.current_thread() is not self._thread:
+            self._thread.join(timeout)
+
+    @property
+    def alive(self) -> bool:
+        """Whether the thread still runs."""
+        return self._thread.is_alive()
+
+    def _run(self) -> None:
+        while True:
+            item = self._inbox.get()
+            if item is STOP:
+                return
+            try:
+                self._handle(item)
+            except Exception:  # the handler decides what an error means for the channel; never end the worker
+                self._log.exception("peer %s: unexpected failure handling %s", self.name, type(item).__name__)

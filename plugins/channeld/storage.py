@@ -1,0 +1,98 @@
+"""channeld's tables: channels and the counterparty's past commitments (for penalties).
+
+A channel's whole state (parameters, the update log, commitment numbers, the counterparty's revealed
+secrets in shachain form, each extension's versioned state) is one JSON document in
+`channeld_channels.data`, written in the same storage transaction as the messages that follow from
+it (the host's outbox). The columns beside it are copies for listing and lookups.
+"""
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from sqlalchemy import BigInteger, Boolean, Column, Float, Index, Integer, MetaData, String, Table, Text, func, select
+
+from lnp_plugin_api import StorageModels
+
+from .document import DOC_VERSION, Channel
+
+metadata = MetaData()
+
+channels = Table(
+    "channeld_channels", metadata,
+    Column("channel_id", String(64), primary_key=True),   # temporary id until funding_created/signed
+    Column("dbid", Integer, nullable=False, unique=True),  # signd's channel index: keys derive from it
+    Column("peer_id", String(66), nullable=False),
+    Column("state", String(24), nullable=False),
+    Column("opener", Boolean, nullable=False),
+    Column("short_channel_id", String(32), nullable=True),
+    Column("funding_txid", String(64), nullable=True),
+    Column("funding_vout", Integer, nullable=True),
+    Column("capacity_sat", BigInteger, nullable=False),
+    Column("channel_type", String(40), nullable=False),
+    Column("data", Text, nullable=False),                 # the channel document (JSON)
+    Column("version", Integer, nullable=False),           # of the document's layout
+    Column("created_at", Float, nullable=False),
+    Column("updated_at", Float, nullable=False),
+)
+Index("channeld_channels_peer", channels.c.peer_id)
+
+remote_commitments = Table(
+    "channeld_remote_commitments", metadata,
+    # What a penalty needs once the counterparty broadcasts a commitment it has revoked: the txid
+    # finds it, the HTLCs rebuild the scripts of its HTLC outputs.
+    Column("channel_id", String(64), primary_key=True),
+    Column("number", BigInteger, primary_key=True),
+    Column("txid", String(64), nullable=False),
+    Column("htlcs", Text, nullable=False),                # JSON: [{direction, amount_msat, payment_hash, cltv_expiry}]
+    Column("feerate_per_kw", Integer, nullable=False),
+)
+Index("channeld_remote_commitments_txid", remote_commitments.c.txid)
+
+funding_confirmed = Table(
+    # watchd's tx_depth for a funding transaction, written when the (durable) event is received, so a
+    # channel whose channel_ready was not sent yet finds it again after a restart
+    "channeld_funding_confirmed", metadata,
+    Column("channel_id", String(64), primary_key=True),
+    Column("height", Integer, nullable=False),            # the block that confirmed the funding
+)
+
+MODELS = StorageModels(metadata, version=1)
+
+
+def save(conn: Any, ch: "Channel", capacity_sat: int | None = None) -> None:
+    """Insert or update a channel's row (the document and the columns copied from it)."""
+    p = ch.params
+    cols = {"peer_id": ch.peer_id.hex(), "state": ch.state, "opener": ch.opener, "short_channel_id": ch.scid,
+            "funding_txid": p.funding_txid, "funding_vout": p.funding_output_index, "capacity_sat": p.funding_sat,
+            "channel_type": p.channel_type.name, "data": json.dumps(ch.to_json()), "version": DOC_VERSION,
+            "updated_at": time.time()}
+    done = conn.execute(channels.update().where(channels.c.channel_id == ch.channel_id.hex()).values(**cols))
+    if done.rowcount == 0:
+        conn.execute(channels.insert().values(channel_id=ch.channel_id.hex(), dbid=ch.dbid, created_at=time.time(),
+                                              **cols))
+
+
+def load_all(conn: Any) -> list["Channel"]:
+    """Every stored channel, oldest first."""
+    rows = conn.execute(select(channels.c.data).order_by(channels.c.dbid)).all()
+    return [Channel.from_json(json.loads(r.data)) for r in rows]
+
+
+def max_dbid(conn: Any) -> int:
+    """The highest channel index used (0 when none)."""
+    return int(conn.execute(select(func.max(channels.c.dbid))).scalar() or 0)
+
+
+def note_confirmed(conn: Any, channel_id: str, height: int) -> None:
+    """Remember that a channel's funding is deep enough (idempotent: events come at least once)."""
+    done = conn.execute(funding_confirmed.update().where(funding_confirmed.c.channel_id == channel_id)
+                        .values(height=height))
+    if done.rowcount == 0:
+        conn.execute(funding_confirmed.insert().values(channel_id=channel_id, height=height))
+
+
+def confirmed(conn: Any) -> dict[str, int]:
+    """Funding confirmation heights by channel id."""
+    return {r.channel_id: int(r.height) for r in conn.execute(select(funding_confirmed)).all()}
