@@ -5,7 +5,7 @@ protocol (opening), the channel document and its states (document), storage. The
 described in docs/channels.md, "The channel state machine".
 
 RPC: open NODE_ID SATS [--push-msat M] [--feerate R] [--private] [--channel-type T] [--min-depth N]
-(alias fundchannel), channels [PEER].
+(alias fundchannel), channels [PEER], close CHANNEL|PEER [--destination ADDR].
 Events (durable): channel_state_changed, htlc_resolved. Decisions: open_channel, htlc_accepted.
 """
 from __future__ import annotations
@@ -18,12 +18,12 @@ from lnp_plugin_api import (Continue, DecisionSpec, EventSpec, FeatureSpec, PerC
 from lnp_plugin_api.addresses import AddressError, parse_node_id
 from lnp_plugin_api.services import SIGNER_REQUESTS
 
-from . import normal, storage
+from . import closing, normal, storage
 from .manager import ChannelManager
 from .options import SCHEMA, Options
 
 # BOLT-2 messages channeld handles, and error/warning (an error for one of our channels fails it)
-WIRE_TYPES = (1, 17, 32, 33, 34, 35, 36, 128, 130, 131, 132, 133, 134, 135, 136)
+WIRE_TYPES = (1, 17, 32, 33, 34, 35, 36, 38, 39, 128, 130, 131, 132, 133, 134, 135, 136)
 MAX_FUNDING_SAT = 16_777_215          # without option_support_large_channel
 _managers: PerContext[ChannelManager] = PerContext("channeld")
 _manager = _managers.get
@@ -88,6 +88,33 @@ def channels(ctx: ServiceContext, peer: str | None = None) -> dict[str, Any]:
     return {"channels": [c.summary() for c in found if peer_hex is None or c.peer_id.hex() == peer_hex]}
 
 
+@rpc_method
+def close(ctx: ServiceContext, id: str, destination: str | None = None,
+          timeout: float = 60.0) -> "Future[dict[str, Any]]":
+    """Close channel ID (channel_id, short_channel_id, or the node id of a peer with one channel)
+    cooperatively: shutdown, then the closing fee negotiated once no HTLC is left. Our funds go to the
+    wallet, or to DESTINATION (an address of this network). Answers {channel_id, state, txid, fee_sat}
+    once the closing transaction is agreed and broadcast; after TIMEOUT s, {..., txid: null} while the
+    close goes on."""
+    mgr = _manager(ctx)
+    if timeout <= 0:
+        raise RpcError(RpcError.INVALID_PARAMS, "timeout must be positive")
+    key = id.lower() if len(id) in (64, 66) else id
+    ch = closing.find(mgr, key)
+    if destination is not None:
+        closing.destination_script(destination, ctx.node.network)   # refused here, before anything changes
+    reply: Future[dict[str, Any]] = Future()
+
+    def start() -> None:
+        try:
+            closing.close(mgr, key, destination, reply, timeout)
+        except BaseException as e:
+            if not reply.done():
+                reply.set_exception(e)
+    mgr.submit(ch.peer_id, start)
+    return reply
+
+
 # --- control requests for other plugins (invoices, pay) -----------------------------------------
 
 @control_method("channeld.add_htlc")
@@ -147,9 +174,9 @@ def lnp_requires() -> list[str]:
     return [SIGNER_REQUESTS[op] for op in ("channel_keys", "ready_channel", "sign_counterparty_commitment",
                                             "validate_holder_commitment", "per_commitment_point",
                                             "revoke_holder_commitment", "validate_counterparty_revocation",
-                                            "onion_ecdh")] + [
+                                            "onion_ecdh", "sign_mutual_close")] + [
         "wallet.fund", "wallet.broadcast", "wallet.release", "watchd.watch", "watchd.status", "chain.fees",
-        "chain.block",
+        "chain.block", "chain.broadcast", "wallet.newaddr",
         "peerd.peer"]
 
 
@@ -159,8 +186,9 @@ def lnp_features() -> list[FeatureSpec]:
     # var_onion_optin and payment_secret (BOLT-4/11): channeld peels each HTLC's TLV onion and hands its
     # payload (payment_secret included) to htlc_accepted
     # option_data_loss_protect: channel_reestablish carries its fields, and a node behind stops (reestablish.py)
+    # option_shutdown_anysegwit (27): a peer's shutdown may pay any witness program (closing.py)
     return [FeatureSpec(0), FeatureSpec(8, contexts="IN9"), FeatureSpec(14, contexts="IN9"), FeatureSpec(12),
-            FeatureSpec(22), FeatureSpec(44)]
+            FeatureSpec(22), FeatureSpec(44), FeatureSpec(26)]
 
 
 @hookimpl
@@ -183,7 +211,7 @@ def lnp_decisions() -> list[DecisionSpec]:
 
 @hookimpl
 def lnp_rpc_methods() -> list:
-    return [open, fundchannel, channels]
+    return [open, fundchannel, channels, close]
 
 
 @hookimpl

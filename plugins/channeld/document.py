@@ -22,7 +22,12 @@ DOC_VERSION = 1
 AWAITING_LOCK = "awaiting_lock"      # funding signed both ways; waiting for depth and channel_ready
 NORMAL = "normal"
 FAILED = "failed"                    # the peer sent an error, or broke the protocol: not used any more
-STATES = (AWAITING_LOCK, NORMAL, FAILED)
+# cooperative close (closing.py)
+SHUTDOWN = "shutdown"                # a shutdown sent or received: no new HTLC; waiting for none to be left
+NEGOTIATING = "negotiating"          # closing_signed exchanged
+CLOSING = "closing"                  # the mutual close is agreed and broadcast
+CLOSED = "closed"                    # it is deep enough
+STATES = (AWAITING_LOCK, NORMAL, FAILED, SHUTDOWN, NEGOTIATING, CLOSING, CLOSED)
 
 
 def channel_id_of(funding_txid: str, funding_vout: int) -> bytes:
@@ -94,6 +99,7 @@ class Channel:
     # and once the peer removes it: failure_onion or failure_code, resolved}
     htlcs: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     last_sent: str = ""                  # "commit" or "revoke": which we sent last (reestablish's order)
+    closing: Mapping[str, Any] = field(default_factory=dict)   # the cooperative close's data (closing.py)
 
     @property
     def extensions(self) -> list[ChannelExtension]:
@@ -118,7 +124,7 @@ class Channel:
                 "their_secrets": self.their_secrets.to_json(), "ready_sent": self.ready_sent,
                 "ready_received": self.ready_received, "scid": self.scid, "private": self.private,
                 "funding_tx": self.funding_tx, "failure": self.failure, "htlcs": dict(self.htlcs),
-                "last_sent": self.last_sent}
+                "last_sent": self.last_sent, "closing": dict(self.closing)}
 
     @classmethod
     def from_json(cls, d: Mapping[str, Any]) -> "Channel":
@@ -129,7 +135,7 @@ class Channel:
                    {int(n): bytes.fromhex(p) for n, p in d["their_points"].items()},
                    Shachain.from_json(d["their_secrets"]), bool(d["ready_sent"]), bool(d["ready_received"]),
                    d.get("scid"), bool(d.get("private", False)), d.get("funding_tx"), d.get("failure"),
-                   dict(d.get("htlcs", {})), d.get("last_sent", ""))
+                   dict(d.get("htlcs", {})), d.get("last_sent", ""), dict(d.get("closing", {})))
 
     def summary(self) -> dict[str, Any]:
         """What `channels` lists (no secret: balances, limits, state)."""
@@ -141,7 +147,8 @@ class Channel:
                 "local_msat": local.local_msat, "remote_msat": local.remote_msat,
                 "our_reserve_sat": p.reserve_of(Side.LOCAL), "their_reserve_sat": p.reserve_of(Side.REMOTE),
                 "feerate_per_kw": local.feerate_per_kw, "htlcs_in_flight": len(htlcs),
-                "channel_type": p.channel_type.name, "private": self.private, "failure": self.failure}
+                "channel_type": p.channel_type.name, "private": self.private, "failure": self.failure,
+                "closing_txid": self.closing.get("txid")}
 
 
 def temporary_id(peer_id: bytes, dbid: int) -> bytes:

@@ -15,6 +15,7 @@ from typing import Any, Callable
 from lnp_plugin_api import RpcError, ServiceContext, WireMessage
 from lnp_plugin_api.chain import ChainClient, parse_block
 from lnp_plugin_api.features import decode as decode_features
+from lnp_plugin_api.messages import ClosingSigned, Shutdown
 from lnp_plugin_api.messages import (AcceptChannel, ChannelReady, ChannelReestablish, CommitmentSigned, ErrorMessage, FundingCreated,
                                      FundingSigned, Message, OpenChannel, RevokeAndAck, UpdateAddHtlc, UpdateFailHtlc,
                                      UpdateFailMalformedHtlc, UpdateFee, UpdateFulfillHtlc, WarningMessage,
@@ -24,9 +25,9 @@ from lnp_plugin_api.channel import Side
 from lnp_plugin_api.onion_errors import TEMPORARY_CHANNEL_FAILURE
 from lnp_plugin_api.wire import WireError, format_scid
 
-from . import normal, opening, reestablish, storage
+from . import closing, normal, opening, reestablish, storage
 from .actor import PeerWorker
-from .document import AWAITING_LOCK, FAILED, NORMAL, Channel
+from .document import AWAITING_LOCK, FAILED, NORMAL, SHUTDOWN, Channel
 from .errors import ChannelError, crash_point
 from .opening import Opening
 from .options import Options
@@ -78,6 +79,7 @@ class ChannelManager:
         for ch in list(self.channels.values()):  # deep enough before a restart, channel_ready not sent yet
             if ch.state == AWAITING_LOCK and not ch.ready_sent and ch.channel_id.hex() in deep:
                 self.worker(ch.peer_id).put(("depth", ch.channel_id, {"height": deep[ch.channel_id.hex()]}))
+        closing.resume(self)   # cooperative close
 
     def stop(self) -> None:
         """Stop the workers; openings in progress are abandoned (their inputs released)."""
@@ -187,7 +189,7 @@ class ChannelManager:
 
     def on_depth(self, body: dict[str, Any]) -> None:
         """watchd's tx_depth: a funding transaction is deep enough."""
-        if body.get("owner") != OWNER:
+        if body.get("owner") != OWNER or closing.on_depth(self, body):
             return
         for ch in list(self.channels.values()):
             if ch.params.funding_txid == body.get("txid") and ch.state == AWAITING_LOCK:
@@ -219,6 +221,7 @@ class ChannelManager:
             with self._lock:
                 self._signing.discard(item[1])
             self._guarded(item[1], lambda: normal.sign(self, item[1]))
+            self._guarded(item[1], lambda: closing.progress(self, item[1]))   # cooperative close
         elif kind == "fee":
             self._guarded(item[1], lambda: normal.follow_fee(self, item[1]))
         elif kind == "decided":
@@ -251,7 +254,7 @@ class ChannelManager:
     def _forget_unsigned(self, ch: Channel) -> None:
         """Drop the updates the receiver never signed. Our removals are decided again after reestablish; our
         adds never reached a commitment: htlc_resolved says so (failure_code temporary_channel_failure)."""
-        if ch.state != NORMAL:
+        if ch.state not in (NORMAL, SHUTDOWN):
             return
         log, dropped = ch.log.disconnected(ch.extensions)
         if not dropped:
@@ -317,16 +320,26 @@ class ChannelManager:
                                          "funding_vout": ch.params.funding_output_index,
                                          "channel_type": ch.params.channel_type.name})
         elif isinstance(msg, (UpdateAddHtlc, UpdateFulfillHtlc, UpdateFailHtlc, UpdateFailMalformedHtlc, UpdateFee)):
+            if isinstance(msg, UpdateAddHtlc):
+                closing.check_add(self, msg)
             normal.on_update(self, peer_id, msg)
         elif isinstance(msg, CommitmentSigned):
             normal.on_commitment_signed(self, peer_id, msg)
+            closing.progress(self, msg.channel_id)
         elif isinstance(msg, RevokeAndAck):
             normal.on_revoke_and_ack(self, peer_id, msg)
+            closing.progress(self, msg.channel_id)
         elif isinstance(msg, ChannelReestablish):
             reestablish.on_reestablish(self, peer_id, msg)
             ch = self.channels[msg.channel_id]
-            if ch.state == NORMAL and ch.channel_id in self.live:
+            if ch.state in (NORMAL, SHUTDOWN) and ch.channel_id in self.live:
                 normal.after_change(self, ch)
+            if ch.channel_id in self.live:
+                closing.after_reestablish(self, ch)
+        elif isinstance(msg, Shutdown):
+            closing.on_shutdown(self, peer_id, msg)
+        elif isinstance(msg, ClosingSigned):
+            closing.on_closing_signed(self, peer_id, msg)
         elif isinstance(msg, ChannelReady):
             self._channel_ready(peer_id, msg)
         elif isinstance(msg, ErrorMessage):

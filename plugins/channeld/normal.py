@@ -27,7 +27,7 @@ from lnp_plugin_api.onion_errors import (INCORRECT_OR_UNKNOWN_PAYMENT_DETAILS, T
                                          UNKNOWN_NEXT_PEER, create_error_packet, failure)
 from lnp_plugin_api.services import HtlcTx
 
-from .document import NORMAL, Channel
+from .document import NORMAL, SHUTDOWN, Channel
 from .errors import ChannelError, crash_point
 from .storage import remote_commitments
 
@@ -42,7 +42,7 @@ def usable(mgr: "ChannelManager", peer_id: bytes, channel_id: bytes) -> Channel:
     ch = mgr.channels.get(channel_id)
     if ch is None or ch.peer_id != peer_id:
         raise ChannelError("message for no channel of ours", warning=True)
-    if ch.state != NORMAL:
+    if ch.state not in (NORMAL, SHUTDOWN):   # after shutdown, the HTLCs left are settled as usual
         raise ChannelError(f"channel is {ch.state}, not normal")
     if channel_id not in mgr.live:
         # the peer broke BOLT-2's order (or a message of an earlier connection arrived late): ignored with a
@@ -215,7 +215,7 @@ def _resolved(ch: Channel, htlc_id: int, payment_hash: bytes, amount_msat: int, 
 def sign(mgr: "ChannelManager", channel_id: bytes) -> None:
     """Send commitment_signed if the peer's next commitment has changes and we may sign."""
     ch = mgr.channels.get(channel_id)
-    if ch is None or ch.state != NORMAL or channel_id not in mgr.live or not ch.log.can_sign_remote():
+    if ch is None or ch.state not in (NORMAL, SHUTDOWN) or channel_id not in mgr.live or not ch.log.can_sign_remote():
         return
     log, spec = ch.log.sign_remote(ch.extensions)
     n = log.remote_number
@@ -372,7 +372,7 @@ def on_decided(mgr: "ChannelManager", channel_id: bytes, body: dict[str, Any], r
     htlc_id = int(body["htlc_id"])
     secret = mgr.asked.get((channel_id, htlc_id))
     ch = mgr.channels.get(channel_id)
-    if secret is None or ch is None or ch.state != NORMAL or not ch.log.irrevocably_committed(R, htlc_id):
+    if secret is None or ch is None or ch.state not in (NORMAL, SHUTDOWN) or not ch.log.irrevocably_committed(R, htlc_id):
         return
     if channel_id not in mgr.live:  # disconnected meanwhile: asked again after channel_reestablish
         mgr.asked.pop((channel_id, htlc_id), None)

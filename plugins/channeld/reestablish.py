@@ -20,7 +20,7 @@ from lnp_plugin_api.messages import (ChannelReady, ChannelReestablish, Commitmen
                                      UpdateFulfillHtlc)
 from lnp_plugin_api.services import HtlcTx
 
-from .document import AWAITING_LOCK, FAILED, NORMAL, Channel
+from .document import AWAITING_LOCK, CLOSING, FAILED, NEGOTIATING, NORMAL, SHUTDOWN, Channel
 from .errors import ChannelError
 
 if TYPE_CHECKING:
@@ -40,7 +40,7 @@ def ours(mgr: "ChannelManager", ch: Channel) -> ChannelReestablish:
 
 def send(mgr: "ChannelManager", ch: Channel) -> None:
     """Send our channel_reestablish once per connection."""
-    if ch.channel_id in mgr.reestablish_sent or ch.state not in (AWAITING_LOCK, NORMAL):
+    if ch.channel_id in mgr.reestablish_sent or ch.state not in (AWAITING_LOCK, NORMAL, SHUTDOWN, NEGOTIATING, CLOSING):
         return
     mgr.reestablish_sent.add(ch.channel_id)
     mgr.send(ch.peer_id, ours(mgr, ch))

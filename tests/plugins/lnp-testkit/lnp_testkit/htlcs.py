@@ -1,9 +1,10 @@
 """tk_htlcs: a participant in channeld's decisions, for channel tests. `htlc_accepted`: resolves an HTLC
 whose payment hash has a preimage registered with `tk_htlc_preimage`, fails those registered with
-`tk_htlc_fail`, continues otherwise. `open_channel`: refuses a channel of `refuse_sat`. Records
+`tk_htlc_fail`, holds those registered with `tk_htlc_hold` until their preimage is given, continues otherwise. `open_channel`: refuses a channel of `refuse_sat`. Records
 channeld's durable events (`tk_htlc_events NAME`)."""
 import hashlib
 import threading
+from concurrent.futures import Future
 
 from lnp_plugin_api import Continue, Fail, Field, Resolve, Subscription, hookimpl, rpc_method
 from lnp_plugin_api.onion_errors import failure
@@ -13,6 +14,7 @@ _preimages: dict[str, str] = {}
 _failing: set[str] = set()
 _events: dict[str, list] = {}
 _asked: list = []
+_held: dict[str, Future | None] = {}   # payment hash -> the pending decision (None until asked)
 
 
 @rpc_method
@@ -23,7 +25,18 @@ def tk_htlc_preimage(ctx, preimage: str) -> dict:
         _preimages[h] = preimage
         with open(ctx.data_dir / "preimages", "a") as f:
             f.write(preimage + "\n")
+        held = _held.pop(h, None)
+    if held is not None:
+        held.set_result(Resolve({"preimage": preimage}))
     return {"payment_hash": h}
+
+
+@rpc_method
+def tk_htlc_hold(ctx, payment_hash: str) -> dict:
+    """Hold HTLCs paying PAYMENT_HASH (the decision stays pending) until tk_htlc_preimage gives its preimage."""
+    with _lock:
+        _held[payment_hash] = None
+    return {}
 
 
 @hookimpl
@@ -55,6 +68,10 @@ def on_htlc(ctx, body):
         _asked.append(body)
         preimage = _preimages.get(body["payment_hash"])
         fail = body["payment_hash"] in _failing
+        if preimage is None and body["payment_hash"] in _held:
+            held: Future = Future()
+            _held[body["payment_hash"]] = held
+            return held
     if preimage is not None:
         return Resolve({"preimage": preimage})
     if fail:
@@ -85,7 +102,7 @@ def lnp_config_schema():
 
 @hookimpl
 def lnp_rpc_methods():
-    return [tk_htlc_preimage, tk_htlc_fail, tk_htlc_events]
+    return [tk_htlc_preimage, tk_htlc_fail, tk_htlc_events, tk_htlc_hold]
 
 
 @hookimpl
