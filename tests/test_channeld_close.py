@@ -26,7 +26,7 @@ def states(p: Party, cid: str) -> list[str]:
 
 
 def closed_to_the_satoshi(btc, alice: Party, bob: Party, cid: str, result: dict, before: tuple[int, int],
-                          bob_gets: int | None = None) -> None:
+                          restarted: tuple[Party, ...] = ()) -> None:
     """Mine the closing transaction; each wallet gained its balance, the opener (Alice) paid the fee."""
     a = channel_of(alice, cid)
     assert a["state"] == "closing" and a["closing_txid"] == result["txid"] and result["fee_sat"] > 0
@@ -37,12 +37,13 @@ def closed_to_the_satoshi(btc, alice: Party, bob: Party, cid: str, result: dict,
         wait_for(lambda: channel_of(p, cid)["state"] == "closed", timeout=30)
     alice_gets = a["local_msat"] // 1000 - result["fee_sat"]
     wait_for(lambda: funds(alice) == before[0] + alice_gets, timeout=30)
-    expected_bob = before[1] + (a["remote_msat"] // 1000 if bob_gets is None else 0)
-    wait_for(lambda: funds(bob) == expected_bob, timeout=30)
+    wait_for(lambda: funds(bob) == before[1] + a["remote_msat"] // 1000, timeout=30)
     # each balance is rounded down to the satoshi (BOLT-3): the msat left over go to the miners
     dropped = (a["local_msat"] % 1000 + a["remote_msat"] % 1000) // 1000
     assert alice_gets + a["remote_msat"] // 1000 + result["fee_sat"] == FUNDING - dropped
     for p in (alice, bob):
+        if p in restarted:   # its events of before the restart are gone with the test plugin's memory
+            continue
         assert states(p, cid)[-4:] == ["shutdown", "negotiating", "closing", "closed"]
 
 
@@ -136,4 +137,4 @@ def test_negotiation_interrupted_by_a_crash_completes_after_reconnection(nodes, 
     bob.node.start()                                   # reconnects: shutdown again, negotiation restarts
     wait_for(lambda: channel_of(alice, cid)["state"] == "closing", timeout=60)
     result = alice.call("close", cid)
-    closed_to_the_satoshi(btc, alice, bob, cid, result, before)
+    closed_to_the_satoshi(btc, alice, bob, cid, result, before, restarted=(bob,))
