@@ -38,7 +38,7 @@ def short_tmp() -> Iterator[Path]:
     """A short temporary directory (ipc:// socket paths must stay under ~100 characters)."""
     d = Path(tempfile.mkdtemp(prefix="lnp-", dir="/tmp"))
     yield d
-    pass  # DEBUG shutil.rmtree(d, ignore_errors=True)
+    shutil.rmtree(d, ignore_errors=True)
 
 
 def env_with(site: Path | None) -> dict[str, str]:
