@@ -372,7 +372,8 @@ def on_decided(mgr: "ChannelManager", channel_id: bytes, body: dict[str, Any], r
     htlc_id = int(body["htlc_id"])
     secret = mgr.asked.get((channel_id, htlc_id))
     ch = mgr.channels.get(channel_id)
-    if secret is None or ch is None or ch.state not in (NORMAL, SHUTDOWN) or not ch.log.irrevocably_committed(R, htlc_id):
+    if (secret is None or ch is None or ch.state not in (NORMAL, SHUTDOWN)
+            or not ch.log.irrevocably_committed(R, htlc_id)):
         return
     if channel_id not in mgr.live:  # disconnected meanwhile: asked again after channel_reestablish
         mgr.asked.pop((channel_id, htlc_id), None)
