@@ -138,3 +138,21 @@ def test_negotiation_interrupted_by_a_crash_completes_after_reconnection(nodes, 
     wait_for(lambda: channel_of(alice, cid)["state"] == "closing", timeout=60)
     result = alice.call("close", cid)
     closed_to_the_satoshi(btc, alice, bob, cid, result, before, restarted=(bob,))
+
+
+@pytest.mark.slow
+def test_close_while_the_peer_is_away_completes_when_it_returns(nodes, external_chain) -> None:
+    """Our shutdown waits in the channel for channel_reestablish; the peer's answer follows."""
+    port, btc = external_chain
+    alice, bob = two_nodes(nodes, port, "threads", plugins=("tk_htlcs", "tk_signer"))
+    cid = open_normal(alice, bob, btc)
+    pay(alice, bob, 0, PAID)
+    wait_for(lambda: channel_of(bob, cid)["htlcs_in_flight"] == 0)
+    before = (funds(alice), funds(bob))
+    assert bob.node.stop() == 0
+    wait_for(lambda: not connected(alice, bob))
+    pending = alice.call("close", cid, timeout=2)
+    assert pending["txid"] is None and channel_of(alice, cid)["state"] == "shutdown"
+    bob.node.start()                                   # Alice redials: reestablish, shutdown, negotiation
+    wait_for(lambda: channel_of(alice, cid)["state"] == "closing", timeout=60)
+    closed_to_the_satoshi(btc, alice, bob, cid, alice.call("close", cid), before, restarted=(bob,))
