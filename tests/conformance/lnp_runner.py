@@ -63,6 +63,16 @@ BIP32_SEED = "00" * 31 + "01"
 FUNDING_SECRET = "00" * 31 + "10"
 CHANNEL_SECRETS = [FUNDING_SECRET] + ["00" * 31 + f"{i:02x}" for i in (0x11, 0x12, 0x13, 0x14)] + ["FF" * 32]
 
+
+def wallet_address() -> str:
+    """The node's first receive address (BIP84, m/84'/1'/0'/0/0 of BIP32_SEED, docs/keys.md): the chain's
+    blocks pay their coinbase to it, so that the node's wallet can fund channels (`fundchannel`) once the
+    coinbase of block 2 matures, at lnprototest's block 102."""
+    from embit import bip32, script
+    from embit.networks import NETWORKS
+    key = bip32.HDKey.from_seed(bytes.fromhex(BIP32_SEED)).derive("m/84h/1h/0h/0/0")
+    return script.p2wpkh(key.key).address(NETWORKS["regtest"])
+
 # lnprototest's option names that are not BOLT-9's names of today
 OPTION_ALIASES = {"option_anchor_outputs": 20, "option_anchors_zero_fee_htlc_tx": 22,
                   "supports_open_accept_channel_type": feature_bits.BY_NAME["option_channel_type"]}
@@ -112,7 +122,7 @@ class RegtestChain:
             rejected = self.call("submitblock", BLOCK_1)
             if rejected is not None or self.call("getblockcount") != 1:
                 raise RuntimeError(f"regtest node refused lnprototest's block 1: {rejected}")
-            self.address = self.call("getnewaddress", "default")
+            self.address = wallet_address()
             self.call("generatetoaddress", 100, self.address)
         except BaseException:
             self.stop()
@@ -413,6 +423,9 @@ class LnpRunner(lnprototest.Runner):
         if self.fundchannel_future is not None and not self.fundchannel_future.done():
             raise SpecFileError(event, "fundchannel while another is still running")
         peer = conn.pubkey.format().hex()
+        # the wallet (paid by the chain's coinbases, see wallet_address) must have seen the last block
+        height = self.getblockheight()
+        wait_until(lambda: self.rpc("funds")["height"] == height, TIMEOUT, "the wallet to reach the chain's tip")
         self.fundchannel_expect_fail = expect_fail
         if self.executor is None:
             self.executor = concurrent.futures.ThreadPoolExecutor(max_workers=1)
