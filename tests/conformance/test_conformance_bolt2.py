@@ -229,3 +229,41 @@ def test_add_htlc(runner: LnpRunner) -> None:
         ExpectMsg("update_fail_malformed_htlc", channel_id=channel_id(), id=0,
                   sha256_of_onion=__import__("hashlib").sha256(bytes(1366)).hexdigest(), failure_code=0xC006),
     ])
+
+
+def reconnected() -> list:
+    """Hang up and connect again as peer 02 (the funding coins are already on chain)."""
+    return [Disconnect(), Connect(connprivkey="02"), ExpectMsg("init"),
+            Msg("init", globalfeatures="", features=STATIC_REMOTEKEY)]
+
+
+def test_reestablish_after_open(runner: LnpRunner) -> None:
+    """BOLT-2 with option_data_loss_protect: the numbers and fields of a channel at commitment 0, and
+    channel_ready sent again (next_commitment_number 1 on both sides)."""
+    runner.run(connected() + accepter_open() + reconnected() + [
+        ExpectMsg("channel_reestablish", channel_id=channel_id(), next_commitment_number=1,
+                  next_revocation_number=0, your_last_per_commitment_secret="00" * 32,
+                  my_current_per_commitment_point=remote_per_commitment_point(0)),
+        Msg("channel_reestablish", channel_id=channel_id(), next_commitment_number=1, next_revocation_number=0,
+            your_last_per_commitment_secret="00" * 32,
+            my_current_per_commitment_point=PEER_KEYS.per_commit_point(0)),
+        ExpectMsg("channel_ready", channel_id=channel_id(),
+                  second_per_commitment_point=remote_per_commitment_point(1)),
+        NodeChannel(state="normal"),
+    ])
+
+
+def test_reestablish_after_htlc(runner: LnpRunner) -> None:
+    """After an HTLC committed both ways: the node's channel_reestablish names commitment 2 next, our
+    revocation 1 next, the last secret we gave it and its current point; the channel goes on, and the
+    node's removal of the HTLC (forgotten unsigned on the disconnection) is proposed again."""
+    runner.run(connected() + accepter_open() + add_htlc_dance() + reconnected() + [
+        ExpectMsg("channel_reestablish", channel_id=channel_id(), next_commitment_number=2,
+                  next_revocation_number=1, your_last_per_commitment_secret=PEER_KEYS.per_commit_secret(0),
+                  my_current_per_commitment_point=remote_per_commitment_point(1)),
+        Msg("channel_reestablish", channel_id=channel_id(), next_commitment_number=2, next_revocation_number=1,
+            your_last_per_commitment_secret=remote_per_commitment_secret(0),
+            my_current_per_commitment_point=PEER_KEYS.per_commit_point(1)),
+        ExpectMsg("update_fail_malformed_htlc", channel_id=channel_id(), id=0, failure_code=0xC006),
+        NodeChannel(state="normal", htlcs_in_flight=1),
+    ])
