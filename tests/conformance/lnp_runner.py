@@ -38,7 +38,7 @@ from lnprototest import Conn, Event, EventError, KeySet, MustNotMsg, SpecFileErr
 
 from lnp_host.client import Client
 from lnp_host.keys import FORCED_KEY_ENV
-from lnp_plugin_api import RpcError
+from lnp_plugin_api import RpcError, bolt11
 from lnp_plugin_api import features as feature_bits
 from lnp_plugin_api.messages import Init
 from lnp_plugins.bitcoind import Bitcoind
@@ -223,8 +223,9 @@ class LnpRunner(lnprototest.Runner):
     def _profile(self) -> Path:
         plugins = ["core", "signd", "bitcoind", "watchd", "wallet", "peerd"]
         extra = ""
-        if any(ep.name == "channeld" for ep in importlib.metadata.entry_points(group="lnp_host.plugins")):
-            plugins.append("channeld")
+        installed = {ep.name for ep in importlib.metadata.entry_points(group="lnp_host.plugins")}
+        if "channeld" in installed:
+            plugins += ["channeld"] + [p for p in ("invoices", "pay") if p in installed]
             extra = "[plugins.channeld]\nmin_depth = 3\n"  # lnprototest's tests assume a minimum depth of 3
         mode = os.environ.get("LNP_RUNNER_BUS", "threads")
         path = Path(self.directory) / "node.toml"
@@ -449,9 +450,14 @@ class LnpRunner(lnprototest.Runner):
         self.rpc("invoice", amount, str(event), description=f"invoice from {event}", preimage=preimage)
 
     def addhtlc(self, event: Event, conn: Conn, amount: int, preimage: str) -> None:
-        payment_hash = hashlib.sha256(bytes.fromhex(preimage)).hexdigest()
-        route = [{"id": conn.pubkey.format().hex(), "amount_msat": amount, "delay": 4}]
-        self.rpc("sendpay", route, payment_hash)
+        """Have the node offer an HTLC of `amount` msat for `preimage`'s hash to `conn`: it pays a BOLT-11
+        invoice made here and signed with the peer's key (the node's `pay` RPC, without waiting)."""
+        inv = bolt11.Invoice(currency=bolt11.currency_for("regtest"), timestamp=int(time.time()),
+                             payment_hash=hashlib.sha256(bytes.fromhex(preimage)).digest(),
+                             payment_secret=hashlib.sha256(b"lnprototest" + bytes.fromhex(preimage)).digest(),
+                             amount_msat=amount, description=f"lnprototest {event}",
+                             payee=conn.pubkey.format())
+        self.rpc("pay", bolt11.encode(inv, bolt11.sign_with_key(conn.connprivkey.secret)), wait=0)
 
     def close_channel(self, channel_id: str) -> None:
         self.rpc("close", channel_id)

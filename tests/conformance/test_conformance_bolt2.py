@@ -17,7 +17,7 @@ if os.environ.get("LNP_REQUIRE_LNPROTOTEST"):
     import lnprototest  # noqa: F401  (CI installs it: a missing one must fail, not skip)
 lnprototest = pytest.importorskip("lnprototest")
 
-from lnprototest import (AcceptFunding, Block, CheckEq, Commit, Connect, CreateFunding, Disconnect,  # noqa: E402
+from lnprototest import (AcceptFunding, AddHtlc, Block, CheckEq, Commit, Connect, CreateFunding, Disconnect,  # noqa: E402
                          ExpectMsg, ExpectTx, FundChannel, KeySet, Msg, Side, UpdateCommit, bitfield, msat,
                          remote_delayed_payment_basepoint, remote_funding_privkey, remote_funding_pubkey,
                          remote_htlc_basepoint, remote_payment_basepoint, remote_per_commitment_point,
@@ -265,5 +265,45 @@ def test_reestablish_after_htlc(runner: LnpRunner) -> None:
             your_last_per_commitment_secret=remote_per_commitment_secret(0),
             my_current_per_commitment_point=PEER_KEYS.per_commit_point(1)),
         ExpectMsg("update_fail_malformed_htlc", channel_id=channel_id(), id=0, failure_code=0xC006),
+        NodeChannel(state="normal", htlcs_in_flight=1),
+    ])
+
+
+class CommitReceivedHtlc(Event):
+    """`UpdateCommit` for the HTLC the node just offered (its fields known only once received)."""
+
+    def action(self, runner: LnpRunner) -> bool:
+        super().action(runner)
+        f = runner.get_stash(self, "update_add_htlc").fields
+        htlc = HTLC(Side.remote, f["amount_msat"], PREIMAGE, f["cltv_expiry"], bytes(f["onion_routing_packet"]).hex())
+        commit = runner.get_stash(self, "Commit")
+        if not commit.add_htlc(htlc, f["id"]):
+            raise lnprototest.SpecFileError(self, f"htlc id {f['id']} exists already")
+        commit.inc_commitnum()
+        return True
+
+
+PREIMAGE = "22" * 32
+
+
+def test_node_offers_htlc(runner: LnpRunner) -> None:
+    """The node (the opener, holding the funds) offers an HTLC (runner.addhtlc: its `pay` RPC): its
+    update_add_htlc, then its commitment_signed with the signatures lnprototest's builder expects, our
+    revoke_and_ack and commitment_signed, its revoke_and_ack."""
+    htlc_hash = HTLC(Side.remote, 0, PREIMAGE, 0, "00" * 1366).payment_hash()
+    runner.run(connected() + opener_open() + [
+        NodeChannel(state="normal"),
+        AddHtlc(amount=100_000_000, preimage=PREIMAGE),
+        ExpectMsg("update_add_htlc", channel_id=channel_id(), id=0, amount_msat=100_000_000,
+                  payment_hash=htlc_hash),
+        CommitReceivedHtlc(),
+        ExpectMsg("commitment_signed", channel_id=channel_id(), signature=commitsig_to_recv(),
+                  htlc_signature=htlc_sigs_to_recv()),
+        Msg("revoke_and_ack", channel_id=channel_id(), per_commitment_secret=PEER_KEYS.per_commit_secret(0),
+            next_per_commitment_point=PEER_KEYS.per_commit_point(2)),
+        Msg("commitment_signed", channel_id=channel_id(), signature=commitsig_to_send(),
+            htlc_signature=htlc_sigs_to_send()),
+        ExpectMsg("revoke_and_ack", channel_id=channel_id(), per_commitment_secret=remote_per_commitment_secret(0),
+                  next_per_commitment_point=remote_per_commitment_point(2)),
         NodeChannel(state="normal", htlcs_in_flight=1),
     ])
