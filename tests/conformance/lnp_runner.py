@@ -494,5 +494,13 @@ class LnpRunner(lnprototest.Runner):
             return "odd"
         return None
 
+    def runner_features(self, additional_features: list[int] | None = None, globals: bool = False) -> str:
+        """The features lnprototest's helpers put in their `init`: option_static_remotekey (odd) always in
+        `features`, since lnp-host opens and accepts no channel without it, and the ones asked."""
+        bits = list(additional_features or [])
+        if not globals:
+            bits.append(feature_bits.BY_NAME["option_static_remotekey"] | 1)
+        return lnprototest.bitfield(*bits) if bits else ""
+
     def add_startup_flag(self, flag: str) -> None:
         self.startup_flags.append(f"--{flag}")
