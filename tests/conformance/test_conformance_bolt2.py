@@ -8,6 +8,7 @@ Channels are `option_static_remotekey` (lnprototest 0.0.7 builds no zero-fee-HTL
 """
 from __future__ import annotations
 
+import hashlib
 import os
 from typing import Any, Iterator
 
@@ -17,8 +18,9 @@ if os.environ.get("LNP_REQUIRE_LNPROTOTEST"):
     import lnprototest  # noqa: F401  (CI installs it: a missing one must fail, not skip)
 lnprototest = pytest.importorskip("lnprototest")
 
-from lnprototest import (AcceptFunding, AddHtlc, Block, CheckEq, Commit, Connect, CreateFunding, Disconnect,  # noqa: E402
-                         ExpectMsg, ExpectTx, FundChannel, KeySet, Msg, Side, UpdateCommit, bitfield, msat,
+from lnprototest import (AcceptFunding, AddHtlc, Block, CheckEq, Commit, Connect,  # noqa: E402
+                         CreateFunding, Disconnect, ExpectMsg, ExpectTx, FundChannel, KeySet, Msg, Side,
+                         UpdateCommit, bitfield, msat,
                          remote_delayed_payment_basepoint, remote_funding_privkey, remote_funding_pubkey,
                          remote_htlc_basepoint, remote_payment_basepoint, remote_per_commitment_point,
                          remote_per_commitment_secret, remote_revocation_basepoint)
@@ -85,14 +87,20 @@ def peer_keys() -> dict:
                 htlc_basepoint=PEER_KEYS.htlc_basepoint(), first_per_commitment_point=PEER_KEYS.per_commit_point(0))
 
 
+def open_channel(**changes: Any) -> Msg:
+    """lnprototest's open_channel (a static_remotekey channel of utxo 0), with `changes`."""
+    fields = dict(chain_hash=REGTEST, temporary_channel_id="00" * 32, funding_satoshis=funding_amount_for_utxo(0),
+                  push_msat=0, dust_limit_satoshis=546, max_htlc_value_in_flight_msat=4294967295,
+                  channel_reserve_satoshis=9998, htlc_minimum_msat=0, feerate_per_kw=253, to_self_delay=5,
+                  max_accepted_htlcs=483, channel_flags=1,
+                  tlvs="{channel_type={type=" + STATIC_REMOTEKEY + "}}", **peer_keys())
+    return Msg("open_channel", **{**fields, **changes})
+
+
 def accepter_open() -> list:
     """lnprototest opens a channel to the node, funds it, and both sides exchange channel_ready."""
     return [
-        Msg("open_channel", chain_hash=REGTEST, temporary_channel_id="00" * 32,
-            funding_satoshis=funding_amount_for_utxo(0), push_msat=0, dust_limit_satoshis=546,
-            max_htlc_value_in_flight_msat=4294967295, channel_reserve_satoshis=9998, htlc_minimum_msat=0,
-            feerate_per_kw=253, to_self_delay=5, max_accepted_htlcs=483, channel_flags=1,
-            tlvs="{channel_type={type=" + STATIC_REMOTEKEY + "}}", **peer_keys()),
+        open_channel(),
         ExpectMsg("accept_channel", temporary_channel_id=sent(), if_match=accept_within_limits,
                   minimum_depth=3, **node_keys_checked()),
         CreateFunding(*utxo(0), local_node_privkey="02", local_funding_privkey=PEER_FUNDING_KEY,
@@ -225,9 +233,10 @@ def add_htlc_dance() -> list:
 
 def test_add_htlc(runner: LnpRunner) -> None:
     runner.run(connected() + accepter_open() + add_htlc_dance() + [
-        # irrevocably committed: the node cannot read the onion and fails the HTLC (invalid_onion_key: BADONION|PERM|6, its key is not a point)
+        # irrevocably committed, the HTLC is failed: its onion's key is not a point (invalid_onion_key,
+        # BADONION|PERM|6)
         ExpectMsg("update_fail_malformed_htlc", channel_id=channel_id(), id=0,
-                  sha256_of_onion=__import__("hashlib").sha256(bytes(1366)).hexdigest(), failure_code=0xC006),
+                  sha256_of_onion=hashlib.sha256(bytes(1366)).hexdigest(), failure_code=0xC006),
     ])
 
 
@@ -307,3 +316,29 @@ def test_node_offers_htlc(runner: LnpRunner) -> None:
                   next_per_commitment_point=remote_per_commitment_point(2)),
         NodeChannel(state="normal", htlcs_in_flight=1),
     ])
+
+
+REFUSALS = [
+    ({"tlvs": "{channel_type={type=" + bitfield(12, 46) + "}}"}, "channel_type"),   # scid_alias: not ours
+    ({"channel_reserve_satoshis": 500}, "below our dust limit"),                        # BOLT-2: reserve < dust
+    ({"dust_limit_satoshis": 353}, "dust_limit_satoshis"),                            # BOLT-2: below 354
+    ({"to_self_delay": 60_000}, "to_self_delay"),                                     # over our maximum
+    ({"max_accepted_htlcs": 484}, "max_accepted_htlcs"),                              # BOLT-2: over 483
+    ({"chain_hash": "00" * 32}, ""),                                                  # another chain
+]
+
+
+def test_open_refused(runner: LnpRunner) -> None:
+    """Each open_channel the node must refuse gets an `error` for its temporary channel saying why, and no
+    accept_channel; the connection stays usable for the next one, and a good one is then accepted."""
+    def says_why(reason: str) -> Any:
+        def check(event: Any, msg: Any, runner: Any) -> None:
+            assert reason in bytes(msg.fields["data"]).decode(errors="replace"), msg.to_str()
+        return check
+
+    events = connected()
+    for i, (changes, reason) in enumerate(REFUSALS, start=1):
+        temp = f"{i:064x}"
+        events += [open_channel(temporary_channel_id=temp, **changes),
+                   ExpectMsg("error", channel_id=temp, if_match=says_why(reason))]
+    runner.run(events + [open_channel(), ExpectMsg("accept_channel", temporary_channel_id="00" * 32)])
