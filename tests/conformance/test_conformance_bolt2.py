@@ -342,3 +342,37 @@ def test_open_refused(runner: LnpRunner) -> None:
         events += [open_channel(temporary_channel_id=temp, **changes),
                    ExpectMsg("error", channel_id=temp, if_match=says_why(reason))]
     runner.run(events + [open_channel(), ExpectMsg("accept_channel", temporary_channel_id="00" * 32)])
+
+
+def test_reestablish_retransmits_commitment_signed(runner: LnpRunner) -> None:
+    """We hang up after the node's revoke_and_ack, as if its commitment_signed were lost: our
+    channel_reestablish says we expect commitment 1 still, and the node sends the same commitment_signed
+    again (the signatures lnprototest's builder expects); the dance then completes."""
+    runner.run(connected() + accepter_open() + add_htlc_dance()[:4] + reconnected() + [
+        ExpectMsg("channel_reestablish", channel_id=channel_id(), next_commitment_number=2,
+                  next_revocation_number=0, your_last_per_commitment_secret="00" * 32,
+                  my_current_per_commitment_point=remote_per_commitment_point(1)),
+        Msg("channel_reestablish", channel_id=channel_id(), next_commitment_number=1, next_revocation_number=1,
+            your_last_per_commitment_secret=remote_per_commitment_secret(0),
+            my_current_per_commitment_point=PEER_KEYS.per_commit_point(0)),
+        ExpectMsg("commitment_signed", channel_id=channel_id(), signature=commitsig_to_recv(),
+                  htlc_signature=htlc_sigs_to_recv()),
+        Msg("revoke_and_ack", channel_id=channel_id(), per_commitment_secret=PEER_KEYS.per_commit_secret(0),
+            next_per_commitment_point=PEER_KEYS.per_commit_point(2)),
+        ExpectMsg("update_fail_malformed_htlc", channel_id=channel_id(), id=0, failure_code=0xC006),
+    ])
+
+
+@pytest.mark.parametrize("amount_msat, htlc_id", [(0, 0), (HTLC_IN.amount_msat, 1)],
+                         ids=["below htlc_minimum_msat", "first id not 0"])
+def test_add_htlc_refused(runner: LnpRunner, amount_msat: int, htlc_id: int) -> None:
+    """BOLT-2: an update_add_htlc below the node's htlc_minimum_msat, or whose id does not follow the last
+    one, fails the channel: an `error` for it, and the channel `failed` in the node."""
+    runner.run(connected() + accepter_open() + [
+        NodeChannel(state="normal"),
+        Msg("update_add_htlc", channel_id=channel_id(), id=htlc_id, amount_msat=amount_msat,
+            payment_hash=HTLC_IN.payment_hash(), cltv_expiry=HTLC_IN.cltv_expiry,
+            onion_routing_packet=HTLC_IN.onion_routing_packet),
+        ExpectMsg("error", channel_id=channel_id()),
+        NodeChannel(state="failed"),
+    ])
