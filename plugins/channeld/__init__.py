@@ -47,6 +47,12 @@ def open(ctx: ServiceContext, id: str, amount: int, push_msat: int = 0, feerate:
     PRIVATE channels are not announced; CHANNEL_TYPE anchors or static_remotekey (default: anchors
     when both support it); MIN_DEPTH: confirmations we wait for at least (the peer may ask for more).
     Answers once the funding transaction is sent: {channel_id, funding_txid, funding_vout, channel_type}."""
+    return _open(ctx, id, amount, push_msat, feerate, private, channel_type, min_depth)
+
+
+def _open(ctx: ServiceContext, id: str, amount: int, push_msat: int, feerate: int | None, private: bool,
+          channel_type: str | None, min_depth: int | None) -> "Future[dict[str, Any]]":
+    # the body of `open` and `fundchannel` (an RpcMethod is not callable)
     peer_id = _node_id(id)
     mgr = _manager(ctx)
     if not 0 < amount <= MAX_FUNDING_SAT:
@@ -75,7 +81,7 @@ def fundchannel(ctx: ServiceContext, id: str, amount: int, feerate_per_kw: int |
                 min_depth: int | None = None) -> "Future[dict[str, Any]]":
     """`open` under Core Lightning's name: a channel of AMOUNT sat with peer ID (FEERATE_PER_KW for the
     commitments; ANNOUNCE false for a private channel)."""
-    return open(ctx, id, amount, push_msat, feerate_per_kw, not announce, channel_type, min_depth)
+    return _open(ctx, id, amount, push_msat, feerate_per_kw, not announce, channel_type, min_depth)
 
 
 @rpc_method

@@ -38,7 +38,7 @@ from lnprototest import Conn, Event, EventError, KeySet, MustNotMsg, SpecFileErr
 
 from lnp_host.client import Client
 from lnp_host.keys import FORCED_KEY_ENV
-from lnp_plugin_api import RpcError
+from lnp_plugin_api import RpcError, bolt11
 from lnp_plugin_api import features as feature_bits
 from lnp_plugin_api.messages import Init
 from lnp_plugins.bitcoind import Bitcoind
@@ -62,6 +62,16 @@ NODE_PRIVKEY = "01"
 BIP32_SEED = "00" * 31 + "01"
 FUNDING_SECRET = "00" * 31 + "10"
 CHANNEL_SECRETS = [FUNDING_SECRET] + ["00" * 31 + f"{i:02x}" for i in (0x11, 0x12, 0x13, 0x14)] + ["FF" * 32]
+
+
+def wallet_address() -> str:
+    """The node's first receive address (BIP84, m/84'/1'/0'/0/0 of BIP32_SEED, docs/keys.md): the chain's
+    blocks pay their coinbase to it, so that the node's wallet can fund channels (`fundchannel`) once the
+    coinbase of block 2 matures, at lnprototest's block 102."""
+    from embit import bip32, script
+    from embit.networks import NETWORKS
+    key = bip32.HDKey.from_seed(bytes.fromhex(BIP32_SEED)).derive("m/84h/1h/0h/0/0")
+    return script.p2wpkh(key.key).address(NETWORKS["regtest"])
 
 # lnprototest's option names that are not BOLT-9's names of today
 OPTION_ALIASES = {"option_anchor_outputs": 20, "option_anchors_zero_fee_htlc_tx": 22,
@@ -112,7 +122,7 @@ class RegtestChain:
             rejected = self.call("submitblock", BLOCK_1)
             if rejected is not None or self.call("getblockcount") != 1:
                 raise RuntimeError(f"regtest node refused lnprototest's block 1: {rejected}")
-            self.address = self.call("getnewaddress", "default")
+            self.address = wallet_address()
             self.call("generatetoaddress", 100, self.address)
         except BaseException:
             self.stop()
@@ -213,8 +223,9 @@ class LnpRunner(lnprototest.Runner):
     def _profile(self) -> Path:
         plugins = ["core", "signd", "bitcoind", "watchd", "wallet", "peerd"]
         extra = ""
-        if any(ep.name == "channeld" for ep in importlib.metadata.entry_points(group="lnp_host.plugins")):
-            plugins.append("channeld")
+        installed = {ep.name for ep in importlib.metadata.entry_points(group="lnp_host.plugins")}
+        if "channeld" in installed:
+            plugins += ["channeld"] + [p for p in ("invoices", "pay") if p in installed]
             extra = "[plugins.channeld]\nmin_depth = 3\n"  # lnprototest's tests assume a minimum depth of 3
         mode = os.environ.get("LNP_RUNNER_BUS", "threads")
         path = Path(self.directory) / "node.toml"
@@ -413,6 +424,9 @@ class LnpRunner(lnprototest.Runner):
         if self.fundchannel_future is not None and not self.fundchannel_future.done():
             raise SpecFileError(event, "fundchannel while another is still running")
         peer = conn.pubkey.format().hex()
+        # the wallet (paid by the chain's coinbases, see wallet_address) must have seen the last block
+        height = self.getblockheight()
+        wait_until(lambda: self.rpc("funds")["height"] == height, TIMEOUT, "the wallet to reach the chain's tip")
         self.fundchannel_expect_fail = expect_fail
         if self.executor is None:
             self.executor = concurrent.futures.ThreadPoolExecutor(max_workers=1)
@@ -436,9 +450,14 @@ class LnpRunner(lnprototest.Runner):
         self.rpc("invoice", amount, str(event), description=f"invoice from {event}", preimage=preimage)
 
     def addhtlc(self, event: Event, conn: Conn, amount: int, preimage: str) -> None:
-        payment_hash = hashlib.sha256(bytes.fromhex(preimage)).hexdigest()
-        route = [{"id": conn.pubkey.format().hex(), "amount_msat": amount, "delay": 4}]
-        self.rpc("sendpay", route, payment_hash)
+        """Have the node offer an HTLC of `amount` msat for `preimage`'s hash to `conn`: it pays a BOLT-11
+        invoice made here and signed with the peer's key (the node's `pay` RPC, without waiting)."""
+        inv = bolt11.Invoice(currency=bolt11.currency_for("regtest"), timestamp=int(time.time()),
+                             payment_hash=hashlib.sha256(bytes.fromhex(preimage)).digest(),
+                             payment_secret=hashlib.sha256(b"lnprototest" + bytes.fromhex(preimage)).digest(),
+                             amount_msat=amount, description=f"lnprototest {event}",
+                             payee=conn.pubkey.format())
+        self.rpc("pay", bolt11.encode(inv, bolt11.sign_with_key(conn.connprivkey.secret)), wait=0)
 
     def close_channel(self, channel_id: str) -> None:
         self.rpc("close", channel_id)
@@ -474,6 +493,14 @@ class LnpRunner(lnprototest.Runner):
         if even + 1 in self.node_features:
             return "odd"
         return None
+
+    def runner_features(self, additional_features: list[int] | None = None, globals: bool = False) -> str:
+        """The features lnprototest's helpers put in their `init`: option_static_remotekey (odd) always in
+        `features`, since lnp-host opens and accepts no channel without it, and the ones asked."""
+        bits = list(additional_features or [])
+        if not globals:
+            bits.append(feature_bits.BY_NAME["option_static_remotekey"] | 1)
+        return lnprototest.bitfield(*bits) if bits else ""
 
     def add_startup_flag(self, flag: str) -> None:
         self.startup_flags.append(f"--{flag}")
