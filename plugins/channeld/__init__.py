@@ -18,7 +18,7 @@ from lnp_plugin_api import (Continue, DecisionSpec, EventSpec, FeatureSpec, PerC
 from lnp_plugin_api.addresses import AddressError, parse_node_id
 from lnp_plugin_api.services import SIGNER_REQUESTS
 
-from . import normal, storage
+from . import normal, onchain, storage
 from .manager import ChannelManager
 from .options import SCHEMA, Options
 
@@ -79,6 +79,23 @@ def fundchannel(ctx: ServiceContext, id: str, amount: int, feerate_per_kw: int |
 
 
 @rpc_method
+def close(ctx: ServiceContext, id: str, force: bool = False) -> "Future[dict[str, Any]]":
+    """Close channel ID. FORCE: put our latest commitment on chain now (our funds come back after our
+    to_self_delay, swept to the wallet); {channel_id, txid, state}."""
+    try:
+        cid = bytes.fromhex(id)
+    except ValueError:
+        raise RpcError(RpcError.INVALID_PARAMS, "id must be a channel_id (hex)") from None
+    mgr = _manager(ctx)
+    ch = mgr.channels.get(cid)
+    if ch is None:
+        raise RpcError(RpcError.INVALID_PARAMS, f"no channel {id}")
+    if not force:
+        raise RpcError(RpcError.INVALID_PARAMS, "only close --force is implemented here")
+    return mgr.submit(ch.peer_id, lambda: onchain.force_close(mgr, cid, "close --force"))
+
+
+@rpc_method
 def channels(ctx: ServiceContext, peer: str | None = None) -> dict[str, Any]:
     """Channels (of PEER only, if given): channel_id, short_channel_id, peer, state, funding outpoint,
     capacity, local and remote balance (msat), reserves, HTLCs in flight, channel type."""
@@ -122,7 +139,11 @@ def _on_depth(ctx: ServiceContext, event: Any) -> None:
 
 
 def _on_block(ctx: ServiceContext, event: Any) -> None:
-    _manager(ctx).on_block()
+    _manager(ctx).on_block(int(event.body["height"]))
+
+
+def _on_spent(ctx: ServiceContext, event: Any) -> None:
+    _manager(ctx).on_spent(event.body)
 
 
 # --- hooks ---------------------------------------------------------------------------------------
@@ -149,7 +170,8 @@ def lnp_requires() -> list[str]:
                                             "revoke_holder_commitment", "validate_counterparty_revocation",
                                             "onion_ecdh")] + [
         "wallet.fund", "wallet.broadcast", "wallet.release", "watchd.watch", "watchd.status", "chain.fees",
-        "chain.block",
+        "chain.block", "chain.broadcast", "wallet.newaddr"] + [SIGNER_REQUESTS[op] for op in (
+            "sign_holder_commitment", "sign_sweep", "sign_penalty")] + [
         "peerd.peer"]
 
 
@@ -183,7 +205,7 @@ def lnp_decisions() -> list[DecisionSpec]:
 
 @hookimpl
 def lnp_rpc_methods() -> list:
-    return [open, fundchannel, channels]
+    return [open, fundchannel, close, channels]
 
 
 @hookimpl
@@ -191,6 +213,7 @@ def lnp_subscriptions() -> list:
     return ([Subscription.wire(t, _on_wire) for t in WIRE_TYPES]
             + [Subscription.event(n, _on_peer) for n in ("peer_connected", "peer_disconnected")]
             + [Subscription.event("tx_depth", _on_depth), Subscription.event("block_connected", _on_block),
+               Subscription.event("outpoint_spent", _on_spent),
                _add_htlc])
 
 

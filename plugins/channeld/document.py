@@ -22,7 +22,10 @@ DOC_VERSION = 1
 AWAITING_LOCK = "awaiting_lock"      # funding signed both ways; waiting for depth and channel_ready
 NORMAL = "normal"
 FAILED = "failed"                    # the peer sent an error, or broke the protocol: not used any more
-STATES = (AWAITING_LOCK, NORMAL, FAILED)
+FORCE_CLOSING = "force_closing"      # we are putting our commitment on chain (onchain.py)
+ONCHAIN = "onchain"                  # the funding output is spent: its outputs are being resolved
+CLOSED = "closed"                    # every resolution is deep: nothing left to do
+STATES = (AWAITING_LOCK, NORMAL, FAILED, FORCE_CLOSING, ONCHAIN, CLOSED)
 
 
 def channel_id_of(funding_txid: str, funding_vout: int) -> bytes:
@@ -94,6 +97,7 @@ class Channel:
     # and once the peer removes it: failure_onion or failure_code, resolved}
     htlcs: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     last_sent: str = ""                  # "commit" or "revoke": which we sent last (reestablish's order)
+    onchain: Mapping[str, Any] = field(default_factory=dict)   # the close on chain (onchain.py's layout)
 
     @property
     def extensions(self) -> list[ChannelExtension]:
@@ -118,7 +122,7 @@ class Channel:
                 "their_secrets": self.their_secrets.to_json(), "ready_sent": self.ready_sent,
                 "ready_received": self.ready_received, "scid": self.scid, "private": self.private,
                 "funding_tx": self.funding_tx, "failure": self.failure, "htlcs": dict(self.htlcs),
-                "last_sent": self.last_sent}
+                "last_sent": self.last_sent, "onchain": dict(self.onchain)}
 
     @classmethod
     def from_json(cls, d: Mapping[str, Any]) -> "Channel":
@@ -129,7 +133,7 @@ class Channel:
                    {int(n): bytes.fromhex(p) for n, p in d["their_points"].items()},
                    Shachain.from_json(d["their_secrets"]), bool(d["ready_sent"]), bool(d["ready_received"]),
                    d.get("scid"), bool(d.get("private", False)), d.get("funding_tx"), d.get("failure"),
-                   dict(d.get("htlcs", {})), d.get("last_sent", ""))
+                   dict(d.get("htlcs", {})), d.get("last_sent", ""), dict(d.get("onchain", {})))
 
     def summary(self) -> dict[str, Any]:
         """What `channels` lists (no secret: balances, limits, state)."""
@@ -141,7 +145,10 @@ class Channel:
                 "local_msat": local.local_msat, "remote_msat": local.remote_msat,
                 "our_reserve_sat": p.reserve_of(Side.LOCAL), "their_reserve_sat": p.reserve_of(Side.REMOTE),
                 "feerate_per_kw": local.feerate_per_kw, "htlcs_in_flight": len(htlcs),
-                "channel_type": p.channel_type.name, "private": self.private, "failure": self.failure}
+                "channel_type": p.channel_type.name, "private": self.private, "failure": self.failure,
+                "onchain": {k: self.onchain[k] for k in ("reason", "commitment", "kind") if k in self.onchain}
+                | ({"spend": self.onchain["spend"]["txid"]} if "spend" in self.onchain else {})
+                | {"sent": {k: v["txid"] for k, v in self.onchain.get("sent", {}).items()}}}
 
 
 def temporary_id(peer_id: bytes, dbid: int) -> bytes:

@@ -1,0 +1,243 @@
+"""channeld on chain (BOLT-5): force close, the funding output's spend, and the resolution of its outputs.
+
+Everything runs on the peer's worker. The channel document's `onchain` mapping is the whole state:
+- `reason`, `number`: why and which of our commitments we force-closed with (`commitment`: its txid);
+- `spend`: the transaction that spent the funding output {txid, tx, height (None: in the mempool)};
+- `spent`: per output index of that transaction, what spent it {txid, height, witness, vin};
+- `sent`: per action key, the transaction we made for it {txid, tx}, stored BEFORE it is broadcast, so a
+  restart broadcasts the same transaction again (never a second, different one).
+`plan` (lnp_plugin_api.onchain) is called again at each block with the facts as stored: no other state.
+"""
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any, Callable
+
+from lnp_plugin_api import RpcError
+from lnp_plugin_api.channel import Side
+from lnp_plugin_api.commitment import BuiltCommitment, build_commitment
+from lnp_plugin_api.onchain import Action, Closing, Facts, Known, Spent, classify, must_force_close, plan
+from lnp_plugin_api.onchain_tx import Sweep, Uneconomical, output_input, sweep
+from lnp_plugin_api.tx import Tx
+
+from .document import AWAITING_LOCK, CLOSED, FAILED, FORCE_CLOSING, NORMAL, ONCHAIN, Channel
+
+if TYPE_CHECKING:
+    from .manager import ChannelManager
+
+L, R = Side.LOCAL, Side.REMOTE
+CLOSE_DEPTH = 6          # confirmations of every resolving transaction before the channel is `closed`
+OPEN_STATES = (AWAITING_LOCK, NORMAL, FAILED)
+
+
+def may_force_close(ch: Channel) -> str | None:
+    """Why `ch` must not go to chain by our commitment (None: it may)."""
+    if ch.state not in OPEN_STATES:
+        return f"channel is {ch.state}"
+    if ch.failure and ch.failure.startswith("data loss"):
+        # we are behind: our commitment is revoked, broadcasting it would give everything to the peer
+        return "we lost data (the peer has newer state): our commitment must not be broadcast"
+    return None
+
+
+def force_close(mgr: "ChannelManager", channel_id: bytes, reason: str) -> dict[str, Any]:
+    """Put our latest commitment on chain: persist `force_closing`, have signd sign it (signd then
+    treats the channel as gone to chain), broadcast, watch the funding output. {channel_id, txid}."""
+    ch = mgr.channels.get(channel_id)
+    if ch is None:
+        raise RpcError(RpcError.INVALID_PARAMS, f"no channel {channel_id.hex()}")
+    if ch.state in (FORCE_CLOSING, ONCHAIN, CLOSED):
+        return {"channel_id": channel_id.hex(), "txid": ch.onchain.get("commitment"), "state": ch.state}
+    refused = may_force_close(ch)
+    if refused:
+        raise RpcError(RpcError.REFUSED, refused)
+    number = ch.log.local_number
+    with mgr.ctx.transaction() as tx:   # before signd signs: a restart finishes the close, never forgets it
+        mgr.store(tx, ch.with_state(FORCE_CLOSING, onchain={"reason": reason, "number": number}))
+    return _sign_and_send(mgr, mgr.channels[channel_id])
+
+
+def _sign_and_send(mgr: "ChannelManager", ch: Channel) -> dict[str, Any]:
+    oc = dict(ch.onchain)
+    if "commitment_tx" not in oc:
+        going = mgr.signer.sign_holder_commitment(ch.dbid, int(oc["number"]))
+        oc.update(commitment=going["txid"], commitment_tx=going["tx"])
+        with mgr.ctx.transaction() as tx:
+            mgr.store(tx, replace(ch, onchain=oc))
+    watch_funding_spend(mgr, ch)
+    _broadcast(mgr, oc["commitment_tx"], "our commitment")
+    mgr.ctx.log.warning("channel %s force-closed (%s): commitment %s", ch.channel_id.hex(), oc["reason"],
+                        oc["commitment"])
+    return {"channel_id": ch.channel_id.hex(), "txid": oc["commitment"], "state": FORCE_CLOSING}
+
+
+def watch_funding_spend(mgr: "ChannelManager", ch: Channel) -> None:
+    """Have watchd tell us (durably) when the funding output is spent."""
+    mgr.watch.watch_outpoint(ch.params.funding_txid, ch.params.funding_output_index)
+
+
+def _broadcast(mgr: "ChannelManager", raw_hex: str, what: str) -> None:
+    try:
+        mgr.chain.broadcast(bytes.fromhex(raw_hex))
+    except RpcError as e:   # not yet valid (a delay), or already spent: the next block tries again
+        mgr.ctx.log.info("%s not broadcast: %s", what, e.message)
+
+
+def resume(mgr: "ChannelManager", ch: Channel) -> None:
+    """After a restart: a force close signed or not yet, broadcast again."""
+    if ch.state == FORCE_CLOSING:
+        _sign_and_send(mgr, ch)
+
+
+# --- the chain's events ---
+
+def concerns(ch: Channel, body: dict[str, Any]) -> bool:
+    """Whether watchd's outpoint_spent `body` is about `ch` (its funding output, or its closing's outputs)."""
+    txid, _, vout = str(body.get("outpoint", "")).partition(":")
+    p = ch.params
+    return ((txid, vout) == (p.funding_txid, str(p.funding_output_index))
+            or ch.onchain.get("spend", {}).get("txid") == txid)
+
+
+def on_spent(mgr: "ChannelManager", peer_id: bytes, body: dict[str, Any]) -> None:
+    """watchd's outpoint_spent for the peer's channels: the funding output (→ `onchain`) or an output of
+    the closing transaction."""
+    outpoint, raw, height = str(body.get("outpoint", "")), str(body.get("spending_tx", "")), body.get("height")
+    txid, _, vout = outpoint.partition(":")
+    for ch in [c for c in mgr.channels.values() if c.peer_id == peer_id]:
+        p = ch.params
+        if (txid, vout) == (p.funding_txid, str(p.funding_output_index)) and ch.state != CLOSED:
+            _funding_spent(mgr, ch, raw, height)
+        elif ch.state == ONCHAIN and ch.onchain.get("spend", {}).get("txid") == txid:
+            _output_spent(mgr, ch, int(vout), raw, height)
+
+
+def _funding_spent(mgr: "ChannelManager", ch: Channel, raw: str, height: int | None) -> None:
+    spending = Tx.parse(bytes.fromhex(raw))
+    oc = dict(ch.onchain)
+    spend = oc.get("spend")
+    if spend is not None and spend["txid"] == spending.txid() and (spend["height"] == height or height is None):
+        return   # the same event again
+    oc["spend"] = {"txid": spending.txid(), "tx": raw, "height": height}
+    if spend is None or spend["txid"] != spending.txid():
+        oc["spent"] = {}   # another transaction (a reorg): what we knew of the outputs is void
+    closing = _classify(mgr, replace(ch, onchain=oc), spending)
+    oc["kind"] = closing.kind
+    with mgr.ctx.transaction() as tx:
+        mgr.store(tx, ch.with_state(ONCHAIN, onchain=oc))
+    mgr.ctx.log.warning("channel %s: funding spent by %s (%s)", ch.channel_id.hex(), closing.txid, closing.kind)
+    for out in closing.outputs:
+        if out.descriptor is not None and out.descriptor.kind != "anchor":
+            mgr.watch.watch_outpoint(closing.txid, out.index)
+    step(mgr, ch.channel_id)
+
+
+def _output_spent(mgr: "ChannelManager", ch: Channel, vout: int, raw: str, height: int | None) -> None:
+    spending = Tx.parse(bytes.fromhex(raw))
+    closing_txid = ch.onchain["spend"]["txid"]
+    vin = next(k for k, i in enumerate(spending.inputs) if i.txid == closing_txid and i.vout == vout)
+    oc = dict(ch.onchain)
+    oc["spent"] = {**oc.get("spent", {}), str(vout): {
+        "txid": spending.txid(), "height": height, "vin": vin,
+        "witness": [w.hex() for w in spending.inputs[vin].witness]}}
+    with mgr.ctx.transaction() as tx:
+        mgr.store(tx, replace(ch, onchain=oc))
+    step(mgr, ch.channel_id)
+
+
+def on_block(mgr: "ChannelManager", channel_id: bytes, height: int) -> None:
+    """A new block: an open channel whose HTLC nears its deadline goes to chain; a closing one moves on."""
+    ch = mgr.channels.get(channel_id)
+    if ch is None:
+        return
+    if ch.state == NORMAL:
+        for owner in (L, R):
+            htlc = must_force_close(ch.log.latest(owner), height, {})
+            if htlc is not None:
+                force_close(mgr, channel_id, f"HTLC {htlc.id} near its expiry {htlc.cltv_expiry} at {height}")
+                return
+    elif ch.state == FORCE_CLOSING:
+        _broadcast(mgr, ch.onchain.get("commitment_tx", ""), "our commitment")
+    elif ch.state == ONCHAIN:
+        step(mgr, channel_id, height)
+
+
+# --- classification and resolution ---
+
+def _classify(mgr: "ChannelManager", ch: Channel, spending: Tx) -> Closing:
+    local = None
+    number = ch.log.local_number
+    if ch.state != AWAITING_LOCK or number > 0 or ch.ready_sent:
+        pcp = mgr.signer.per_commitment_point(ch.dbid, number)
+        local = build_commitment(ch.params, ch.log.latest(L), L, number, pcp, ch.extensions)
+    remote: dict[int, BuiltCommitment] = {}
+    rn = ch.log.remote_number
+    if rn in ch.their_points:
+        remote[rn] = build_commitment(ch.params, ch.log.latest(R), R, rn, ch.their_points[rn], ch.extensions)
+    return classify(spending, Known(ch.params, ch.extensions, local, remote, secrets=ch.their_secrets))
+
+
+def step(mgr: "ChannelManager", channel_id: bytes, height: int | None = None) -> None:
+    """Plan with the stored facts and make each due transaction (stored, then broadcast)."""
+    ch = mgr.channels.get(channel_id)
+    if ch is None or ch.state != ONCHAIN:
+        return
+    height = mgr.height() if height is None else height
+    oc = ch.onchain
+    closing = _classify(mgr, ch, Tx.parse(bytes.fromhex(oc["spend"]["tx"])))
+    sent = oc.get("sent", {})
+    ours = {s["txid"] for s in sent.values()}
+    spent = {int(k): Spent(v["txid"], v["height"], v["txid"] in ours, tuple(bytes.fromhex(w) for w in v["witness"]),
+                           int(v["vin"])) for k, v in oc.get("spent", {}).items()}
+    facts = Facts(height, oc["spend"]["height"], {}, spent)
+    for action in plan(closing, facts):
+        if action.kind in ("sweep", "penalty") and action.due(height):
+            key = f"{action.kind}:{action.output if action.kind == 'sweep' else ','.join(map(str, action.outputs))}"
+            _make(mgr, ch.channel_id, key, lambda a=action: _build(mgr, ch, closing, a))
+        elif action.kind == "done":
+            heights = [s.height for s in spent.values()] + [facts.confirmed]
+            if all(h is not None and height - h + 1 >= CLOSE_DEPTH for h in heights):
+                with mgr.ctx.transaction() as tx:
+                    mgr.store(tx, mgr.channels[channel_id].with_state(CLOSED))
+    ch = mgr.channels[channel_id]
+    for key, s in ch.onchain.get("sent", {}).items():   # not mined yet: again (a restart, a full mempool)
+        if s["txid"] not in {v.txid for v in spent.values() if v.height is not None}:
+            _broadcast(mgr, s["tx"], key)
+
+
+def _make(mgr: "ChannelManager", channel_id: bytes, key: str, build: Callable[[], Sweep | None]) -> None:
+    ch = mgr.channels[channel_id]
+    if key in ch.onchain.get("sent", {}):
+        return
+    try:
+        made = build()
+    except Uneconomical as e:
+        mgr.ctx.log.info("channel %s: %s not worth sweeping yet: %s", channel_id.hex(), key, e)
+        return
+    if made is None:
+        return
+    oc = dict(ch.onchain)
+    oc["sent"] = {**oc.get("sent", {}), key: {"txid": made.txid, "tx": made.tx.serialize().hex()}}
+    with mgr.ctx.transaction() as tx:
+        mgr.store(tx, replace(ch, onchain=oc))
+    _broadcast(mgr, oc["sent"][key]["tx"], key)
+
+
+def _build(mgr: "ChannelManager", ch: Channel, closing: Closing, action: Action) -> Sweep | None:
+    """The signed transaction for a `sweep` or `penalty` action, to a fresh wallet key."""
+    assert closing.built is not None
+    by_index = {o.index: o for o in closing.outputs}
+    pcp = closing.built.keys.per_commitment_point
+    if action.kind == "sweep":
+        assert action.output is not None and action.path is not None
+        inputs = [output_input(closing.txid, by_index[action.output], action.path, pcp,
+                               commitment_number=closing.number)]
+    else:
+        inputs = [output_input(closing.txid, by_index[i], "revocation", pcp, closing.revocation_secret,
+                               commitment_number=closing.number) for i in action.outputs]
+    dest = mgr.funding.new_destination()
+    made = sweep(action.kind if action.kind == "penalty" else action.path or "sweep", inputs, dest.script,
+                 mgr.feerate_per_kw(), destination_path=dest.key)
+    sigs = [mgr.signer.sign_input(ch.dbid, r) for r in made.sign_requests()]
+    signed = made.finalize(sigs)
+    return replace(made, tx=signed)
