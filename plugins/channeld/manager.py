@@ -416,7 +416,8 @@ class ChannelManager:
                    and msg.channel_id in (ZERO_ID, o.temp_id)]:
             self._abort(op, f"the peer refused: {text}")
         for ch in list(self.channels.values()):
-            if ch.peer_id == peer_id and msg.channel_id in (ZERO_ID, ch.channel_id) and ch.state != FAILED:
+            if (ch.peer_id == peer_id and msg.channel_id in (ZERO_ID, ch.channel_id)
+                    and ch.state in (AWAITING_LOCK, NORMAL)):
                 with self.ctx.transaction() as tx:
                     self.store(tx, ch.with_state(FAILED, failure=f"error from the peer: {text}"))
                 self._go_to_chain(ch.channel_id, f"error from the peer: {text}")
@@ -429,7 +430,7 @@ class ChannelManager:
             return
         op = self.openings.get(key) or self._opening_by_channel_id(key)
         ch = self.channels.get(key)
-        if ch is not None and ch.peer_id == peer_id and ch.state != FAILED:
+        if ch is not None and ch.peer_id == peer_id and ch.state in (AWAITING_LOCK, NORMAL):
             with self.ctx.transaction() as tx:
                 self.store(tx, ch.with_state(FAILED, failure=reason))
                 self.send(peer_id, ErrorMessage(key, reason.encode()[:500]), tx)
