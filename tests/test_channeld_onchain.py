@@ -138,3 +138,59 @@ def test_revoked_commitment_taken_by_a_penalty(nodes, external_chain, tmp_path) 
         fee_of(btc, t) for t in sent.values())
     wait_for(lambda: alice.call("funds")["confirmed_sat"] == expected, timeout=30)
     assert bob.call("funds")["confirmed_sat"] == 0
+
+
+@pytest.mark.slow
+def test_htlc_near_expiry_forces_a_close_timed_out_then_swept(nodes, external_chain) -> None:
+    """Bob holds an HTLC of Alice's and goes away. One block past its expiry Alice goes to chain on her own
+    (must_force_close), her HTLC-timeout transaction takes it back, its output and her to_local are swept
+    after her delay, and the HTLC is failed (htlc_resolved). Bob, back later, sweeps his to_remote."""
+    port, btc = external_chain
+    alice, bob = two_nodes(nodes, port, "threads", extra=f"to_self_delay = {DELAY}\n",
+                           plugins=("tk_htlcs", "tk_signer"))
+    before = fund(alice, btc)
+    opened = alice.call("open", bob.node_id, FUNDING, push_msat=PUSH, channel_type="static_remotekey")
+    cid = opened["channel_id"]
+    mine(btc, [alice, bob], 3)
+    for p in (alice, bob):
+        wait_for(lambda: channel_of(p, cid)["state"] == "normal", timeout=30)
+    payment_hash = os.urandom(32)
+    bob.call("tk_htlc_hold", payment_hash.hex())
+    height = alice.call("chaininfo")["watchd"]["height"]
+    add(alice, bob, 60_000_000, payment_hash, height)
+    wait_for(lambda: len(bob.call("tk_htlc_events", "htlc_accepted")) == 1, timeout=30)  # irrevocably committed
+    bob.node.stop()
+
+    expiry = height + 40
+    mine(btc, [alice], expiry - btc.call("getblockcount"))
+    assert channel_of(alice, cid)["state"] == "normal"
+    mine(btc, [alice], 1)          # one block past the expiry: to chain
+    wait_for(lambda: channel_of(alice, cid)["state"] == "force_closing", timeout=30)
+    assert "near its expiry" in channel_of(alice, cid)["onchain"]["reason"]
+    mine(btc, [alice], 1)
+    wait_for(lambda: any(k.startswith("htlc_tx:") for k in channel_of(alice, cid)["onchain"]["sent"]), timeout=30)
+    mine(btc, [alice], 1)
+    failed = [e for e in alice.call("tk_htlc_events", "htlc_resolved") if e["htlc_id"] == 0]
+    wait_for(lambda: bool(failed.extend(e for e in alice.call("tk_htlc_events", "htlc_resolved")
+                                        if e["htlc_id"] == 0) or failed), timeout=30)
+    assert failed[0]["preimage"] is None and failed[0]["failure_code"] is not None
+    mine(btc, [alice], DELAY)
+    wait_for(lambda: len(channel_of(alice, cid)["onchain"]["sent"]) == 3, timeout=30)
+    mine(btc, [alice], 6)
+    wait_for(lambda: channel_of(alice, cid)["state"] == "closed", timeout=30)
+    sent = channel_of(alice, cid)["onchain"]["sent"]
+    assert sorted(k.split(":")[0] for k in sent) == ["htlc_tx", "sweep", "sweep_stage"]
+    commitment = channel_of(alice, cid)["onchain"]["commitment"]
+    commit_fee = fee_of(btc, commitment)
+    expected = before - fee_of(btc, opened["funding_txid"]) - PUSH // 1000 - commit_fee - sum(
+        fee_of(btc, t) for t in sent.values())
+    wait_for(lambda: alice.call("funds")["confirmed_sat"] == expected, timeout=30)
+
+    bob.node.start()
+    wait_for(lambda: channel_of(bob, cid)["state"] == "onchain" and bool(channel_of(bob, cid)["onchain"]["sent"]),
+             timeout=60)
+    assert channel_of(bob, cid)["onchain"]["kind"] == "remote"
+    mine(btc, [alice, bob], 6)
+    wait_for(lambda: channel_of(bob, cid)["state"] == "closed", timeout=30)
+    (swept,) = channel_of(bob, cid)["onchain"]["sent"].values()
+    wait_for(lambda: bob.call("funds")["confirmed_sat"] == PUSH // 1000 - fee_of(btc, swept), timeout=30)

@@ -14,11 +14,12 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Callable
 
 from lnp_plugin_api import RpcError
-from lnp_plugin_api.channel import Side
+from lnp_plugin_api.channel import Htlc, Side
 from lnp_plugin_api.commitment import BuiltCommitment, build_commitment
 from lnp_plugin_api.onchain import Action, Closing, Facts, Known, Spent, classify, must_force_close, plan
-from lnp_plugin_api.onchain_tx import Sweep, Uneconomical, output_input, sweep
-from lnp_plugin_api.tx import Tx
+from lnp_plugin_api.onchain_tx import Sweep, Uneconomical, htlc_transaction, output_input, stage_output_input, sweep
+from lnp_plugin_api.onion_errors import PERMANENT_CHANNEL_FAILURE
+from lnp_plugin_api.tx import SIGHASH_ALL, Tx, der_to_compact
 
 from .document import AWAITING_LOCK, CLOSED, FAILED, FORCE_CLOSING, NORMAL, ONCHAIN, Channel
 
@@ -61,7 +62,9 @@ def _sign_and_send(mgr: "ChannelManager", ch: Channel) -> dict[str, Any]:
     oc = dict(ch.onchain)
     if "commitment_tx" not in oc:
         going = mgr.signer.sign_holder_commitment(ch.dbid, int(oc["number"]))
-        oc.update(commitment=going["txid"], commitment_tx=going["tx"])
+        # the peer's signatures of our HTLC transactions (in the order validated: the second stages')
+        oc.update(commitment=going["txid"], commitment_tx=going["tx"],
+                  htlc_sigs=[h["counterparty_signature"] for h in going.get("htlcs", [])])
         with mgr.ctx.transaction() as tx:
             mgr.store(tx, replace(ch, onchain=oc))
     watch_funding_spend(mgr, ch)
@@ -96,7 +99,8 @@ def concerns(ch: Channel, body: dict[str, Any]) -> bool:
     txid, _, vout = str(body.get("outpoint", "")).partition(":")
     p = ch.params
     return ((txid, vout) == (p.funding_txid, str(p.funding_output_index))
-            or ch.onchain.get("spend", {}).get("txid") == txid)
+            or ch.onchain.get("spend", {}).get("txid") == txid
+            or any(s["txid"] == txid for s in ch.onchain.get("sent", {}).values()))
 
 
 def on_spent(mgr: "ChannelManager", peer_id: bytes, body: dict[str, Any]) -> None:
@@ -110,6 +114,8 @@ def on_spent(mgr: "ChannelManager", peer_id: bytes, body: dict[str, Any]) -> Non
             _funding_spent(mgr, ch, raw, height)
         elif ch.state == ONCHAIN and ch.onchain.get("spend", {}).get("txid") == txid:
             _output_spent(mgr, ch, int(vout), raw, height)
+        elif ch.state == ONCHAIN and concerns(ch, body):   # the output of our HTLC transaction
+            _record(mgr, ch, "stage_spent", f"{txid}:{vout}", txid, int(vout), raw, height)
 
 
 def _funding_spent(mgr: "ChannelManager", ch: Channel, raw: str, height: int | None) -> None:
@@ -133,16 +139,25 @@ def _funding_spent(mgr: "ChannelManager", ch: Channel, raw: str, height: int | N
 
 
 def _output_spent(mgr: "ChannelManager", ch: Channel, vout: int, raw: str, height: int | None) -> None:
+    spending = _record(mgr, ch, "spent", str(vout), ch.onchain["spend"]["txid"], vout, raw, height)
+    if any(s["txid"] == spending.txid() and k.startswith("htlc_tx:") for k, s in ch.onchain.get("sent", {}).items()):
+        vin = next(k for k, i in enumerate(spending.inputs) if i.vout == vout and i.txid == ch.onchain["spend"]["txid"])
+        mgr.watch.watch_outpoint(spending.txid(), vin)   # our HTLC transaction's output (swept after the delay)
+    step(mgr, ch.channel_id)
+
+
+def _record(mgr: "ChannelManager", ch: Channel, field: str, key: str, txid: str, vout: int, raw: str,
+            height: int | None) -> Tx:
+    """Store what spent output `txid:vout` (under onchain[field][key]); the spending transaction."""
     spending = Tx.parse(bytes.fromhex(raw))
-    closing_txid = ch.onchain["spend"]["txid"]
-    vin = next(k for k, i in enumerate(spending.inputs) if i.txid == closing_txid and i.vout == vout)
+    vin = next(k for k, i in enumerate(spending.inputs) if i.txid == txid and i.vout == vout)
     oc = dict(ch.onchain)
-    oc["spent"] = {**oc.get("spent", {}), str(vout): {
+    oc[field] = {**oc.get(field, {}), key: {
         "txid": spending.txid(), "height": height, "vin": vin,
         "witness": [w.hex() for w in spending.inputs[vin].witness]}}
     with mgr.ctx.transaction() as tx:
         mgr.store(tx, replace(ch, onchain=oc))
-    step(mgr, ch.channel_id)
+    return spending
 
 
 def on_block(mgr: "ChannelManager", channel_id: bytes, height: int) -> None:
@@ -187,22 +202,53 @@ def step(mgr: "ChannelManager", channel_id: bytes, height: int | None = None) ->
     closing = _classify(mgr, ch, Tx.parse(bytes.fromhex(oc["spend"]["tx"])))
     sent = oc.get("sent", {})
     ours = {s["txid"] for s in sent.values()}
-    spent = {int(k): Spent(v["txid"], v["height"], v["txid"] in ours, tuple(bytes.fromhex(w) for w in v["witness"]),
-                           int(v["vin"])) for k, v in oc.get("spent", {}).items()}
-    facts = Facts(height, oc["spend"]["height"], {}, spent)
+    spent = {int(k): _spent(v, ours) for k, v in oc.get("spent", {}).items()}
+    stage_spent = {(k.split(":")[0], int(k.split(":")[1])): _spent(v, ours)
+                   for k, v in oc.get("stage_spent", {}).items()}
+    facts = Facts(height, oc["spend"]["height"], {}, spent, stage_spent)
     for action in plan(closing, facts):
-        if action.kind in ("sweep", "penalty") and action.due(height):
-            key = f"{action.kind}:{action.output if action.kind == 'sweep' else ','.join(map(str, action.outputs))}"
+        if action.kind in ("sweep", "penalty", "htlc_tx", "sweep_stage") and action.due(height):
+            key = f"{action.kind}:{_target(action)}"
             _make(mgr, ch.channel_id, key, lambda a=action: _build(mgr, ch, closing, a))
+        elif action.kind == "fail_htlc" and action.htlc is not None:
+            _fail_offered(mgr, channel_id, action.htlc)
         elif action.kind == "done":
-            heights = [s.height for s in spent.values()] + [facts.confirmed]
+            heights = [s.height for s in [*spent.values(), *stage_spent.values()]] + [facts.confirmed]
             if all(h is not None and height - h + 1 >= CLOSE_DEPTH for h in heights):
                 with mgr.ctx.transaction() as tx:
                     mgr.store(tx, mgr.channels[channel_id].with_state(CLOSED))
     ch = mgr.channels[channel_id]
     for key, s in ch.onchain.get("sent", {}).items():   # not mined yet: again (a restart, a full mempool)
-        if s["txid"] not in {v.txid for v in spent.values() if v.height is not None}:
+        if s["txid"] not in {v.txid for v in [*spent.values(), *stage_spent.values()] if v.height is not None}:
             _broadcast(mgr, s["tx"], key)
+
+
+def _spent(v: dict[str, Any], ours: set[str]) -> Spent:
+    return Spent(v["txid"], v["height"], v["txid"] in ours, tuple(bytes.fromhex(w) for w in v["witness"]),
+                 int(v["vin"]))
+
+
+def _target(action: Action) -> str:
+    """What an action spends, as its key in onchain.sent."""
+    if action.kind == "penalty":
+        return ",".join(map(str, action.outputs))
+    if action.kind == "sweep_stage":
+        return f"{action.txid}:{action.vout}"
+    return str(action.output)
+
+
+def _fail_offered(mgr: "ChannelManager", channel_id: bytes, htlc: Htlc) -> None:
+    """An HTLC we offered timed out on chain for good: htlc_resolved with a failure (once)."""
+    ch = mgr.channels[channel_id]
+    done = list(ch.onchain.get("failed_htlcs", []))
+    if htlc.offerer is not L or htlc.id in done:
+        return
+    oc = {**ch.onchain, "failed_htlcs": done + [htlc.id]}
+    with mgr.ctx.transaction() as tx:
+        mgr.store(tx, replace(ch, onchain=oc))
+        tx.emit("htlc_resolved", {"channel_id": channel_id.hex(), "htlc_id": htlc.id,
+                                  "payment_hash": htlc.payment_hash.hex(), "amount_msat": htlc.amount_msat,
+                                  "preimage": None, "failure_onion": None, "failure_code": PERMANENT_CHANNEL_FAILURE})
 
 
 def _make(mgr: "ChannelManager", channel_id: bytes, key: str, build: Callable[[], Sweep | None]) -> None:
@@ -228,16 +274,40 @@ def _build(mgr: "ChannelManager", ch: Channel, closing: Closing, action: Action)
     assert closing.built is not None
     by_index = {o.index: o for o in closing.outputs}
     pcp = closing.built.keys.per_commitment_point
+    if action.kind == "htlc_tx":
+        return _htlc_tx(mgr, ch, closing.built, action)
     if action.kind == "sweep":
         assert action.output is not None and action.path is not None
         inputs = [output_input(closing.txid, by_index[action.output], action.path, pcp,
                                commitment_number=closing.number)]
+    elif action.kind == "sweep_stage":
+        assert action.txid is not None
+        stage = next(s for s in closing.built.second_stages if s.output_index == action.output)
+        inputs = [stage_output_input(action.txid, stage, "delayed", pcp, vout=action.vout,
+                                     commitment_number=closing.number)]
     else:
         inputs = [output_input(closing.txid, by_index[i], "revocation", pcp, closing.revocation_secret,
                                commitment_number=closing.number) for i in action.outputs]
     dest = mgr.funding.new_destination()
     made = sweep(action.kind if action.kind == "penalty" else action.path or "sweep", inputs, dest.script,
                  mgr.feerate_per_kw(), destination_path=dest.key)
+    return _signed(mgr, ch, made)
+
+
+def _signed(mgr: "ChannelManager", ch: Channel, made: Sweep) -> Sweep:
     sigs = [mgr.signer.sign_input(ch.dbid, r) for r in made.sign_requests()]
-    signed = made.finalize(sigs)
-    return replace(made, tx=signed)
+    return replace(made, tx=made.finalize(sigs))
+
+
+def _htlc_tx(mgr: "ChannelManager", ch: Channel, built: BuiltCommitment, action: Action) -> Sweep | None:
+    """Our HTLC-timeout/success transaction for commitment output `action.output`, with the peer's
+    signature; signd adds ours (sign_holder_htlc)."""
+    k = next(k for k, s in enumerate(built.second_stages) if s.output_index == action.output)
+    stage = built.second_stages[k]
+    if stage.stage.remote_sighash != SIGHASH_ALL:
+        # anchors: the HTLC transaction carries no fee; wallet fee inputs need a wallet request channeld lacks
+        mgr.ctx.log.warning("channel %s: HTLC transaction with anchors needs fee inputs (not supported yet)",
+                            ch.channel_id.hex())
+        return None
+    remote_sig = der_to_compact(bytes.fromhex(ch.onchain["htlc_sigs"][k])[:-1])
+    return _signed(mgr, ch, htlc_transaction(built, stage, remote_sig, action.preimage))

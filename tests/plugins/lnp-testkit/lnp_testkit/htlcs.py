@@ -1,9 +1,11 @@
 """tk_htlcs: a participant in channeld's decisions, for channel tests. `htlc_accepted`: resolves an HTLC
 whose payment hash has a preimage registered with `tk_htlc_preimage`, fails those registered with
-`tk_htlc_fail`, continues otherwise. `open_channel`: refuses a channel of `refuse_sat`. Records
+`tk_htlc_fail`, holds those registered with `tk_htlc_hold` (until the decision times out), continues
+otherwise. `open_channel`: refuses a channel of `refuse_sat`. Records
 channeld's durable events (`tk_htlc_events NAME`)."""
 import hashlib
 import threading
+from concurrent.futures import Future
 
 from lnp_plugin_api import Continue, Fail, Field, Resolve, Subscription, hookimpl, rpc_method
 from lnp_plugin_api.onion_errors import failure
@@ -11,6 +13,7 @@ from lnp_plugin_api.onion_errors import failure
 _lock = threading.Lock()
 _preimages: dict[str, str] = {}
 _failing: set[str] = set()
+_holding: set[str] = set()
 _events: dict[str, list] = {}
 _asked: list = []
 
@@ -44,6 +47,14 @@ def tk_htlc_fail(ctx, payment_hash: str) -> dict:
 
 
 @rpc_method
+def tk_htlc_hold(ctx, payment_hash: str) -> dict:
+    """Hold HTLCs paying PAYMENT_HASH: no answer (channeld's decision times out)."""
+    with _lock:
+        _holding.add(payment_hash)
+    return {}
+
+
+@rpc_method
 def tk_htlc_events(ctx, name: str) -> list:
     """The bodies of channeld's events NAME received (htlc_accepted: the decisions asked)."""
     with _lock:
@@ -55,6 +66,9 @@ def on_htlc(ctx, body):
         _asked.append(body)
         preimage = _preimages.get(body["payment_hash"])
         fail = body["payment_hash"] in _failing
+        hold = body["payment_hash"] in _holding
+    if hold:
+        return Future()
     if preimage is not None:
         return Resolve({"preimage": preimage})
     if fail:
@@ -85,7 +99,7 @@ def lnp_config_schema():
 
 @hookimpl
 def lnp_rpc_methods():
-    return [tk_htlc_preimage, tk_htlc_fail, tk_htlc_events]
+    return [tk_htlc_preimage, tk_htlc_fail, tk_htlc_hold, tk_htlc_events]
 
 
 @hookimpl
