@@ -210,8 +210,8 @@ def step(mgr: "ChannelManager", channel_id: bytes, height: int | None = None) ->
         if action.kind in ("sweep", "penalty", "htlc_tx", "sweep_stage") and action.due(height):
             key = f"{action.kind}:{_target(action)}"
             _make(mgr, ch.channel_id, key, lambda a=action: _build(mgr, ch, closing, a))
-        elif action.kind == "fail_htlc" and action.htlc is not None:
-            _fail_offered(mgr, channel_id, action.htlc)
+        elif action.kind in ("fail_htlc", "preimage") and action.htlc is not None:
+            _resolve_offered(mgr, channel_id, action.htlc, action.preimage)
         elif action.kind == "done":
             heights = [s.height for s in [*spent.values(), *stage_spent.values()]] + [facts.confirmed]
             if all(h is not None and height - h + 1 >= CLOSE_DEPTH for h in heights):
@@ -237,18 +237,20 @@ def _target(action: Action) -> str:
     return str(action.output)
 
 
-def _fail_offered(mgr: "ChannelManager", channel_id: bytes, htlc: Htlc) -> None:
-    """An HTLC we offered timed out on chain for good: htlc_resolved with a failure (once)."""
+def _resolve_offered(mgr: "ChannelManager", channel_id: bytes, htlc: Htlc, preimage: bytes | None) -> None:
+    """An HTLC we offered is settled on chain: by the peer's claim with `preimage` (fulfilled), or timed
+    out for good (failed). htlc_resolved once (onchain.resolved_htlcs)."""
     ch = mgr.channels[channel_id]
-    done = list(ch.onchain.get("failed_htlcs", []))
+    done = list(ch.onchain.get("resolved_htlcs", []))
     if htlc.offerer is not L or htlc.id in done:
         return
-    oc = {**ch.onchain, "failed_htlcs": done + [htlc.id]}
+    oc = {**ch.onchain, "resolved_htlcs": done + [htlc.id]}
     with mgr.ctx.transaction() as tx:
         mgr.store(tx, replace(ch, onchain=oc))
         tx.emit("htlc_resolved", {"channel_id": channel_id.hex(), "htlc_id": htlc.id,
                                   "payment_hash": htlc.payment_hash.hex(), "amount_msat": htlc.amount_msat,
-                                  "preimage": None, "failure_onion": None, "failure_code": PERMANENT_CHANNEL_FAILURE})
+                                  "preimage": preimage.hex() if preimage else None, "failure_onion": None,
+                                  "failure_code": None if preimage else PERMANENT_CHANNEL_FAILURE})
 
 
 def _make(mgr: "ChannelManager", channel_id: bytes, key: str, build: Callable[[], Sweep | None]) -> None:
