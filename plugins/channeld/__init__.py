@@ -5,7 +5,7 @@ protocol (opening), the channel document and its states (document), storage. The
 described in docs/channels.md, "The channel state machine".
 
 RPC: open NODE_ID SATS [--push-msat M] [--feerate R] [--private] [--channel-type T] [--min-depth N]
-(alias fundchannel), channels [PEER].
+(alias fundchannel), channels [PEER], close ID --force (onchain.py: force close and on-chain resolution).
 Events (durable): channel_state_changed, htlc_resolved. Decisions: open_channel, htlc_accepted.
 """
 from __future__ import annotations
