@@ -139,8 +139,9 @@ class ChannelManager:
         return FALLBACK_FEERATE_PER_KW
 
     def watch_funding(self, ch: Channel) -> None:
-        """Have watchd tell us when the funding transaction is `min_depth` deep."""
+        """Have watchd tell us when the funding transaction is `min_depth` deep, and when its output is spent."""
         self.watch.watch_txid(ch.params.funding_txid, [ch.min_depth])
+        onchain.watch_funding_spend(self, ch)
 
     def schedule_sign(self, ch: Channel) -> None:
         """Send commitment_signed for `ch` after commit_interval_ms (updates meanwhile join it)."""
@@ -373,7 +374,6 @@ class ChannelManager:
         crash_point("funding_deep", self.ctx.node.network)
         second = self.signer.per_commitment_point(ch.dbid, 1)
         ready = replace(ch, ready_sent=True, scid=scid, funding_tx=None)
-        onchain.watch_funding_spend(self, ch)
         if ready.ready_received:
             ready = ready.with_state(NORMAL)
         with self.ctx.transaction() as tx:

@@ -87,9 +87,12 @@ def _broadcast(mgr: "ChannelManager", raw_hex: str, what: str) -> None:
 
 
 def resume(mgr: "ChannelManager", ch: Channel) -> None:
-    """After a restart: a force close signed or not yet, broadcast again."""
+    """After a restart: a force close signed or not yet, broadcast again; an open channel's funding output
+    watched (channels opened before channeld watched it; watchd keeps one watch per outpoint)."""
     if ch.state == FORCE_CLOSING:
         _sign_and_send(mgr, ch)
+    elif ch.state in OPEN_STATES:
+        watch_funding_spend(mgr, ch)
 
 
 # --- the chain's events ---
@@ -180,11 +183,9 @@ def on_block(mgr: "ChannelManager", channel_id: bytes, height: int) -> None:
 # --- classification and resolution ---
 
 def _classify(mgr: "ChannelManager", ch: Channel, spending: Tx) -> Closing:
-    local = None
     number = ch.log.local_number
-    if ch.state != AWAITING_LOCK or number > 0 or ch.ready_sent:
-        pcp = mgr.signer.per_commitment_point(ch.dbid, number)
-        local = build_commitment(ch.params, ch.log.latest(L), L, number, pcp, ch.extensions)
+    pcp = mgr.signer.per_commitment_point(ch.dbid, number)
+    local = build_commitment(ch.params, ch.log.latest(L), L, number, pcp, ch.extensions)
     remote: dict[int, BuiltCommitment] = {}
     rn = ch.log.remote_number
     if rn in ch.their_points:
