@@ -11,6 +11,7 @@ import pytest
 from chain_tools import external_chain  # noqa: F401 (a fixture)
 from channel_tools import channel_of, fund, mine, two_nodes
 from conftest import wait_for
+from lnp_plugin_api import RpcError
 from test_channeld_htlc import add, resolved
 
 FUNDING = 1_000_000
@@ -87,5 +88,8 @@ def test_a_node_restored_from_an_old_backup_stops_and_asks_to_close(nodes, exter
     bob.node.start()
     wait_for(lambda: channel_of(bob, cid)["state"] == "failed", timeout=30)
     assert "data loss" in channel_of(bob, cid)["failure"]
-    wait_for(lambda: channel_of(alice, cid)["state"] == "failed", timeout=30)   # Bob's error reached her
-    assert set(btc.call("getrawmempool")) == mempool                           # nothing broadcast
+    with pytest.raises(RpcError, match="lost data"):   # our commitment is revoked: never on chain
+        bob.call("close", cid, force=True)
+    # Bob's error reached Alice: she closes by her commitment (what Bob asks); Bob broadcast nothing
+    wait_for(lambda: channel_of(alice, cid)["state"] == "force_closing", timeout=30)
+    wait_for(lambda: set(btc.call("getrawmempool")) == mempool | {channel_of(alice, cid)["onchain"]["commitment"]})

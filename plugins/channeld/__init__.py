@@ -5,7 +5,8 @@ protocol (opening), the channel document and its states (document), storage. The
 described in docs/channels.md, "The channel state machine".
 
 RPC: open NODE_ID SATS [--push-msat M] [--feerate R] [--private] [--channel-type T] [--min-depth N]
-(alias fundchannel), channels [PEER], close CHANNEL|PEER [--destination ADDR].
+(alias fundchannel), channels [PEER], close CHANNEL|PEER [--destination ADDR] [--force] (closing.py:
+cooperative close; onchain.py: force close and on-chain resolution).
 Events (durable): channel_state_changed, htlc_resolved. Decisions: open_channel, htlc_accepted.
 """
 from __future__ import annotations
@@ -18,7 +19,7 @@ from lnp_plugin_api import (Continue, DecisionSpec, EventSpec, FeatureSpec, PerC
 from lnp_plugin_api.addresses import AddressError, parse_node_id
 from lnp_plugin_api.services import SIGNER_REQUESTS
 
-from . import closing, normal, storage
+from . import closing, normal, onchain, storage
 from .manager import ChannelManager
 from .options import SCHEMA, Options
 
@@ -95,18 +96,24 @@ def channels(ctx: ServiceContext, peer: str | None = None) -> dict[str, Any]:
 
 
 @rpc_method
-def close(ctx: ServiceContext, id: str, destination: str | None = None,
-          timeout: float = 60.0) -> "Future[dict[str, Any]]":
+def close(ctx: ServiceContext, id: str, destination: str | None = None, timeout: float = 60.0,
+          force: bool = False) -> "Future[dict[str, Any]]":
     """Close channel ID (channel_id, short_channel_id, or the node id of a peer with one channel)
     cooperatively: shutdown, then the closing fee negotiated once no HTLC is left. Our funds go to the
     wallet, or to DESTINATION (an address of this network). Answers {channel_id, state, txid, fee_sat}
     once the closing transaction is agreed and broadcast; after TIMEOUT s, {..., txid: null} while the
-    close goes on."""
+    close goes on. FORCE: put our latest commitment on chain now instead (our funds come back after our
+    to_self_delay, swept to the wallet); {channel_id, txid}."""
     mgr = _manager(ctx)
     if timeout <= 0:
         raise RpcError(RpcError.INVALID_PARAMS, "timeout must be positive")
     key = id.lower() if len(id) in (64, 66) else id
     ch = closing.find(mgr, key)
+    if force:
+        if destination is not None:
+            raise RpcError(RpcError.INVALID_PARAMS, "a force close sweeps to the wallet: no --destination")
+        cid = ch.channel_id
+        return mgr.submit(ch.peer_id, lambda: onchain.force_close(mgr, cid, "close --force"))
     if destination is not None:
         closing.destination_script(destination, ctx.node.network)   # refused here, before anything changes
     reply: Future[dict[str, Any]] = Future()
@@ -155,7 +162,11 @@ def _on_depth(ctx: ServiceContext, event: Any) -> None:
 
 
 def _on_block(ctx: ServiceContext, event: Any) -> None:
-    _manager(ctx).on_block()
+    _manager(ctx).on_block(int(event.body["height"]))
+
+
+def _on_spent(ctx: ServiceContext, event: Any) -> None:
+    _manager(ctx).on_spent(event.body)
 
 
 # --- hooks ---------------------------------------------------------------------------------------
@@ -182,7 +193,8 @@ def lnp_requires() -> list[str]:
                                             "revoke_holder_commitment", "validate_counterparty_revocation",
                                             "onion_ecdh", "sign_mutual_close")] + [
         "wallet.fund", "wallet.broadcast", "wallet.release", "watchd.watch", "watchd.status", "chain.fees",
-        "chain.block", "chain.broadcast", "wallet.newaddr",
+        "chain.block", "chain.broadcast", "wallet.newaddr"] + [SIGNER_REQUESTS[op] for op in (
+            "sign_holder_commitment", "sign_sweep", "sign_penalty")] + [
         "peerd.peer"]
 
 
@@ -225,6 +237,7 @@ def lnp_subscriptions() -> list:
     return ([Subscription.wire(t, _on_wire) for t in WIRE_TYPES]
             + [Subscription.event(n, _on_peer) for n in ("peer_connected", "peer_disconnected")]
             + [Subscription.event("tx_depth", _on_depth), Subscription.event("block_connected", _on_block),
+               Subscription.event("outpoint_spent", _on_spent),
                _add_htlc])
 
 

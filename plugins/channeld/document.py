@@ -26,8 +26,11 @@ FAILED = "failed"                    # the peer sent an error, or broke the prot
 SHUTDOWN = "shutdown"                # a shutdown sent or received: no new HTLC; waiting for none to be left
 NEGOTIATING = "negotiating"          # closing_signed exchanged
 CLOSING = "closing"                  # the mutual close is agreed and broadcast
-CLOSED = "closed"                    # it is deep enough
-STATES = (AWAITING_LOCK, NORMAL, FAILED, SHUTDOWN, NEGOTIATING, CLOSING, CLOSED)
+# going to chain (onchain.py)
+FORCE_CLOSING = "force_closing"      # we are putting our commitment on chain
+ONCHAIN = "onchain"                  # the funding output is spent: its outputs are being resolved
+CLOSED = "closed"                    # the mutual close, or every resolution, is deep: nothing left to do
+STATES = (AWAITING_LOCK, NORMAL, FAILED, SHUTDOWN, NEGOTIATING, CLOSING, FORCE_CLOSING, ONCHAIN, CLOSED)
 
 
 def channel_id_of(funding_txid: str, funding_vout: int) -> bytes:
@@ -100,6 +103,7 @@ class Channel:
     htlcs: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     last_sent: str = ""                  # "commit" or "revoke": which we sent last (reestablish's order)
     closing: Mapping[str, Any] = field(default_factory=dict)   # the cooperative close's data (closing.py)
+    onchain: Mapping[str, Any] = field(default_factory=dict)   # the close on chain (onchain.py's layout)
 
     @property
     def extensions(self) -> list[ChannelExtension]:
@@ -124,7 +128,7 @@ class Channel:
                 "their_secrets": self.their_secrets.to_json(), "ready_sent": self.ready_sent,
                 "ready_received": self.ready_received, "scid": self.scid, "private": self.private,
                 "funding_tx": self.funding_tx, "failure": self.failure, "htlcs": dict(self.htlcs),
-                "last_sent": self.last_sent, "closing": dict(self.closing)}
+                "last_sent": self.last_sent, "closing": dict(self.closing), "onchain": dict(self.onchain)}
 
     @classmethod
     def from_json(cls, d: Mapping[str, Any]) -> "Channel":
@@ -135,7 +139,8 @@ class Channel:
                    {int(n): bytes.fromhex(p) for n, p in d["their_points"].items()},
                    Shachain.from_json(d["their_secrets"]), bool(d["ready_sent"]), bool(d["ready_received"]),
                    d.get("scid"), bool(d.get("private", False)), d.get("funding_tx"), d.get("failure"),
-                   dict(d.get("htlcs", {})), d.get("last_sent", ""), dict(d.get("closing", {})))
+                   dict(d.get("htlcs", {})), d.get("last_sent", ""), dict(d.get("closing", {})),
+                   dict(d.get("onchain", {})))
 
     def summary(self) -> dict[str, Any]:
         """What `channels` lists (no secret: balances, limits, state)."""
@@ -148,7 +153,10 @@ class Channel:
                 "our_reserve_sat": p.reserve_of(Side.LOCAL), "their_reserve_sat": p.reserve_of(Side.REMOTE),
                 "feerate_per_kw": local.feerate_per_kw, "htlcs_in_flight": len(htlcs),
                 "channel_type": p.channel_type.name, "private": self.private, "failure": self.failure,
-                "closing_txid": self.closing.get("txid")}
+                "closing_txid": self.closing.get("txid"),
+                "onchain": {k: self.onchain[k] for k in ("reason", "commitment", "kind") if k in self.onchain}
+                | ({"spend": self.onchain["spend"]["txid"]} if "spend" in self.onchain else {})
+                | {"sent": {k: v["txid"] for k, v in self.onchain.get("sent", {}).items()}}}
 
 
 def temporary_id(peer_id: bytes, dbid: int) -> bytes:

@@ -25,7 +25,7 @@ from lnp_plugin_api.channel import Side
 from lnp_plugin_api.onion_errors import TEMPORARY_CHANNEL_FAILURE
 from lnp_plugin_api.wire import WireError, format_scid
 
-from . import closing, normal, opening, reestablish, storage
+from . import closing, normal, onchain, opening, reestablish, storage
 from .actor import PeerWorker
 from .document import AWAITING_LOCK, FAILED, NORMAL, SHUTDOWN, Channel
 from .errors import ChannelError, crash_point
@@ -80,6 +80,8 @@ class ChannelManager:
             if ch.state == AWAITING_LOCK and not ch.ready_sent and ch.channel_id.hex() in deep:
                 self.worker(ch.peer_id).put(("depth", ch.channel_id, {"height": deep[ch.channel_id.hex()]}))
         closing.resume(self)   # cooperative close
+        for ch in list(self.channels.values()):  # a force close interrupted by a stop goes on
+            self.submit(ch.peer_id, lambda c=ch: onchain.resume(self, c))
 
     def stop(self) -> None:
         """Stop the workers; openings in progress are abandoned (their inputs released)."""
@@ -139,8 +141,9 @@ class ChannelManager:
         return FALLBACK_FEERATE_PER_KW
 
     def watch_funding(self, ch: Channel) -> None:
-        """Have watchd tell us when the funding transaction is `min_depth` deep."""
+        """Have watchd tell us when the funding transaction is `min_depth` deep, and when its output is spent."""
         self.watch.watch_txid(ch.params.funding_txid, [ch.min_depth])
+        onchain.watch_funding_spend(self, ch)
 
     def schedule_sign(self, ch: Channel) -> None:
         """Send commitment_signed for `ch` after commit_interval_ms (updates meanwhile join it)."""
@@ -197,11 +200,22 @@ class ChannelManager:
                     storage.note_confirmed(conn, ch.channel_id.hex(), int(body["height"]))
                 self.worker(ch.peer_id).put(("depth", ch.channel_id, body))
 
-    def on_block(self) -> None:
-        """A new block: the channels we opened follow our fee estimate (update_fee)."""
+    def on_block(self, height: int) -> None:
+        """A new block: the channels we opened follow our fee estimate (update_fee); HTLCs near their
+        expiry and closes on chain move on (onchain.on_block)."""
         for ch in list(self.channels.values()):
             if ch.state == NORMAL and ch.opener:
                 self.worker(ch.peer_id).put(("fee", ch.channel_id))
+        for ch in list(self.channels.values()):
+            if ch.state in (NORMAL, onchain.FORCE_CLOSING, onchain.ONCHAIN):
+                self.submit(ch.peer_id, lambda c=ch.channel_id: onchain.on_block(self, c, height))
+
+    def on_spent(self, body: dict[str, Any]) -> None:
+        """watchd's outpoint_spent (durable): handled on the worker before the event is acknowledged."""
+        if body.get("owner") != OWNER:
+            return
+        for peer_id in {ch.peer_id for ch in self.channels.values() if onchain.concerns(ch, body)}:
+            self.submit(peer_id, lambda p=peer_id: onchain.on_spent(self, p, body)).result(timeout=120)
 
     # --- the worker ---
 
@@ -415,9 +429,11 @@ class ChannelManager:
                    and msg.channel_id in (ZERO_ID, o.temp_id)]:
             self._abort(op, f"the peer refused: {text}")
         for ch in list(self.channels.values()):
-            if ch.peer_id == peer_id and msg.channel_id in (ZERO_ID, ch.channel_id) and ch.state != FAILED:
+            if (ch.peer_id == peer_id and msg.channel_id in (ZERO_ID, ch.channel_id)
+                    and ch.state in (AWAITING_LOCK, NORMAL)):
                 with self.ctx.transaction() as tx:
                     self.store(tx, ch.with_state(FAILED, failure=f"error from the peer: {text}"))
+                self._go_to_chain(ch.channel_id, f"error from the peer: {text}")
 
     def _fail(self, peer_id: bytes, key: bytes, reason: str, warning: bool) -> None:
         """We refuse what the peer did: tell it, and stop the opening or the channel."""
@@ -427,14 +443,24 @@ class ChannelManager:
             return
         op = self.openings.get(key) or self._opening_by_channel_id(key)
         ch = self.channels.get(key)
-        if ch is not None and ch.peer_id == peer_id and ch.state != FAILED:
+        if ch is not None and ch.peer_id == peer_id and ch.state in (AWAITING_LOCK, NORMAL):
             with self.ctx.transaction() as tx:
                 self.store(tx, ch.with_state(FAILED, failure=reason))
                 self.send(peer_id, ErrorMessage(key, reason.encode()[:500]), tx)
+            self._go_to_chain(ch.channel_id, reason)
             return
         self.send(peer_id, ErrorMessage(key, reason.encode()[:500]))
         if op is not None:
             self._abort(op, reason)
+
+    def _go_to_chain(self, channel_id: bytes, reason: str) -> None:
+        """A failed channel goes to chain by our commitment, unless we are behind (onchain.may_force_close)."""
+        ch = self.channels[channel_id]
+        if onchain.may_force_close(ch) is None:
+            try:
+                onchain.force_close(self, channel_id, reason)
+            except RpcError as e:
+                self.ctx.log.warning("channel %s: force close failed: %s", channel_id.hex(), e.message)
 
     def _abort(self, op: Opening, why: str) -> None:
         """Forget an opening: its wallet inputs are released and the `open` caller told why."""

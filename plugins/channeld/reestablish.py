@@ -53,6 +53,8 @@ def on_reestablish(mgr: "ChannelManager", peer_id: bytes, msg: ChannelReestablis
         raise ChannelError("channel_reestablish for no channel of ours", warning=True)
     if ch.state == FAILED:
         raise ChannelError(f"channel failed: {ch.failure}")
+    if ch.state not in (AWAITING_LOCK, NORMAL):   # on chain (onchain.py): nothing to take back into use
+        raise ChannelError(f"channel is {ch.state}")
     send(mgr, ch)
     log = ch.log
     ln, rn = log.local_number, log.remote_number

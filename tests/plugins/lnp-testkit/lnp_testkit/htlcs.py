@@ -1,6 +1,7 @@
 """tk_htlcs: a participant in channeld's decisions, for channel tests. `htlc_accepted`: resolves an HTLC
 whose payment hash has a preimage registered with `tk_htlc_preimage`, fails those registered with
-`tk_htlc_fail`, holds those registered with `tk_htlc_hold` until their preimage is given, continues otherwise. `open_channel`: refuses a channel of `refuse_sat`. Records
+`tk_htlc_fail`, holds those registered with `tk_htlc_hold` until their preimage is given (or channeld's
+decision times out), continues otherwise. `open_channel`: refuses a channel of `refuse_sat`. Records
 channeld's durable events (`tk_htlc_events NAME`)."""
 import hashlib
 import threading
