@@ -31,6 +31,8 @@ FORCE_CLOSING = "force_closing"      # we are putting our commitment on chain
 ONCHAIN = "onchain"                  # the funding output is spent: its outputs are being resolved
 CLOSED = "closed"                    # the mutual close, or every resolution, is deep: nothing left to do
 STATES = (AWAITING_LOCK, NORMAL, FAILED, SHUTDOWN, NEGOTIATING, CLOSING, FORCE_CLOSING, ONCHAIN, CLOSED)
+IN_USE = (AWAITING_LOCK, NORMAL, SHUTDOWN, NEGOTIATING)   # an error or a violation fails these, and so to chain
+ON_CHAIN = (FORCE_CLOSING, ONCHAIN, CLOSED)               # a reestablish gets an error
 
 
 def channel_id_of(funding_txid: str, funding_vout: int) -> bytes:

@@ -27,7 +27,7 @@ from lnp_plugin_api.wire import WireError, format_scid
 
 from . import closing, normal, onchain, opening, reestablish, storage
 from .actor import PeerWorker
-from .document import AWAITING_LOCK, FAILED, NORMAL, SHUTDOWN, Channel
+from .document import AWAITING_LOCK, FAILED, IN_USE, NEGOTIATING, NORMAL, SHUTDOWN, Channel
 from .errors import ChannelError, crash_point
 from .opening import Opening
 from .options import Options
@@ -207,7 +207,7 @@ class ChannelManager:
             if ch.state == NORMAL and ch.opener:
                 self.worker(ch.peer_id).put(("fee", ch.channel_id))
         for ch in list(self.channels.values()):
-            if ch.state in (NORMAL, onchain.FORCE_CLOSING, onchain.ONCHAIN):
+            if ch.state in (NORMAL, SHUTDOWN, NEGOTIATING, onchain.FORCE_CLOSING, onchain.ONCHAIN):
                 self.submit(ch.peer_id, lambda c=ch.channel_id: onchain.on_block(self, c, height))
 
     def on_spent(self, body: dict[str, Any]) -> None:
@@ -430,7 +430,7 @@ class ChannelManager:
             self._abort(op, f"the peer refused: {text}")
         for ch in list(self.channels.values()):
             if (ch.peer_id == peer_id and msg.channel_id in (ZERO_ID, ch.channel_id)
-                    and ch.state in (AWAITING_LOCK, NORMAL)):
+                    and ch.state in IN_USE):
                 with self.ctx.transaction() as tx:
                     self.store(tx, ch.with_state(FAILED, failure=f"error from the peer: {text}"))
                 self._go_to_chain(ch.channel_id, f"error from the peer: {text}")
@@ -443,7 +443,7 @@ class ChannelManager:
             return
         op = self.openings.get(key) or self._opening_by_channel_id(key)
         ch = self.channels.get(key)
-        if ch is not None and ch.peer_id == peer_id and ch.state in (AWAITING_LOCK, NORMAL):
+        if ch is not None and ch.peer_id == peer_id and ch.state in IN_USE:
             with self.ctx.transaction() as tx:
                 self.store(tx, ch.with_state(FAILED, failure=reason))
                 self.send(peer_id, ErrorMessage(key, reason.encode()[:500]), tx)

@@ -20,7 +20,7 @@ from lnp_plugin_api.messages import (ChannelReady, ChannelReestablish, Commitmen
                                      UpdateFulfillHtlc)
 from lnp_plugin_api.services import HtlcTx
 
-from .document import AWAITING_LOCK, CLOSING, FAILED, NEGOTIATING, NORMAL, SHUTDOWN, Channel
+from .document import AWAITING_LOCK, CLOSING, FAILED, NEGOTIATING, NORMAL, ON_CHAIN, SHUTDOWN, Channel
 from .errors import ChannelError
 
 if TYPE_CHECKING:
@@ -53,7 +53,7 @@ def on_reestablish(mgr: "ChannelManager", peer_id: bytes, msg: ChannelReestablis
         raise ChannelError("channel_reestablish for no channel of ours", warning=True)
     if ch.state == FAILED:
         raise ChannelError(f"channel failed: {ch.failure}")
-    if ch.state not in (AWAITING_LOCK, NORMAL):   # on chain (onchain.py): nothing to take back into use
+    if ch.state in ON_CHAIN:   # onchain.py: nothing to take back into use
         raise ChannelError(f"channel is {ch.state}")
     send(mgr, ch)
     log = ch.log
