@@ -8,6 +8,7 @@ import hashlib
 import os
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -133,8 +134,23 @@ def test_invoices_paid_both_ways_over_a_real_channel(nodes: Any, external_chain:
     assert alice.call("pay", other["bolt11"])["status"] == "complete"
     assert balances(alice, cid) == (a1[0] - 1_000_000, a1[1] + 1_000_000)
 
+    # 20 payments at once: every one completes, and commitments are shared (commit_interval_ms batches the
+    # updates): each payment alone takes 10 messages (add, fulfill, and two commitment_signed/revoke_and_ack
+    # rounds)
+    texts = [bob.call("invoice", 100_000 + i, f"many{i}")["bolt11"] for i in range(20)]
+    sent = sum(p.call("peers")["peers"][0]["msgs_out"] for p in (alice, bob))
+    a2, b2 = balances(alice, cid), balances(bob, cid)
+    with ThreadPoolExecutor(20) as pool:
+        done = list(pool.map(lambda t: alice.call("pay", t)["status"], texts))
+    assert done == ["complete"] * 20
+    total = sum(100_000 + i for i in range(20))
+    assert balances(alice, cid) == (a2[0] - total, a2[1] + total) and balances(bob, cid) == (b2[0] + total,
+                                                                                            b2[1] - total)
+    messages = sum(p.call("peers")["peers"][0]["msgs_out"] for p in (alice, bob)) - sent
+    assert messages < 20 * 10 * 3 // 4, messages
+
     # the durable events, on each side
-    wait_for(lambda: len(events(alice, "payment_failed")) == 2 and len(events(bob, "invoice_paid")) == 2)
+    wait_for(lambda: len(events(alice, "payment_failed")) == 2 and len(events(bob, "invoice_paid")) == 22)
     assert events(bob, "invoice_paid", label="coffee") == [
         {"label": "coffee", "payment_hash": made["payment_hash"], "amount_msat": amount, "received_msat": amount,
          "pay_index": 1}]
@@ -142,7 +158,7 @@ def test_invoices_paid_both_ways_over_a_real_channel(nodes: Any, external_chain:
     succeeded = events(alice, "payment_succeeded", payment_hash=made["payment_hash"])
     assert succeeded == [{"payment_hash": made["payment_hash"], "preimage": paid["preimage"], "amount_msat": amount,
                           "fee_msat": 0, "destination": bob.node_id}]
-    assert len(events(alice, "payment_succeeded")) == 2 and len(events(bob, "payment_succeeded")) == 1
+    assert len(events(alice, "payment_succeeded")) == 22 and len(events(bob, "payment_succeeded")) == 1
     assert {e["failure_code"] for e in events(alice, "payment_failed")} == {INCORRECT_OR_UNKNOWN_PAYMENT_DETAILS}
     assert [e["new_state"] for e in events(bob, "channel_state_changed", channel_id=cid)][-1] == "normal"
     for p in (alice, bob):
