@@ -119,10 +119,11 @@ def test_invoices_paid_both_ways_over_a_real_channel(nodes: Any, external_chain:
         alice.call("pay", brief["bolt11"])
     with pytest.raises(RpcError, match="differs from the invoice"):
         alice.call("pay", other["bolt11"], amount_msat=999_000)
-    # refused by the payee: Bob's hash with another payment_secret, or with a lower amount (signed by Bob's key,
-    # as a tampered invoice would be): incorrect_or_unknown_payment_details, decoded by the payer
+    # refused by the payee: Bob's hash with another payment_secret, a lower amount, or a longer expiry (signed by
+    # Bob's key, as a tampered invoice would be): incorrect_or_unknown_payment_details, decoded by the payer
     for text, why in [(forged(other["bolt11"], payment_secret=os.urandom(32)), "wrong payment_secret"),
-                      (forged(other["bolt11"], amount_msat=500_000), "amount below the invoice")]:
+                      (forged(other["bolt11"], amount_msat=500_000), "amount below the invoice"),
+                      (forged(brief["bolt11"], expiry=3600), "expired at the payee")]:
         with pytest.raises(RpcError, match="incorrect_or_unknown_payment_details from the payee") as e:
             alice.call("pay", text)
         assert e.value.data["status"] == "failed", why
@@ -150,7 +151,7 @@ def test_invoices_paid_both_ways_over_a_real_channel(nodes: Any, external_chain:
     assert messages < 20 * 10 * 3 // 4, messages
 
     # the durable events, on each side
-    wait_for(lambda: len(events(alice, "payment_failed")) == 2 and len(events(bob, "invoice_paid")) == 22)
+    wait_for(lambda: len(events(alice, "payment_failed")) == 3 and len(events(bob, "invoice_paid")) == 22)
     assert events(bob, "invoice_paid", label="coffee") == [
         {"label": "coffee", "payment_hash": made["payment_hash"], "amount_msat": amount, "received_msat": amount,
          "pay_index": 1}]
