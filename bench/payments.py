@@ -292,7 +292,8 @@ def main() -> None:
           f"SQLite WAL synchronous=FULL, {os.cpu_count()} CPUs")
     for r in results:
         verdict = "meets" if r["rate"] >= FLOOR else "BELOW"
-        print(f"{r['mode']:9}: {r['rate']:7.1f} payments/s ({r['elapsed']:.1f} s), latency p50 {r['p50'] * 1000:.0f} ms "
+        print(f"{r['mode']:9}: {r['rate']:7.1f} payments/s ({r['elapsed']:.1f} s), "
+              f"latency p50 {r['p50'] * 1000:.0f} ms "
               f"p99 {r['p99'] * 1000:.0f} ms; {verdict} the {FLOOR:g}/s floor; outcomes {r['outcomes']}; "
               f"balances {'right' if r['balances_ok'] else 'WRONG'}; {r['msgs_per_payment']:.1f} peer messages "
               f"a payment; invoices created at {r['invoices_per_s']:.0f}/s; load average "
