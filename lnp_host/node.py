@@ -173,7 +173,7 @@ def run_node(profile: Profile, registry: Registry, verbosity: int = 0, profile_a
     _say_tightened(data_dir, was_open)
     log.info("lnp-host %s starting on %s (%s, %s mode)", __version__, data_dir, profile.section("node")["network"],
              profile.section("bus")["mode"])
-    db = Database(profile.section("storage")["url"], data_dir)
+    db = Database(profile.section("storage")["url"], data_dir, profile.section("storage")["sqlite_synchronous"])
     zctx = zmq.Context()
     rpc: RpcServer | None = None
     try:
@@ -269,7 +269,7 @@ def run_service(profile: Profile, registry: Registry, service: str, verbosity: i
         except BaseException:
             zctx.destroy(linger=0)
             raise
-    db = Database(profile.section("storage")["url"], data_dir)
+    db = Database(profile.section("storage")["url"], data_dir, profile.section("storage")["sqlite_synchronous"])
     runtime: ServiceRuntime | None = None
     stopping = threading.Event()
 

@@ -33,7 +33,7 @@ class StorageError(Exception):
 class Database:
     """The node's database, shared by the services of one process (engines are thread-safe)."""
 
-    def __init__(self, url: str, data_dir: Path) -> None:
+    def __init__(self, url: str, data_dir: Path, synchronous: str = "normal") -> None:
         self.url = url or f"sqlite:///{data_dir / 'lnp.sqlite3'}"
         kwargs: dict[str, Any] = {}
         if self.url.startswith("sqlite"):
@@ -42,7 +42,8 @@ class Database:
             kwargs["pool_pre_ping"] = True
         self.engine: Engine = create_engine(self.url, **kwargs)
         if self.engine.dialect.name == "sqlite":
-            event.listen(self.engine, "connect", _sqlite_pragmas)
+            sync = {"normal": "NORMAL", "full": "FULL"}[synchronous]
+            event.listen(self.engine, "connect", lambda conn, record: _sqlite_pragmas(conn, record, sync))
             _private_files(self.engine.url.database)
 
     def begin(self) -> Any:
@@ -117,9 +118,9 @@ def _private_files(database: str | None) -> None:
             pass
 
 
-def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any, synchronous: str = "NORMAL") -> None:
     cur = dbapi_conn.cursor()
     cur.execute("PRAGMA journal_mode=WAL")
-    cur.execute("PRAGMA synchronous=NORMAL")
+    cur.execute(f"PRAGMA synchronous={synchronous}")  # one of two constants (Database)
     cur.execute("PRAGMA foreign_keys=ON")
     cur.close()

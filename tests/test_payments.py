@@ -304,6 +304,36 @@ def test_pay_failure_is_decoded_and_may_be_retried(payer: NodeProcess) -> None:
         assert again["attempts"] == 2 and again["failure_code"] == onion_errors.INVALID_ONION_HMAC
 
 
+def test_an_htlc_that_never_left_the_node_is_retried(payer: NodeProcess) -> None:
+    """channeld's htlc_resolved with temporary_channel_failure and no onion: the add was dropped before the peer
+    signed it (a disconnection). Nothing was paid: pay tries again while its caller waits; otherwise the
+    payment fails saying so, and `pay` may try it again."""
+    text = invoice_of(PAYEE_KEY, amount_msat=11_000, preimage=b"\x0a" * 32)
+    h = hashlib.sha256(b"\x0a" * 32).hexdigest()
+    dropped = {"failure_code": onion_errors.TEMPORARY_CHANNEL_FAILURE}
+    with payer.client() as c:
+        got: list = []
+        t = threading.Thread(target=paying, args=(payer, text, got), kwargs={"wait": 20})
+        t.start()
+        wait_for(lambda: offered(c, h))
+        c.fake_channeld_resolve(htlc_id=offered(c, h)[0]["htlc_id"], **dropped)
+        wait_for(lambda: len(offered(c, h)) == 2)                 # a new HTLC, the payment still pending
+        assert c.listpayments(text)[0]["status"] == "pending"
+        c.fake_channeld_resolve(htlc_id=offered(c, h)[1]["htlc_id"], preimage=(b"\x0a" * 32).hex())
+        t.join(10)
+        assert got[0]["status"] == "complete" and got[0]["attempts"] == 2
+        # nobody waiting: the payment fails, clearly, and may be paid again
+        text = invoice_of(PAYEE_KEY, amount_msat=12_000, preimage=b"\x0b" * 32)
+        h = hashlib.sha256(b"\x0b" * 32).hexdigest()
+        assert c.pay(text, wait=0.1)["status"] == "pending"
+        c.fake_channeld_resolve(htlc_id=offered(c, h)[0]["htlc_id"], **dropped)
+        wait_for(lambda: c.listpayments(text)[0]["status"] == "failed")
+        failed = c.listpayments(text)[0]
+        assert "never reached the peer" in failed["failure_reason"] and "could not read" not in failed["failure_reason"]
+        assert failed["failure_code"] == onion_errors.TEMPORARY_CHANNEL_FAILURE
+        assert c.pay(text, wait=0.1)["status"] == "pending" and len(offered(c, h)) == 2
+
+
 def missing_secret_invoice() -> str:
     """A (signed) invoice without the `s` field, which BOLT-11 requires."""
     inv = bolt11.Invoice(currency="bcrt", timestamp=int(time.time()), payment_hash=b"\x05" * 32,

@@ -62,3 +62,31 @@ def test_invoice_features_follow_the_plugins() -> None:
     assert invoice_features(()) == {8, 14}
     assert invoice_features((FeatureSpec(9, contexts="IN9"), FeatureSpec(17, contexts="IN9"),
                              FeatureSpec(13, contexts="IN"))) == {9, 14, 17}
+
+
+def test_pay_finds_an_attempt_by_its_htlc_through_an_index(tmp_path) -> None:
+    """htlc_resolved looks an attempt up by (channel_id, htlc_id): an index, also in a database of schema 1."""
+    from sqlalchemy import text
+
+    from lnp_host.storage import Database
+    from lnp_plugins.pay.storage import MODELS
+
+    def plan(db: Database) -> str:
+        query = "EXPLAIN QUERY PLAN SELECT * FROM pay_attempts WHERE channel_id = 'c' AND htlc_id = 1"
+        with db.begin() as conn:
+            return str(conn.execute(text(query)).all())
+
+    db = Database("", tmp_path)
+    db.migrate({"pay": MODELS})
+    assert "pay_attempts_htlc" in plan(db)
+    with db.begin() as conn:                                      # a database of schema 1, without the index
+        conn.execute(text("DROP INDEX pay_attempts_htlc"))
+        conn.execute(text("UPDATE lnp_schema_versions SET version = 1 WHERE plugin = 'pay'"))
+    db.close()
+    old = Database("", tmp_path)
+    assert "pay_attempts_htlc" not in plan(old)
+    assert old.migrate({"pay": MODELS}) == {"pay": (1, 2)}
+    old.close()
+    db = Database("", tmp_path)
+    assert "pay_attempts_htlc" in plan(db)
+    db.close()

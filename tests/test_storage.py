@@ -160,3 +160,20 @@ def test_unreachable_database_is_a_clear_error(nodes, postgres: str) -> None:
     assert node.proc.wait(30) == 1
     err = node.log.read_text()
     assert "cannot open the database" in err and "wrong-password" not in err
+
+
+def test_sqlite_synchronous_follows_the_profile(tmp_path: Path) -> None:
+    """WAL with synchronous NORMAL by default; FULL (each commit on disk before the node goes on) when the
+    profile's [storage] sqlite_synchronous says so (the payments benchmark does)."""
+    for setting, expected in (("normal", 1), ("full", 2)):
+        (tmp_path / setting).mkdir()
+        db = Database("", tmp_path / setting, setting) if setting != "normal" else Database("", tmp_path / setting)
+        with db.begin() as conn:
+            assert conn.execute(text("PRAGMA synchronous")).scalar() == expected
+            assert conn.execute(text("PRAGMA journal_mode")).scalar() == "wal"
+        db.close()
+    from lnp_host.profile import ProfileError, load_profile
+    with pytest.raises(ProfileError, match="sqlite_synchronous"):
+        load_profile(overrides=["storage.sqlite_synchronous=off"])
+    assert load_profile(overrides=["storage.sqlite_synchronous=full"]).section("storage")["sqlite_synchronous"] \
+        == "full"

@@ -19,6 +19,8 @@ from .storage import attempts, payments
 
 CLTV_MARGIN = 3          # blocks on top of the invoice's delta: the payee's tip may be ahead of ours
 ADD_HTLC_TIMEOUT = 30.0
+MAX_LOCAL_ATTEMPTS = 3   # attempts of a payment whose HTLCs never left the node, while its caller waits
+RETRY_DELAY = 1.0        # seconds before such a new attempt (the peer may be reconnecting)
 # channeld errors after which the HTLC may have been stored: the payment stays pending (htlc_resolved tells)
 AMBIGUOUS = (RpcError.TIMEOUT, RpcError.SERVICE_UNAVAILABLE, RpcError.INTERNAL_ERROR)
 
@@ -41,6 +43,20 @@ class Payer:
         self.waiters: dict[str, list[Future]] = {}
         self.timers: set[threading.Timer] = set()
         self.supported = {s.pair for s in ctx.node.features} | set(bolt11.DEFAULT_FEATURES)
+        self._recover()
+
+    def _recover(self) -> None:
+        """A payment left pending with its last attempt failed (a retry was due when the node stopped) fails:
+        nothing was paid, and `pay` tries it again."""
+        with self.ctx.storage.begin() as conn:
+            for row in conn.execute(select(payments).where(payments.c.status == "pending")).all():
+                last = conn.execute(select(attempts.c.status).where(attempts.c.payment_hash == row.payment_hash)
+                                    .order_by(attempts.c.id.desc())).scalar()
+                if last == "failed":
+                    conn.execute(payments.update().where(payments.c.payment_hash == row.payment_hash).values(
+                        status="failed", completed_at=time.time(), failure_code=onion_errors.TEMPORARY_CHANNEL_FAILURE,
+                        failure_reason="the HTLC never reached the peer and the node stopped before trying again; "
+                                       "nothing was paid: pay again to retry"))
 
     def close(self) -> None:
         """Stop the timers; callers still waiting get an error (their payments stay as they are)."""
@@ -64,6 +80,13 @@ class Payer:
         if row is not None and row.status == "pending":
             return self._wait(hash_hex, wait)
         amount = self._check(inv, amount_msat)
+        self._send(text.strip(), inv, amount, row.attempts if row is not None else 0, is_new=row is None)
+        return self._wait(hash_hex, wait)
+
+    def _send(self, text: str, inv: bolt11.Invoice, amount: int, attempts_before: int, is_new: bool) -> None:
+        """One attempt: the onion, stored, then offered through `channeld.add_htlc`. A refusal fails the payment
+        (RpcError); an ambiguous error leaves it pending (htlc_resolved tells)."""
+        hash_hex = inv.payment_hash.hex()
         height = ChainClient(self.ctx).info().height
         cltv = height + inv.min_final_cltv_expiry_delta + CLTV_MARGIN
         hop = onion.HopPayload.final(amount, cltv, inv.payment_secret, total_msat=amount,
@@ -71,10 +94,10 @@ class Payer:
         packet, secrets = onion.build_onion(_session_key(), [inv.payee], [hop], inv.payment_hash)
         now = time.time()
         with self.ctx.storage.begin() as conn:  # the attempt is on disk before channeld can send anything
-            values = dict(bolt11=text.strip(), destination=inv.payee.hex(), amount_msat=amount, status="pending",
+            values = dict(bolt11=text, destination=inv.payee.hex(), amount_msat=amount, status="pending",
                           preimage=None, created_at=now, completed_at=None, failure_reason=None, failure_code=None,
-                          attempts=(row.attempts if row is not None else 0) + 1)
-            if row is None:
+                          attempts=attempts_before + 1)
+            if is_new:
                 conn.execute(payments.insert().values(payment_hash=hash_hex, **values))
             else:
                 conn.execute(payments.update().where(payments.c.payment_hash == hash_hex).values(**values))
@@ -89,7 +112,7 @@ class Payer:
             if e.code in AMBIGUOUS:
                 self.ctx.log.warning("payment %s: channeld did not answer (%s); it stays pending until channeld "
                                      "reports the HTLC", hash_hex, e.message)
-                return self._wait(hash_hex, wait)
+                return
             reason = (f"channeld refused the HTLC to {inv.payee.hex()}: {e.message} (only direct payments to a "
                       "peer with a channel are implemented; multi-hop routing comes later)")
             if e.code == RpcError.METHOD_NOT_FOUND:
@@ -101,7 +124,17 @@ class Payer:
                          .values(channel_id=str(added["channel_id"]), htlc_id=int(added["htlc_id"]), status="pending"))
         self.ctx.log.info("payment %s: HTLC %s:%s offered, %d msat to %s", hash_hex, added["channel_id"],
                           added["htlc_id"], amount, inv.payee.hex())
-        return self._wait(hash_hex, wait)
+
+    def _retry(self, hash_hex: str) -> None:
+        """A new attempt for a payment whose HTLC never left this node, while its caller still waits."""
+        row = self._payment(hash_hex)
+        if row is None or row.status != "pending":
+            return
+        try:
+            inv = bolt11.decode(row.bolt11)
+            self._send(row.bolt11, inv, row.amount_msat, row.attempts, is_new=False)
+        except RpcError:
+            pass  # the payment is failed and its waiters told (_settle)
 
     def _check(self, inv: bolt11.Invoice, amount_msat: int | None) -> int:
         """The amount to send, after the checks that refuse an invoice before anything is sent."""
@@ -156,12 +189,39 @@ class Payer:
             else:
                 who = "the payee" if got.hop == len(secrets_list) - 1 else f"hop {got.hop}"
                 reason, code = f"{got.failure.name} from {who}", got.failure.code
-        elif body.get("failure_code") is not None:
+        elif body.get("failure_code") is not None and int(body["failure_code"]) & onion_errors.BADONION:
             code = int(body["failure_code"])
             reason = f"{onion_errors.FailureMessage(code).name}: our peer could not read the onion"
+        elif body.get("failure_code") is not None:
+            # channeld's word that the HTLC never left this node (the peer disconnected before signing it):
+            # nothing was paid, so another attempt is safe
+            code = int(body["failure_code"])
+            if self.waiters.get(hash_hex) and self._attempts(hash_hex) < MAX_LOCAL_ATTEMPTS:
+                self._retry_later(attempt.id, hash_hex)
+                return
+            reason = (f"{onion_errors.FailureMessage(code).name}: the HTLC never reached the peer (disconnected "
+                      "before it was committed); nothing was paid: pay again to retry")
         else:
             reason, code = "the HTLC failed without a reason", None
         self._settle(attempt.id, hash_hex, failed=(reason, code))
+
+    def _attempts(self, hash_hex: str) -> int:
+        row = self._payment(hash_hex)
+        return 0 if row is None else int(row.attempts)
+
+    def _retry_later(self, attempt_id: int, hash_hex: str) -> None:
+        """The attempt failed before leaving the node: another one in RETRY_DELAY s, the payment still pending."""
+        with self.ctx.storage.begin() as conn:
+            conn.execute(attempts.update().where(attempts.c.id == attempt_id).values(status="failed"))
+        self.ctx.log.info("payment %s: the HTLC never left this node; trying again in %g s", hash_hex, RETRY_DELAY)
+
+        def fire() -> None:
+            self.timers.discard(timer)
+            self.ctx.call_soon(lambda: self._retry(hash_hex))
+        timer = threading.Timer(RETRY_DELAY, fire)
+        timer.daemon = True
+        self.timers.add(timer)
+        timer.start()
 
     def _attempt(self, body: dict[str, Any]) -> Any:
         with self.ctx.storage.begin() as conn:

@@ -2,7 +2,9 @@
 with the onion's shared secrets, needed to read a failure."""
 from __future__ import annotations
 
-from sqlalchemy import BigInteger, Column, Float, Integer, MetaData, String, Table, Text
+from typing import Any
+
+from sqlalchemy import BigInteger, Column, Float, Index, Integer, MetaData, String, Table, Text, text
 
 from lnp_plugin_api import StorageModels
 
@@ -34,6 +36,13 @@ attempts = Table(
     Column("cltv_expiry", Integer, nullable=False),
     Column("status", String(8), nullable=False),            # sending | pending | complete | failed
     Column("created_at", Float, nullable=False),
+    # htlc_resolved finds its attempt by channel and HTLC: without the index each event scans every attempt
+    Index("pay_attempts_htlc", "channel_id", "htlc_id"),
 )
 
-MODELS = StorageModels(metadata)
+
+def _index_htlcs(conn: Any) -> None:
+    conn.execute(text("CREATE INDEX IF NOT EXISTS pay_attempts_htlc ON pay_attempts (channel_id, htlc_id)"))
+
+
+MODELS = StorageModels(metadata, version=2, migrations={2: _index_htlcs})
