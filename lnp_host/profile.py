@@ -76,9 +76,9 @@ HOST_SCHEMA: dict[str, dict[str, Field]] = {
     },
     "storage": {
         "url": Field(str, "", "SQLAlchemy URL; empty means a SQLite file in the data dir", check=_storage_url),
-        "sqlite_synchronous": Field(str, "normal", "SQLite's synchronous setting (WAL): full makes each commit "
+        "sqlite_synchronous": Field(str, "full", "SQLite's synchronous setting (WAL): full makes each commit "
                                     "reach the disk before the node goes on (survives a power loss), normal only "
-                                    "survives a crash of the node", ("normal", "full")),
+                                    "survives a crash of the node (faster; not for channels)", ("normal", "full")),
     },
     "bus": {
         "mode": Field(str, "threads", "threads: one process; processes: one process per service",

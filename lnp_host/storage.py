@@ -33,7 +33,7 @@ class StorageError(Exception):
 class Database:
     """The node's database, shared by the services of one process (engines are thread-safe)."""
 
-    def __init__(self, url: str, data_dir: Path, synchronous: str = "normal") -> None:
+    def __init__(self, url: str, data_dir: Path, synchronous: str = "full") -> None:
         self.url = url or f"sqlite:///{data_dir / 'lnp.sqlite3'}"
         kwargs: dict[str, Any] = {}
         if self.url.startswith("sqlite"):

@@ -163,11 +163,11 @@ def test_unreachable_database_is_a_clear_error(nodes, postgres: str) -> None:
 
 
 def test_sqlite_synchronous_follows_the_profile(tmp_path: Path) -> None:
-    """WAL with synchronous NORMAL by default; FULL (each commit on disk before the node goes on) when the
-    profile's [storage] sqlite_synchronous says so (the payments benchmark does)."""
+    """WAL with synchronous FULL (each commit on disk before the node goes on) by default; NORMAL when the
+    profile's [storage] sqlite_synchronous says so."""
     for setting, expected in (("normal", 1), ("full", 2)):
         (tmp_path / setting).mkdir()
-        db = Database("", tmp_path / setting, setting) if setting != "normal" else Database("", tmp_path / setting)
+        db = Database("", tmp_path / setting, setting) if setting != "full" else Database("", tmp_path / setting)
         with db.begin() as conn:
             assert conn.execute(text("PRAGMA synchronous")).scalar() == expected
             assert conn.execute(text("PRAGMA journal_mode")).scalar() == "wal"
@@ -175,5 +175,6 @@ def test_sqlite_synchronous_follows_the_profile(tmp_path: Path) -> None:
     from lnp_host.profile import ProfileError, load_profile
     with pytest.raises(ProfileError, match="sqlite_synchronous"):
         load_profile(overrides=["storage.sqlite_synchronous=off"])
-    assert load_profile(overrides=["storage.sqlite_synchronous=full"]).section("storage")["sqlite_synchronous"] \
-        == "full"
+    assert load_profile().section("storage")["sqlite_synchronous"] == "full"
+    assert load_profile(overrides=["storage.sqlite_synchronous=normal"]).section("storage")["sqlite_synchronous"] \
+        == "normal"
