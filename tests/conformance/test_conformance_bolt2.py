@@ -266,7 +266,11 @@ def test_reestablish_after_htlc(runner: LnpRunner) -> None:
     """After an HTLC committed both ways: the node's channel_reestablish names commitment 2 next, our
     revocation 1 next, the last secret we gave it and its current point; the channel goes on, and the
     node's removal of the HTLC (forgotten unsigned on the disconnection) is proposed again."""
-    runner.run(connected() + accepter_open() + add_htlc_dance() + reconnected() + [
+    runner.run(connected() + accepter_open() + add_htlc_dance() + [
+        # the node has taken our revoke_and_ack once it fails the irrevocably committed HTLC; we hang up
+        # before signing that removal, so it is forgotten and proposed again
+        ExpectMsg("update_fail_malformed_htlc", channel_id=channel_id(), id=0, failure_code=0xC006),
+    ] + reconnected() + [
         ExpectMsg("channel_reestablish", channel_id=channel_id(), next_commitment_number=2,
                   next_revocation_number=1, your_last_per_commitment_secret=PEER_KEYS.per_commit_secret(0),
                   my_current_per_commitment_point=remote_per_commitment_point(1)),
@@ -367,12 +371,13 @@ def test_reestablish_retransmits_commitment_signed(runner: LnpRunner) -> None:
                          ids=["below htlc_minimum_msat", "first id not 0"])
 def test_add_htlc_refused(runner: LnpRunner, amount_msat: int, htlc_id: int) -> None:
     """BOLT-2: an update_add_htlc below the node's htlc_minimum_msat, or whose id does not follow the last
-    one, fails the channel: an `error` for it, and the channel `failed` in the node."""
+    one, fails the channel: an `error` for it, and the node puts its commitment on chain (`onchain`, the
+    failure kept)."""
     runner.run(connected() + accepter_open() + [
         NodeChannel(state="normal"),
         Msg("update_add_htlc", channel_id=channel_id(), id=htlc_id, amount_msat=amount_msat,
             payment_hash=HTLC_IN.payment_hash(), cltv_expiry=HTLC_IN.cltv_expiry,
             onion_routing_packet=HTLC_IN.onion_routing_packet),
         ExpectMsg("error", channel_id=channel_id()),
-        NodeChannel(state="failed"),
+        NodeChannel(state="onchain"),
     ])
