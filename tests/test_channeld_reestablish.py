@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 
 import pytest
 
@@ -31,7 +32,16 @@ def pay(alice, bob, htlc_id: int, amount: int) -> None:
     preimage = os.urandom(32)
     h = bytes.fromhex(bob.call("tk_htlc_preimage", preimage.hex())["payment_hash"])
     height = alice.call("chaininfo")["watchd"]["height"]
-    assert add(alice, bob, amount, h, height)[0]["htlc_id"] == htlc_id
+    deadline = time.monotonic() + 30
+    while True:  # right after a (re)connection the channel is usable once channel_reestablish is done
+        try:
+            added = add(alice, bob, amount, h, height)[0]
+            break
+        except RpcError as e:
+            if "no usable channel" not in e.message or time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+    assert added["htlc_id"] == htlc_id
     assert resolved(alice, htlc_id)["preimage"] == preimage.hex()
 
 

@@ -8,6 +8,7 @@ channel is only ever changed by its peer's worker; `channels` (the RPC) reads th
 from __future__ import annotations
 
 import threading
+import time
 from concurrent.futures import Future
 from dataclasses import replace
 from typing import Any, Callable
@@ -62,6 +63,7 @@ class ChannelManager:
         self.asked: dict[tuple[bytes, int], bytes] = {}   # HTLCs put to htlc_accepted -> their onion secret
         self._signing: set[bytes] = set()                  # channels with a commitment_signed scheduled
         self.live: set[bytes] = set()                      # channels reestablished on the current connection
+        self.reestablished_at: dict[bytes, float] = {}     # peer -> when a channel was last made live (time.time)
         self.reestablish_sent: set[bytes] = set()          # our channel_reestablish went on this connection
 
     # --- lifecycle ---
@@ -246,7 +248,8 @@ class ChannelManager:
             peer_id = bytes.fromhex(item[1]["id"])
             for op in [o for o in self.openings.values() if o.peer_id == peer_id]:
                 self._abort(op, "the peer disconnected")
-            self._disconnected(peer_id)
+            if not self._stale_disconnection(peer_id):
+                self._disconnected(peer_id)
 
     def _guarded(self, channel_id: bytes, fn: Callable[[], None]) -> None:
         """Run a step of a channel's protocol that we started; a ChannelError fails the channel."""
@@ -256,6 +259,18 @@ class ChannelManager:
             ch = self.channels.get(channel_id)
             if ch is not None:
                 self._fail(ch.peer_id, channel_id, str(e), e.warning)
+
+    def _stale_disconnection(self, peer_id: bytes) -> bool:
+        """Whether a peer_disconnected concerns an earlier connection than the one our channels were
+        re-established on (events and peer messages travel apart, so it can come late): that connection
+        is still up, and was made before our last reestablish."""
+        try:
+            current = self.transport.peer(peer_id.hex())
+        except RpcError:
+            return False
+        if current is None:
+            return False
+        return float(current.get("connected_since", 0)) <= self.reestablished_at.get(peer_id, 0.0)
 
     def _disconnected(self, peer_id: bytes) -> None:
         """BOLT-2: updates not yet signed are forgotten on a disconnection; channels wait for reestablish."""
@@ -327,6 +342,7 @@ class ChannelManager:
                 ch = fn(self, op, msg)
                 self.openings.pop(op.temp_id, None)
                 self.live.add(ch.channel_id)              # opened on this connection: nothing to reestablish
+                self.reestablished_at[ch.peer_id] = time.time()
                 self.reestablish_sent.add(ch.channel_id)
                 self._keep_connected(peer_id)
                 if op.reply is not None and not op.reply.done():

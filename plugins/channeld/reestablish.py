@@ -8,6 +8,8 @@ commitment may be revoked) and the peer is asked to close with an `error`.
 """
 from __future__ import annotations
 
+import time
+
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
@@ -82,6 +84,7 @@ def on_reestablish(mgr: "ChannelManager", peer_id: bytes, msg: ChannelReestablis
         if ch.ready_sent:
             mgr.send(peer_id, ChannelReady(ch.channel_id, mgr.signer.per_commitment_point(ch.dbid, 1)))
     mgr.live.add(ch.channel_id)
+    mgr.reestablished_at[ch.peer_id] = time.time()
 
 
 def _resend_commit(mgr: "ChannelManager", ch: Channel) -> None:
