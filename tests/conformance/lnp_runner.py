@@ -29,9 +29,10 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import lnprototest
+import pytest
 import pyln.proto.wire
 from cryptography.exceptions import InvalidTag
 from lnprototest import Conn, Event, EventError, KeySet, MustNotMsg, SpecFileError
@@ -504,3 +505,12 @@ class LnpRunner(lnprototest.Runner):
 
     def add_startup_flag(self, flag: str) -> None:
         self.startup_flags.append(f"--{flag}")
+
+
+@pytest.fixture(scope="module")
+def chain() -> Iterator[RegtestChain]:
+    """One regtest chain for a test module (laid again by the runner when a test changed it)."""
+    c = RegtestChain()
+    c.start()
+    yield c
+    c.stop()

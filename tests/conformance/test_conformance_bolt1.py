@@ -22,18 +22,9 @@ from pyln.proto.message import Message  # noqa: E402
 
 from lnp_plugin_api.chains import chain_hash  # noqa: E402
 from lnp_plugin_api import RpcError  # noqa: E402
-from lnp_runner import BLOCK_1, TIMEOUT, LnpRunner, RegtestChain  # noqa: E402
+from lnp_runner import BLOCK_1, TIMEOUT, LnpRunner, RegtestChain, chain  # noqa: E402,F401 (chain: a fixture)
 
 UNKNOWN_ODD, UNKNOWN_EVEN = 99, 98  # feature bits no BOLT assigns
-
-
-@pytest.fixture(scope="module")
-def chain() -> Iterator[RegtestChain]:
-    """One regtest chain for the module (renewed by the runner when a test changed it)."""
-    c = RegtestChain()
-    c.start()
-    yield c
-    c.stop()
 
 
 @pytest.fixture

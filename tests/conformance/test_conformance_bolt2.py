@@ -33,22 +33,13 @@ from lnprototest import Event  # noqa: E402
 from lnprototest.commit_tx import HTLC  # noqa: E402
 
 from lnp_plugin_api.chains import chain_hash  # noqa: E402
-from lnp_runner import TIMEOUT, LnpRunner, RegtestChain, wait_until  # noqa: E402
+from lnp_runner import TIMEOUT, LnpRunner, RegtestChain, chain, wait_until  # noqa: E402,F401 (chain: a fixture)
 
 STATIC_REMOTEKEY = bitfield(12)          # our peer's init features and the channel_type
 REGTEST = chain_hash("regtest").hex()
 PEER_FUNDING_KEY = "20"
 PEER_KEYS = KeySet(revocation_base_secret="21", payment_base_secret="22", htlc_base_secret="24",
                    delayed_payment_base_secret="23", shachain_seed="00" * 32)
-
-
-@pytest.fixture(scope="module")
-def chain() -> Iterator[RegtestChain]:
-    """One regtest chain for the module (laid again by the runner when a test changed it)."""
-    c = RegtestChain()
-    c.start()
-    yield c
-    c.stop()
 
 
 @pytest.fixture
