@@ -48,6 +48,7 @@ WIRE_IN, WIRE_OUT = b"I", b"O"
 OK, ERR = b"ok", b"err"
 SEND_HWM = 10_000
 WAKE_MS = 200  # a long wait wakes this often to notice that the node is gone (`Bus.abandon`)
+CLOSE_WAIT = 2.0  # seconds `Bus.close` gives other threads to give up their waits and close their sockets
 MAX_DEPTH = 100  # JSON nesting accepted from outside the node; no command needs more than a few levels
 log = logging.getLogger("lnp.host.bus")
 
@@ -260,6 +261,9 @@ class Bus:
         self._local = threading.local()
         self._ids = itertools.count(1)
         self._sockets: list[zmq.Socket] = []
+        # socket or direct link -> the thread that opened it: only that thread may close it while it lives
+        # (libzmq aborts the process when a socket is closed under a thread waiting on it)
+        self._owner: dict[Any, threading.Thread] = {}
         self._lock = threading.Lock()
         self.closed = False
         self.abandoned = ""                   # why every wait fails at once: the node is gone
@@ -289,6 +293,8 @@ class Bus:
     def _give_up_if_abandoned(self, service: str) -> None:
         if self.abandoned:
             raise ServiceUnavailable(service, f"is unreachable: {self.abandoned}")
+        if self.closed:  # the node is stopping: a wait ends, and its thread can close its own sockets
+            raise ServiceUnavailable(service, "is unreachable: the bus is closed")
 
     def restarted(self, service: str) -> None:
         """A service rebound its inboxes: connect afresh (inproc:// connections do not reconnect)."""
@@ -326,6 +332,7 @@ class Bus:
         cache[(endpoint, source)] = (gen, sock)
         with self._lock:
             self._sockets.append(sock)
+            self._owner[sock] = threading.current_thread()
         return sock
 
     def _forget(self, sock: zmq.Socket) -> None:
@@ -334,6 +341,7 @@ class Bus:
         with self._lock:
             if sock in self._sockets:
                 self._sockets.remove(sock)
+            self._owner.pop(sock, None)
 
     def _send(self, service: str, endpoint: str, frames: list[bytes], timeout: float,
               source: str | None = None) -> zmq.Socket:
@@ -463,6 +471,7 @@ class Bus:
         links[(endpoint, source)] = (gen, link)
         with self._lock:
             self._links.append(link)
+            self._owner[link] = threading.current_thread()
         return link
 
     def _forget_link(self, link: DirectLink) -> None:
@@ -470,6 +479,7 @@ class Bus:
         with self._lock:
             if link in self._links:
                 self._links.remove(link)
+            self._owner.pop(link, None)
 
     def _request_here(self, deliver: Deliver, service: str, name: str, body: Any, kind: bytes,
                       timeout: float, source: str) -> Any:
@@ -566,20 +576,47 @@ class Bus:
             self._forget_link(link)
         links.clear()
 
-    def close(self) -> None:
-        """Close every DEALER this bus opened; only once every thread using it has ended."""
+    def close(self) -> bool:
+        """Close every DEALER and direct link this bus opened; False when some are left open.
+
+        A socket is closed here only when the thread that opened it has ended (or is this one):
+        threads still waiting give up within WAKE_MS and close their own (`close_thread`). The
+        sockets of a thread that is still alive after CLOSE_WAIT are left open, and logged: the
+        caller must then not destroy the ZeroMQ context either."""
         self.closed = True
         with self._lock:
             io, self._io = self._io, None
         if io is not None:
             io.close()
-        with self._lock:
-            for sock in self._sockets:
-                sock.close(0)
-            self._sockets.clear()
-            for link in self._links:
-                link.close()
-            self._links.clear()
+        deadline = time.monotonic() + CLOSE_WAIT
+        while True:
+            with self._lock:
+                held = self._close_unowned()
+            if not held or time.monotonic() >= deadline:
+                break
+            time.sleep(0.02)
+        if held:
+            log.warning("bus: thread(s) %s still hold %d socket(s): left open",
+                        ", ".join(sorted({t.name for t in held.values()})), len(held))
         self._timeouts.clear()
         self._local = threading.local()
+        return not held
+
+    def _close_unowned(self) -> dict[Any, threading.Thread]:
+        """Close the sockets and links whose thread has ended (under _lock); the ones still held."""
+        me = threading.current_thread()
+        held: dict[Any, threading.Thread] = {}
+        for item in [*self._sockets, *self._links]:
+            owner = self._owner.get(item)
+            if owner is not None and owner is not me and owner.is_alive():
+                held[item] = owner
+                continue
+            if isinstance(item, zmq.Socket):
+                item.close(0)
+            else:
+                item.close()
+            self._owner.pop(item, None)
+        self._sockets = [s for s in self._sockets if s in held]
+        self._links = [link for link in self._links if link in held]
+        return held
 

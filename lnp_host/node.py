@@ -176,6 +176,7 @@ def run_node(profile: Profile, registry: Registry, verbosity: int = 0, profile_a
     db = Database(profile.section("storage")["url"], data_dir, profile.section("storage")["sqlite_synchronous"])
     zctx = zmq.Context()
     rpc: RpcServer | None = None
+    sockets_closed = True  # False: a thread still holds a socket, so the context must stay (see _release)
     try:
         try:
             db.migrate({outbox.HOST_TABLES: outbox.MODELS, **registry.storage})  # the host's first
@@ -238,13 +239,16 @@ def run_node(profile: Profile, registry: Registry, verbosity: int = 0, profile_a
             rpc.stop()
             rpc.remove_socket()
         supervisor.stop_all()
-        bus.close()
+        sockets_closed = bus.close()
+        if supervisor.threads_left():
+            log.warning("service thread(s) %s still running: their sockets are left open",
+                        ", ".join(supervisor.threads_left()))
+            sockets_closed = False
         return supervisor.exit_status
     finally:
         force_dev_secrets(data_dir, None)
         db.close()
-        zap_stop(zctx)
-        zctx.destroy(linger=0)
+        _release(zctx, sockets_closed)
         log.info("stopped")
         lock.close()
 
@@ -308,9 +312,16 @@ def run_service(profile: Profile, registry: Registry, service: str, verbosity: i
         return 2 if e.fatal else 1
     finally:
         force_dev_secrets(data_dir, None)
-        bus.close()
+        sockets_closed = bus.close()
         db.close()
-        zap_stop(zctx)
+        _release(zctx, sockets_closed)
+
+
+def _release(zctx: zmq.Context, sockets_closed: bool) -> None:
+    """Destroy the ZeroMQ context, unless a thread still holds one of its sockets: libzmq aborts the
+    process when a socket is closed under a thread using it, so those are left to the process's exit."""
+    zap_stop(zctx)
+    if sockets_closed:
         zctx.destroy(linger=0)
 
 

@@ -288,6 +288,10 @@ class Supervisor:
             self._kill(handle, graceful=True)
             self._set(handle, "stopped")
 
+    def threads_left(self) -> list[str]:
+        """The services whose thread is still running (it did not stop within STOP_TIMEOUT)."""
+        return [h.name for h in self.services.values() if h.thread is not None and h.thread.is_alive()]
+
     def _kill(self, handle: ServiceHandle, graceful: bool = False) -> None:
         proc = handle.process
         if proc is None or proc.poll() is not None:

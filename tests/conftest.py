@@ -99,7 +99,10 @@ class NodeProcess:
         assert self.proc is not None
         if self.proc.poll() is None:
             self.proc.send_signal(sig)
-        return self.proc.wait(timeout)
+        status = self.proc.wait(timeout)
+        if status != 0 and status != -sig:  # shown with the test's failure
+            print(f"{self.data_dir.name} exited with {status}; the end of its stderr:\n{self.log.read_text()[-4000:]}")
+        return status
 
     def service(self, name: str) -> dict:
         """The `info` entry of one service."""
