@@ -264,6 +264,7 @@ class Bus:
         # socket or direct link -> the thread that opened it: only that thread may close it while it lives
         # (libzmq aborts the process when a socket is closed under a thread waiting on it)
         self._owner: dict[Any, threading.Thread] = {}
+        self._cancelled: set[threading.Thread] = set()  # threads whose waits end now (`cancel_waits`)
         self._lock = threading.Lock()
         self.closed = False
         self.abandoned = ""                   # why every wait fails at once: the node is gone
@@ -295,6 +296,14 @@ class Bus:
             raise ServiceUnavailable(service, f"is unreachable: {self.abandoned}")
         if self.closed:  # the node is stopping: a wait ends, and its thread can close its own sockets
             raise ServiceUnavailable(service, "is unreachable: the bus is closed")
+        if self._cancelled and threading.current_thread() in self._cancelled:
+            raise ServiceUnavailable(service, "is not waited for: the caller is stopping")
+
+    def cancel_waits(self, thread: threading.Thread) -> None:
+        """End `thread`'s current and later waits on this bus (within WAKE_MS) with ServiceUnavailable:
+        it is stopping, and what it waits for is repeated at the next start."""
+        with self._lock:
+            self._cancelled = self._cancelled | {thread}
 
     def restarted(self, service: str) -> None:
         """A service rebound its inboxes: connect afresh (inproc:// connections do not reconnect)."""
@@ -567,6 +576,8 @@ class Bus:
 
     def close_thread(self) -> None:
         """Close the DEALERs the calling thread opened (a service thread ending)."""
+        with self._lock:
+            self._cancelled = self._cancelled - {threading.current_thread()}
         cache = getattr(self._local, "dealers", None) or {}
         for _, sock in cache.values():
             self._forget(sock)

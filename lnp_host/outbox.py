@@ -229,7 +229,8 @@ class Courier:
         """End the thread; what is not delivered stays in the table for the next start."""
         self._stopping.set()
         self._wake.set()
-        if self.thread.is_alive():  # a delivery to a hung service is not waited for: it is repeated later
+        if self.thread.is_alive():  # a delivery in flight is not waited for: it is repeated at the next start
+            self.env.bus.cancel_waits(self.thread)
             self.thread.join(STOP_WAIT)
 
     def _run(self) -> None:

@@ -70,3 +70,29 @@ def test_a_thread_that_keeps_its_socket_has_it_left_open(short_tmp: Path) -> Non
         print(clean, t.is_alive())
     """)
     assert out.split() == ["False", "False"]
+
+
+def test_cancelled_waits_end_at_once_and_only_for_that_thread(short_tmp: Path) -> None:
+    """A stopping outbox courier (lnp_host.outbox) does not wait out a delivery to a stopped service."""
+    out = run(short_tmp, """
+        outcome = {}
+        def ask(name):
+            started = time.monotonic()
+            try:
+                bus.request("beta", "never.answered", timeout=3)
+            except ServiceUnavailable as e:
+                outcome[name] = (e.message, round(time.monotonic() - started))
+            finally:
+                bus.close_thread()
+        stopping = threading.Thread(target=ask, args=("stopping",))
+        other = threading.Thread(target=ask, args=("other",))
+        stopping.start(); other.start()
+        time.sleep(0.3)
+        bus.cancel_waits(stopping)
+        stopping.join(5); other.join(5)
+        print(outcome["stopping"][1], "stopping" in outcome["stopping"][0], outcome["other"][1])
+        print(bus.close())
+        silent.close(0)
+        zctx.destroy(linger=0)
+    """)
+    assert out.split() == ["0", "True", "3", "True"]
