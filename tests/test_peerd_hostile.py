@@ -64,7 +64,8 @@ def test_stalled_handshake_times_out(pair) -> None:
 
 @pytest.mark.parametrize("act", [b"\x01" + os.urandom(49),   # unknown version
                                  b"\x00" + b"\x02" + os.urandom(48),  # not a point
-                                 b"\x00" + Key().node_id() + os.urandom(16)])  # bad MAC
+                                 b"\x00" + Key().node_id() + os.urandom(16)],  # bad MAC
+                         ids=["unknown version", "not a point", "bad MAC"])  # the same names in every run
 def test_invalid_act_one_closes(pair, act: bytes) -> None:
     a, _ = pair
     with RawPeer(a.port) as raw:
