@@ -41,6 +41,7 @@ from .supervisor import Supervisor
 log = logging.getLogger("lnp.host")
 LOCK_FILE = "lnp-host.lock"
 PARENT_ENV = "LNP_HOST_PARENT_PID"
+GATE_ENV = "LNP_HOST_START_GATE"  # a service process spawned ahead waits to read a byte from this descriptor
 ORPHAN_GRACE = 1.5  # seconds a child of a vanished lnpd has to stop cleanly before it just exits
 PRIVATE_UMASK = 0o077  # files 0600, directories and sockets 0700
 
@@ -207,16 +208,19 @@ def run_node(profile: Profile, registry: Registry, verbosity: int = 0, profile_a
 
         passphrase = os.environ.get(SEED_PASSPHRASE_ENV, "")
 
-        def spawn(service: str) -> subprocess.Popen[bytes]:
+        def spawn(service: str, gate: int | None) -> subprocess.Popen[bytes]:
             cmd = [sys.executable, "-m", "lnp_host", "run", "--service", service, *(profile_args or [])]
             child_env = {**os.environ, PARENT_ENV: str(os.getpid())}
+            child_env.pop(GATE_ENV, None)
+            if gate is not None:
+                child_env[GATE_ENV] = str(gate)
             for name in CUSTODY_ONLY_ENV:  # the seed's passphrase and a forced key reach the custodian alone
                 child_env.pop(name, None)
             if service == custody_service:
                 if passphrase:
                     child_env[SEED_PASSPHRASE_ENV] = passphrase
                 child_env.update(dev.environment())  # forced dev secrets: never on a command line
-            return subprocess.Popen(cmd, env=child_env)
+            return subprocess.Popen(cmd, env=child_env, pass_fds=() if gate is None else (gate,))
 
         supervisor = Supervisor(env, spawn)
         env.host = HostControl(env, supervisor)
@@ -259,6 +263,8 @@ def run_service(profile: Profile, registry: Registry, service: str, verbosity: i
 
     `dev` (developers) are the forced secrets the custody service uses, as `run_node`'s.
     """
+    if not _wait_for_turn():
+        return 0
     data_dir, was_open = _prepare_data_dir(profile)
     logs.setup(profile, registry.services, verbosity)
     _say_tightened(data_dir, was_open)
@@ -315,6 +321,21 @@ def run_service(profile: Profile, registry: Registry, service: str, verbosity: i
         sockets_closed = bus.close()
         db.close()
         _release(zctx, sockets_closed)
+
+
+def _wait_for_turn() -> bool:
+    """A service process spawned ahead (its code loaded while the services before it start) waits for
+    lnpd to open its gate; False when lnpd closed it instead (the node stops before this service starts)."""
+    gate = os.environ.pop(GATE_ENV, None)
+    if gate is None:
+        return True
+    try:
+        fd = int(gate)
+        opened = os.read(fd, 1) == b"!"
+        os.close(fd)
+    except (ValueError, OSError):
+        return False
+    return opened
 
 
 def _release(zctx: zmq.Context, sockets_closed: bool) -> None:

@@ -73,9 +73,10 @@ class ServiceHandle:
 class Supervisor:
     """Owns the services of a node run by `lnp-host run`."""
 
-    def __init__(self, env: Environment, spawn: Callable[[str], subprocess.Popen[bytes]]) -> None:
+    def __init__(self, env: Environment, spawn: Callable[[str, int | None], subprocess.Popen[bytes]]) -> None:
         self.env = env
-        self.spawn = spawn
+        self.spawn = spawn  # spawn(service, gate): with a gate, the child waits to read a byte from it to go on
+        self._waiting: dict[str, tuple[subprocess.Popen[bytes], int]] = {}  # spawned ahead: (process, gate)
         bus_cfg = env.profile.section("bus")
         self.mode = bus_cfg["mode"]
         self.heartbeat = bus_cfg["heartbeat_interval"]
@@ -117,7 +118,35 @@ class Supervisor:
     # --- starting ---------------------------------------------------------------------------------
 
     def start_all(self) -> None:
-        """Start every service in order; a service that cannot start applies its failure policy."""
+        """Start every service in order; a service that cannot start applies its failure policy.
+
+        Service processes are all spawned at once and load their code side by side; each waits at its
+        gate (a pipe) until its turn comes, so they still start, and bind, in the profile's order."""
+        self._spawn_ahead()
+        try:
+            self._start_in_order()
+        finally:
+            for proc, gate in self._waiting.values():  # never started (the node stops): EOF ends them
+                os.close(gate)
+                proc.wait(STOP_TIMEOUT)
+            self._waiting.clear()
+
+    def _spawn_ahead(self) -> None:
+        for handle in self.services.values():
+            if handle.launch != "process":
+                continue
+            gate_read, gate_write = os.pipe()
+            try:
+                proc = self.spawn(handle.name, gate_read)
+            except OSError as e:
+                os.close(gate_write)
+                log.error("service %s could not be spawned: %s", handle.name, e)
+                continue
+            finally:
+                os.close(gate_read)
+            self._waiting[handle.name] = (proc, gate_write)
+
+    def _start_in_order(self) -> None:
         for handle in self.services.values():
             if self.stop_requested.is_set():
                 return
@@ -142,7 +171,16 @@ class Supervisor:
                     self._set(handle, "failed", runtime.error or "did not start in time")
                     return False
         else:
-            handle.process = self.spawn(handle.name)
+            waiting = self._waiting.pop(handle.name, None)
+            if waiting is not None:  # spawned ahead: open its gate
+                handle.process, gate = waiting
+                try:
+                    os.write(gate, b"!")
+                except OSError:
+                    pass  # it already ended: seen below as exited while starting
+                os.close(gate)
+            else:
+                handle.process = self.spawn(handle.name, None)
             handle.pid = handle.process.pid
             self._heartbeat_events(handle)
             deadline = time.monotonic() + START_TIMEOUT

@@ -68,3 +68,23 @@ def test_children_exit_soon_after_lnpd_is_killed(nodes, external_chain) -> None:
     assert time.monotonic() - killed < 2.0, "a child outlived lnpd by 2 s or more"
     # each stopped cleanly (its shutdown did not wait on services that were gone), not by the last resort
     assert "did not stop within" not in node.log.read_text()
+
+
+def _started_at(pid: int) -> float:
+    """When process `pid` started, in seconds since boot (/proc/PID/stat's starttime)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return int(fields[19]) / os.sysconf("SC_CLK_TCK")
+
+
+def test_service_processes_are_spawned_together_and_start_in_order(nodes) -> None:
+    """Each child loads its code while those before it start (a node is ready sooner); each binds in turn."""
+    node = nodes(PROCESSES, name="together").start()
+    with node.client() as c:
+        services = [s for s in c.info()["services"] if s["launch"] == "process"]
+    assert len(services) >= 3 and all(s["state"] == "running" for s in services)
+    started = [_started_at(s["pid"]) for s in services]
+    # one after another, each child would start only once the one before answered (>= 0.3 s each)
+    assert max(started) - min(started) < 0.5, started
+    log = node.log.read_text()
+    order = [log.index(f"service {s['name']} running") for s in services]
+    assert order == sorted(order)  # and they still came up in the profile's order
