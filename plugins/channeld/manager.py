@@ -407,7 +407,7 @@ class ChannelManager:
             ready = ready.with_state(NORMAL)
         with self.ctx.transaction() as tx:
             self.store(tx, ready)
-            self.send(ch.peer_id, ChannelReady(cid, second), tx)
+            self.send(ch.peer_id, opening.channel_ready(ready, second), tx)
 
     def _scid(self, height: int, txid: str, vout: int) -> str:
         found = self.chain.block(height)
@@ -423,9 +423,10 @@ class ChannelManager:
         if ch is None or ch.peer_id != peer_id:
             raise ChannelError("channel_ready for no channel of ours", warning=True)
         if ch.ready_received or ch.state != AWAITING_LOCK:
-            return  # a retransmission (BOLT-2: ignore it)
+            opening.keep_their_alias(self, ch, msg)   # a retransmission (BOLT-2: ignore it), maybe a new alias
+            return
         points = {**ch.their_points, 1: msg.second_per_commitment_point}
-        new = replace(ch, ready_received=True, their_points=points)
+        new = replace(opening.their_alias(ch, msg), ready_received=True, their_points=points)
         if new.ready_sent:
             new = new.with_state(NORMAL)
         with self.ctx.transaction() as tx:
