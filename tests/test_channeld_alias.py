@@ -23,11 +23,11 @@ ALIAS_TYPE = ChannelType(STATIC_REMOTEKEY.bits | {SCID_ALIAS_BIT})
 PEER = bytes.fromhex("03" + "ab" * 32)
 
 
-def ch(private: bool = True, state: str = "normal", aliases: dict | None = None, scid: str | None = "103x1x0",
+def ch(private: bool = True, state: str = "normal", routing: dict | None = None, scid: str | None = "103x1x0",
        channel_type: ChannelType = STATIC_REMOTEKEY, remote_msat: int = 500_000_000, peer: bytes = PEER):
     params = SimpleNamespace(channel_type=channel_type, reserve_of=lambda side: 10_000)
     return SimpleNamespace(channel_id=b"\x01" * 32, peer_id=peer, private=private, state=state,
-                           aliases=aliases or {}, scid=scid, params=params,
+                           routing=routing or {}, scid=scid, params=params,
                            log=SimpleNamespace(local=SimpleNamespace(remote_msat=remote_msat)))
 
 
@@ -35,7 +35,7 @@ def ch(private: bool = True, state: str = "normal", aliases: dict | None = None,
 class Doc:
     """The part of a channel document `their_alias` changes."""
 
-    aliases: dict
+    routing: dict
 
 
 # --- unit ---------------------------------------------------------------------------------------------------
@@ -52,17 +52,17 @@ def test_our_alias_travels_in_channel_ready_and_theirs_is_kept() -> None:
     mgr = SimpleNamespace(channels={})
     alias = opening.new_alias(mgr)  # type: ignore[arg-type]
     assert parse_scid(alias) >> 40 >= opening.ALIAS_BLOCKS[0]       # unrelated to any real block
-    ready = opening.channel_ready(ch(aliases={"local": alias}), G)  # type: ignore[arg-type]
+    ready = opening.channel_ready(ch(routing={"local_alias": alias}), G)  # type: ignore[arg-type]
     got = ChannelReady.decode(ready.encode())
     assert format_scid(got.short_channel_id) == alias
     assert opening.channel_ready(ch(), G).short_channel_id is None  # type: ignore[arg-type]
     theirs = ChannelReady(b"\x01" * 32, G, short_channel_id=parse_scid("16000123x4x5"))
-    kept = opening.their_alias(Doc({"local": alias}), theirs)  # type: ignore[arg-type]
-    assert kept.aliases == {"local": alias, "remote": "16000123x4x5"}
+    kept = opening.their_alias(Doc({"local_alias": alias}), theirs)  # type: ignore[arg-type]
+    assert kept.routing == {"local_alias": alias, "remote_alias": "16000123x4x5"}
 
 
 def test_aliases_are_not_reused_across_our_channels(monkeypatch) -> None:
-    taken = SimpleNamespace(aliases={"local": "16000000x0x0"})
+    taken = SimpleNamespace(routing={"local_alias": "16000000x0x0"})
     draws = iter([0, 0, 0, 7, 0, 0])        # the first draw collides with the taken alias
     monkeypatch.setattr(opening.secrets, "randbelow", lambda n: next(draws))
     assert opening.new_alias(SimpleNamespace(channels={1: taken})) == "16000007x0x0"  # type: ignore[arg-type]
@@ -99,7 +99,7 @@ def test_a_private_opening_asks_for_scid_alias_when_the_peer_supports_it() -> No
 def test_route_hints_name_the_peers_alias_and_only_usable_private_channels() -> None:
     other = bytes.fromhex("02" + "cd" * 32)
     found = hints.route_hints([
-        ch(aliases={"local": "16000001x1x1", "remote": "16000002x2x2"}, channel_type=ALIAS_TYPE),
+        ch(routing={"local_alias": "16000001x1x1", "remote_alias": "16000002x2x2"}, channel_type=ALIAS_TYPE),
         ch(peer=other, remote_msat=900_000_000),                      # no alias: the real scid
         ch(channel_type=ALIAS_TYPE),                                   # scid_alias, no alias yet: none
         ch(private=False), ch(state="shutdown"), ch(scid=None),
@@ -146,3 +146,75 @@ def test_private_channel_with_aliases_and_the_invoice_hint(nodes, external_chain
                                                     1000, 1, 34),),)
     # Alice's own invoice: Bob has nothing to send her yet (he pushed nothing): no hint
     assert bolt11.decode(alice.call("invoice", 10_000, "none")["bolt11"]).route_hints == ()
+
+
+# --- the peer's channel_update ---------------------------------------------------------------------------------
+
+import contextlib  # noqa: E402
+import hashlib  # noqa: E402
+
+import coincurve  # noqa: E402
+
+from lnp_plugin_api.chains import chain_hash  # noqa: E402
+from lnp_plugin_api.messages import ChannelUpdate  # noqa: E402
+
+PEER_KEY = coincurve.PrivateKey(b"\x42" * 32)
+
+
+@dataclass(frozen=True)
+class Stored:
+    """A channel as on_channel_update reads and replaces it."""
+
+    channel_id: bytes
+    peer_id: bytes
+    scid: str | None
+    routing: dict
+
+
+class UpdateManager:
+    def __init__(self, our_id: bytes, *channels: Stored) -> None:
+        self.channels = {c.channel_id: c for c in channels}
+        self.ctx = SimpleNamespace(node=SimpleNamespace(network="regtest", node_id=our_id),
+                                   transaction=contextlib.nullcontext)
+
+    def store(self, tx, ch) -> None:
+        self.channels[ch.channel_id] = ch
+
+
+def signed_update(scid: str, direction: int, timestamp: int = 100, flags: int = 0, key=PEER_KEY,
+                  network: str = "regtest") -> ChannelUpdate:
+    unsigned = ChannelUpdate(bytes(64), chain_hash(network), parse_scid(scid), timestamp, 1, direction | flags,
+                             40, 1, 2000, 7, 10**9)
+    digest = hashlib.sha256(hashlib.sha256(unsigned.signed_part()).digest()).digest()
+    sig = key.sign_recoverable(digest, hasher=None)[:64]
+    return ChannelUpdate(sig, *(getattr(unsigned, f) for f in (
+        "chain_hash", "short_channel_id", "timestamp", "message_flags", "channel_flags", "cltv_expiry_delta",
+        "htlc_minimum_msat", "fee_base_msat", "fee_proportional_millionths", "htlc_maximum_msat")))
+
+
+def test_the_peers_channel_update_sets_the_hints_fees() -> None:
+    peer = PEER_KEY.public_key.format()
+    ours = G                                   # BOLT-7: node_id_1 is the lesser id, its updates direction 0
+    direction = int(peer > ours)
+    stored = Stored(b"\x01" * 32, peer, "103x1x0", {"local_alias": "16000001x0x0"})
+    mgr = UpdateManager(ours, stored)
+    hints.on_channel_update(mgr, peer, signed_update("16000001x0x0", direction))   # named by our alias
+    kept = mgr.channels[stored.channel_id].routing["their_update"]
+    assert (kept["fee_base_msat"], kept["fee_proportional_millionths"], kept["cltv_expiry_delta"]) == (2000, 7, 40)
+    hints.on_channel_update(mgr, peer, signed_update("103x1x0", direction, timestamp=99, flags=2))  # older
+    assert mgr.channels[stored.channel_id].routing["their_update"]["timestamp"] == 100
+    for ignored in (signed_update("103x1x0", 1 - direction, timestamp=200),      # our direction
+                    signed_update("104x1x0", direction, timestamp=200),          # not our channel
+                    signed_update("103x1x0", direction, timestamp=200, network="mainnet")):
+        hints.on_channel_update(mgr, peer, ignored)
+        assert mgr.channels[stored.channel_id].routing["their_update"]["timestamp"] == 100
+    with pytest.raises(ChannelError, match="bad signature"):
+        hints.on_channel_update(mgr, peer, signed_update("103x1x0", direction, timestamp=300,
+                                                         key=coincurve.PrivateKey(b"\x43" * 32)))
+    hints.on_channel_update(mgr, peer, signed_update("103x1x0", direction, timestamp=400, flags=2))
+    assert mgr.channels[stored.channel_id].routing["their_update"]["disabled"] is True
+    found = hints.route_hints([ch(routing={"their_update": {"fee_base_msat": 2000, "fee_proportional_millionths": 7,
+                                                            "cltv_expiry_delta": 40}})])  # type: ignore[list-item]
+    assert found[0]["short_channel_id"] == "103x1x0" and (found[0]["fee_base_msat"], found[0]["cltv_expiry_delta"]) \
+        == (2000, 40)
+    assert hints.route_hints([ch(routing={"their_update": {"disabled": True}})]) == []  # type: ignore[list-item]

@@ -24,7 +24,8 @@ from .manager import ChannelManager
 from .options import SCHEMA, Options
 
 # BOLT-2 messages channeld handles, and error/warning (an error for one of our channels fails it)
-WIRE_TYPES = (1, 17, 32, 33, 34, 35, 36, 38, 39, 128, 130, 131, 132, 133, 134, 135, 136)
+WIRE_TYPES = (1, 17, 32, 33, 34, 35, 36, 38, 39, 128, 130, 131, 132, 133, 134, 135, 136,
+              258)   # channel_update: the peer's fees for our private channels' route hints (hints.py)
 MAX_FUNDING_SAT = 16_777_215          # without option_support_large_channel
 _managers: PerContext[ChannelManager] = PerContext("channeld")
 _manager = _managers.get

@@ -347,12 +347,12 @@ def _channel(mgr: "ChannelManager", op: Opening, cid: bytes, funding_tx: str | N
     upfront: dict[str, Any] = {"upfront_ours": op.upfront.hex(), "upfront_theirs": op.their_upfront.hex()}
     if op.upfront_key is not None:
         upfront["upfront_key"] = list(op.upfront_key)
-    aliases = {}
+    routing = {}
     if scid_alias_negotiated(mgr.peer_bits(op.peer_id)) or SCID_ALIAS_BIT in op.channel_type.bits:
-        aliases["local"] = new_alias(mgr)
+        routing["local_alias"] = new_alias(mgr)
     return Channel(cid, op.peer_id, op.dbid, AWAITING_LOCK, op.params, log, op.min_depth,
                    {0: op.their_first_point}, private=op.private, funding_tx=funding_tx, closing=upfront,
-                   aliases=aliases)
+                   routing=routing)
 
 
 # --- option_scid_alias -----------------------------------------------------------------------------------
@@ -367,7 +367,7 @@ def scid_alias_negotiated(peer_bits: set[int]) -> bool:
 
 def new_alias(mgr: "ChannelManager") -> str:
     """A random short_channel_id alias, unrelated to the real one and unused by our other channels."""
-    taken = {c.aliases.get("local") for c in mgr.channels.values()}
+    taken = {c.routing.get("local_alias") for c in mgr.channels.values()}
     while True:
         block = ALIAS_BLOCKS[0] + secrets.randbelow(ALIAS_BLOCKS[1] - ALIAS_BLOCKS[0])
         alias = format_scid(block << 40 | secrets.randbelow(1 << 24) << 16 | secrets.randbelow(1 << 16))
@@ -377,7 +377,7 @@ def new_alias(mgr: "ChannelManager") -> str:
 
 def channel_ready(ch: Channel, second_point: bytes) -> ChannelReady:
     """Our channel_ready, with our alias when we chose one (BOLT-2: MUST with option_scid_alias)."""
-    alias = ch.aliases.get("local")
+    alias = ch.routing.get("local_alias")
     return ChannelReady(ch.channel_id, second_point, short_channel_id=parse_scid(alias) if alias else None)
 
 
@@ -385,7 +385,7 @@ def their_alias(ch: Channel, msg: ChannelReady) -> Channel:
     """The channel with the alias the peer's channel_ready gave (any channel_ready: the latest is kept)."""
     if msg.short_channel_id is None:
         return ch
-    return replace(ch, aliases={**ch.aliases, "remote": format_scid(msg.short_channel_id)})
+    return replace(ch, routing={**ch.routing, "remote_alias": format_scid(msg.short_channel_id)})
 
 
 def new_opening(mgr: "ChannelManager", peer_id: bytes, funding_sat: int, push_msat: int, feerate_per_kw: int,
@@ -405,6 +405,6 @@ def new_opening(mgr: "ChannelManager", peer_id: bytes, funding_sat: int, push_ms
 def keep_their_alias(mgr: "ChannelManager", ch: Channel, msg: ChannelReady) -> None:
     """A later channel_ready with another alias: the latest is stored (BOLT-2: the receiver keeps one)."""
     new = their_alias(ch, msg)
-    if new.aliases != ch.aliases:
+    if new.routing != ch.routing:
         with mgr.ctx.transaction() as tx:
             mgr.store(tx, new)
