@@ -353,3 +353,24 @@ class ChannelReestablish(Message):
                                            as_=NextFunding)
     my_current_funding_locked: FundingLocked | None = tlv(5, ("sha256", "my_current_funding_locked_txid"),
                                                           ("byte", "retransmit_flags"), as_=FundingLocked)
+
+
+# ---- BOLT-7: the peer's channel parameters (channeld keeps them for its private channels) ---------------
+
+@message(258, "channel_update")
+class ChannelUpdate(Message):
+    signature: bytes = wire("signature")          # of the double SHA-256 of everything after it (`signed_part`)
+    chain_hash: bytes = wire("chain_hash")
+    short_channel_id: int = wire("short_channel_id")
+    timestamp: int = wire("u32")
+    message_flags: int = wire("byte")
+    channel_flags: int = wire("byte")             # bit 0: direction (1: from node_id_2), bit 1: disabled
+    cltv_expiry_delta: int = wire("u16")
+    htlc_minimum_msat: int = wire("u64")
+    fee_base_msat: int = wire("u32")
+    fee_proportional_millionths: int = wire("u32")
+    htlc_maximum_msat: int = wire("u64")
+
+    def signed_part(self) -> bytes:
+        """The bytes the signature covers: the message after its type and signature."""
+        return self.encode()[2 + 64:]

@@ -410,6 +410,10 @@ class PeerTransport:
         """peerd's view of a connected peer, None when it is not connected."""
         return self._ctx.request("peerd.peer", {"id": node_id}, timeout=self._timeout)
 
+    def disconnect(self, node_id: str) -> dict[str, Any]:
+        """Close the connection to `node_id` (hex): BOLT-1's "fail the connection"; RpcError if not connected."""
+        return dict(self._ctx.request("peerd.disconnect", {"id": node_id}, timeout=self._timeout))
+
     def send(self, node_id: bytes, msg_type: int, payload: bytes) -> None:
         """Send a wire message to a connected peer (through the message bus)."""
         self._ctx.send_wire(WireMessage(node_id, msg_type, payload))

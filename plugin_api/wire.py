@@ -123,6 +123,17 @@ def format_scid(scid: int) -> str:
     return f"{scid >> 40}x{(scid >> 16) & 0xFFFFFF}x{scid & 0xFFFF}"
 
 
+def parse_scid(text: str) -> int:
+    """The inverse of `format_scid`; ValueError for anything else."""
+    parts = text.split("x")
+    if len(parts) != 3 or not all(p.isdigit() for p in parts):
+        raise ValueError(f"not a short channel id: {text[:40]!r}")
+    block, tx, out = (int(p) for p in parts)
+    if block >= 1 << 24 or tx >= 1 << 24 or out >= 1 << 16:
+        raise ValueError(f"short channel id out of range: {text[:40]!r}")
+    return block << 40 | tx << 16 | out
+
+
 def _point(r: Reader) -> bytes:
     raw = r.take(33)
     try:

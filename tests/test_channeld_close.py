@@ -94,7 +94,9 @@ def test_close_by_the_peer_waits_for_a_pending_htlc(nodes, external_chain) -> No
 @pytest.mark.slow
 def test_close_to_a_destination_and_bad_destinations_refused(nodes, external_chain) -> None:
     port, btc = external_chain
-    alice, bob = two_nodes(nodes, port, "threads", plugins=("tk_htlcs", "tk_signer"))
+    # Alice commits to no upfront script (0x0000), so she may name a destination at close
+    alice, bob = two_nodes(nodes, port, "threads", plugins=("tk_htlcs", "tk_signer"),
+                           extra="upfront_shutdown_script = false\n")
     cid = open_normal(alice, bob, btc)
     pay(alice, bob, 0, PAID)
     for bad in ("bc1qw508d6qejxtdg4y5r3zarvary0c5xw7kv8f3t4", "not-an-address", "mvm74FACaagz94rjWbNmW2EmhJdmEGcxpa"):
@@ -156,3 +158,27 @@ def test_close_while_the_peer_is_away_completes_when_it_returns(nodes, external_
     bob.node.start()                                   # Alice redials: reestablish, shutdown, negotiation
     wait_for(lambda: channel_of(alice, cid)["state"] == "closing", timeout=60)
     closed_to_the_satoshi(btc, alice, bob, cid, alice.call("close", cid), before, restarted=(bob,))
+
+
+@pytest.mark.slow
+def test_close_pays_the_upfront_shutdown_script(nodes, external_chain) -> None:
+    """option_upfront_shutdown_script: each side's open message commits to a wallet address; `close
+    --destination` is then refused, and the mutual close pays the committed scripts (signd checks ours as
+    its holder_shutdown_script)."""
+    port, btc = external_chain
+    alice, bob = two_nodes(nodes, port, "threads", plugins=("tk_htlcs", "tk_signer"))
+    cid = open_normal(alice, bob, btc)
+    pay(alice, bob, 0, PAID)
+    a, b = channel_of(alice, cid)["upfront_shutdown_script"], channel_of(bob, cid)["upfront_shutdown_script"]
+    assert len(a["local"]) == 44 and a["local"].startswith("0014") and a["remote"] == b["local"] != a["local"]
+    assert b["remote"] == a["local"]
+    with pytest.raises(RpcError, match="committed to an upfront_shutdown_script"):
+        alice.call("close", cid, destination=bob.call("newaddr")["address"])
+    assert channel_of(alice, cid)["state"] == "normal"
+    wait_for(lambda: channel_of(alice, cid)["htlcs_in_flight"] == 0 == channel_of(bob, cid)["htlcs_in_flight"])
+    before = (funds(alice), funds(bob))
+    result = alice.call("close", cid)
+    raw = btc.call("getrawtransaction", result["txid"], True)
+    scripts = {o["scriptPubKey"]["hex"] for o in raw["vout"]}
+    assert scripts == {a["local"], b["local"]}
+    closed_to_the_satoshi(btc, alice, bob, cid, result, before)

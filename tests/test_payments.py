@@ -101,6 +101,26 @@ def test_invoice_is_signed_by_the_node_and_decodes(payee: NodeProcess) -> None:
             c.invoice(1, "neg", expiry=0)
 
 
+def test_invoice_with_a_given_preimage_settles_with_it(payee: NodeProcess) -> None:
+    """`invoice --preimage HEX` (lnprototest's runner needs it): the hash is the preimage's, an HTLC is
+    resolved with it; a bad or reused preimage is refused, and the value is never shown nor logged."""
+    preimage = bytes.fromhex("5e" * 32)
+    with payee.client() as c:
+        made = c.invoice(60_000, "chosen", preimage=preimage.hex())
+        assert made["payment_hash"] == hashlib.sha256(preimage).hexdigest()
+        assert bolt11.decode(made["bolt11"]).payment_hash.hex() == made["payment_hash"]
+        assert bolt11.decode(made["bolt11"]).route_hints == ()       # the fake channeld gives no hint
+        got = receive(c, made, htlc_id=21)
+        assert got["result"] == "resolve" and got["preimage"] == preimage.hex()
+        secret = "7a" * 31 + "zz"
+        for bad, match in [(secret, "32 bytes"), ("7a" * 31, "32 bytes"), (preimage.hex(), "exists already")]:
+            with pytest.raises(RpcError, match=match) as e:
+                c.invoice(1, f"bad {len(bad)} {match}", preimage=bad)
+            assert bad not in e.value.message
+        assert preimage.hex() not in str(c.listinvoices())
+    assert preimage.hex() not in payee.log.read_text() and secret not in payee.log.read_text()
+
+
 def test_decode_any_network_and_refusals(payee: NodeProcess) -> None:
     mainnet = ("lnbc2500u1pvjluezsp5zyg3zyg3zyg3zyg3zyg3zyg3zyg3zyg3zyg3zyg3zyg3zyg3zygspp5qqqsyqcyq5rqwzqfqqqsyqcy"
                "q5rqwzqfqqqsyqcyq5rqwzqfqypqdq5xysxxatsyp3k7enxv4jsxqzpu9qrsgquk0rl77nj30yxdy8j9vdx85fkpmdla2087ne0x"

@@ -19,12 +19,13 @@ from lnp_plugin_api import (Continue, DecisionSpec, EventSpec, FeatureSpec, PerC
 from lnp_plugin_api.addresses import AddressError, parse_node_id
 from lnp_plugin_api.services import SIGNER_REQUESTS
 
-from . import closing, normal, onchain, storage
+from . import closing, hints, normal, onchain, storage
 from .manager import ChannelManager
 from .options import SCHEMA, Options
 
 # BOLT-2 messages channeld handles, and error/warning (an error for one of our channels fails it)
-WIRE_TYPES = (1, 17, 32, 33, 34, 35, 36, 38, 39, 128, 130, 131, 132, 133, 134, 135, 136)
+WIRE_TYPES = (1, 17, 32, 33, 34, 35, 36, 38, 39, 128, 130, 131, 132, 133, 134, 135, 136,
+              258)   # channel_update: the peer's fees for our private channels' route hints (hints.py)
 MAX_FUNDING_SAT = 16_777_215          # without option_support_large_channel
 _managers: PerContext[ChannelManager] = PerContext("channeld")
 _manager = _managers.get
@@ -147,6 +148,15 @@ def _add_htlc(ctx: ServiceContext, peer_id: str, amount_msat: int, payment_hash:
     return mgr.submit(peer, lambda: normal.add_htlc(mgr, peer, amount_msat, hash_, cltv_expiry, packet, cid))
 
 
+@control_method("channeld.route_hints")
+def _route_hints(ctx: ServiceContext) -> dict[str, Any]:
+    """{hints: [{node_id, short_channel_id, fee_base_msat, fee_proportional_millionths, cltv_expiry_delta}]}:
+    one BOLT-11 route hint per usable private channel (invoices)."""
+    with ctx.storage.begin() as conn:
+        found = storage.load_all(conn)
+    return {"hints": hints.route_hints(found)}
+
+
 # --- subscriptions -------------------------------------------------------------------------------
 
 def _on_wire(ctx: ServiceContext, msg: WireMessage) -> None:
@@ -195,7 +205,7 @@ def lnp_requires() -> list[str]:
         "wallet.fund", "wallet.broadcast", "wallet.release", "watchd.watch", "watchd.status", "chain.fees",
         "chain.block", "chain.broadcast", "wallet.newaddr"] + [SIGNER_REQUESTS[op] for op in (
             "sign_holder_commitment", "sign_sweep", "sign_penalty")] + [
-        "peerd.peer"]
+        "peerd.peer", "peerd.disconnect"]
 
 
 @hookimpl
@@ -205,8 +215,10 @@ def lnp_features() -> list[FeatureSpec]:
     # payload (payment_secret included) to htlc_accepted
     # option_data_loss_protect: channel_reestablish carries its fields, and a node behind stops (reestablish.py)
     # option_shutdown_anysegwit (27): a peer's shutdown may pay any witness program (closing.py)
-    return [FeatureSpec(0), FeatureSpec(8, contexts="IN9"), FeatureSpec(14, contexts="IN9"), FeatureSpec(12),
-            FeatureSpec(22), FeatureSpec(44), FeatureSpec(26)]
+    # option_upfront_shutdown_script (5): open/accept_channel carry our script, the peer's binds its shutdown
+    # option_scid_alias (47): channel_ready carries our alias; private channels get the channel_type variation
+    return [FeatureSpec(0), FeatureSpec(4), FeatureSpec(8, contexts="IN9"), FeatureSpec(14, contexts="IN9"),
+            FeatureSpec(12), FeatureSpec(22), FeatureSpec(44), FeatureSpec(26), FeatureSpec(46)]
 
 
 @hookimpl
@@ -238,7 +250,7 @@ def lnp_subscriptions() -> list:
             + [Subscription.event(n, _on_peer) for n in ("peer_connected", "peer_disconnected")]
             + [Subscription.event("tx_depth", _on_depth), Subscription.event("block_connected", _on_block),
                Subscription.event("outpoint_spent", _on_spent),
-               _add_htlc])
+               _add_htlc, _route_hints])
 
 
 @hookimpl

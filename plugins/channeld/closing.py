@@ -67,6 +67,30 @@ def destination_script(address: str, network: str) -> bytes:
     return script
 
 
+def upfront(ch: Channel, side: Side) -> bytes:
+    """The upfront_shutdown_script a side committed to at open (opening.py); empty: none."""
+    return bytes.fromhex(ch.closing.get("upfront_ours" if side is L else "upfront_theirs", ""))
+
+
+def _our_destination(mgr: "ChannelManager", ch: Channel) -> dict[str, Any]:
+    """Where our shutdown pays: the upfront script we committed to (signd knows it as
+    holder_shutdown_script), else a fresh wallet key."""
+    committed = upfront(ch, L)
+    if committed:
+        return {"our_script": committed.hex()}
+    to = mgr.funding.new_destination()
+    return {"our_script": to.script.hex(), "our_key": list(to.key)}
+
+
+def fail_connection(mgr: "ChannelManager", peer_id: bytes, why: str) -> None:
+    """BOLT-1's "fail the connection": peerd closes it (the channel stays as it is)."""
+    mgr.ctx.log.warning("peer %s: %s: disconnecting", peer_id.hex(), why)
+    try:
+        mgr.transport.disconnect(peer_id.hex())
+    except RpcError as e:   # already gone
+        mgr.ctx.log.info("peer %s not disconnected: %s", peer_id.hex(), e.message)
+
+
 def find(mgr: "ChannelManager", key: str) -> Channel:
     """The channel named by channel_id, short_channel_id, or the node id of a peer with exactly one channel."""
     found = [c for c in mgr.channels.values() if key in (c.channel_id.hex(), c.scid)]
@@ -92,22 +116,26 @@ def close(mgr: "ChannelManager", key: str, destination: str | None, reply: "Futu
         return
     if ch.state not in (NORMAL, SHUTDOWN, NEGOTIATING):
         raise refused(f"channel {ch.channel_id.hex()} is {ch.state}: it cannot be closed cooperatively")
-    closing: dict[str, Any] = {"shutdown_sent": False}
+    closing: dict[str, Any] = {**ch.closing, "shutdown_sent": False} if ch.state == NORMAL else {}
     if destination is not None:
         script = destination_script(destination, mgr.ctx.node.network)
+        committed = upfront(ch, L)
+        if committed and script != committed:
+            raise refused(f"channel {ch.channel_id.hex()} committed to an upfront_shutdown_script at open: "
+                          "a cooperative close pays it; close without --destination")
         problem = check_shutdown(script, anysegwit(mgr, ch.peer_id))
         if problem:
             raise refused(f"destination address {destination}: {problem}")
-        closing.update(our_script=script.hex(), destination=True)
+        if not committed:
+            closing.update(our_script=script.hex(), destination=True)
     _state(mgr)["waiters"].setdefault(ch.channel_id, []).append(reply)
     timer = threading.Timer(timeout, lambda: _expire_reply(mgr, ch.channel_id, reply))
     timer.daemon = True
     timer.start()
     if ch.state != NORMAL:
         return                      # already closing: this caller waits with the others
-    if destination is None:
-        to = mgr.funding.new_destination()
-        closing.update(our_script=to.script.hex(), our_key=list(to.key))
+    if "our_script" not in closing:
+        closing.update(_our_destination(mgr, ch))
     new = ch.with_state(SHUTDOWN, closing=closing)
     with mgr.ctx.transaction() as tx:
         mgr.store(tx, new)
@@ -248,6 +276,13 @@ def on_shutdown(mgr: "ChannelManager", peer_id: bytes, msg: Shutdown) -> None:
     ch = mgr.channels.get(msg.channel_id)
     if ch is None or ch.peer_id != peer_id or ch.state not in ACTIVE:
         raise ChannelError("shutdown for no open channel of ours", warning=True)
+    committed = upfront(ch, R)
+    if committed and msg.scriptpubkey != committed:
+        # BOLT-2: MUST fail the connection (MAY warn); the channel stays as it is
+        mgr.send(peer_id, WarningMessage(ch.channel_id, b"shutdown scriptpubkey differs from the "
+                                                        b"upfront_shutdown_script"))
+        fail_connection(mgr, peer_id, "shutdown scriptpubkey differs from its upfront_shutdown_script")
+        return
     problem = check_shutdown(msg.scriptpubkey, anysegwit(mgr, peer_id))
     if problem:
         # BOLT-2: a warning (the channel stays as it is)
@@ -259,8 +294,7 @@ def on_shutdown(mgr: "ChannelManager", peer_id: bytes, msg: Shutdown) -> None:
     c["their_script"] = msg.scriptpubkey.hex()
     _state(mgr)["negotiations"].pop(ch.channel_id, None)
     if ch.state == NORMAL:
-        to = mgr.funding.new_destination()
-        c.update(our_script=to.script.hex(), our_key=list(to.key), shutdown_sent=False)
+        c.update(_our_destination(mgr, ch), shutdown_sent=False)
         ch = ch.with_state(SHUTDOWN, closing=c)
     else:
         ch = replace(ch, closing=c)

@@ -106,6 +106,9 @@ class Channel:
     last_sent: str = ""                  # "commit" or "revoke": which we sent last (reestablish's order)
     closing: Mapping[str, Any] = field(default_factory=dict)   # the cooperative close's data (closing.py)
     onchain: Mapping[str, Any] = field(default_factory=dict)   # the close on chain (onchain.py's layout)
+    # how payers reach us through the peer (hints.py): option_scid_alias's "local_alias" (ours) and
+    # "remote_alias", and "their_update", the fees and CLTV delta of the peer's channel_update
+    routing: Mapping[str, Any] = field(default_factory=dict)
 
     @property
     def extensions(self) -> list[ChannelExtension]:
@@ -130,7 +133,8 @@ class Channel:
                 "their_secrets": self.their_secrets.to_json(), "ready_sent": self.ready_sent,
                 "ready_received": self.ready_received, "scid": self.scid, "private": self.private,
                 "funding_tx": self.funding_tx, "failure": self.failure, "htlcs": dict(self.htlcs),
-                "last_sent": self.last_sent, "closing": dict(self.closing), "onchain": dict(self.onchain)}
+                "last_sent": self.last_sent, "closing": dict(self.closing), "onchain": dict(self.onchain),
+                "routing": dict(self.routing)}
 
     @classmethod
     def from_json(cls, d: Mapping[str, Any]) -> "Channel":
@@ -142,7 +146,7 @@ class Channel:
                    Shachain.from_json(d["their_secrets"]), bool(d["ready_sent"]), bool(d["ready_received"]),
                    d.get("scid"), bool(d.get("private", False)), d.get("funding_tx"), d.get("failure"),
                    dict(d.get("htlcs", {})), d.get("last_sent", ""), dict(d.get("closing", {})),
-                   dict(d.get("onchain", {})))
+                   dict(d.get("onchain", {})), dict(d.get("routing", {})))
 
     def summary(self) -> dict[str, Any]:
         """What `channels` lists (no secret: balances, limits, state)."""
@@ -156,6 +160,9 @@ class Channel:
                 "feerate_per_kw": local.feerate_per_kw, "htlcs_in_flight": len(htlcs),
                 "channel_type": p.channel_type.name, "private": self.private, "failure": self.failure,
                 "closing_txid": self.closing.get("txid"),
+                "alias": {"local": self.routing.get("local_alias"), "remote": self.routing.get("remote_alias")},
+                "upfront_shutdown_script": {"local": self.closing.get("upfront_ours", ""),
+                                            "remote": self.closing.get("upfront_theirs", "")},
                 "onchain": {k: self.onchain[k] for k in ("reason", "commitment", "kind") if k in self.onchain}
                 | ({"spend": self.onchain["spend"]["txid"]} if "spend" in self.onchain else {})
                 | {"sent": {k: v["txid"] for k, v in self.onchain.get("sent", {}).items()}}}

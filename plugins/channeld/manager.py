@@ -16,7 +16,7 @@ from typing import Any, Callable
 from lnp_plugin_api import RpcError, ServiceContext, WireMessage
 from lnp_plugin_api.chain import ChainClient, parse_block
 from lnp_plugin_api.features import decode as decode_features
-from lnp_plugin_api.messages import ClosingSigned, Shutdown
+from lnp_plugin_api.messages import ChannelUpdate, ClosingSigned, Shutdown
 from lnp_plugin_api.messages import (AcceptChannel, ChannelReady, ChannelReestablish, CommitmentSigned, ErrorMessage, FundingCreated,
                                      FundingSigned, Message, OpenChannel, RevokeAndAck, UpdateAddHtlc, UpdateFailHtlc,
                                      UpdateFailMalformedHtlc, UpdateFee, UpdateFulfillHtlc, WarningMessage,
@@ -26,7 +26,7 @@ from lnp_plugin_api.channel import Side
 from lnp_plugin_api.onion_errors import TEMPORARY_CHANNEL_FAILURE
 from lnp_plugin_api.wire import WireError, format_scid
 
-from . import closing, normal, onchain, opening, reestablish, storage
+from . import closing, hints, normal, onchain, opening, reestablish, storage
 from .actor import PeerWorker
 from .document import AWAITING_LOCK, FAILED, IN_USE, NEGOTIATING, NORMAL, SHUTDOWN, Channel
 from .errors import ChannelError, crash_point
@@ -372,6 +372,8 @@ class ChannelManager:
             closing.on_closing_signed(self, peer_id, msg)
         elif isinstance(msg, ChannelReady):
             self._channel_ready(peer_id, msg)
+        elif isinstance(msg, ChannelUpdate):
+            hints.on_channel_update(self, peer_id, msg)   # the peer's fees for our route hints
         elif isinstance(msg, ErrorMessage):
             self._peer_error(peer_id, msg)
         elif isinstance(msg, WarningMessage):
@@ -407,7 +409,7 @@ class ChannelManager:
             ready = ready.with_state(NORMAL)
         with self.ctx.transaction() as tx:
             self.store(tx, ready)
-            self.send(ch.peer_id, ChannelReady(cid, second), tx)
+            self.send(ch.peer_id, opening.channel_ready(ready, second), tx)
 
     def _scid(self, height: int, txid: str, vout: int) -> str:
         found = self.chain.block(height)
@@ -423,9 +425,10 @@ class ChannelManager:
         if ch is None or ch.peer_id != peer_id:
             raise ChannelError("channel_ready for no channel of ours", warning=True)
         if ch.ready_received or ch.state != AWAITING_LOCK:
-            return  # a retransmission (BOLT-2: ignore it)
+            opening.keep_their_alias(self, ch, msg)   # a retransmission (BOLT-2: ignore it), maybe a new alias
+            return
         points = {**ch.their_points, 1: msg.second_per_commitment_point}
-        new = replace(ch, ready_received=True, their_points=points)
+        new = replace(opening.their_alias(ch, msg), ready_received=True, their_points=points)
         if new.ready_sent:
             new = new.with_state(NORMAL)
         with self.ctx.transaction() as tx:

@@ -7,22 +7,25 @@ or before the funding transaction is broadcast (opener).
 """
 from __future__ import annotations
 
+import secrets
 from concurrent.futures import Future
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from lnp_plugin_api import RpcError
 from lnp_plugin_api.bolt3 import funding_script
 from lnp_plugin_api.bolt_extensions import extensions_for
-from lnp_plugin_api.channel import (ANCHORS, ANCHORS_BIT, STATIC_REMOTEKEY, STATIC_REMOTEKEY_BIT, Basepoints,
-                                    ChannelParams, ChannelType, CommitmentSpec, Side, SideConfig)
+from lnp_plugin_api.channel import (ANCHORS, ANCHORS_BIT, SCID_ALIAS_BIT, STATIC_REMOTEKEY, STATIC_REMOTEKEY_BIT,
+                                    Basepoints, ChannelParams, ChannelType, CommitmentSpec, Side, SideConfig)
 from lnp_plugin_api.channel_fees import check_initial, initial_spec
 from lnp_plugin_api.channel_updates import UpdateLog
 from lnp_plugin_api.chains import chain_hash
+from lnp_plugin_api.closing import check_shutdown
 from lnp_plugin_api.commitment import build_commitment
-from lnp_plugin_api.messages import AcceptChannel, FundingCreated, FundingSigned, OpenChannel
+from lnp_plugin_api.messages import AcceptChannel, ChannelReady, FundingCreated, FundingSigned, OpenChannel
 from lnp_plugin_api.services import ChannelSetup, Funded
 from lnp_plugin_api.tx import Tx, p2wsh
+from lnp_plugin_api.wire import format_scid, parse_scid
 
 from .document import AWAITING_LOCK, Channel, channel_id_of, temporary_id
 from .errors import ChannelError
@@ -32,6 +35,8 @@ if TYPE_CHECKING:
 
 MIN_DUST_LIMIT = 354       # BOLT-2: below it, some outputs would not relay
 MAX_HTLCS = 483
+UPFRONT_BIT = 4            # option_upfront_shutdown_script (4/5)
+ANYSEGWIT_BIT = 26         # option_shutdown_anysegwit (26/27)
 
 
 @dataclass
@@ -57,6 +62,9 @@ class Opening:
     spec: CommitmentSpec | None = None
     reply: Future[dict[str, Any]] | None = None   # the `open` RPC's answer
     extra: dict[str, Any] = field(default_factory=dict)
+    upfront: bytes = b""                # our upfront_shutdown_script (empty: none committed)
+    upfront_key: tuple[int, int] | None = None    # its wallet key
+    their_upfront: bytes = b""          # theirs (empty: none, or the feature not negotiated)
 
     @property
     def our_first_point(self) -> bytes:
@@ -98,6 +106,31 @@ def choose_type(mgr: "ChannelManager", peer_bits: set[int], asked: str | None) -
     return STATIC_REMOTEKEY
 
 
+def upfront_negotiated(peer_bits: set[int]) -> bool:
+    """Whether the peer advertised option_upfront_shutdown_script (we always do)."""
+    return UPFRONT_BIT in {b & ~1 for b in peer_bits}
+
+
+def choose_upfront(mgr: "ChannelManager", op: Opening, peer_bits: set[int]) -> None:
+    """Our upfront_shutdown_script: a fresh wallet address when both sides advertised the feature and the
+    profile commits to one (`upfront_shutdown_script`), else empty (BOLT-2: 0x0000 commits to nothing)."""
+    if mgr.options.upfront_shutdown_script and upfront_negotiated(peer_bits):
+        to = mgr.funding.new_destination()
+        op.upfront, op.upfront_key = to.script, to.key
+
+
+def their_upfront(msg: OpenChannel | AcceptChannel, peer_bits: set[int]) -> bytes:
+    """The peer's upfront_shutdown_script, checked; empty when it committed to none or the feature is not
+    negotiated (BOLT-2: then a shutdown may pay anywhere)."""
+    script = msg.upfront_shutdown_script or b""
+    if not script or not upfront_negotiated(peer_bits):
+        return b""
+    problem = check_shutdown(script, ANYSEGWIT_BIT in {b & ~1 for b in peer_bits})
+    if problem:
+        raise ChannelError(f"upfront_shutdown_script: {problem}")
+    return script
+
+
 def check_their_limits(mgr: "ChannelManager", theirs: SideConfig, funding_sat: int) -> None:
     """BOLT-2's checks of the other side's announced limits (either message)."""
     o = mgr.options
@@ -126,7 +159,8 @@ def start_open(mgr: "ChannelManager", op: Opening) -> None:
                       o.max_htlc_value_in_flight_msat, o.channel_reserve_sat, o.htlc_minimum_msat, op.feerate_per_kw,
                       o.to_self_delay, o.max_accepted_htlcs, o.funding_pubkey, o.basepoints.revocation,
                       o.basepoints.payment, o.basepoints.delayed_payment, o.basepoints.htlc, op.our_first_point,
-                      0 if op.private else 1, channel_type=op.channel_type.to_bytes())
+                      0 if op.private else 1, upfront_shutdown_script=op.upfront,
+                      channel_type=op.channel_type.to_bytes())
     mgr.send(op.peer_id, msg)
 
 
@@ -143,6 +177,7 @@ def on_accept_channel(mgr: "ChannelManager", op: Opening, msg: AcceptChannel) ->
         raise ChannelError(f"minimum_depth {msg.minimum_depth} is over our maximum {mgr.options.max_min_depth}")
     if theirs.channel_reserve_sat < op.ours.dust_limit_sat:
         raise ChannelError("channel_reserve_satoshis is below our dust_limit_satoshis")
+    op.their_upfront = their_upfront(msg, mgr.peer_bits(op.peer_id))
     op.theirs, op.their_first_point, op.min_depth = (theirs, msg.first_per_commitment_point,
                                                    max(1, msg.minimum_depth, op.min_depth))
     script = p2wsh(funding_script(op.ours.funding_pubkey, theirs.funding_pubkey))
@@ -193,6 +228,7 @@ def on_open_channel(mgr: "ChannelManager", peer_id: bytes, msg: OpenChannel, pee
     if problem:
         raise ChannelError(problem)
     ct = _their_type(mgr, msg, peer_bits)
+    upfront = their_upfront(msg, peer_bits)
     body = {"peer_id": peer_id.hex(), "funding_sat": msg.funding_satoshis, "push_msat": msg.push_msat,
             "feerate_per_kw": msg.feerate_per_kw, "channel_type": ct.name, "to_self_delay": msg.to_self_delay,
             "channel_reserve_sat": msg.channel_reserve_satoshis, "dust_limit_sat": msg.dust_limit_satoshis,
@@ -205,12 +241,13 @@ def on_open_channel(mgr: "ChannelManager", peer_id: bytes, msg: OpenChannel, pee
     ours = our_config(mgr, keys, msg.funding_satoshis)
     op = Opening(Side.REMOTE, peer_id, msg.temporary_channel_id, dbid, keys, ours, msg.funding_satoshis,
                  msg.push_msat, msg.feerate_per_kw, ct, private=not msg.channel_flags & 1, min_depth=o.min_depth,
-                 theirs=theirs, their_first_point=msg.first_per_commitment_point)
+                 theirs=theirs, their_first_point=msg.first_per_commitment_point, their_upfront=upfront)
+    choose_upfront(mgr, op, peer_bits)
     reply = AcceptChannel(msg.temporary_channel_id, ours.dust_limit_sat, ours.max_htlc_value_in_flight_msat,
                           ours.channel_reserve_sat, ours.htlc_minimum_msat, o.min_depth, ours.to_self_delay,
                           ours.max_accepted_htlcs, ours.funding_pubkey, ours.basepoints.revocation,
                           ours.basepoints.payment, ours.basepoints.delayed_payment, ours.basepoints.htlc,
-                          op.our_first_point, channel_type=msg.channel_type)
+                          op.our_first_point, upfront_shutdown_script=op.upfront, channel_type=msg.channel_type)
     mgr.send(peer_id, reply)
     return op
 
@@ -221,8 +258,10 @@ def _their_type(mgr: "ChannelManager", msg: OpenChannel, peer_bits: set[int]) ->
             ct = ChannelType.from_bytes(msg.channel_type)
         except ValueError:
             raise ChannelError("unsupported channel_type") from None
-        if set(ct.bits) - {STATIC_REMOTEKEY_BIT, ANCHORS_BIT}:
+        if set(ct.bits) - {STATIC_REMOTEKEY_BIT, ANCHORS_BIT, SCID_ALIAS_BIT}:
             raise ChannelError(f"unsupported channel_type {ct.name}")
+        if SCID_ALIAS_BIT in ct.bits and msg.channel_flags & 1:
+            raise ChannelError("channel_type option_scid_alias for an announced channel")
         if ct.anchors and not mgr.options.anchors:
             raise ChannelError("we do not accept anchor channels")
         return ct
@@ -271,7 +310,8 @@ def _ready(mgr: "ChannelManager", op: Opening, params: ChannelParams) -> None:
                           "delayed_payment_basepoint": t.delayed_payment, "htlc_basepoint": t.htlc},
                          holder_to_self_delay=op.theirs.to_self_delay, counterparty_to_self_delay=op.ours.to_self_delay,
                          channel_type="anchors" if params.channel_type.anchors else "static_remotekey",
-                         opener="holder" if params.opener is Side.LOCAL else "counterparty")
+                         opener="holder" if params.opener is Side.LOCAL else "counterparty",
+                         holder_shutdown_script=op.upfront or None)
     mgr.signer.ready_channel(op.dbid, setup)
     op.params, op.spec = params, spec
 
@@ -303,15 +343,68 @@ def _check_our_first(mgr: "ChannelManager", op: Opening, signature: bytes) -> No
 def _channel(mgr: "ChannelManager", op: Opening, cid: bytes, funding_tx: str | None) -> Channel:
     assert op.params is not None and op.spec is not None and op.their_first_point is not None
     log = UpdateLog.start(op.params, op.spec, extensions_for(op.params.channel_type))
+    # the upfront scripts are close data: closing.py reads them from `closing`
+    upfront: dict[str, Any] = {"upfront_ours": op.upfront.hex(), "upfront_theirs": op.their_upfront.hex()}
+    if op.upfront_key is not None:
+        upfront["upfront_key"] = list(op.upfront_key)
+    routing = {}
+    if scid_alias_negotiated(mgr.peer_bits(op.peer_id)) or SCID_ALIAS_BIT in op.channel_type.bits:
+        routing["local_alias"] = new_alias(mgr)
     return Channel(cid, op.peer_id, op.dbid, AWAITING_LOCK, op.params, log, op.min_depth,
-                   {0: op.their_first_point}, private=op.private, funding_tx=funding_tx)
+                   {0: op.their_first_point}, private=op.private, funding_tx=funding_tx, closing=upfront,
+                   routing=routing)
+
+
+# --- option_scid_alias -----------------------------------------------------------------------------------
+
+ALIAS_BLOCKS = (16_000_000, 16_250_000)   # far above any real block: an alias never names a real channel
+
+
+def scid_alias_negotiated(peer_bits: set[int]) -> bool:
+    """Whether the peer advertised option_scid_alias (we do)."""
+    return SCID_ALIAS_BIT in {b & ~1 for b in peer_bits}
+
+
+def new_alias(mgr: "ChannelManager") -> str:
+    """A random short_channel_id alias, unrelated to the real one and unused by our other channels."""
+    taken = {c.routing.get("local_alias") for c in mgr.channels.values()}
+    while True:
+        block = ALIAS_BLOCKS[0] + secrets.randbelow(ALIAS_BLOCKS[1] - ALIAS_BLOCKS[0])
+        alias = format_scid(block << 40 | secrets.randbelow(1 << 24) << 16 | secrets.randbelow(1 << 16))
+        if alias not in taken:
+            return alias
+
+
+def channel_ready(ch: Channel, second_point: bytes) -> ChannelReady:
+    """Our channel_ready, with our alias when we chose one (BOLT-2: MUST with option_scid_alias)."""
+    alias = ch.routing.get("local_alias")
+    return ChannelReady(ch.channel_id, second_point, short_channel_id=parse_scid(alias) if alias else None)
+
+
+def their_alias(ch: Channel, msg: ChannelReady) -> Channel:
+    """The channel with the alias the peer's channel_ready gave (any channel_ready: the latest is kept)."""
+    if msg.short_channel_id is None:
+        return ch
+    return replace(ch, routing={**ch.routing, "remote_alias": format_scid(msg.short_channel_id)})
 
 
 def new_opening(mgr: "ChannelManager", peer_id: bytes, funding_sat: int, push_msat: int, feerate_per_kw: int,
                 channel_type: ChannelType, private: bool) -> Opening:
-    """An opening of ours, with a fresh channel index and its keys from signd."""
+    """An opening of ours, with a fresh channel index, its keys from signd and our upfront script."""
+    if private and scid_alias_negotiated(mgr.peer_bits(peer_id)):
+        channel_type = ChannelType(channel_type.bits | {SCID_ALIAS_BIT})   # the real scid stays ours alone
     dbid = mgr.next_dbid()
     keys = mgr.signer.channel_keys(dbid)
-    return Opening(Side.LOCAL, peer_id, temporary_id(peer_id, dbid), dbid, keys, our_config(mgr, keys, funding_sat),
-                   funding_sat, push_msat, feerate_per_kw, channel_type, private=private)
+    op = Opening(Side.LOCAL, peer_id, temporary_id(peer_id, dbid), dbid, keys, our_config(mgr, keys, funding_sat),
+                 funding_sat, push_msat, feerate_per_kw, channel_type, private=private)
+    choose_upfront(mgr, op, mgr.peer_bits(peer_id))
+    return op
 
+
+
+def keep_their_alias(mgr: "ChannelManager", ch: Channel, msg: ChannelReady) -> None:
+    """A later channel_ready with another alias: the latest is stored (BOLT-2: the receiver keeps one)."""
+    new = their_alias(ch, msg)
+    if new.routing != ch.routing:
+        with mgr.ctx.transaction() as tx:
+            mgr.store(tx, new)

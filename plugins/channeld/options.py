@@ -62,6 +62,9 @@ SCHEMA: dict[str, Field] = {
     "commit_interval_ms": Field(int, 10, "milliseconds updates may wait to share one commitment_signed",
                                 check=_not_negative),
     "anchors": Field(bool, True, "prefer option_anchors (zero-fee HTLC transactions) when the peer supports it"),
+    "upfront_shutdown_script": Field(bool, True, "commit at open to a wallet address as where a cooperative close "
+                                     "pays us (option_upfront_shutdown_script); false: commit to none, so "
+                                     "`close --destination` stays possible"),
 }
 
 
@@ -85,6 +88,7 @@ class Options:
     min_fee_ratio: float
     commit_interval_ms: int
     anchors: bool
+    upfront_shutdown_script: bool
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> "Options":

@@ -16,13 +16,14 @@ from typing import TYPE_CHECKING
 from lnp_plugin_api.bolt3 import MAX_INDEX
 from lnp_plugin_api.channel import Side, Update
 from lnp_plugin_api.commitment import build_commitment
-from lnp_plugin_api.messages import (ChannelReady, ChannelReestablish, CommitmentSigned, ErrorMessage, Message,
+from lnp_plugin_api.messages import (ChannelReestablish, CommitmentSigned, ErrorMessage, Message,
                                      RevokeAndAck,
                                      UpdateAddHtlc, UpdateFailHtlc, UpdateFailMalformedHtlc, UpdateFee,
                                      UpdateFulfillHtlc)
 from lnp_plugin_api.services import HtlcTx
 
 from .document import AWAITING_LOCK, CLOSING, FAILED, NEGOTIATING, NORMAL, ON_CHAIN, SHUTDOWN, Channel
+from . import opening
 from .errors import ChannelError
 
 if TYPE_CHECKING:
@@ -82,7 +83,7 @@ def on_reestablish(mgr: "ChannelManager", peer_id: bytes, msg: ChannelReestablis
             _resend_commit(mgr, ch)
     if ch.state == AWAITING_LOCK or (ln == 0 and rn == 0 and msg.next_commitment_number == 1 and ch.ready_sent):
         if ch.ready_sent:
-            mgr.send(peer_id, ChannelReady(ch.channel_id, mgr.signer.per_commitment_point(ch.dbid, 1)))
+            mgr.send(peer_id, opening.channel_ready(ch, mgr.signer.per_commitment_point(ch.dbid, 1)))
     mgr.live.add(ch.channel_id)
     mgr.reestablished_at[ch.peer_id] = time.time()
 

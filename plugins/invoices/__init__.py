@@ -1,6 +1,6 @@
 """invoices: the node's BOLT-11 invoices, and the `htlc_accepted` participant that settles them.
 
-RPC: invoice MSAT|any LABEL [--description D] [--expiry S], decode BOLT11, listinvoices [LABEL] [--payment-hash H],
+RPC: invoice MSAT|any LABEL [--description D] [--expiry S] [--preimage HEX], decode BOLT11, listinvoices [LABEL] [--payment-hash H],
 waitinvoice LABEL, delinvoice LABEL.
 Decision participant: `htlc_accepted` (asked by channeld for each HTLC received): a final-hop HTLC paying one
 of our invoices is checked as BOLT-4 says and resolved with the preimage, or failed with the onion failure to
@@ -18,6 +18,8 @@ from lnp_plugin_api import bolt11 as _bolt11
 from lnp_plugin_api.services import SIGNER_REQUESTS
 
 from . import storage
+from lnp_plugin_api.wire import parse_scid as scid_int
+
 from .describe import describe
 from .ledger import Ledger
 
@@ -26,10 +28,24 @@ _ledgers: PerContext[Ledger] = PerContext("the invoices plugin")
 
 @rpc_method
 def invoice(ctx: ServiceContext, amount_msat: int | str, label: str, description: str = "",
-            expiry: int | None = None) -> dict[str, Any]:
+            expiry: int | None = None, preimage: str | None = None) -> dict[str, Any]:
     """A BOLT-11 invoice for AMOUNT_MSAT (or `any`) under LABEL (unique), with DESCRIPTION, valid EXPIRY
-    seconds (default: the plugin's `expiry`), signed with the node key."""
-    return _ledgers.get(ctx).create(amount_msat, label, description, expiry)
+    seconds (default: the plugin's `expiry`), signed with the node key. PREIMAGE (32 bytes hex, default
+    random) is the payment's secret: never logged nor shown. A route hint (`r`) is added per usable
+    private channel (channeld's `channeld.route_hints`)."""
+    return _ledgers.get(ctx).create(amount_msat, label, description, expiry, preimage, route_hints(ctx))
+
+
+def route_hints(ctx: ServiceContext) -> tuple:
+    """One single-hop BOLT-11 route per usable private channel, as channeld gives them; none without channeld."""
+    try:
+        found = ctx.request("channeld.route_hints", {}, timeout=10.0)
+    except RpcError as e:
+        ctx.log.info("no route hints: %s", e.message)
+        return ()
+    return tuple((_bolt11.RouteHintHop(bytes.fromhex(h["node_id"]), scid_int(h["short_channel_id"]),
+                                       int(h["fee_base_msat"]), int(h["fee_proportional_millionths"]),
+                                       int(h["cltv_expiry_delta"])),) for h in found["hints"])
 
 
 @rpc_method

@@ -47,6 +47,17 @@ def parse_amount(amount: int | str) -> int | None:
     return amount
 
 
+def parse_preimage(text: str) -> bytes:
+    """`invoice --preimage`: 32 bytes in hex; the error never repeats the value (a secret)."""
+    try:
+        raw = bytes.fromhex(text) if isinstance(text, str) else b""
+    except ValueError:
+        raw = b""
+    if len(raw) != 32:
+        raise RpcError(RpcError.INVALID_PARAMS, "preimage must be 32 bytes in hex (64 hex digits)")
+    return raw
+
+
 def hop_payload(p: dict[str, Any]) -> onion.HopPayload:
     """The onion payload of an `htlc_accepted` body (hex fields as bytes); raises on a malformed one."""
     def raw(key: str) -> bytes | None:
@@ -78,9 +89,12 @@ class Ledger:
 
     # --- commands ---------------------------------------------------------------------------------------
 
-    def create(self, amount: int | str, label: str, description: str, expiry: int | None) -> dict[str, Any]:
-        """A new invoice, signed with the node key by signd; its preimage is random and kept here."""
+    def create(self, amount: int | str, label: str, description: str, expiry: int | None,
+               preimage_hex: str | None = None, route_hints: tuple = ()) -> dict[str, Any]:
+        """A new invoice, signed with the node key by signd; its preimage is `preimage_hex` (never logged nor
+        echoed) or random, and kept here. `route_hints`: BOLT-11 `r` fields (bolt11.RouteHintHop tuples)."""
         amount_msat = parse_amount(amount)
+        preimage = parse_preimage(preimage_hex) if preimage_hex is not None else os.urandom(32)
         expiry = int(self.ctx.config["expiry"]) if expiry is None else expiry
         if not label or len(label) > MAX_LABEL:
             raise RpcError(RpcError.INVALID_PARAMS, f"a label is 1 to {MAX_LABEL} characters")
@@ -90,12 +104,14 @@ class Ledger:
             raise RpcError(RpcError.INVALID_PARAMS, f"a description is at most {MAX_DESCRIPTION} bytes")
         if self._row(label=label) is not None:
             raise RpcError(RpcError.INVALID_PARAMS, f"an invoice labelled {label!r} exists already")
-        preimage, secret = os.urandom(32), os.urandom(32)
+        if self._row(payment_hash=hashlib.sha256(preimage).hexdigest()) is not None:
+            raise RpcError(RpcError.INVALID_PARAMS, "an invoice with this preimage exists already")
+        secret = os.urandom(32)
         inv = bolt11.Invoice(currency=bolt11.currency_for(self.ctx.node.network), timestamp=int(time.time()),
                              payment_hash=hashlib.sha256(preimage).digest(), payment_secret=secret,
                              amount_msat=amount_msat, description=description, expiry=expiry,
                              min_final_cltv_expiry_delta=int(self.ctx.config["min_final_cltv_expiry_delta"]),
-                             features=self.features, payee=self.ctx.node.node_id)
+                             features=self.features, payee=self.ctx.node.node_id, route_hints=tuple(route_hints))
         text = bolt11.encode(inv, self._sign)
         with self.ctx.storage.begin() as conn:
             conn.execute(invoices.insert().values(

@@ -144,6 +144,13 @@ def _set_persistent(ctx: ServiceContext, id: str, persistent: bool, address: str
     return manager.submit(manager.set_persistent(_node_id(id), persistent, address))
 
 
+@control_method("peerd.disconnect")
+def _disconnect(ctx: ServiceContext, id: str) -> Later:
+    # another service fails a connection (BOLT-1), e.g. channeld on a shutdown breaking an upfront script
+    manager = _manager(ctx)
+    return manager.submit(manager.disconnect(_node_id(id)))
+
+
 @control_method("peerd.peer")
 def _peer(ctx: ServiceContext, id: str) -> "Future[dict[str, Any] | None]":
     manager = _manager(ctx)
@@ -190,7 +197,7 @@ def lnp_rpc_methods() -> list:
 @hookimpl
 def lnp_subscriptions() -> list[Subscription]:
     return [Subscription.outbound(_outbound),
-            _set_persistent, _peer, Subscription.event("service_state", _service_state)]
+            _set_persistent, _peer, _disconnect, Subscription.event("service_state", _service_state)]
 
 
 @hookimpl

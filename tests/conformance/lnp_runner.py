@@ -461,7 +461,9 @@ class LnpRunner(lnprototest.Runner):
         self.rpc("pay", bolt11.encode(inv, bolt11.sign_with_key(conn.connprivkey.secret)), wait=0)
 
     def close_channel(self, channel_id: str) -> None:
-        self.rpc("close", channel_id)
+        """The node's `close`: it answers once the close is agreed, which needs the suite's next events, so it
+        is asked to answer after a second whatever the state (the close goes on)."""
+        self.rpc("close", channel_id, timeout=1.0)
 
     # --- what the suite must know about the node ---------------------------------------------------------
 

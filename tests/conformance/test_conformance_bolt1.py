@@ -151,3 +151,17 @@ def test_node_rpc_failures_reach_the_suite(runner: LnpRunner) -> None:
     runner.fundchannel_future.exception(TIMEOUT)  # it ran beside the suite...
     with pytest.raises(RpcError):
         runner.stop()  # ...and its failure is raised when the run stops
+
+
+def test_invoice_has_the_suite_s_preimage(runner: LnpRunner) -> None:
+    # lnprototest's Invoice(amount, preimage): the node's invoice is for that preimage's hash
+    from lnprototest import Invoice
+    from lnp_plugin_api import bolt11
+    preimage = "42" * 32
+    runner.start()
+    event = Invoice(50_000, preimage)
+    event.action(runner)
+    made = [i for i in runner.rpc("listinvoices") if i["label"] == str(event)]
+    assert len(made) == 1 and made[0]["amount_msat"] == 50_000
+    assert made[0]["payment_hash"] == hashlib.sha256(bytes.fromhex(preimage)).hexdigest()
+    assert bolt11.decode(made[0]["bolt11"]).payment_hash.hex() == made[0]["payment_hash"]

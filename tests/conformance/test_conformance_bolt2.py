@@ -314,7 +314,7 @@ def test_node_offers_htlc(runner: LnpRunner) -> None:
 
 
 REFUSALS = [
-    ({"tlvs": "{channel_type={type=" + bitfield(12, 46) + "}}"}, "channel_type"),   # scid_alias: not ours
+    ({"tlvs": "{channel_type={type=" + bitfield(12, 46) + "}}"}, "channel_type"),   # scid_alias, announced
     ({"channel_reserve_satoshis": 500}, "below our dust limit"),                        # BOLT-2: reserve < dust
     ({"dust_limit_satoshis": 353}, "dust_limit_satoshis"),                            # BOLT-2: below 354
     ({"to_self_delay": 60_000}, "to_self_delay"),                                     # over our maximum
