@@ -10,18 +10,25 @@ Everything runs on the peer's worker. The channel document's `onchain` mapping i
 """
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Callable
 
+from sqlalchemy import select
+
 from lnp_plugin_api import RpcError
-from lnp_plugin_api.channel import Htlc, Side
-from lnp_plugin_api.commitment import BuiltCommitment, build_commitment
-from lnp_plugin_api.onchain import Action, Closing, Facts, Known, Spent, classify, must_force_close, plan
-from lnp_plugin_api.onchain_tx import Sweep, Uneconomical, htlc_transaction, output_input, stage_output_input, sweep
+from lnp_plugin_api.bolt3 import MAX_INDEX
+from lnp_plugin_api.channel import CommitmentSpec, Htlc, Side
+from lnp_plugin_api.commitment import BuiltCommitment, BuiltOutput, build_commitment
+from lnp_plugin_api.onchain import (Action, Closing, Facts, Known, Spent, classify, commitment_number,
+                                    must_force_close, plan)
+from lnp_plugin_api.onchain_tx import (Sweep, SweepInput, Uneconomical, htlc_transaction, output_input,
+                                       second_stage_input, stage_output_input, sweep)
 from lnp_plugin_api.onion_errors import PERMANENT_CHANNEL_FAILURE
 from lnp_plugin_api.tx import SIGHASH_ALL, Tx, der_to_compact
 
 from .document import AWAITING_LOCK, CLOSED, FAILED, FORCE_CLOSING, NORMAL, ONCHAIN, Channel
+from .storage import remote_commitments
 
 if TYPE_CHECKING:
     from .manager import ChannelManager
@@ -103,7 +110,9 @@ def concerns(ch: Channel, body: dict[str, Any]) -> bool:
     p = ch.params
     return ((txid, vout) == (p.funding_txid, str(p.funding_output_index))
             or ch.onchain.get("spend", {}).get("txid") == txid
-            or any(s["txid"] == txid for s in ch.onchain.get("sent", {}).values()))
+            or any(s["txid"] == txid for s in ch.onchain.get("sent", {}).values())
+            # a cheater's HTLC transaction (its output is taken by the penalty)
+            or any(s["txid"] == txid for s in ch.onchain.get("spent", {}).values()))
 
 
 def on_spent(mgr: "ChannelManager", peer_id: bytes, body: dict[str, Any]) -> None:
@@ -119,7 +128,7 @@ def on_spent(mgr: "ChannelManager", peer_id: bytes, body: dict[str, Any]) -> Non
             _funding_spent(mgr, ch, raw, height)
         elif ch.state == ONCHAIN and ch.onchain.get("spend", {}).get("txid") == txid:
             _output_spent(mgr, ch, int(vout), raw, height)
-        elif ch.state == ONCHAIN and concerns(ch, body):   # the output of our HTLC transaction
+        elif ch.state == ONCHAIN and concerns(ch, body):   # the output of an HTLC transaction (ours or a cheater's)
             _record(mgr, ch, "stage_spent", f"{txid}:{vout}", txid, int(vout), raw, height)
 
 
@@ -157,8 +166,10 @@ def _record(mgr: "ChannelManager", ch: Channel, field: str, key: str, txid: str,
     spending = Tx.parse(bytes.fromhex(raw))
     vin = next(k for k, i in enumerate(spending.inputs) if i.txid == txid and i.vout == vout)
     oc = dict(ch.onchain)
+    # an HTLC transaction's output for input `vin` is output `vin` (SIGHASH_SINGLE): its amount, for a penalty
+    amount = spending.outputs[vin].amount_sat if vin < len(spending.outputs) else None
     oc[field] = {**oc.get(field, {}), key: {
-        "txid": spending.txid(), "height": height, "vin": vin,
+        "txid": spending.txid(), "height": height, "vin": vin, "amount_sat": amount,
         "witness": [w.hex() for w in spending.inputs[vin].witness]}}
     with mgr.ctx.transaction() as tx:
         mgr.store(tx, replace(ch, onchain=oc))
@@ -192,7 +203,25 @@ def _classify(mgr: "ChannelManager", ch: Channel, spending: Tx) -> Closing:
     rn = ch.log.remote_number
     if rn in ch.their_points:
         remote[rn] = build_commitment(ch.params, ch.log.latest(R), R, rn, ch.their_points[rn], ch.extensions)
-    return classify(spending, Known(ch.params, ch.extensions, local, remote, secrets=ch.their_secrets))
+    revoked: dict[int, CommitmentSpec] = {}
+    n = commitment_number(ch.params, spending)
+    if n is not None and n < rn and ch.their_secrets.get(MAX_INDEX - n) is not None:
+        spec = _revoked_spec(mgr, ch, n)
+        if spec is not None:
+            revoked[n] = spec
+    return classify(spending, Known(ch.params, ch.extensions, local, remote, revoked, ch.their_secrets))
+
+
+def _revoked_spec(mgr: "ChannelManager", ch: Channel, number: int) -> CommitmentSpec | None:
+    """What we kept of their commitment `number` when we signed it (normal.py's _remember_remote): its
+    HTLCs and feerate, enough to rebuild the scripts of its HTLC outputs (balances are not kept: 0)."""
+    t = remote_commitments
+    with mgr.ctx.storage.begin() as conn:
+        row = conn.execute(select(t.c.htlcs, t.c.feerate_per_kw).where(
+            t.c.channel_id == ch.channel_id.hex(), t.c.number == number)).first()
+    if row is None:
+        return None
+    return CommitmentSpec(int(row.feerate_per_kw), 0, 0, tuple(Htlc.from_json(h) for h in json.loads(row.htlcs)))
 
 
 def step(mgr: "ChannelManager", channel_id: bytes, height: int | None = None) -> None:
@@ -210,6 +239,8 @@ def step(mgr: "ChannelManager", channel_id: bytes, height: int | None = None) ->
                    for k, v in oc.get("stage_spent", {}).items()}
     facts = Facts(height, oc["spend"]["height"], {}, spent, stage_spent)
     for action in plan(closing, facts):
+        for stage in action.stages:   # a cheater's HTLC transaction: learn when its output is spent
+            mgr.watch.watch_outpoint(*stage)
         if action.kind in ("sweep", "penalty", "htlc_tx", "sweep_stage") and action.due(height):
             key = f"{action.kind}:{_target(action)}"
             _make(mgr, ch.channel_id, key, lambda a=action: _build(mgr, ch, closing, a))
@@ -234,7 +265,7 @@ def _spent(v: dict[str, Any], ours: set[str]) -> Spent:
 def _target(action: Action) -> str:
     """What an action spends, as its key in onchain.sent."""
     if action.kind == "penalty":
-        return ",".join(map(str, action.outputs))
+        return ",".join(map(str, action.outputs)) + "".join(f"+{t}:{v}" for t, v in action.stages)
     if action.kind == "sweep_stage":
         return f"{action.txid}:{action.vout}"
     return str(action.output)
@@ -293,10 +324,24 @@ def _build(mgr: "ChannelManager", ch: Channel, closing: Closing, action: Action)
     else:
         inputs = [output_input(closing.txid, by_index[i], "revocation", pcp, closing.revocation_secret,
                                commitment_number=closing.number) for i in action.outputs]
+        inputs += [_revoked_stage_input(ch, closing, by_index, txid, vout) for txid, vout in action.stages]
     dest = mgr.funding.new_destination()
     made = sweep(action.kind if action.kind == "penalty" else action.path or "sweep", inputs, dest.script,
                  mgr.feerate_per_kw(), destination_path=dest.key)
     return _signed(mgr, ch, made)
+
+
+def _revoked_stage_input(ch: Channel, closing: Closing, by_index: dict[int, BuiltOutput], txid: str,
+                         vout: int) -> SweepInput:
+    """Output `vout` of the cheater's HTLC transaction `txid` (which spent one of the revoked commitment's
+    HTLC outputs by its input `vout`), taken by the revocation key: its script is the second stage's of
+    that HTLC output, its amount the one seen on chain."""
+    assert closing.built is not None
+    index, seen = next((int(k), v) for k, v in ch.onchain["spent"].items() if (v["txid"], v["vin"]) == (txid, vout))
+    desc = by_index[index].descriptor
+    assert desc is not None and desc.second_stage is not None
+    return second_stage_input(txid, vout, int(seen["amount_sat"]), desc.second_stage, "revocation",
+                              closing.built.keys.per_commitment_point, closing.revocation_secret, closing.number)
 
 
 def _signed(mgr: "ChannelManager", ch: Channel, made: Sweep) -> Sweep:
