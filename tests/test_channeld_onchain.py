@@ -194,3 +194,64 @@ def test_htlc_near_expiry_forces_a_close_timed_out_then_swept(nodes, external_ch
     wait_for(lambda: channel_of(bob, cid)["state"] == "closed", timeout=30)
     (swept,) = channel_of(bob, cid)["onchain"]["sent"].values()
     wait_for(lambda: bob.call("funds")["confirmed_sat"] == PUSH // 1000 - fee_of(btc, swept), timeout=30)
+
+
+@pytest.mark.slow
+def test_revoked_commitment_with_an_htlc_taken_whole_by_the_penalty(nodes, external_chain, tmp_path) -> None:
+    """Bob's revoked commitment holds an HTLC Alice offered (failed off chain since): Alice's penalty takes
+    Bob's to_local AND the HTLC output by the revocation key, her to_remote is swept; Bob gets nothing, and
+    the HTLC (resolved long ago) is not resolved a second time."""
+    port, btc = external_chain
+    alice, bob = two_nodes(nodes, port, "threads", extra=f"to_self_delay = {DELAY}\n",
+                           plugins=("tk_htlcs", "tk_signer"))
+    before = fund(alice, btc)
+    opened = alice.call("open", bob.node_id, FUNDING, push_msat=PUSH)
+    cid = opened["channel_id"]
+    mine(btc, [alice, bob], 3)
+    for p in (alice, bob):
+        wait_for(lambda: channel_of(p, cid)["state"] == "normal", timeout=30)
+    held = os.urandom(32)
+    bob.call("tk_htlc_hold", held.hex())
+    height = alice.call("chaininfo")["watchd"]["height"]
+    add(alice, bob, 60_000_000, held, height)
+    wait_for(lambda: len(bob.call("tk_htlc_events", "htlc_accepted")) == 1, timeout=30)  # in both commitments
+
+    bob.node.stop()
+    old = tmp_path / "bob-old"
+    shutil.copytree(bob.node.data_dir, old, ignore=regular_files)
+    bob.node.start()
+    bob.call("tk_htlc_fail", held.hex())       # asked again after the reestablish: failed this time
+    assert resolved(alice, 0)["preimage"] is None
+    other = os.urandom(32)                     # one more update: Bob's commitment with the HTLC is revoked
+    bob.call("tk_htlc_fail", other.hex())
+    add(alice, bob, 10_000_000, other, alice.call("chaininfo")["watchd"]["height"])
+    assert resolved(alice, 1)["preimage"] is None
+    wait_for(lambda: channel_of(alice, cid)["htlcs_in_flight"] == 0, timeout=30)
+
+    alice.node.stop()
+    bob.node.stop()
+    shutil.rmtree(bob.node.data_dir)
+    shutil.copytree(old, bob.node.data_dir)
+    bob.node.start()
+    revoked = bob.call("close", cid, force=True)["txid"]
+    mine(btc, [bob], 1)
+    assert sorted(outputs_of(btc, revoked))[-3] == 60_000    # anchors, the HTLC, to_remote, to_local
+    alice.node.start()
+    wait_for(lambda: channel_of(alice, cid)["state"] == "onchain", timeout=60)
+    assert channel_of(alice, cid)["onchain"]["kind"] == "revoked"
+    wait_for(lambda: len(channel_of(alice, cid)["onchain"]["sent"]) == 2, timeout=30)
+    mine(btc, [alice], 1)
+    sent = channel_of(alice, cid)["onchain"]["sent"]
+    (penalty,) = [t for k, t in sent.items() if k.startswith("penalty:")]
+    assert len(btc.call("getrawtransaction", penalty, True)["vin"]) == 2     # to_local and the HTLC output
+    assert int(btc.call("getrawtransaction", revoked, True)["confirmations"]) == 2 < DELAY
+    mine(btc, [alice], 6)
+    wait_for(lambda: channel_of(alice, cid)["state"] == "closed", timeout=30)
+
+    commit_fee = fee_of(btc, revoked)
+    expected = before - fee_of(btc, opened["funding_txid"]) - commit_fee - 2 * ANCHOR - sum(
+        fee_of(btc, t) for t in sent.values())
+    wait_for(lambda: alice.call("funds")["confirmed_sat"] == expected, timeout=30)
+    assert bob.call("funds")["confirmed_sat"] == 0
+    # tk_htlcs's record starts again with Alice's restart: a second resolution of HTLC 0 would show here
+    assert [e for e in alice.call("tk_htlc_events", "htlc_resolved") if e["htlc_id"] == 0] == []

@@ -238,9 +238,12 @@ def step(mgr: "ChannelManager", channel_id: bytes, height: int | None = None) ->
     stage_spent = {(k.split(":")[0], int(k.split(":")[1])): _spent(v, ours)
                    for k, v in oc.get("stage_spent", {}).items()}
     facts = Facts(height, oc["spend"]["height"], {}, spent, stage_spent)
+    covered = _covered(oc)
     for action in plan(closing, facts):
         for stage in action.stages:   # a cheater's HTLC transaction: learn when its output is spent
             mgr.watch.watch_outpoint(*stage)
+        if action.kind == "penalty" and {(closing.txid, i) for i in action.outputs} | set(action.stages) <= covered:
+            continue   # our penalty spends them all: its spends are still being reported one by one
         if action.kind in ("sweep", "penalty", "htlc_tx", "sweep_stage") and action.due(height):
             key = f"{action.kind}:{_target(action)}"
             _make(mgr, ch.channel_id, key, lambda a=action: _build(mgr, ch, closing, a))
@@ -255,6 +258,19 @@ def step(mgr: "ChannelManager", channel_id: bytes, height: int | None = None) ->
     for key, s in ch.onchain.get("sent", {}).items():   # not mined yet: again (a restart, a full mempool)
         if s["txid"] not in {v.txid for v in [*spent.values(), *stage_spent.values()] if v.height is not None}:
             _broadcast(mgr, s["tx"], key)
+
+
+def _covered(oc: dict[str, Any]) -> set[tuple[str, int]]:
+    """The outputs that a transaction of ours spends, unless another transaction spent one of its inputs
+    (then it can never confirm, and what else it spends is to be taken again)."""
+    seen = {(oc["spend"]["txid"], int(k)): v["txid"] for k, v in oc.get("spent", {}).items()}
+    seen |= {(k.split(":")[0], int(k.split(":")[1])): v["txid"] for k, v in oc.get("stage_spent", {}).items()}
+    covered: set[tuple[str, int]] = set()
+    for s in oc.get("sent", {}).values():
+        outpoints = {(i.txid, i.vout) for i in Tx.parse(bytes.fromhex(s["tx"])).inputs}
+        if all(seen.get(o, s["txid"]) == s["txid"] for o in outpoints):
+            covered |= outpoints
+    return covered
 
 
 def _spent(v: dict[str, Any], ours: set[str]) -> Spent:
@@ -278,6 +294,8 @@ def _resolve_offered(mgr: "ChannelManager", channel_id: bytes, htlc: Htlc, preim
     done = list(ch.onchain.get("resolved_htlcs", []))
     if htlc.offerer is not L or htlc.id in done:
         return
+    if not any(h.offerer is L and h.id == htlc.id for owner in (L, R) for h in ch.log.latest(owner).htlcs):
+        return   # in a revoked commitment only: settled off chain since (resolved then)
     oc = {**ch.onchain, "resolved_htlcs": done + [htlc.id]}
     with mgr.ctx.transaction() as tx:
         mgr.store(tx, replace(ch, onchain=oc))
