@@ -3,6 +3,7 @@ outputs are swept to both wallets; a revoked commitment taken by a penalty. Bala
 the fees read from the chain."""
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 
@@ -255,3 +256,65 @@ def test_revoked_commitment_with_an_htlc_taken_whole_by_the_penalty(nodes, exter
     assert bob.call("funds")["confirmed_sat"] == 0
     # tk_htlcs's record starts again with Alice's restart: a second resolution of HTLC 0 would show here
     assert [e for e in alice.call("tk_htlc_events", "htlc_resolved") if e["htlc_id"] == 0] == []
+
+
+@pytest.mark.slow
+def test_their_commitment_with_htlcs_claimed_from_it_directly(nodes, external_chain) -> None:
+    """Bob puts his commitment on chain with two HTLCs: one Alice offered (Bob holds it and never settles)
+    and one Bob offered (Alice holds it, then learns its preimage, the channel being on chain already).
+    From Bob's commitment, with no second stage, Alice claims the second by its preimage at once, times the
+    first out after its expiry, and sweeps her to_remote; Bob learns the preimage from her claim and sweeps
+    his to_local after his delay. Both wallets to the satoshi."""
+    port, btc = external_chain
+    alice, bob = two_nodes(nodes, port, "threads", extra=f"to_self_delay = {DELAY}\n",
+                           plugins=("tk_htlcs", "tk_signer"))
+    before = fund(alice, btc)
+    opened = alice.call("open", bob.node_id, FUNDING, push_msat=PUSH)
+    cid = opened["channel_id"]
+    mine(btc, [alice, bob], 3)
+    for p in (alice, bob):
+        wait_for(lambda: channel_of(p, cid)["state"] == "normal", timeout=30)
+    out_hash, preimage = os.urandom(32), os.urandom(32)
+    in_hash = hashlib.sha256(preimage).digest()
+    bob.call("tk_htlc_hold", out_hash.hex())
+    alice.call("tk_htlc_hold", in_hash.hex())
+    height = alice.call("chaininfo")["watchd"]["height"]
+    add(alice, bob, 60_000_000, out_hash, height)
+    add(bob, alice, 40_000_000, in_hash, height)
+    for p in (alice, bob):
+        wait_for(lambda: len(p.call("tk_htlc_events", "htlc_accepted")) == 1, timeout=30)
+
+    commitment = bob.call("close", cid, force=True)["txid"]
+    mine(btc, [alice, bob], 1)
+    wait_for(lambda: channel_of(alice, cid)["state"] == "onchain", timeout=30)
+    assert channel_of(alice, cid)["onchain"]["kind"] == "remote"
+    assert channel_of(alice, cid)["onchain"]["sent"].keys() == {"sweep:" + str(
+        outputs_of(btc, commitment).index(FUNDING - PUSH // 1000 - 60_000 - fee_of(btc, commitment) - 2 * ANCHOR))}
+    alice.call("tk_htlc_preimage", preimage.hex())       # the held decision: now claimed on chain
+    wait_for(lambda: len(channel_of(alice, cid)["onchain"]["sent"]) == 2, timeout=30)
+    mine(btc, [alice, bob], 1)
+    learnt = resolved(bob, 0)
+    assert learnt["preimage"] == preimage.hex()          # from Alice's claim's witness
+
+    expiry = height + 40
+    mine(btc, [alice, bob], expiry - btc.call("getblockcount") - 1)
+    assert len(channel_of(alice, cid)["onchain"]["sent"]) == 2
+    mine(btc, [alice, bob], 1)                           # the tip is at the expiry: the timeout can go in the next
+    wait_for(lambda: len(channel_of(alice, cid)["onchain"]["sent"]) == 3, timeout=30)
+    mine(btc, [alice, bob], 1)
+    failed = resolved(alice, 0)
+    assert failed["preimage"] is None and failed["failure_code"] is not None
+    mine(btc, [alice, bob], 6)
+    for p in (alice, bob):
+        wait_for(lambda: channel_of(p, cid)["state"] == "closed", timeout=30)
+
+    a_sent = channel_of(alice, cid)["onchain"]["sent"]
+    bob_local = PUSH // 1000 - 40_000
+    assert sorted(a_sent) == sorted(f"sweep:{i}" for i, v in enumerate(outputs_of(btc, commitment))
+                                    if v not in (ANCHOR, bob_local))
+    (b_sweep,) = channel_of(bob, cid)["onchain"]["sent"].values()
+    commit_fee = fee_of(btc, commitment)
+    a_expected = (before - fee_of(btc, opened["funding_txid"]) - bob_local - commit_fee - 2 * ANCHOR
+                  - sum(fee_of(btc, t) for t in a_sent.values()))
+    wait_for(lambda: alice.call("funds")["confirmed_sat"] == a_expected, timeout=30)
+    wait_for(lambda: bob.call("funds")["confirmed_sat"] == bob_local - fee_of(btc, b_sweep), timeout=30)

@@ -27,7 +27,8 @@ from lnp_plugin_api.onion_errors import (INCORRECT_OR_UNKNOWN_PAYMENT_DETAILS, T
                                          UNKNOWN_NEXT_PEER, create_error_packet, failure)
 from lnp_plugin_api.services import HtlcTx
 
-from .document import NORMAL, SHUTDOWN, Channel
+from . import onchain
+from .document import FORCE_CLOSING, NORMAL, ONCHAIN, SHUTDOWN, Channel
 from .errors import ChannelError, crash_point
 from .storage import remote_commitments
 
@@ -372,6 +373,11 @@ def on_decided(mgr: "ChannelManager", channel_id: bytes, body: dict[str, Any], r
     htlc_id = int(body["htlc_id"])
     secret = mgr.asked.get((channel_id, htlc_id))
     ch = mgr.channels.get(channel_id)
+    if ch is not None and isinstance(result, Resolve) and ch.state in (FORCE_CLOSING, ONCHAIN):
+        preimage = _preimage(result.payload)    # gone to chain meanwhile: claimed there (onchain.py)
+        if preimage is not None and hashlib.sha256(preimage).hexdigest() == body["payment_hash"]:
+            onchain.learn_preimage(mgr, channel_id, preimage)
+        return
     if (secret is None or ch is None or ch.state not in (NORMAL, SHUTDOWN)
             or not ch.log.irrevocably_committed(R, htlc_id)):
         return

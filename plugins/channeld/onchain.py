@@ -10,6 +10,7 @@ Everything runs on the peer's worker. The channel document's `onchain` mapping i
 """
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Callable
@@ -183,7 +184,7 @@ def on_block(mgr: "ChannelManager", channel_id: bytes, height: int) -> None:
         return
     if ch.state == NORMAL:
         for owner in (L, R):
-            htlc = must_force_close(ch.log.latest(owner), height, {})
+            htlc = must_force_close(ch.log.latest(owner), height, known_preimages(ch))
             if htlc is not None:
                 force_close(mgr, channel_id, f"HTLC {htlc.id} near its expiry {htlc.cltv_expiry} at {height}")
                 return
@@ -191,6 +192,33 @@ def on_block(mgr: "ChannelManager", channel_id: bytes, height: int) -> None:
         _broadcast(mgr, ch.onchain.get("commitment_tx", ""), "our commitment")
     elif ch.state == ONCHAIN:
         step(mgr, channel_id, height)
+
+
+# --- preimages ---
+
+def known_preimages(ch: Channel) -> dict[bytes, bytes]:
+    """The preimages of HTLCs offered to us that we know, by payment hash: those of our fulfill_htlc
+    updates still in the log (not yet irrevocably committed by both), and those learnt once the channel
+    had gone to chain (`learn_preimage`)."""
+    found = {hashlib.sha256(p).digest(): p for p in map(bytes.fromhex, ch.onchain.get("preimages", []))}
+    for e in ch.log.entries:
+        u = e.update
+        if u.kind == "fulfill_htlc" and u.proposer is L:
+            p = bytes.fromhex(u.body["payment_preimage"])
+            found[hashlib.sha256(p).digest()] = p
+    return found
+
+
+def learn_preimage(mgr: "ChannelManager", channel_id: bytes, preimage: bytes) -> None:
+    """The preimage of an HTLC offered to us, learnt (htlc_accepted) after the channel went to chain:
+    kept, so the HTLC is claimed on chain (HTLC-success, or by the preimage path from their commitment)."""
+    ch = mgr.channels.get(channel_id)
+    if ch is None or ch.state not in (FORCE_CLOSING, ONCHAIN) or preimage.hex() in ch.onchain.get("preimages", []):
+        return
+    oc = {**ch.onchain, "preimages": [*ch.onchain.get("preimages", []), preimage.hex()]}
+    with mgr.ctx.transaction() as tx:
+        mgr.store(tx, replace(ch, onchain=oc))
+    step(mgr, channel_id)
 
 
 # --- classification and resolution ---
@@ -237,7 +265,7 @@ def step(mgr: "ChannelManager", channel_id: bytes, height: int | None = None) ->
     spent = {int(k): _spent(v, ours) for k, v in oc.get("spent", {}).items()}
     stage_spent = {(k.split(":")[0], int(k.split(":")[1])): _spent(v, ours)
                    for k, v in oc.get("stage_spent", {}).items()}
-    facts = Facts(height, oc["spend"]["height"], {}, spent, stage_spent)
+    facts = Facts(height, oc["spend"]["height"], known_preimages(ch), spent, stage_spent)
     covered = _covered(oc)
     for action in plan(closing, facts):
         for stage in action.stages:   # a cheater's HTLC transaction: learn when its output is spent
@@ -333,7 +361,7 @@ def _build(mgr: "ChannelManager", ch: Channel, closing: Closing, action: Action)
     if action.kind == "sweep":
         assert action.output is not None and action.path is not None
         inputs = [output_input(closing.txid, by_index[action.output], action.path, pcp,
-                               commitment_number=closing.number)]
+                               preimage=action.preimage, commitment_number=closing.number)]
     elif action.kind == "sweep_stage":
         assert action.txid is not None
         stage = next(s for s in closing.built.second_stages if s.output_index == action.output)
