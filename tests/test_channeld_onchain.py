@@ -318,3 +318,61 @@ def test_their_commitment_with_htlcs_claimed_from_it_directly(nodes, external_ch
                   - sum(fee_of(btc, t) for t in a_sent.values()))
     wait_for(lambda: alice.call("funds")["confirmed_sat"] == a_expected, timeout=30)
     wait_for(lambda: bob.call("funds")["confirmed_sat"] == bob_local - fee_of(btc, b_sweep), timeout=30)
+
+
+@pytest.mark.slow
+def test_fulfilled_htlc_near_expiry_forces_a_close_claimed_by_htlc_success(nodes, external_chain) -> None:
+    """Bob holds an HTLC of Alice's; Alice goes away; Bob learns its preimage (kept though he cannot send
+    the fulfill). FULFILL_MARGIN blocks before its expiry Bob goes to chain on his own (must_force_close),
+    claims it with his HTLC-success transaction, sweeps its output and his to_local after his delay. Alice,
+    back meanwhile, learns the preimage from his claim (htlc_resolved) and sweeps her to_remote. Both to the
+    satoshi."""
+    port, btc = external_chain
+    alice, bob = two_nodes(nodes, port, "threads", extra=f"to_self_delay = {DELAY}\n",
+                           plugins=("tk_htlcs", "tk_signer"))
+    before = fund(alice, btc)
+    opened = alice.call("open", bob.node_id, FUNDING, push_msat=PUSH, channel_type="static_remotekey")
+    cid = opened["channel_id"]
+    mine(btc, [alice, bob], 3)
+    for p in (alice, bob):
+        wait_for(lambda: channel_of(p, cid)["state"] == "normal", timeout=30)
+    preimage = os.urandom(32)
+    payment_hash = hashlib.sha256(preimage).digest()
+    bob.call("tk_htlc_hold", payment_hash.hex())
+    height = alice.call("chaininfo")["watchd"]["height"]
+    add(alice, bob, 60_000_000, payment_hash, height)
+    wait_for(lambda: len(bob.call("tk_htlc_events", "htlc_accepted")) == 1, timeout=30)
+    alice.node.stop()
+    wait_for(lambda: not bob.call("peers")["peers"], timeout=30)
+    bob.call("tk_htlc_preimage", preimage.hex())         # the held decision, the peer gone: kept
+
+    expiry = height + 40
+    mine(btc, [bob], expiry - 18 - btc.call("getblockcount") - 1)
+    assert channel_of(bob, cid)["state"] == "normal"
+    mine(btc, [bob], 1)                                  # FULFILL_MARGIN blocks before the expiry: to chain
+    wait_for(lambda: channel_of(bob, cid)["state"] == "force_closing", timeout=30)
+    assert "near its expiry" in channel_of(bob, cid)["onchain"]["reason"]
+    wait_for(lambda: "commitment" in channel_of(bob, cid)["onchain"], timeout=30)
+    commitment = channel_of(bob, cid)["onchain"]["commitment"]
+    mine(btc, [bob], 1)
+    wait_for(lambda: any(k.startswith("htlc_tx:") for k in channel_of(bob, cid)["onchain"]["sent"]), timeout=30)
+    # Alice back before the HTLC-success is mined (watchd tells of spends in the blocks it scans after a watch)
+    alice.node.start()
+    wait_for(lambda: channel_of(alice, cid)["state"] == "onchain" and bool(channel_of(alice, cid)["onchain"]["sent"]),
+             timeout=60)
+    assert channel_of(alice, cid)["onchain"]["kind"] == "remote"
+    mine(btc, [alice, bob], 1)
+    assert resolved(alice, 0)["preimage"] == preimage.hex()     # from Bob's HTLC-success on chain
+    mine(btc, [alice, bob], DELAY)
+    wait_for(lambda: len(channel_of(bob, cid)["onchain"]["sent"]) == 3, timeout=30)
+    mine(btc, [alice, bob], 6)
+    for p in (alice, bob):
+        wait_for(lambda: channel_of(p, cid)["state"] == "closed", timeout=30)
+    sent = channel_of(bob, cid)["onchain"]["sent"]
+    assert sorted(k.split(":")[0] for k in sent) == ["htlc_tx", "sweep", "sweep_stage"]
+    b_expected = PUSH // 1000 + 60_000 - sum(fee_of(btc, t) for t in sent.values())
+    wait_for(lambda: bob.call("funds")["confirmed_sat"] == b_expected, timeout=30)
+    (swept,) = channel_of(alice, cid)["onchain"]["sent"].values()
+    a_expected = (before - fee_of(btc, opened["funding_txid"]) - PUSH // 1000 - 60_000 - fee_of(btc, commitment)
+                  - fee_of(btc, swept))
+    wait_for(lambda: alice.call("funds")["confirmed_sat"] == a_expected, timeout=30)

@@ -197,28 +197,27 @@ def on_block(mgr: "ChannelManager", channel_id: bytes, height: int) -> None:
 # --- preimages ---
 
 def known_preimages(ch: Channel) -> dict[bytes, bytes]:
-    """The preimages of HTLCs offered to us that we know, by payment hash: those of our fulfill_htlc
-    updates still in the log (not yet irrevocably committed by both), and those learnt once the channel
-    had gone to chain (`learn_preimage`)."""
-    found = {hashlib.sha256(p).digest(): p for p in map(bytes.fromhex, ch.onchain.get("preimages", []))}
-    for e in ch.log.entries:
-        u = e.update
-        if u.kind == "fulfill_htlc" and u.proposer is L:
-            p = bytes.fromhex(u.body["payment_preimage"])
-            found[hashlib.sha256(p).digest()] = p
-    return found
+    """The preimages of HTLCs offered to us that we know, by payment hash: kept per HTLC (`keep_preimage`,
+    and normal.py when it fulfills) until the HTLC is gone from both commitments."""
+    found = [bytes.fromhex(info["preimage"]) for key, info in ch.htlcs.items()
+             if key.startswith("in:") and info.get("preimage")]
+    return {hashlib.sha256(p).digest(): p for p in found}
 
 
-def learn_preimage(mgr: "ChannelManager", channel_id: bytes, preimage: bytes) -> None:
-    """The preimage of an HTLC offered to us, learnt (htlc_accepted) after the channel went to chain:
-    kept, so the HTLC is claimed on chain (HTLC-success, or by the preimage path from their commitment)."""
+def keep_preimage(mgr: "ChannelManager", channel_id: bytes, htlc_id: int, preimage: bytes) -> None:
+    """The preimage of HTLC `htlc_id` offered to us, decided while the peer was away or once the channel
+    went to chain: kept, so that it forces the channel to chain before the HTLC expires (must_force_close)
+    and is claimed there (HTLC-success, or by the preimage path from their commitment)."""
     ch = mgr.channels.get(channel_id)
-    if ch is None or ch.state not in (FORCE_CLOSING, ONCHAIN) or preimage.hex() in ch.onchain.get("preimages", []):
+    key = f"in:{htlc_id}"
+    present = any(h.offerer is R and h.id == htlc_id for owner in (L, R) for h in ch.log.latest(owner).htlcs) \
+        if ch is not None else False
+    if ch is None or not present or ch.htlcs.get(key, {}).get("preimage") == preimage.hex():
         return
-    oc = {**ch.onchain, "preimages": [*ch.onchain.get("preimages", []), preimage.hex()]}
     with mgr.ctx.transaction() as tx:
-        mgr.store(tx, replace(ch, onchain=oc))
-    step(mgr, channel_id)
+        mgr.store(tx, replace(ch, htlcs={**ch.htlcs, key: {**ch.htlcs.get(key, {}), "preimage": preimage.hex()}}))
+    if ch.state == ONCHAIN:
+        step(mgr, channel_id)
 
 
 # --- classification and resolution ---
