@@ -111,6 +111,7 @@ class SignRequest:
     witness_script: bytes | None = None
     commitment_number: int | None = None
     wallet_outputs: tuple[tuple[int, int] | None, ...] = ()
+    preimage: bytes | None = field(default=None, repr=False)   # a claim by preimage: signd checks it is known
 
 
 @dataclass(frozen=True)
@@ -137,7 +138,7 @@ class Sweep:
         return [SignRequest(i, self.tx.sighash(i, inp.script_code, inp.amount_sat, SIGHASH_ALL), SIGHASH_ALL,
                             inp.path.key, inp.per_commitment_point, inp.revocation_secret, inp.path.name,
                             inp.txid, inp.vout, inp.amount_sat, raw, inp.descriptor.witness_script,
-                            inp.commitment_number, paths)
+                            inp.commitment_number, paths, inp.preimage)
                 for i, inp in enumerate(self.inputs)]
 
     def wallet_psbt(self, fingerprint: bytes, account: Sequence[int]) -> str:

@@ -189,17 +189,20 @@ class Signer:
         return dict(self._ask("sign_holder_commitment", {"index": index, "commitment_number": commitment_number}))
 
     def sign_holder_htlc(self, index: int, commitment_number: int, tx: bytes, input_index: int,
-                         wallet_outputs: list[tuple[int, int] | None], htlc: int | None = None) -> dict[str, bytes]:
+                         wallet_outputs: list[tuple[int, int] | None], htlc: int | None = None,
+                         preimage: bytes | None = None) -> dict[str, bytes]:
         """After `sign_holder_commitment`: our signature of one of its HTLC transactions as `tx` (the
         one whose input `input_index` spends; or number `htlc` in the order validated), which may add
         inputs (fees) and wallet outputs (change) when the counterparty signed SIGHASH_SINGLE|ANYONECANPAY:
         input and output `input_index` are the ones it signed; `wallet_outputs` names a wallet key per
-        output (None for that one). {holder_signature, counterparty_signature (DER + sighash byte),
-        witness_script}."""
+        output (None for that one). An HTLC-success needs the `preimage` (signd signs only a claim it can
+        complete). {holder_signature, counterparty_signature (DER + sighash byte), witness_script}."""
         body: dict[str, Any] = {"index": index, "commitment_number": commitment_number, "tx": tx.hex(),
                                 "input_index": input_index, "wallet_outputs": _paths(wallet_outputs)}
         if htlc is not None:
             body["htlc"] = htlc
+        if preimage is not None:
+            body["preimage"] = preimage.hex()
         return {k: bytes.fromhex(v) for k, v in self._ask("sign_holder_htlc", body).items()}
 
     def sign_mutual_close(self, index: int, tx: bytes, holder_output: int | None,
@@ -216,11 +219,13 @@ class Signer:
 
     def sign_sweep(self, index: int, kind: str, tx: bytes, input_index: int, amount_sat: int,
                    wallet_outputs: list[tuple[int, int] | None], commitment_number: int | None = None,
-                   per_commitment_point: bytes | None = None, witness_script: bytes | None = None) -> InputSignature:
+                   per_commitment_point: bytes | None = None, witness_script: bytes | None = None,
+                   preimage: bytes | None = None) -> InputSignature:
         """Sign an input taking one of our channel outputs, by the spend path `kind`: `delayed` (our
         to_local or our HTLC transaction's output; commitment_number), `payment` (to_remote), `preimage`
         or `timeout` (an HTLC of the counterparty's commitment: per_commitment_point, witness_script) or
-        `anchor`. Every output must pay the wallet key (branch, index) given for it in `wallet_outputs`."""
+        `anchor`. Every output must pay the wallet key (branch, index) given for it in `wallet_outputs`.
+        `preimage` needs the HTLC's preimage."""
         body: dict[str, Any] = {"index": index, "kind": kind, "tx": tx.hex(), "input_index": input_index,
                                 "amount_sat": amount_sat, "wallet_outputs": _paths(wallet_outputs)}
         if commitment_number is not None:
@@ -229,6 +234,8 @@ class Signer:
             body["per_commitment_point"] = per_commitment_point.hex()
         if witness_script is not None:
             body["witness_script"] = witness_script.hex()
+        if preimage is not None:
+            body["preimage"] = preimage.hex()
         return _input_signature(self._ask("sign_sweep", body))
 
     def sign_penalty(self, index: int, tx: bytes, input_index: int, amount_sat: int,
@@ -265,10 +272,11 @@ class Signer:
         elif r.path in ("htlc_success", "htlc_timeout"):
             if r.commitment_number is None:
                 raise ValueError("an HTLC transaction needs its commitment number")
-            return self.sign_holder_htlc(index, r.commitment_number, r.tx, r.index, paths)["holder_signature"][:-1]
+            return self.sign_holder_htlc(index, r.commitment_number, r.tx, r.index, paths,
+                                         preimage=r.preimage)["holder_signature"][:-1]
         else:
             found = self.sign_sweep(index, r.path, r.tx, r.index, r.amount_sat, paths, r.commitment_number,
-                                    r.per_commitment_point, r.witness_script)
+                                    r.per_commitment_point, r.witness_script, r.preimage)
         return found.signature[:-1]
 
     def sign_invoice(self, hrp: str, data: str) -> bytes:
