@@ -363,6 +363,21 @@ class Funded:
     vbytes: int = 0
 
 
+@dataclass(frozen=True)
+class FeeCoin:
+    """A wallet coin reserved to pay a fee in a transaction another service builds (`Funding.fee_coin`):
+    its outpoint, amount, public key and (branch, index) in the wallet account (for the wallet's PSBT)."""
+
+    reservation: str
+    txid: str
+    vout: int
+    value_sat: int
+    pubkey: bytes
+    key: tuple[int, int]
+    fingerprint: bytes = b""
+    account: tuple[int, ...] = ()
+
+
 class Funding:
     """The wallet's funding operations, for channel opening: fund, then broadcast or release."""
 
@@ -390,6 +405,22 @@ class Funding:
         found = self._ctx.request("wallet.fund", body, timeout=self._timeout)
         return Funded(found["reservation"], found["txid"], found["tx"], found["fee_sat"], found.get("change_vout"),
                       float(found.get("feerate", 0.0)), int(found.get("vbytes", 0)))
+
+    def fee_coin(self, min_sat: int) -> FeeCoin:
+        """Reserve the smallest confirmed wallet coin worth at least `min_sat` (a fee input: sign it with
+        `onchain_tx.Sweep.wallet_psbt` and `Signer.sign_wallet_psbt`); free again once a spend of it is
+        seen, or by `release`."""
+        c = self._ctx.request("wallet.fee_coin", {"min_sat": min_sat}, timeout=self._timeout)
+        branch, index = c["key"]
+        return FeeCoin(str(c["reservation"]), str(c["txid"]), int(c["vout"]), int(c["value_sat"]),
+                       bytes.fromhex(c["pubkey"]), (int(branch), int(index)), bytes.fromhex(c["fingerprint"]),
+                       tuple(int(i) for i in c["account"]))
+
+    def sign_fee_coin(self, reservation: str, psbt: str) -> str:
+        """The wallet's signature of the coin `reservation` holds, in `psbt` (base64, from
+        `onchain_tx.Sweep.wallet_psbt(coin.fingerprint, coin.account)`): the signed PSBT."""
+        return str(self._ctx.request("wallet.sign_fee_coin", {"reservation": reservation, "psbt": psbt},
+                                     timeout=self._timeout)["psbt"])
 
     def broadcast(self, reservation: str) -> str:
         """Send a funded transaction; its txid."""

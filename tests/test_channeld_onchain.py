@@ -142,15 +142,18 @@ def test_revoked_commitment_taken_by_a_penalty(nodes, external_chain, tmp_path) 
 
 
 @pytest.mark.slow
-def test_htlc_near_expiry_forces_a_close_timed_out_then_swept(nodes, external_chain) -> None:
+@pytest.mark.parametrize("ctype", ["static_remotekey", "anchors"])
+def test_htlc_near_expiry_forces_a_close_timed_out_then_swept(nodes, external_chain, ctype: str) -> None:
     """Bob holds an HTLC of Alice's and goes away. One block past its expiry Alice goes to chain on her own
-    (must_force_close), her HTLC-timeout transaction takes it back, its output and her to_local are swept
-    after her delay, and the HTLC is failed (htlc_resolved). Bob, back later, sweeps his to_remote."""
+    (must_force_close), her HTLC-timeout transaction takes it back (with anchors it carries no fee: a coin
+    of her wallet pays it, with change to her wallet), its output and her to_local are swept after her
+    delay, and the HTLC is failed (htlc_resolved). Bob, back later, sweeps his to_remote."""
     port, btc = external_chain
     alice, bob = two_nodes(nodes, port, "threads", extra=f"to_self_delay = {DELAY}\n",
                            plugins=("tk_htlcs", "tk_signer"))
     before = fund(alice, btc)
-    opened = alice.call("open", bob.node_id, FUNDING, push_msat=PUSH, channel_type="static_remotekey")
+    anchors = 2 * ANCHOR if ctype == "anchors" else 0
+    opened = alice.call("open", bob.node_id, FUNDING, push_msat=PUSH, channel_type=ctype)
     cid = opened["channel_id"]
     mine(btc, [alice, bob], 3)
     for p in (alice, bob):
@@ -183,7 +186,10 @@ def test_htlc_near_expiry_forces_a_close_timed_out_then_swept(nodes, external_ch
     assert sorted(k.split(":")[0] for k in sent) == ["htlc_tx", "sweep", "sweep_stage"]
     commitment = channel_of(alice, cid)["onchain"]["commitment"]
     commit_fee = fee_of(btc, commitment)
-    expected = before - fee_of(btc, opened["funding_txid"]) - PUSH // 1000 - commit_fee - sum(
+    if anchors:   # the HTLC-timeout's fee from a wallet coin, the change back to the wallet
+        htlc_tx = btc.call("getrawtransaction", sent[next(k for k in sent if k.startswith("htlc_tx:"))], True)
+        assert len(htlc_tx["vin"]) == 2 and len(htlc_tx["vout"]) == 2
+    expected = before - fee_of(btc, opened["funding_txid"]) - PUSH // 1000 - commit_fee - anchors - sum(
         fee_of(btc, t) for t in sent.values())
     wait_for(lambda: alice.call("funds")["confirmed_sat"] == expected, timeout=30)
 

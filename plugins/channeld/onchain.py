@@ -24,7 +24,8 @@ from lnp_plugin_api.commitment import BuiltCommitment, BuiltOutput, build_commit
 from lnp_plugin_api.onchain import (Action, Closing, Facts, Known, Spent, classify, commitment_number,
                                     must_force_close, plan)
 from lnp_plugin_api.onchain_tx import (Sweep, SweepInput, Uneconomical, htlc_transaction, output_input,
-                                       second_stage_input, stage_output_input, sweep)
+                                       second_stage_input, stage_output_input, sweep, wallet_input)
+from lnp_plugin_api.services import WalletDestination
 from lnp_plugin_api.onion_errors import PERMANENT_CHANNEL_FAILURE
 from lnp_plugin_api.tx import SIGHASH_ALL, Tx, der_to_compact
 
@@ -37,6 +38,7 @@ if TYPE_CHECKING:
 L, R = Side.LOCAL, Side.REMOTE
 CLOSE_DEPTH = 6          # confirmations of every resolving transaction before the channel is `closed`
 OPEN_STATES = (AWAITING_LOCK, NORMAL, FAILED)
+DUST = 330
 
 
 def may_force_close(ch: Channel) -> str | None:
@@ -341,6 +343,9 @@ def _make(mgr: "ChannelManager", channel_id: bytes, key: str, build: Callable[[]
     except Uneconomical as e:
         mgr.ctx.log.info("channel %s: %s not worth sweeping yet: %s", channel_id.hex(), key, e)
         return
+    except RpcError as e:   # e.g. no wallet coin to pay an HTLC transaction's fee: the next block tries again
+        mgr.ctx.log.warning("channel %s: %s not made: %s", channel_id.hex(), key, e.message)
+        return
     if made is None:
         return
     oc = dict(ch.onchain)
@@ -399,10 +404,31 @@ def _htlc_tx(mgr: "ChannelManager", ch: Channel, built: BuiltCommitment, action:
     signature; signd adds ours (sign_holder_htlc)."""
     k = next(k for k, s in enumerate(built.second_stages) if s.output_index == action.output)
     stage = built.second_stages[k]
-    if stage.stage.remote_sighash != SIGHASH_ALL:
-        # anchors: the HTLC transaction carries no fee; wallet fee inputs need a wallet request channeld lacks
-        mgr.ctx.log.warning("channel %s: HTLC transaction with anchors needs fee inputs (not supported yet)",
-                            ch.channel_id.hex())
-        return None
     remote_sig = der_to_compact(bytes.fromhex(ch.onchain["htlc_sigs"][k])[:-1])
-    return _signed(mgr, ch, htlc_transaction(built, stage, remote_sig, action.preimage))
+    if stage.stage.remote_sighash == SIGHASH_ALL:   # its fee was taken from the HTLC amount
+        return _signed(mgr, ch, htlc_transaction(built, stage, remote_sig, action.preimage))
+    # anchors: it carries no fee (the peer signed SIGHASH_SINGLE|ANYONECANPAY): a wallet coin pays it
+    return _with_fee_coin(mgr, ch, lambda coin, dest, rate: htlc_transaction(
+        built, stage, remote_sig, action.preimage, [coin], dest.script, rate, change_path=dest.key))
+
+
+FEE_COIN_WEIGHT = 1500      # above any HTLC transaction's weight with one wallet input and change
+
+
+def _with_fee_coin(mgr: "ChannelManager", ch: Channel,
+                   build: Callable[[SweepInput, WalletDestination, int], Sweep]) -> Sweep:
+    """`build` with a wallet coin reserved for its fee and wallet change, signed: the channel's inputs by
+    signd's channel policy, the coin by the wallet (which signs that coin only). Released if that fails."""
+    rate = mgr.feerate_per_kw()
+    coin = mgr.funding.fee_coin(rate * FEE_COIN_WEIGHT // 1000 + 2 * DUST)
+    try:
+        made = build(wallet_input(coin.txid, coin.vout, coin.value_sat, coin.pubkey, coin.key),
+                     mgr.funding.new_destination(), rate)
+        sigs = [b"" if r.path == "wallet" else mgr.signer.sign_input(ch.dbid, r) for r in made.sign_requests()]
+        signed = mgr.funding.sign_fee_coin(coin.reservation, made.wallet_psbt(coin.fingerprint, coin.account))
+        for i, sig in made.wallet_signatures(signed).items():
+            sigs[i] = sig
+        return replace(made, tx=made.finalize(sigs))
+    except Exception:
+        mgr.funding.release(coin.reservation)
+        raise
