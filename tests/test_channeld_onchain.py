@@ -13,6 +13,8 @@ from chain_tools import external_chain  # noqa: F401 (a fixture)
 from channel_tools import channel_of, fund, mine, two_nodes
 from conftest import wait_for
 from test_channeld_htlc import add, resolved
+from lnp_plugin_api.tx import Tx
+from lnp_plugins.channeld.onchain import weight_of
 
 FUNDING, PUSH = 1_000_000, 300_000_000
 DELAY = 10          # each side's to_self_delay (what the other must wait)
@@ -382,3 +384,45 @@ def test_fulfilled_htlc_near_expiry_forces_a_close_claimed_by_htlc_success(nodes
     a_expected = (before - fee_of(btc, opened["funding_txid"]) - PUSH // 1000 - 60_000 - fee_of(btc, commitment)
                   - fee_of(btc, swept))
     wait_for(lambda: alice.call("funds")["confirmed_sat"] == a_expected, timeout=30)
+
+
+@pytest.mark.slow
+def test_anchor_bumps_a_commitment_below_the_wanted_feerate(nodes, external_chain) -> None:
+    """Alice wants her commitment mined at 4x the feerate it pays (onchain_feerate_per_kw): once it is in
+    the mempool, a child spending her anchor and a coin of her wallet pays for both (CPFP); the two are
+    mined together at that feerate; her to_local is swept after her delay. Both wallets to the satoshi."""
+    port, btc = external_chain
+    target = 10_000
+    alice, bob = two_nodes(nodes, port, "threads",
+                           extra=f"to_self_delay = {DELAY}\nonchain_feerate_per_kw = {target}\n")
+    before = fund(alice, btc)
+    opened = alice.call("open", bob.node_id, FUNDING, push_msat=PUSH)
+    cid = opened["channel_id"]
+    mine(btc, [alice, bob], 3)
+    for p in (alice, bob):
+        wait_for(lambda: channel_of(p, cid)["state"] == "normal", timeout=30)
+
+    commitment = alice.call("close", cid, force=True)["txid"]
+    wait_for(lambda: "cpfp:anchor" in channel_of(alice, cid)["onchain"]["sent"], timeout=30)
+    child = channel_of(alice, cid)["onchain"]["sent"]["cpfp:anchor"]
+    assert {commitment, child} <= set(btc.call("getrawmempool"))
+    mine(btc, [alice, bob], 1)
+    assert btc.call("getrawtransaction", child, True)["blockhash"] == btc.call("getrawtransaction", commitment,
+                                                                                  True)["blockhash"]
+    weight = sum(weight_of(Tx.parse(bytes.fromhex(btc.call("getrawtransaction", t)))) for t in (commitment, child))
+    paid = fee_of(btc, commitment) + fee_of(btc, child)
+    assert fee_of(btc, commitment) * 1000 < target * weight // 4      # alone, far below
+    # together, at the target (the child's weight is estimated with its signatures at their largest)
+    assert target * weight // 1000 <= paid <= target * (weight + 8) // 1000
+    mine(btc, [alice, bob], DELAY)
+    wait_for(lambda: len(channel_of(alice, cid)["onchain"]["sent"]) == 2, timeout=30)
+    mine(btc, [alice, bob], 6)
+    for p in (alice, bob):
+        wait_for(lambda: channel_of(p, cid)["state"] == "closed", timeout=30)
+    sent = channel_of(alice, cid)["onchain"]["sent"]
+    # her anchor comes back through the child; Bob's is left
+    a_expected = (before - fee_of(btc, opened["funding_txid"]) - PUSH // 1000 - fee_of(btc, commitment) - ANCHOR
+                  - sum(fee_of(btc, t) for t in sent.values()))
+    wait_for(lambda: alice.call("funds")["confirmed_sat"] == a_expected, timeout=30)
+    (b_sweep,) = channel_of(bob, cid)["onchain"]["sent"].values()
+    wait_for(lambda: bob.call("funds")["confirmed_sat"] == PUSH // 1000 - fee_of(btc, b_sweep), timeout=30)

@@ -23,11 +23,11 @@ from lnp_plugin_api.channel import CommitmentSpec, Htlc, Side
 from lnp_plugin_api.commitment import BuiltCommitment, BuiltOutput, build_commitment
 from lnp_plugin_api.onchain import (Action, Closing, Facts, Known, Spent, classify, commitment_number,
                                     must_force_close, plan)
-from lnp_plugin_api.onchain_tx import (Sweep, SweepInput, Uneconomical, htlc_transaction, output_input,
+from lnp_plugin_api.onchain_tx import (Sweep, SweepInput, Uneconomical, anchor_cpfp, htlc_transaction, output_input,
                                        second_stage_input, stage_output_input, sweep, wallet_input)
 from lnp_plugin_api.services import WalletDestination
 from lnp_plugin_api.onion_errors import PERMANENT_CHANNEL_FAILURE
-from lnp_plugin_api.tx import SIGHASH_ALL, Tx, der_to_compact
+from lnp_plugin_api.tx import SIGHASH_ALL, Tx, TxIn, der_to_compact
 
 from .document import AWAITING_LOCK, CLOSED, FAILED, FORCE_CLOSING, NORMAL, ONCHAIN, Channel
 from .storage import remote_commitments
@@ -79,6 +79,7 @@ def _sign_and_send(mgr: "ChannelManager", ch: Channel) -> dict[str, Any]:
             mgr.store(tx, replace(ch, onchain=oc))
     watch_funding_spend(mgr, ch)
     _broadcast(mgr, oc["commitment_tx"], "our commitment")
+    _bump(mgr, ch.channel_id)
     mgr.ctx.log.warning("channel %s force-closed (%s): commitment %s", ch.channel_id.hex(), oc["reason"],
                         oc["commitment"])
     return {"channel_id": ch.channel_id.hex(), "txid": oc["commitment"], "state": FORCE_CLOSING}
@@ -192,6 +193,7 @@ def on_block(mgr: "ChannelManager", channel_id: bytes, height: int) -> None:
                 return
     elif ch.state == FORCE_CLOSING:
         _broadcast(mgr, ch.onchain.get("commitment_tx", ""), "our commitment")
+        _bump(mgr, channel_id)
     elif ch.state == ONCHAIN:
         step(mgr, channel_id, height)
 
@@ -276,6 +278,8 @@ def step(mgr: "ChannelManager", channel_id: bytes, height: int | None = None) ->
         if action.kind in ("sweep", "penalty", "htlc_tx", "sweep_stage") and action.due(height):
             key = f"{action.kind}:{_target(action)}"
             _make(mgr, ch.channel_id, key, lambda a=action: _build(mgr, ch, closing, a))
+        elif action.kind == "cpfp":
+            _cpfp(mgr, ch, closing)
         elif action.kind in ("fail_htlc", "preimage") and action.htlc is not None:
             _resolve_offered(mgr, channel_id, action.htlc, action.preimage)
         elif action.kind == "done":
@@ -412,15 +416,47 @@ def _htlc_tx(mgr: "ChannelManager", ch: Channel, built: BuiltCommitment, action:
         built, stage, remote_sig, action.preimage, [coin], dest.script, rate, change_path=dest.key))
 
 
-FEE_COIN_WEIGHT = 1500      # above any HTLC transaction's weight with one wallet input and change
+FEE_COIN_WEIGHT = 1500      # above any HTLC transaction's or anchor child's weight with one wallet input
 
 
-def _with_fee_coin(mgr: "ChannelManager", ch: Channel,
-                   build: Callable[[SweepInput, WalletDestination, int], Sweep]) -> Sweep:
-    """`build` with a wallet coin reserved for its fee and wallet change, signed: the channel's inputs by
-    signd's channel policy, the coin by the wallet (which signs that coin only). Released if that fails."""
-    rate = mgr.feerate_per_kw()
-    coin = mgr.funding.fee_coin(rate * FEE_COIN_WEIGHT // 1000 + 2 * DUST)
+def _bump(mgr: "ChannelManager", channel_id: bytes) -> None:
+    """Our commitment just broadcast (or not mined yet at a new block): CPFP through our anchor if needed
+    (`plan`'s `cpfp` does it too, once the commitment is seen in the mempool)."""
+    ch = mgr.channels[channel_id]
+    if "commitment_tx" in ch.onchain and "cpfp:anchor" not in ch.onchain.get("sent", {}):
+        closing = _classify(mgr, ch, Tx.parse(bytes.fromhex(ch.onchain["commitment_tx"])))
+        if closing.kind == "local" and any(o.descriptor and o.descriptor.kind == "anchor" for o in closing.outputs):
+            _cpfp(mgr, ch, closing)
+
+
+def _cpfp(mgr: "ChannelManager", ch: Channel, closing: Closing) -> None:
+    """Our commitment is in the mempool below the feerate we want it mined at (our estimate, or the
+    `onchain_feerate_per_kw` option): a child spending our anchor and a wallet coin pays for both."""
+    assert closing.built is not None
+    parent = Tx.parse(bytes.fromhex(ch.onchain["commitment_tx"]))
+    weight = weight_of(parent)
+    target = max(mgr.feerate_per_kw(), mgr.options.onchain_feerate_per_kw)
+    if closing.built.fee_sat * 1000 >= target * weight:
+        return
+    extra = target * weight // 1000 - closing.built.fee_sat
+    _make(mgr, ch.channel_id, "cpfp:anchor", lambda: _with_fee_coin(mgr, ch, lambda coin, dest, rate: anchor_cpfp(
+        closing.built, L, [coin], dest.script, rate, weight, closing.built.fee_sat, destination_path=dest.key),
+        target, extra))
+
+
+def weight_of(tx: Tx) -> int:
+    """A signed transaction's weight: 3 x its size without witnesses, plus its full size."""
+    bare = Tx(tuple(TxIn(i.txid, i.vout, i.sequence) for i in tx.inputs), tx.outputs, tx.locktime, tx.version)
+    return 3 * len(bare.serialize()) + len(tx.serialize())
+
+
+def _with_fee_coin(mgr: "ChannelManager", ch: Channel, build: Callable[[SweepInput, WalletDestination, int], Sweep],
+                   rate: int | None = None, extra_sat: int = 0) -> Sweep:
+    """`build` (at feerate `rate`, default our estimate) with a wallet coin reserved for its fee (and
+    `extra_sat` more) and wallet change, signed: the channel's inputs by signd's channel policy, the coin
+    by the wallet (which signs that coin only). The coin is released if that fails."""
+    rate = mgr.feerate_per_kw() if rate is None else rate
+    coin = mgr.funding.fee_coin(rate * FEE_COIN_WEIGHT // 1000 + extra_sat + 2 * DUST)
     try:
         made = build(wallet_input(coin.txid, coin.vout, coin.value_sat, coin.pubkey, coin.key),
                      mgr.funding.new_destination(), rate)

@@ -62,6 +62,9 @@ SCHEMA: dict[str, Field] = {
     "commit_interval_ms": Field(int, 10, "milliseconds updates may wait to share one commitment_signed",
                                 check=_not_negative),
     "anchors": Field(bool, True, "prefer option_anchors (zero-fee HTLC transactions) when the peer supports it"),
+    "onchain_feerate_per_kw": Field(int, 0, "least feerate (sat per 1000 weight) our commitment on chain must pay "
+                                    "with its child: below it, our anchor bumps it (CPFP); 0: our estimate",
+                                    check=_not_negative),
 }
 
 
@@ -85,6 +88,7 @@ class Options:
     min_fee_ratio: float
     commit_interval_ms: int
     anchors: bool
+    onchain_feerate_per_kw: int = 0
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> "Options":
