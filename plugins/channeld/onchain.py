@@ -394,7 +394,8 @@ def _revoked_stage_input(ch: Channel, closing: Closing, by_index: dict[int, Buil
     index, seen = next((int(k), v) for k, v in ch.onchain["spent"].items() if (v["txid"], v["vin"]) == (txid, vout))
     desc = by_index[index].descriptor
     assert desc is not None and desc.second_stage is not None
-    return second_stage_input(txid, vout, int(seen["amount_sat"]), desc.second_stage, "revocation",
+    amount = seen.get("amount_sat") or desc.second_stage.amount_sat   # recorded since; else as pre-signed
+    return second_stage_input(txid, vout, int(amount), desc.second_stage, "revocation",
                               closing.built.keys.per_commitment_point, closing.revocation_secret, closing.number)
 
 
