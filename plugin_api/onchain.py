@@ -135,16 +135,28 @@ def _rebuild_revoked(known: Known, number: int, secret: bytes, txid: str) -> Bui
     pcp = bolt3.point(secret)
     spec = known.revoked_specs.get(number)
     if spec is not None:
-        built = build_commitment(known.params, spec, Side.REMOTE, number, pcp, known.extensions)
-        if built.txid == txid:
+        try:
+            built = build_commitment(known.params, spec, Side.REMOTE, number, pcp, known.extensions)
+        except ValueError:      # balances not kept (only HTLCs and feerate): the template below
+            built = None
+        if built is not None and built.txid == txid:
             return built
-    # Without the right spec, the balance outputs are still found by their scripts.
+        try:
+            # The HTLC outputs' scripts do not depend on the balances: found by script, at their real amounts.
+            return _balance_template(known, Side.REMOTE, number, pcp, spec)
+        except ValueError:
+            pass
+    # Without the HTLCs, the balance outputs are still found by their scripts.
     return _balance_template(known, Side.REMOTE, number, pcp)
 
 
-def _balance_template(known: Known, owner: Side, number: int, pcp: bytes) -> BuiltCommitment:
-    half = known.params.funding_sat * 500
-    spec = CommitmentSpec(0, half, half)
+def _balance_template(known: Known, owner: Side, number: int, pcp: bytes,
+                      like: CommitmentSpec | None = None) -> BuiltCommitment:
+    """A commitment with `like`'s HTLCs and feerate (none, 0: only the balance outputs) and the rest of
+    the funding split in two: every output's script as in the real one (amounts aside)."""
+    htlcs, feerate = (like.htlcs, like.feerate_per_kw) if like is not None else ((), 0)
+    rest = known.params.funding_sat * 1000 - sum(h.amount_msat for h in htlcs)
+    spec = CommitmentSpec(feerate, rest // 2, rest - rest // 2, htlcs)
     return build_commitment(known.params, spec, owner, number, pcp, known.extensions)
 
 
@@ -321,7 +333,9 @@ def _revoked_output(out: BuiltOutput, spent: Spent | None, facts: Facts, htlc: H
         penalty.append(out.index)
         return []
     if spent.ours:
-        return []
+        # our penalty took an HTLC we offered: it will never be fulfilled, fail it upstream
+        ours_offered = htlc is not None and htlc.offerer is Side.LOCAL and spent.height is not None
+        return [Action("fail_htlc", out.index, htlc=htlc)] if ours_offered else []
     if htlc is None:
         return []       # to_local swept by its owner after the delay: too late
     actions = []

@@ -19,7 +19,7 @@ from embit.psbt import PSBT, DerivationPath
 from embit.script import Script
 from embit.transaction import Transaction, TransactionOutput
 
-from .channel import KeyRef, OutputDescriptor, Side, SpendPath
+from .channel import KeyRef, OutputDescriptor, SecondStage, Side, SpendPath
 from .commitment import BuiltCommitment, BuiltOutput, BuiltSecondStage
 from .tx import (SIGHASH_ALL, Tx, TxIn, TxOut, compact_to_der, der_with_sighash, hash160_of_sha256, p2wpkh, p2wsh)
 
@@ -111,6 +111,7 @@ class SignRequest:
     witness_script: bytes | None = None
     commitment_number: int | None = None
     wallet_outputs: tuple[tuple[int, int] | None, ...] = ()
+    preimage: bytes | None = field(default=None, repr=False)   # a claim by preimage: signd checks it is known
 
 
 @dataclass(frozen=True)
@@ -137,7 +138,7 @@ class Sweep:
         return [SignRequest(i, self.tx.sighash(i, inp.script_code, inp.amount_sat, SIGHASH_ALL), SIGHASH_ALL,
                             inp.path.key, inp.per_commitment_point, inp.revocation_secret, inp.path.name,
                             inp.txid, inp.vout, inp.amount_sat, raw, inp.descriptor.witness_script,
-                            inp.commitment_number, paths)
+                            inp.commitment_number, paths, inp.preimage)
                 for i, inp in enumerate(self.inputs)]
 
     def wallet_psbt(self, fingerprint: bytes, account: Sequence[int]) -> str:
@@ -251,10 +252,19 @@ def stage_output_input(stage_txid: str, stage: BuiltSecondStage, path_name: str,
     """A `SweepInput` spending the output of an HTLC-success/timeout transaction (delayed or revocation):
     output 0 of ours, output `vout` of a peer's that batched several (the index of its input).
     `commitment_number`: of the commitment the HTLC transaction spent (signd needs it)."""
-    st = stage.stage
+    return second_stage_input(stage_txid, vout, stage.stage.amount_sat, stage.stage, path_name, per_commitment_point,
+                              revocation_secret, commitment_number)
+
+
+def second_stage_input(txid: str, vout: int, amount_sat: int, st: SecondStage, path_name: str,
+                       per_commitment_point: bytes, revocation_secret: bytes | None = None,
+                       commitment_number: int | None = None) -> SweepInput:
+    """A `SweepInput` spending output `vout` (worth `amount_sat`, as seen on chain) of an HTLC transaction
+    described by `st` (an HTLC output descriptor's `second_stage`): e.g. a cheater's HTLC-success/timeout
+    taken by `revocation`."""
     desc = OutputDescriptor(f"{st.kind}_output", "htlcs", st.witness_script, st.paths)
     path = path_named(desc, path_name)
-    return SweepInput(stage_txid, vout, st.amount_sat, desc, path, sequence_for(path), per_commitment_point,
+    return SweepInput(txid, vout, amount_sat, desc, path, sequence_for(path), per_commitment_point,
                       revocation_secret, commitment_number=commitment_number)
 
 

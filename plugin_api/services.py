@@ -189,17 +189,20 @@ class Signer:
         return dict(self._ask("sign_holder_commitment", {"index": index, "commitment_number": commitment_number}))
 
     def sign_holder_htlc(self, index: int, commitment_number: int, tx: bytes, input_index: int,
-                         wallet_outputs: list[tuple[int, int] | None], htlc: int | None = None) -> dict[str, bytes]:
+                         wallet_outputs: list[tuple[int, int] | None], htlc: int | None = None,
+                         preimage: bytes | None = None) -> dict[str, bytes]:
         """After `sign_holder_commitment`: our signature of one of its HTLC transactions as `tx` (the
         one whose input `input_index` spends; or number `htlc` in the order validated), which may add
         inputs (fees) and wallet outputs (change) when the counterparty signed SIGHASH_SINGLE|ANYONECANPAY:
         input and output `input_index` are the ones it signed; `wallet_outputs` names a wallet key per
-        output (None for that one). {holder_signature, counterparty_signature (DER + sighash byte),
-        witness_script}."""
+        output (None for that one). An HTLC-success needs the `preimage` (signd signs only a claim it can
+        complete). {holder_signature, counterparty_signature (DER + sighash byte), witness_script}."""
         body: dict[str, Any] = {"index": index, "commitment_number": commitment_number, "tx": tx.hex(),
                                 "input_index": input_index, "wallet_outputs": _paths(wallet_outputs)}
         if htlc is not None:
             body["htlc"] = htlc
+        if preimage is not None:
+            body["preimage"] = preimage.hex()
         return {k: bytes.fromhex(v) for k, v in self._ask("sign_holder_htlc", body).items()}
 
     def sign_mutual_close(self, index: int, tx: bytes, holder_output: int | None,
@@ -216,11 +219,13 @@ class Signer:
 
     def sign_sweep(self, index: int, kind: str, tx: bytes, input_index: int, amount_sat: int,
                    wallet_outputs: list[tuple[int, int] | None], commitment_number: int | None = None,
-                   per_commitment_point: bytes | None = None, witness_script: bytes | None = None) -> InputSignature:
+                   per_commitment_point: bytes | None = None, witness_script: bytes | None = None,
+                   preimage: bytes | None = None) -> InputSignature:
         """Sign an input taking one of our channel outputs, by the spend path `kind`: `delayed` (our
         to_local or our HTLC transaction's output; commitment_number), `payment` (to_remote), `preimage`
         or `timeout` (an HTLC of the counterparty's commitment: per_commitment_point, witness_script) or
-        `anchor`. Every output must pay the wallet key (branch, index) given for it in `wallet_outputs`."""
+        `anchor`. Every output must pay the wallet key (branch, index) given for it in `wallet_outputs`.
+        `preimage` needs the HTLC's preimage."""
         body: dict[str, Any] = {"index": index, "kind": kind, "tx": tx.hex(), "input_index": input_index,
                                 "amount_sat": amount_sat, "wallet_outputs": _paths(wallet_outputs)}
         if commitment_number is not None:
@@ -229,6 +234,8 @@ class Signer:
             body["per_commitment_point"] = per_commitment_point.hex()
         if witness_script is not None:
             body["witness_script"] = witness_script.hex()
+        if preimage is not None:
+            body["preimage"] = preimage.hex()
         return _input_signature(self._ask("sign_sweep", body))
 
     def sign_penalty(self, index: int, tx: bytes, input_index: int, amount_sat: int,
@@ -265,10 +272,11 @@ class Signer:
         elif r.path in ("htlc_success", "htlc_timeout"):
             if r.commitment_number is None:
                 raise ValueError("an HTLC transaction needs its commitment number")
-            return self.sign_holder_htlc(index, r.commitment_number, r.tx, r.index, paths)["holder_signature"][:-1]
+            return self.sign_holder_htlc(index, r.commitment_number, r.tx, r.index, paths,
+                                         preimage=r.preimage)["holder_signature"][:-1]
         else:
             found = self.sign_sweep(index, r.path, r.tx, r.index, r.amount_sat, paths, r.commitment_number,
-                                    r.per_commitment_point, r.witness_script)
+                                    r.per_commitment_point, r.witness_script, r.preimage)
         return found.signature[:-1]
 
     def sign_invoice(self, hrp: str, data: str) -> bytes:
@@ -355,6 +363,21 @@ class Funded:
     vbytes: int = 0
 
 
+@dataclass(frozen=True)
+class FeeCoin:
+    """A wallet coin reserved to pay a fee in a transaction another service builds (`Funding.fee_coin`):
+    its outpoint, amount, public key and (branch, index) in the wallet account (for the wallet's PSBT)."""
+
+    reservation: str
+    txid: str
+    vout: int
+    value_sat: int
+    pubkey: bytes
+    key: tuple[int, int]
+    fingerprint: bytes = b""
+    account: tuple[int, ...] = ()
+
+
 class Funding:
     """The wallet's funding operations, for channel opening: fund, then broadcast or release."""
 
@@ -382,6 +405,22 @@ class Funding:
         found = self._ctx.request("wallet.fund", body, timeout=self._timeout)
         return Funded(found["reservation"], found["txid"], found["tx"], found["fee_sat"], found.get("change_vout"),
                       float(found.get("feerate", 0.0)), int(found.get("vbytes", 0)))
+
+    def fee_coin(self, min_sat: int) -> FeeCoin:
+        """Reserve the smallest confirmed wallet coin worth at least `min_sat` (a fee input: sign it with
+        `onchain_tx.Sweep.wallet_psbt` and `Signer.sign_wallet_psbt`); free again once a spend of it is
+        seen, or by `release`."""
+        c = self._ctx.request("wallet.fee_coin", {"min_sat": min_sat}, timeout=self._timeout)
+        branch, index = c["key"]
+        return FeeCoin(str(c["reservation"]), str(c["txid"]), int(c["vout"]), int(c["value_sat"]),
+                       bytes.fromhex(c["pubkey"]), (int(branch), int(index)), bytes.fromhex(c["fingerprint"]),
+                       tuple(int(i) for i in c["account"]))
+
+    def sign_fee_coin(self, reservation: str, psbt: str) -> str:
+        """The wallet's signature of the coin `reservation` holds, in `psbt` (base64, from
+        `onchain_tx.Sweep.wallet_psbt(coin.fingerprint, coin.account)`): the signed PSBT."""
+        return str(self._ctx.request("wallet.sign_fee_coin", {"reservation": reservation, "psbt": psbt},
+                                     timeout=self._timeout)["psbt"])
 
     def broadcast(self, reservation: str) -> str:
         """Send a funded transaction; its txid."""

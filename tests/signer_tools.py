@@ -2,6 +2,7 @@
 (embit), enough to exercise signd's channel policy without channeld's builder."""
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 from embit.script import Script
@@ -18,7 +19,8 @@ from lnp_plugins.signd.sigs import sign
 FUNDING_TXID = "aa" * 32
 FUNDING_SAT = 1_000_000
 HOLDER_DELAY, COUNTERPARTY_DELAY = 144, 6
-PAYMENT_HASH = bytes(range(32))
+PREIMAGE = bytes(range(32))
+PAYMENT_HASH = hashlib.sha256(PREIMAGE).digest()
 
 
 @dataclass

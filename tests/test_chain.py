@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from decimal import Decimal
 from typing import Iterator
 
@@ -13,6 +14,7 @@ from conftest import wait_for
 from peer_tools import free_port
 from lnp_plugin_api import RpcError
 from lnp_plugin_api.chain import parse_block
+from lnp_plugin_api.onchain_tx import sweep, wallet_input
 from lnp_plugins.wallet.builder import script_for
 
 
@@ -128,6 +130,36 @@ def test_a_sweep_destination_is_a_wallet_key_the_wallet_watches(chain: ChainNode
     wait_for(lambda: any(o["txid"] == txid and o["address"] == got["address"] and o["value_sat"] == 1_230_000
                          for o in chain.funds()["outputs"]))
     chain.mine(1)
+
+
+def test_a_fee_coin_is_reserved_then_signed_alone(chain: ChainNode) -> None:
+    """What channeld pays an anchors channel's zero-fee HTLC transaction with (`Funding.fee_coin`): a
+    confirmed coin, reserved (no funding takes it), signed by the wallet in a PSBT that spends it, and no
+    other wallet coin with it; once its spend is seen it is gone from the wallet."""
+    coin = chain.call("tk_fee_coin", 100_000)
+    assert coin["value_sat"] >= 100_000
+    assert [o for o in chain.funds()["outputs"] if (o["txid"], o["vout"]) == (coin["txid"], coin["vout"])
+            and o["reserved"]]
+    with pytest.raises(RpcError, match="no confirmed coin"):
+        chain.call("tk_fee_coin", 10**16)
+    pay = wallet_input(coin["txid"], coin["vout"], coin["value_sat"], bytes.fromhex(coin["pubkey"]), tuple(coin["key"]))
+    fingerprint, account = bytes.fromhex(coin["fingerprint"]), coin["account"]
+    to = script_for(chain.btc_address(), "regtest").data
+    sw = sweep("fee", [pay], to, 1000)
+    with pytest.raises(RpcError, match="no reservation"):
+        chain.call("tk_sign_fee_coin", "00" * 16, sw.wallet_psbt(fingerprint, account))
+    elsewhere = sweep("fee", [replace(pay, txid="11" * 32)], to, 1000)
+    with pytest.raises(RpcError, match="does not spend the reserved coin"):
+        chain.call("tk_sign_fee_coin", coin["reservation"], elsewhere.wallet_psbt(fingerprint, account))
+    two = sweep("fee", [pay, replace(pay, vout=coin["vout"] + 7)], to, 1000)
+    with pytest.raises(RpcError, match="only the reserved coin"):
+        chain.call("tk_sign_fee_coin", coin["reservation"], two.wallet_psbt(fingerprint, account))
+    signed = chain.call("tk_sign_fee_coin", coin["reservation"], sw.wallet_psbt(fingerprint, account))["psbt"]
+    tx = sw.finalize([sw.wallet_signatures(signed)[0]])
+    txid = chain.btc.call("sendrawtransaction", tx.serialize().hex())
+    assert txid == sw.txid and txid in chain.btc.call("getrawmempool")
+    chain.mine(1)
+    wait_for(lambda: not [o for o in chain.funds()["outputs"] if (o["txid"], o["vout"]) == (coin["txid"], coin["vout"])])
 
 
 def test_watches_depths_spends_payments_and_a_reorg(chain: ChainNode) -> None:

@@ -18,8 +18,8 @@ from lnp_plugin_api.commitment import BuiltCommitment, build_closing, build_comm
 from lnp_plugin_api.onchain import (Action, Facts, Known, Spent, classify, commitment_number, extract_preimage,
                                     must_force_close, plan)
 from lnp_plugin_api.onchain_tx import (Sweep, Uneconomical, anchor_cpfp, anyone_anchor_input, economical,
-                                       htlc_transaction, input_weight, output_input, stage_output_input, sweep,
-                                       wallet_input)
+                                       htlc_transaction, input_weight, output_input, second_stage_input,
+                                       stage_output_input, sweep, wallet_input)
 from lnp_plugin_api.tx import Tx, der_to_compact
 
 DEST = bytes.fromhex("0014") + b"\x09" * 20
@@ -403,3 +403,48 @@ def test_plan_never_spends_a_spent_output(which: str, spent_idx: set, height: in
             htlcs = [s.vin for i, s in spent.items()
                      if closing.outputs[i].descriptor.kind in ("offered_htlc", "received_htlc")]
             assert x.stages == (() if ours else tuple(("ab" * 32, v) for v in htlcs))
+
+
+@pytest.mark.parametrize("ctype", [STATIC_REMOTEKEY, ANCHORS], ids=lambda t: t.name)
+def test_revoked_commitment_taken_whole_from_its_htlcs_and_feerate(ctype: ChannelType) -> None:
+    """channeld keeps of each commitment it signs for the peer only its HTLCs and feerate (not the balances):
+    enough to find every output of it once revoked, HTLC outputs included, each with its second stage, so
+    one penalty takes them all, and a cheater's HTLC transaction's output too."""
+    from dataclasses import replace as copy
+    params, a, b, exts, known, old, pre = scenario(ctype)
+    cheat = build_commitment(params, old, R, 3, b.pcp(3), exts)
+    kept = copy(known, revoked_specs={3: CommitmentSpec(old.feerate_per_kw, 0, 0, old.htlcs)})
+    c = classify(cheat.tx, kept)
+    assert c.kind == "revoked"
+    assert sorted(o.descriptor.kind for o in c.outputs) == sorted(o.descriptor.kind for o in cheat.outputs)
+    for o in c.outputs:
+        real = cheat.outputs[o.index]
+        assert (o.script_pubkey, o.amount_sat, o.descriptor.htlc) == (real.script_pubkey, real.amount_sat,
+                                                                      real.descriptor.htlc)
+    revocable = {o.index for o in cheat.outputs if o.descriptor.kind in ("to_local", "offered_htlc",
+                                                                          "received_htlc")}
+    assert len(revocable) > 1
+    (pen,) = [x for x in plan(c, Facts(120, 110)) if x.kind == "penalty"]
+    assert set(pen.outputs) == revocable and pen.stages == ()
+    # Without them, only the balance outputs are found (the HTLC outputs would be left to the cheater).
+    assert {o.descriptor.kind for o in classify(cheat.tx, known).outputs} <= {"to_local", "to_remote", "anchor"}
+
+    # The cheater takes an HTLC it received to its second stage (HTLC-success) before our penalty.
+    at = {o.index: o for o in c.outputs}
+    i = next(o.index for o in c.outputs if o.descriptor.kind == "received_htlc")
+    h = at[i].descriptor.htlc
+    stx = "cd" * 32
+    acts = plan(c, Facts(120, 110, {}, {i: Spent(stx, 111, False, (b"", b"s", b"s", pre[h.payment_hash]), vin=2)}))
+    (pen,) = [x for x in acts if x.kind == "penalty"]
+    assert set(pen.outputs) == revocable - {i} and pen.stages == ((stx, 2),)
+    assert [x.preimage for x in acts if x.kind == "preimage"] == [pre[h.payment_hash]]
+    pcp, secret = c.built.keys.per_commitment_point, c.revocation_secret
+    inputs = [output_input(c.txid, at[k], "revocation", pcp, secret) for k in pen.outputs]
+    inputs.append(second_stage_input(stx, 2, 40_000, at[i].descriptor.second_stage, "revocation", pcp, secret))
+    check(sweep("penalty", inputs, DEST, 1000), a)      # every key is ours (the revocation key)
+
+    # Our penalty took an HTLC we offered: failed upstream once confirmed.
+    j = next(o.index for o in c.outputs if o.descriptor.kind == "received_htlc" and o.descriptor.htlc.offerer is L)
+    acts = plan(c, Facts(120, 110, {}, {j: Spent("ef" * 32, 112, True)}))
+    assert [(x.kind, x.htlc) for x in acts if x.kind == "fail_htlc"] == [("fail_htlc", at[j].descriptor.htlc)]
+    assert not [x for x in plan(c, Facts(120, 110, {}, {j: Spent("ef" * 32, None, True)})) if x.kind == "fail_htlc"]

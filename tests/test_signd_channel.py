@@ -22,7 +22,8 @@ from lnp_plugin_api.tx import SIGHASH_ALL, SIGHASH_SINGLE_ANYONECANPAY, p2wpkh, 
 from lnp_plugins import signd
 from lnp_plugins.signd import policy, seed, storage
 from lnp_plugins.signd.keys import PER_COMMITMENT_FAMILY, Keychain
-from signer_tools import COUNTERPARTY_DELAY, FUNDING_SAT, HOLDER_DELAY, Channel, Counterparty, params, parse, spend
+from signer_tools import (COUNTERPARTY_DELAY, FUNDING_SAT, HOLDER_DELAY, PREIMAGE, Channel, Counterparty, params, parse,
+                          spend)
 from test_signd import WORDS
 
 KEYS = Keychain(WORDS, "regtest")
@@ -435,7 +436,11 @@ def test_typed_client_drives_a_channel_to_chain(signer) -> None:
     bumped.vin.append(spend(b"\x77" * 32, 0, []).vin[0])
     change = signer.channels.wallet_script(1, 9)
     bumped.vout.append(spend(b"\x77" * 32, 0, [(change, 5_000)]).vout[0])
-    got = client.sign_holder_htlc(0, 1, bumped.serialize(), 0, [None, (1, 9)])  # found by its input
+    with pytest.raises(RpcError, match="needs the preimage"):     # an HTLC-success: only with its preimage
+        client.sign_holder_htlc(0, 1, bumped.serialize(), 0, [None, (1, 9)])
+    with pytest.raises(RpcError, match="not the one of this HTLC"):
+        client.sign_holder_htlc(0, 1, bumped.serialize(), 0, [None, (1, 9)], preimage=b"\x01" * 32)
+    got = client.sign_holder_htlc(0, 1, bumped.serialize(), 0, [None, (1, 9)], preimage=PREIMAGE)  # found by its input
     digest = bumped.sighash_segwit(0, Script(script), 10_000, SIGHASH_ALL)
     assert verify_der(derive_pubkey(ch.bp["htlc_basepoint"], ch.holder_point(1)), got["holder_signature"], digest)
     assert got["counterparty_signature"][-1] == SIGHASH_SINGLE_ANYONECANPAY

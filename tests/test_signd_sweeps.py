@@ -12,7 +12,7 @@ from lnp_plugin_api.bolt3 import (anchor_script, derive_pubkey, derive_revocatio
                                   received_htlc_script)
 from lnp_plugin_api.tx import SIGHASH_ALL, p2wpkh, p2wsh
 from lnp_plugins import signd
-from signer_tools import HOLDER_DELAY, PAYMENT_HASH, Channel, parse, spend
+from signer_tools import HOLDER_DELAY, PAYMENT_HASH, PREIMAGE, Channel, parse, spend
 from lnp_plugin_api.channel import KeyRef, Side
 from lnp_plugin_api.onchain_tx import SignRequest
 from lnp_plugin_api.services import Signer
@@ -103,6 +103,10 @@ def test_htlc_sweeps_and_penalties_take_bolt3_htlc_scripts(signer, channel_type:
     body = dict(index=0, kind="preimage", per_commitment_point=pcp.hex(), witness_script=script.hex(),
                 input_index=0, amount_sat=10_000, wallet_outputs=[[0, 7]],
                 tx=spend(theirs.txid(), 2, [(wallet, 9_000)], sequence=seq).serialize().hex())
+    # a claim by preimage only with the HTLC's preimage
+    refused(signer, "sign_sweep", "needs the preimage", **body)
+    refused(signer, "sign_sweep", "not the one of this HTLC", **{**body, "preimage": (b"\x01" * 32).hex()})
+    body["preimage"] = PREIMAGE.hex()
     got = ask(signer, "sign_sweep", **body)
     assert got["pubkey"] == derive_pubkey(ch.bp["htlc_basepoint"], pcp).hex()
     lookalike = ch.htlc_script(derive_pubkey(ch.bp["htlc_basepoint"], pcp), derive_pubkey(point(ch.them.htlc), pcp),
@@ -111,7 +115,7 @@ def test_htlc_sweeps_and_penalties_take_bolt3_htlc_scripts(signer, channel_type:
     # once commitment 0 is revoked, the revocation key takes the same output
     assert revoke_theirs(signer, ch, 0, script).txid() == theirs.txid()
     penalty = dict(body, commitment_number=0, per_commitment_secret=ch.them.secret(0).hex())
-    del penalty["per_commitment_point"], penalty["kind"]
+    del penalty["per_commitment_point"], penalty["kind"], penalty["preimage"]
     got = ask(signer, "sign_penalty", **penalty)
     assert got["pubkey"] == derive_revocation_pubkey(ch.bp["revocation_basepoint"], pcp).hex()
     refused(signer, "sign_penalty", "neither the to_local nor an HTLC of this revoked commitment",

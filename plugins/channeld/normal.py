@@ -27,7 +27,8 @@ from lnp_plugin_api.onion_errors import (INCORRECT_OR_UNKNOWN_PAYMENT_DETAILS, T
                                          UNKNOWN_NEXT_PEER, create_error_packet, failure)
 from lnp_plugin_api.services import HtlcTx
 
-from .document import NORMAL, SHUTDOWN, Channel
+from . import onchain
+from .document import FORCE_CLOSING, NORMAL, ONCHAIN, SHUTDOWN, Channel
 from .errors import ChannelError, crash_point
 from .storage import remote_commitments
 
@@ -372,6 +373,11 @@ def on_decided(mgr: "ChannelManager", channel_id: bytes, body: dict[str, Any], r
     htlc_id = int(body["htlc_id"])
     secret = mgr.asked.get((channel_id, htlc_id))
     ch = mgr.channels.get(channel_id)
+    if ch is not None and isinstance(result, Resolve) and (ch.state in (FORCE_CLOSING, ONCHAIN)
+                                                           or channel_id not in mgr.live):
+        preimage = _preimage(result.payload)    # kept for a claim on chain (onchain.py) whatever follows
+        if preimage is not None and hashlib.sha256(preimage).hexdigest() == body["payment_hash"]:
+            onchain.keep_preimage(mgr, channel_id, htlc_id, preimage)
     if (secret is None or ch is None or ch.state not in (NORMAL, SHUTDOWN)
             or not ch.log.irrevocably_committed(R, htlc_id)):
         return
@@ -416,6 +422,9 @@ def _remove(mgr: "ChannelManager", channel_id: bytes, htlc_id: int, kind: str, f
     ch = mgr.channels[channel_id]
     body = {"id": htlc_id, **fields}
     new = _propose(ch, Update(kind, update_owner(kind, ch.extensions), L, body), ())
+    if kind == "fulfill_htlc":   # kept until the HTLC is gone from both commitments (a claim on chain needs it)
+        key = f"in:{htlc_id}"
+        new = replace(new, htlcs={**new.htlcs, key: {**new.htlcs.get(key, {}), "preimage": fields["payment_preimage"]}})
     cid = ch.channel_id
     if kind == "fulfill_htlc":
         msg: Message = UpdateFulfillHtlc(cid, htlc_id, bytes.fromhex(fields["payment_preimage"]))

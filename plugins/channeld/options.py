@@ -65,6 +65,9 @@ SCHEMA: dict[str, Field] = {
     "upfront_shutdown_script": Field(bool, True, "commit at open to a wallet address as where a cooperative close "
                                      "pays us (option_upfront_shutdown_script); false: commit to none, so "
                                      "`close --destination` stays possible"),
+    "onchain_feerate_per_kw": Field(int, 0, "least feerate (sat per 1000 weight) our commitment on chain must pay "
+                                    "with its child: below it, our anchor bumps it (CPFP); 0: our estimate",
+                                    check=_not_negative),
 }
 
 
@@ -89,6 +92,7 @@ class Options:
     commit_interval_ms: int
     anchors: bool
     upfront_shutdown_script: bool
+    onchain_feerate_per_kw: int = 0
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> "Options":

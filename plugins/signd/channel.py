@@ -23,7 +23,8 @@ from lnp_plugin_api.bolt3 import (MAX_INDEX, Shachain, ShachainError, anchor_scr
                                   derive_privkey, derive_pubkey, derive_revocation_pubkey, funding_script,
                                   funding_witness_of, is_htlc_script, obscuring_factor, point, to_local_script,
                                   to_remote_anchor_script)
-from lnp_plugin_api.tx import SIGHASH_ALL, SIGHASH_SINGLE_ANYONECANPAY, Tx, compact_to_der, p2wpkh, p2wsh, verify
+from lnp_plugin_api.tx import (SIGHASH_ALL, SIGHASH_SINGLE_ANYONECANPAY, Tx, compact_to_der, hash160_of_sha256, p2wpkh,
+                               p2wsh, verify)
 
 from .keys import FAMILIES, Keychain
 from .sigs import parse_tx, sign, witness_signature
@@ -495,6 +496,8 @@ class ChannelSigner:
                 raise refuse("the transaction is not the HTLC transaction the counterparty signed (its input, "
                              "paired output, sequence or locktime): refused")
             self.check_wallet_outputs(tx, body.get("wallet_outputs"), skip=i)
+            if signed.locktime == 0:    # HTLC-success (an HTLC-timeout waits for the expiry)
+                check_preimage(body, bytes.fromhex(stored["witness_script"]))
             self.allowed("channel", {"purpose": "holder_htlc", "index": index, "commitment_number": n,
                                      "input": i, "amount_sat": stored["amount_sat"]})
         secret = derive_privkey(self.secret(HTLC, index), self.holder_point(index, n))
@@ -549,3 +552,13 @@ class ChannelSigner:
                                      "external": external, "outputs": outputs_detail(tx)})
         digest = tx.sighash(0, self.funding_script(state), p["funding_sat"], SIGHASH_ALL)
         return {"signature": sign(self.secret(FUNDING, index), digest).hex()}
+
+
+def check_preimage(body: dict[str, Any], script: bytes) -> None:
+    """Refuse a claim by preimage unless the caller holds the preimage of the HTLC `script` pays: signing
+    one that cannot be completed is no use, and a caller must not get signatures for guesses."""
+    if body.get("preimage") is None:
+        raise refuse("a claim by preimage needs the preimage: refused")
+    preimage = _hex(body, "preimage", 32)
+    if b"\xa9\x14" + hash160_of_sha256(preimage) + b"\x88" not in script:
+        raise refuse("the preimage is not the one of this HTLC: refused")

@@ -18,7 +18,7 @@ from lnp_plugin_api.bolt3 import (MAX_INDEX, Shachain, anchor_script, derive_pri
 from lnp_plugin_api.tx import SIGHASH_ALL, Tx
 
 from .channel import (BAD, DELAYED, FUNDING, HARDENED, HTLC, PAYMENT, REVOCATION, ChannelSigner, ChannelState, _hex,
-                      _int, _key, _tx, bad, outputs_detail, refuse)
+                      _int, _key, _tx, bad, check_preimage, outputs_detail, refuse)
 from .sigs import p2wpkh_script_code, sign, witness_signature
 
 # the spend paths of `onchain_tx` (SpendPath.name) signd signs with sign_sweep; sign_penalty is `revocation`
@@ -90,6 +90,8 @@ def sign_sweep(signer: ChannelSigner, body: dict[str, Any]) -> dict[str, Any]:
         htlc, expiry = found
         if (kind == "preimage") != (htlc == "offered"):
             raise refuse(f"the {kind} path does not spend an HTLC the counterparty {htlc}: refused")
+        if kind == "preimage":
+            check_preimage(body, script)
         if kind == "timeout" and (tx.locktime < expiry or tx.inputs[i].sequence == FINAL):
             raise refuse(f"the HTLC expires at {expiry}: the locktime must be at least that (non-final "
                          "input): refused")

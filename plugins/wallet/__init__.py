@@ -8,6 +8,10 @@ Control requests for other services (channel funding):
                      -> {reservation, txid, tx, fee_sat, change_vout}   inputs reserved, nothing sent
     wallet.broadcast {reservation} -> {txid}
     wallet.release   {reservation} -> {released}                         abandon: inputs free again
+    wallet.fee_coin  {min_sat} -> {reservation, txid, vout, value_sat, pubkey, key: [branch, index]}
+                     the smallest confirmed coin of at least min_sat, reserved for a transaction another
+                     service builds (channel fees); free again once a spend of it is seen, or by release
+    wallet.sign_fee_coin {reservation, psbt} -> {psbt}   signd signs that coin (only) in the PSBT
 """
 from __future__ import annotations
 
@@ -94,6 +98,18 @@ def _broadcast(ctx: ServiceContext, reservation: str) -> dict[str, Any]:
     return _wallet(ctx).broadcast(reservation)
 
 
+@control_method("wallet.fee_coin")
+def _fee_coin(ctx: ServiceContext, min_sat: int) -> dict[str, Any]:
+    if not isinstance(min_sat, int) or isinstance(min_sat, bool):
+        raise WalletError("min_sat must be an integer")
+    return _wallet(ctx).fee_coin(min_sat)
+
+
+@control_method("wallet.sign_fee_coin")
+def _sign_fee_coin(ctx: ServiceContext, reservation: str, psbt: str) -> dict[str, Any]:
+    return _wallet(ctx).sign_fee_coin(str(reservation), str(psbt))
+
+
 @control_method("wallet.release")
 def _release(ctx: ServiceContext, reservation: str) -> dict[str, Any]:
     return _wallet(ctx).release(reservation)
@@ -136,7 +152,7 @@ def lnp_rpc_methods() -> list:
 
 @hookimpl
 def lnp_subscriptions() -> list:
-    return [_newaddr, _fund, _broadcast, _release
+    return [_newaddr, _fund, _broadcast, _fee_coin, _sign_fee_coin, _release
             ] + [Subscription.event(name, _on_event) for name in WATCHD_EVENTS]
 
 

@@ -450,6 +450,48 @@ class Wallet:
                     "feerate": rate, "vbytes": plan.vbytes,
                     "change_vout": len(tx.vout) - 1 if plan.change else None}
 
+    def fee_coin(self, min_sat: int) -> dict[str, Any]:
+        """Reserve the smallest confirmed coin worth at least `min_sat` for a transaction another service
+        builds and has signd sign (a channel's zero-fee HTLC transaction, an anchor CPFP): {reservation,
+        txid, vout, value_sat, pubkey, key: [branch, index]}. The coin is the wallet's again when a
+        transaction spending it is seen (or by `release`)."""
+        if min_sat < 1:
+            raise WalletError("min_sat must be positive")
+        with self.lock, self.ctx.storage.begin() as conn:
+            rows = sorted((r for r in self._coins(conn) if self._mature(r) and r.height is not None
+                           and r.value_sat >= min_sat), key=lambda r: r.value_sat)
+            if not rows:
+                raise WalletError(f"no confirmed coin of at least {min_sat} sat to pay a fee with")
+            coin, reservation = rows[0], uuid.uuid4().hex
+            conn.execute(update(db.utxos).where((db.utxos.c.txid == coin.txid) & (db.utxos.c.vout == coin.vout))
+                         .values(reserved_by=reservation))
+            conn.execute(insert(db.state).values(key=f"reservation_{reservation}", value=json.dumps(
+                {"txid": None, "change": None})))
+        return {"reservation": reservation, "txid": coin.txid, "vout": coin.vout, "value_sat": coin.value_sat,
+                "pubkey": self.pubkey(coin.branch, coin.idx).sec().hex(), "key": [coin.branch, coin.idx],
+                "fingerprint": self.fingerprint.hex(), "account": list(self.account_path)}
+
+    def sign_fee_coin(self, reservation: str, psbt: str) -> dict[str, Any]:
+        """Have signd sign the coin `reservation` holds in `psbt` (base64): it must spend that coin, and
+        name no other wallet key for an input (the wallet signs that coin and nothing else). {psbt}."""
+        try:
+            parsed = PSBT.from_string(psbt)
+        except Exception:
+            raise WalletError("psbt is not a valid base64 PSBT") from None
+        with self.lock:
+            with self.ctx.storage.begin() as conn:
+                self._reservation(conn, reservation)
+                held = conn.execute(select(db.utxos.c.txid, db.utxos.c.vout)
+                                    .where(db.utxos.c.reserved_by == reservation)).first()
+            if held is None:
+                raise WalletError(f"reservation {reservation} holds no coin (spent or released)")
+            spends = [(vin.txid.hex(), vin.vout) for vin in parsed.tx.vin]
+            if (held.txid, held.vout) not in spends:
+                raise WalletError("the transaction does not spend the reserved coin")
+            if any(inp.bip32_derivations for k, inp in enumerate(parsed.inputs) if spends[k] != tuple(held)):
+                raise WalletError("only the reserved coin may be signed")
+            return {"psbt": self.signer.sign_wallet_psbt(psbt, "channel_fee")}
+
     def _own_unconfirmed(self, conn: Any, txid: str) -> bool:
         state = conn.execute(select(db.transactions.c.state).where(db.transactions.c.txid == txid)).scalar()
         return state == "broadcast"

@@ -43,7 +43,7 @@ def lnp_requires():
 
 @hookimpl
 def lnp_rpc_methods():
-    return [tk_chain_events, tk_chain_watch, tk_fund, tk_fund_finish, tk_destination]
+    return [tk_chain_events, tk_chain_watch, tk_fund, tk_fund_finish, tk_destination, tk_fee_coin, tk_sign_fee_coin]
 
 
 @hookimpl
@@ -62,6 +62,20 @@ def tk_fund_finish(ctx, reservation: str, send: bool) -> dict:
     """Broadcast a funded transaction, or release its inputs."""
     funding = Funding(ctx)
     return {"txid": funding.broadcast(reservation)} if send else {"released": funding.release(reservation)}
+
+
+@rpc_method
+def tk_fee_coin(ctx, min_sat: int) -> dict:
+    """A wallet coin reserved for a fee, through the wallet's control API, as channeld asks for one."""
+    c = Funding(ctx).fee_coin(min_sat)
+    return {"reservation": c.reservation, "txid": c.txid, "vout": c.vout, "value_sat": c.value_sat,
+            "pubkey": c.pubkey.hex(), "key": list(c.key), "fingerprint": c.fingerprint.hex(), "account": list(c.account)}
+
+
+@rpc_method
+def tk_sign_fee_coin(ctx, reservation: str, psbt: str) -> dict:
+    """The wallet's signature of a reserved fee coin in PSBT."""
+    return {"psbt": Funding(ctx).sign_fee_coin(reservation, psbt)}
 
 
 @rpc_method
