@@ -21,6 +21,7 @@ from lnp_plugin_api.onchain_tx import Sweep, Uneconomical, htlc_transaction, out
 from lnp_plugin_api.onion_errors import PERMANENT_CHANNEL_FAILURE
 from lnp_plugin_api.tx import SIGHASH_ALL, Tx, der_to_compact
 
+from .errors import crash_point
 from .document import AWAITING_LOCK, CLOSED, FAILED, FORCE_CLOSING, NORMAL, ONCHAIN, Channel
 
 if TYPE_CHECKING:
@@ -55,6 +56,7 @@ def force_close(mgr: "ChannelManager", channel_id: bytes, reason: str) -> dict[s
     number = ch.log.local_number
     with mgr.ctx.transaction() as tx:   # before signd signs: a restart finishes the close, never forgets it
         mgr.store(tx, ch.with_state(FORCE_CLOSING, onchain={"reason": reason, "number": number}))
+    crash_point("force_closing_stored", mgr.ctx.node.network)
     return _sign_and_send(mgr, mgr.channels[channel_id])
 
 
@@ -67,6 +69,7 @@ def _sign_and_send(mgr: "ChannelManager", ch: Channel) -> dict[str, Any]:
                   htlc_sigs=[h["counterparty_signature"] for h in going.get("htlcs", [])])
         with mgr.ctx.transaction() as tx:
             mgr.store(tx, replace(ch, onchain=oc))
+        crash_point("commitment_tx_stored", mgr.ctx.node.network)
     watch_funding_spend(mgr, ch)
     _broadcast(mgr, oc["commitment_tx"], "our commitment")
     mgr.ctx.log.warning("channel %s force-closed (%s): commitment %s", ch.channel_id.hex(), oc["reason"],
