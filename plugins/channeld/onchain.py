@@ -91,11 +91,16 @@ def _broadcast(mgr: "ChannelManager", raw_hex: str, what: str) -> None:
 
 def resume(mgr: "ChannelManager", ch: Channel) -> None:
     """After a restart: a force close signed or not yet, broadcast again; an open channel's funding output
-    watched (channels opened before channeld watched it; watchd keeps one watch per outpoint)."""
+    watched (channels opened before channeld watched it; watchd keeps one watch per outpoint); a channel
+    awaiting its funding: its peer kept connected, and the funding transaction (opener) sent again."""
     if ch.state == FORCE_CLOSING:
         _sign_and_send(mgr, ch)
     elif ch.state in OPEN_STATES:
         watch_funding_spend(mgr, ch)
+    if ch.state == AWAITING_LOCK:   # stopped between storing the channel and sending the funding transaction
+        mgr._keep_connected(ch.peer_id)
+        if ch.funding_tx:
+            _broadcast(mgr, ch.funding_tx, "funding transaction")
 
 
 # --- the chain's events ---
