@@ -89,6 +89,15 @@ def open_through(alice, bob, btc, a_point: str | None, b_point: str | None) -> s
     return ch["channel_id"]
 
 
+def open_plain(alice, bob, btc, count: int) -> list[str]:
+    """COUNT channels Alice opens, no one dying, mined together: normal on both sides."""
+    cids = [alice.call("open", bob.node_id, FUNDING, push_msat=PUSH)["channel_id"] for _ in range(count)]
+    mine(btc, [alice, bob], 3)
+    for p in (alice, bob):
+        wait_for(lambda: all(channel_of(p, c)["state"] == "normal" for c in cids), timeout=60)
+    return cids
+
+
 def pay_through(alice, bob, btc, cid: str, point: str, payer_name: str, how: str, alice_msat: int) -> int:
     """One payment on CID while Bob's channeld dies at POINT: its definite outcome, both sides agreeing,
     the funding output unspent. Alice's balance after it."""
@@ -166,7 +175,7 @@ def test_killed_at_each_step_of_a_channels_life(nodes, external_chain, short_tmp
         payments = [p for p in PAYMENT_POINTS if mode == "threads" or p[:2] not in NOT_IN_PROCESSES]
         for point, payer_name, how in payments:
             alice_msat = pay_through(alice, bob, btc, cids[-1], point, payer_name, how, alice_msat)
-        cids += [open_through(alice, bob, btc, None, None) for _ in range(more)]
+        cids += open_plain(alice, bob, btc, more)
         closed = {cid: (how, close_through(alice, bob, btc, cid, point, how))
                   for cid, (point, how) in zip(cids, CLOSE_POINTS)}
         mine(btc, [alice, bob], 3)
