@@ -152,8 +152,10 @@ class Transaction:
         owned = self._env.registry.outbound
         if owned is None:
             raise RpcError(RpcError.SERVICE_UNAVAILABLE, "no peer transport plugin is enabled")
+        # the time of the commit goes along: replayed after a restart, a message of an earlier connection
+        # must not reach the next one (BOLT-2 retransmits after channel_reestablish instead)
         self._add(owned.plugin, WIRE, str(msg.type),
-                  {"peer": msg.peer_id.hex(), "type": msg.type, "payload": msg.payload.hex()})
+                  {"peer": msg.peer_id.hex(), "type": msg.type, "payload": msg.payload.hex(), "at": time.time()})
 
 
 def receive(env: "Environment", service: str, body: Any) -> dict[str, int]:
@@ -200,7 +202,8 @@ def _apply(env: "Environment", ctx: Any, service: str, rid: int, kind: str, name
         owned = reg.outbound
         if owned is None or owned.plugin != ctx.plugin:
             raise RpcError(RpcError.SERVICE_UNAVAILABLE, f"{ctx.plugin!r} is not the peer transport")
-        owned.item(ctx, WireMessage(bytes.fromhex(item["peer"]), int(item["type"]), bytes.fromhex(item["payload"])))
+        owned.item(ctx, WireMessage(bytes.fromhex(item["peer"]), int(item["type"]), bytes.fromhex(item["payload"]),
+                                    float(item.get("at", 0.0))))
     else:
         raise ValueError(f"unknown outbox row kind {kind!r}")
 

@@ -362,11 +362,14 @@ class Decision:
 
 @dataclass(frozen=True)
 class WireMessage:
-    """A peer wire message on the message bus: the peer's node id, the BOLT type and the payload."""
+    """A peer wire message on the message bus: the peer's node id, the BOLT type and the payload.
+    `committed_at` (time.time()) is set on a message sent through the outbox: one committed before the
+    peer's current connection began was meant for an earlier one, and the transport drops it."""
 
     peer_id: bytes
     type: int
     payload: bytes
+    committed_at: float = 0.0
 
 
 # --- storage -------------------------------------------------------------------------------------

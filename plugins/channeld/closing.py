@@ -198,6 +198,7 @@ def progress(mgr: "ChannelManager", cid: bytes) -> None:
         with mgr.ctx.transaction() as tx:
             mgr.store(tx, ch)
             mgr.send(ch.peer_id, Shutdown(cid, bytes.fromhex(c["our_script"])), tx)
+        crash_point("shutdown_stored", mgr.ctx.node.network)
     if c.get("their_script") and _quiet(ch):
         _start_negotiation(mgr, ch.with_state(NEGOTIATING))
 
@@ -260,6 +261,7 @@ def _start_negotiation(mgr: "ChannelManager", ch: Channel) -> None:
         mgr.store(tx, ch)
         if msg is not None:
             mgr.send(ch.peer_id, msg, tx)
+    crash_point("negotiating_stored", mgr.ctx.node.network)
 
 
 # --- messages from the peer ---------------------------------------------------------------------------------
@@ -300,6 +302,7 @@ def on_shutdown(mgr: "ChannelManager", peer_id: bytes, msg: Shutdown) -> None:
         ch = replace(ch, closing=c)
     with mgr.ctx.transaction() as tx:
         mgr.store(tx, ch)
+    crash_point("shutdown_received", mgr.ctx.node.network)
     if ch.state == NEGOTIATING and ch.channel_id in mgr.live:   # a retransmission after a reconnection
         _start_negotiation(mgr, ch)
     elif ch.state == CLOSING:
@@ -346,6 +349,7 @@ def on_closing_signed(mgr: "ChannelManager", peer_id: bytes, msg: ClosingSigned)
         mgr.store(tx, new)
         if echo:
             mgr.send(peer_id, _closing_signed(ch, step.agreed, sig, step.fee_range), tx)
+    crash_point("mutual_close_stored", mgr.ctx.node.network)
     broadcast(mgr, new)
     _answer(mgr, new)
 

@@ -410,6 +410,7 @@ class ChannelManager:
         with self.ctx.transaction() as tx:
             self.store(tx, ready)
             self.send(ch.peer_id, opening.channel_ready(ready, second), tx)
+        crash_point("channel_ready_stored", self.ctx.node.network)
 
     def _scid(self, height: int, txid: str, vout: int) -> str:
         found = self.chain.block(height)
@@ -433,6 +434,7 @@ class ChannelManager:
             new = new.with_state(NORMAL)
         with self.ctx.transaction() as tx:
             self.store(tx, new)
+        crash_point("channel_ready_received", self.ctx.node.network)
 
     def _connected(self, peer_id: bytes) -> None:
         """channel_reestablish for each of the peer's channels, before anything else about them."""

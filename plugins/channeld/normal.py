@@ -113,6 +113,7 @@ def add_htlc(mgr: "ChannelManager", peer_id: bytes, amount_msat: int, payment_ha
             mgr.store(tx, new)
             mgr.send(peer_id, UpdateAddHtlc(ch.channel_id, htlc_id, amount_msat, payment_hash, cltv_expiry, onion),
                      tx)
+        crash_point("add_htlc_stored", mgr.ctx.node.network)
         mgr.schedule_sign(new)
         return {"channel_id": ch.channel_id.hex(), "htlc_id": htlc_id}
     raise RpcError(RpcError.REFUSED, "; ".join(problems))
@@ -202,6 +203,7 @@ def on_update(mgr: "ChannelManager", peer_id: bytes, msg: Message) -> None:
         mgr.store(tx, new)
         if resolved is not None:
             tx.emit("htlc_resolved", resolved)
+    crash_point(f"{kind}_received", mgr.ctx.node.network)
 
 
 def _resolved(ch: Channel, htlc_id: int, payment_hash: bytes, amount_msat: int, preimage: str | None = None,
@@ -259,6 +261,7 @@ def on_commitment_signed(mgr: "ChannelManager", peer_id: bytes, msg: CommitmentS
         mgr.signer.validate_holder_commitment(ch.dbid, n, built.tx.serialize(), msg.signature, stages)
     except RpcError as e:
         raise ChannelError(f"bad commitment_signed: {e.message}") from None
+    crash_point("commitment_signed_checked", mgr.ctx.node.network)
     secret, next_point = mgr.signer.revoke_holder_commitment(ch.dbid, n - 1)
     new = _forget_settled(mgr, replace(ch, log=log.send_revoke(), last_sent="revoke"))
     with mgr.ctx.transaction() as tx:
@@ -287,6 +290,7 @@ def on_revoke_and_ack(mgr: "ChannelManager", peer_id: bytes, msg: RevokeAndAck) 
         mgr.signer.validate_counterparty_revocation(ch.dbid, old, msg.per_commitment_secret)
     except RpcError as e:
         raise ChannelError(f"bad revoke_and_ack: {e.message}") from None
+    crash_point("revoke_and_ack_checked", mgr.ctx.node.network)
     points = {k: v for k, v in ch.their_points.items() if k > old}
     points[old + 2] = msg.next_per_commitment_point
     new, events = _forget_settled(mgr, replace(ch, log=ch.log.receive_revoke(), their_points=points,

@@ -29,6 +29,7 @@ from lnp_plugin_api.services import WalletDestination
 from lnp_plugin_api.onion_errors import PERMANENT_CHANNEL_FAILURE
 from lnp_plugin_api.tx import SIGHASH_ALL, Tx, TxIn, der_to_compact
 
+from .errors import crash_point
 from .document import AWAITING_LOCK, CLOSED, FAILED, FORCE_CLOSING, NORMAL, ONCHAIN, Channel
 from .storage import remote_commitments
 
@@ -65,6 +66,7 @@ def force_close(mgr: "ChannelManager", channel_id: bytes, reason: str) -> dict[s
     number = ch.log.local_number
     with mgr.ctx.transaction() as tx:   # before signd signs: a restart finishes the close, never forgets it
         mgr.store(tx, ch.with_state(FORCE_CLOSING, onchain={"reason": reason, "number": number}))
+    crash_point("force_closing_stored", mgr.ctx.node.network)
     return _sign_and_send(mgr, mgr.channels[channel_id])
 
 
@@ -77,6 +79,7 @@ def _sign_and_send(mgr: "ChannelManager", ch: Channel) -> dict[str, Any]:
                   htlc_sigs=[h["counterparty_signature"] for h in going.get("htlcs", [])])
         with mgr.ctx.transaction() as tx:
             mgr.store(tx, replace(ch, onchain=oc))
+        crash_point("commitment_tx_stored", mgr.ctx.node.network)
     watch_funding_spend(mgr, ch)
     _broadcast(mgr, oc["commitment_tx"], "our commitment")
     _bump(mgr, ch.channel_id)
@@ -99,11 +102,16 @@ def _broadcast(mgr: "ChannelManager", raw_hex: str, what: str) -> None:
 
 def resume(mgr: "ChannelManager", ch: Channel) -> None:
     """After a restart: a force close signed or not yet, broadcast again; an open channel's funding output
-    watched (channels opened before channeld watched it; watchd keeps one watch per outpoint)."""
+    watched (channels opened before channeld watched it; watchd keeps one watch per outpoint); a channel
+    awaiting its funding: its peer kept connected, and the funding transaction (opener) sent again."""
     if ch.state == FORCE_CLOSING:
         _sign_and_send(mgr, ch)
     elif ch.state in OPEN_STATES:
         watch_funding_spend(mgr, ch)
+    if ch.state == AWAITING_LOCK:   # stopped between storing the channel and sending the funding transaction
+        mgr._keep_connected(ch.peer_id)
+        if ch.funding_tx:
+            _broadcast(mgr, ch.funding_tx, "funding transaction")
 
 
 # --- the chain's events ---

@@ -28,7 +28,7 @@ from lnp_plugin_api.tx import Tx, p2wsh
 from lnp_plugin_api.wire import format_scid, parse_scid
 
 from .document import AWAITING_LOCK, Channel, channel_id_of, temporary_id
-from .errors import ChannelError
+from .errors import ChannelError, crash_point
 
 if TYPE_CHECKING:
     from .manager import ChannelManager
@@ -206,7 +206,9 @@ def on_funding_signed(mgr: "ChannelManager", op: Opening, msg: FundingSigned) ->
     mgr.watch_funding(ch)
     with mgr.ctx.transaction() as tx:
         mgr.store(tx, ch, old_state="opening")
+    crash_point("funding_signed_received", mgr.ctx.node.network)
     mgr.funding.broadcast(op.funded.reservation)
+    crash_point("funding_broadcast", mgr.ctx.node.network)
     return ch
 
 
@@ -291,6 +293,7 @@ def on_funding_created(mgr: "ChannelManager", op: Opening, msg: FundingCreated) 
     with mgr.ctx.transaction() as tx:
         mgr.store(tx, ch, old_state="opening")
         mgr.send(op.peer_id, FundingSigned(cid, op.extra["their_commitment_sig"]), tx)
+    crash_point("funding_signed_stored", mgr.ctx.node.network)
     return ch
 
 

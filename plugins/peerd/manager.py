@@ -157,6 +157,10 @@ class PeerManager:
         if peer is None or peer.state != "active":
             log.warning("message of type %d to %s dropped: peer not connected", msg.type, msg.peer_id.hex())
             return
+        if msg.committed_at and msg.committed_at < peer.since:
+            # committed for an earlier connection (replayed after a restart): never on this one
+            log.info("message of type %d to %s dropped: meant for an earlier connection", msg.type, msg.peer_id.hex())
+            return
         try:
             peer.send(msg.type.to_bytes(2, "big") + msg.payload)
         except ValueError as e:

@@ -372,3 +372,45 @@ def test_add_htlc_refused(runner: LnpRunner, amount_msat: int, htlc_id: int) -> 
         ExpectMsg("error", channel_id=channel_id()),
         NodeChannel(state="onchain"),
     ])
+
+
+def add_htlc_in(**changes: Any) -> Msg:
+    """lnprototest's update_add_htlc of HTLC_IN as id 0, with `changes`."""
+    fields = dict(channel_id=channel_id(), id=0, amount_msat=HTLC_IN.amount_msat, payment_hash=HTLC_IN.payment_hash(),
+                  cltv_expiry=HTLC_IN.cltv_expiry, onion_routing_packet=HTLC_IN.onion_routing_packet)
+    return Msg("update_add_htlc", **{**fields, **changes})
+
+
+def test_a_retransmitted_update_counts_once_and_a_reused_id_fails_the_channel(runner: LnpRunner) -> None:
+    """BOLT-2 allows retransmissions of unacknowledged updates: the same update_add_htlc twice is one HTLC
+    (the node's revoke_and_ack shows it took lnprototest's commitment with ONE HTLC, its own commitment_signed
+    signs one). An update_add_htlc reusing id 0 for another HTLC breaks "id increases by 1": an `error`,
+    and the channel goes to chain."""
+    runner.run(connected() + accepter_open() + [add_htlc_in(), add_htlc_in()] + add_htlc_dance()[1:] + [
+        ExpectMsg("update_fail_malformed_htlc", channel_id=channel_id(), id=0, failure_code=0xC006),
+        NodeChannel(state="normal", htlcs_in_flight=1),
+        ExpectMsg("commitment_signed", channel_id=channel_id()),   # the node signs its removal
+        add_htlc_in(amount_msat=HTLC_IN.amount_msat + 1),
+        ExpectMsg("error", channel_id=channel_id()),
+        NodeChannel(state="onchain"),
+    ])
+
+
+def test_an_update_sent_again_after_reestablish_counts_once(runner: LnpRunner) -> None:
+    """The node took our update_add_htlc and commitment_signed, and revoked; we hang up and, as a peer that
+    lost track, send the update_add_htlc again after channel_reestablish: the node ignores the copy (same
+    id, same HTLC: it is in its log already) and the dance completes with one HTLC."""
+    runner.run(connected() + accepter_open() + add_htlc_dance()[:4] + reconnected() + [
+        ExpectMsg("channel_reestablish", channel_id=channel_id(), next_commitment_number=2,
+                  next_revocation_number=0),
+        Msg("channel_reestablish", channel_id=channel_id(), next_commitment_number=1, next_revocation_number=1,
+            your_last_per_commitment_secret=remote_per_commitment_secret(0),
+            my_current_per_commitment_point=PEER_KEYS.per_commit_point(0)),
+        ExpectMsg("commitment_signed", channel_id=channel_id(), signature=commitsig_to_recv(),
+                  htlc_signature=htlc_sigs_to_recv()),
+        add_htlc_in(),
+        Msg("revoke_and_ack", channel_id=channel_id(), per_commitment_secret=PEER_KEYS.per_commit_secret(0),
+            next_per_commitment_point=PEER_KEYS.per_commit_point(2)),
+        ExpectMsg("update_fail_malformed_htlc", channel_id=channel_id(), id=0, failure_code=0xC006),
+        NodeChannel(state="normal", htlcs_in_flight=1),
+    ])

@@ -2,8 +2,9 @@
 whose payment hash has a preimage registered with `tk_htlc_preimage`, fails those registered with
 `tk_htlc_fail`, holds those registered with `tk_htlc_hold` until their preimage is given (or channeld's
 decision times out), continues otherwise. `open_channel`: refuses a channel of `refuse_sat`. Records
-channeld's durable events (`tk_htlc_events NAME`)."""
+channeld's durable events (`tk_htlc_events NAME`), kept in its data dir across restarts."""
 import hashlib
+import json
 import threading
 from concurrent.futures import Future
 
@@ -47,6 +48,16 @@ def lnp_startup(ctx):
         with _lock:
             for line in path.read_text().split():
                 _preimages[hashlib.sha256(bytes.fromhex(line)).hexdigest()] = line
+    path = ctx.data_dir / "events"
+    if path.exists():
+        with _lock:
+            for line in path.read_text().splitlines():
+                if line.strip():   # a line cut by a kill is incomplete: skipped
+                    try:
+                        event = json.loads(line)
+                    except ValueError:
+                        continue
+                    _events.setdefault(event["name"], []).append(event["body"])
 
 
 @rpc_method
@@ -89,6 +100,8 @@ def on_open(ctx, body):
 def on_event(ctx, event):
     with _lock:
         _events.setdefault(event.name, []).append(event.body)
+        with open(ctx.data_dir / "events", "a") as f:   # a node killed and restarted still shows them
+            f.write(json.dumps({"name": event.name, "body": event.body}) + "\n")
 
 
 @hookimpl
