@@ -1,5 +1,5 @@
 """Typed BOLT-1/BOLT-2 messages (lnp_plugin_api.messages): round trips, malformed input, and the same bytes as
-an independent codec (pyln-proto with the pyln-bolt1/pyln-bolt2 message definitions)."""
+an independent codec (pyln-proto with the pyln-bolt1/2/7 message definitions)."""
 from __future__ import annotations
 
 import dataclasses
@@ -210,13 +210,14 @@ def test_ping_fields() -> None:
 pyln_message = pytest.importorskip("pyln.proto.message")
 bolt1 = pytest.importorskip("pyln.spec.bolt1")
 bolt2 = pytest.importorskip("pyln.spec.bolt2")
-PYLN_NS = pyln_message.MessageNamespace(bolt1.csv + bolt2.csv)
+bolt7 = pytest.importorskip("pyln.spec.bolt7")  # channel_update
+PYLN_NS = pyln_message.MessageNamespace(bolt1.csv + bolt2.csv + bolt7.csv)
 RENAMED = {"htlc_signatures": "htlc_signature"}
 
 
 def pyln_knows(cls: type[M.Message]) -> list[str]:
     """Our TLV fields that the pyln-bolt2 definitions (an older spec) declare for `cls`."""
-    csv = "\n".join(bolt1.csv + bolt2.csv)
+    csv = "\n".join(bolt1.csv + bolt2.csv + bolt7.csv)
     return [rec.name for rec in cls.SPEC.tlvs.records if f"tlvtype,{cls.NAME}_tlvs,{rec.name}," in csv]
 
 
