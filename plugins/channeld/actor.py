@@ -12,12 +12,14 @@ import queue
 import threading
 from typing import Any, Callable
 
-Handler = Callable[[Any], None]
+Handler = Callable[[list[Any]], None]
 STOP = object()
+BATCH = 500        # inputs handled in one go at most (one storage commit: batch.py)
 
 
 class PeerWorker:
-    """A queue and a thread; `put` never blocks, `handle(item)` runs on the thread for each item."""
+    """A queue and a thread; `put` never blocks, `handle(items)` runs on the thread with every item queued
+    (up to BATCH), in order."""
 
     def __init__(self, name: str, handle: Handler, log: logging.Logger) -> None:
         self.name = name
@@ -44,10 +46,19 @@ class PeerWorker:
 
     def _run(self) -> None:
         while True:
-            item = self._inbox.get()
-            if item is STOP:
+            items = [self._inbox.get()]
+            while items[-1] is not STOP and len(items) < BATCH:
+                try:
+                    items.append(self._inbox.get_nowait())
+                except queue.Empty:
+                    break
+            stop = items[-1] is STOP
+            if stop:
+                items.pop()
+            if items:
+                try:
+                    self._handle(items)
+                except Exception:  # the handler decides what an error means for the channel; never end the worker
+                    self._log.exception("peer %s: unexpected failure handling %d inputs", self.name, len(items))
+            if stop:
                 return
-            try:
-                self._handle(item)
-            except Exception:  # the handler decides what an error means for the channel; never end the worker
-                self._log.exception("peer %s: unexpected failure handling %s", self.name, type(item).__name__)

@@ -169,7 +169,7 @@ def on_funding_signed(mgr: "ChannelManager", op: Opening, msg: FundingSigned) ->
     _check_our_first(mgr, op, msg.signature)
     ch = _channel(mgr, op, cid, funding_tx=op.funded.tx)
     mgr.watch_funding(ch)
-    with mgr.ctx.transaction() as tx:
+    with mgr.transaction() as tx:
         mgr.store(tx, ch, old_state="opening")
     mgr.funding.broadcast(op.funded.reservation)
     return ch
@@ -249,7 +249,7 @@ def on_funding_created(mgr: "ChannelManager", op: Opening, msg: FundingCreated) 
     cid = channel_id_of(txid, msg.funding_output_index)
     ch = _channel(mgr, op, cid, funding_tx=None)
     mgr.watch_funding(ch)
-    with mgr.ctx.transaction() as tx:
+    with mgr.transaction() as tx:
         mgr.store(tx, ch, old_state="opening")
         mgr.send(op.peer_id, FundingSigned(cid, op.extra["their_commitment_sig"]), tx)
     return ch
