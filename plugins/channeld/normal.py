@@ -88,7 +88,7 @@ def add_htlc(mgr: "ChannelManager", peer_id: bytes, amount_msat: int, payment_ha
         raise RpcError(RpcError.INVALID_PARAMS, "payment_hash must be 32 bytes")
     candidates = [c for c in mgr.channels.values() if c.peer_id == peer_id and c.state == NORMAL
                   and c.channel_id in mgr.live and (channel_id is None or c.channel_id == channel_id)]
-    if not candidates or mgr.transport.peer(peer_id.hex()) is None:
+    if not candidates or mgr.txs.once(("peer", peer_id), lambda: mgr.transport.peer(peer_id.hex())) is None:
         raise RpcError(RpcError.INVALID_PARAMS, f"no usable channel with peer {peer_id.hex()}")
     problems = []
     for ch in sorted(candidates, key=lambda c: -c.log.local.local_msat):
