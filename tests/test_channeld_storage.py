@@ -211,3 +211,18 @@ def test_a_failed_commit_sends_nothing_and_memory_returns_to_what_is_stored(engi
     assert len(mgr.ctx.commits) == 1 and mgr.channels[ch.channel_id] is ch
     assert isinstance(fut.exception(), RuntimeError)
     assert stored(engine)[ch.channel_id].state == NORMAL
+
+
+def test_once_asks_once_per_batch(engine: Any) -> None:
+    """e.g. whether the peer is connected: asked of peerd once for all the add_htlc calls of a batch."""
+    mgr, asked = manager(engine), []
+
+    def ask() -> bool:
+        asked.append(1)
+        return True
+    mgr.txs.run_batch([1, 2, 3], lambda _: mgr.txs.once("peer", ask))
+    assert len(asked) == 1
+    mgr.txs.run_batch([4], lambda _: mgr.txs.once("peer", ask))
+    assert len(asked) == 2
+    mgr.txs.once("peer", ask)              # outside a batch: every time
+    assert len(asked) == 3

@@ -38,6 +38,7 @@ class ChannelTx:
         self.ops: list[tuple[str, Any, Any]] = []
         self.after: list[Callable[[], None]] = []
         self.replies: list[tuple["Future[Any]", bool, Any]] = []
+        self.memo: dict[Any, Any] = {}      # answers asked once per batch (`Transactions.once`)
         # the current block's channels before it: in memory, and in this transaction (None: not in it)
         self.undo: dict[bytes, tuple[Channel | None, Channel | None]] | None = None
 
@@ -121,6 +122,15 @@ class Transactions:
             _answer(fut, ok, value)
         else:
             batch.replies.append((fut, ok, value))
+
+    def once(self, key: Any, fn: Callable[[], Any]) -> Any:
+        """`fn()`, asked once per batch (e.g. whether the peer is connected, for every add_htlc of a batch)."""
+        batch = self._batch()
+        if batch is None:
+            return fn()
+        if key not in batch.memo:
+            batch.memo[key] = fn()
+        return batch.memo[key]
 
     def send_now(self, msg: WireMessage) -> bool:
         """Queue a message that depends on no state behind the batch's (same order on the wire); False
