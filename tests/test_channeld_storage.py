@@ -226,3 +226,34 @@ def test_once_asks_once_per_batch(engine: Any) -> None:
     assert len(asked) == 2
     mgr.txs.once("peer", ask)              # outside a batch: every time
     assert len(asked) == 3
+
+
+def test_htlc_outcomes_linger_to_share_a_commit_other_inputs_do_not() -> None:
+    """The worker hands inputs that only lead to our own updates (`decided`) together when they come a few ms
+    apart (one commit for them); anything else goes at once."""
+    import logging
+    import threading
+    import time
+
+    from lnp_plugins.channeld.actor import PeerWorker
+    batches: list = []
+    done = threading.Event()
+
+    def handle(items: list) -> None:
+        batches.append(list(items))
+        if items[-1] == "end":
+            done.set()
+    w = PeerWorker("p", handle, logging.getLogger("t"), linger=lambda i: i == "d", linger_s=0.5)
+    try:
+        w.put("d")
+        time.sleep(0.05)
+        w.put("d")
+        time.sleep(0.05)
+        w.put("x")                     # a peer's message: handed with them, no more waiting
+        time.sleep(0.7)
+        t0 = time.monotonic()
+        w.put("end")
+        assert done.wait(5) and time.monotonic() - t0 < 0.4
+    finally:
+        w.stop()
+    assert batches == [["d", "d", "x"], ["end"]]

@@ -102,7 +102,9 @@ class ChannelManager:
         with self._lock:
             w = self._workers.get(peer_id)
             if w is None or not w.alive:
-                w = self._workers[peer_id] = PeerWorker(peer_id.hex(), self._handle_batch, self.ctx.log)
+                w = self._workers[peer_id] = PeerWorker(peer_id.hex(), self._handle_batch, self.ctx.log,
+                                                        linger=lambda item: item[0] == "decided",
+                                                        linger_s=self.options.commit_interval_ms / 1000)
             return w
 
     def submit(self, peer_id: bytes, fn: Callable[[], Any]) -> "Future[Any]":
