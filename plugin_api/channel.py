@@ -213,7 +213,8 @@ class CommitmentSpec:
             raise ValueError(f"{side.value} balance would go negative")
         # the HTLCs are unchanged, and already in their canonical order: no new sort (__post_init__)
         copy = object.__new__(CommitmentSpec)
-        object.__setattr__(copy, "__dict__", {**self.__dict__, "local_msat" if side is Side.LOCAL else "remote_msat": msat})
+        name = "local_msat" if side is Side.LOCAL else "remote_msat"
+        object.__setattr__(copy, "__dict__", {**self.__dict__, name: msat})
         return copy
 
     def htlc(self, offerer: Side, htlc_id: int) -> Htlc | None:

@@ -355,7 +355,8 @@ def ask_pending(mgr: "ChannelManager", ch: Channel) -> None:
         p = peeled.payload
         body = {"channel_id": ch.channel_id.hex(), "peer_id": ch.peer_id.hex(), "short_channel_id": ch.scid,
                 "htlc_id": h.id, "amount_msat": h.amount_msat, "payment_hash": h.payment_hash.hex(),
-                "cltv_expiry": h.cltv_expiry, "current_height": mgr.txs.once("height", mgr.height), "is_final": peeled.is_final,
+                "cltv_expiry": h.cltv_expiry, "current_height": mgr.txs.once("height", mgr.height),
+                "is_final": peeled.is_final,
                 "next_onion": peeled.next_onion.hex() if peeled.next_onion else None,
                 "payload": {"amt_to_forward": p.amt_to_forward, "outgoing_cltv_value": p.outgoing_cltv_value,
                             "short_channel_id": None if p.short_channel_id is None else str(p.short_channel_id),

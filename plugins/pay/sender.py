@@ -93,7 +93,8 @@ class Sender:
                     self._send(group)
                 except Exception as e:  # never end the thread: those payments are told, the next ones go on
                     self.ctx.log.exception("pay: sending %d attempts failed", len(group))
-                    error = e if isinstance(e, RpcError) else RpcError(RpcError.INTERNAL_ERROR, f"payment not sent: {e!r}")
+                    error = (e if isinstance(e, RpcError)
+                             else RpcError(RpcError.INTERNAL_ERROR, f"payment not sent: {e!r}"))
                     for job in group:
                         self._back(lambda j=job: self.payer.not_sent(j.inv.payment_hash.hex(), error))
             if stop:
