@@ -75,7 +75,6 @@ def test_a_group_of_attempts_is_stored_in_one_commit_and_offered_at_once() -> No
         took = time.monotonic() - t0
     finally:
         sender.close()
-        ctx.engine.dispose()
     for fn in ctx.back:
         fn()
     assert ctx.commits == 2                  # the attempts, then the HTLC ids of those channeld took
