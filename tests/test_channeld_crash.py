@@ -9,8 +9,8 @@ import pytest
 from chain_tools import external_chain  # noqa: F401 (a fixture)
 from channel_tools import channel_of, two_nodes
 from conftest import wait_for
-from test_channeld_htlc import add, resolved
-from test_channeld_reestablish import FUNDING, connected, open_normal, settled
+from test_channeld_htlc import resolved
+from test_channeld_reestablish import FUNDING, add_once_usable, connected, open_normal, settled
 
 
 @pytest.mark.slow
@@ -30,7 +30,7 @@ def test_the_payee_killed_at_each_step(nodes, external_chain, point: str) -> Non
     wait_for(lambda: channel_of(alice, cid)["state"] == "normal" and alice.call("peers")["peers"])
     preimage = os.urandom(32)
     h = bytes.fromhex(bob.call("tk_htlc_preimage", preimage.hex())["payment_hash"])
-    add(alice, bob, 5_000_000, h, alice.call("chaininfo")["watchd"]["height"])
+    add_once_usable(alice, bob, 5_000_000, h, alice.call("chaininfo")["watchd"]["height"])
     assert bob.node.proc.wait(30) == -9                    # killed at the crash point
     bob.node.start()                                       # the test plugin kept the preimage on disk
     assert resolved(alice, 0)["preimage"] == preimage.hex()
