@@ -211,7 +211,11 @@ class CommitmentSpec:
         """A copy with `side`'s balance set."""
         if msat < 0:
             raise ValueError(f"{side.value} balance would go negative")
-        return replace(self, local_msat=msat) if side is Side.LOCAL else replace(self, remote_msat=msat)
+        # the HTLCs are unchanged, and already in their canonical order: no new sort (__post_init__)
+        copy = object.__new__(CommitmentSpec)
+        name = "local_msat" if side is Side.LOCAL else "remote_msat"
+        object.__setattr__(copy, "__dict__", {**self.__dict__, name: msat})
+        return copy
 
     def htlc(self, offerer: Side, htlc_id: int) -> Htlc | None:
         """The HTLC with that offerer and id, if present."""

@@ -69,6 +69,9 @@ class UpdateLog:
     entries: tuple[LogEntry, ...] = ()
     next_seq: int = 0
     states: Mapping[str, ExtensionState] = field(default_factory=dict)
+    # `pending` by side, computed once per log: a log is immutable, and `add` derives its successor's
+    # from this one's (one update applied) instead of replaying every update in flight each time
+    _pending: dict[Side, CommitmentSpec] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     @classmethod
     def start(cls, params: ChannelParams, spec: CommitmentSpec, extensions: Sequence[ChannelExtension],
@@ -96,9 +99,13 @@ class UpdateLog:
         return self.local_number if owner is Side.LOCAL else self.remote_number
 
     def pending(self, owner: Side, extensions: Sequence[ChannelExtension]) -> CommitmentSpec:
-        """`owner`'s next commitment if every update proposed so far were in it."""
-        todo = [e.update for e in self.entries if e.in_commitment(owner) is None]
-        return _apply(self.latest(owner), todo, extensions)
+        """`owner`'s next commitment if every update proposed so far were in it (cached: `extensions` are
+        always the channel's own)."""
+        found = self._pending.get(owner)
+        if found is None:
+            todo = [e.update for e in self.entries if e.in_commitment(owner) is None]
+            found = self._pending[owner] = _apply(self.latest(owner), todo, extensions)
+        return found
 
     def included(self, owner: Side, number: int) -> list[Update]:
         """The updates `owner`'s commitment `number` added (among those still in the log)."""
@@ -199,7 +206,10 @@ class UpdateLog:
         if state is not None:
             states[_owner(update, extensions).name] = state
         entry = LogEntry(self.next_seq, update)
-        return replace(self, entries=self.entries + (entry,), next_seq=self.next_seq + 1, states=states)
+        log = replace(self, entries=self.entries + (entry,), next_seq=self.next_seq + 1, states=states)
+        for owner, spec in self._pending.items():   # the new entry is in no commitment: pending on both sides
+            log._pending[owner] = _apply(spec, [update], extensions)
+        return log
 
     # --- commitment_signed and revoke_and_ack ---
 
@@ -235,25 +245,33 @@ class UpdateLog:
             log = replace(self, local=spec, local_number=n, local_revoke_owed=True, entries=entries)
         else:
             log = replace(self, remote=spec, remote_number=n, remote_revoke_awaited=True, entries=entries)
+        if owner.other in self._pending:   # the other side's latest commitment and pending updates are unchanged
+            log._pending[owner.other] = self._pending[owner.other]
         return log, spec
 
     def send_revoke(self) -> "UpdateLog":
         """We send revoke_and_ack for our previous commitment."""
         if not self.local_revoke_owed:
             raise ProtocolViolation("no commitment of ours to revoke")
-        return replace(self, local_revoke_owed=False)._collect()
+        log = replace(self, local_revoke_owed=False)
+        log._pending.update(self._pending)
+        return log._collect()
 
     def receive_revoke(self) -> "UpdateLog":
         """The peer revoked its previous commitment."""
         if not self.remote_revoke_awaited:
             raise ProtocolViolation("revoke_and_ack without a commitment_signed of ours")
-        return replace(self, remote_revoke_awaited=False)._collect()
+        log = replace(self, remote_revoke_awaited=False)
+        log._pending.update(self._pending)
+        return log._collect()
 
     def _collect(self) -> "UpdateLog":
         """Drop entries that both sides have irrevocably committed."""
         keep = tuple(e for e in self.entries
                      if not (self._acked(e, Side.LOCAL) and self._acked(e, Side.REMOTE)))
-        return replace(self, entries=keep)
+        log = replace(self, entries=keep)
+        log._pending.update(self._pending)   # the dropped entries are in both latest commitments already
+        return log
 
     def disconnected(self, extensions: Sequence[ChannelExtension]) -> tuple["UpdateLog", list[Update]]:
         """Forget the updates never signed into the receiver's commitment (BOLT-2: a disconnection reverses

@@ -307,6 +307,69 @@ def test_both_views_converge(actions: list, anchors: bool) -> None:
     assert_converged(a, b)
 
 
+def straight_pending(log: UpdateLog, owner: Side, exts: list) -> CommitmentSpec:
+    """`pending` computed the plain way, from the entries, without any cache."""
+    spec = log.latest(owner)
+    for e in log.entries:
+        if e.in_commitment(owner) is None:
+            spec = next(x for x in exts if x.name == e.update.owner).apply_update(e.update, spec)
+    return spec
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(actions=ACTIONS, anchors=st.booleans())
+def test_cached_pending_matches_the_straight_computation(actions: list, anchors: bool) -> None:
+    """The log derives each successor's pending specs from its own; after any interleaving of adds,
+    removals, fees, signatures, revocations and disconnections they equal a computation from scratch."""
+    a, b = pair(ANCHORS if anchors else STATIC_REMOTEKEY)
+    for action, first, value in actions:
+        me, peer = (a, b) if first else (b, a)
+        for _ in range(3 if action == "add" else 1):   # more HTLCs in flight than the other actions remove
+            if action == "add":
+                me.add_htlc(max(1, value))
+            elif action in ("fulfill", "fail"):
+                me.remove(value, action == "fulfill")
+            elif action == "fee" and me is a:
+                me.propose(Update("update_fee", "funding", L, {"feerate_per_kw": 253 + value % 5000}))
+            elif action == "sign":
+                me.sign()
+            elif action == "disconnect":
+                if all(m[0] == "update" for m in a.outbox + b.outbox):
+                    a.outbox.clear(), b.outbox.clear()
+                    a.log, _ = a.log.disconnected(a.exts)
+                    b.log, _ = b.log.disconnected(b.exts)
+            else:
+                deliver(me, peer)
+        for node in (a, b):
+            for owner in (L, R):
+                assert node.log.pending(owner, node.exts) == straight_pending(node.log, owner, node.exts)
+    settle(a, b)
+    for node in (a, b):
+        for owner in (L, R):
+            assert node.log.pending(owner, node.exts) == straight_pending(node.log, owner, node.exts)
+
+
+def test_pending_is_computed_once_per_log() -> None:
+    """With many HTLCs in flight, asking `pending` again (and adding one more) replays no update."""
+    a, _ = pair()
+    for _ in range(25):   # max_accepted_htlcs is 30
+        assert a.add_htlc(1_000_000)
+    calls = []
+    ext = next(x for x in a.exts if x.name == "htlcs")
+    original = type(ext).apply_update
+    type(ext).apply_update = lambda self, u, spec: (calls.append(u), original(self, u, spec))[1]
+    try:
+        a.log.pending(L, a.exts), a.log.pending(R, a.exts)
+        assert len(calls) <= 50        # first time on this log (at most): 25 each side
+        calls.clear()
+        a.log.pending(L, a.exts), a.log.pending(R, a.exts)
+        assert a.add_htlc(1_000_000)
+        a.log.pending(L, a.exts), a.log.pending(R, a.exts)
+        assert len(calls) <= 6         # the new HTLC applied to each side's cached spec (and the checks)
+    finally:
+        type(ext).apply_update = original
+
+
 # --- fees, dust and the budget (BOLT-3 "Fees", BOLT-2 update_add_htlc requirements) ---
 
 def test_bolt3_fee_example() -> None:

@@ -15,6 +15,7 @@ from conftest import wait_for
 from test_channeld_htlc import add, resolved
 from lnp_plugin_api.tx import Tx
 from lnp_plugins.channeld.onchain import weight_of
+from test_channeld_reestablish import add_once_usable
 
 FUNDING, PUSH = 1_000_000, 300_000_000
 DELAY = 10          # each side's to_self_delay (what the other must wait)
@@ -108,7 +109,7 @@ def test_revoked_commitment_taken_by_a_penalty(nodes, external_chain, tmp_path) 
     payment_hash = bytes.fromhex(bob.call("tk_htlc_preimage", preimage.hex())["payment_hash"])
     height = alice.call("chaininfo")["watchd"]["height"]
     wait_for(lambda: channel_of(bob, cid)["state"] == "normal", timeout=30)
-    add(alice, bob, 50_000_000, payment_hash, height)
+    add_once_usable(alice, bob, 50_000_000, payment_hash, height)   # after the restart: once reestablished
     assert resolved(alice, 0)["preimage"] == preimage.hex()
     wait_for(lambda: channel_of(alice, cid)["remote_msat"] == PUSH + 50_000_000
              and channel_of(alice, cid)["htlcs_in_flight"] == 0, timeout=30)

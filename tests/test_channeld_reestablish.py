@@ -27,21 +27,25 @@ def open_normal(alice, bob, btc) -> str:
     return cid
 
 
+def add_once_usable(alice, bob, amount: int, payment_hash: bytes, height: int) -> dict:
+    """`add`, tried again while refused for want of a usable channel: right after a (re)connection or a
+    restart the channel is usable once channel_reestablish is done."""
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            return add(alice, bob, amount, payment_hash, height)[0]
+        except RpcError as e:
+            if "no usable channel" not in e.message or time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+
+
 def pay(alice, bob, htlc_id: int, amount: int) -> None:
     """Alice pays Bob AMOUNT over the channel (Bob's test plugin knows the preimage)."""
     preimage = os.urandom(32)
     h = bytes.fromhex(bob.call("tk_htlc_preimage", preimage.hex())["payment_hash"])
     height = alice.call("chaininfo")["watchd"]["height"]
-    deadline = time.monotonic() + 30
-    while True:  # right after a (re)connection the channel is usable once channel_reestablish is done
-        try:
-            added = add(alice, bob, amount, h, height)[0]
-            break
-        except RpcError as e:
-            if "no usable channel" not in e.message or time.monotonic() > deadline:
-                raise
-            time.sleep(0.2)
-    assert added["htlc_id"] == htlc_id
+    assert add_once_usable(alice, bob, amount, h, height)["htlc_id"] == htlc_id
     assert resolved(alice, htlc_id)["preimage"] == preimage.hex()
 
 

@@ -10,18 +10,23 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 from typing import Any, Callable
 
-Handler = Callable[[Any], None]
+Handler = Callable[[list[Any]], None]
 STOP = object()
+BATCH = 500        # inputs handled in one go at most (one storage commit: batch.py)
 
 
 class PeerWorker:
-    """A queue and a thread; `put` never blocks, `handle(item)` runs on the thread for each item."""
+    """A queue and a thread; `put` never blocks, `handle(items)` runs on the thread with every item queued
+    (up to BATCH), in order."""
 
-    def __init__(self, name: str, handle: Handler, log: logging.Logger) -> None:
+    def __init__(self, name: str, handle: Handler, log: logging.Logger,
+                 linger: Callable[[Any], bool] = lambda item: False, linger_s: float = 0.0) -> None:
         self.name = name
         self._handle = handle
+        self._linger, self._linger_s = linger, linger_s
         self._log = log
         self._inbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name=f"channeld-{name[:16]}", daemon=True)
@@ -44,10 +49,30 @@ class PeerWorker:
 
     def _run(self) -> None:
         while True:
-            item = self._inbox.get()
-            if item is STOP:
+            items = [self._inbox.get()]
+            deadline = time.monotonic() + self._linger_s
+            while items[-1] is not STOP and len(items) < BATCH:
+                try:
+                    items.append(self._inbox.get_nowait())
+                    continue
+                except queue.Empty:
+                    pass
+                # inputs that only lead to our own updates (an HTLC's outcome) wait a little for the next
+                # ones, to share one commit: they come one at a time, each after its own decision's commit
+                left = deadline - time.monotonic()
+                if left <= 0 or not all(self._linger(i) for i in items):
+                    break
+                try:
+                    items.append(self._inbox.get(timeout=left))
+                except queue.Empty:
+                    break
+            stop = items[-1] is STOP
+            if stop:
+                items.pop()
+            if items:
+                try:
+                    self._handle(items)
+                except Exception:  # the handler decides what an error means for the channel; never end the worker
+                    self._log.exception("peer %s: unexpected failure handling %d inputs", self.name, len(items))
+            if stop:
                 return
-            try:
-                self._handle(item)
-            except Exception:  # the handler decides what an error means for the channel; never end the worker
-                self._log.exception("peer %s: unexpected failure handling %s", self.name, type(item).__name__)

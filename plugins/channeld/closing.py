@@ -137,7 +137,7 @@ def close(mgr: "ChannelManager", key: str, destination: str | None, reply: "Futu
     if "our_script" not in closing:
         closing.update(_our_destination(mgr, ch))
     new = ch.with_state(SHUTDOWN, closing=closing)
-    with mgr.ctx.transaction() as tx:
+    with mgr.transaction() as tx:
         mgr.store(tx, new)
     progress(mgr, ch.channel_id)
 
@@ -195,7 +195,7 @@ def progress(mgr: "ChannelManager", cid: bytes) -> None:
             return
         c["shutdown_sent"] = True
         ch = replace(ch, closing=c)
-        with mgr.ctx.transaction() as tx:
+        with mgr.transaction() as tx:
             mgr.store(tx, ch)
             mgr.send(ch.peer_id, Shutdown(cid, bytes.fromhex(c["our_script"])), tx)
         crash_point("shutdown_stored", mgr.ctx.node.network)
@@ -257,7 +257,7 @@ def _start_negotiation(mgr: "ChannelManager", ch: Channel) -> None:
         _state(mgr)["negotiations"][ch.channel_id] = Negotiating(neg, built.tx.txid())
     else:
         _state(mgr)["negotiations"][ch.channel_id] = Negotiating(neg)
-    with mgr.ctx.transaction() as tx:
+    with mgr.transaction() as tx:
         mgr.store(tx, ch)
         if msg is not None:
             mgr.send(ch.peer_id, msg, tx)
@@ -300,7 +300,7 @@ def on_shutdown(mgr: "ChannelManager", peer_id: bytes, msg: Shutdown) -> None:
         ch = ch.with_state(SHUTDOWN, closing=c)
     else:
         ch = replace(ch, closing=c)
-    with mgr.ctx.transaction() as tx:
+    with mgr.transaction() as tx:
         mgr.store(tx, ch)
     crash_point("shutdown_received", mgr.ctx.node.network)
     if ch.state == NEGOTIATING and ch.channel_id in mgr.live:   # a retransmission after a reconnection
@@ -345,7 +345,7 @@ def on_closing_signed(mgr: "ChannelManager", peer_id: bytes, msg: ClosingSigned)
     c = {**ch.closing, "txid": signed.txid(), "tx": signed.serialize().hex(), "fee": step.agreed,
          "signature": sig.hex()}
     new = ch.with_state(CLOSING, closing=c)
-    with mgr.ctx.transaction() as tx:
+    with mgr.transaction() as tx:
         mgr.store(tx, new)
         if echo:
             mgr.send(peer_id, _closing_signed(ch, step.agreed, sig, step.fee_range), tx)
@@ -370,7 +370,7 @@ def on_depth(mgr: "ChannelManager", body: dict[str, Any]) -> bool:
             def done(cid: bytes = ch.channel_id) -> None:
                 current = mgr.channels[cid]
                 if current.state == CLOSING:
-                    with mgr.ctx.transaction() as tx:
+                    with mgr.transaction() as tx:
                         mgr.store(tx, current.with_state(CLOSED))
             mgr.submit(ch.peer_id, done)
             return True

@@ -15,7 +15,7 @@ from lnp_plugin_api.bolt_extensions import extensions_for
 from lnp_plugin_api.channel import (Basepoints, ChannelExtension, ChannelParams, ChannelType, Side, SideConfig)
 from lnp_plugin_api.channel_updates import UpdateLog
 
-DOC_VERSION = 1
+DOC_VERSION = 2    # 2: `htlcs` stored apart (storage.htlcs), not in the document
 
 # The named states (docs/channels.md, "The channel state machine"). Opening states before
 # awaiting_lock live in memory only.
@@ -125,20 +125,20 @@ class Channel:
         return replace(self, state=state, **changes)
 
     def to_json(self) -> dict[str, Any]:
-        """The document stored in `channeld_channels.data`."""
+        """The document stored in `channeld_channels.data` (`htlcs` apart: storage.save writes them)."""
         return {"version": DOC_VERSION, "channel_id": self.channel_id.hex(), "peer_id": self.peer_id.hex(),
                 "dbid": self.dbid, "state": self.state, "params": params_to_json(self.params),
                 "log": self.log.to_json(), "min_depth": self.min_depth,
                 "their_points": {str(n): p.hex() for n, p in self.their_points.items()},
                 "their_secrets": self.their_secrets.to_json(), "ready_sent": self.ready_sent,
                 "ready_received": self.ready_received, "scid": self.scid, "private": self.private,
-                "funding_tx": self.funding_tx, "failure": self.failure, "htlcs": dict(self.htlcs),
+                "funding_tx": self.funding_tx, "failure": self.failure,
                 "last_sent": self.last_sent, "closing": dict(self.closing), "onchain": dict(self.onchain),
                 "routing": dict(self.routing)}
 
     @classmethod
     def from_json(cls, d: Mapping[str, Any]) -> "Channel":
-        """Inverse of `to_json`."""
+        """Inverse of `to_json` (`htlcs` given by storage.load_all)."""
         params = params_from_json(d["params"])
         return cls(bytes.fromhex(d["channel_id"]), bytes.fromhex(d["peer_id"]), int(d["dbid"]), d["state"], params,
                    UpdateLog.from_json(d["log"], params, extensions_for(params.channel_type)), int(d["min_depth"]),

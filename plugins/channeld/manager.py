@@ -28,6 +28,7 @@ from lnp_plugin_api.wire import WireError, format_scid
 
 from . import closing, hints, normal, onchain, opening, reestablish, storage
 from .actor import PeerWorker
+from .batch import ChannelTx, Transactions
 from .document import AWAITING_LOCK, FAILED, IN_USE, NEGOTIATING, NORMAL, SHUTDOWN, Channel
 from .errors import ChannelError, crash_point
 from .opening import Opening
@@ -65,6 +66,7 @@ class ChannelManager:
         self.live: set[bytes] = set()                      # channels reestablished on the current connection
         self.reestablished_at: dict[bytes, float] = {}     # peer -> when a channel was last made live (time.time)
         self.reestablish_sent: set[bytes] = set()          # our channel_reestablish went on this connection
+        self.txs = Transactions(self)
 
     # --- lifecycle ---
 
@@ -74,6 +76,7 @@ class ChannelManager:
             for ch in storage.load_all(conn):
                 self.channels[ch.channel_id] = ch
             self._dbid = storage.max_dbid(conn)
+        self.txs.saved = dict(self.channels)
         for ch in list(self.channels.values()):  # a restart is a disconnection (BOLT-2)
             self._forget_unsigned(ch)
         with self.ctx.storage.begin() as conn:
@@ -99,7 +102,9 @@ class ChannelManager:
         with self._lock:
             w = self._workers.get(peer_id)
             if w is None or not w.alive:
-                w = self._workers[peer_id] = PeerWorker(peer_id.hex(), self._handle, self.ctx.log)
+                w = self._workers[peer_id] = PeerWorker(peer_id.hex(), self._handle_batch, self.ctx.log,
+                                                        linger=lambda item: item[0] == "decided",
+                                                        linger_s=self.options.commit_interval_ms / 1000)
             return w
 
     def submit(self, peer_id: bytes, fn: Callable[[], Any]) -> "Future[Any]":
@@ -116,21 +121,33 @@ class ChannelManager:
 
     # --- helpers for the protocol modules ---
 
-    def send(self, peer_id: bytes, msg: Message, tx: Any = None) -> None:
-        """Send a message to the peer: with `tx`, after that transaction commits (persist before send)."""
-        wire = WireMessage(peer_id, msg.TYPE, msg.encode()[2:])
-        (tx.send_wire if tx is not None else self.ctx.send_wire)(wire)
+    def transaction(self, batched: bool = False) -> Any:
+        """`with mgr.transaction() as tx:` writes and the messages that follow from them (batch.py:
+        `batched` ones join the worker's batch, committed at its end)."""
+        return self.txs.transaction(batched)
 
-    def store(self, tx: Any, ch: Channel, old_state: str | None = None) -> None:
+    def after_commit(self, fn: Callable[[], None]) -> None:
+        """Run `fn` once the worker's batch so far is committed (batch.py)."""
+        self.txs.after_commit(fn)
+
+    def send(self, peer_id: bytes, msg: Message, tx: ChannelTx | None = None) -> None:
+        """Send a message to the peer: with `tx`, after that transaction commits (persist before send);
+        without, at once (on a worker: after what its batch so far sends)."""
+        wire = WireMessage(peer_id, msg.TYPE, msg.encode()[2:])
+        if tx is not None:
+            tx.send_wire(wire)
+        elif not self.txs.send_now(wire):
+            self.ctx.send_wire(wire)
+
+    def store(self, tx: ChannelTx, ch: Channel, old_state: str | None = None) -> None:
         """Write a channel in `tx`, and `channel_state_changed` when its state changed."""
         previous = self.channels.get(ch.channel_id)
         old = old_state if previous is None else previous.state
-        storage.save(tx.conn, ch)
         if old != ch.state:
             tx.emit("channel_state_changed", {"channel_id": ch.channel_id.hex(), "peer_id": ch.peer_id.hex(),
                                               "old_state": old, "new_state": ch.state,
                                               "short_channel_id": ch.scid})
-        self.channels[ch.channel_id] = ch
+        self.txs.stored(tx, ch)
 
     def feerate_per_kw(self) -> int:
         """Our estimate for commitments (sat per 1000 weight), from the backend's 6-block estimate."""
@@ -221,14 +238,17 @@ class ChannelManager:
 
     # --- the worker ---
 
+    def _handle_batch(self, items: list[tuple]) -> None:
+        self.txs.run_batch(items, self._handle)
+
     def _handle(self, item: tuple) -> None:
         kind = item[0]
-        if kind == "call":
+        if kind == "call":   # answered once what it wrote is committed
             _, fn, fut = item
             try:
-                fut.set_result(fn())
+                self.txs.reply(fut, True, fn())
             except BaseException as e:
-                fut.set_exception(e)
+                self.txs.reply(fut, False, e)
         elif kind == "wire":
             self._on_message(item[1])
         elif kind == "depth":
@@ -300,7 +320,7 @@ class ChannelManager:
                 htlcs.pop(f"in:{htlc_id}", None)
             elif u.proposer is Side.LOCAL:
                 self.asked.pop((ch.channel_id, htlc_id), None)
-        with self.ctx.transaction() as tx:
+        with self.transaction() as tx:
             self.store(tx, replace(ch, log=log, htlcs=htlcs))
             for event in events:
                 tx.emit("htlc_resolved", event)
@@ -407,7 +427,7 @@ class ChannelManager:
         ready = replace(ch, ready_sent=True, scid=scid, funding_tx=None)
         if ready.ready_received:
             ready = ready.with_state(NORMAL)
-        with self.ctx.transaction() as tx:
+        with self.transaction() as tx:
             self.store(tx, ready)
             self.send(ch.peer_id, opening.channel_ready(ready, second), tx)
         crash_point("channel_ready_stored", self.ctx.node.network)
@@ -432,7 +452,7 @@ class ChannelManager:
         new = replace(opening.their_alias(ch, msg), ready_received=True, their_points=points)
         if new.ready_sent:
             new = new.with_state(NORMAL)
-        with self.ctx.transaction() as tx:
+        with self.transaction() as tx:
             self.store(tx, new)
         crash_point("channel_ready_received", self.ctx.node.network)
 
@@ -452,7 +472,7 @@ class ChannelManager:
         for ch in list(self.channels.values()):
             if (ch.peer_id == peer_id and msg.channel_id in (ZERO_ID, ch.channel_id)
                     and ch.state in IN_USE):
-                with self.ctx.transaction() as tx:
+                with self.transaction() as tx:
                     self.store(tx, ch.with_state(FAILED, failure=f"error from the peer: {text}"))
                 self._go_to_chain(ch.channel_id, f"error from the peer: {text}")
 
@@ -465,7 +485,7 @@ class ChannelManager:
         op = self.openings.get(key) or self._opening_by_channel_id(key)
         ch = self.channels.get(key)
         if ch is not None and ch.peer_id == peer_id and ch.state in IN_USE:
-            with self.ctx.transaction() as tx:
+            with self.transaction() as tx:
                 self.store(tx, ch.with_state(FAILED, failure=reason))
                 self.send(peer_id, ErrorMessage(key, reason.encode()[:500]), tx)
             self._go_to_chain(ch.channel_id, reason)

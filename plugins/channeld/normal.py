@@ -1,7 +1,8 @@
 """A channel in normal operation (BOLT-2): updates, commitment_signed, revoke_and_ack, and the HTLCs' fate.
 
-Every function runs on the peer's worker. Each change of the update log is one storage transaction
-with the message it causes (persist before send); the log does the BOLT-2 bookkeeping
+Every function runs on the peer's worker. Each change of the update log is written with the message it
+causes (persist before send), in the worker's batch: one storage transaction for every input it
+handles in one go (batch.py); the log does the BOLT-2 bookkeeping
 (`lnp_plugin_api.channel_updates`), the extensions the per-update rules, signd every signature.
 """
 from __future__ import annotations
@@ -88,7 +89,7 @@ def add_htlc(mgr: "ChannelManager", peer_id: bytes, amount_msat: int, payment_ha
         raise RpcError(RpcError.INVALID_PARAMS, "payment_hash must be 32 bytes")
     candidates = [c for c in mgr.channels.values() if c.peer_id == peer_id and c.state == NORMAL
                   and c.channel_id in mgr.live and (channel_id is None or c.channel_id == channel_id)]
-    if not candidates or mgr.transport.peer(peer_id.hex()) is None:
+    if not candidates or mgr.txs.once(("peer", peer_id), lambda: mgr.transport.peer(peer_id.hex())) is None:
         raise RpcError(RpcError.INVALID_PARAMS, f"no usable channel with peer {peer_id.hex()}")
     problems = []
     for ch in sorted(candidates, key=lambda c: -c.log.local.local_msat):
@@ -109,7 +110,7 @@ def add_htlc(mgr: "ChannelManager", peer_id: bytes, amount_msat: int, payment_ha
             continue
         info = {"onion": onion.hex(), "payment_hash": payment_hash.hex(), "amount_msat": amount_msat}
         new = replace(new, htlcs={**new.htlcs, f"out:{htlc_id}": info})
-        with mgr.ctx.transaction() as tx:
+        with mgr.transaction(batched=True) as tx:
             mgr.store(tx, new)
             mgr.send(peer_id, UpdateAddHtlc(ch.channel_id, htlc_id, amount_msat, payment_hash, cltv_expiry, onion),
                      tx)
@@ -139,7 +140,7 @@ def follow_fee(mgr: "ChannelManager", channel_id: bytes) -> None:
     except ChannelError as e:
         mgr.ctx.log.info("channel %s: no update_fee to %d sat/kw: %s", channel_id.hex(), wanted, e)
         return
-    with mgr.ctx.transaction() as tx:
+    with mgr.transaction(batched=True) as tx:
         mgr.store(tx, new)
         mgr.send(ch.peer_id, UpdateFee(channel_id, wanted), tx)
     mgr.schedule_sign(new)
@@ -199,7 +200,7 @@ def on_update(mgr: "ChannelManager", peer_id: bytes, msg: Message) -> None:
             info["failure_code"] = body["failure_code"]
         extra[key] = info
     new = replace(new, htlcs={**new.htlcs, **extra})
-    with mgr.ctx.transaction() as tx:
+    with mgr.transaction(batched=True) as tx:
         mgr.store(tx, new)
         if resolved is not None:
             tx.emit("htlc_resolved", resolved)
@@ -227,18 +228,18 @@ def sign(mgr: "ChannelManager", channel_id: bytes) -> None:
     stages = [HtlcTx(s.tx.serialize(), s.input_script) for s in built.second_stages]
     sig, htlc_sigs = mgr.signer.sign_counterparty_commitment(ch.dbid, n, built.tx.serialize(), pcp, stages)
     new = replace(ch, log=log, last_sent="commit")
-    with mgr.ctx.transaction() as tx:
+    with mgr.transaction(batched=True) as tx:
         mgr.store(tx, new)
-        _remember_remote(tx.conn, ch, n, built)
+        _remember_remote(tx, ch, n, built)
         mgr.send(ch.peer_id, CommitmentSigned(ch.channel_id, sig, htlc_sigs), tx)
-    crash_point("commitment_signed_stored", mgr.ctx.node.network)
+    mgr.after_commit(lambda: crash_point("commitment_signed_stored", mgr.ctx.node.network))
 
 
-def _remember_remote(conn: Any, ch: Channel, n: int, built: BuiltCommitment) -> None:
+def _remember_remote(tx: Any, ch: Channel, n: int, built: BuiltCommitment) -> None:
     """What a penalty needs if the peer ever broadcasts this commitment after revoking it."""
     htlcs = [{"offerer": h.offerer.value, "id": h.id, "amount_msat": h.amount_msat,
               "payment_hash": h.payment_hash.hex(), "cltv_expiry": h.cltv_expiry} for h in built.spec.htlcs]
-    conn.execute(insert(remote_commitments).values(channel_id=ch.channel_id.hex(), number=n, txid=built.txid,
+    tx.execute(insert(remote_commitments).values(channel_id=ch.channel_id.hex(), number=n, txid=built.txid,
                                                    htlcs=json.dumps(htlcs),
                                                    feerate_per_kw=built.spec.feerate_per_kw))
 
@@ -264,12 +265,12 @@ def on_commitment_signed(mgr: "ChannelManager", peer_id: bytes, msg: CommitmentS
     crash_point("commitment_signed_checked", mgr.ctx.node.network)
     secret, next_point = mgr.signer.revoke_holder_commitment(ch.dbid, n - 1)
     new = _forget_settled(mgr, replace(ch, log=log.send_revoke(), last_sent="revoke"))
-    with mgr.ctx.transaction() as tx:
+    with mgr.transaction(batched=True) as tx:
         mgr.store(tx, new[0])
         mgr.send(peer_id, RevokeAndAck(ch.channel_id, secret, next_point), tx)
         for event in new[1]:
             tx.emit("htlc_resolved", event)
-    crash_point("revoke_and_ack_stored", mgr.ctx.node.network)
+    mgr.after_commit(lambda: crash_point("revoke_and_ack_stored", mgr.ctx.node.network))
     after_change(mgr, new[0])
 
 
@@ -295,11 +296,11 @@ def on_revoke_and_ack(mgr: "ChannelManager", peer_id: bytes, msg: RevokeAndAck) 
     points[old + 2] = msg.next_per_commitment_point
     new, events = _forget_settled(mgr, replace(ch, log=ch.log.receive_revoke(), their_points=points,
                                                their_secrets=secrets))
-    with mgr.ctx.transaction() as tx:
+    with mgr.transaction(batched=True) as tx:
         mgr.store(tx, new)
         for event in events:
             tx.emit("htlc_resolved", event)
-    crash_point("revocation_received", mgr.ctx.node.network)
+    mgr.after_commit(lambda: crash_point("revocation_received", mgr.ctx.node.network))
     after_change(mgr, new)
 
 
@@ -359,7 +360,8 @@ def ask_pending(mgr: "ChannelManager", ch: Channel) -> None:
         p = peeled.payload
         body = {"channel_id": ch.channel_id.hex(), "peer_id": ch.peer_id.hex(), "short_channel_id": ch.scid,
                 "htlc_id": h.id, "amount_msat": h.amount_msat, "payment_hash": h.payment_hash.hex(),
-                "cltv_expiry": h.cltv_expiry, "current_height": mgr.height(), "is_final": peeled.is_final,
+                "cltv_expiry": h.cltv_expiry, "current_height": mgr.txs.once("height", mgr.height),
+                "is_final": peeled.is_final,
                 "next_onion": peeled.next_onion.hex() if peeled.next_onion else None,
                 "payload": {"amt_to_forward": p.amt_to_forward, "outgoing_cltv_value": p.outgoing_cltv_value,
                             "short_channel_id": None if p.short_channel_id is None else str(p.short_channel_id),
@@ -368,8 +370,9 @@ def ask_pending(mgr: "ChannelManager", ch: Channel) -> None:
                             "payment_metadata": p.payment_metadata.hex() if p.payment_metadata else None,
                             "unknown": {str(t): v.hex() for t, v in p.unknown.items()}}}
         peer, cid = ch.peer_id, ch.channel_id
-        mgr.ctx.decide_async("htlc_accepted", body,
-                             on_done=lambda result, b=body: mgr.worker(peer).put(("decided", cid, b, result)))
+        # asked once the HTLC's irrevocable commitment is on disk (the end of the worker's batch)
+        mgr.after_commit(lambda b=body, peer=peer, cid=cid: mgr.ctx.decide_async(
+            "htlc_accepted", b, on_done=lambda result: mgr.worker(peer).put(("decided", cid, b, result))))
 
 
 def on_decided(mgr: "ChannelManager", channel_id: bytes, body: dict[str, Any], result: Any) -> None:
@@ -436,8 +439,8 @@ def _remove(mgr: "ChannelManager", channel_id: bytes, htlc_id: int, kind: str, f
         msg = UpdateFailHtlc(cid, htlc_id, bytes.fromhex(fields["reason"]))
     else:
         msg = UpdateFailMalformedHtlc(cid, htlc_id, bytes.fromhex(fields["sha256_of_onion"]), fields["failure_code"])
-    with mgr.ctx.transaction() as tx:
+    with mgr.transaction(batched=True) as tx:
         mgr.store(tx, new)
         mgr.send(ch.peer_id, msg, tx)
-    crash_point(f"{kind}_stored", mgr.ctx.node.network)
+    mgr.after_commit(lambda: crash_point(f"{kind}_stored", mgr.ctx.node.network))
     mgr.schedule_sign(new)

@@ -64,7 +64,7 @@ def force_close(mgr: "ChannelManager", channel_id: bytes, reason: str) -> dict[s
     if refused:
         raise RpcError(RpcError.REFUSED, refused)
     number = ch.log.local_number
-    with mgr.ctx.transaction() as tx:   # before signd signs: a restart finishes the close, never forgets it
+    with mgr.transaction() as tx:   # before signd signs: a restart finishes the close, never forgets it
         mgr.store(tx, ch.with_state(FORCE_CLOSING, onchain={"reason": reason, "number": number}))
     crash_point("force_closing_stored", mgr.ctx.node.network)
     return _sign_and_send(mgr, mgr.channels[channel_id])
@@ -77,7 +77,7 @@ def _sign_and_send(mgr: "ChannelManager", ch: Channel) -> dict[str, Any]:
         # the peer's signatures of our HTLC transactions (in the order validated: the second stages')
         oc.update(commitment=going["txid"], commitment_tx=going["tx"],
                   htlc_sigs=[h["counterparty_signature"] for h in going.get("htlcs", [])])
-        with mgr.ctx.transaction() as tx:
+        with mgr.transaction() as tx:
             mgr.store(tx, replace(ch, onchain=oc))
         crash_point("commitment_tx_stored", mgr.ctx.node.network)
     watch_funding_spend(mgr, ch)
@@ -155,7 +155,7 @@ def _funding_spent(mgr: "ChannelManager", ch: Channel, raw: str, height: int | N
         oc["spent"] = {}   # another transaction (a reorg): what we knew of the outputs is void
     closing = _classify(mgr, replace(ch, onchain=oc), spending)
     oc["kind"] = closing.kind
-    with mgr.ctx.transaction() as tx:
+    with mgr.transaction() as tx:
         mgr.store(tx, ch.with_state(ONCHAIN, onchain=oc))
     mgr.ctx.log.warning("channel %s: funding spent by %s (%s)", ch.channel_id.hex(), closing.txid, closing.kind)
     for out in closing.outputs:
@@ -183,7 +183,7 @@ def _record(mgr: "ChannelManager", ch: Channel, field: str, key: str, txid: str,
     oc[field] = {**oc.get(field, {}), key: {
         "txid": spending.txid(), "height": height, "vin": vin, "amount_sat": amount,
         "witness": [w.hex() for w in spending.inputs[vin].witness]}}
-    with mgr.ctx.transaction() as tx:
+    with mgr.transaction() as tx:
         mgr.store(tx, replace(ch, onchain=oc))
     return spending
 
@@ -293,7 +293,7 @@ def step(mgr: "ChannelManager", channel_id: bytes, height: int | None = None) ->
         elif action.kind == "done":
             heights = [s.height for s in [*spent.values(), *stage_spent.values()]] + [facts.confirmed]
             if all(h is not None and height - h + 1 >= CLOSE_DEPTH for h in heights):
-                with mgr.ctx.transaction() as tx:
+                with mgr.transaction() as tx:
                     mgr.store(tx, mgr.channels[channel_id].with_state(CLOSED))
     ch = mgr.channels[channel_id]
     for key, s in ch.onchain.get("sent", {}).items():   # not mined yet: again (a restart, a full mempool)
@@ -338,7 +338,7 @@ def _resolve_offered(mgr: "ChannelManager", channel_id: bytes, htlc: Htlc, preim
     if not any(h.offerer is L and h.id == htlc.id for owner in (L, R) for h in ch.log.latest(owner).htlcs):
         return   # in a revoked commitment only: settled off chain since (resolved then)
     oc = {**ch.onchain, "resolved_htlcs": done + [htlc.id]}
-    with mgr.ctx.transaction() as tx:
+    with mgr.transaction() as tx:
         mgr.store(tx, replace(ch, onchain=oc))
         tx.emit("htlc_resolved", {"channel_id": channel_id.hex(), "htlc_id": htlc.id,
                                   "payment_hash": htlc.payment_hash.hex(), "amount_msat": htlc.amount_msat,
@@ -362,7 +362,7 @@ def _make(mgr: "ChannelManager", channel_id: bytes, key: str, build: Callable[[]
         return
     oc = dict(ch.onchain)
     oc["sent"] = {**oc.get("sent", {}), key: {"txid": made.txid, "tx": made.tx.serialize().hex()}}
-    with mgr.ctx.transaction() as tx:
+    with mgr.transaction() as tx:
         mgr.store(tx, replace(ch, onchain=oc))
     _broadcast(mgr, oc["sent"][key]["tx"], key)
 

@@ -204,7 +204,7 @@ def on_funding_signed(mgr: "ChannelManager", op: Opening, msg: FundingSigned) ->
     _check_our_first(mgr, op, msg.signature)
     ch = _channel(mgr, op, cid, funding_tx=op.funded.tx)
     mgr.watch_funding(ch)
-    with mgr.ctx.transaction() as tx:
+    with mgr.transaction() as tx:
         mgr.store(tx, ch, old_state="opening")
     crash_point("funding_signed_received", mgr.ctx.node.network)
     mgr.funding.broadcast(op.funded.reservation)
@@ -290,7 +290,7 @@ def on_funding_created(mgr: "ChannelManager", op: Opening, msg: FundingCreated) 
     cid = channel_id_of(txid, msg.funding_output_index)
     ch = _channel(mgr, op, cid, funding_tx=None)
     mgr.watch_funding(ch)
-    with mgr.ctx.transaction() as tx:
+    with mgr.transaction() as tx:
         mgr.store(tx, ch, old_state="opening")
         mgr.send(op.peer_id, FundingSigned(cid, op.extra["their_commitment_sig"]), tx)
     crash_point("funding_signed_stored", mgr.ctx.node.network)

@@ -59,7 +59,8 @@ SCHEMA: dict[str, Field] = {
                            check=lambda v: None if v >= 1 else "must be at least 1"),
     "min_fee_ratio": Field(float, 0.1, "and at least this fraction of it (test networks often use fixed "
                            "rates far from any estimate: widen both there)", check=_fraction),
-    "commit_interval_ms": Field(int, 10, "milliseconds updates may wait to share one commitment_signed",
+    "commit_interval_ms": Field(int, 10, "milliseconds updates may wait to share one commitment_signed (and HTLC "
+                                "outcomes one commit)",
                                 check=_not_negative),
     "anchors": Field(bool, True, "prefer option_anchors (zero-fee HTLC transactions) when the peer supports it"),
     "upfront_shutdown_script": Field(bool, True, "commit at open to a wallet address as where a cooperative close "

@@ -125,7 +125,7 @@ def _behind(mgr: "ChannelManager", ch: Channel, msg: ChannelReestablish) -> None
            f"{msg.next_revocation_number}; we have {ch.log.remote_number}, {ch.log.local_number}): "
            "please close the channel")
     mgr.ctx.log.error("channel %s: %s", ch.channel_id.hex(), why)
-    with mgr.ctx.transaction() as tx:
+    with mgr.transaction() as tx:
         mgr.store(tx, replace(ch, state=FAILED, failure=f"data loss: {why}"))
         mgr.send(ch.peer_id, _error(ch, why), tx)
 

@@ -1,9 +1,11 @@
-"""channeld's tables: channels and the counterparty's past commitments (for penalties).
+"""channeld's tables: channels, their HTLCs' data, and the counterparty's past commitments (for penalties).
 
-A channel's whole state (parameters, the update log, commitment numbers, the counterparty's revealed
-secrets in shachain form, each extension's versioned state) is one JSON document in
-`channeld_channels.data`, written in the same storage transaction as the messages that follow from
-it (the host's outbox). The columns beside it are copies for listing and lookups.
+A channel's state (parameters, the update log, commitment numbers, the counterparty's revealed secrets
+in shachain form, each extension's versioned state) is one JSON document in `channeld_channels.data`;
+what it keeps per HTLC beside the log (`Channel.htlcs`: the 1366-byte onion, a failure) is one row per
+HTLC in `channeld_htlcs`, written when it changes and deleted once the HTLC is gone from both
+commitments. Both are written in the same storage transaction as the messages that follow from them
+(the host's outbox). The columns beside the document are copies for listing and lookups.
 """
 from __future__ import annotations
 
@@ -50,6 +52,15 @@ remote_commitments = Table(
 )
 Index("channeld_remote_commitments_txid", remote_commitments.c.txid)
 
+htlcs = Table(
+    # Channel.htlcs, one row per key ("in:ID" received, "out:ID" offered): an HTLC's onion is written
+    # once, not with every change of the channel
+    "channeld_htlcs", metadata,
+    Column("channel_id", String(64), primary_key=True),
+    Column("key", String(32), primary_key=True),
+    Column("data", Text, nullable=False),                 # JSON
+)
+
 funding_confirmed = Table(
     # watchd's tx_depth for a funding transaction, written when the (durable) event is received, so a
     # channel whose channel_ready was not sent yet finds it again after a restart
@@ -58,26 +69,60 @@ funding_confirmed = Table(
     Column("height", Integer, nullable=False),            # the block that confirmed the funding
 )
 
-MODELS = StorageModels(metadata, version=1)
 
 
-def save(conn: Any, ch: "Channel", capacity_sat: int | None = None) -> None:
-    """Insert or update a channel's row (the document and the columns copied from it)."""
+def _htlcs_apart(conn: Any) -> None:
+    """Schema 2: each document's `htlcs` moves to rows of channeld_htlcs (document version 2)."""
+    htlcs.create(conn)
+    for r in conn.execute(select(channels.c.channel_id, channels.c.data)).all():
+        doc = json.loads(r.data)
+        rows = [{"channel_id": r.channel_id, "key": k, "data": json.dumps(v)} for k, v in doc.pop("htlcs", {}).items()]
+        if rows:
+            conn.execute(htlcs.insert(), rows)
+        doc["version"] = DOC_VERSION
+        conn.execute(channels.update().where(channels.c.channel_id == r.channel_id)
+                     .values(data=json.dumps(doc), version=DOC_VERSION))
+
+
+MODELS = StorageModels(metadata, version=2, migrations={2: _htlcs_apart})
+
+
+def save(conn: Any, ch: "Channel", before: "Channel | None" = None) -> None:
+    """Insert or update a channel's row (the document and the columns copied from it) and its HTLC rows.
+
+    `before` is the channel as stored (None: unknown, every HTLC row is rewritten): only the HTLC rows
+    that changed since are written.
+    """
     p = ch.params
+    cid = ch.channel_id.hex()
     cols = {"peer_id": ch.peer_id.hex(), "state": ch.state, "opener": ch.opener, "short_channel_id": ch.scid,
             "funding_txid": p.funding_txid, "funding_vout": p.funding_output_index, "capacity_sat": p.funding_sat,
-            "channel_type": p.channel_type.name, "data": json.dumps(ch.to_json()), "version": DOC_VERSION,
-            "updated_at": time.time()}
-    done = conn.execute(channels.update().where(channels.c.channel_id == ch.channel_id.hex()).values(**cols))
+            "channel_type": p.channel_type.name, "data": json.dumps(ch.to_json(), separators=(",", ":")),
+            "version": DOC_VERSION, "updated_at": time.time()}
+    done = conn.execute(channels.update().where(channels.c.channel_id == cid).values(**cols))
     if done.rowcount == 0:
-        conn.execute(channels.insert().values(channel_id=ch.channel_id.hex(), dbid=ch.dbid, created_at=time.time(),
-                                              **cols))
+        conn.execute(channels.insert().values(channel_id=cid, dbid=ch.dbid, created_at=time.time(), **cols))
+    old: Any = before.htlcs if before is not None and before.channel_id == ch.channel_id else None
+    if old is None:
+        conn.execute(htlcs.delete().where(htlcs.c.channel_id == cid))
+        old = {}
+    gone = [k for k in old if k not in ch.htlcs]
+    changed = [k for k, v in ch.htlcs.items() if k in old and old[k] is not v and old[k] != v]
+    added = [k for k in ch.htlcs if k not in old]
+    if gone or changed:
+        conn.execute(htlcs.delete().where(htlcs.c.channel_id == cid, htlcs.c.key.in_(gone + changed)))
+    if changed or added:
+        conn.execute(htlcs.insert(), [{"channel_id": cid, "key": k, "data": json.dumps(ch.htlcs[k])}
+                                      for k in changed + added])
 
 
 def load_all(conn: Any) -> list["Channel"]:
     """Every stored channel, oldest first."""
-    rows = conn.execute(select(channels.c.data).order_by(channels.c.dbid)).all()
-    return [Channel.from_json(json.loads(r.data)) for r in rows]
+    by_channel: dict[str, dict[str, Any]] = {}
+    for r in conn.execute(select(htlcs)).all():
+        by_channel.setdefault(r.channel_id, {})[r.key] = json.loads(r.data)
+    rows = conn.execute(select(channels.c.channel_id, channels.c.data).order_by(channels.c.dbid)).all()
+    return [Channel.from_json({**json.loads(r.data), "htlcs": by_channel.get(r.channel_id, {})}) for r in rows]
 
 
 def max_dbid(conn: Any) -> int:

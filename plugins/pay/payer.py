@@ -1,38 +1,23 @@
-"""Paying a BOLT-11 invoice of a direct peer: checks, the one-hop onion, `channeld.add_htlc`, and the
-`htlc_resolved` events that settle each attempt. Every method runs on the plugin's service thread."""
+"""Paying a BOLT-11 invoice of a direct peer: checks, then the attempt to the sender (sender.py: the one-hop
+onion, stored, `channeld.add_htlc`), and the `htlc_resolved` events that settle each attempt. Every method
+runs on the plugin's service thread (the sender calls back through `ctx.call_soon`)."""
 from __future__ import annotations
 
 import hashlib
-import os
 import threading
 import time
 from concurrent.futures import Future
 from typing import Any
 
-import coincurve
 from sqlalchemy import select
 
-from lnp_plugin_api import RpcError, ServiceContext, bolt11, onion, onion_errors
-from lnp_plugin_api.chain import ChainClient
+from lnp_plugin_api import RpcError, ServiceContext, bolt11, onion_errors
 
+from .sender import Job, Sender
 from .storage import attempts, payments
 
-CLTV_MARGIN = 3          # blocks on top of the invoice's delta: the payee's tip may be ahead of ours
-ADD_HTLC_TIMEOUT = 30.0
 MAX_LOCAL_ATTEMPTS = 3   # attempts of a payment whose HTLCs never left the node, while its caller waits
 RETRY_DELAY = 1.0        # seconds before such a new attempt (the peer may be reconnecting)
-# channeld errors after which the HTLC may have been stored: the payment stays pending (htlc_resolved tells)
-AMBIGUOUS = (RpcError.TIMEOUT, RpcError.SERVICE_UNAVAILABLE, RpcError.INTERNAL_ERROR)
-
-
-def _session_key() -> bytes:
-    while True:
-        key = os.urandom(32)
-        try:
-            coincurve.PrivateKey(key)
-            return key
-        except ValueError:  # zero or above the group order: draw again
-            continue
 
 
 class Payer:
@@ -41,9 +26,12 @@ class Payer:
     def __init__(self, ctx: ServiceContext) -> None:
         self.ctx = ctx
         self.waiters: dict[str, list[Future]] = {}
+        self.unarmed: dict[str, list[tuple[Future, float]]] = {}   # waits that start once the HTLC is offered
+        self.sending: set[str] = set()                             # queued to the sender, not stored yet
         self.timers: set[threading.Timer] = set()
         self.supported = {s.pair for s in ctx.node.features} | set(bolt11.DEFAULT_FEATURES)
         self._recover()
+        self.sender = Sender(self)
 
     def _recover(self) -> None:
         """A payment left pending with its last attempt failed (a retry was due when the node stopped) fails:
@@ -60,6 +48,7 @@ class Payer:
 
     def close(self) -> None:
         """Stop the timers; callers still waiting get an error (their payments stay as they are)."""
+        self.sender.close()
         for timer in list(self.timers):
             timer.cancel()
         for hash_hex in list(self.waiters):
@@ -74,56 +63,44 @@ class Payer:
         except bolt11.InvoiceError as e:
             raise RpcError(RpcError.INVALID_PARAMS, f"not a valid invoice: {e}") from None
         hash_hex = inv.payment_hash.hex()
+        if hash_hex in self.sending:   # the same payment, queued and not stored yet
+            return self._wait(hash_hex, wait, armed=False)
         row = self._payment(hash_hex)
         if row is not None and row.status == "complete":
             return self.show(row, with_preimage=True)  # paid already: nothing is sent again
         if row is not None and row.status == "pending":
             return self._wait(hash_hex, wait)
         amount = self._check(inv, amount_msat)
-        self._send(text.strip(), inv, amount, row.attempts if row is not None else 0, is_new=row is None)
-        return self._wait(hash_hex, wait)
+        done = self._wait(hash_hex, wait, armed=False)   # WAIT counts from when the HTLC is offered
+        self._send(Job(text.strip(), inv, amount, row.attempts if row is not None else 0, is_new=row is None))
+        return done
 
-    def _send(self, text: str, inv: bolt11.Invoice, amount: int, attempts_before: int, is_new: bool) -> None:
-        """One attempt: the onion, stored, then offered through `channeld.add_htlc`. A refusal fails the payment
-        (RpcError); an ambiguous error leaves it pending (htlc_resolved tells)."""
-        hash_hex = inv.payment_hash.hex()
-        height = ChainClient(self.ctx).info().height
-        cltv = height + inv.min_final_cltv_expiry_delta + CLTV_MARGIN
-        hop = onion.HopPayload.final(amount, cltv, inv.payment_secret, total_msat=amount,
-                                     payment_metadata=inv.metadata)
-        packet, secrets = onion.build_onion(_session_key(), [inv.payee], [hop], inv.payment_hash)
-        now = time.time()
-        with self.ctx.storage.begin() as conn:  # the attempt is on disk before channeld can send anything
-            values = dict(bolt11=text, destination=inv.payee.hex(), amount_msat=amount, status="pending",
-                          preimage=None, created_at=now, completed_at=None, failure_reason=None, failure_code=None,
-                          attempts=attempts_before + 1)
-            if is_new:
-                conn.execute(payments.insert().values(payment_hash=hash_hex, **values))
-            else:
-                conn.execute(payments.update().where(payments.c.payment_hash == hash_hex).values(**values))
-            attempt = conn.execute(attempts.insert().values(
-                payment_hash=hash_hex, shared_secrets=b"".join(secrets).hex(), amount_msat=amount,
-                cltv_expiry=cltv, status="sending", created_at=now)).inserted_primary_key[0]
-        try:
-            added = self.ctx.request("channeld.add_htlc", {
-                "peer_id": inv.payee.hex(), "amount_msat": amount, "payment_hash": hash_hex, "cltv_expiry": cltv,
-                "onion": packet.hex()}, timeout=ADD_HTLC_TIMEOUT)
-        except RpcError as e:
-            if e.code in AMBIGUOUS:
-                self.ctx.log.warning("payment %s: channeld did not answer (%s); it stays pending until channeld "
-                                     "reports the HTLC", hash_hex, e.message)
-                return
-            reason = (f"channeld refused the HTLC to {inv.payee.hex()}: {e.message} (only direct payments to a "
-                      "peer with a channel are implemented; multi-hop routing comes later)")
-            if e.code == RpcError.METHOD_NOT_FOUND:
-                reason = "no channeld: enable the channeld plugin to pay invoices"
-            self._settle(attempt, hash_hex, failed=(reason, None))
-            raise RpcError(RpcError.REFUSED, f"payment failed: {reason}") from None
-        with self.ctx.storage.begin() as conn:
-            conn.execute(attempts.update().where(attempts.c.id == attempt, attempts.c.status == "sending")
-                         .values(channel_id=str(added["channel_id"]), htlc_id=int(added["htlc_id"]), status="pending"))
-        self.ctx.log.info("payment %s: HTLC %s:%s offered, %d msat to %s", hash_hex, added["channel_id"],
-                          added["htlc_id"], amount, inv.payee.hex())
+    def _send(self, job: Job) -> None:
+        """One attempt, to the sender: stored, then offered through `channeld.add_htlc`. A refusal fails the
+        payment (`refused`); an ambiguous error leaves it pending (htlc_resolved tells)."""
+        self.sending.add(job.inv.payment_hash.hex())
+        self.sender.put(job)
+
+    # --- the sender's outcomes (on the service thread) --------------------------------------------------
+
+    def stored(self, hash_hex: str) -> None:
+        """The attempt is on disk: `pay` of the same invoice finds the payment pending."""
+        self.sending.discard(hash_hex)
+
+    def sent(self, hash_hex: str) -> None:
+        """channeld took the HTLC (or may have): the callers' waits start."""
+        for done, wait in self.unarmed.pop(hash_hex, []):
+            if not done.done():
+                self._arm(hash_hex, done, wait)
+
+    def refused(self, attempt: int, hash_hex: str, reason: str) -> None:
+        """channeld refused the HTLC: nothing was sent; the payment fails and its callers are told."""
+        self._settle(attempt, hash_hex, failed=(reason, None))
+
+    def not_sent(self, hash_hex: str, error: RpcError) -> None:
+        """The sender could not send the attempt (e.g. no chain backend): its callers get the error."""
+        self.sending.discard(hash_hex)
+        self._wake(hash_hex, error=error)
 
     def _retry(self, hash_hex: str) -> None:
         """A new attempt for a payment whose HTLC never left this node, while its caller still waits."""
@@ -132,9 +109,9 @@ class Payer:
             return
         try:
             inv = bolt11.decode(row.bolt11)
-            self._send(row.bolt11, inv, row.amount_msat, row.attempts, is_new=False)
-        except RpcError:
-            pass  # the payment is failed and its waiters told (_settle)
+        except bolt11.InvoiceError:
+            return
+        self._send(Job(row.bolt11, inv, row.amount_msat, row.attempts, is_new=False))
 
     def _check(self, inv: bolt11.Invoice, amount_msat: int | None) -> int:
         """The amount to send, after the checks that refuse an invoice before anything is sent."""
@@ -267,24 +244,33 @@ class Payer:
 
     # --- waiting and listing ----------------------------------------------------------------------------
 
-    def _wait(self, hash_hex: str, wait: float) -> Future:
+    def _wait(self, hash_hex: str, wait: float, armed: bool = True) -> Future:
+        """A Future of the payment's outcome, or of its pending state after `wait` s (counted from now, or
+        once the HTLC is offered when not `armed`)."""
         done: Future = Future()
         self.waiters.setdefault(hash_hex, []).append(done)
+        if armed:
+            self._arm(hash_hex, done, wait)
+        else:
+            self.unarmed.setdefault(hash_hex, []).append((done, wait))
+        return done
 
+    def _arm(self, hash_hex: str, done: Future, wait: float) -> None:
         def timed_out() -> None:
             self.timers.discard(timer)
             if not done.done():
                 self.waiters.get(hash_hex, []).remove(done)
                 row = self._payment(hash_hex)
-                done.set_result({**self.show(row), "message": f"not settled within {wait:g} s: the payment stays "
-                                                              "pending; `pay` it again to wait, or see listpayments"})
+                shown = self.show(row) if row is not None else {"payment_hash": hash_hex, "status": "pending"}
+                done.set_result({**shown, "message": f"not settled within {wait:g} s: the payment stays "
+                                                     "pending; `pay` it again to wait, or see listpayments"})
         timer = threading.Timer(max(wait, 0.0), lambda: self.ctx.call_soon(timed_out))
         timer.daemon = True
         self.timers.add(timer)
         timer.start()
-        return done
 
     def _wake(self, hash_hex: str, result: dict[str, Any] | None = None, error: RpcError | None = None) -> None:
+        self.unarmed.pop(hash_hex, None)
         for waiter in self.waiters.pop(hash_hex, []):
             if not waiter.done():
                 waiter.set_exception(error) if error is not None else waiter.set_result(result)

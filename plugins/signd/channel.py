@@ -146,6 +146,7 @@ class ChannelSigner:
         self.keys, self.begin, self.allowed = keys, begin, allowed
         self.lock = threading.Lock()  # one operation at a time: each reads, checks and writes a state
         self._saved: dict[int, str] = {}  # index -> the state as committed (signd is its only writer)
+        self._pubs: dict[tuple[int, int], bytes] = {}
 
     # --- state ------------------------------------------------------------------------------------
 
@@ -182,7 +183,10 @@ class ChannelSigner:
         return self.keys.channel_secret(family, index)
 
     def pub(self, family: int, index: int) -> bytes:
-        return point(self.secret(family, index))
+        found = self._pubs.get((family, index))
+        if found is None:   # an EC multiplication, asked for by every operation: once per key
+            found = self._pubs[(family, index)] = point(self.secret(family, index))
+        return found
 
     def holder_secret(self, index: int, n: int) -> bytes:
         """Our per-commitment secret of commitment `n`."""

@@ -34,6 +34,7 @@ class Keychain:
         (`--dev-force-channel-secrets`, in FORCED_ORDER)."""
         self.network = network
         self.coin = 0 if network == "mainnet" else 1
+        self._derived: dict[str, bytes] = {}
         self._root = bip32.HDKey.from_seed(bip32_seed if bip32_seed is not None else bip39.mnemonic_to_seed(mnemonic))
         self._forced_channel = dict(zip(FORCED_ORDER, channel_secrets)) if channel_secrets else None
         self.fingerprint = self._root.my_fingerprint.hex()
@@ -42,7 +43,11 @@ class Keychain:
         self._account = self._root.derive(self.account_path)
 
     def _secret(self, path: str) -> bytes:
-        return self._root.derive(path).key.secret
+        # a derivation is a dozen of EC operations, asked for on every signature: each path's once
+        found = self._derived.get(path)
+        if found is None:
+            found = self._derived[path] = self._root.derive(path).key.secret
+        return found
 
     @property
     def root(self) -> bip32.HDKey:

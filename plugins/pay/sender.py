@@ -1,0 +1,166 @@
+"""Sending the attempts `pay` decided, in groups, off the plugin's service thread.
+
+`pay` checks an invoice on the service thread and queues the attempt here. The sender's thread takes
+every attempt queued at once: one chain height, each onion, the payments and attempts written in ONE
+storage transaction (each attempt is on disk before channeld can send its HTLC), then every
+`channeld.add_htlc` at once (channeld takes them in one batch) and the HTLCs' ids in one more
+transaction. So paying does not wait for one commit and one channeld round trip per payment, and the
+service thread stays free for `pay` calls and `htlc_resolved`. Outcomes that touch the payer's state
+(a refusal, the answer's timer) go back to the service thread (`ctx.call_soon`).
+"""
+from __future__ import annotations
+
+import os
+import queue
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable
+
+import coincurve
+
+from lnp_plugin_api import RpcError, bolt11, onion
+from lnp_plugin_api.chain import ChainClient
+
+from .storage import attempts, payments
+
+if TYPE_CHECKING:
+    from .payer import Payer
+
+CLTV_MARGIN = 3          # blocks on top of the invoice's delta: the payee's tip may be ahead of ours
+ADD_HTLC_TIMEOUT = 30.0
+GROUP = 200              # attempts sent in one go at most
+PARALLEL = 32            # channeld.add_htlc requests in flight at once
+# channeld errors after which the HTLC may have been stored: the payment stays pending (htlc_resolved tells)
+AMBIGUOUS = (RpcError.TIMEOUT, RpcError.SERVICE_UNAVAILABLE, RpcError.INTERNAL_ERROR)
+STOP = None
+
+
+@dataclass
+class Job:
+    """One attempt to send: the invoice, the amount, and what `_sent` reports back to the payer."""
+
+    text: str
+    inv: bolt11.Invoice
+    amount: int
+    attempts_before: int
+    is_new: bool
+
+
+def _session_key() -> bytes:
+    while True:
+        key = os.urandom(32)
+        try:
+            coincurve.PrivateKey(key)
+            return key
+        except ValueError:  # zero or above the group order: draw again
+            continue
+
+
+class Sender:
+    """A queue of attempts and the thread that sends them in groups."""
+
+    def __init__(self, payer: "Payer") -> None:
+        self.payer, self.ctx = payer, payer.ctx
+        self._queue: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
+        self._pool = ThreadPoolExecutor(max_workers=PARALLEL, thread_name_prefix="pay-add-htlc")
+        self._thread = threading.Thread(target=self._run, name="pay-sender", daemon=True)
+        self._thread.start()
+
+    def put(self, job: Job) -> None:
+        """Queue an attempt (the payer's `sending` holds its hash until `done` is called back)."""
+        self._queue.put(job)
+
+    def close(self) -> None:
+        """End the thread once what it is sending is sent."""
+        self._queue.put(STOP)
+        self._thread.join(5.0)
+        self._pool.shutdown(wait=False)
+
+    def _run(self) -> None:
+        while True:
+            jobs = [self._queue.get()]
+            while jobs[-1] is not STOP and len(jobs) < GROUP:
+                try:
+                    jobs.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            stop = jobs[-1] is STOP
+            group = [j for j in jobs if j is not None]
+            if group:
+                try:
+                    self._send(group)
+                except Exception as e:  # never end the thread: those payments are told, the next ones go on
+                    self.ctx.log.exception("pay: sending %d attempts failed", len(group))
+                    error = (e if isinstance(e, RpcError)
+                             else RpcError(RpcError.INTERNAL_ERROR, f"payment not sent: {e!r}"))
+                    for job in group:
+                        self._back(lambda j=job: self.payer.not_sent(j.inv.payment_hash.hex(), error))
+            if stop:
+                return
+
+    def _back(self, fn: Callable[[], None]) -> None:
+        self.ctx.call_soon(fn)
+
+    def _send(self, group: list[Job]) -> None:
+        height = ChainClient(self.ctx).info().height
+        now = time.time()
+        built = []
+        for job in group:
+            cltv = height + job.inv.min_final_cltv_expiry_delta + CLTV_MARGIN
+            hop = onion.HopPayload.final(job.amount, cltv, job.inv.payment_secret, total_msat=job.amount,
+                                         payment_metadata=job.inv.metadata)
+            packet, secrets = onion.build_onion(_session_key(), [job.inv.payee], [hop], job.inv.payment_hash)
+            built.append((job, cltv, packet, secrets))
+        ids = []
+        with self.ctx.storage.begin() as conn:  # every attempt on disk before channeld can send anything
+            for job, cltv, packet, secrets in built:
+                hash_hex = job.inv.payment_hash.hex()
+                values = dict(bolt11=job.text, destination=job.inv.payee.hex(), amount_msat=job.amount,
+                              status="pending", preimage=None, created_at=now, completed_at=None,
+                              failure_reason=None, failure_code=None, attempts=job.attempts_before + 1)
+                if job.is_new:
+                    conn.execute(payments.insert().values(payment_hash=hash_hex, **values))
+                else:
+                    conn.execute(payments.update().where(payments.c.payment_hash == hash_hex).values(**values))
+                ids.append(conn.execute(attempts.insert().values(
+                    payment_hash=hash_hex, shared_secrets=b"".join(secrets).hex(), amount_msat=job.amount,
+                    cltv_expiry=cltv, status="sending", created_at=now)).inserted_primary_key[0])
+        for job, _, _, _ in built:   # stored: a `pay` of the same invoice now finds it pending
+            self._back(lambda h=job.inv.payment_hash.hex(): self.payer.stored(h))
+        answers = [self._pool.submit(self.ctx.request, "channeld.add_htlc", {
+            "peer_id": job.inv.payee.hex(), "amount_msat": job.amount, "payment_hash": job.inv.payment_hash.hex(),
+            "cltv_expiry": cltv, "onion": packet.hex()}, timeout=ADD_HTLC_TIMEOUT) for job, cltv, packet, _ in built]
+        offered = []
+        for (job, _, _, _), attempt, answer in zip(built, ids, answers):
+            hash_hex = job.inv.payment_hash.hex()
+            try:
+                added = answer.result()
+            except RpcError as e:
+                self._refused(job, attempt, e)
+                continue
+            offered.append((attempt, added))
+            self.ctx.log.info("payment %s: HTLC %s:%s offered, %d msat to %s", hash_hex, added["channel_id"],
+                              added["htlc_id"], job.amount, job.inv.payee.hex())
+            self._back(lambda h=hash_hex: self.payer.sent(h))
+        if offered:
+            with self.ctx.storage.begin() as conn:   # htlc_resolved may have settled one already: kept as it is
+                for attempt, added in offered:
+                    conn.execute(attempts.update().where(attempts.c.id == attempt, attempts.c.status == "sending")
+                                 .values(channel_id=str(added["channel_id"]), htlc_id=int(added["htlc_id"]),
+                                         status="pending"))
+
+    def _refused(self, job: Job, attempt: Any, e: RpcError) -> None:
+        """channeld did not take the HTLC: still pending if it may have (ambiguous), else failed."""
+        hash_hex, payee = job.inv.payment_hash.hex(), job.inv.payee.hex()
+        if e.code in AMBIGUOUS:
+            self.ctx.log.warning("payment %s: channeld did not answer (%s); it stays pending until channeld "
+                                 "reports the HTLC", hash_hex, e.message)
+            self._back(lambda: self.payer.sent(hash_hex))
+            return
+        reason = (f"channeld refused the HTLC to {payee}: {e.message} (only direct payments to a "
+                  "peer with a channel are implemented; multi-hop routing comes later)")
+        if e.code == RpcError.METHOD_NOT_FOUND:
+            reason = "no channeld: enable the channeld plugin to pay invoices"
+        self._back(lambda: self.payer.refused(attempt, hash_hex, reason))

@@ -1,0 +1,91 @@
+"""pay's sender: attempts queued together are stored in one transaction and offered to channeld at once,
+off the service thread; refusals and answers come back to the payer."""
+from __future__ import annotations
+
+import hashlib
+import threading
+import time
+from types import SimpleNamespace
+from typing import Any
+
+from sqlalchemy import create_engine, event, select
+from sqlalchemy.pool import StaticPool
+
+from lnp_plugin_api import RpcError, bolt11
+from lnp_plugins.pay import storage
+from lnp_plugins.pay.sender import Job, Sender
+
+from payment_tools import invoice_of
+
+PAYEE_KEY = b"\x21" * 32
+
+
+class FakeCtx:
+    """What the sender uses of a service context: storage, control requests, call_soon, the log."""
+
+    def __init__(self) -> None:
+        self.engine = create_engine("sqlite://", connect_args={"check_same_thread": False}, poolclass=StaticPool)
+        storage.metadata.create_all(self.engine)
+        self.storage = SimpleNamespace(begin=self.engine.begin)
+        self.commits = 0
+        event.listen(self.engine, "commit", lambda conn: self._count())
+        self.adds: list[dict] = []
+        self.in_flight, self.most_in_flight = 0, 0
+        self.lock = threading.Lock()
+        self.back: list = []
+        self.log = SimpleNamespace(info=lambda *a: None, warning=lambda *a: None, exception=lambda *a: None)
+
+    def _count(self) -> None:
+        self.commits += 1
+
+    def request(self, name: str, body: dict, timeout: float = 30.0) -> Any:
+        if name == "chain.info":
+            return {"network": "regtest", "height": 500, "best_hash": "00" * 32, "syncing": False}
+        with self.lock:
+            self.in_flight += 1
+            self.most_in_flight = max(self.most_in_flight, self.in_flight)
+        time.sleep(0.2)                      # channeld's batch: every add of the group waits together
+        with self.lock:
+            self.in_flight -= 1
+            self.adds.append(body)
+        if body["amount_msat"] == 13_000:
+            raise RpcError(RpcError.REFUSED, "no usable channel")
+        return {"channel_id": "ab" * 32, "htlc_id": len(self.adds)}
+
+    def call_soon(self, fn: Any) -> None:
+        self.back.append(fn)
+
+
+def test_a_group_of_attempts_is_stored_in_one_commit_and_offered_at_once() -> None:
+    ctx = FakeCtx()
+    calls: list = []
+    payer = SimpleNamespace(ctx=ctx, stored=lambda h: calls.append(("stored", h)),
+                            sent=lambda h: calls.append(("sent", h)),
+                            refused=lambda a, h, r: calls.append(("refused", h, r)))
+    amounts = [10_000, 11_000, 12_000, 13_000]
+    jobs = []
+    for i, amount in enumerate(amounts):
+        text = invoice_of(PAYEE_KEY, amount_msat=amount, preimage=bytes([i + 1]) * 32)
+        jobs.append(Job(text, bolt11.decode(text), amount, 0, True))
+    sender = Sender(payer)                   # its thread waits on an empty queue: the group is sent by hand
+    try:
+        ctx.commits = 0
+        t0 = time.monotonic()
+        sender._send(jobs)
+        took = time.monotonic() - t0
+    finally:
+        sender.close()
+    for fn in ctx.back:
+        fn()
+    assert ctx.commits == 2                  # the attempts, then the HTLC ids of those channeld took
+    assert ctx.most_in_flight == len(jobs) and took < 0.6   # at once, not one 0.2 s round trip after another
+    hashes = [hashlib.sha256(bytes([i + 1]) * 32).hexdigest() for i in range(len(jobs))]
+    assert [c for c in calls if c[0] == "stored"] == [("stored", h) for h in hashes]
+    assert {c[1] for c in calls if c[0] == "sent"} == set(hashes[:3])
+    [refused] = [c for c in calls if c[0] == "refused"]
+    assert refused[1] == hashes[3] and "no usable channel" in refused[2]
+    with ctx.engine.begin() as conn:
+        rows = {r.payment_hash: r for r in conn.execute(select(storage.attempts))}
+    ctx.engine.dispose()
+    assert {rows[h].status for h in hashes[:3]} == {"pending"} and rows[hashes[3]].status == "sending"
+    assert all(rows[h].channel_id == "ab" * 32 for h in hashes[:3])
