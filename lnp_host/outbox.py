@@ -155,7 +155,8 @@ class Transaction:
         # the time of the commit goes along: replayed after a restart, a message of an earlier connection
         # must not reach the next one (BOLT-2 retransmits after channel_reestablish instead)
         self._add(owned.plugin, WIRE, str(msg.type),
-                  {"peer": msg.peer_id.hex(), "type": msg.type, "payload": msg.payload.hex(), "at": time.time()})
+                  {"peer": msg.peer_id.hex(), "type": msg.type, "payload": msg.payload.hex(),
+                   "at": msg.committed_at or time.time()})
 
 
 def receive(env: "Environment", service: str, body: Any) -> dict[str, int]:

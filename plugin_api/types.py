@@ -364,7 +364,8 @@ class Decision:
 class WireMessage:
     """A peer wire message on the message bus: the peer's node id, the BOLT type and the payload.
     `committed_at` (time.time()) is set on a message sent through the outbox: one committed before the
-    peer's current connection began was meant for an earlier one, and the transport drops it."""
+    peer's current connection began was meant for an earlier one, and the transport drops it. A plugin
+    that decides a message before its transaction commits may set it to when it decided it."""
 
     peer_id: bytes
     type: int

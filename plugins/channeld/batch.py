@@ -15,7 +15,9 @@ answer, a developer's crash point) is run by `after_commit`, once the batch is c
 """
 from __future__ import annotations
 
+import dataclasses
 import threading
+import time
 from concurrent.futures import Future
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, Callable, Iterator
@@ -43,7 +45,10 @@ class ChannelTx:
         self.undo: dict[bytes, tuple[Channel | None, Channel | None]] | None = None
 
     def send_wire(self, msg: WireMessage) -> None:
-        """A wire message, handed to the transport after the commit."""
+        """A wire message, handed to the transport after the commit; stamped now, when it was decided (on
+        the connection known now: the transport drops it if a newer connection began before this)."""
+        if not msg.committed_at:
+            msg = dataclasses.replace(msg, committed_at=time.time())
         self.ops.append(("wire", msg, None))
 
     def emit(self, event: str, body: dict[str, Any] | None = None) -> None:

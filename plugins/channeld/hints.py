@@ -93,5 +93,5 @@ def on_channel_update(mgr: "ChannelManager", peer_id: bytes, msg: ChannelUpdate)
               "fee_proportional_millionths": msg.fee_proportional_millionths,
               "cltv_expiry_delta": msg.cltv_expiry_delta, "htlc_minimum_msat": msg.htlc_minimum_msat,
               "htlc_maximum_msat": msg.htlc_maximum_msat, "disabled": bool(msg.channel_flags & 2)}
-    with mgr.ctx.transaction() as tx:
+    with mgr.transaction() as tx:
         mgr.store(tx, replace(ch, routing={**ch.routing, "their_update": update}))

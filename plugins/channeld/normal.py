@@ -114,7 +114,7 @@ def add_htlc(mgr: "ChannelManager", peer_id: bytes, amount_msat: int, payment_ha
             mgr.store(tx, new)
             mgr.send(peer_id, UpdateAddHtlc(ch.channel_id, htlc_id, amount_msat, payment_hash, cltv_expiry, onion),
                      tx)
-        crash_point("add_htlc_stored", mgr.ctx.node.network)
+        mgr.after_commit(lambda: crash_point("add_htlc_stored", mgr.ctx.node.network))
         mgr.schedule_sign(new)
         return {"channel_id": ch.channel_id.hex(), "htlc_id": htlc_id}
     raise RpcError(RpcError.REFUSED, "; ".join(problems))
@@ -204,7 +204,7 @@ def on_update(mgr: "ChannelManager", peer_id: bytes, msg: Message) -> None:
         mgr.store(tx, new)
         if resolved is not None:
             tx.emit("htlc_resolved", resolved)
-    crash_point(f"{kind}_received", mgr.ctx.node.network)
+    mgr.after_commit(lambda: crash_point(f"{kind}_received", mgr.ctx.node.network))
 
 
 def _resolved(ch: Channel, htlc_id: int, payment_hash: bytes, amount_msat: int, preimage: str | None = None,
@@ -221,6 +221,8 @@ def sign(mgr: "ChannelManager", channel_id: bytes) -> None:
     ch = mgr.channels.get(channel_id)
     if ch is None or ch.state not in (NORMAL, SHUTDOWN) or channel_id not in mgr.live or not ch.log.can_sign_remote():
         return
+    if not _reestablished_on_current_connection(mgr, ch.peer_id):
+        return  # `live` is of a connection that is gone (its peer_disconnected not seen yet): reestablish first
     log, spec = ch.log.sign_remote(ch.extensions)
     n = log.remote_number
     pcp = ch.their_points[n]
@@ -233,6 +235,15 @@ def sign(mgr: "ChannelManager", channel_id: bytes) -> None:
         _remember_remote(tx, ch, n, built)
         mgr.send(ch.peer_id, CommitmentSigned(ch.channel_id, sig, htlc_sigs), tx)
     mgr.after_commit(lambda: crash_point("commitment_signed_stored", mgr.ctx.node.network))
+
+
+def _reestablished_on_current_connection(mgr: "ChannelManager", peer_id: bytes) -> bool:
+    """Whether the peer's connection now is the one our channels were re-established on: a new one (made
+    after our last reestablish) must see channel_reestablish before any commitment_signed (BOLT-2)."""
+    current = mgr.txs.once(("peer", peer_id), lambda: mgr.transport.peer(peer_id.hex()))
+    if current is None:
+        return False
+    return float(current.get("connected_since", 0)) <= mgr.reestablished_at.get(peer_id, 0.0)
 
 
 def _remember_remote(tx: Any, ch: Channel, n: int, built: BuiltCommitment) -> None:

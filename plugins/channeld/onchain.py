@@ -226,7 +226,7 @@ def keep_preimage(mgr: "ChannelManager", channel_id: bytes, htlc_id: int, preima
         if ch is not None else False
     if ch is None or not present or ch.htlcs.get(key, {}).get("preimage") == preimage.hex():
         return
-    with mgr.ctx.transaction() as tx:
+    with mgr.transaction() as tx:
         mgr.store(tx, replace(ch, htlcs={**ch.htlcs, key: {**ch.htlcs.get(key, {}), "preimage": preimage.hex()}}))
     if ch.state == ONCHAIN:
         step(mgr, channel_id)

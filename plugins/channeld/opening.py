@@ -409,5 +409,5 @@ def keep_their_alias(mgr: "ChannelManager", ch: Channel, msg: ChannelReady) -> N
     """A later channel_ready with another alias: the latest is stored (BOLT-2: the receiver keeps one)."""
     new = their_alias(ch, msg)
     if new.routing != ch.routing:
-        with mgr.ctx.transaction() as tx:
+        with mgr.transaction() as tx:
             mgr.store(tx, new)

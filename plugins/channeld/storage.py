@@ -73,10 +73,14 @@ funding_confirmed = Table(
 
 def _htlcs_apart(conn: Any) -> None:
     """Schema 2: each document's `htlcs` moves to rows of channeld_htlcs (document version 2)."""
-    htlcs.create(conn)
+    # checkfirst: SQLite commits a CREATE TABLE at once, so an interrupted run leaves the table behind
+    htlcs.create(conn, checkfirst=True)
     for r in conn.execute(select(channels.c.channel_id, channels.c.data)).all():
         doc = json.loads(r.data)
-        rows = [{"channel_id": r.channel_id, "key": k, "data": json.dumps(v)} for k, v in doc.pop("htlcs", {}).items()]
+        if "htlcs" not in doc:  # moved by an earlier run whose commit went through
+            continue
+        rows = [{"channel_id": r.channel_id, "key": k, "data": json.dumps(v)} for k, v in doc.pop("htlcs").items()]
+        conn.execute(htlcs.delete().where(htlcs.c.channel_id == r.channel_id))
         if rows:
             conn.execute(htlcs.insert(), rows)
         doc["version"] = DOC_VERSION
