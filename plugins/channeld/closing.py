@@ -14,7 +14,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
-from lnp_plugin_api import RpcError
+from lnp_plugin_api import RpcError, WireMessage
 from lnp_plugin_api.channel import Side
 from lnp_plugin_api.closing import ClosingNegotiation, check_shutdown, closing_fee, signed_variant
 from lnp_plugin_api.commitment import BuiltClosing, build_closing, funding_witness
@@ -281,8 +281,9 @@ def on_shutdown(mgr: "ChannelManager", peer_id: bytes, msg: Shutdown) -> None:
     committed = upfront(ch, R)
     if committed and msg.scriptpubkey != committed:
         # BOLT-2: MUST fail the connection (MAY warn); the channel stays as it is
-        mgr.send(peer_id, WarningMessage(ch.channel_id, b"shutdown scriptpubkey differs from the "
-                                                        b"upfront_shutdown_script"))
+        warning = WarningMessage(ch.channel_id, b"shutdown scriptpubkey differs from the upfront_shutdown_script")
+        # at once, not after the worker's batch: the disconnection that follows must not overtake it
+        mgr.ctx.send_wire(WireMessage(peer_id, warning.TYPE, warning.encode()[2:]))
         fail_connection(mgr, peer_id, "shutdown scriptpubkey differs from its upfront_shutdown_script")
         return
     problem = check_shutdown(msg.scriptpubkey, anysegwit(mgr, peer_id))
