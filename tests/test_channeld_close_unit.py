@@ -67,3 +67,15 @@ def test_a_shutdown_with_a_script_bolt2_does_not_allow_gets_a_warning(script: st
     assert len(mgr.sent) == 1 and isinstance(mgr.sent[0], WarningMessage)
     assert b"not a standard form" in mgr.sent[0].data
     assert mgr.channels[ch.channel_id] is ch and ch.state == "normal"   # nothing changed, nothing stored
+
+
+def test_a_closing_signed_before_reestablish_is_ignored_with_a_warning_not_fatal() -> None:
+    """After a restart (processes mode: channeld alone), the peer's closing_signed may come before the
+    channel is re-established on the new connection: the negotiation starts again after reestablish."""
+    from lnp_plugin_api.messages import ClosingSigned
+    from lnp_plugins.channeld.errors import ChannelError
+    ch = channel(1, b"\x02" * 33, state="shutdown")
+    mgr = FakeManager(ch)
+    with pytest.raises(ChannelError, match="not reestablished") as raised:
+        closing.on_closing_signed(mgr, ch.peer_id, ClosingSigned(ch.channel_id, 1000, bytes(64)))
+    assert raised.value.warning and mgr.sent == []

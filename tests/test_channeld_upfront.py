@@ -41,6 +41,9 @@ class FakeManager:
     def send(self, peer_id: bytes, msg, tx=None) -> None:
         self.sent.append(msg)
 
+    def send_at_once(self, peer_id: bytes, msg) -> None:
+        self.sent.append(msg)
+
 
 def channel(ours: bytes = b"", theirs: bytes = b"", state: str = "normal"):
     return SimpleNamespace(channel_id=b"\x01" * 32, peer_id=b"\x02" * 33, state=state, scid=None,

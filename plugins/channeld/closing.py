@@ -14,7 +14,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
-from lnp_plugin_api import RpcError, WireMessage
+from lnp_plugin_api import RpcError
 from lnp_plugin_api.channel import Side
 from lnp_plugin_api.closing import ClosingNegotiation, check_shutdown, closing_fee, signed_variant
 from lnp_plugin_api.commitment import BuiltClosing, build_closing, funding_witness
@@ -281,9 +281,9 @@ def on_shutdown(mgr: "ChannelManager", peer_id: bytes, msg: Shutdown) -> None:
     committed = upfront(ch, R)
     if committed and msg.scriptpubkey != committed:
         # BOLT-2: MUST fail the connection (MAY warn); the channel stays as it is
-        warning = WarningMessage(ch.channel_id, b"shutdown scriptpubkey differs from the upfront_shutdown_script")
         # at once, not after the worker's batch: the disconnection that follows must not overtake it
-        mgr.ctx.send_wire(WireMessage(peer_id, warning.TYPE, warning.encode()[2:]))
+        mgr.send_at_once(peer_id, WarningMessage(ch.channel_id, b"shutdown scriptpubkey differs from the "
+                                                                b"upfront_shutdown_script"))
         fail_connection(mgr, peer_id, "shutdown scriptpubkey differs from its upfront_shutdown_script")
         return
     problem = check_shutdown(msg.scriptpubkey, anysegwit(mgr, peer_id))
@@ -320,6 +320,14 @@ def on_closing_signed(mgr: "ChannelManager", peer_id: bytes, msg: ClosingSigned)
         c = ch.closing
         mgr.send(peer_id, _closing_signed(ch, int(c["fee"]), bytes.fromhex(c["signature"]), (c["fee"], c["fee"])))
         return
+    if ch.channel_id not in mgr.live:
+        # a message of an earlier connection, or the peer broke BOLT-2's order: the negotiation starts again
+        # after channel_reestablish, never a reason to fail the channel
+        raise ChannelError(f"channel {ch.channel_id.hex()} not reestablished yet: closing_signed ignored",
+                           warning=True)
+    if ch.state == SHUTDOWN:  # both shutdowns may be in, our move to negotiating not made yet (after a restart)
+        progress(mgr, ch.channel_id)
+        ch = mgr.channels[ch.channel_id]
     if ch.state != NEGOTIATING:
         raise ChannelError(f"closing_signed while the channel is {ch.state}")
     crash_point("closing_signed_received", mgr.ctx.node.network)

@@ -139,6 +139,10 @@ class ChannelManager:
         elif not self.txs.send_now(wire):
             self.ctx.send_wire(wire)
 
+    def send_at_once(self, peer_id: bytes, msg: Message) -> None:
+        """Send a message that depends on no stored state now, ahead of what the worker's batch holds."""
+        self.ctx.send_wire(WireMessage(peer_id, msg.TYPE, msg.encode()[2:]))
+
     def store(self, tx: ChannelTx, ch: Channel, old_state: str | None = None) -> None:
         """Write a channel in `tx`, and `channel_state_changed` when its state changed."""
         previous = self.channels.get(ch.channel_id)
