@@ -47,11 +47,7 @@ def two_nodes(nodes, chain_port: int, mode: str, extra: str = "", plugins: tuple
         p = Party(node, port)
         p.node_id = p.call("info")["node_id"]
         parties.append(p)
-    return connect_pair(*parties)
-
-
-def connect_pair(alice: Party, bob: Party) -> tuple[Party, Party]:
-    """Alice dials Bob; (alice, bob) once Bob sees her connected."""
+    alice, bob = parties
     alice.call("connect", f"{bob.node_id}@127.0.0.1:{bob.port}")
     wait_for(lambda: bool(bob.call("peers")["peers"]))
     return alice, bob

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from channel_tools import Party, channel_of, connect_pair, profile
+from channel_tools import Party, channel_of, profile
 from conftest import wait_for
 from peer_tools import free_port
 from lnp_plugin_api.onion import HopPayload, build_onion
@@ -74,7 +74,10 @@ def crash_pair(nodes, chain_port: int, mode: str, root: Path, plugins: tuple[str
         p.start()
         p.node_id = p.call("info")["node_id"]
         parties.append(p)
-    return connect_pair(*parties)
+    alice, bob = parties
+    alice.call("connect", f"{bob.node_id}@127.0.0.1:{bob.port}")
+    wait_for(lambda: bool(bob.call("peers")["peers"]))
+    return alice, bob
 
 
 def in_background(fn: Callable[[], Any]) -> threading.Thread:

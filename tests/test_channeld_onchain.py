@@ -36,23 +36,17 @@ def outputs_of(btc, txid: str) -> list[int]:
     return [round(o["value"] * 100_000_000) for o in tx["vout"]]
 
 
-def open_normal_channel(alice, bob, btc, **options) -> dict:
-    """Alice opens a channel of FUNDING to Bob, pushing PUSH; `open`'s answer once both see it normal."""
-    opened = alice.call("open", bob.node_id, FUNDING, push_msat=PUSH, **options)
-    mine(btc, [alice, bob], 3)
-    for p in (alice, bob):
-        wait_for(lambda: channel_of(p, opened["channel_id"])["state"] == "normal", timeout=30)
-    return opened
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("mode", ["threads", "processes"])
 def test_force_close_swept_to_both_wallets_to_the_satoshi(nodes, external_chain, mode: str) -> None:
     port, btc = external_chain
     alice, bob = two_nodes(nodes, port, mode, extra=f"to_self_delay = {DELAY}\n")
     before = fund(alice, btc)
-    opened = open_normal_channel(alice, bob, btc)
+    opened = alice.call("open", bob.node_id, FUNDING, push_msat=PUSH)
     cid = opened["channel_id"]
+    mine(btc, [alice, bob], 3)
+    for p in (alice, bob):
+        wait_for(lambda: channel_of(p, cid)["state"] == "normal", timeout=30)
 
     closed = alice.call("close", cid, force=True)
     assert closed["state"] == "force_closing"
@@ -100,8 +94,11 @@ def test_revoked_commitment_taken_by_a_penalty(nodes, external_chain, tmp_path) 
     alice, bob = two_nodes(nodes, port, "threads", extra=f"to_self_delay = {DELAY}\n",
                            plugins=("tk_htlcs", "tk_signer"))
     before = fund(alice, btc)
-    opened = open_normal_channel(alice, bob, btc)
+    opened = alice.call("open", bob.node_id, FUNDING, push_msat=PUSH)
     cid = opened["channel_id"]
+    mine(btc, [alice, bob], 3)
+    for p in (alice, bob):
+        wait_for(lambda: channel_of(p, cid)["state"] == "normal", timeout=30)
 
     bob.node.stop()
     old = tmp_path / "bob-old"
@@ -159,8 +156,11 @@ def test_htlc_near_expiry_forces_a_close_timed_out_then_swept(nodes, external_ch
                            plugins=("tk_htlcs", "tk_signer"))
     before = fund(alice, btc)
     anchors = 2 * ANCHOR if ctype == "anchors" else 0
-    opened = open_normal_channel(alice, bob, btc, channel_type=ctype)
+    opened = alice.call("open", bob.node_id, FUNDING, push_msat=PUSH, channel_type=ctype)
     cid = opened["channel_id"]
+    mine(btc, [alice, bob], 3)
+    for p in (alice, bob):
+        wait_for(lambda: channel_of(p, cid)["state"] == "normal", timeout=30)
     payment_hash = os.urandom(32)
     bob.call("tk_htlc_hold", payment_hash.hex())
     height = alice.call("chaininfo")["watchd"]["height"]
@@ -215,8 +215,11 @@ def test_revoked_commitment_with_an_htlc_taken_whole_by_the_penalty(nodes, exter
     alice, bob = two_nodes(nodes, port, "threads", extra=f"to_self_delay = {DELAY}\n",
                            plugins=("tk_htlcs", "tk_signer"))
     before = fund(alice, btc)
-    opened = open_normal_channel(alice, bob, btc)
+    opened = alice.call("open", bob.node_id, FUNDING, push_msat=PUSH)
     cid = opened["channel_id"]
+    mine(btc, [alice, bob], 3)
+    for p in (alice, bob):
+        wait_for(lambda: channel_of(p, cid)["state"] == "normal", timeout=30)
     held = os.urandom(32)
     bob.call("tk_htlc_hold", held.hex())
     height = alice.call("chaininfo")["watchd"]["height"]
@@ -276,8 +279,11 @@ def test_their_commitment_with_htlcs_claimed_from_it_directly(nodes, external_ch
     alice, bob = two_nodes(nodes, port, "threads", extra=f"to_self_delay = {DELAY}\n",
                            plugins=("tk_htlcs", "tk_signer"))
     before = fund(alice, btc)
-    opened = open_normal_channel(alice, bob, btc)
+    opened = alice.call("open", bob.node_id, FUNDING, push_msat=PUSH)
     cid = opened["channel_id"]
+    mine(btc, [alice, bob], 3)
+    for p in (alice, bob):
+        wait_for(lambda: channel_of(p, cid)["state"] == "normal", timeout=30)
     out_hash, preimage = os.urandom(32), os.urandom(32)
     in_hash = hashlib.sha256(preimage).digest()
     bob.call("tk_htlc_hold", out_hash.hex())
@@ -335,8 +341,11 @@ def test_fulfilled_htlc_near_expiry_forces_a_close_claimed_by_htlc_success(nodes
     alice, bob = two_nodes(nodes, port, "threads", extra=f"to_self_delay = {DELAY}\n",
                            plugins=("tk_htlcs", "tk_signer"))
     before = fund(alice, btc)
-    opened = open_normal_channel(alice, bob, btc, channel_type="static_remotekey")
+    opened = alice.call("open", bob.node_id, FUNDING, push_msat=PUSH, channel_type="static_remotekey")
     cid = opened["channel_id"]
+    mine(btc, [alice, bob], 3)
+    for p in (alice, bob):
+        wait_for(lambda: channel_of(p, cid)["state"] == "normal", timeout=30)
     preimage = os.urandom(32)
     payment_hash = hashlib.sha256(preimage).digest()
     bob.call("tk_htlc_hold", payment_hash.hex())
@@ -389,8 +398,11 @@ def test_anchor_bumps_a_commitment_below_the_wanted_feerate(nodes, external_chai
     alice, bob = two_nodes(nodes, port, "threads",
                            extra=f"to_self_delay = {DELAY}\nonchain_feerate_per_kw = {target}\n")
     before = fund(alice, btc)
-    opened = open_normal_channel(alice, bob, btc)
+    opened = alice.call("open", bob.node_id, FUNDING, push_msat=PUSH)
     cid = opened["channel_id"]
+    mine(btc, [alice, bob], 3)
+    for p in (alice, bob):
+        wait_for(lambda: channel_of(p, cid)["state"] == "normal", timeout=30)
 
     commitment = alice.call("close", cid, force=True)["txid"]
     wait_for(lambda: "cpfp:anchor" in channel_of(alice, cid)["onchain"]["sent"], timeout=30)
