@@ -91,7 +91,7 @@ class Node:
         self.spy_out = None
         if spy is not None:
             self.spy_out = spy / f"{name}-{mode}.txt"
-            cmd = [str(Path(sys.executable).parent / "py-spy"), "record", "--format", "raw", "-r", "50",
+            cmd = [str(Path(sys.executable).parent / "py-spy"), "record", "--format", "raw", "-r", "50", "--gil",
                    "--subprocesses", "-o", str(self.spy_out), "--", *cmd]
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
         affinity = (lambda: os.sched_setaffinity(0, {cpu})) if cpu is not None else None
