@@ -53,6 +53,7 @@ class Client:
             raise ValueError("a tcp:// endpoint needs CURVE keys (create them with `lnp-host rpc-client NAME`)")
         self.endpoint = endpoint
         self.timeout = timeout
+        self._params: dict[str, list[str]] = {}   # method -> its parameters' names (from `help`)
         self._ctx = zmq.Context.instance()
         self._sock = self._ctx.socket(zmq.DEALER)
         self._sock.setsockopt(zmq.LINGER, 0)
@@ -93,7 +94,9 @@ class Client:
 
     def _name_positions(self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
         """Both kinds given: name the positional values after the method's declared parameters."""
-        params = [p["name"] for p in self.call("help", method)["params"]]
+        params = self._params.get(method)
+        if params is None:  # asked once per method: a connection's node keeps its commands
+            params = self._params[method] = [p["name"] for p in self.call("help", method)["params"]]
         free = [p for p in params if p not in kwargs]
         if len(args) > len(free):
             raise RpcError(RpcError.INVALID_PARAMS, f"{method}: too many parameters "

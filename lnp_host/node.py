@@ -85,6 +85,7 @@ class HostControl:
 
     def __init__(self, env: Environment, supervisor: Supervisor) -> None:
         self._env, self._supervisor = env, supervisor
+        self._commands: list[dict[str, Any]] | None = None
 
     def info(self) -> dict[str, Any]:
         """Node id, alias, network, version, plugins and services."""
@@ -107,7 +108,12 @@ class HostControl:
         return out
 
     def commands(self) -> list[dict[str, Any]]:
-        """Every RPC command with its parameters and help."""
+        """Every RPC command with its parameters and help (the registry is fixed once the node runs)."""
+        if self._commands is None:
+            self._commands = self._list_commands()
+        return self._commands
+
+    def _list_commands(self) -> list[dict[str, Any]]:
         out = []
         for name, owned in sorted(self._env.registry.rpc.items()):
             m = owned.item

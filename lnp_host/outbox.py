@@ -168,21 +168,41 @@ def receive(env: "Environment", service: str, body: Any) -> dict[str, int]:
     ctx = env.contexts.get(dest)
     if ctx is None or env.registry.service_of.get(dest) != service:
         raise RpcError(RpcError.SERVICE_UNAVAILABLE, f"plugin {dest!r} is not running in service {service!r}")
-    acked = 0
+    rows, acked = body["rows"], 0
     deadline = time.monotonic() + RECEIVE_BUDGET
-    for row in body["rows"]:
-        rid, kind, name, source, item = row
+    i = 0
+    while i < len(rows):
+        rid, kind, name, source, item = rows[i]
+        batch = _batch_handler(env, ctx, kind, name)
+        n = 1
+        if batch is not None:  # the events of the same name that follow go in the same call
+            while i + n < len(rows) and rows[i + n][1] == EVENT and rows[i + n][2] == name:
+                n += 1
         try:
-            _apply(env, ctx, service, int(rid), kind, name, source, item)
+            if batch is not None:
+                batch(ctx, [Event(r[2], r[3], r[4], int(r[0])) for r in rows[i:i + n]])
+            else:
+                _apply(env, ctx, service, int(rid), kind, name, source, item)
         except Exception:
             ctx.log.exception("%s %r from %s (outbox #%s) failed; it will be delivered again",
                               {EVENT: "event", REQUEST: "request", WIRE: "wire message"}.get(kind, kind),
                               name, source, rid)
             break
-        acked = int(rid)
+        acked = int(rows[i + n - 1][0])
+        i += n
         if time.monotonic() > deadline:
             break
     return {"acked": acked}
+
+
+def _batch_handler(env: "Environment", ctx: Any, kind: str, name: str) -> Any:
+    """The list-taking handler of `ctx`'s plugin for event `name` (None: not an event, or handled one by one)."""
+    if kind != EVENT:
+        return None
+    subs = [sub for sub in env.registry.subscribers(name) if sub.plugin == ctx.plugin]
+    if len(subs) == 1 and hasattr(subs[0].item, "batch"):
+        return subs[0].item.batch
+    return None
 
 
 def _apply(env: "Environment", ctx: Any, service: str, rid: int, kind: str, name: str, source: str,

@@ -19,13 +19,13 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import pluggy
 
 import lnp_plugin_api
 from lnp_plugin_api import hookspecs
-from lnp_plugin_api import DecisionSpec, EventSpec, FeatureSpec, Field, RpcMethod, StorageModels, Subscription
+from lnp_plugin_api import DecisionSpec, Event, EventSpec, FeatureSpec, Field, RpcMethod, StorageModels, Subscription
 
 from .decisions import CycleError, order_participants, with_profile
 from .profile import HOST_SERVICE, Profile, ProfileError
@@ -106,6 +106,16 @@ class Owned:
     plugin: str
     service: str
     item: Any
+
+
+class BatchHandler:
+    """An event handler that takes lists (`Subscription.events`), callable with one event too."""
+
+    def __init__(self, batch: Callable[[Any, list[Event]], Any]) -> None:
+        self.batch = batch
+
+    def __call__(self, ctx: Any, event: Event) -> Any:
+        return self.batch(ctx, [event])
 
 
 @dataclass
@@ -236,6 +246,8 @@ def _collect(reg: Registry, name: str, profile: Profile) -> None:
                 raise conflict(f"control request {sub.key!r}", reg.control[str(sub.key)].plugin)
             reg.control[str(sub.key)] = owned
         elif sub.kind == "event":
+            if sub.batch:  # every path calls item(ctx, event); the outbox calls its .batch with a window
+                owned = Owned(name, service, BatchHandler(sub.handler))
             reg.events.setdefault(str(sub.key), []).append(owned)
         elif sub.kind == "decision":
             participants = reg.decisions.setdefault(str(sub.key), [])

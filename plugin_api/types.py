@@ -145,7 +145,9 @@ class Subscription:
     - wire: a peer wire message by BOLT type number; `handler(ctx, msg: WireMessage)`.
     - control: a control-bus request by name; `handler(ctx, body: dict) -> JSON-able reply`, or, made
       with `@control_method`, `handler(ctx, **body)` with `params` the host checks first.
-    - event: a notification by name; `handler(ctx, event: Event)`.
+    - event: a notification by name; `handler(ctx, event: Event)`. Made with `Subscription.events`,
+      `handler(ctx, events: list[Event])`: durable events come in the windows the outbox delivers (one
+      call, so one storage transaction, for many), in order; a raise means none of them was handled.
     - decision: a decision by name; `handler(ctx, body: dict) -> Continue | Fail | Resolve`, or a
       `concurrent.futures.Future` of one (None/True mean Continue, False/Decision(False, why) Fail).
       `before`/`after` name plugins this participant must be asked before/after.
@@ -158,6 +160,7 @@ class Subscription:
     before: tuple[str, ...] = ()    # decisions only: plugins to be asked after this one
     after: tuple[str, ...] = ()     # decisions only: plugins to be asked before this one
     params: tuple[Param, ...] | None = None  # control only: the body's keys, checked like RPC parameters
+    batch: bool = False             # events only: the handler takes a list of events
 
     @classmethod
     def wire(cls, msg_type: int, handler: Callable[..., Any]) -> "Subscription":
@@ -178,6 +181,12 @@ class Subscription:
     def event(cls, name: str, handler: Callable[..., Any]) -> "Subscription":
         """Receive every event called `name`."""
         return cls("event", name, handler)
+
+    @classmethod
+    def events(cls, name: str, handler: Callable[..., Any]) -> "Subscription":
+        """Receive the events called `name` as lists, `handler(ctx, events)`: each window of durable
+        events the outbox delivers in one call (each lossy event alone)."""
+        return cls("event", name, handler, batch=True)
 
     @classmethod
     def decision(cls, name: str, handler: Callable[..., Any], before: str | tuple[str, ...] | list[str] = (),
