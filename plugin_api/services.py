@@ -312,16 +312,21 @@ class ChainWatch:
     def _ask(self, name: str, body: dict[str, Any], timeout: float | None = None) -> Any:
         return self._ctx.request(name, body, timeout=timeout or self._timeout)
 
-    def watch(self, kind: str, key: str, depths: list[int] | None = None) -> dict[str, Any]:
-        """Watch an `outpoint` ("txid:vout"), a `txid` (at `depths`) or a `script` (hex); the watch."""
+    def watch(self, kind: str, key: str, depths: list[int] | None = None, since: int | None = None
+              ) -> dict[str, Any]:
+        """Watch an `outpoint` ("txid:vout"), a `txid` (at `depths`) or a `script` (hex); the watch.
+        `since`: a height from which blocks already processed are looked at for it too (a watch made
+        in answer to a block's event must not miss what the next blocks did before it existed)."""
         body: dict[str, Any] = {"kind": kind, "key": key, "owner": self.owner}
         if depths is not None:
             body["depths"] = list(depths)
+        if since is not None:
+            body["since"] = int(since)
         return dict(self._ask("watchd.watch", body))
 
-    def watch_outpoint(self, txid: str, vout: int) -> dict[str, Any]:
-        """Be told when `txid:vout` is spent (and unspent by a reorg)."""
-        return self.watch("outpoint", f"{txid}:{vout}")
+    def watch_outpoint(self, txid: str, vout: int, since: int | None = None) -> dict[str, Any]:
+        """Be told when `txid:vout` is spent (and unspent by a reorg); `since` as in `watch`."""
+        return self.watch("outpoint", f"{txid}:{vout}", since=since)
 
     def watch_txid(self, txid: str, depths: list[int]) -> dict[str, Any]:
         """Be told when `txid` reaches each of `depths` confirmations."""

@@ -316,3 +316,31 @@ def test_a_wallet_that_was_down_reads_what_it_missed(nodes, external_chain) -> N
         wait_for(lambda: next(s for s in c.info()["services"] if s["name"] == "wallet")["state"] == "running")
         wait_for(lambda: c.call("funds")["immature_sat"] == 150 * BTC)  # the restarted wallet caught up
         assert len(c.call("transactions")) == 3
+
+
+
+def test_a_watch_made_late_is_told_what_the_blocks_since_its_height_did(chain: ChainNode) -> None:
+    """A watch asked for in answer to a block's event can arrive after watchd processed that block and
+    the next ones: with `since` it is told of the spend, confirmation and payment they hold."""
+    target = chain.btc_address()
+    script = script_for(target, "regtest").data.hex()
+    sent = chain.call("withdraw", target, str(BTC // 10))
+    spent_in = Transaction.parse(bytes.fromhex(sent["tx"])).vin[0]
+    outpoint = f"{spent_in.txid.hex()}:{spent_in.vout}"   # a wallet coin the withdrawal spends
+    mined_at = chain.mine(1)["height"]
+    chain.mine(2)
+    # only now the watches, as an owner reacting late to block `mined_at` would make them
+    chain.call("tk_chain_watch", "outpoint", outpoint, since=mined_at)
+    chain.call("tk_chain_watch", "txid", sent["txid"], [1, 2, 5], since=mined_at)
+    chain.call("tk_chain_watch", "script", script, since=mined_at)
+    chain.call("tk_chain_watch", "outpoint", f"{sent['txid']}:0", since=mined_at)  # unspent: nothing to tell
+    mine = lambda name, key, value: [e for e in events(chain, name) if e[key] == value]  # noqa: E731
+    wait_for(lambda: mine("outpoint_spent", "outpoint", outpoint))
+    assert [(e["spending_txid"], e["height"]) for e in mine("outpoint_spent", "outpoint", outpoint)] == [
+        (sent["txid"], mined_at)]
+    assert not mine("outpoint_spent", "outpoint", f"{sent['txid']}:0")
+    wait_for(lambda: len(mine("tx_depth", "txid", sent["txid"])) == 2)
+    assert [(e["depth"], e["height"]) for e in mine("tx_depth", "txid", sent["txid"])] == [(1, mined_at), (2, mined_at)]
+    assert [(p["txid"], p["height"]) for p in mine("script_paid", "script", script)] == [(sent["txid"], mined_at)]
+    chain.mine(2)  # depth 5 comes as for any watch
+    wait_for(lambda: [e["depth"] for e in mine("tx_depth", "txid", sent["txid"])] == [1, 2, 5])

@@ -160,7 +160,8 @@ def _funding_spent(mgr: "ChannelManager", ch: Channel, raw: str, height: int | N
     mgr.ctx.log.warning("channel %s: funding spent by %s (%s)", ch.channel_id.hex(), closing.txid, closing.kind)
     for out in closing.outputs:
         if out.descriptor is not None and out.descriptor.kind != "anchor":
-            mgr.watch.watch_outpoint(closing.txid, out.index)
+            # from its block: watchd may have processed later blocks (spending them) before this watch
+            mgr.watch.watch_outpoint(closing.txid, out.index, since=height)
     step(mgr, ch.channel_id)
 
 
@@ -168,7 +169,8 @@ def _output_spent(mgr: "ChannelManager", ch: Channel, vout: int, raw: str, heigh
     spending = _record(mgr, ch, "spent", str(vout), ch.onchain["spend"]["txid"], vout, raw, height)
     if any(s["txid"] == spending.txid() and k.startswith("htlc_tx:") for k, s in ch.onchain.get("sent", {}).items()):
         vin = next(k for k, i in enumerate(spending.inputs) if i.vout == vout and i.txid == ch.onchain["spend"]["txid"])
-        mgr.watch.watch_outpoint(spending.txid(), vin)   # our HTLC transaction's output (swept after the delay)
+        # our HTLC transaction's output (swept after the delay), looked for from the block of that transaction
+        mgr.watch.watch_outpoint(spending.txid(), vin, since=height)
     step(mgr, ch.channel_id)
 
 
@@ -186,6 +188,14 @@ def _record(mgr: "ChannelManager", ch: Channel, field: str, key: str, txid: str,
     with mgr.transaction() as tx:
         mgr.store(tx, replace(ch, onchain=oc))
     return spending
+
+
+def _mined_at(oc: dict[str, Any], txid: str) -> int | None:
+    """The block of a transaction spending one of the closing's outputs, as recorded (None: unknown)."""
+    for record in oc.get("spent", {}).values():
+        if record["txid"] == txid:
+            return record["height"]
+    return None
 
 
 def on_block(mgr: "ChannelManager", channel_id: bytes, height: int) -> None:
@@ -280,7 +290,7 @@ def step(mgr: "ChannelManager", channel_id: bytes, height: int | None = None) ->
     covered = _covered(oc)
     for action in plan(closing, facts):
         for stage in action.stages:   # a cheater's HTLC transaction: learn when its output is spent
-            mgr.watch.watch_outpoint(*stage)
+            mgr.watch.watch_outpoint(*stage, since=_mined_at(oc, stage[0]))
         if action.kind == "penalty" and {(closing.txid, i) for i in action.outputs} | set(action.stages) <= covered:
             continue   # our penalty spends them all: its spends are still being reported one by one
         if action.kind in ("sweep", "penalty", "htlc_tx", "sweep_stage") and action.due(height):

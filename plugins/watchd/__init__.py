@@ -87,9 +87,10 @@ _get = _running.get
 
 
 @control_method("watchd.watch")
-def _watch(ctx: ServiceContext, kind: str, key: str, owner: str, depths: list[int] | None = None) -> dict[str, Any]:
+def _watch(ctx: ServiceContext, kind: str, key: str, owner: str, depths: list[int] | None = None,
+           since: int | None = None) -> dict[str, Any]:
     w = _get(ctx)
-    out = w.scanner.add(kind, key, owner, depths)
+    out = w.scanner.add(kind, key, owner, depths, since)
     w.wake.set()  # a new watch may already be due at the current tip (depth 1 of a mined txid is not)
     return out
 

@@ -45,6 +45,15 @@ class Watch:
                                                "notified_depth", "spent_txid", "spent_height")}
 
 
+@dataclass
+class Found:
+    """What blocks told the watches: events to emit, watch rows to update, script payments to store."""
+
+    events: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    watch_updates: dict[int, dict[str, Any]] = field(default_factory=dict)
+    new_payments: list[dict[str, Any]] = field(default_factory=list)
+
+
 class Scanner:
     """The chain as processed so far, the watch list, and the block-by-block work."""
 
@@ -80,8 +89,10 @@ class Scanner:
         else:
             self.deepening.pop(w.id, None)
 
-    def add(self, kind: str, key: str, owner: str, depths: list[int] | None = None) -> dict[str, Any]:
-        """Watch an outpoint ("txid:vout"), a txid, or a script (hex); the same request twice is one watch."""
+    def add(self, kind: str, key: str, owner: str, depths: list[int] | None = None,
+            since: int | None = None) -> dict[str, Any]:
+        """Watch an outpoint ("txid:vout"), a txid, or a script (hex); the same request twice is one watch.
+        With `since` (a height), blocks from there to the tip are looked at for the new watch too."""
         key = _normalise(kind, key)
         wanted = sorted(set(depths or [1]))
         if any(d < 1 or d > 10_000 for d in wanted):
@@ -102,6 +113,8 @@ class Scanner:
                                       ).inserted_primary_key[0]
             w = Watch(int(new_id), kind, key, owner, wanted)
             self._index(w)
+            if since is not None:
+                self._look_back(w, since)
             return w.describe()
 
     def remove(self, watch_id: int) -> bool:
@@ -157,45 +170,10 @@ class Scanner:
 
     def _connect(self, height: int, raw: bytes) -> None:
         block_hash, _, txs = parse_block(raw)
-        events: list[tuple[str, dict[str, Any]]] = []
-        watch_updates: dict[int, dict[str, Any]] = {}
-        new_payments: list[dict[str, Any]] = []
-        for tx in txs:
-            txid = tx.txid().hex()
-            raw_tx: str | None = None
-            for vin in tx.vin:
-                outpoint = f"{vin.txid.hex()}:{vin.vout}"
-                for w in self.by_key.get(("outpoint", outpoint), []):
-                    raw_tx = raw_tx or tx.serialize().hex()
-                    w.spent_txid, w.spent_height = txid, height
-                    watch_updates[w.id] = {"spent_txid": txid, "spent_height": height}
-                    events.append(("outpoint_spent", {"watch_id": w.id, "owner": w.owner, "outpoint": outpoint,
-                                                      "spending_txid": txid, "spending_tx": raw_tx,
-                                                      "height": height}))
-            for w in self.by_key.get(("txid", txid), []):
-                w.confirmed_height, w.notified_depth = height, 0
-                watch_updates[w.id] = {"confirmed_height": height, "notified_depth": 0}
-                self._track(w)
-            for vout, out in enumerate(tx.vout):
-                script = out.script_pubkey.data.hex()
-                for w in self.by_key.get(("script", script), []):
-                    raw_tx = raw_tx or tx.serialize().hex()
-                    new_payments.append({"watch_id": w.id, "txid": txid, "vout": vout, "value_sat": out.value,
-                                         "height": height})
-                    events.append(("script_paid", {"watch_id": w.id, "owner": w.owner, "script": script,
-                                                   "txid": txid, "vout": vout, "value_sat": out.value,
-                                                   "height": height, "tx": raw_tx}))
-        for w in list(self.deepening.values()):  # depth notifications, including the block just connected
-            assert w.confirmed_height is not None
-            depth = height - w.confirmed_height + 1
-            due = [d for d in w.depths if w.notified_depth < d <= depth]
-            if due:
-                w.notified_depth = max(due)
-                watch_updates.setdefault(w.id, {})["notified_depth"] = w.notified_depth
-                self._track(w)
-                for d in due:
-                    events.append(("tx_depth", {"watch_id": w.id, "owner": w.owner, "txid": w.key, "depth": d,
-                                                "height": w.confirmed_height}))
+        found = Found()
+        self._match(height, txs, self.by_key, found)
+        self._deepen(list(self.deepening.values()), height, found)  # including the block just connected
+        events, watch_updates, new_payments = found.events, found.watch_updates, found.new_payments
         with self.transaction() as tx:
             conn = tx.conn
             for watch_id, values in watch_updates.items():
@@ -213,6 +191,78 @@ class Scanner:
                 tx.emit(name, body)
         self.tip = (height, block_hash)
         log.debug("block %d (%s) connected: %d transactions, %d events", height, block_hash, len(txs), len(events))
+
+    def _match(self, height: int, txs: list[Any], by_key: dict[tuple[str, str], list[Watch]], found: "Found") -> None:
+        """The watches of `by_key` that the block's transactions spend, confirm or pay."""
+        for tx in txs:
+            txid = tx.txid().hex()
+            raw_tx: str | None = None
+            for vin in tx.vin:
+                outpoint = f"{vin.txid.hex()}:{vin.vout}"
+                for w in by_key.get(("outpoint", outpoint), []):
+                    raw_tx = raw_tx or tx.serialize().hex()
+                    w.spent_txid, w.spent_height = txid, height
+                    found.watch_updates[w.id] = {"spent_txid": txid, "spent_height": height}
+                    found.events.append(("outpoint_spent", {"watch_id": w.id, "owner": w.owner, "outpoint": outpoint,
+                                                            "spending_txid": txid, "spending_tx": raw_tx,
+                                                            "height": height}))
+            for w in by_key.get(("txid", txid), []):
+                w.confirmed_height, w.notified_depth = height, 0
+                found.watch_updates[w.id] = {"confirmed_height": height, "notified_depth": 0}
+                self._track(w)
+            for vout, out in enumerate(tx.vout):
+                script = out.script_pubkey.data.hex()
+                for w in by_key.get(("script", script), []):
+                    raw_tx = raw_tx or tx.serialize().hex()
+                    found.new_payments.append({"watch_id": w.id, "txid": txid, "vout": vout, "value_sat": out.value,
+                                               "height": height})
+                    found.events.append(("script_paid", {"watch_id": w.id, "owner": w.owner, "script": script,
+                                                         "txid": txid, "vout": vout, "value_sat": out.value,
+                                                         "height": height, "tx": raw_tx}))
+
+    def _deepen(self, watches: list[Watch], height: int, found: "Found") -> None:
+        """Depth notifications of confirmed txid watches now due at `height`."""
+        for w in watches:
+            if w.kind != "txid" or w.confirmed_height is None:
+                continue
+            depth = height - w.confirmed_height + 1
+            due = [d for d in w.depths if w.notified_depth < d <= depth]
+            if due:
+                w.notified_depth = max(due)
+                found.watch_updates.setdefault(w.id, {})["notified_depth"] = w.notified_depth
+                self._track(w)
+                for d in due:
+                    found.events.append(("tx_depth", {"watch_id": w.id, "owner": w.owner, "txid": w.key, "depth": d,
+                                                      "height": w.confirmed_height}))
+
+    def _look_back(self, w: Watch, since: int) -> None:
+        """A new watch over blocks already processed (from `since` to the tip): what it would have been
+        told, told now (e.g. an output spent in the block after the one its owner heard of). A block
+        that is no longer the one we processed at its height stops the look: the reorg is undone and
+        redone by `poll`, with the watch in place."""
+        if self.tip is None or since > self.tip[0]:
+            return
+        found = Found()
+        with self.storage.begin() as conn:
+            kept = {r.height: r.hash for r in conn.execute(select(db.blocks).where(db.blocks.c.height >= since))}
+        for height in range(max(since, 0), self.tip[0] + 1):
+            got = self.chain.block(height)
+            if got is None or (height in kept and kept[height] != got[0]):
+                break
+            _, _, txs = parse_block(got[1])
+            self._match(height, txs, {(w.kind, w.key): [w]}, found)
+        self._deepen([w], self.tip[0], found)
+        if not found.events and not found.watch_updates:
+            return
+        with self.transaction() as tx:
+            for watch_id, values in found.watch_updates.items():
+                tx.conn.execute(update(db.watches).where(db.watches.c.id == watch_id).values(**values))
+            for p in found.new_payments:
+                tx.conn.execute(insert(db.payments).values(**p))
+            for name, body in found.events:
+                tx.emit(name, body)
+        log.info("watch %d (%s %s): %d event(s) from blocks %d..%d it did not exist for", w.id, w.kind, w.key,
+                 len(found.events), since, self.tip[0])
 
     def _disconnect(self) -> None:
         assert self.tip is not None

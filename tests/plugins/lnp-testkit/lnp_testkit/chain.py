@@ -26,9 +26,9 @@ def tk_chain_events(ctx, name: str | None = None) -> list:
 
 
 @rpc_method
-def tk_chain_watch(ctx, kind: str, key: str, depths: list[int] | None = None) -> dict:
-    """Ask watchd to watch an outpoint, a txid or a script."""
-    return ChainWatch(ctx, "tk_chain").watch(kind, key, depths)
+def tk_chain_watch(ctx, kind: str, key: str, depths: list[int] | None = None, since: int | None = None) -> dict:
+    """Ask watchd to watch an outpoint, a txid or a script (looking back from height SINCE)."""
+    return ChainWatch(ctx, "tk_chain").watch(kind, key, depths, since)
 
 
 @hookimpl
