@@ -18,11 +18,11 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable
 
-import coincurve
 from sqlalchemy import bindparam, func, select
 
 from lnp_plugin_api import RpcError, bolt11, onion
 from lnp_plugin_api.chain import ChainClient
+from lnp_plugin_api.tx import SECP256K1_ORDER
 
 from .inflight import Attempt
 from .storage import attempts, payments
@@ -56,11 +56,8 @@ class Job:
 def _session_key() -> bytes:
     while True:
         key = os.urandom(32)
-        try:
-            coincurve.PrivateKey(key)
+        if 0 < int.from_bytes(key, "big") < SECP256K1_ORDER:  # else not a private key: draw again
             return key
-        except ValueError:  # zero or above the group order: draw again
-            continue
 
 
 class Sender:
