@@ -89,3 +89,20 @@ def test_a_group_of_attempts_is_stored_in_one_commit_and_offered_at_once() -> No
     ctx.engine.dispose()
     assert {rows[h].status for h in hashes[:3]} == {"pending"} and rows[hashes[3]].status == "sending"
     assert all(rows[h].channel_id == "ab" * 32 for h in hashes[:3])
+
+
+def test_attempt_ids_go_on_after_a_restart() -> None:
+    """The sender gives the attempt ids itself: a new sender (a restarted node) starts after the stored ones."""
+    ctx = FakeCtx()
+    payer = SimpleNamespace(ctx=ctx, stored=lambda h: None, sent=lambda h: None, refused=lambda a, h, r: None)
+    for round_ in range(2):
+        sender = Sender(payer)
+        try:
+            text = invoice_of(PAYEE_KEY, amount_msat=10_000, preimage=bytes([round_ + 1]) * 32)
+            sender._send([Job(text, bolt11.decode(text), 10_000, 0, True)])
+        finally:
+            sender.close()
+    with ctx.engine.begin() as conn:
+        ids = [r.id for r in conn.execute(select(storage.attempts).order_by(storage.attempts.c.id))]
+    ctx.engine.dispose()
+    assert ids == [1, 2]
