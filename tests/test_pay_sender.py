@@ -106,3 +106,48 @@ def test_attempt_ids_go_on_after_a_restart() -> None:
         ids = [r.id for r in conn.execute(select(storage.attempts).order_by(storage.attempts.c.id))]
     ctx.engine.dispose()
     assert ids == [1, 2]
+
+
+def test_htlc_resolved_before_the_senders_callbacks_settles_the_payment_once() -> None:
+    """channeld may resolve an HTLC before the sender's call_soon callbacks ran on the service thread: the
+    payer still finds the attempt (the sender handed it over before offering it), and a repeat does nothing."""
+    from lnp_plugins.pay.payer import Payer
+
+    ctx = FakeCtx()
+    emitted: list = []
+
+    class Tx:
+        def __enter__(self) -> "Tx":
+            self._begin = ctx.engine.begin()
+            self.conn = self._begin.__enter__()
+            return self
+
+        def emit(self, name: str, body: dict) -> None:
+            emitted.append((name, body))
+
+        def __exit__(self, *exc: Any) -> Any:
+            return self._begin.__exit__(*exc)
+
+    ctx.transaction = Tx
+    ctx.node = SimpleNamespace(features=(), network="regtest", node_id=b"\x02" * 33)
+    ctx.log.error = lambda *a: None
+    payer = Payer(ctx)
+    try:
+        preimage = b"\x05" * 32
+        text = invoice_of(PAYEE_KEY, amount_msat=10_000, preimage=preimage)
+        done = payer.pay(text, None, 30.0)
+        deadline = time.monotonic() + 5
+        while not ctx.adds and time.monotonic() < deadline:   # channeld took the HTLC (the sender's thread)
+            time.sleep(0.01)
+        resolved = {"channel_id": "ab" * 32, "htlc_id": 1, "payment_hash": hashlib.sha256(preimage).hexdigest(),
+                    "preimage": preimage.hex()}
+        payer.on_resolved(resolved)          # before any callback of the sender ran here
+        assert [name for name, _ in emitted] == ["payment_succeeded"]
+        for fn in list(ctx.back):
+            fn()
+        payer.on_resolved(resolved)          # delivered again: already applied
+        assert len(emitted) == 1 and done.result(1)["status"] == "complete"
+        assert payer.listing(text)[0]["status"] == "complete"
+    finally:
+        payer.close()
+        ctx.engine.dispose()
