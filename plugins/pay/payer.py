@@ -103,13 +103,13 @@ class Payer:
         """What the sender stored and offered (before channeld could resolve any of it)."""
         handed = self.sender.handed
         while not handed.empty():
-            item = handed.get_nowait()
-            if isinstance(item[1], Attempt):
+            what, *item = handed.get_nowait()
+            if what == "stored":
                 row, attempt = item
                 self.inflight.payments[row["payment_hash"]] = Pending(row, attempt.id)
                 self.inflight.add(attempt)
                 self.sending.discard(row["payment_hash"])
-            else:
+            else:   # offered
                 self.inflight.offered(*item)
 
     def sent(self, hash_hex: str) -> None:
@@ -242,7 +242,7 @@ class Payer:
         row = dict(pending.row) if pending is not None else self._payment(hash_hex)
         changes: dict[str, Any] | None = None
         now = time.time()
-        if row is None:
+        if row is None:   # an attempt without its payment: nothing more to change
             pass
         elif preimage is not None and row["status"] != "complete":  # a success counts whichever attempt it was
             changes = dict(status="complete", preimage=preimage.hex(), completed_at=now, failure_reason=None,

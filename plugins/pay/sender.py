@@ -4,8 +4,9 @@
 every attempt queued at once: one chain height, each onion, the payments and attempts written in ONE
 storage transaction (each attempt is on disk before channeld can send its HTLC), then every
 `channeld.add_htlc` at once (channeld takes them in one batch) and the HTLCs' ids in one more
-transaction. So paying does not wait for one commit and one channeld round trip per payment, and the
-service thread stays free for `pay` calls and `htlc_resolved`. Outcomes that touch the payer's state
+transaction. Each stored attempt is handed to the payer (`handed`, see inflight.py) before its HTLC
+is offered, and its HTLC id once offered. So paying does not wait for one commit and one channeld round
+trip per payment, and the service thread stays free for `pay` calls and `htlc_resolved`. Outcomes that touch the payer's state
 (a refusal, the answer's timer) go back to the service thread (`ctx.call_soon`).
 """
 from __future__ import annotations
@@ -66,7 +67,7 @@ class Sender:
     def __init__(self, payer: "Payer") -> None:
         self.payer, self.ctx = payer, payer.ctx
         self._queue: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
-        # to the payer: (payment row, Attempt) once stored, then (attempt id, channel_id, htlc_id) once offered
+        # to the payer: ("stored", payment row, Attempt), then ("offered", attempt id, channel_id, htlc_id)
         self.handed: queue.SimpleQueue[tuple[Any, ...]] = queue.SimpleQueue()
         self._last_id = self._stored_last_id()
         self._pool = ThreadPoolExecutor(max_workers=PARALLEL, thread_name_prefix="pay-add-htlc")
@@ -136,12 +137,13 @@ class Sender:
                      cltv_expiry=cltv, status="sending", created_at=now, channel_id=None, htlc_id=None)
                 for job, cltv, _, _, a in built])
         for job, _, _, row, attempt in built:   # the payer knows them before channeld can resolve them
-            self.handed.put((row, attempt))
+            self.handed.put(("stored", row, attempt))
             # stored: a `pay` of the same invoice now finds it pending
             self._back(lambda h=row["payment_hash"]: self.payer.stored(h))
         answers = [self._pool.submit(self.ctx.request, "channeld.add_htlc", {
             "peer_id": row["destination"], "amount_msat": job.amount, "payment_hash": row["payment_hash"],
-            "cltv_expiry": cltv, "onion": packet.hex()}, timeout=ADD_HTLC_TIMEOUT) for job, cltv, packet, row, _ in built]
+            "cltv_expiry": cltv, "onion": packet.hex()}, timeout=ADD_HTLC_TIMEOUT)
+            for job, cltv, packet, row, _ in built]
         offered = []
         for (job, _, _, row, attempt), answer in zip(built, answers):
             hash_hex = row["payment_hash"]
@@ -152,7 +154,7 @@ class Sender:
                 continue
             offered.append({"a_id": attempt.id, "channel_id": str(added["channel_id"]),
                             "htlc_id": int(added["htlc_id"]), "status": "pending"})
-            self.handed.put((attempt.id, offered[-1]["channel_id"], offered[-1]["htlc_id"]))
+            self.handed.put(("offered", attempt.id, offered[-1]["channel_id"], offered[-1]["htlc_id"]))
             self.ctx.log.info("payment %s: HTLC %s:%s offered, %d msat to %s", hash_hex, added["channel_id"],
                               added["htlc_id"], job.amount, row["destination"])
             self._back(lambda h=hash_hex: self.payer.sent(h))
@@ -164,7 +166,7 @@ class Sender:
         with self.ctx.storage.begin() as conn:
             return conn.execute(select(func.max(attempts.c.id))).scalar() or 0
 
-    def _refused(self, job: Job, attempt: Any, e: RpcError) -> None:
+    def _refused(self, job: Job, attempt: int, e: RpcError) -> None:
         """channeld did not take the HTLC: still pending if it may have (ambiguous), else failed."""
         hash_hex, payee = job.inv.payment_hash.hex(), job.inv.payee.hex()
         if e.code in AMBIGUOUS:
