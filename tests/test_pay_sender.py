@@ -151,3 +151,31 @@ def test_htlc_resolved_before_the_senders_callbacks_settles_the_payment_once() -
     finally:
         payer.close()
         ctx.engine.dispose()
+
+
+def test_inflight_loads_pending_payments_and_unsettled_attempts() -> None:
+    """At start the payer's memory holds what the database says is pending, and nothing else."""
+    from lnp_plugins.pay.inflight import InFlight
+
+    ctx = FakeCtx()
+    pay = dict(bolt11="-", destination="02" * 33, amount_msat=1, preimage=None, created_at=0.0, completed_at=None,
+               failure_reason=None, failure_code=None, attempts=1)
+    tried = dict(shared_secrets="00" * 32, amount_msat=1, cltv_expiry=1, created_at=0.0)
+    with ctx.engine.begin() as conn:
+        conn.execute(storage.payments.insert(), [dict(pay, payment_hash="aa", status="pending"),
+                                                 dict(pay, payment_hash="bb", status="complete")])
+        conn.execute(storage.attempts.insert(), [
+            dict(tried, id=1, payment_hash="aa", status="failed", channel_id=None, htlc_id=None),
+            dict(tried, id=2, payment_hash="bb", status="complete", channel_id="c", htlc_id=1),
+            dict(tried, id=3, payment_hash="aa", status="pending", channel_id="c", htlc_id=2),
+            dict(tried, id=4, payment_hash="aa", status="sending", channel_id=None, htlc_id=None)])
+    inflight = InFlight()
+    with ctx.engine.begin() as conn:
+        inflight.load(conn)
+    ctx.engine.dispose()
+    assert list(inflight.payments) == ["aa"] and inflight.payments["aa"].latest == 4
+    assert sorted(inflight.attempts) == [3, 4]
+    assert inflight.find("c", 2, "aa").id == 3 and inflight.find("c", 1, "bb") is None
+    assert inflight.find("c", 9, "aa").id == 4                   # no answer from add_htlc: the one still sending
+    inflight.settled(inflight.attempts[4])
+    assert inflight.find("c", 9, "aa") is None and inflight.find("c", 2, "aa").id == 3

@@ -49,10 +49,11 @@ class InFlight:
 
     def load(self, conn: Any) -> None:
         """What the database holds (at start, after the payer's recovery)."""
-        rows = conn.execute(select(payments).where(payments.c.status == "pending")).all()
+        pending = payments.c.status == "pending"
+        rows = conn.execute(select(payments).where(pending)).all()
         latest = dict(conn.execute(select(attempts.c.payment_hash, func.max(attempts.c.id))
-                                   .where(attempts.c.payment_hash.in_([r.payment_hash for r in rows]))
-                                   .group_by(attempts.c.payment_hash)).all()) if rows else {}
+                                   .where(attempts.c.payment_hash.in_(select(payments.c.payment_hash).where(pending)))
+                                   .group_by(attempts.c.payment_hash)).all())
         for r in rows:
             self.payments[r.payment_hash] = Pending(dict(r._mapping), latest.get(r.payment_hash, 0))
         for a in conn.execute(select(attempts).where(attempts.c.status.in_(UNSETTLED))):
