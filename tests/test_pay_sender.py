@@ -66,7 +66,7 @@ def test_a_group_of_attempts_is_stored_in_one_commit_and_offered_at_once() -> No
     jobs = []
     for i, amount in enumerate(amounts):
         text = invoice_of(PAYEE_KEY, amount_msat=amount, preimage=bytes([i + 1]) * 32)
-        jobs.append(Job(text, bolt11.decode(text), amount, 0, True))
+        jobs.append(Job(text, bolt11.decode(text), amount))
     sender = Sender(payer)                   # its thread waits on an empty queue: the group is sent by hand
     try:
         ctx.commits = 0
@@ -99,7 +99,7 @@ def test_attempt_ids_go_on_after_a_restart() -> None:
         sender = Sender(payer)
         try:
             text = invoice_of(PAYEE_KEY, amount_msat=10_000, preimage=bytes([round_ + 1]) * 32)
-            sender._send([Job(text, bolt11.decode(text), 10_000, 0, True)])
+            sender._send([Job(text, bolt11.decode(text), 10_000)])
         finally:
             sender.close()
     with ctx.engine.begin() as conn:

@@ -76,14 +76,16 @@ class Payer:
             return self._wait(hash_hex, wait, armed=False)
         if hash_hex in self.inflight.payments:
             return self._wait(hash_hex, wait)
-        row = self._payment(hash_hex)   # not pending: complete, failed, or new
-        if row is not None and row["status"] == "complete":
-            return self.show(row, with_preimage=True)  # paid already: nothing is sent again
-        if row is not None and row["status"] == "pending":
-            return self._wait(hash_hex, wait)
-        amount = self._check(inv, amount_msat)
+        try:
+            amount = self._check(inv, amount_msat)
+        except RpcError:
+            row = self._payment(hash_hex)
+            if row is not None and row["status"] == "complete":
+                return self.show(row, with_preimage=True)  # paid already: no check applies, nothing is sent
+            raise
         done = self._wait(hash_hex, wait, armed=False)   # WAIT counts from when the HTLC is offered
-        self._send(Job(text.strip(), inv, amount, row["attempts"] if row is not None else 0, is_new=row is None))
+        # new, failed or complete: the sender reads which for the whole group (a complete one is not sent again)
+        self._send(Job(text.strip(), inv, amount))
         return done
 
     def _send(self, job: Job) -> None:
@@ -111,6 +113,11 @@ class Payer:
                 self.sending.discard(row["payment_hash"])
             else:   # offered
                 self.inflight.offered(*item)
+
+    def paid_already(self, hash_hex: str, row: dict[str, Any]) -> None:
+        """The payment was complete: its callers get it as it was, and nothing was sent."""
+        self.sending.discard(hash_hex)
+        self._wake(hash_hex, result=self.show(row, with_preimage=True))
 
     def sent(self, hash_hex: str) -> None:
         """channeld took the HTLC (or may have): the callers' waits start."""
@@ -140,7 +147,7 @@ class Payer:
             inv = bolt11.decode(row["bolt11"])
         except bolt11.InvoiceError:
             return
-        self._send(Job(row["bolt11"], inv, row["amount_msat"], row["attempts"], is_new=False))
+        self._send(Job(row["bolt11"], inv, row["amount_msat"]))
 
     def _check(self, inv: bolt11.Invoice, amount_msat: int | None) -> int:
         """The amount to send, after the checks that refuse an invoice before anything is sent."""

@@ -39,19 +39,18 @@ PARALLEL = 32            # channeld.add_htlc requests in flight at once
 AMBIGUOUS = (RpcError.TIMEOUT, RpcError.SERVICE_UNAVAILABLE, RpcError.INTERNAL_ERROR)
 STOP = None
 # prebuilt statements, run once for a whole group (executemany)
+_BEFORE = select(payments).where(payments.c.payment_hash.in_(bindparam("hashes", expanding=True)))
 _PAYMENT_AGAIN = payments.update().where(payments.c.payment_hash == bindparam("h"))
 _OFFERED = attempts.update().where(attempts.c.id == bindparam("a_id"), attempts.c.status == "sending")
 
 
 @dataclass
 class Job:
-    """One attempt to send: the invoice, the amount, and what `_sent` reports back to the payer."""
+    """One attempt to send: the invoice and the amount (checked by the payer)."""
 
     text: str
     inv: bolt11.Invoice
     amount: int
-    attempts_before: int
-    is_new: bool
 
 
 def _session_key() -> bytes:
@@ -112,30 +111,44 @@ class Sender:
     def _send(self, group: list[Job]) -> None:
         height = ChainClient(self.ctx).info().height
         now = time.time()
-        built = []
+        onions = []
         for job in group:
             cltv = height + job.inv.min_final_cltv_expiry_delta + CLTV_MARGIN
             hop = onion.HopPayload.final(job.amount, cltv, job.inv.payment_secret, total_msat=job.amount,
                                          payment_metadata=job.inv.metadata)
             packet, secrets = onion.build_onion(_session_key(), [job.inv.payee], [hop], job.inv.payment_hash)
-            self._last_id += 1   # this thread alone inserts attempts: the ids are ours to give (a gap is harmless)
-            hash_hex = job.inv.payment_hash.hex()
-            row = dict(payment_hash=hash_hex, bolt11=job.text, destination=job.inv.payee.hex(),
-                       amount_msat=job.amount, status="pending", preimage=None, created_at=now, completed_at=None,
-                       failure_reason=None, failure_code=None, attempts=job.attempts_before + 1)
-            built.append((job, cltv, packet, row, Attempt(self._last_id, hash_hex, b"".join(secrets).hex(), "sending")))
+            onions.append((job, cltv, packet, b"".join(secrets).hex()))
+        built, paid = [], []
         with self.ctx.storage.begin() as conn:  # every attempt on disk before channeld can send anything
-            new = [row for job, _, _, row, _ in built if job.is_new]
+            # the group's payments tried before: a failed one is tried again, a complete one is not sent
+            before = {r.payment_hash: r for r in conn.execute(
+                _BEFORE, {"hashes": [job.inv.payment_hash.hex() for job in group]})}
+            for job, cltv, packet, secrets in onions:
+                hash_hex = job.inv.payment_hash.hex()
+                old = before.get(hash_hex)
+                if old is not None and old.status == "complete":
+                    paid.append(dict(old._mapping))
+                    continue
+                self._last_id += 1   # this thread alone inserts attempts: the ids are ours (a gap is harmless)
+                row = dict(payment_hash=hash_hex, bolt11=job.text, destination=job.inv.payee.hex(),
+                           amount_msat=job.amount, status="pending", preimage=None, created_at=now,
+                           completed_at=None, failure_reason=None, failure_code=None,
+                           attempts=(old.attempts if old is not None else 0) + 1)
+                built.append((job, cltv, packet, row, Attempt(self._last_id, hash_hex, secrets, "sending")))
+            new = [row for _, _, _, row, _ in built if row["payment_hash"] not in before]
             if new:
                 conn.execute(payments.insert(), new)
             again = [{**{k: v for k, v in row.items() if k != "payment_hash"}, "h": row["payment_hash"]}
-                     for job, _, _, row, _ in built if not job.is_new]
+                     for _, _, _, row, _ in built if row["payment_hash"] in before]
             if again:
                 conn.execute(_PAYMENT_AGAIN, again)
-            conn.execute(attempts.insert(), [
-                dict(id=a.id, payment_hash=a.payment_hash, shared_secrets=a.shared_secrets, amount_msat=job.amount,
-                     cltv_expiry=cltv, status="sending", created_at=now, channel_id=None, htlc_id=None)
-                for job, cltv, _, _, a in built])
+            if built:
+                conn.execute(attempts.insert(), [
+                    dict(id=a.id, payment_hash=a.payment_hash, shared_secrets=a.shared_secrets,
+                         amount_msat=job.amount, cltv_expiry=cltv, status="sending", created_at=now,
+                         channel_id=None, htlc_id=None) for job, cltv, _, _, a in built])
+        for row in paid:
+            self._back(lambda r=row: self.payer.paid_already(r["payment_hash"], r))
         for job, _, _, row, attempt in built:   # the payer knows them before channeld can resolve them
             self.handed.put(("stored", row, attempt))
             # stored: a `pay` of the same invoice now finds it pending
