@@ -1,13 +1,14 @@
 """Sending the attempts `pay` decided, in groups, off the plugin's service thread.
 
 `pay` checks an invoice on the service thread and queues the attempt here. The sender's thread takes
-every attempt queued at once: one chain height, each onion, the payments and attempts written in ONE
-storage transaction (each attempt is on disk before channeld can send its HTLC), then every
-`channeld.add_htlc` at once (channeld takes them in one batch) and the HTLCs' ids in one more
+every attempt queued at once: which of their payments were tried before (one read: a complete one is
+not sent again, a failed one is tried again), one chain height, each onion, the payments and attempts
+written in ONE storage transaction (each attempt is on disk before channeld can send its HTLC), then
+every `channeld.add_htlc` at once (channeld takes them in one batch) and the HTLCs' ids in one more
 transaction. Each stored attempt is handed to the payer (`handed`, see inflight.py) before its HTLC
 is offered, and its HTLC id once offered. So paying does not wait for one commit and one channeld round
-trip per payment, and the service thread stays free for `pay` calls and `htlc_resolved`. Outcomes that touch the payer's state
-(a refusal, the answer's timer) go back to the service thread (`ctx.call_soon`).
+trip per payment, and the service thread stays free for `pay` calls and `htlc_resolved`. Outcomes that
+touch the payer's state (a refusal, the answer's timer) go back to the service thread (`ctx.call_soon`).
 """
 from __future__ import annotations
 
@@ -109,32 +110,31 @@ class Sender:
         self.ctx.call_soon(fn)
 
     def _send(self, group: list[Job]) -> None:
+        with self.ctx.storage.begin() as conn:   # the group's payments tried before (failed, or complete)
+            before = {r.payment_hash: r for r in conn.execute(
+                _BEFORE, {"hashes": [job.inv.payment_hash.hex() for job in group]})}
+        complete = {h: dict(r._mapping) for h, r in before.items() if r.status == "complete"}
+        for hash_hex, row in complete.items():   # paid already: nothing is sent again
+            self._back(lambda h=hash_hex, r=row: self.payer.paid_already(h, r))
+        group = [job for job in group if job.inv.payment_hash.hex() not in complete]
+        if not group:
+            return
         height = ChainClient(self.ctx).info().height
         now = time.time()
-        onions = []
+        built = []
         for job in group:
             cltv = height + job.inv.min_final_cltv_expiry_delta + CLTV_MARGIN
             hop = onion.HopPayload.final(job.amount, cltv, job.inv.payment_secret, total_msat=job.amount,
                                          payment_metadata=job.inv.metadata)
             packet, secrets = onion.build_onion(_session_key(), [job.inv.payee], [hop], job.inv.payment_hash)
-            onions.append((job, cltv, packet, b"".join(secrets).hex()))
-        built, paid = [], []
+            self._last_id += 1   # this thread alone inserts attempts: the ids are ours to give (a gap is harmless)
+            hash_hex = job.inv.payment_hash.hex()
+            tried = before[hash_hex].attempts if hash_hex in before else 0
+            row = dict(payment_hash=hash_hex, bolt11=job.text, destination=job.inv.payee.hex(),
+                       amount_msat=job.amount, status="pending", preimage=None, created_at=now, completed_at=None,
+                       failure_reason=None, failure_code=None, attempts=tried + 1)
+            built.append((job, cltv, packet, row, Attempt(self._last_id, hash_hex, b"".join(secrets).hex(), "sending")))
         with self.ctx.storage.begin() as conn:  # every attempt on disk before channeld can send anything
-            # the group's payments tried before: a failed one is tried again, a complete one is not sent
-            before = {r.payment_hash: r for r in conn.execute(
-                _BEFORE, {"hashes": [job.inv.payment_hash.hex() for job in group]})}
-            for job, cltv, packet, secrets in onions:
-                hash_hex = job.inv.payment_hash.hex()
-                old = before.get(hash_hex)
-                if old is not None and old.status == "complete":
-                    paid.append(dict(old._mapping))
-                    continue
-                self._last_id += 1   # this thread alone inserts attempts: the ids are ours (a gap is harmless)
-                row = dict(payment_hash=hash_hex, bolt11=job.text, destination=job.inv.payee.hex(),
-                           amount_msat=job.amount, status="pending", preimage=None, created_at=now,
-                           completed_at=None, failure_reason=None, failure_code=None,
-                           attempts=(old.attempts if old is not None else 0) + 1)
-                built.append((job, cltv, packet, row, Attempt(self._last_id, hash_hex, secrets, "sending")))
             new = [row for _, _, _, row, _ in built if row["payment_hash"] not in before]
             if new:
                 conn.execute(payments.insert(), new)
@@ -142,13 +142,10 @@ class Sender:
                      for _, _, _, row, _ in built if row["payment_hash"] in before]
             if again:
                 conn.execute(_PAYMENT_AGAIN, again)
-            if built:
-                conn.execute(attempts.insert(), [
-                    dict(id=a.id, payment_hash=a.payment_hash, shared_secrets=a.shared_secrets,
-                         amount_msat=job.amount, cltv_expiry=cltv, status="sending", created_at=now,
-                         channel_id=None, htlc_id=None) for job, cltv, _, _, a in built])
-        for row in paid:
-            self._back(lambda r=row: self.payer.paid_already(r["payment_hash"], r))
+            conn.execute(attempts.insert(), [
+                dict(id=a.id, payment_hash=a.payment_hash, shared_secrets=a.shared_secrets, amount_msat=job.amount,
+                     cltv_expiry=cltv, status="sending", created_at=now, channel_id=None, htlc_id=None)
+                for job, cltv, _, _, a in built])
         for job, _, _, row, attempt in built:   # the payer knows them before channeld can resolve them
             self.handed.put(("stored", row, attempt))
             # stored: a `pay` of the same invoice now finds it pending
