@@ -4,9 +4,15 @@
 """
 from __future__ import annotations
 
+import re
+from functools import reduce
+from operator import xor
+
 CHARSET = "qpzry9x8gf2tvdw0s3jn54khce6mua7l"
 _VALUES = {c: i for i, c in enumerate(CHARSET)}
 _BITS = [format(i, "05b") for i in range(32)]
+_WORDS = bytes(_VALUES.get(chr(b), 255) for b in range(256))  # a byte -> its 5-bit value; 255: not bech32
+_NOT_PRINTABLE = re.compile(r"[^\x21-\x7e]")
 _GEN = (0x3B6A57B2, 0x26508E6D, 0x1EA119FA, 0x3D4233DD, 0x2A1462B3)
 
 
@@ -14,14 +20,15 @@ class Bech32Error(ValueError):
     """Text that is not valid bech32; the message says why."""
 
 
+# what the five top bits of the checksum add once shifted out: the XOR of their generators, by value
+_TOP = tuple(reduce(xor, (g for i, g in enumerate(_GEN) if top >> i & 1), 0) for top in range(32))
+
+
 def _polymod(values: bytes) -> int:
     chk = 1
+    top = _TOP
     for v in values:
-        top = chk >> 25
-        chk = (chk & 0x1FFFFFF) << 5 ^ v
-        for i, g in enumerate(_GEN):
-            if top >> i & 1:
-                chk ^= g
+        chk = (chk & 0x1FFFFFF) << 5 ^ v ^ top[chk >> 25]
     return chk
 
 
@@ -31,7 +38,7 @@ def _expand(hrp: str) -> bytes:
 
 def bech32_decode(text: str) -> tuple[str, bytes]:
     """(hrp, 5-bit data without the checksum); refuses mixed case, bad characters and a bad checksum."""
-    if any(not 33 <= ord(c) <= 126 for c in text):
+    if _NOT_PRINTABLE.search(text):
         raise Bech32Error("invalid character in bech32 string")
     if text.lower() != text and text.upper() != text:
         raise Bech32Error("malformed bech32 string: mixed case")
@@ -49,10 +56,11 @@ def bech32_decode(text: str) -> tuple[str, bytes]:
 
 def words_of(text: str) -> bytes:
     """The 5-bit values of lower-case bech32 characters (a data part, no checksum checked)."""
-    bad = [c for c in text if c not in _VALUES]
-    if bad:
-        raise Bech32Error(f"invalid bech32 character {bad[0]!r}")
-    return bytes(_VALUES[c] for c in text)
+    words = text.encode("ascii").translate(_WORDS) if text.isascii() else None
+    if words is None or 255 in words:
+        bad = next(c for c in text if c not in _VALUES)
+        raise Bech32Error(f"invalid bech32 character {bad!r}")
+    return words
 
 
 def bech32_encode(hrp: str, data: bytes) -> str:
@@ -64,7 +72,7 @@ def bech32_encode(hrp: str, data: bytes) -> str:
 
 def words_to_int(words: bytes) -> int:
     """Big-endian 5-bit values as an integer (in linear time: an invoice has no length limit)."""
-    return int("".join(_BITS[w] for w in words), 2) if words else 0
+    return int("".join(map(_BITS.__getitem__, words)), 2) if words else 0
 
 
 def int_to_words(value: int, nwords: int | None = None) -> bytes:

@@ -274,7 +274,8 @@ def _parse_field(f: RawField) -> tuple[str, object] | None:
     return None
 
 
-def _parse_fields(currency: str, amount: int | None, timestamp: int, raw: tuple[RawField, ...]) -> Invoice:
+def _parse_fields(currency: str, amount: int | None, timestamp: int, raw: tuple[RawField, ...],
+                  wire: tuple[str, tuple[RawField, ...]]) -> Invoice:
     values: dict[str, object] = {}
     fallbacks, hints, extra = [], [], []
     for f in raw:
@@ -301,7 +302,7 @@ def _parse_fields(currency: str, amount: int | None, timestamp: int, raw: tuple[
         raise InvoiceError(f"invoice requires unknown feature bit {unknown[0]}")
     return Invoice(currency=currency, amount_msat=amount, timestamp=timestamp, features=feats,
                    fallbacks=tuple(fallbacks), route_hints=tuple(hints), extra=tuple(extra),
-                   payee_in_invoice="payee" in values, **values)
+                   payee_in_invoice="payee" in values, wire=wire, **values)
 
 
 def _canonical_fields(inv: Invoice) -> list[RawField]:
@@ -343,13 +344,12 @@ def decode_unsigned(hrp: str, data5: bytes) -> Invoice:
     """The invoice an `(hrp, data5)` pair describes, before signing (what signd checks before it signs)."""
     currency, amount = _parse_hrp(hrp)
     data5 = bytes(data5)
-    if any(w > 31 for w in data5):
+    if data5 and max(data5) > 31:
         raise InvoiceError("data values must be 5-bit")
     if len(data5) < 7:
         raise InvoiceError("too short for a timestamp")
     raw_fields = _split_fields(data5[7:])
-    inv = _parse_fields(currency, amount, words_to_int(data5[:7]), raw_fields)
-    return dataclasses.replace(inv, wire=(hrp, raw_fields))
+    return _parse_fields(currency, amount, words_to_int(data5[:7]), raw_fields, wire=(hrp, raw_fields))
 
 
 def _split_fields(words: bytes) -> tuple[RawField, ...]:

@@ -63,13 +63,21 @@ def _blind(pubkey: bytes, secret: bytes) -> bytes:
 
 def route_secrets(session_key: bytes, hop_pubkeys: Sequence[bytes]) -> list[bytes]:
     """The shared secret with each hop of a route (the origin keeps them to read a returned failure)."""
+    return _route(session_key, hop_pubkeys)[1]
+
+
+def _route(session_key: bytes, hop_pubkeys: Sequence[bytes]) -> tuple[bytes, list[bytes]]:
+    """The session's public key (the onion's first ephemeral key) and the shared secret with each hop."""
     ek = coincurve.PrivateKey(session_key)
+    first = epk = ek.public_key.format()
     secrets = []
-    for pub in hop_pubkeys:
+    for i, pub in enumerate(hop_pubkeys):
         ss = ek.ecdh(bytes(pub))
         secrets.append(ss)
-        ek = ek.multiply(_blind(ek.public_key.format(), ss))
-    return secrets
+        if i + 1 < len(hop_pubkeys):  # the next hop's ephemeral key (none is needed after the last hop)
+            ek = ek.multiply(_blind(epk, ss))
+            epk = ek.public_key.format()
+    return first, secrets
 
 
 # --- hop payload --------------------------------------------------------------------------------------------
@@ -174,7 +182,7 @@ def build_onion(session_key: bytes, hop_pubkeys: Sequence[bytes], payloads: Sequ
     shifts = [len(f) + HMAC_SIZE for f in frames]
     if sum(shifts) > size:
         raise ValueError(f"payloads take {sum(shifts)} bytes, more than the onion's {size}")
-    secrets = route_secrets(session_key, hop_pubkeys)
+    session_pubkey, secrets = _route(session_key, hop_pubkeys)
     filler = _filler(secrets, shifts, size)
     mix = stream(generate_key(b"pad", session_key), size)
     next_hmac = _ZERO_HMAC
@@ -184,7 +192,7 @@ def build_onion(session_key: bytes, hop_pubkeys: Sequence[bytes], payloads: Sequ
         if i == len(frames) - 1 and filler:
             mix = mix[:size - len(filler)] + filler
         next_hmac = hmac256(generate_key(b"mu", secrets[i]), mix + associated_data)
-    packet = bytes([VERSION]) + coincurve.PrivateKey(session_key).public_key.format() + mix + next_hmac
+    packet = bytes([VERSION]) + session_pubkey + mix + next_hmac
     return packet, secrets
 
 

@@ -66,7 +66,7 @@ def test_a_group_of_attempts_is_stored_in_one_commit_and_offered_at_once() -> No
     jobs = []
     for i, amount in enumerate(amounts):
         text = invoice_of(PAYEE_KEY, amount_msat=amount, preimage=bytes([i + 1]) * 32)
-        jobs.append(Job(text, bolt11.decode(text), amount, 0, True))
+        jobs.append(Job(text, bolt11.decode(text), amount))
     sender = Sender(payer)                   # its thread waits on an empty queue: the group is sent by hand
     try:
         ctx.commits = 0
@@ -77,7 +77,7 @@ def test_a_group_of_attempts_is_stored_in_one_commit_and_offered_at_once() -> No
         sender.close()
     for fn in ctx.back:
         fn()
-    assert ctx.commits == 2                  # the attempts, then the HTLC ids of those channeld took
+    assert ctx.commits == 3                  # a read (tried before?), the attempts, the HTLC ids channeld gave
     assert ctx.most_in_flight == len(jobs) and took < 0.6   # at once, not one 0.2 s round trip after another
     hashes = [hashlib.sha256(bytes([i + 1]) * 32).hexdigest() for i in range(len(jobs))]
     assert [c for c in calls if c[0] == "stored"] == [("stored", h) for h in hashes]
@@ -89,3 +89,93 @@ def test_a_group_of_attempts_is_stored_in_one_commit_and_offered_at_once() -> No
     ctx.engine.dispose()
     assert {rows[h].status for h in hashes[:3]} == {"pending"} and rows[hashes[3]].status == "sending"
     assert all(rows[h].channel_id == "ab" * 32 for h in hashes[:3])
+
+
+def test_attempt_ids_go_on_after_a_restart() -> None:
+    """The sender gives the attempt ids itself: a new sender (a restarted node) starts after the stored ones."""
+    ctx = FakeCtx()
+    payer = SimpleNamespace(ctx=ctx, stored=lambda h: None, sent=lambda h: None, refused=lambda a, h, r: None)
+    for round_ in range(2):
+        sender = Sender(payer)
+        try:
+            text = invoice_of(PAYEE_KEY, amount_msat=10_000, preimage=bytes([round_ + 1]) * 32)
+            sender._send([Job(text, bolt11.decode(text), 10_000)])
+        finally:
+            sender.close()
+    with ctx.engine.begin() as conn:
+        ids = [r.id for r in conn.execute(select(storage.attempts).order_by(storage.attempts.c.id))]
+    ctx.engine.dispose()
+    assert ids == [1, 2]
+
+
+def test_htlc_resolved_before_the_senders_callbacks_settles_the_payment_once() -> None:
+    """channeld may resolve an HTLC before the sender's call_soon callbacks ran on the service thread: the
+    payer still finds the attempt (the sender handed it over before offering it), and a repeat does nothing."""
+    from lnp_plugins.pay.payer import Payer
+
+    ctx = FakeCtx()
+    emitted: list = []
+
+    class Tx:
+        def __enter__(self) -> "Tx":
+            self._begin = ctx.engine.begin()
+            self.conn = self._begin.__enter__()
+            return self
+
+        def emit(self, name: str, body: dict) -> None:
+            emitted.append((name, body))
+
+        def __exit__(self, *exc: Any) -> Any:
+            return self._begin.__exit__(*exc)
+
+    ctx.transaction = Tx
+    ctx.node = SimpleNamespace(features=(), network="regtest", node_id=b"\x02" * 33)
+    ctx.log.error = lambda *a: None
+    payer = Payer(ctx)
+    try:
+        preimage = b"\x05" * 32
+        text = invoice_of(PAYEE_KEY, amount_msat=10_000, preimage=preimage)
+        done = payer.pay(text, None, 30.0)
+        deadline = time.monotonic() + 5
+        while not ctx.adds and time.monotonic() < deadline:   # channeld took the HTLC (the sender's thread)
+            time.sleep(0.01)
+        resolved = {"channel_id": "ab" * 32, "htlc_id": 1, "payment_hash": hashlib.sha256(preimage).hexdigest(),
+                    "preimage": preimage.hex()}
+        payer.on_resolved(resolved)          # before any callback of the sender ran here
+        assert [name for name, _ in emitted] == ["payment_succeeded"]
+        for fn in list(ctx.back):
+            fn()
+        payer.on_resolved(resolved)          # delivered again: already applied
+        assert len(emitted) == 1 and done.result(1)["status"] == "complete"
+        assert payer.listing(text)[0]["status"] == "complete"
+    finally:
+        payer.close()
+        ctx.engine.dispose()
+
+
+def test_inflight_loads_pending_payments_and_unsettled_attempts() -> None:
+    """At start the payer's memory holds what the database says is pending, and nothing else."""
+    from lnp_plugins.pay.inflight import InFlight
+
+    ctx = FakeCtx()
+    pay = dict(bolt11="-", destination="02" * 33, amount_msat=1, preimage=None, created_at=0.0, completed_at=None,
+               failure_reason=None, failure_code=None, attempts=1)
+    tried = dict(shared_secrets="00" * 32, amount_msat=1, cltv_expiry=1, created_at=0.0)
+    with ctx.engine.begin() as conn:
+        conn.execute(storage.payments.insert(), [dict(pay, payment_hash="aa", status="pending"),
+                                                 dict(pay, payment_hash="bb", status="complete")])
+        conn.execute(storage.attempts.insert(), [
+            dict(tried, id=1, payment_hash="aa", status="failed", channel_id=None, htlc_id=None),
+            dict(tried, id=2, payment_hash="bb", status="complete", channel_id="c", htlc_id=1),
+            dict(tried, id=3, payment_hash="aa", status="pending", channel_id="c", htlc_id=2),
+            dict(tried, id=4, payment_hash="aa", status="sending", channel_id=None, htlc_id=None)])
+    inflight = InFlight()
+    with ctx.engine.begin() as conn:
+        inflight.load(conn)
+    ctx.engine.dispose()
+    assert list(inflight.payments) == ["aa"] and inflight.payments["aa"].latest == 4
+    assert sorted(inflight.attempts) == [3, 4]
+    assert inflight.find("c", 2, "aa").id == 3 and inflight.find("c", 1, "bb") is None
+    assert inflight.find("c", 9, "aa").id == 4                   # no answer from add_htlc: the one still sending
+    inflight.settled(inflight.attempts[4])
+    assert inflight.find("c", 9, "aa") is None and inflight.find("c", 2, "aa").id == 3

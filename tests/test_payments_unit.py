@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import pytest
 
@@ -89,4 +90,59 @@ def test_pay_finds_an_attempt_by_its_htlc_through_an_index(tmp_path) -> None:
     old.close()
     db = Database("", tmp_path)
     assert "pay_attempts_htlc" in plan(db)
+    db.close()
+
+
+class _Tx:
+    """What the ledger uses of a host transaction: its connection, and the events emitted (kept here)."""
+
+    def __init__(self, db: Any, emitted: list) -> None:
+        self._begin, self.emitted = db.begin(), emitted
+
+    def __enter__(self) -> "_Tx":
+        self.conn = self._begin.__enter__()
+        return self
+
+    def emit(self, name: str, body: dict) -> None:
+        self.emitted.append((name, body))
+
+    def __exit__(self, *exc: Any) -> Any:
+        return self._begin.__exit__(*exc)
+
+
+def test_pay_index_goes_on_after_a_restart(tmp_path) -> None:
+    """The ledger counts pay_index in memory: a restarted one goes on from the highest stored."""
+    import hashlib
+    import time
+    from types import SimpleNamespace
+
+    from lnp_host.storage import Database
+    from lnp_plugin_api import Resolve
+    from lnp_plugins.invoices.ledger import Ledger
+    from lnp_plugins.invoices.storage import MODELS, invoices
+
+    db = Database("", tmp_path)
+    db.migrate({"invoices": MODELS})
+    emitted: list = []
+    quiet = SimpleNamespace(info=lambda *a: None, warning=lambda *a: None)
+    ctx = SimpleNamespace(storage=db, transaction=lambda: _Tx(db, emitted), log=quiet,
+                          node=SimpleNamespace(features=()), config={})
+    preimages = [bytes([i]) * 32 for i in (1, 2, 3)]
+    with db.begin() as conn:
+        conn.execute(invoices.insert(), [dict(
+            label=f"l{i}", payment_hash=hashlib.sha256(p).hexdigest(), preimage=p.hex(), payment_secret="11" * 32,
+            bolt11="-", amount_msat=5_000, description="", created_at=int(time.time()),
+            expires_at=int(time.time()) + 600, min_final_cltv_expiry_delta=18, status="unpaid")
+            for i, p in enumerate(preimages)])
+
+    def htlc(i: int) -> dict:
+        return {"is_final": True, "payment_hash": hashlib.sha256(preimages[i]).hexdigest(), "channel_id": "ab" * 32,
+                "htlc_id": i, "amount_msat": 5_000, "cltv_expiry": 140, "current_height": 100,
+                "payload": {"amt_to_forward": 5_000, "outgoing_cltv_value": 140, "payment_secret": "11" * 32,
+                            "total_msat": 5_000}}
+    assert isinstance(Ledger(ctx).on_htlc(htlc(0)), Resolve)
+    ledger = Ledger(ctx)                                         # restarted
+    assert isinstance(ledger.on_htlc(htlc(1)), Resolve) and isinstance(ledger.on_htlc(htlc(2)), Resolve)
+    assert [body["pay_index"] for _, body in emitted] == [1, 2, 3]
+    assert [r["pay_index"] for r in ledger.listing()] == [1, 2, 3]
     db.close()

@@ -9,7 +9,9 @@ import time
 from concurrent.futures import Future
 from typing import Any
 
-from sqlalchemy import func, select
+from types import SimpleNamespace
+
+from sqlalchemy import bindparam, func, select
 
 from lnp_plugin_api import Continue, Fail, Resolve, RpcError, ServiceContext, bolt11, features, onion
 from lnp_plugin_api.bech32 import CHARSET
@@ -22,6 +24,10 @@ MAX_LABEL = 200
 MAX_DESCRIPTION = 639          # bytes: a `d` field holds at most 1023 5-bit values
 MAX_EXPIRY = 10 * 365 * 86400
 MAX_MSAT = 21_000_000 * 100_000_000_000
+# prebuilt statements
+_BY_LABEL = select(invoices).where(invoices.c.label == bindparam("label"))
+_BY_HASH = select(invoices).where(invoices.c.payment_hash == bindparam("payment_hash"))
+_MARK_PAID = invoices.update().where(invoices.c.label == bindparam("the_label"), invoices.c.status == "unpaid")
 
 
 def invoice_features(specs: tuple[Any, ...]) -> frozenset[int]:
@@ -79,6 +85,9 @@ class Ledger:
         self.features = invoice_features(ctx.node.features)
         self.waiters: dict[str, list[Future]] = {}
         self.timers: dict[str, threading.Timer] = {}
+        # the last pay_index given: this ledger alone marks invoices paid (on the service thread)
+        with ctx.storage.begin() as conn:
+            self.pay_index = conn.execute(select(func.max(invoices.c.pay_index))).scalar() or 0
 
     def close(self) -> None:
         """Stop the expiry timers; waiters left get an error."""
@@ -202,15 +211,15 @@ class Ledger:
                                                 expired=time.time() > row.expires_at))
         if problem is not None:
             return self._refuse(row, self._why(row, payload, amount, cltv, height), problem)
-        with self.ctx.transaction() as tx:
-            pay_index = (tx.conn.execute(select(func.max(invoices.c.pay_index))).scalar() or 0) + 1
-            tx.conn.execute(invoices.update().where(invoices.c.label == row.label, invoices.c.status == "unpaid")
-                            .values(status="paid", pay_index=pay_index, received_msat=amount, paid_at=time.time(),
-                                    paid_by=htlc))
+        pay_index = self.pay_index + 1
+        paid = dict(status="paid", pay_index=pay_index, received_msat=amount, paid_at=time.time(), paid_by=htlc)
+        with self.ctx.transaction() as tx:   # committed before the preimage leaves (the Resolve below)
+            tx.conn.execute(_MARK_PAID, {"the_label": row.label, **paid})
             tx.emit("invoice_paid", {"label": row.label, "payment_hash": row.payment_hash,
                                      "amount_msat": row.amount_msat, "received_msat": amount, "pay_index": pay_index})
+        self.pay_index = pay_index
         self.ctx.log.info("invoice %r paid: %d msat received (pay_index %d)", row.label, amount, pay_index)
-        paid = self._show(self._row(label=row.label))
+        paid = self._show(SimpleNamespace(**{**row._mapping, **paid}))   # the row as just written
         for waiter in self.waiters.pop(row.label, []):
             waiter.set_result(paid)
         self._drop_timer(row.label)
@@ -243,10 +252,10 @@ class Ledger:
     # --- helpers ----------------------------------------------------------------------------------------
 
     def _row(self, label: str | None = None, payment_hash: str | None = None) -> Any:
-        q = select(invoices).where(invoices.c.label == label if label is not None
-                                   else invoices.c.payment_hash == payment_hash)
         with self.ctx.storage.begin() as conn:
-            return conn.execute(q).first()
+            if label is not None:
+                return conn.execute(_BY_LABEL, {"label": label}).first()
+            return conn.execute(_BY_HASH, {"payment_hash": payment_hash}).first()
 
     @staticmethod
     def _show(row: Any) -> dict[str, Any]:

@@ -7,17 +7,22 @@ import hashlib
 import threading
 import time
 from concurrent.futures import Future
-from typing import Any
+from typing import Any, Mapping
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 
 from lnp_plugin_api import RpcError, ServiceContext, bolt11, onion_errors
 
+from .inflight import Attempt, InFlight, Pending
 from .sender import Job, Sender
 from .storage import attempts, payments
 
 MAX_LOCAL_ATTEMPTS = 3   # attempts of a payment whose HTLCs never left the node, while its caller waits
 RETRY_DELAY = 1.0        # seconds before such a new attempt (the peer may be reconnecting)
+# prebuilt statements (the SET columns come from the parameters)
+_PAYMENT = select(payments).where(payments.c.payment_hash == bindparam("h"))
+_SET_PAYMENT = payments.update().where(payments.c.payment_hash == bindparam("h"))
+_SET_ATTEMPT = attempts.update().where(attempts.c.id == bindparam("a_id"))
 
 
 class Payer:
@@ -31,6 +36,9 @@ class Payer:
         self.timers: set[threading.Timer] = set()
         self.supported = {s.pair for s in ctx.node.features} | set(bolt11.DEFAULT_FEATURES)
         self._recover()
+        self.inflight = InFlight()
+        with ctx.storage.begin() as conn:
+            self.inflight.load(conn)
         self.sender = Sender(self)
 
     def _recover(self) -> None:
@@ -63,16 +71,21 @@ class Payer:
         except bolt11.InvoiceError as e:
             raise RpcError(RpcError.INVALID_PARAMS, f"not a valid invoice: {e}") from None
         hash_hex = inv.payment_hash.hex()
+        self._take()
         if hash_hex in self.sending:   # the same payment, queued and not stored yet
             return self._wait(hash_hex, wait, armed=False)
-        row = self._payment(hash_hex)
-        if row is not None and row.status == "complete":
-            return self.show(row, with_preimage=True)  # paid already: nothing is sent again
-        if row is not None and row.status == "pending":
+        if hash_hex in self.inflight.payments:
             return self._wait(hash_hex, wait)
-        amount = self._check(inv, amount_msat)
+        try:
+            amount = self._check(inv, amount_msat)
+        except RpcError:
+            row = self._payment(hash_hex)
+            if row is not None and row["status"] == "complete":
+                return self.show(row, with_preimage=True)  # paid already: no check applies, nothing is sent
+            raise
         done = self._wait(hash_hex, wait, armed=False)   # WAIT counts from when the HTLC is offered
-        self._send(Job(text.strip(), inv, amount, row.attempts if row is not None else 0, is_new=row is None))
+        # new, failed or complete: the sender reads which for the whole group (a complete one is not sent again)
+        self._send(Job(text.strip(), inv, amount))
         return done
 
     def _send(self, job: Job) -> None:
@@ -85,7 +98,26 @@ class Payer:
 
     def stored(self, hash_hex: str) -> None:
         """The attempt is on disk: `pay` of the same invoice finds the payment pending."""
+        self._take()
         self.sending.discard(hash_hex)
+
+    def _take(self) -> None:
+        """What the sender stored and offered (before channeld could resolve any of it)."""
+        handed = self.sender.handed
+        while not handed.empty():
+            what, *item = handed.get_nowait()
+            if what == "stored":
+                row, attempt = item
+                self.inflight.payments[row["payment_hash"]] = Pending(row, attempt.id)
+                self.inflight.add(attempt)
+                self.sending.discard(row["payment_hash"])
+            else:   # offered
+                self.inflight.offered(*item)
+
+    def paid_already(self, hash_hex: str, row: dict[str, Any]) -> None:
+        """The payment was complete: its callers get it as it was, and nothing was sent."""
+        self.sending.discard(hash_hex)
+        self._wake(hash_hex, result=self.show(row, with_preimage=True))
 
     def sent(self, hash_hex: str) -> None:
         """channeld took the HTLC (or may have): the callers' waits start."""
@@ -93,9 +125,12 @@ class Payer:
             if not done.done():
                 self._arm(hash_hex, done, wait)
 
-    def refused(self, attempt: int, hash_hex: str, reason: str) -> None:
+    def refused(self, attempt_id: int, hash_hex: str, reason: str) -> None:
         """channeld refused the HTLC: nothing was sent; the payment fails and its callers are told."""
-        self._settle(attempt, hash_hex, failed=(reason, None))
+        self._take()
+        attempt = self.inflight.attempts.get(attempt_id)
+        if attempt is not None:
+            self._settle(attempt, failed=(reason, None))
 
     def not_sent(self, hash_hex: str, error: RpcError) -> None:
         """The sender could not send the attempt (e.g. no chain backend): its callers get the error."""
@@ -104,14 +139,15 @@ class Payer:
 
     def _retry(self, hash_hex: str) -> None:
         """A new attempt for a payment whose HTLC never left this node, while its caller still waits."""
-        row = self._payment(hash_hex)
-        if row is None or row.status != "pending":
+        pending = self.inflight.payments.get(hash_hex)
+        if pending is None:
             return
+        row = pending.row
         try:
-            inv = bolt11.decode(row.bolt11)
+            inv = bolt11.decode(row["bolt11"])
         except bolt11.InvoiceError:
             return
-        self._send(Job(row.bolt11, inv, row.amount_msat, row.attempts, is_new=False))
+        self._send(Job(row["bolt11"], inv, row["amount_msat"]))
 
     def _check(self, inv: bolt11.Invoice, amount_msat: int | None) -> int:
         """The amount to send, after the checks that refuse an invoice before anything is sent."""
@@ -146,8 +182,10 @@ class Payer:
             self.ctx.log.error("htlc_resolved: a malformed event (%s): dropped", type(e).__name__)
 
     def _resolved(self, body: dict[str, Any]) -> None:
-        attempt = self._attempt(body)
-        if attempt is None or attempt.status not in ("sending", "pending"):
+        self._take()
+        attempt = self.inflight.find(str(body.get("channel_id")), int(body.get("htlc_id", -1)),
+                                     str(body.get("payment_hash", "")).lower())
+        if attempt is None:
             return  # not ours, or already applied
         hash_hex = attempt.payment_hash
         if body.get("preimage"):
@@ -155,7 +193,7 @@ class Payer:
             if hashlib.sha256(preimage).hexdigest() != hash_hex:
                 self.ctx.log.error("payment %s: htlc_resolved carries a preimage of another hash: ignored", hash_hex)
                 return
-            self._settle(attempt.id, hash_hex, preimage=preimage)
+            self._settle(attempt, preimage=preimage)
             return
         secrets = bytes.fromhex(attempt.shared_secrets)
         secrets_list = [secrets[i:i + 32] for i in range(0, len(secrets), 32)]
@@ -174,22 +212,24 @@ class Payer:
             # nothing was paid, so another attempt is safe
             code = int(body["failure_code"])
             if self.waiters.get(hash_hex) and self._attempts(hash_hex) < MAX_LOCAL_ATTEMPTS:
-                self._retry_later(attempt.id, hash_hex)
+                self._retry_later(attempt)
                 return
             reason = (f"{onion_errors.FailureMessage(code).name}: the HTLC never reached the peer (disconnected "
                       "before it was committed); nothing was paid: pay again to retry")
         else:
             reason, code = "the HTLC failed without a reason", None
-        self._settle(attempt.id, hash_hex, failed=(reason, code))
+        self._settle(attempt, failed=(reason, code))
 
     def _attempts(self, hash_hex: str) -> int:
-        row = self._payment(hash_hex)
-        return 0 if row is None else int(row.attempts)
+        pending = self.inflight.payments.get(hash_hex)
+        return 0 if pending is None else int(pending.row["attempts"])
 
-    def _retry_later(self, attempt_id: int, hash_hex: str) -> None:
+    def _retry_later(self, attempt: Attempt) -> None:
         """The attempt failed before leaving the node: another one in RETRY_DELAY s, the payment still pending."""
+        hash_hex = attempt.payment_hash
         with self.ctx.storage.begin() as conn:
-            conn.execute(attempts.update().where(attempts.c.id == attempt_id).values(status="failed"))
+            conn.execute(_SET_ATTEMPT, {"a_id": attempt.id, "status": "failed"})
+        self.inflight.settled(attempt)
         self.ctx.log.info("payment %s: the HTLC never left this node; trying again in %g s", hash_hex, RETRY_DELAY)
 
         def fire() -> None:
@@ -200,46 +240,45 @@ class Payer:
         self.timers.add(timer)
         timer.start()
 
-    def _attempt(self, body: dict[str, Any]) -> Any:
-        with self.ctx.storage.begin() as conn:
-            found = conn.execute(select(attempts).where(attempts.c.channel_id == str(body.get("channel_id")),
-                                                        attempts.c.htlc_id == int(body.get("htlc_id", -1)))).first()
-            if found is None:  # an HTLC whose add_htlc answer we never got (a timeout, a restart)
-                found = conn.execute(select(attempts).where(
-                    attempts.c.payment_hash == str(body.get("payment_hash", "")).lower(),
-                    attempts.c.status == "sending").order_by(attempts.c.id.desc())).first()
-            return found
-
-    def _settle(self, attempt_id: int, hash_hex: str, preimage: bytes | None = None,
+    def _settle(self, attempt: Attempt, preimage: bytes | None = None,
                 failed: tuple[str, int | None] | None = None) -> None:
         """The outcome of an attempt, its payment's and the event in one transaction; then the waiters."""
+        hash_hex = attempt.payment_hash
+        pending = self.inflight.payments.get(hash_hex)
+        # a payment no longer pending (a late success after it failed): its row from the database
+        row = dict(pending.row) if pending is not None else self._payment(hash_hex)
+        changes: dict[str, Any] | None = None
         now = time.time()
+        if row is None:   # an attempt without its payment: nothing more to change
+            pass
+        elif preimage is not None and row["status"] != "complete":  # a success counts whichever attempt it was
+            changes = dict(status="complete", preimage=preimage.hex(), completed_at=now, failure_reason=None,
+                           failure_code=None)
+            event = ("payment_succeeded", {"payment_hash": hash_hex, "preimage": preimage.hex(),
+                                           "amount_msat": row["amount_msat"], "fee_msat": 0,
+                                           "destination": row["destination"]})
+        elif preimage is None and pending is not None and pending.latest == attempt.id:
+            reason, code = failed   # an older attempt's failure changes nothing
+            changes = dict(status="failed", completed_at=now, failure_reason=reason, failure_code=code)
+            event = ("payment_failed", {"payment_hash": hash_hex, "reason": reason, "failure_code": code,
+                                        "destination": row["destination"], "amount_msat": row["amount_msat"]})
         with self.ctx.transaction() as tx:
-            row = tx.conn.execute(select(payments).where(payments.c.payment_hash == hash_hex)).first()
-            latest = tx.conn.execute(select(attempts.c.id).where(attempts.c.payment_hash == hash_hex)
-                                     .order_by(attempts.c.id.desc())).scalar()
-            tx.conn.execute(attempts.update().where(attempts.c.id == attempt_id)
-                            .values(status="complete" if preimage else "failed"))
-            if preimage is not None:  # a success counts whichever attempt it was
-                tx.conn.execute(payments.update().where(payments.c.payment_hash == hash_hex).values(
-                    status="complete", preimage=preimage.hex(), completed_at=now, failure_reason=None,
-                    failure_code=None))
-                tx.emit("payment_succeeded", {"payment_hash": hash_hex, "preimage": preimage.hex(),
-                                              "amount_msat": row.amount_msat, "fee_msat": 0,
-                                              "destination": row.destination})
-            elif row.status == "pending" and latest == attempt_id:  # an older attempt's failure changes nothing
-                reason, code = failed
-                tx.conn.execute(payments.update().where(payments.c.payment_hash == hash_hex).values(
-                    status="failed", completed_at=now, failure_reason=reason, failure_code=code))
-                tx.emit("payment_failed", {"payment_hash": hash_hex, "reason": reason, "failure_code": code,
-                                           "destination": row.destination, "amount_msat": row.amount_msat})
-        row = self._payment(hash_hex)
-        self.ctx.log.info("payment %s: %s", hash_hex, row.status if row.status != "failed"
-                          else f"failed ({row.failure_reason})")
-        if row.status == "complete":
+            tx.conn.execute(_SET_ATTEMPT, {"a_id": attempt.id, "status": "complete" if preimage else "failed"})
+            if changes is not None:
+                tx.conn.execute(_SET_PAYMENT, {"h": hash_hex, **changes})
+                tx.emit(*event)
+        self.inflight.settled(attempt)
+        if row is None:
+            return
+        if changes is not None:
+            row.update(changes)
+            self.inflight.payments.pop(hash_hex, None)   # no longer pending
+        self.ctx.log.info("payment %s: %s", hash_hex, row["status"] if row["status"] != "failed"
+                          else f"failed ({row['failure_reason']})")
+        if row["status"] == "complete":
             self._wake(hash_hex, result=self.show(row, with_preimage=True))
-        elif row.status == "failed":
-            self._wake(hash_hex, error=RpcError(RpcError.REFUSED, f"payment failed: {row.failure_reason}",
+        elif row["status"] == "failed":
+            self._wake(hash_hex, error=RpcError(RpcError.REFUSED, f"payment failed: {row['failure_reason']}",
                                                  data=self.show(row)))
 
     # --- waiting and listing ----------------------------------------------------------------------------
@@ -286,22 +325,25 @@ class Payer:
         if payment_hash is not None:
             q = q.where(payments.c.payment_hash == payment_hash.lower())
         with self.ctx.storage.begin() as conn:
-            return [self.show(r) for r in conn.execute(q)]
+            return [self.show(r._mapping) for r in conn.execute(q)]
 
-    def _payment(self, hash_hex: str) -> Any:
+    def _payment(self, hash_hex: str) -> dict[str, Any] | None:
+        """The payment's row as stored (a copy), None if there is none."""
         with self.ctx.storage.begin() as conn:
-            return conn.execute(select(payments).where(payments.c.payment_hash == hash_hex)).first()
+            found = conn.execute(_PAYMENT, {"h": hash_hex}).first()
+        return None if found is None else dict(found._mapping)
 
     @staticmethod
-    def show(row: Any, with_preimage: bool = False) -> dict[str, Any]:
+    def show(row: Mapping[str, Any], with_preimage: bool = False) -> dict[str, Any]:
         """A payment as the commands show it; the preimage only to `pay` (its caller asked for it)."""
-        out: dict[str, Any] = {"payment_hash": row.payment_hash, "status": row.status, "destination": row.destination,
-                               "amount_msat": row.amount_msat, "fee_msat": 0, "bolt11": row.bolt11,
-                               "created_at": int(row.created_at), "attempts": row.attempts}
-        if row.completed_at is not None:
-            out["completed_at"] = int(row.completed_at)
-        if row.status == "complete" and with_preimage:
-            out["preimage"] = row.preimage
-        if row.status == "failed":
-            out.update(failure_reason=row.failure_reason, failure_code=row.failure_code)
+        out: dict[str, Any] = {"payment_hash": row["payment_hash"], "status": row["status"],
+                               "destination": row["destination"], "amount_msat": row["amount_msat"], "fee_msat": 0,
+                               "bolt11": row["bolt11"], "created_at": int(row["created_at"]),
+                               "attempts": row["attempts"]}
+        if row["completed_at"] is not None:
+            out["completed_at"] = int(row["completed_at"])
+        if row["status"] == "complete" and with_preimage:
+            out["preimage"] = row["preimage"]
+        if row["status"] == "failed":
+            out.update(failure_reason=row["failure_reason"], failure_code=row["failure_code"])
         return out
