@@ -141,13 +141,75 @@ def test_htlc_resolved_before_the_senders_callbacks_settles_the_payment_once() -
             time.sleep(0.01)
         resolved = {"channel_id": "ab" * 32, "htlc_id": 1, "payment_hash": hashlib.sha256(preimage).hexdigest(),
                     "preimage": preimage.hex()}
-        payer.on_resolved(resolved)          # before any callback of the sender ran here
+        payer.on_resolved([resolved])        # before any callback of the sender ran here
         assert [name for name, _ in emitted] == ["payment_succeeded"]
         for fn in list(ctx.back):
             fn()
-        payer.on_resolved(resolved)          # delivered again: already applied
+        payer.on_resolved([resolved])        # delivered again: already applied
         assert len(emitted) == 1 and done.result(1)["status"] == "complete"
         assert payer.listing(text)[0]["status"] == "complete"
+    finally:
+        payer.close()
+        ctx.engine.dispose()
+
+
+def test_a_window_of_htlc_resolved_is_one_transaction_and_a_failed_commit_applies_none_of_it() -> None:
+    """htlc_resolved comes a window at a time: one transaction for all of it; when that commit fails,
+    nothing is applied (memory included) and the window delivered again settles every payment once."""
+    from lnp_plugins.pay.payer import Payer
+
+    ctx = FakeCtx()
+    emitted: list = []
+    fail = [True]
+
+    class Tx:
+        def __enter__(self) -> "Tx":
+            self._begin = ctx.engine.begin()
+            self.conn = self._begin.__enter__()
+            self.rows: list = []
+            return self
+
+        def emit(self, name: str, body: dict) -> None:
+            self.rows.append((name, body))
+
+        def __exit__(self, kind: Any, *exc: Any) -> Any:
+            if kind is None and fail[0]:
+                fail[0] = False
+                self._begin.__exit__(RuntimeError, RuntimeError("disk full"), None)
+                raise RuntimeError("disk full")
+            out = self._begin.__exit__(kind, *exc)
+            if kind is None:
+                emitted.extend(self.rows)
+            return out
+
+    ctx.transaction = Tx
+    ctx.node = SimpleNamespace(features=(), network="regtest", node_id=b"\x02" * 33)
+    ctx.log.error = lambda *a: None
+    payer = Payer(ctx)
+    try:
+        preimages = [bytes([9 + i]) * 32 for i in range(3)]
+        texts = [invoice_of(PAYEE_KEY, amount_msat=10_000, preimage=p) for p in preimages]
+        waits = [payer.pay(t, None, 30.0) for t in texts]
+        deadline = time.monotonic() + 5
+        while len(ctx.adds) < 3 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        by_hash = {a["payment_hash"]: i + 1 for i, a in enumerate(ctx.adds)}
+        window = [{"channel_id": "ab" * 32, "htlc_id": by_hash[hashlib.sha256(p).hexdigest()],
+                   "payment_hash": hashlib.sha256(p).hexdigest(), "preimage": p.hex()} for p in preimages]
+        try:
+            payer.on_resolved(window)
+            raise AssertionError("the failed commit must reach the caller (the window comes again)")
+        except RuntimeError:
+            pass
+        assert emitted == [] and not any(w.done() for w in waits)
+        assert all(r["status"] == "pending" for t in texts for r in payer.listing(t))
+        commits = ctx.commits
+        payer.on_resolved(window)            # delivered again
+        assert ctx.commits == commits + 1    # the whole window in one commit
+        assert [name for name, _ in emitted] == ["payment_succeeded"] * 3
+        assert [w.result(1)["status"] for w in waits] == ["complete"] * 3
+        payer.on_resolved(window)            # and again: already applied
+        assert len(emitted) == 3
     finally:
         payer.close()
         ctx.engine.dispose()

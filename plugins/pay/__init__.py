@@ -35,9 +35,9 @@ def listpayments(ctx: ServiceContext, bolt11: str | None = None, payment_hash: s
     return _payers.get(ctx).listing(bolt11, payment_hash)
 
 
-def _on_htlc_resolved(ctx: ServiceContext, event: Any) -> None:
-    # durable: raising leaves the event unacknowledged, and it comes again
-    _payers.get(ctx).on_resolved(event.body)
+def _on_htlc_resolved(ctx: ServiceContext, events: list[Any]) -> None:
+    # durable, a window at a time: raising leaves them unacknowledged, and they come again
+    _payers.get(ctx).on_resolved([e.body for e in events])
 
 
 @hookimpl
@@ -66,7 +66,7 @@ def lnp_rpc_methods() -> list:
 
 @hookimpl
 def lnp_subscriptions() -> list:
-    return [Subscription.event("htlc_resolved", _on_htlc_resolved)]
+    return [Subscription.events("htlc_resolved", _on_htlc_resolved)]
 
 
 @hookimpl

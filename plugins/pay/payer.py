@@ -7,7 +7,7 @@ import hashlib
 import threading
 import time
 from concurrent.futures import Future
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from sqlalchemy import bindparam, select
 
@@ -130,7 +130,7 @@ class Payer:
         self._take()
         attempt = self.inflight.attempts.get(attempt_id)
         if attempt is not None:
-            self._settle(attempt, failed=(reason, None))
+            self._in_transaction(lambda tx, then: self._settle(attempt, tx, then, failed=(reason, None)))
 
     def not_sent(self, hash_hex: str, error: RpcError) -> None:
         """The sender could not send the attempt (e.g. no chain backend): its callers get the error."""
@@ -174,15 +174,36 @@ class Payer:
 
     # --- htlc_resolved --------------------------------------------------------------------------------
 
-    def on_resolved(self, body: dict[str, Any]) -> None:
-        """channeld settled an HTLC we offered: complete or fail its payment (once: deliveries repeat)."""
-        try:
-            self._resolved(body)
-        except (KeyError, TypeError, ValueError) as e:  # retrying would not help: say so and go on
-            self.ctx.log.error("htlc_resolved: a malformed event (%s): dropped", type(e).__name__)
+    def on_resolved(self, bodies: list[dict[str, Any]]) -> None:
+        """channeld settled HTLCs we offered (a window of htlc_resolved events): complete or fail their
+        payments in one transaction, once (deliveries repeat); the callers are told after the commit."""
+        def apply(tx: Any, then: list[Callable[[], None]]) -> None:
+            for body in bodies:
+                try:
+                    self._resolved(body, tx, then)
+                except (KeyError, TypeError, ValueError) as e:  # retrying would not help: say so and go on
+                    self.ctx.log.error("htlc_resolved: a malformed event (%s): dropped", type(e).__name__)
+        self._in_transaction(apply)
 
-    def _resolved(self, body: dict[str, Any]) -> None:
+    def _in_transaction(self, apply: Callable[[Any, list[Callable[[], None]]], None]) -> None:
+        """`apply(tx, then)` in one transaction, then what it left in `then` (waking callers, timers). A
+        failure leaves nothing applied: the in-memory state is read again from the tables (it was changed
+        as the transaction went), and the error goes on (a durable event comes again)."""
         self._take()
+        then: list[Callable[[], None]] = []
+        try:
+            with self.ctx.transaction() as tx:
+                apply(tx, then)
+        except BaseException:
+            fresh = InFlight()
+            with self.ctx.storage.begin() as conn:
+                fresh.load(conn)
+            self.inflight = fresh
+            raise
+        for fn in then:
+            fn()
+
+    def _resolved(self, body: dict[str, Any], tx: Any, then: list[Callable[[], None]]) -> None:
         attempt = self.inflight.find(str(body.get("channel_id")), int(body.get("htlc_id", -1)),
                                      str(body.get("payment_hash", "")).lower())
         if attempt is None:
@@ -193,7 +214,7 @@ class Payer:
             if hashlib.sha256(preimage).hexdigest() != hash_hex:
                 self.ctx.log.error("payment %s: htlc_resolved carries a preimage of another hash: ignored", hash_hex)
                 return
-            self._settle(attempt, preimage=preimage)
+            self._settle(attempt, tx, then, preimage=preimage)
             return
         secrets = bytes.fromhex(attempt.shared_secrets)
         secrets_list = [secrets[i:i + 32] for i in range(0, len(secrets), 32)]
@@ -212,24 +233,27 @@ class Payer:
             # nothing was paid, so another attempt is safe
             code = int(body["failure_code"])
             if self.waiters.get(hash_hex) and self._attempts(hash_hex) < MAX_LOCAL_ATTEMPTS:
-                self._retry_later(attempt)
+                self._retry_later(attempt, tx, then)
                 return
             reason = (f"{onion_errors.FailureMessage(code).name}: the HTLC never reached the peer (disconnected "
                       "before it was committed); nothing was paid: pay again to retry")
         else:
             reason, code = "the HTLC failed without a reason", None
-        self._settle(attempt, failed=(reason, code))
+        self._settle(attempt, tx, then, failed=(reason, code))
 
     def _attempts(self, hash_hex: str) -> int:
         pending = self.inflight.payments.get(hash_hex)
         return 0 if pending is None else int(pending.row["attempts"])
 
-    def _retry_later(self, attempt: Attempt) -> None:
-        """The attempt failed before leaving the node: another one in RETRY_DELAY s, the payment still pending."""
+    def _retry_later(self, attempt: Attempt, tx: Any, then: list[Callable[[], None]]) -> None:
+        """The attempt failed before leaving the node: another one in RETRY_DELAY s (once committed), the
+        payment still pending."""
         hash_hex = attempt.payment_hash
-        with self.ctx.storage.begin() as conn:
-            conn.execute(_SET_ATTEMPT, {"a_id": attempt.id, "status": "failed"})
+        tx.conn.execute(_SET_ATTEMPT, {"a_id": attempt.id, "status": "failed"})
         self.inflight.settled(attempt)
+        then.append(lambda: self._retry_timer(hash_hex))
+
+    def _retry_timer(self, hash_hex: str) -> None:
         self.ctx.log.info("payment %s: the HTLC never left this node; trying again in %g s", hash_hex, RETRY_DELAY)
 
         def fire() -> None:
@@ -240,9 +264,9 @@ class Payer:
         self.timers.add(timer)
         timer.start()
 
-    def _settle(self, attempt: Attempt, preimage: bytes | None = None,
+    def _settle(self, attempt: Attempt, tx: Any, then: list[Callable[[], None]], preimage: bytes | None = None,
                 failed: tuple[str, int | None] | None = None) -> None:
-        """The outcome of an attempt, its payment's and the event in one transaction; then the waiters."""
+        """The outcome of an attempt, its payment's and the event in transaction `tx`; the waiters in `then`."""
         hash_hex = attempt.payment_hash
         pending = self.inflight.payments.get(hash_hex)
         # a payment no longer pending (a late success after it failed): its row from the database
@@ -262,17 +286,20 @@ class Payer:
             changes = dict(status="failed", completed_at=now, failure_reason=reason, failure_code=code)
             event = ("payment_failed", {"payment_hash": hash_hex, "reason": reason, "failure_code": code,
                                         "destination": row["destination"], "amount_msat": row["amount_msat"]})
-        with self.ctx.transaction() as tx:
-            tx.conn.execute(_SET_ATTEMPT, {"a_id": attempt.id, "status": "complete" if preimage else "failed"})
-            if changes is not None:
-                tx.conn.execute(_SET_PAYMENT, {"h": hash_hex, **changes})
-                tx.emit(*event)
+        tx.conn.execute(_SET_ATTEMPT, {"a_id": attempt.id, "status": "complete" if preimage else "failed"})
+        if changes is not None:
+            tx.conn.execute(_SET_PAYMENT, {"h": hash_hex, **changes})
+            tx.emit(*event)
         self.inflight.settled(attempt)
         if row is None:
             return
         if changes is not None:
             row.update(changes)
             self.inflight.payments.pop(hash_hex, None)   # no longer pending
+        then.append(lambda: self._told(hash_hex, row))
+
+    def _told(self, hash_hex: str, row: dict[str, Any]) -> None:
+        """A settled payment's callers get its outcome (after the commit)."""
         self.ctx.log.info("payment %s: %s", hash_hex, row["status"] if row["status"] != "failed"
                           else f"failed ({row['failure_reason']})")
         if row["status"] == "complete":
