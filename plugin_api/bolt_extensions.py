@@ -16,7 +16,7 @@ from .channel import (BaseExtension, ChannelExtension, ChannelParams, ChannelTyp
                       Htlc, KeyRef, OutputDescriptor, SecondStage, Side, SpendPath, TxDraft, TxOutDraft, Update,
                       UpdateContext, UpdateRefused)
 from .channel_fees import (ANCHOR_SAT, ANCHORS_EXTRA_WEIGHT, BASE_WEIGHT, HTLC_OUTPUT_WEIGHT, htlc_success_fee,
-                           htlc_timeout_fee, is_trimmed)
+                           htlc_timeout_fee, untrimmed)
 from .commitment import obscured_number
 from .tx import SIGHASH_ALL, SIGHASH_SINGLE_ANYONECANPAY, TxIn, p2wpkh, p2wsh
 
@@ -47,7 +47,7 @@ class Funding(BaseExtension):
 
     def apply_update(self, update: Update, spec: CommitmentSpec) -> CommitmentSpec:
         """The new feerate replaces the old."""
-        return replace(spec, feerate_per_kw=int(update.body["feerate_per_kw"]))
+        return spec.with_feerate(int(update.body["feerate_per_kw"]))
 
     def prepare(self, draft: TxDraft) -> None:
         """BOLT-3's base weight (it assumes both balance outputs)."""
@@ -148,8 +148,8 @@ class Htlcs(BaseExtension):
                 raise UpdateRefused("offered HTLCs would exceed max_htlc_value_in_flight_msat")
             if ctx.pending.balance(sender) < amount:
                 raise UpdateRefused("HTLC larger than the sender's balance")
-            return replace(ids, next_local=ids.next_local + 1) if sender is Side.LOCAL else \
-                replace(ids, next_remote=ids.next_remote + 1)
+            return HtlcIds(ids.next_local + 1, ids.next_remote) if sender is Side.LOCAL else \
+                HtlcIds(ids.next_local, ids.next_remote + 1)
         if update.kind not in self.update_kinds:
             raise UpdateRefused(f"unknown HTLC update {update.kind!r}")
         # A removal names an HTLC the other side offered, irrevocably committed in both commitments.
@@ -186,18 +186,18 @@ class Htlcs(BaseExtension):
             htlc = Htlc(update.proposer, int(body["id"]), int(body["amount_msat"]),
                         bytes.fromhex(body["payment_hash"]), int(body["cltv_expiry"]))
             spec = spec.with_balance(htlc.offerer, spec.balance(htlc.offerer) - htlc.amount_msat)
-            return replace(spec, htlcs=spec.htlcs + (htlc,))
+            return spec.with_htlc(htlc)   # O(log n) to find its place: no re-sort, no new validation
         found = spec.htlc(update.proposer.other, int(body["id"]))
         if found is None:
             raise UpdateRefused(f"no HTLC {body['id']} to remove")
         paid = found.offerer.other if update.kind == "fulfill_htlc" else found.offerer
         spec = spec.with_balance(paid, spec.balance(paid) + found.amount_msat)
-        return replace(spec, htlcs=tuple(h for h in spec.htlcs if h is not found))
+        return spec.without_htlc(found)
 
     def prepare(self, draft: TxDraft) -> None:
         """Decide which HTLCs are trimmed on this commitment; 172 weight per output kept."""
-        dust, rate = draft.params.dust_limit(draft.owner), draft.feerate_per_kw
-        kept = [h for h in draft.spec.htlcs if not is_trimmed(h, draft.owner, dust, rate, draft.anchors)]
+        kept = untrimmed(draft.spec.htlcs, draft.owner, draft.params.dust_limit(draft.owner), draft.feerate_per_kw,
+                         draft.anchors)
         draft.notes["htlcs"] = kept
         draft.weight += HTLC_OUTPUT_WEIGHT * len(kept)
 

@@ -68,12 +68,12 @@ def _propose(ch: Channel, u: Update, budget_sides: tuple[Side, ...], fee_spike: 
     exts = ch.extensions
     log = ch.log
     try:
-        log.check(u, exts)
+        new = log.add(u, exts)   # the extension's checks first
         for side in budget_sides:
-            problem = log.budget_check(u, side, exts, fee_spike and side is ch.params.opener)
+            problem = new.budget_after(log, side, exts, fee_spike and side is ch.params.opener)
             if problem:
                 raise UpdateRefused(problem)
-        return replace(ch, log=log.add(u, exts))
+        return replace(ch, log=new)
     except (UpdateRefused, ProtocolViolation) as e:
         raise ChannelError(str(e)) from None
 
