@@ -203,38 +203,62 @@ class Htlcs(BaseExtension):
 
     def build(self, draft: TxDraft) -> None:
         """Add each untrimmed HTLC output with its descriptor and second stage."""
+        common = _HtlcCommon.of(draft)
         for htlc in draft.notes["htlcs"]:
-            draft.outputs.append(self._output(draft, htlc))
+            draft.outputs.append(self._output(draft, common, htlc))
 
-    def _output(self, draft: TxDraft, htlc: Htlc) -> TxOutDraft:
+    def _output(self, draft: TxDraft, common: "_HtlcCommon", htlc: Htlc) -> TxOutDraft:
+        keys, anchors = draft.keys, draft.anchors
+        amount = htlc.amount_msat // 1000
+        if htlc.offerer is draft.owner:
+            script = bolt3.offered_htlc_script(keys.revocation_pubkey, keys.owner_htlc_pubkey, keys.other_htlc_pubkey,
+                                               htlc.payment_hash, anchors)
+            stage = SecondStage("htlc_timeout", htlc.cltv_expiry, common.csv, amount - common.timeout_fee,
+                                common.stage_script, common.remote_sighash, common.stage_paths)
+            path = common.preimage_path
+            kind = "offered_htlc"
+        else:
+            script = bolt3.received_htlc_script(keys.revocation_pubkey, keys.owner_htlc_pubkey,
+                                                keys.other_htlc_pubkey, htlc.payment_hash, htlc.cltv_expiry, anchors)
+            stage = SecondStage("htlc_success", 0, common.csv, amount - common.success_fee,
+                                common.stage_script, common.remote_sighash, common.stage_paths)
+            path = SpendPath("timeout", draft.owner.other, common.other_key, ("sig", b""), csv=common.csv,
+                             cltv=htlc.cltv_expiry)
+            kind = "received_htlc"
+        desc = OutputDescriptor(kind, self.name, script, (common.revocation_path, path), stage, htlc)
+        return TxOutDraft(amount, p2wsh(script), self.name, desc, cltv=htlc.cltv_expiry)
+
+
+@dataclass(frozen=True)
+class _HtlcCommon:
+    """What every HTLC output of one commitment shares (its keys, delay, feerate): computed once per build,
+    not once per HTLC."""
+
+    csv: int
+    timeout_fee: int
+    success_fee: int
+    remote_sighash: int
+    stage_script: bytes
+    stage_paths: tuple[SpendPath, ...]
+    other_key: KeyRef
+    preimage_path: SpendPath
+    revocation_path: SpendPath
+
+    @classmethod
+    def of(cls, draft: TxDraft) -> "_HtlcCommon":
+        """The shared pieces of `draft`'s HTLC outputs."""
         keys, owner, anchors, rate = draft.keys, draft.owner, draft.anchors, draft.feerate_per_kw
-        offered = htlc.offerer is owner
         csv = 1 if anchors else 0
-        other_key = KeyRef(owner.other, "htlc", "per_commitment", keys.other_htlc_pubkey)
         delay = draft.params.delay_of(owner)
         stage_script = bolt3.to_local_script(keys.revocation_pubkey, delay, keys.owner_delayed_pubkey)
         stage_paths = (SpendPath("delayed", owner, KeyRef(owner, "delayed_payment", "per_commitment",
                                                           keys.owner_delayed_pubkey), ("sig", b""), csv=delay),
                        _revocation_path(draft, b"\x01"))
-        amount = htlc.amount_msat // 1000
-        remote_sighash = SIGHASH_SINGLE_ANYONECANPAY if anchors else SIGHASH_ALL
-        if offered:
-            script = bolt3.offered_htlc_script(keys.revocation_pubkey, keys.owner_htlc_pubkey, keys.other_htlc_pubkey,
-                                               htlc.payment_hash, anchors)
-            stage = SecondStage("htlc_timeout", htlc.cltv_expiry, csv, amount - htlc_timeout_fee(rate, anchors),
-                                stage_script, remote_sighash, stage_paths)
-            path = SpendPath("preimage", owner.other, other_key, ("sig", "preimage"), csv=csv)
-            kind = "offered_htlc"
-        else:
-            script = bolt3.received_htlc_script(keys.revocation_pubkey, keys.owner_htlc_pubkey,
-                                                keys.other_htlc_pubkey, htlc.payment_hash, htlc.cltv_expiry, anchors)
-            stage = SecondStage("htlc_success", 0, csv, amount - htlc_success_fee(rate, anchors),
-                                stage_script, remote_sighash, stage_paths)
-            path = SpendPath("timeout", owner.other, other_key, ("sig", b""), csv=csv, cltv=htlc.cltv_expiry)
-            kind = "received_htlc"
-        desc = OutputDescriptor(kind, self.name, script, (_revocation_path(draft, "revocation_pubkey"), path),
-                                stage, htlc)
-        return TxOutDraft(amount, p2wsh(script), self.name, desc, cltv=htlc.cltv_expiry)
+        other_key = KeyRef(owner.other, "htlc", "per_commitment", keys.other_htlc_pubkey)
+        return cls(csv, htlc_timeout_fee(rate, anchors), htlc_success_fee(rate, anchors),
+                   SIGHASH_SINGLE_ANYONECANPAY if anchors else SIGHASH_ALL, stage_script, stage_paths, other_key,
+                   SpendPath("preimage", owner.other, other_key, ("sig", "preimage"), csv=csv),
+                   _revocation_path(draft, "revocation_pubkey"))
 
 
 class Anchors(BaseExtension):
