@@ -12,7 +12,6 @@ import json
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import insert
 
 from lnp_plugin_api import Continue, Fail, Resolve, RpcError
 from lnp_plugin_api.bolt3 import MAX_INDEX, ShachainError, point
@@ -37,6 +36,7 @@ if TYPE_CHECKING:
     from .manager import ChannelManager
 
 L, R = Side.LOCAL, Side.REMOTE
+_INSERT_REMOTE = remote_commitments.insert()   # built once: one row per commitment we sign
 
 
 def usable(mgr: "ChannelManager", peer_id: bytes, channel_id: bytes) -> Channel:
@@ -179,7 +179,7 @@ def on_update(mgr: "ChannelManager", peer_id: bytes, msg: Message) -> None:
         owner = update_owner(kind, exts)
     except UpdateRefused as e:
         raise ChannelError(str(e)) from None
-    if any(e.update.proposer is R and e.update.kind == kind and dict(e.update.body) == body for e in ch.log.entries):
+    if any(e.update.kind == kind and e.update.proposer is R and e.update.body == body for e in ch.log.entries):
         # the same update twice: a copy delivered again (at least once) after a reconnection, harmless
         mgr.ctx.log.info("channel %s: %s received twice, ignored", ch.channel_id.hex(), msg.NAME)
         return
@@ -248,11 +248,9 @@ def _reestablished_on_current_connection(mgr: "ChannelManager", peer_id: bytes) 
 
 def _remember_remote(tx: Any, ch: Channel, n: int, built: BuiltCommitment) -> None:
     """What a penalty needs if the peer ever broadcasts this commitment after revoking it."""
-    htlcs = [{"offerer": h.offerer.value, "id": h.id, "amount_msat": h.amount_msat,
-              "payment_hash": h.payment_hash.hex(), "cltv_expiry": h.cltv_expiry} for h in built.spec.htlcs]
-    tx.execute(insert(remote_commitments).values(channel_id=ch.channel_id.hex(), number=n, txid=built.txid,
-                                                   htlcs=json.dumps(htlcs),
-                                                   feerate_per_kw=built.spec.feerate_per_kw))
+    htlcs = built.spec.shared_json()["htlcs"]   # [{offerer, id, amount_msat, payment_hash, cltv_expiry}]
+    tx.execute(_INSERT_REMOTE, {"channel_id": ch.channel_id.hex(), "number": n, "txid": built.txid,
+                                "htlcs": json.dumps(htlcs), "feerate_per_kw": built.spec.feerate_per_kw})
 
 
 def on_commitment_signed(mgr: "ChannelManager", peer_id: bytes, msg: CommitmentSigned) -> None:
