@@ -29,7 +29,7 @@ from .channel import (ChannelExtension, ChannelParams, CommitmentSpec, Extension
                       UpdateRefused)
 from .channel_fees import can_afford
 
-LOG_VERSION = 1
+LOG_VERSION = 2   # 2: the specs' HTLCs as rows (`CommitmentSpec.compact_json`); version 1 still loads
 
 
 class ProtocolViolation(ValueError):
@@ -305,7 +305,7 @@ class UpdateLog:
         """JSON form, with `version` for migrations (parts of it shared with the specs and updates: read only)."""
         # written with every change of the channel: the specs' HTLCs and the updates are encoded once each
         # (shared, read only: the document goes straight to json.dumps)
-        return {"version": LOG_VERSION, "local": self.local.shared_json(), "remote": self.remote.shared_json(),
+        return {"version": LOG_VERSION, "local": self.local.compact_json(), "remote": self.remote.compact_json(),
                 "local_number": self.local_number, "remote_number": self.remote_number,
                 "local_revoke_owed": self.local_revoke_owed, "remote_revoke_awaited": self.remote_revoke_awaited,
                 "next_seq": self.next_seq,
@@ -317,7 +317,7 @@ class UpdateLog:
     def from_json(cls, data: Mapping[str, Any], params: ChannelParams,
                   extensions: Sequence[ChannelExtension]) -> "UpdateLog":
         """Inverse of `to_json`; each extension loads (and migrates) its own states."""
-        if int(data["version"]) != LOG_VERSION:
+        if int(data["version"]) not in (1, LOG_VERSION):   # 1: specs with `htlcs` (CommitmentSpec.from_json)
             raise ValueError(f"unknown update log version {data['version']}")
         by_name = {e.name: e for e in extensions}
         states = {n: by_name[n].load_state(int(v["version"]), v["data"]) for n, v in data["states"].items()}
