@@ -230,8 +230,9 @@ class CommitmentSpec:
         """A copy with `changes`, whose `htlcs` (if changed) the caller keeps in canonical order: no new sort
         (__post_init__) and no cached JSON carried over."""
         copy = object.__new__(CommitmentSpec)
-        fields = {k: v for k, v in self.__dict__.items() if not k.startswith("_cached_")}
-        fields.update(changes)
+        fields = {**self.__dict__, **changes}
+        fields.pop("_cached_json", None)
+        fields.pop("_cached_rows", None)
         object.__setattr__(copy, "__dict__", fields)
         return copy
 

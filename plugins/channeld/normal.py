@@ -179,11 +179,19 @@ def on_update(mgr: "ChannelManager", peer_id: bytes, msg: Message) -> None:
         owner = update_owner(kind, exts)
     except UpdateRefused as e:
         raise ChannelError(str(e)) from None
-    if any(e.update.kind == kind and e.update.proposer is R and e.update.body == body for e in ch.log.entries):
-        # the same update twice: a copy delivered again (at least once) after a reconnection, harmless
+    # The same update twice is a copy delivered again (at least once) after a reconnection: harmless, ignored.
+    # A repeated HTLC update is always refused (its id is used, or its HTLC already being removed), so the log
+    # is searched for it only then; a repeated update_fee would be accepted, so it is searched for first.
+    if kind == "update_fee" and _repeated(ch, kind, body):
         mgr.ctx.log.info("channel %s: %s received twice, ignored", ch.channel_id.hex(), msg.NAME)
         return
-    new = _propose(ch, Update(kind, owner, R, body), sides)
+    try:
+        new = _propose(ch, Update(kind, owner, R, body), sides)
+    except ChannelError:
+        if kind != "update_fee" and _repeated(ch, kind, body):
+            mgr.ctx.log.info("channel %s: %s received twice, ignored", ch.channel_id.hex(), msg.NAME)
+            return
+        raise
     if kind == "add_htlc" and dust_problem(mgr, new):  # BOLT-2: failed once committed, the channel kept
         extra[f"in:{msg.id}"]["refuse"] = dust_problem(mgr, new)  # type: ignore[attr-defined]
     if kind != "add_htlc" and kind != "update_fee":
@@ -205,6 +213,11 @@ def on_update(mgr: "ChannelManager", peer_id: bytes, msg: Message) -> None:
         if resolved is not None:
             tx.emit("htlc_resolved", resolved)
     mgr.after_commit(lambda: crash_point(f"{kind}_received", mgr.ctx.node.network))
+
+
+def _repeated(ch: Channel, kind: str, body: dict[str, Any]) -> bool:
+    """Whether the peer's update `kind` with `body` is in the log already."""
+    return any(e.update.kind == kind and e.update.proposer is R and e.update.body == body for e in ch.log.entries)
 
 
 def _resolved(ch: Channel, htlc_id: int, payment_hash: bytes, amount_msat: int, preimage: str | None = None,
