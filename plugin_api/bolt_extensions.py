@@ -16,7 +16,7 @@ from .channel import (BaseExtension, ChannelExtension, ChannelParams, ChannelTyp
                       Htlc, KeyRef, OutputDescriptor, SecondStage, Side, SpendPath, TxDraft, TxOutDraft, Update,
                       UpdateContext, UpdateRefused)
 from .channel_fees import (ANCHOR_SAT, ANCHORS_EXTRA_WEIGHT, BASE_WEIGHT, HTLC_OUTPUT_WEIGHT, htlc_success_fee,
-                           htlc_timeout_fee, is_trimmed)
+                           htlc_timeout_fee, untrimmed)
 from .commitment import obscured_number
 from .tx import SIGHASH_ALL, SIGHASH_SINGLE_ANYONECANPAY, TxIn, p2wpkh, p2wsh
 
@@ -47,7 +47,7 @@ class Funding(BaseExtension):
 
     def apply_update(self, update: Update, spec: CommitmentSpec) -> CommitmentSpec:
         """The new feerate replaces the old."""
-        return replace(spec, feerate_per_kw=int(update.body["feerate_per_kw"]))
+        return spec.with_feerate(int(update.body["feerate_per_kw"]))
 
     def prepare(self, draft: TxDraft) -> None:
         """BOLT-3's base weight (it assumes both balance outputs)."""
@@ -148,8 +148,8 @@ class Htlcs(BaseExtension):
                 raise UpdateRefused("offered HTLCs would exceed max_htlc_value_in_flight_msat")
             if ctx.pending.balance(sender) < amount:
                 raise UpdateRefused("HTLC larger than the sender's balance")
-            return replace(ids, next_local=ids.next_local + 1) if sender is Side.LOCAL else \
-                replace(ids, next_remote=ids.next_remote + 1)
+            return HtlcIds(ids.next_local + 1, ids.next_remote) if sender is Side.LOCAL else \
+                HtlcIds(ids.next_local, ids.next_remote + 1)
         if update.kind not in self.update_kinds:
             raise UpdateRefused(f"unknown HTLC update {update.kind!r}")
         # A removal names an HTLC the other side offered, irrevocably committed in both commitments.
@@ -186,55 +186,79 @@ class Htlcs(BaseExtension):
             htlc = Htlc(update.proposer, int(body["id"]), int(body["amount_msat"]),
                         bytes.fromhex(body["payment_hash"]), int(body["cltv_expiry"]))
             spec = spec.with_balance(htlc.offerer, spec.balance(htlc.offerer) - htlc.amount_msat)
-            return replace(spec, htlcs=spec.htlcs + (htlc,))
+            return spec.with_htlc(htlc)   # O(log n) to find its place: no re-sort, no new validation
         found = spec.htlc(update.proposer.other, int(body["id"]))
         if found is None:
             raise UpdateRefused(f"no HTLC {body['id']} to remove")
         paid = found.offerer.other if update.kind == "fulfill_htlc" else found.offerer
         spec = spec.with_balance(paid, spec.balance(paid) + found.amount_msat)
-        return replace(spec, htlcs=tuple(h for h in spec.htlcs if h is not found))
+        return spec.without_htlc(found)
 
     def prepare(self, draft: TxDraft) -> None:
         """Decide which HTLCs are trimmed on this commitment; 172 weight per output kept."""
-        dust, rate = draft.params.dust_limit(draft.owner), draft.feerate_per_kw
-        kept = [h for h in draft.spec.htlcs if not is_trimmed(h, draft.owner, dust, rate, draft.anchors)]
+        kept = untrimmed(draft.spec.htlcs, draft.owner, draft.params.dust_limit(draft.owner), draft.feerate_per_kw,
+                         draft.anchors)
         draft.notes["htlcs"] = kept
         draft.weight += HTLC_OUTPUT_WEIGHT * len(kept)
 
     def build(self, draft: TxDraft) -> None:
         """Add each untrimmed HTLC output with its descriptor and second stage."""
+        common = _HtlcCommon.of(draft)
         for htlc in draft.notes["htlcs"]:
-            draft.outputs.append(self._output(draft, htlc))
+            draft.outputs.append(self._output(draft, common, htlc))
 
-    def _output(self, draft: TxDraft, htlc: Htlc) -> TxOutDraft:
+    def _output(self, draft: TxDraft, common: "_HtlcCommon", htlc: Htlc) -> TxOutDraft:
+        keys, anchors = draft.keys, draft.anchors
+        amount = htlc.amount_msat // 1000
+        if htlc.offerer is draft.owner:
+            script = bolt3.offered_htlc_script(keys.revocation_pubkey, keys.owner_htlc_pubkey, keys.other_htlc_pubkey,
+                                               htlc.payment_hash, anchors)
+            stage = SecondStage("htlc_timeout", htlc.cltv_expiry, common.csv, amount - common.timeout_fee,
+                                common.stage_script, common.remote_sighash, common.stage_paths)
+            path = common.preimage_path
+            kind = "offered_htlc"
+        else:
+            script = bolt3.received_htlc_script(keys.revocation_pubkey, keys.owner_htlc_pubkey,
+                                                keys.other_htlc_pubkey, htlc.payment_hash, htlc.cltv_expiry, anchors)
+            stage = SecondStage("htlc_success", 0, common.csv, amount - common.success_fee,
+                                common.stage_script, common.remote_sighash, common.stage_paths)
+            path = SpendPath("timeout", draft.owner.other, common.other_key, ("sig", b""), csv=common.csv,
+                             cltv=htlc.cltv_expiry)
+            kind = "received_htlc"
+        desc = OutputDescriptor(kind, self.name, script, (common.revocation_path, path), stage, htlc)
+        return TxOutDraft(amount, p2wsh(script), self.name, desc, cltv=htlc.cltv_expiry)
+
+
+@dataclass(frozen=True)
+class _HtlcCommon:
+    """What every HTLC output of one commitment shares (its keys, delay, feerate): computed once per build,
+    not once per HTLC."""
+
+    csv: int
+    timeout_fee: int
+    success_fee: int
+    remote_sighash: int
+    stage_script: bytes
+    stage_paths: tuple[SpendPath, ...]
+    other_key: KeyRef
+    preimage_path: SpendPath
+    revocation_path: SpendPath
+
+    @classmethod
+    def of(cls, draft: TxDraft) -> "_HtlcCommon":
+        """The shared pieces of `draft`'s HTLC outputs."""
         keys, owner, anchors, rate = draft.keys, draft.owner, draft.anchors, draft.feerate_per_kw
-        offered = htlc.offerer is owner
         csv = 1 if anchors else 0
-        other_key = KeyRef(owner.other, "htlc", "per_commitment", keys.other_htlc_pubkey)
         delay = draft.params.delay_of(owner)
         stage_script = bolt3.to_local_script(keys.revocation_pubkey, delay, keys.owner_delayed_pubkey)
         stage_paths = (SpendPath("delayed", owner, KeyRef(owner, "delayed_payment", "per_commitment",
                                                           keys.owner_delayed_pubkey), ("sig", b""), csv=delay),
                        _revocation_path(draft, b"\x01"))
-        amount = htlc.amount_msat // 1000
-        remote_sighash = SIGHASH_SINGLE_ANYONECANPAY if anchors else SIGHASH_ALL
-        if offered:
-            script = bolt3.offered_htlc_script(keys.revocation_pubkey, keys.owner_htlc_pubkey, keys.other_htlc_pubkey,
-                                               htlc.payment_hash, anchors)
-            stage = SecondStage("htlc_timeout", htlc.cltv_expiry, csv, amount - htlc_timeout_fee(rate, anchors),
-                                stage_script, remote_sighash, stage_paths)
-            path = SpendPath("preimage", owner.other, other_key, ("sig", "preimage"), csv=csv)
-            kind = "offered_htlc"
-        else:
-            script = bolt3.received_htlc_script(keys.revocation_pubkey, keys.owner_htlc_pubkey,
-                                                keys.other_htlc_pubkey, htlc.payment_hash, htlc.cltv_expiry, anchors)
-            stage = SecondStage("htlc_success", 0, csv, amount - htlc_success_fee(rate, anchors),
-                                stage_script, remote_sighash, stage_paths)
-            path = SpendPath("timeout", owner.other, other_key, ("sig", b""), csv=csv, cltv=htlc.cltv_expiry)
-            kind = "received_htlc"
-        desc = OutputDescriptor(kind, self.name, script, (_revocation_path(draft, "revocation_pubkey"), path),
-                                stage, htlc)
-        return TxOutDraft(amount, p2wsh(script), self.name, desc, cltv=htlc.cltv_expiry)
+        other_key = KeyRef(owner.other, "htlc", "per_commitment", keys.other_htlc_pubkey)
+        return cls(csv, htlc_timeout_fee(rate, anchors), htlc_success_fee(rate, anchors),
+                   SIGHASH_SINGLE_ANYONECANPAY if anchors else SIGHASH_ALL, stage_script, stage_paths, other_key,
+                   SpendPath("preimage", owner.other, other_key, ("sig", "preimage"), csv=csv),
+                   _revocation_path(draft, "revocation_pubkey"))
 
 
 class Anchors(BaseExtension):

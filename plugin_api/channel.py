@@ -13,6 +13,7 @@ BOLT-3's to_local/to_remote for the commitment's `owner`.
 """
 from __future__ import annotations
 
+import bisect
 from dataclasses import dataclass, field, replace
 from enum import Enum
 from typing import TYPE_CHECKING, Any, ClassVar, Mapping, Protocol, Sequence, runtime_checkable
@@ -162,14 +163,36 @@ class Htlc:
 
     def to_json(self) -> dict[str, Any]:
         """JSON form."""
-        return {"offerer": self.offerer.value, "id": self.id, "amount_msat": self.amount_msat,
-                "payment_hash": self.payment_hash.hex(), "cltv_expiry": self.cltv_expiry}
+        return dict(self._json())
+
+    def _json(self) -> dict[str, Any]:
+        # an HTLC stays in every commitment document until it is removed: encoded once (it is immutable)
+        found = self.__dict__.get("_cached_json")
+        if found is None:
+            found = {"offerer": self.offerer.value, "id": self.id, "amount_msat": self.amount_msat,
+                     "payment_hash": self.payment_hash.hex(), "cltv_expiry": self.cltv_expiry}
+            object.__setattr__(self, "_cached_json", found)
+        return found
+
+    def row(self) -> list[Any]:
+        """The compact JSON form: [offerer, id, amount_msat, payment_hash, cltv_expiry] (computed once, shared:
+        read only)."""
+        found = self.__dict__.get("_cached_row")
+        if found is None:
+            found = [self.offerer.value, self.id, self.amount_msat, self.payment_hash.hex(), self.cltv_expiry]
+            object.__setattr__(self, "_cached_row", found)
+        return found
 
     @classmethod
     def from_json(cls, d: Mapping[str, Any]) -> "Htlc":
         """Inverse of `to_json`."""
         return cls(Side(d["offerer"]), int(d["id"]), int(d["amount_msat"]), bytes.fromhex(d["payment_hash"]),
                    int(d["cltv_expiry"]))
+
+    @classmethod
+    def from_row(cls, r: Sequence[Any]) -> "Htlc":
+        """Inverse of `row`."""
+        return cls(Side(r[0]), int(r[1]), int(r[2]), bytes.fromhex(r[3]), int(r[4]))
 
 
 @runtime_checkable
@@ -201,7 +224,17 @@ class CommitmentSpec:
 
     def __post_init__(self) -> None:
         # HTLCs are a set: keep one canonical order so both nodes' specs compare equal.
-        object.__setattr__(self, "htlcs", tuple(sorted(self.htlcs, key=lambda h: (h.offerer.value, h.id))))
+        object.__setattr__(self, "htlcs", tuple(sorted(self.htlcs, key=_htlc_order)))
+
+    def _copy(self, **changes: Any) -> "CommitmentSpec":
+        """A copy with `changes`, whose `htlcs` (if changed) the caller keeps in canonical order: no new sort
+        (__post_init__) and no cached JSON carried over."""
+        copy = object.__new__(CommitmentSpec)
+        fields = {**self.__dict__, **changes}
+        fields.pop("_cached_json", None)
+        fields.pop("_cached_rows", None)
+        object.__setattr__(copy, "__dict__", fields)
+        return copy
 
     def balance(self, side: Side) -> int:
         """That side's balance in msat."""
@@ -211,15 +244,34 @@ class CommitmentSpec:
         """A copy with `side`'s balance set."""
         if msat < 0:
             raise ValueError(f"{side.value} balance would go negative")
-        # the HTLCs are unchanged, and already in their canonical order: no new sort (__post_init__)
-        copy = object.__new__(CommitmentSpec)
-        name = "local_msat" if side is Side.LOCAL else "remote_msat"
-        object.__setattr__(copy, "__dict__", {**self.__dict__, name: msat})
-        return copy
+        return self._copy(**{"local_msat" if side is Side.LOCAL else "remote_msat": msat})
+
+    def with_feerate(self, feerate_per_kw: int) -> "CommitmentSpec":
+        """A copy with another feerate."""
+        return self._copy(feerate_per_kw=feerate_per_kw)
+
+    def with_htlc(self, htlc: Htlc) -> "CommitmentSpec":
+        """A copy with `htlc` added at its place in the canonical order (no re-sort of the others)."""
+        i = bisect.bisect_right(self.htlcs, _htlc_order(htlc), key=_htlc_order)
+        return self._copy(htlcs=self.htlcs[:i] + (htlc,) + self.htlcs[i:])
+
+    def without_htlc(self, htlc: Htlc) -> "CommitmentSpec":
+        """A copy without `htlc` (an HTLC of this spec, as `htlc()` returns it)."""
+        i = self._index(htlc.offerer, htlc.id)
+        if i is None:
+            raise ValueError(f"no HTLC {htlc.id} offered by {htlc.offerer.value} in this commitment")
+        return self._copy(htlcs=self.htlcs[:i] + self.htlcs[i + 1:])
 
     def htlc(self, offerer: Side, htlc_id: int) -> Htlc | None:
         """The HTLC with that offerer and id, if present."""
-        return next((h for h in self.htlcs if h.offerer is offerer and h.id == htlc_id), None)
+        i = self._index(offerer, htlc_id)
+        return None if i is None else self.htlcs[i]
+
+    def _index(self, offerer: Side, htlc_id: int) -> int | None:
+        """The position of the first HTLC with that offerer and id (the HTLCs are in canonical order)."""
+        key = (offerer.value, htlc_id)
+        i = bisect.bisect_left(self.htlcs, key, key=_htlc_order)
+        return i if i < len(self.htlcs) and _htlc_order(self.htlcs[i]) == key else None
 
     def mirrored(self) -> "CommitmentSpec":
         """The same commitment seen from the peer's node (balances swapped, offerers flipped)."""
@@ -230,15 +282,43 @@ class CommitmentSpec:
     def to_json(self) -> dict[str, Any]:
         """JSON form (extension states tagged with their version)."""
         return {"feerate_per_kw": self.feerate_per_kw, "local_msat": self.local_msat, "remote_msat": self.remote_msat,
-                "htlcs": [h.to_json() for h in self.htlcs],
+                "htlcs": [dict(h) for h in self._htlcs_json()],
+                "ext": {name: {"version": s.VERSION, "data": s.to_json()} for name, s in self.ext.items()}}
+
+    def _htlcs_json(self) -> list[dict[str, Any]]:
+        """The HTLCs' JSON, computed once per spec (it is immutable) and shared: read only (the channel
+        document is written with every change, and a spec's HTLCs rarely change between two writes)."""
+        found = self.__dict__.get("_cached_json")
+        if found is None:
+            found = [h._json() for h in self.htlcs]
+            object.__setattr__(self, "_cached_json", found)
+        return found
+
+    def shared_json(self) -> dict[str, Any]:
+        """`to_json` without copying the (cached) HTLC entries: for serializing at once, never to modify."""
+        return {"feerate_per_kw": self.feerate_per_kw, "local_msat": self.local_msat, "remote_msat": self.remote_msat,
+                "htlcs": self._htlcs_json(),
+                "ext": {name: {"version": s.VERSION, "data": s.to_json()} for name, s in self.ext.items()}}
+
+    def compact_json(self) -> dict[str, Any]:
+        """The JSON form with `htlc_rows` (`Htlc.row`) instead of `htlcs`: half the encoding work for a
+        document written with every change (the update log's). Shared: for serializing at once, never to
+        modify. `from_json` reads both forms."""
+        rows = self.__dict__.get("_cached_rows")
+        if rows is None:
+            rows = [h.row() for h in self.htlcs]
+            object.__setattr__(self, "_cached_rows", rows)
+        return {"feerate_per_kw": self.feerate_per_kw, "local_msat": self.local_msat, "remote_msat": self.remote_msat,
+                "htlc_rows": rows,
                 "ext": {name: {"version": s.VERSION, "data": s.to_json()} for name, s in self.ext.items()}}
 
     @classmethod
     def from_json(cls, d: Mapping[str, Any], extensions: Mapping[str, "ChannelExtension"]) -> "CommitmentSpec":
-        """Inverse of `to_json`; each extension loads (and migrates) its own state."""
+        """Inverse of `to_json` and `compact_json`; each extension loads (and migrates) its own state."""
         ext = {name: extensions[name].load_state(int(v["version"]), v["data"]) for name, v in d.get("ext", {}).items()}
-        return cls(int(d["feerate_per_kw"]), int(d["local_msat"]), int(d["remote_msat"]),
-                   tuple(Htlc.from_json(h) for h in d["htlcs"]), ext)
+        htlcs = (tuple(Htlc.from_row(r) for r in d["htlc_rows"]) if "htlc_rows" in d
+                 else tuple(Htlc.from_json(h) for h in d["htlcs"]))
+        return cls(int(d["feerate_per_kw"]), int(d["local_msat"]), int(d["remote_msat"]), htlcs, ext)
 
 
 # --- updates ---
@@ -265,6 +345,15 @@ class Update:
         return {"kind": self.kind, "owner": self.owner, "proposer": self.proposer.value, "body": dict(self.body),
                 "tlvs": {str(t): v.hex() for t, v in self.tlvs.items()}}
 
+    def shared_json(self) -> dict[str, Any]:
+        """`to_json`, computed once (an update never changes while it waits in the log) and shared: for
+        serializing at once, never to modify."""
+        found = self.__dict__.get("_cached_json")
+        if found is None:
+            found = self.to_json()
+            object.__setattr__(self, "_cached_json", found)
+        return found
+
     @classmethod
     def from_json(cls, d: Mapping[str, Any]) -> "Update":
         """Inverse of `to_json`."""
@@ -288,6 +377,11 @@ class UpdateContext:
     remote: CommitmentSpec
     in_flight: tuple[Update, ...]
     state: ExtensionState | None
+
+
+def _htlc_order(h: Htlc) -> tuple[str, int]:
+    """The canonical order of a spec's HTLCs: by offerer, then id."""
+    return (h.offerer.value, h.id)
 
 
 class UpdateRefused(ValueError):

@@ -5,7 +5,7 @@ weight or takes an amount from the opener is counted exactly as in the transacti
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Mapping, Sequence
 
 from .channel import ChannelExtension, ChannelParams, CommitmentSpec, Htlc, Side
@@ -41,11 +41,25 @@ def is_trimmed(htlc: Htlc, owner: Side, dust_limit_sat: int, feerate_per_kw: int
     return htlc.amount_msat // 1000 < dust_limit_sat + fee
 
 
+def _trim_limits(owner: Side, dust_limit_sat: int, feerate_per_kw: int, anchors: bool) -> tuple[int, int]:
+    """The smallest untrimmed amount (sat) of an HTLC `owner` offered, and of one it received (`is_trimmed`)."""
+    return (dust_limit_sat + htlc_timeout_fee(feerate_per_kw, anchors),
+            dust_limit_sat + htlc_success_fee(feerate_per_kw, anchors))
+
+
+def untrimmed(htlcs: Sequence[Htlc], owner: Side, dust_limit_sat: int, feerate_per_kw: int,
+              anchors: bool) -> list[Htlc]:
+    """The HTLCs of `htlcs` that have an output in `owner`'s commitment (`is_trimmed` of each, in one pass)."""
+    offered, received = _trim_limits(owner, dust_limit_sat, feerate_per_kw, anchors)
+    return [h for h in htlcs if h.amount_msat // 1000 >= (offered if h.offerer is owner else received)]
+
+
 def dust_exposure_msat(params: ChannelParams, spec: CommitmentSpec, owner: Side) -> int:
     """Total of the HTLCs trimmed from `owner`'s commitment (BOLT-2's dust balance of that transaction)."""
-    anchors = params.channel_type.anchors
+    offered, received = _trim_limits(owner, params.dust_limit(owner), spec.feerate_per_kw,
+                                     params.channel_type.anchors)
     return sum(h.amount_msat for h in spec.htlcs
-               if is_trimmed(h, owner, params.dust_limit(owner), spec.feerate_per_kw, anchors))
+               if h.amount_msat // 1000 < (offered if h.offerer is owner else received))
 
 
 @dataclass(frozen=True)
@@ -85,7 +99,7 @@ def reserve_shortfall_msat(params: ChannelParams, spec: CommitmentSpec, owner: S
     non-dust HTLC output (BOLT-2's fee spike buffer); that only matters when `side` is the opener.
     """
     if fee_spike and side is params.opener:
-        spec = replace(spec, feerate_per_kw=spec.feerate_per_kw * FEE_SPIKE_MULTIPLE)
+        spec = spec.with_feerate(spec.feerate_per_kw * FEE_SPIKE_MULTIPLE)
         b = budget(params, spec, owner, extensions, extra_weight=HTLC_OUTPUT_WEIGHT)
     else:
         b = budget(params, spec, owner, extensions)

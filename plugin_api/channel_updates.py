@@ -29,7 +29,7 @@ from .channel import (ChannelExtension, ChannelParams, CommitmentSpec, Extension
                       UpdateRefused)
 from .channel_fees import can_afford
 
-LOG_VERSION = 1
+LOG_VERSION = 2   # 2: the specs' HTLCs as rows (`CommitmentSpec.compact_json`); version 1 still loads
 
 
 class ProtocolViolation(ValueError):
@@ -199,6 +199,14 @@ class UpdateLog:
         """`channel_fees.can_afford` for `update` on both sides' pending commitments."""
         return can_afford(self.params, self.preview(update, extensions), side, extensions, fee_spike)
 
+    def budget_after(self, before: "UpdateLog", side: Side, extensions: Sequence[ChannelExtension],
+                     fee_spike: bool = False) -> str | None:
+        """`budget_check` of the update that made this log from `before` (`before.add(update)`): the same
+        answer, from both logs' pending specs (already computed) instead of applying the update again."""
+        changes = {owner: (before.pending(owner, extensions), self.pending(owner, extensions))
+                   for owner in (Side.LOCAL, Side.REMOTE)}
+        return can_afford(self.params, changes, side, extensions, fee_spike)
+
     def add(self, update: Update, extensions: Sequence[ChannelExtension]) -> "UpdateLog":
         """Record an update we propose (LOCAL) or receive (REMOTE), after the owning extension's checks."""
         state = self.check(update, extensions)
@@ -239,7 +247,8 @@ class UpdateLog:
         n = self.number(owner) + 1
         spec = _apply(self.latest(owner), [e.update for e in due], extensions)
         marked = {e.seq for e in due}
-        entries = tuple((replace(e, in_local=n) if owner is Side.LOCAL else replace(e, in_remote=n))
+        local = owner is Side.LOCAL
+        entries = tuple((LogEntry(e.seq, e.update, n, e.in_remote) if local else LogEntry(e.seq, e.update, e.in_local, n))
                         if e.seq in marked else e for e in self.entries)
         if owner is Side.LOCAL:
             log = replace(self, local=spec, local_number=n, local_revoke_owed=True, entries=entries)
@@ -293,12 +302,14 @@ class UpdateLog:
     # --- persistence ---
 
     def to_json(self) -> dict[str, Any]:
-        """JSON form, with `version` for migrations."""
-        return {"version": LOG_VERSION, "local": self.local.to_json(), "remote": self.remote.to_json(),
+        """JSON form, with `version` for migrations (parts of it shared with the specs and updates: read only)."""
+        # written with every change of the channel: the specs' HTLCs and the updates are encoded once each
+        # (shared, read only: the document goes straight to json.dumps)
+        return {"version": LOG_VERSION, "local": self.local.compact_json(), "remote": self.remote.compact_json(),
                 "local_number": self.local_number, "remote_number": self.remote_number,
                 "local_revoke_owed": self.local_revoke_owed, "remote_revoke_awaited": self.remote_revoke_awaited,
                 "next_seq": self.next_seq,
-                "entries": [{"seq": e.seq, "update": e.update.to_json(), "in_local": e.in_local,
+                "entries": [{"seq": e.seq, "update": e.update.shared_json(), "in_local": e.in_local,
                              "in_remote": e.in_remote} for e in self.entries],
                 "states": {n: {"version": s.VERSION, "data": s.to_json()} for n, s in self.states.items()}}
 
@@ -306,7 +317,7 @@ class UpdateLog:
     def from_json(cls, data: Mapping[str, Any], params: ChannelParams,
                   extensions: Sequence[ChannelExtension]) -> "UpdateLog":
         """Inverse of `to_json`; each extension loads (and migrates) its own states."""
-        if int(data["version"]) != LOG_VERSION:
+        if int(data["version"]) not in (1, LOG_VERSION):   # 1: specs with `htlcs` (CommitmentSpec.from_json)
             raise ValueError(f"unknown update log version {data['version']}")
         by_name = {e.name: e for e in extensions}
         states = {n: by_name[n].load_state(int(v["version"]), v["data"]) for n, v in data["states"].items()}

@@ -155,18 +155,21 @@ def build_commitment(params: ChannelParams, spec: CommitmentSpec, owner: Side, n
     outputs = tuple(BuiltOutput(i, o.amount_sat, o.script_pubkey, o.owner, o.descriptor)
                     for i, o in enumerate(draft.outputs))
     txid = tx.txid()
-    stages = tuple(_second_stage(txid, out) for out in outputs
+    pays_to: dict[bytes, bytes] = {}   # witness script -> P2WSH: every HTLC's second stage pays to the same one
+    stages = tuple(_second_stage(txid, out, pays_to) for out in outputs
                    if out.descriptor is not None and out.descriptor.second_stage is not None)
     return BuiltCommitment(owner, number, spec, keys, tx, outputs, stages, funding_script(params),
                            params.funding_sat, params.funding_sat - total)
 
 
-def _second_stage(commitment_txid: str, out: BuiltOutput) -> BuiltSecondStage:
+def _second_stage(commitment_txid: str, out: BuiltOutput, pays_to: dict[bytes, bytes]) -> BuiltSecondStage:
     desc = out.descriptor
     assert desc is not None and desc.second_stage is not None and desc.witness_script is not None
     st = desc.second_stage
-    tx = Tx((TxIn(commitment_txid, out.index, st.sequence),), (TxOut(st.amount_sat, p2wsh(st.witness_script)),),
-            st.locktime)
+    script_pubkey = pays_to.get(st.witness_script)
+    if script_pubkey is None:
+        script_pubkey = pays_to[st.witness_script] = p2wsh(st.witness_script)
+    tx = Tx((TxIn(commitment_txid, out.index, st.sequence),), (TxOut(st.amount_sat, script_pubkey),), st.locktime)
     return BuiltSecondStage(out.index, st, tx, desc.witness_script, out.amount_sat)
 
 

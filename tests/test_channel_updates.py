@@ -505,3 +505,39 @@ def test_budget_matches_the_built_transaction(htlcs: list, feerate: int, opener_
     assert b.weight == (1124 if anchors else 724) + 172 * len(kept) and len(built.second_stages) == len(kept)
     trimmed = sum(h.amount_msat for h in hs) - sum(o.descriptor.htlc.amount_msat for o in kept)
     assert dust_exposure_msat(p, spec, owner) == trimmed
+
+
+def test_log_of_version_1_still_loads() -> None:
+    """Version 2 writes the specs' HTLCs as rows; a log written by version 1 (HTLCs as objects) loads the same."""
+    a, b = pair(ANCHORS)
+    a.add_htlc(3_000_000)
+    a.add_htlc(4_000_000)
+    settle(a, b)
+    a.add_htlc(5_000_000)   # and one in flight
+    a.sign()
+    deliver(a, b)
+    data = json.loads(json.dumps(b.log.to_json()))
+    assert data["version"] == 2 and "htlc_rows" in data["local"] and "htlcs" not in data["local"]
+    old = {**data, "version": 1, "local": b.log.local.to_json(), "remote": b.log.remote.to_json()}
+    assert old["local"]["htlcs"] and old["local"]["htlcs"][0]["offerer"] == "remote"
+    assert UpdateLog.from_json(json.loads(json.dumps(old)), b.params, b.exts) == b.log
+
+
+def test_spec_htlc_changes_keep_the_canonical_order() -> None:
+    """with_htlc/without_htlc place and find HTLCs without re-sorting: the result equals a sorted spec."""
+    def h(side: Side, i: int) -> Htlc:
+        return Htlc(side, i, 1_000_000 + i, bytes([i]) * 32, 500 + i)
+
+    spec = CommitmentSpec(2500, 10_000_000, 20_000_000, (h(R, 3), h(L, 7), h(R, 1)))
+    assert spec.htlcs == (h(L, 7), h(R, 1), h(R, 3))
+    grown = spec.with_htlc(h(L, 2)).with_htlc(h(R, 2)).with_htlc(h(L, 9))
+    expected = (h(L, 2), h(L, 7), h(L, 9), h(R, 1), h(R, 2), h(R, 3))
+    assert grown.htlcs == expected == CommitmentSpec(2500, 10_000_000, 20_000_000, expected[::-1]).htlcs
+    assert grown.htlc(R, 2) == h(R, 2) and grown.htlc(L, 3) is None and grown.htlc(R, 4) is None
+    grown.to_json(), grown.compact_json()   # cached on `grown`: its copies must not inherit them
+    shrunk = grown.without_htlc(grown.htlc(L, 7)).without_htlc(grown.htlc(R, 3))
+    assert shrunk.htlcs == (h(L, 2), h(L, 9), h(R, 1), h(R, 2))
+    fresh = replace(shrunk, feerate_per_kw=2500)
+    assert shrunk.to_json() == fresh.to_json() and shrunk.compact_json() == fresh.compact_json()
+    with pytest.raises(ValueError):
+        shrunk.without_htlc(h(L, 7))

@@ -55,9 +55,9 @@ class ChannelTx:
         """A (durable) event, delivered after the commit."""
         self.ops.append(("emit", event, body or {}))
 
-    def execute(self, statement: Any) -> None:
-        """A statement on channeld's tables, run in the transaction."""
-        self.ops.append(("exec", statement, None))
+    def execute(self, statement: Any, params: Any = None) -> None:
+        """A statement on channeld's tables (with its parameters, if any), run in the transaction."""
+        self.ops.append(("exec", statement, params))
 
     @property
     def empty(self) -> bool:
@@ -176,7 +176,7 @@ class Transactions:
                         storage.save(real.conn, ch, self.saved.get(cid))
                     for kind, a, b in tx.ops:
                         if kind == "exec":
-                            real.conn.execute(a)
+                            real.conn.execute(a) if b is None else real.conn.execute(a, b)
                         elif kind == "wire":
                             real.send_wire(a)
                         else:

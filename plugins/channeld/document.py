@@ -35,6 +35,9 @@ IN_USE = (AWAITING_LOCK, NORMAL, SHUTDOWN, NEGOTIATING)   # an error or a violat
 ON_CHAIN = (FORCE_CLOSING, ONCHAIN, CLOSED)               # a reestablish gets an error
 
 
+_EXTENSIONS: dict[ChannelType, list[ChannelExtension]] = {}   # by channel type (Channel.extensions)
+
+
 def channel_id_of(funding_txid: str, funding_vout: int) -> bytes:
     """BOLT-2's channel_id: the funding txid (wire order) XOR the output index in its last two bytes."""
     raw = bytearray(bytes.fromhex(funding_txid)[::-1])
@@ -112,8 +115,12 @@ class Channel:
 
     @property
     def extensions(self) -> list[ChannelExtension]:
-        """The channel's extensions, in build order."""
-        return extensions_for(self.params.channel_type)
+        """The channel's extensions, in build order (shared by every channel of its type: extensions keep no
+        state)."""
+        found = _EXTENSIONS.get(self.params.channel_type)
+        if found is None:
+            found = _EXTENSIONS[self.params.channel_type] = extensions_for(self.params.channel_type)
+        return found
 
     @property
     def opener(self) -> bool:

@@ -12,7 +12,6 @@ import json
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import insert
 
 from lnp_plugin_api import Continue, Fail, Resolve, RpcError
 from lnp_plugin_api.bolt3 import MAX_INDEX, ShachainError, point
@@ -37,6 +36,7 @@ if TYPE_CHECKING:
     from .manager import ChannelManager
 
 L, R = Side.LOCAL, Side.REMOTE
+_INSERT_REMOTE = remote_commitments.insert()   # built once: one row per commitment we sign
 
 
 def usable(mgr: "ChannelManager", peer_id: bytes, channel_id: bytes) -> Channel:
@@ -68,12 +68,12 @@ def _propose(ch: Channel, u: Update, budget_sides: tuple[Side, ...], fee_spike: 
     exts = ch.extensions
     log = ch.log
     try:
-        log.check(u, exts)
+        new = log.add(u, exts)   # the extension's checks first
         for side in budget_sides:
-            problem = log.budget_check(u, side, exts, fee_spike and side is ch.params.opener)
+            problem = new.budget_after(log, side, exts, fee_spike and side is ch.params.opener)
             if problem:
                 raise UpdateRefused(problem)
-        return replace(ch, log=log.add(u, exts))
+        return replace(ch, log=new)
     except (UpdateRefused, ProtocolViolation) as e:
         raise ChannelError(str(e)) from None
 
@@ -179,11 +179,19 @@ def on_update(mgr: "ChannelManager", peer_id: bytes, msg: Message) -> None:
         owner = update_owner(kind, exts)
     except UpdateRefused as e:
         raise ChannelError(str(e)) from None
-    if any(e.update.proposer is R and e.update.kind == kind and dict(e.update.body) == body for e in ch.log.entries):
-        # the same update twice: a copy delivered again (at least once) after a reconnection, harmless
+    # The same update twice is a copy delivered again (at least once) after a reconnection: harmless, ignored.
+    # A repeated HTLC update is always refused (its id is used, or its HTLC already being removed), so the log
+    # is searched for it only then; a repeated update_fee would be accepted, so it is searched for first.
+    if kind == "update_fee" and _repeated(ch, kind, body):
         mgr.ctx.log.info("channel %s: %s received twice, ignored", ch.channel_id.hex(), msg.NAME)
         return
-    new = _propose(ch, Update(kind, owner, R, body), sides)
+    try:
+        new = _propose(ch, Update(kind, owner, R, body), sides)
+    except ChannelError:
+        if kind != "update_fee" and _repeated(ch, kind, body):
+            mgr.ctx.log.info("channel %s: %s received twice, ignored", ch.channel_id.hex(), msg.NAME)
+            return
+        raise
     if kind == "add_htlc" and dust_problem(mgr, new):  # BOLT-2: failed once committed, the channel kept
         extra[f"in:{msg.id}"]["refuse"] = dust_problem(mgr, new)  # type: ignore[attr-defined]
     if kind != "add_htlc" and kind != "update_fee":
@@ -205,6 +213,11 @@ def on_update(mgr: "ChannelManager", peer_id: bytes, msg: Message) -> None:
         if resolved is not None:
             tx.emit("htlc_resolved", resolved)
     mgr.after_commit(lambda: crash_point(f"{kind}_received", mgr.ctx.node.network))
+
+
+def _repeated(ch: Channel, kind: str, body: dict[str, Any]) -> bool:
+    """Whether the peer's update `kind` with `body` is in the log already."""
+    return any(e.update.kind == kind and e.update.proposer is R and e.update.body == body for e in ch.log.entries)
 
 
 def _resolved(ch: Channel, htlc_id: int, payment_hash: bytes, amount_msat: int, preimage: str | None = None,
@@ -248,11 +261,9 @@ def _reestablished_on_current_connection(mgr: "ChannelManager", peer_id: bytes) 
 
 def _remember_remote(tx: Any, ch: Channel, n: int, built: BuiltCommitment) -> None:
     """What a penalty needs if the peer ever broadcasts this commitment after revoking it."""
-    htlcs = [{"offerer": h.offerer.value, "id": h.id, "amount_msat": h.amount_msat,
-              "payment_hash": h.payment_hash.hex(), "cltv_expiry": h.cltv_expiry} for h in built.spec.htlcs]
-    tx.execute(insert(remote_commitments).values(channel_id=ch.channel_id.hex(), number=n, txid=built.txid,
-                                                   htlcs=json.dumps(htlcs),
-                                                   feerate_per_kw=built.spec.feerate_per_kw))
+    htlcs = built.spec.shared_json()["htlcs"]   # [{offerer, id, amount_msat, payment_hash, cltv_expiry}]
+    tx.execute(_INSERT_REMOTE, {"channel_id": ch.channel_id.hex(), "number": n, "txid": built.txid,
+                                "htlcs": json.dumps(htlcs), "feerate_per_kw": built.spec.feerate_per_kw})
 
 
 def on_commitment_signed(mgr: "ChannelManager", peer_id: bytes, msg: CommitmentSigned) -> None:

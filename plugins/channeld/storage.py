@@ -13,7 +13,8 @@ import json
 import time
 from typing import Any
 
-from sqlalchemy import BigInteger, Boolean, Column, Float, Index, Integer, MetaData, String, Table, Text, func, select
+from sqlalchemy import (BigInteger, Boolean, Column, Float, Index, Integer, MetaData, String, Table, Text, bindparam,
+                        func, select)
 
 from lnp_plugin_api import StorageModels
 
@@ -91,6 +92,18 @@ def _htlcs_apart(conn: Any) -> None:
 MODELS = StorageModels(metadata, version=2, migrations={2: _htlcs_apart})
 
 
+# Built once: the channel row is written with every batch, and SQLAlchemy's statement building costs more than
+# the write itself.
+_COPIED = ("peer_id", "state", "opener", "short_channel_id", "funding_txid", "funding_vout", "capacity_sat",
+           "channel_type", "data", "version", "updated_at")
+_UPDATE_CHANNEL = (channels.update().where(channels.c.channel_id == bindparam("b_channel_id"))
+                   .values({name: bindparam(name) for name in _COPIED}))
+_INSERT_CHANNEL = channels.insert()
+_DELETE_HTLCS = htlcs.delete().where(htlcs.c.channel_id == bindparam("b_channel_id"))
+_DELETE_HTLC = htlcs.delete().where(htlcs.c.channel_id == bindparam("b_channel_id"), htlcs.c.key == bindparam("b_key"))
+_INSERT_HTLC = htlcs.insert()
+
+
 def save(conn: Any, ch: "Channel", before: "Channel | None" = None) -> None:
     """Insert or update a channel's row (the document and the columns copied from it) and its HTLC rows.
 
@@ -103,21 +116,21 @@ def save(conn: Any, ch: "Channel", before: "Channel | None" = None) -> None:
             "funding_txid": p.funding_txid, "funding_vout": p.funding_output_index, "capacity_sat": p.funding_sat,
             "channel_type": p.channel_type.name, "data": json.dumps(ch.to_json(), separators=(",", ":")),
             "version": DOC_VERSION, "updated_at": time.time()}
-    done = conn.execute(channels.update().where(channels.c.channel_id == cid).values(**cols))
+    done = conn.execute(_UPDATE_CHANNEL, {"b_channel_id": cid, **cols})
     if done.rowcount == 0:
-        conn.execute(channels.insert().values(channel_id=cid, dbid=ch.dbid, created_at=time.time(), **cols))
+        conn.execute(_INSERT_CHANNEL, {"channel_id": cid, "dbid": ch.dbid, "created_at": time.time(), **cols})
     old: Any = before.htlcs if before is not None and before.channel_id == ch.channel_id else None
     if old is None:
-        conn.execute(htlcs.delete().where(htlcs.c.channel_id == cid))
+        conn.execute(_DELETE_HTLCS, {"b_channel_id": cid})
         old = {}
     gone = [k for k in old if k not in ch.htlcs]
     changed = [k for k, v in ch.htlcs.items() if k in old and old[k] is not v and old[k] != v]
     added = [k for k in ch.htlcs if k not in old]
     if gone or changed:
-        conn.execute(htlcs.delete().where(htlcs.c.channel_id == cid, htlcs.c.key.in_(gone + changed)))
+        conn.execute(_DELETE_HTLC, [{"b_channel_id": cid, "b_key": k} for k in gone + changed])
     if changed or added:
-        conn.execute(htlcs.insert(), [{"channel_id": cid, "key": k, "data": json.dumps(ch.htlcs[k])}
-                                      for k in changed + added])
+        conn.execute(_INSERT_HTLC, [{"channel_id": cid, "key": k, "data": json.dumps(ch.htlcs[k])}
+                                    for k in changed + added])
 
 
 def load_all(conn: Any) -> list["Channel"]:
