@@ -120,6 +120,26 @@ class Node:
     def call(self, method: str, *args: Any, **kwargs: Any) -> Any:
         return self.client.call(method, *args, **kwargs)
 
+    def cpu_seconds(self) -> float:
+        """CPU time (user + system) of the node's processes so far: the node and its service children."""
+        tick = os.sysconf("SC_CLK_TCK")
+        parents: dict[int, int] = {}
+        times: dict[int, float] = {}
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit():
+                try:
+                    fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+                except OSError:   # ended meanwhile
+                    continue
+                parents[int(entry.name)] = int(fields[1])
+                times[int(entry.name)] = (int(fields[11]) + int(fields[12])) / tick
+        tree, grew = {self.proc.pid}, True
+        while grew:
+            more = {pid for pid, parent in parents.items() if parent in tree} - tree
+            tree |= more
+            grew = bool(more)
+        return sum(times.get(pid, 0.0) for pid in tree)
+
     def stop(self) -> None:
         self.client.close()
         target = self.proc.pid
@@ -225,7 +245,9 @@ def run(mode: str, args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         texts = make_invoices(bob, args.payments, "bench")
         invoice_s = time.perf_counter() - t0
         before = (messages(alice), messages(bob))
+        cpu_before = (alice.cpu_seconds(), bob.cpu_seconds())
         elapsed, lat, outcomes = pay_all(alice, texts, args.inflight)
+        cpu = (alice.cpu_seconds() - cpu_before[0], bob.cpu_seconds() - cpu_before[1])
         load = os.getloadavg()
         wait(lambda: channel(alice)["htlcs_in_flight"] == 0 and channel(bob)["htlcs_in_flight"] == 0, 60,
              "the HTLCs to settle")
@@ -237,7 +259,8 @@ def run(mode: str, args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         return {"mode": mode, "n": len(texts), "elapsed": elapsed, "rate": outcomes["complete"] / elapsed,
                 "p50": statistics.median(lat), "p99": lat[min(len(lat) - 1, int(len(lat) * 0.99))],
                 "outcomes": dict(outcomes), "load": load, "invoices_per_s": len(texts) / invoice_s,
-                "msgs_per_payment": (msgs[0] + msgs[1]) / max(1, len(texts)), "balances_ok": balances_ok}
+                "msgs_per_payment": (msgs[0] + msgs[1]) / max(1, len(texts)), "balances_ok": balances_ok,
+                "cpu_ms": [1000 * c / max(1, len(texts)) for c in cpu]}
     finally:
         alice.stop()
         bob.stop()
@@ -296,7 +319,8 @@ def main() -> None:
               f"latency p50 {r['p50'] * 1000:.0f} ms "
               f"p99 {r['p99'] * 1000:.0f} ms; {verdict} the {FLOOR:g}/s floor; outcomes {r['outcomes']}; "
               f"balances {'right' if r['balances_ok'] else 'WRONG'}; {r['msgs_per_payment']:.1f} peer messages "
-              f"a payment; invoices created at {r['invoices_per_s']:.0f}/s; load average "
+              f"a payment; CPU a payment: Alice {r['cpu_ms'][0]:.1f} ms, Bob {r['cpu_ms'][1]:.1f} ms; "
+              f"invoices created at {r['invoices_per_s']:.0f}/s; load average "
               + " ".join(f"{x:.2f}" for x in r["load"]))
     print(f"published (other hardware): {PUBLISHED}")
     if args.py_spy:
