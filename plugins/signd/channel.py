@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import threading
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any, Callable, ContextManager
 
 from sqlalchemy import select
@@ -28,7 +28,7 @@ from lnp_plugin_api.tx import (SIGHASH_ALL, SIGHASH_SINGLE_ANYONECANPAY, Tx, com
 
 from .keys import FAMILIES, Keychain
 from .sigs import parse_tx, sign, witness_signature
-from .storage import channels
+from .storage import INSERT, UPDATE_STATE, UPDATE_STATE_AND_HTLCS, channels
 
 REFUSED = RpcError.REFUSED
 BAD = RpcError.INVALID_PARAMS
@@ -49,14 +49,14 @@ def bad(message: str) -> RpcError:
 
 @dataclass
 class ChannelState:
-    """What signd knows and has done for one channel; `params` as `ready_channel` checked them."""
+    """What signd knows and has done for one channel; `params` as `ready_channel` checked them. The
+    HTLC transactions of `holder_tx` are stored apart (`ChannelSigner.holder_htlcs`)."""
 
     index: int
     params: dict[str, Any]
     holder_validated: int = NONE     # the latest holder commitment whose counterparty signature verified
     holder_tx: str = ""              # ... that commitment (unsigned), its counterparty signature (compact)
     holder_signature: str = ""
-    holder_htlcs: list[dict[str, Any]] = field(default_factory=list)  # {tx, witness_script, amount_sat, signature}
     holder_revoked: int = NONE       # every holder commitment up to this one had its secret released
     holder_broadcast: int = NONE     # the holder commitment signed for the chain (never revoked after)
     counterparty_signed: dict[str, dict[str, str]] = field(default_factory=dict)  # number -> {txid, point}
@@ -161,15 +161,29 @@ class ChannelSigner:
             text = self._saved[index] = row[0]
         return ChannelState(**json.loads(text))
 
-    def save(self, state: ChannelState) -> None:
-        """Commit the state (before the answer that depends on it leaves)."""
-        text = json.dumps(asdict(state))
+    def save(self, state: ChannelState, holder_htlcs: list[dict[str, Any]] | None = None) -> None:
+        """Commit the state, and the HTLC transactions of its `holder_tx` when given (before the answer
+        that depends on them leaves)."""
+        text = json.dumps(vars(state))  # its fields are JSON values already: no deep copy (asdict) needed
         with self.begin() as conn:
-            if conn.execute(select(channels.c.idx).where(channels.c.idx == state.index)).first():
-                conn.execute(channels.update().where(channels.c.idx == state.index).values(state=text))
+            # a row `_saved` knows was committed; signd is its only writer
+            exists = state.index in self._saved or conn.execute(
+                select(channels.c.idx).where(channels.c.idx == state.index)).first() is not None
+            row = {"b_idx": state.index, "b_state": text, "b_htlcs": json.dumps(holder_htlcs or [])}
+            if not exists:
+                conn.execute(INSERT, row)
+            elif holder_htlcs is None:
+                conn.execute(UPDATE_STATE, row)
             else:
-                conn.execute(channels.insert().values(idx=state.index, state=text))
+                conn.execute(UPDATE_STATE_AND_HTLCS, row)
         self._saved[state.index] = text  # only once committed
+
+    def holder_htlcs(self, index: int) -> list[dict[str, Any]]:
+        """The HTLC transactions of the latest validated holder commitment of channel `index`, with the
+        counterparty's signatures: {tx, witness_script, amount_sat, signature}, in the order validated."""
+        with self.begin() as conn:
+            row = conn.execute(select(channels.c.holder_htlcs).where(channels.c.idx == index)).first()
+        return [] if row is None else json.loads(row[0])
 
     def ready(self, index: int) -> ChannelState:
         state = self.load(index)
@@ -426,8 +440,7 @@ class ChannelSigner:
                 kept.append({"tx": htlc.serialize().hex(), "witness_script": script.hex(), "amount_sat": value,
                              "signature": htlc_sig.hex()})
             state.holder_validated, state.holder_tx, state.holder_signature = n, tx.serialize().hex(), sig.hex()
-            state.holder_htlcs = kept
-            self.save(state)
+            self.save(state, kept)
         return {"validated": n}
 
     def revoke_holder_commitment(self, body: dict[str, Any]) -> dict[str, Any]:
@@ -462,6 +475,7 @@ class ChannelSigner:
             self.allowed("channel", {"purpose": "holder_commitment", "index": index, "commitment_number": n})
             state.holder_broadcast = n
             self.save(state)
+            htlcs = self.holder_htlcs(index)
         p = state.params
         tx = parse_tx(state.holder_tx)
         funding = self.funding_script(state)
@@ -472,7 +486,7 @@ class ChannelSigner:
         htlc_secret = derive_privkey(self.secret(HTLC, index), pcp)
         flag = SIGHASH_SINGLE_ANYONECANPAY if p["channel_type"] == "anchors" else SIGHASH_ALL
         out = []
-        for h in state.holder_htlcs:
+        for h in htlcs:
             htlc = parse_tx(h["tx"])
             digest = htlc.sighash(0, bytes.fromhex(h["witness_script"]), h["amount_sat"], SIGHASH_ALL)
             out.append({"tx": h["tx"], "witness_script": h["witness_script"],
@@ -513,7 +527,7 @@ class ChannelSigner:
 
     def holder_htlc(self, state: ChannelState, vin: Any, body: dict[str, Any]) -> dict[str, Any]:
         """The validated HTLC transaction numbered `htlc` in `body`, else the one spending `vin`'s outpoint."""
-        htlcs = state.holder_htlcs
+        htlcs = self.holder_htlcs(state.index)
         if body.get("htlc") is not None:
             which = _int(body, "htlc", 0, 2 * 483)
             if which >= len(htlcs):
