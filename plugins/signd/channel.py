@@ -19,9 +19,9 @@ from sqlalchemy import select
 
 from lnp_plugin_api import RpcError
 from lnp_plugin_api.addresses import parse_node_id
-from lnp_plugin_api.bolt3 import (MAX_INDEX, Shachain, ShachainError, anchor_script, commitment_locktime_sequence,
-                                  derive_privkey, derive_pubkey, derive_revocation_pubkey, funding_script,
-                                  funding_witness_of, is_htlc_script, obscuring_factor, point, to_local_script,
+from lnp_plugin_api.bolt3 import (MAX_INDEX, HtlcScripts, Shachain, ShachainError, anchor_script,
+                                  commitment_locktime_sequence, derive_privkey, derive_pubkey, derive_revocation_pubkey,
+                                  funding_script, funding_witness_of, obscuring_factor, point, to_local_script,
                                   to_remote_anchor_script)
 from lnp_plugin_api.tx import (SIGHASH_ALL, SIGHASH_SINGLE_ANYONECANPAY, Tx, compact_to_der, hash160_of_sha256, p2wpkh,
                                p2wsh, verify)
@@ -272,10 +272,10 @@ class ChannelSigner:
             raise refuse(f"the transaction's obscured commitment number is not commitment {n}'s: refused")
 
     def check_htlc(self, state: ChannelState, commitment: Tx, commitment_txid: str, item: dict[str, Any],
-                   output: bytes, keys: tuple[bytes, bytes, bytes]) -> tuple[Tx, bytes, int]:
+                   pays: bytes, scripts: HtlcScripts) -> tuple[Tx, bytes, int]:
         """A second-stage HTLC transaction: it alone spends an output of `commitment` that pays the
-        given witness script, BOLT-3's offered or received HTLC script of `keys` (the commitment's
-        revocation key, its owner's HTLC key, the other side's), and pays `output` (a to_local script) alone."""
+        given witness script, one of `scripts` (BOLT-3's HTLC scripts of the commitment's keys), and
+        pays the scriptPubKey `pays` (the P2WSH of a to_local script) alone."""
         tx, script = _tx(item), _hex(item, "witness_script")
         anchors = state.params["channel_type"] == "anchors"
         if len(tx.inputs) != 1 or len(tx.outputs) != 1 or tx.version != 2:
@@ -284,9 +284,9 @@ class ChannelSigner:
         if vin.txid != commitment_txid or vin.vout >= len(commitment.outputs):
             raise refuse("an HTLC transaction does not spend an output of the commitment: refused")
         spent = commitment.outputs[vin.vout]
-        if spent.script_pubkey != p2wsh(script) or not is_htlc_script(script, *keys, anchors):
+        if spent.script_pubkey != p2wsh(script) or scripts.kind(script) is None:
             raise refuse(f"commitment output {vin.vout} is not an HTLC of this channel's keys: refused")
-        if vin.sequence != (1 if anchors else 0) or tx.outputs[0].script_pubkey != p2wsh(output):
+        if vin.sequence != (1 if anchors else 0) or tx.outputs[0].script_pubkey != pays:
             raise refuse("an HTLC transaction's sequence or output is not BOLT-3's for this channel: refused")
         return tx, script, spent.amount_sat
 
@@ -360,9 +360,9 @@ class ChannelSigner:
                 raise refuse(f"signd signed another counterparty commitment {n} already: refused")
             anchors = state.params["channel_type"] == "anchors"
             htlc_secret = derive_privkey(self.secret(HTLC, index), pcp)
-            output = self.counterparty_to_local(state, pcp)
-            keys = self.counterparty_htlc_keys(state, pcp)
-            checked = [self.check_htlc(state, tx, txid, item, output, keys) for item in htlcs]
+            pays = p2wsh(self.counterparty_to_local(state, pcp))
+            scripts = HtlcScripts(*self.counterparty_htlc_keys(state, pcp), anchors)
+            checked = [self.check_htlc(state, tx, txid, item, pays, scripts) for item in htlcs]
             spent = {h.inputs[0].vout for h, _, _ in checked}
             if len(spent) != len(checked):
                 raise refuse("two HTLC transactions spend the same output: refused")
@@ -429,10 +429,11 @@ class ChannelSigner:
             their_htlc = derive_pubkey(bytes.fromhex(p["counterparty_htlc_basepoint"]), pcp)
             ours = derive_pubkey(self.pub(HTLC, index), pcp)
             flag = SIGHASH_SINGLE_ANYONECANPAY if p["channel_type"] == "anchors" else SIGHASH_ALL
-            kept, txid, to_local = [], tx.txid(), self.holder_to_local(state, pcp)
-            keys = (derive_revocation_pubkey(bytes.fromhex(p["counterparty_revocation_basepoint"]), pcp), ours, their_htlc)
+            kept, txid, pays = [], tx.txid(), p2wsh(self.holder_to_local(state, pcp))
+            scripts = HtlcScripts(derive_revocation_pubkey(bytes.fromhex(p["counterparty_revocation_basepoint"]), pcp),
+                                  ours, their_htlc, p["channel_type"] == "anchors")
             for item in htlcs:
-                htlc, script, value = self.check_htlc(state, tx, txid, item, to_local, keys)
+                htlc, script, value = self.check_htlc(state, tx, txid, item, pays, scripts)
                 htlc_sig = _hex(item, "signature", 64)
                 if not verify(their_htlc, htlc_sig, htlc.sighash(0, script, value, flag)):
                     raise refuse(f"the counterparty's signature of the HTLC transaction spending output "
