@@ -27,7 +27,7 @@ from lnp_plugin_api.tx import (SIGHASH_ALL, SIGHASH_SINGLE_ANYONECANPAY, Tx, com
                                p2wsh, verify)
 
 from .keys import FAMILIES, Keychain
-from .sigs import parse_tx, sign, witness_signature
+from .sigs import parse_tx, sign, sign_all, witness_signature
 from .storage import INSERT, UPDATE_STATE, UPDATE_STATE_AND_HTLCS, channels
 
 REFUSED = RpcError.REFUSED
@@ -372,7 +372,8 @@ class ChannelSigner:
             funding = self.funding_script(state)
             sig = sign(self.secret(FUNDING, index), tx.sighash(0, funding, state.params["funding_sat"], SIGHASH_ALL))
             flag = SIGHASH_SINGLE_ANYONECANPAY if anchors else SIGHASH_ALL
-            htlc_sigs = [sign(htlc_secret, h.sighash(0, script, value, flag)).hex() for h, script, value in checked]
+            htlc_sigs = [s.hex() for s in sign_all(htlc_secret, [h.sighash(0, script, value, flag)
+                                                                 for h, script, value in checked])]
             state.counterparty_signed[str(n)] = {"txid": txid, "point": pcp.hex()}
             self.save(state)
         return {"signature": sig.hex(), "htlc_signatures": htlc_sigs}
@@ -486,13 +487,12 @@ class ChannelSigner:
         pcp = self.holder_point(index, n)
         htlc_secret = derive_privkey(self.secret(HTLC, index), pcp)
         flag = SIGHASH_SINGLE_ANYONECANPAY if p["channel_type"] == "anchors" else SIGHASH_ALL
-        out = []
-        for h in htlcs:
-            htlc = parse_tx(h["tx"])
-            digest = htlc.sighash(0, bytes.fromhex(h["witness_script"]), h["amount_sat"], SIGHASH_ALL)
-            out.append({"tx": h["tx"], "witness_script": h["witness_script"],
-                        "holder_signature": witness_signature(sign(htlc_secret, digest), SIGHASH_ALL).hex(),
-                        "counterparty_signature": witness_signature(bytes.fromhex(h["signature"]), flag).hex()})
+        digests = [parse_tx(h["tx"]).sighash(0, bytes.fromhex(h["witness_script"]), h["amount_sat"], SIGHASH_ALL)
+                   for h in htlcs]
+        out = [{"tx": h["tx"], "witness_script": h["witness_script"],
+                "holder_signature": witness_signature(mine, SIGHASH_ALL).hex(),
+                "counterparty_signature": witness_signature(bytes.fromhex(h["signature"]), flag).hex()}
+               for h, mine in zip(htlcs, sign_all(htlc_secret, digests))]
         return {"tx": tx.serialize().hex(), "txid": tx.txid(), "htlcs": out}
 
     def sign_holder_htlc(self, body: dict[str, Any]) -> dict[str, Any]:
