@@ -245,11 +245,13 @@ def compact_to_der(sig64: bytes) -> bytes:
     return cdata_to_der(deserialize_compact(sig64))
 
 
-def verify(pubkey: bytes, sig64: bytes, digest: bytes) -> bool:
-    """Whether a 64-byte signature is valid for `digest` and low-S (BOLT-2 refuses high-S signatures)."""
+def verify(pubkey: bytes | coincurve.PublicKey, sig64: bytes, digest: bytes) -> bool:
+    """Whether a 64-byte signature is valid for `digest` and low-S (BOLT-2 refuses high-S signatures);
+    `pubkey` compressed, or parsed once (coincurve) to check the signatures of many HTLCs."""
     if len(sig64) != 64 or int.from_bytes(sig64[32:], "big") > SECP256K1_ORDER // 2:
         return False
     try:
-        return coincurve.PublicKey(pubkey).verify(compact_to_der(sig64), digest, hasher=None)
+        key = pubkey if isinstance(pubkey, coincurve.PublicKey) else coincurve.PublicKey(pubkey)
+        return key.verify(compact_to_der(sig64), digest, hasher=None)
     except ValueError:
         return False

@@ -95,3 +95,17 @@ def test_varint_boundaries() -> None:
     for n, encoded in ((0, "00"), (252, "fc"), (253, "fdfd00"), (0xFFFF, "fdffff"), (0x10000, "fe00000100"),
                        (0xFFFFFFFF, "feffffffff"), (0x100000000, "ff0000000001000000")):
         assert varint(n).hex() == encoded
+
+
+def test_verify_takes_a_key_parsed_once() -> None:
+    """The same answers with the key as bytes or parsed: valid, another digest, high S."""
+    import coincurve
+
+    from lnp_plugin_api.tx import SECP256K1_ORDER, der_to_compact, verify
+    key = coincurve.PrivateKey(b"\x07" * 32)
+    digest = bytes(range(32))
+    sig = der_to_compact(key.sign(digest, hasher=None))
+    high = sig[:32] + (SECP256K1_ORDER - int.from_bytes(sig[32:], "big")).to_bytes(32, "big")
+    pub = key.public_key.format()
+    for case, good in (((sig, digest), True), ((sig, bytes(32)), False), ((high, digest), False)):
+        assert verify(pub, *case) is good and verify(coincurve.PublicKey(pub), *case) is good

@@ -15,6 +15,7 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any, Callable, ContextManager
 
+import coincurve
 from sqlalchemy import select
 
 from lnp_plugin_api import RpcError
@@ -430,13 +431,14 @@ class ChannelSigner:
             their_htlc = derive_pubkey(bytes.fromhex(p["counterparty_htlc_basepoint"]), pcp)
             ours = derive_pubkey(self.pub(HTLC, index), pcp)
             flag = SIGHASH_SINGLE_ANYONECANPAY if p["channel_type"] == "anchors" else SIGHASH_ALL
+            their_key = coincurve.PublicKey(their_htlc)  # parsed once for every HTLC
             kept, txid, pays = [], tx.txid(), p2wsh(self.holder_to_local(state, pcp))
             scripts = HtlcScripts(derive_revocation_pubkey(bytes.fromhex(p["counterparty_revocation_basepoint"]), pcp),
                                   ours, their_htlc, p["channel_type"] == "anchors")
             for item in htlcs:
                 htlc, script, value = self.check_htlc(state, tx, txid, item, pays, scripts)
                 htlc_sig = _hex(item, "signature", 64)
-                if not verify(their_htlc, htlc_sig, htlc.sighash(0, script, value, flag)):
+                if not verify(their_key, htlc_sig, htlc.sighash(0, script, value, flag)):
                     raise refuse(f"the counterparty's signature of the HTLC transaction spending output "
                                  f"{htlc.inputs[0].vout} does not verify: refused")
                 kept.append({"tx": htlc.serialize().hex(), "witness_script": script.hex(), "amount_sat": value,
