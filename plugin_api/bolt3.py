@@ -223,10 +223,47 @@ def _received(revocation_pubkey: bytes, local_htlcpubkey: bytes, remote_htlcpubk
             + bytes([OP_CLTV, OP_DROP, OP_CHECKSIG, OP_ENDIF]) + csv + bytes([OP_ENDIF]))
 
 
+class HtlcScripts:
+    """BOLT-3's offered and received HTLC scripts of one commitment's keys (its revocation key, its
+    owner's HTLC key, the other side's), for any payment hash and expiry: what a signer checks of the
+    scripts it did not build. Built once per commitment, then `kind` tells a script with byte comparisons."""
+
+    def __init__(self, revocation_pubkey: bytes, local_htlcpubkey: bytes, remote_htlcpubkey: bytes,
+                 anchors: bool) -> None:
+        keys, any_hash = (revocation_pubkey, local_htlcpubkey, remote_htlcpubkey), bytes(20)
+        head = len(_htlc_head(revocation_pubkey, remote_htlcpubkey))
+        # offered: head NOTIF DROP 2 SWAP <local> 2 CHECKMULTISIG ELSE HASH160, the hash's push, then the rest
+        offered, at = _offered(*keys, any_hash, anchors), head + 4 + 34 + 4 + 1
+        self._offered = offered[:at], offered[at + 20:], len(offered)
+        # received: head IF HASH160, the hash's push, EQUALVERIFY 2 SWAP <local> 2 CHECKMULTISIG ELSE DROP,
+        # then the expiry's push and the rest
+        received, at = _received(*keys, any_hash, 0, anchors), head + 3
+        self._received = received[:at], received[at + 20:at + 20 + 3 + 34 + 4], received[at + 20 + 3 + 34 + 4 + 1:]
+
+    def kind(self, script: bytes) -> tuple[str, int] | None:
+        """("offered", 0) or ("received", cltv_expiry) when `script` is exactly that HTLC script of these
+        keys (for some 20-byte payment hash), else None."""
+        before, after, size = self._offered
+        if len(script) == size and script.startswith(before) and script.endswith(after):
+            return "offered", 0
+        before, middle, after = self._received
+        at = len(before) + 20 + len(middle)  # the expiry's push
+        if not script.startswith(before) or script[len(before) + 20:at] != middle:
+            return None
+        op = script[at] if at < len(script) else OP_0
+        if OP_1 <= op <= OP_16:
+            cltv = op - OP_1 + 1
+        else:  # a push of 1 to 5 bytes (a wrong opcode gives 0, and the rebuilt push differs)
+            cltv = int.from_bytes(script[at + 1:at + 1 + op], "little") if op <= 5 else 0
+        if script[at:] == push_int(cltv) + after:
+            return "received", cltv
+        return None
+
+
 def is_htlc_script(script: bytes, revocation_pubkey: bytes, local_htlcpubkey: bytes, remote_htlcpubkey: bytes,
                    anchors: bool) -> bool:
     """Whether `script` is exactly an offered or a received HTLC script of these keys, for any payment hash and
-    expiry (read from the script, which is then rebuilt): what a signer checks of a script it did not build."""
+    expiry (`HtlcScripts`; build one to check several scripts of the same keys)."""
     return htlc_script_kind(script, revocation_pubkey, local_htlcpubkey, remote_htlcpubkey, anchors) is not None
 
 
@@ -234,21 +271,7 @@ def htlc_script_kind(script: bytes, revocation_pubkey: bytes, local_htlcpubkey: 
                      anchors: bool) -> tuple[str, int] | None:
     """("offered", 0) or ("received", cltv_expiry) when `script` is exactly that HTLC script of these keys
     (as `is_htlc_script`), else None."""
-    head = len(_htlc_head(revocation_pubkey, remote_htlcpubkey))
-    at = head + 4 + 34 + 4 + 1  # NOTIF DROP 2 SWAP <local> 2 CHECKMULTISIG ELSE HASH160, the hash's push
-    offered = _offered(revocation_pubkey, local_htlcpubkey, remote_htlcpubkey, script[at:at + 20], anchors)
-    if script == offered:
-        return "offered", 0
-    ripemd = script[head + 3:head + 23]  # IF HASH160, the hash's push
-    at = head + 23 + 3 + 34 + 4  # EQUALVERIFY 2 SWAP <local> 2 CHECKMULTISIG ELSE DROP, then the expiry
-    op = script[at] if at < len(script) else OP_0
-    if OP_1 <= op <= OP_16:
-        cltv = op - OP_1 + 1
-    else:  # a push of 1 to 5 bytes (a wrong opcode gives 0, and the rebuilt script differs)
-        cltv = int.from_bytes(script[at + 1:at + 1 + op], "little") if op <= 5 else 0
-    if script == _received(revocation_pubkey, local_htlcpubkey, remote_htlcpubkey, ripemd, cltv, anchors):
-        return "received", cltv
-    return None
+    return HtlcScripts(revocation_pubkey, local_htlcpubkey, remote_htlcpubkey, anchors).kind(script)
 
 
 def commitment_locktime_sequence(obscured: int) -> tuple[int, int]:

@@ -12,23 +12,24 @@ from __future__ import annotations
 
 import json
 import threading
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any, Callable, ContextManager
 
+import coincurve
 from sqlalchemy import select
 
 from lnp_plugin_api import RpcError
 from lnp_plugin_api.addresses import parse_node_id
-from lnp_plugin_api.bolt3 import (MAX_INDEX, Shachain, ShachainError, anchor_script, commitment_locktime_sequence,
-                                  derive_privkey, derive_pubkey, derive_revocation_pubkey, funding_script,
-                                  funding_witness_of, is_htlc_script, obscuring_factor, point, to_local_script,
+from lnp_plugin_api.bolt3 import (MAX_INDEX, HtlcScripts, Shachain, ShachainError, anchor_script,
+                                  commitment_locktime_sequence, derive_privkey, derive_pubkey, derive_revocation_pubkey,
+                                  funding_script, funding_witness_of, obscuring_factor, point, to_local_script,
                                   to_remote_anchor_script)
 from lnp_plugin_api.tx import (SIGHASH_ALL, SIGHASH_SINGLE_ANYONECANPAY, Tx, compact_to_der, hash160_of_sha256, p2wpkh,
                                p2wsh, verify)
 
 from .keys import FAMILIES, Keychain
-from .sigs import parse_tx, sign, witness_signature
-from .storage import channels
+from .sigs import parse_tx, sign, sign_all, witness_signature
+from .storage import INSERT, UPDATE_STATE, UPDATE_STATE_AND_HTLCS, channels
 
 REFUSED = RpcError.REFUSED
 BAD = RpcError.INVALID_PARAMS
@@ -49,14 +50,14 @@ def bad(message: str) -> RpcError:
 
 @dataclass
 class ChannelState:
-    """What signd knows and has done for one channel; `params` as `ready_channel` checked them."""
+    """What signd knows and has done for one channel; `params` as `ready_channel` checked them. The
+    HTLC transactions of `holder_tx` are stored apart (`ChannelSigner.holder_htlcs`)."""
 
     index: int
     params: dict[str, Any]
     holder_validated: int = NONE     # the latest holder commitment whose counterparty signature verified
     holder_tx: str = ""              # ... that commitment (unsigned), its counterparty signature (compact)
     holder_signature: str = ""
-    holder_htlcs: list[dict[str, Any]] = field(default_factory=list)  # {tx, witness_script, amount_sat, signature}
     holder_revoked: int = NONE       # every holder commitment up to this one had its secret released
     holder_broadcast: int = NONE     # the holder commitment signed for the chain (never revoked after)
     counterparty_signed: dict[str, dict[str, str]] = field(default_factory=dict)  # number -> {txid, point}
@@ -161,15 +162,29 @@ class ChannelSigner:
             text = self._saved[index] = row[0]
         return ChannelState(**json.loads(text))
 
-    def save(self, state: ChannelState) -> None:
-        """Commit the state (before the answer that depends on it leaves)."""
-        text = json.dumps(asdict(state))
+    def save(self, state: ChannelState, holder_htlcs: list[dict[str, Any]] | None = None) -> None:
+        """Commit the state, and the HTLC transactions of its `holder_tx` when given (before the answer
+        that depends on them leaves)."""
+        text = json.dumps(vars(state))  # its fields are JSON values already: no deep copy (asdict) needed
         with self.begin() as conn:
-            if conn.execute(select(channels.c.idx).where(channels.c.idx == state.index)).first():
-                conn.execute(channels.update().where(channels.c.idx == state.index).values(state=text))
+            # a row `_saved` knows was committed; signd is its only writer
+            exists = state.index in self._saved or conn.execute(
+                select(channels.c.idx).where(channels.c.idx == state.index)).first() is not None
+            row = {"b_idx": state.index, "b_state": text, "b_htlcs": json.dumps(holder_htlcs or [])}
+            if not exists:
+                conn.execute(INSERT, row)
+            elif holder_htlcs is None:
+                conn.execute(UPDATE_STATE, row)
             else:
-                conn.execute(channels.insert().values(idx=state.index, state=text))
+                conn.execute(UPDATE_STATE_AND_HTLCS, row)
         self._saved[state.index] = text  # only once committed
+
+    def holder_htlcs(self, index: int) -> list[dict[str, Any]]:
+        """The HTLC transactions of the latest validated holder commitment of channel `index`, with the
+        counterparty's signatures: {tx, witness_script, amount_sat, signature}, in the order validated."""
+        with self.begin() as conn:
+            row = conn.execute(select(channels.c.holder_htlcs).where(channels.c.idx == index)).first()
+        return [] if row is None else json.loads(row[0])
 
     def ready(self, index: int) -> ChannelState:
         state = self.load(index)
@@ -258,10 +273,10 @@ class ChannelSigner:
             raise refuse(f"the transaction's obscured commitment number is not commitment {n}'s: refused")
 
     def check_htlc(self, state: ChannelState, commitment: Tx, commitment_txid: str, item: dict[str, Any],
-                   output: bytes, keys: tuple[bytes, bytes, bytes]) -> tuple[Tx, bytes, int]:
+                   pays: bytes, scripts: HtlcScripts) -> tuple[Tx, bytes, int]:
         """A second-stage HTLC transaction: it alone spends an output of `commitment` that pays the
-        given witness script, BOLT-3's offered or received HTLC script of `keys` (the commitment's
-        revocation key, its owner's HTLC key, the other side's), and pays `output` (a to_local script) alone."""
+        given witness script, one of `scripts` (BOLT-3's HTLC scripts of the commitment's keys), and
+        pays the scriptPubKey `pays` (the P2WSH of a to_local script) alone."""
         tx, script = _tx(item), _hex(item, "witness_script")
         anchors = state.params["channel_type"] == "anchors"
         if len(tx.inputs) != 1 or len(tx.outputs) != 1 or tx.version != 2:
@@ -270,9 +285,9 @@ class ChannelSigner:
         if vin.txid != commitment_txid or vin.vout >= len(commitment.outputs):
             raise refuse("an HTLC transaction does not spend an output of the commitment: refused")
         spent = commitment.outputs[vin.vout]
-        if spent.script_pubkey != p2wsh(script) or not is_htlc_script(script, *keys, anchors):
+        if spent.script_pubkey != p2wsh(script) or scripts.kind(script) is None:
             raise refuse(f"commitment output {vin.vout} is not an HTLC of this channel's keys: refused")
-        if vin.sequence != (1 if anchors else 0) or tx.outputs[0].script_pubkey != p2wsh(output):
+        if vin.sequence != (1 if anchors else 0) or tx.outputs[0].script_pubkey != pays:
             raise refuse("an HTLC transaction's sequence or output is not BOLT-3's for this channel: refused")
         return tx, script, spent.amount_sat
 
@@ -346,9 +361,9 @@ class ChannelSigner:
                 raise refuse(f"signd signed another counterparty commitment {n} already: refused")
             anchors = state.params["channel_type"] == "anchors"
             htlc_secret = derive_privkey(self.secret(HTLC, index), pcp)
-            output = self.counterparty_to_local(state, pcp)
-            keys = self.counterparty_htlc_keys(state, pcp)
-            checked = [self.check_htlc(state, tx, txid, item, output, keys) for item in htlcs]
+            pays = p2wsh(self.counterparty_to_local(state, pcp))
+            scripts = HtlcScripts(*self.counterparty_htlc_keys(state, pcp), anchors)
+            checked = [self.check_htlc(state, tx, txid, item, pays, scripts) for item in htlcs]
             spent = {h.inputs[0].vout for h, _, _ in checked}
             if len(spent) != len(checked):
                 raise refuse("two HTLC transactions spend the same output: refused")
@@ -358,7 +373,8 @@ class ChannelSigner:
             funding = self.funding_script(state)
             sig = sign(self.secret(FUNDING, index), tx.sighash(0, funding, state.params["funding_sat"], SIGHASH_ALL))
             flag = SIGHASH_SINGLE_ANYONECANPAY if anchors else SIGHASH_ALL
-            htlc_sigs = [sign(htlc_secret, h.sighash(0, script, value, flag)).hex() for h, script, value in checked]
+            htlc_sigs = [s.hex() for s in sign_all(htlc_secret, [h.sighash(0, script, value, flag)
+                                                                 for h, script, value in checked])]
             state.counterparty_signed[str(n)] = {"txid": txid, "point": pcp.hex()}
             self.save(state)
         return {"signature": sig.hex(), "htlc_signatures": htlc_sigs}
@@ -415,19 +431,20 @@ class ChannelSigner:
             their_htlc = derive_pubkey(bytes.fromhex(p["counterparty_htlc_basepoint"]), pcp)
             ours = derive_pubkey(self.pub(HTLC, index), pcp)
             flag = SIGHASH_SINGLE_ANYONECANPAY if p["channel_type"] == "anchors" else SIGHASH_ALL
-            kept, txid, to_local = [], tx.txid(), self.holder_to_local(state, pcp)
-            keys = (derive_revocation_pubkey(bytes.fromhex(p["counterparty_revocation_basepoint"]), pcp), ours, their_htlc)
+            their_key = coincurve.PublicKey(their_htlc)  # parsed once for every HTLC
+            kept, txid, pays = [], tx.txid(), p2wsh(self.holder_to_local(state, pcp))
+            scripts = HtlcScripts(derive_revocation_pubkey(bytes.fromhex(p["counterparty_revocation_basepoint"]), pcp),
+                                  ours, their_htlc, p["channel_type"] == "anchors")
             for item in htlcs:
-                htlc, script, value = self.check_htlc(state, tx, txid, item, to_local, keys)
+                htlc, script, value = self.check_htlc(state, tx, txid, item, pays, scripts)
                 htlc_sig = _hex(item, "signature", 64)
-                if not verify(their_htlc, htlc_sig, htlc.sighash(0, script, value, flag)):
+                if not verify(their_key, htlc_sig, htlc.sighash(0, script, value, flag)):
                     raise refuse(f"the counterparty's signature of the HTLC transaction spending output "
                                  f"{htlc.inputs[0].vout} does not verify: refused")
                 kept.append({"tx": htlc.serialize().hex(), "witness_script": script.hex(), "amount_sat": value,
                              "signature": htlc_sig.hex()})
             state.holder_validated, state.holder_tx, state.holder_signature = n, tx.serialize().hex(), sig.hex()
-            state.holder_htlcs = kept
-            self.save(state)
+            self.save(state, kept)
         return {"validated": n}
 
     def revoke_holder_commitment(self, body: dict[str, Any]) -> dict[str, Any]:
@@ -462,6 +479,7 @@ class ChannelSigner:
             self.allowed("channel", {"purpose": "holder_commitment", "index": index, "commitment_number": n})
             state.holder_broadcast = n
             self.save(state)
+            htlcs = self.holder_htlcs(index)
         p = state.params
         tx = parse_tx(state.holder_tx)
         funding = self.funding_script(state)
@@ -471,13 +489,12 @@ class ChannelSigner:
         pcp = self.holder_point(index, n)
         htlc_secret = derive_privkey(self.secret(HTLC, index), pcp)
         flag = SIGHASH_SINGLE_ANYONECANPAY if p["channel_type"] == "anchors" else SIGHASH_ALL
-        out = []
-        for h in state.holder_htlcs:
-            htlc = parse_tx(h["tx"])
-            digest = htlc.sighash(0, bytes.fromhex(h["witness_script"]), h["amount_sat"], SIGHASH_ALL)
-            out.append({"tx": h["tx"], "witness_script": h["witness_script"],
-                        "holder_signature": witness_signature(sign(htlc_secret, digest), SIGHASH_ALL).hex(),
-                        "counterparty_signature": witness_signature(bytes.fromhex(h["signature"]), flag).hex()})
+        digests = [parse_tx(h["tx"]).sighash(0, bytes.fromhex(h["witness_script"]), h["amount_sat"], SIGHASH_ALL)
+                   for h in htlcs]
+        out = [{"tx": h["tx"], "witness_script": h["witness_script"],
+                "holder_signature": witness_signature(mine, SIGHASH_ALL).hex(),
+                "counterparty_signature": witness_signature(bytes.fromhex(h["signature"]), flag).hex()}
+               for h, mine in zip(htlcs, sign_all(htlc_secret, digests))]
         return {"tx": tx.serialize().hex(), "txid": tx.txid(), "htlcs": out}
 
     def sign_holder_htlc(self, body: dict[str, Any]) -> dict[str, Any]:
@@ -513,7 +530,7 @@ class ChannelSigner:
 
     def holder_htlc(self, state: ChannelState, vin: Any, body: dict[str, Any]) -> dict[str, Any]:
         """The validated HTLC transaction numbered `htlc` in `body`, else the one spending `vin`'s outpoint."""
-        htlcs = state.holder_htlcs
+        htlcs = self.holder_htlcs(state.index)
         if body.get("htlc") is not None:
             which = _int(body, "htlc", 0, 2 * 483)
             if which >= len(htlcs):

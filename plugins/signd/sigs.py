@@ -25,6 +25,12 @@ def sign(secret: bytes, digest: bytes) -> bytes:
     return der_to_compact(coincurve.PrivateKey(secret).sign(digest, hasher=None))
 
 
+def sign_all(secret: bytes, digests: list[bytes]) -> list[bytes]:
+    """`sign` of each digest with one key (made once: making it computes its public key)."""
+    key = coincurve.PrivateKey(secret)
+    return [der_to_compact(key.sign(digest, hasher=None)) for digest in digests]
+
+
 def witness_signature(compact: bytes, sighash: int) -> bytes:
     """The script form of a compact signature: DER and the sighash byte."""
     return der_with_sighash(compact_to_der(compact), sighash)
