@@ -87,7 +87,7 @@ class Node:
         profile.write_text(PROFILE.format(data_dir=self.data_dir, mode=mode, enabled=str(enabled).replace("'", '"'),
                                           rpc_port=rpc_port, wallet_port=free_port(), cookie=cookie,
                                           peer_port=self.peer_port))
-        cmd = [sys.executable, "-m", "lnp_host", "run", "--profile", str(profile)]
+        cmd = [sys.executable, *([os.environ["LNP_BENCH_WRAP"]] if os.environ.get("LNP_BENCH_WRAP") else ["-m", "lnp_host"]), "run", "--profile", str(profile)]
         self.spy_out = None
         if spy is not None:
             self.spy_out = spy / f"{name}-{mode}.txt"

@@ -7,6 +7,7 @@ import os
 import threading
 import time
 from concurrent.futures import Future
+from dataclasses import dataclass
 from typing import Any
 
 from types import SimpleNamespace
@@ -76,6 +77,16 @@ def hop_payload(p: dict[str, Any]) -> onion.HopPayload:
                             unknown=unknown)
 
 
+@dataclass
+class Marking:
+    """An HTLC that pays an invoice, waiting for `_record` to commit it; `answer` gets the decision."""
+
+    row: Any
+    htlc: str
+    amount: int
+    answer: Future
+
+
 class Ledger:
     """The invoices of one node; every method runs on the plugin's service thread (timers hand over with
     `ctx.call_soon`)."""
@@ -88,6 +99,8 @@ class Ledger:
         # the last pay_index given: this ledger alone marks invoices paid (on the service thread)
         with ctx.storage.begin() as conn:
             self.pay_index = conn.execute(select(func.max(invoices.c.pay_index))).scalar() or 0
+        self.marking: dict[str, Marking] = {}   # label -> the HTLC paying it, to be recorded by `_record`
+        self.record_due = False
 
     def close(self) -> None:
         """Stop the expiry timers; waiters left get an error."""
@@ -173,7 +186,7 @@ class Ledger:
         row = self._row(label=label)
         if row is None:
             raise RpcError(RpcError.INVALID_PARAMS, f"no invoice labelled {label!r}")
-        if row.status == "paid":
+        if row.status == "paid" or label in self.marking:
             raise RpcError(RpcError.REFUSED, f"invoice {label!r} is paid: paid invoices are kept")
         shown = self._show(row)
         with self.ctx.storage.begin() as conn:
@@ -183,7 +196,7 @@ class Ledger:
 
     # --- htlc_accepted ----------------------------------------------------------------------------------
 
-    def on_htlc(self, body: dict[str, Any]) -> Continue | Fail | Resolve:
+    def on_htlc(self, body: dict[str, Any]) -> Continue | Fail | Resolve | Future:
         """BOLT-4's final-node checks for an HTLC paying one of our invoices; Continue for anything else."""
         try:
             if not body["is_final"]:
@@ -198,6 +211,12 @@ class Ledger:
         row = self._row(payment_hash=payment_hash.hex())
         if row is None:
             return Continue()  # not ours: another participant may know the hash
+        being = self.marking.get(row.label)
+        if being is not None:   # an HTLC being recorded as this invoice's payment
+            if being.htlc == htlc:
+                return being.answer
+            return self._refuse(row, "already paid", failure(INCORRECT_OR_UNKNOWN_PAYMENT_DETAILS,
+                                                               htlc_msat=amount, height=height))
         if row.status == "paid":
             if row.paid_by == htlc:  # the same HTLC asked again (a restart): the same answer
                 return Resolve({"preimage": row.preimage})
@@ -211,19 +230,51 @@ class Ledger:
                                                 expired=time.time() > row.expires_at))
         if problem is not None:
             return self._refuse(row, self._why(row, payload, amount, cltv, height), problem)
-        pay_index = self.pay_index + 1
-        paid = dict(status="paid", pay_index=pay_index, received_msat=amount, paid_at=time.time(), paid_by=htlc)
-        with self.ctx.transaction() as tx:   # committed before the preimage leaves (the Resolve below)
-            tx.conn.execute(_MARK_PAID, {"the_label": row.label, **paid})
-            tx.emit("invoice_paid", {"label": row.label, "payment_hash": row.payment_hash,
-                                     "amount_msat": row.amount_msat, "received_msat": amount, "pay_index": pay_index})
-        self.pay_index = pay_index
-        self.ctx.log.info("invoice %r paid: %d msat received (pay_index %d)", row.label, amount, pay_index)
-        paid = self._show(SimpleNamespace(**{**row._mapping, **paid}))   # the row as just written
-        for waiter in self.waiters.pop(row.label, []):
-            waiter.set_result(paid)
-        self._drop_timer(row.label)
-        return Resolve({"preimage": row.preimage})
+        # recorded with the others decided meanwhile, in one transaction, before the preimage leaves
+        answer: Future = Future()
+        self.marking[row.label] = Marking(row, htlc, amount, answer)
+        if not self.record_due:
+            self.record_due = True
+            self.ctx.call_soon(self._record)
+        return answer
+
+    def _record(self) -> None:
+        """Record the invoices paid since the last call, in one transaction; then answer their HTLCs with
+        the preimage (a failed commit answers with the error: nothing was recorded, nothing is revealed)."""
+        self.record_due = False
+        group, self.marking = list(self.marking.values()), {}
+        done: list[tuple[Marking, dict[str, Any] | None]] = []
+        index = self.pay_index
+        try:
+            with self.ctx.transaction() as tx:
+                for m in group:
+                    paid = dict(status="paid", pay_index=index + 1, received_msat=m.amount, paid_at=time.time(),
+                                paid_by=m.htlc)
+                    if tx.conn.execute(_MARK_PAID, {"the_label": m.row.label, **paid}).rowcount != 1:
+                        done.append((m, None))   # deleted meanwhile (delinvoice refuses that; kept safe anyway)
+                        continue
+                    index += 1
+                    tx.emit("invoice_paid", {"label": m.row.label, "payment_hash": m.row.payment_hash,
+                                             "amount_msat": m.row.amount_msat, "received_msat": m.amount,
+                                             "pay_index": index})
+                    done.append((m, paid))
+        except Exception as e:
+            self.ctx.log.error("recording %d paid invoice(s) failed: %s", len(group), type(e).__name__)
+            for m in group:
+                m.answer.set_exception(e)
+            return
+        self.pay_index = index
+        for m, paid in done:
+            if paid is None:
+                m.answer.set_result(Continue())
+                continue
+            self.ctx.log.info("invoice %r paid: %d msat received (pay_index %d)", m.row.label, m.amount,
+                              paid["pay_index"])
+            shown = self._show(SimpleNamespace(**{**m.row._mapping, **paid}))   # the row as just written
+            for waiter in self.waiters.pop(m.row.label, []):
+                waiter.set_result(shown)
+            self._drop_timer(m.row.label)
+            m.answer.set_result(Resolve({"preimage": m.row.preimage}))
 
     def _refuse(self, row: Any, why: str, problem: FailureMessage) -> Fail:
         self.ctx.log.info("HTLC for invoice %r refused (%s): %s", row.label, why, problem.name)
