@@ -101,8 +101,14 @@ _fast_encoder = None if json.encoder.c_make_encoder is None else json.encoder.c_
     None, _not_json, json.encoder.encode_basestring_ascii, None, ":", ",", False, False, True)
 
 
+class Encoded(bytes):
+    """A body already in the bus's JSON encoding (the outbox's rows are stored as JSON): sent as is."""
+
+
 def encode(body: Any) -> bytes:
     """The JSON encoding every control body uses (TypeError or ValueError for what JSON cannot carry)."""
+    if isinstance(body, Encoded):
+        return body
     if _fast_encoder is None or isinstance(body, str):
         return _encoder.encode(body).encode()
     try:

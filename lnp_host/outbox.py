@@ -21,10 +21,12 @@ from concurrent.futures import Future
 from contextlib import nullcontext
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import BigInteger, Column, Index, Integer, MetaData, String, Table, Text, delete, select
+from sqlalchemy import (BigInteger, Column, Index, Integer, MetaData, String, Table, Text, bindparam, delete,
+                        select)
 
 from lnp_plugin_api import Event, RpcError, StorageModels, WireMessage
 
+from .bus import Encoded
 from .control import answer, no_such_request
 
 if TYPE_CHECKING:
@@ -114,7 +116,7 @@ class Transaction:
             if self._rows:
                 courier = self._env.couriers.get(self._env.registry.service_of[self.plugin])
                 if courier is not None:
-                    courier.wake()
+                    courier.wake({row["dest"] for row in self._rows})
             if self._lossy:
                 from .context import publish  # the lossy path, after the commit like the rest
                 for event, body in self._lossy:
@@ -239,14 +241,28 @@ class Courier:
         self._stopping = threading.Event()
         self._retry_at: dict[str, float] = {}  # receiving plugin -> when to try again
         self._failures: dict[str, int] = {}
+        # the receivers commits have written rows for since they were last looked at; None: look at the
+        # table for all of them (at start, and every IDLE seconds as a safety net)
+        self._due: set[str] | None = None
+        self._due_lock = threading.Lock()
+        self._looked = 0.0   # when the table was last looked at for every receiver
+        mine = outbox.c.source.in_(self.sources) & (outbox.c.dest == bindparam("dest"))
+        self._window = (select(outbox.c.id, outbox.c.kind, outbox.c.name, outbox.c.source, outbox.c.body)
+                        .where(mine).order_by(outbox.c.id).limit(WINDOW))
+        self._acked = delete(outbox).where(mine & outbox.c.id.between(bindparam("first"), bindparam("last")))
         self.thread = threading.Thread(target=self._run, name=f"outbox-{service}", daemon=True)
 
     def start(self) -> None:
         """Deliver what is pending (rows left by an earlier run first), then what is committed next."""
         self.thread.start()
 
-    def wake(self) -> None:
-        """Rows were committed: look at once."""
+    def wake(self, dests: set[str] | None = None) -> None:
+        """Rows for `dests` (None: any receiver) were committed: look at once."""
+        with self._due_lock:
+            if dests is None or self._due is None:
+                self._due = None
+            else:
+                self._due |= dests
         self._wake.set()
 
     def stop(self) -> None:
@@ -265,6 +281,8 @@ class Courier:
                     busy = self._round()
                 except Exception:  # the database unreachable for a moment: never end the thread
                     log.exception("outbox of %s: delivery round failed", self.service)
+                    with self._due_lock:
+                        self._due = None   # what was due is looked for again, after the wait below
                     busy = False
                 if not busy:
                     now = time.monotonic()
@@ -277,38 +295,46 @@ class Courier:
         """One window to each receiver that is due; True when more may be waiting."""
         if not self.sources:
             return False
-        with self.env.storage.engine.connect() as conn:
-            dests = [r[0] for r in conn.execute(select(outbox.c.dest).where(outbox.c.source.in_(self.sources))
-                                                .distinct())]
+        with self._due_lock:
+            due, self._due = self._due, set()
+        if due is None or time.monotonic() - self._looked > IDLE:   # and every IDLE s, as a safety net
+            self._looked = time.monotonic()
+            with self.env.storage.engine.connect() as conn:
+                due = {r[0] for r in conn.execute(select(outbox.c.dest).where(outbox.c.source.in_(self.sources))
+                                                  .distinct())}
         now, busy = time.monotonic(), False
-        for dest in dests:
+        for dest in sorted(due | set(self._retry_at)):
             if self._stopping.is_set():
                 break
-            if self._retry_at.get(dest, 0.0) <= now:
-                busy = self._deliver(dest) or busy
+            if self._retry_at.get(dest, 0.0) <= now and self._deliver(dest):
+                busy = True
+                with self._due_lock:   # delivered: look again (an empty window ends it)
+                    if self._due is not None:
+                        self._due.add(dest)
         return busy
 
     def _deliver(self, dest: str) -> bool:
-        mine = outbox.c.source.in_(self.sources) & (outbox.c.dest == dest)
         with self.env.storage.engine.connect() as conn:
-            rows = conn.execute(select(outbox.c.id, outbox.c.kind, outbox.c.name, outbox.c.source, outbox.c.body)
-                                .where(mine).order_by(outbox.c.id).limit(WINDOW)).all()
+            rows = conn.execute(self._window, {"dest": dest}).all()
         if not rows:
             return False
         service = self.env.registry.service_of.get(dest)
         if service is None:  # the profile no longer enables it: kept for when it comes back
             self._failed(dest, f"plugin {dest!r} is not enabled; {len(rows)}+ row(s) kept for it", MAX_BACKOFF * 6)
             return False
-        window = [[r.id, r.kind, r.name, r.source, json.loads(r.body)] for r in rows]
+        # the bodies are JSON as stored: spliced into the request, not decoded and encoded again
+        window = Encoded(('{"dest":%s,"rows":[%s]}' % (json.dumps(dest), ",".join(
+            "[%d,%s,%s,%s,%s]" % (r.id, json.dumps(r.kind), json.dumps(r.name), json.dumps(r.source), r.body)
+            for r in rows))).encode())
         try:
-            answer = self.env.bus.request(service, DELIVER, {"dest": dest, "rows": window}, timeout=DELIVERY_TIMEOUT)
+            answer = self.env.bus.request(service, DELIVER, window, timeout=DELIVERY_TIMEOUT)
             acked = int(answer.get("acked", 0)) if isinstance(answer, dict) else 0
         except RpcError as e:
             self._failed(dest, e.message)
             return False
         if acked:  # the rows of this window only
             with self.env.storage.begin() as conn:
-                conn.execute(delete(outbox).where(mine & (outbox.c.id >= rows[0].id) & (outbox.c.id <= acked)))
+                conn.execute(self._acked, {"dest": dest, "first": rows[0].id, "last": acked})
         if acked < rows[-1].id and acked == 0:
             self._failed(dest, f"its handler failed on outbox #{rows[0].id} (see {service}'s log)")
             return False
