@@ -4,7 +4,6 @@ runs on the plugin's service thread (the sender calls back through `ctx.call_soo
 from __future__ import annotations
 
 import hashlib
-import threading
 import time
 from concurrent.futures import Future
 from typing import Any, Callable, Mapping
@@ -12,6 +11,7 @@ from typing import Any, Callable, Mapping
 from sqlalchemy import bindparam, select
 
 from lnp_plugin_api import RpcError, ServiceContext, bolt11, onion_errors
+from lnp_plugin_api.timers import Timer, Timers
 
 from .inflight import Attempt, InFlight, Pending
 from .sender import Job, Sender
@@ -33,7 +33,8 @@ class Payer:
         self.waiters: dict[str, list[Future]] = {}
         self.unarmed: dict[str, list[tuple[Future, float]]] = {}   # waits that start once the HTLC is offered
         self.sending: set[str] = set()                             # queued to the sender, not stored yet
-        self.timers: set[threading.Timer] = set()
+        self.clock = Timers("pay-timers")   # one thread for every payment's wait and retry
+        self.deadlines: dict[Future, Timer] = {}
         self.supported = {s.pair for s in ctx.node.features} | set(bolt11.DEFAULT_FEATURES)
         self._recover()
         self.inflight = InFlight()
@@ -57,8 +58,7 @@ class Payer:
     def close(self) -> None:
         """Stop the timers; callers still waiting get an error (their payments stay as they are)."""
         self.sender.close()
-        for timer in list(self.timers):
-            timer.cancel()
+        self.clock.close()
         for hash_hex in list(self.waiters):
             self._wake(hash_hex, error=RpcError(RpcError.SERVICE_UNAVAILABLE, "the pay plugin stopped"))
 
@@ -256,13 +256,7 @@ class Payer:
     def _retry_timer(self, hash_hex: str) -> None:
         self.ctx.log.info("payment %s: the HTLC never left this node; trying again in %g s", hash_hex, RETRY_DELAY)
 
-        def fire() -> None:
-            self.timers.discard(timer)
-            self.ctx.call_soon(lambda: self._retry(hash_hex))
-        timer = threading.Timer(RETRY_DELAY, fire)
-        timer.daemon = True
-        self.timers.add(timer)
-        timer.start()
+        self.clock.at(RETRY_DELAY, lambda: self.ctx.call_soon(lambda: self._retry(hash_hex)))
 
     def _settle(self, attempt: Attempt, tx: Any, then: list[Callable[[], None]], preimage: bytes | None = None,
                 failed: tuple[str, int | None] | None = None) -> None:
@@ -323,21 +317,21 @@ class Payer:
 
     def _arm(self, hash_hex: str, done: Future, wait: float) -> None:
         def timed_out() -> None:
-            self.timers.discard(timer)
+            self.deadlines.pop(done, None)
             if not done.done():
                 self.waiters.get(hash_hex, []).remove(done)
                 row = self._payment(hash_hex)
                 shown = self.show(row) if row is not None else {"payment_hash": hash_hex, "status": "pending"}
                 done.set_result({**shown, "message": f"not settled within {wait:g} s: the payment stays "
                                                      "pending; `pay` it again to wait, or see listpayments"})
-        timer = threading.Timer(max(wait, 0.0), lambda: self.ctx.call_soon(timed_out))
-        timer.daemon = True
-        self.timers.add(timer)
-        timer.start()
+        self.deadlines[done] = self.clock.at(wait, lambda: self.ctx.call_soon(timed_out))
 
     def _wake(self, hash_hex: str, result: dict[str, Any] | None = None, error: RpcError | None = None) -> None:
         self.unarmed.pop(hash_hex, None)
         for waiter in self.waiters.pop(hash_hex, []):
+            deadline = self.deadlines.pop(waiter, None)
+            if deadline is not None:
+                deadline.cancel()
             if not waiter.done():
                 waiter.set_exception(error) if error is not None else waiter.set_result(result)
 
