@@ -90,6 +90,19 @@ def test_htlcs_fulfilled_failed_and_malformed_with_balances_to_the_msat(nodes, e
                    {"peer_id": alice.node_id, "amount_msat": 1000, "payment_hash": "00" * 32, "cltv_expiry": 500,
                     "onion": "00" * 1366})
     assert channel_of(alice, cid)["htlcs_in_flight"] == 0
+    # several in one request: each gets its own answer, in order; a bad one does not stop the others
+    good = {"peer_id": bob.node_id, "amount_msat": 5_000, "payment_hash": hashlib.sha256(b"batch").hexdigest(),
+            "cltv_expiry": height + 40, "onion": "00" * 1366}
+    got = alice.call("tk_signer_request", "channeld.add_htlcs", {"htlcs": [
+        {**good, "onion": "00" * 10}, {**good, "amount_msat": True}, good,
+        {**good, "peer_id": alice.node_id}]})["reply"]["results"]
+    assert [r.get("error", {}).get("code") for r in got] == [RpcError.INVALID_PARAMS] * 2 + [None,
+                                                                                         RpcError.INVALID_PARAMS]
+    assert "1366 bytes" in got[0]["error"]["message"] and "no usable channel" in got[3]["error"]["message"]
+    assert got[2]["channel_id"] == cid
+    assert resolved(alice, got[2]["htlc_id"])["failure_code"] & BADONION   # its onion is zeros: malformed
+    for p in (alice, bob):
+        wait_for(lambda: channel_of(p, cid)["htlcs_in_flight"] == 0, timeout=30)
 
 
 def test_a_plugin_refuses_a_channel_and_dust_htlcs_over_the_limit_fail(nodes, external_chain) -> None:

@@ -1,5 +1,5 @@
 """The invoices and pay plugins in real node processes with real signd, against the FAKE channeld of
-tests/plugins/lnp-fake-channeld (channeld's contract: htlc_accepted, channeld.add_htlc, htlc_resolved).
+tests/plugins/lnp-fake-channeld (channeld's contract: htlc_accepted, channeld.add_htlc(s), htlc_resolved).
 The payee node runs invoices; the payer node runs pay; the test carries HTLCs between their fake channelds."""
 from __future__ import annotations
 

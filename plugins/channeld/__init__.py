@@ -11,8 +11,9 @@ Events (durable): channel_state_changed, htlc_resolved. Decisions: open_channel,
 """
 from __future__ import annotations
 
+import threading
 from concurrent.futures import Future
-from typing import Any
+from typing import Any, Callable
 
 from lnp_plugin_api import (Continue, DecisionSpec, EventSpec, FeatureSpec, PerContext, RpcError, ServiceContext,
                             Subscription, WireMessage, control_method, hookimpl, rpc_method)
@@ -136,16 +137,66 @@ def _add_htlc(ctx: ServiceContext, peer_id: str, amount_msat: int, payment_hash:
               channel_id: str | None = None) -> "Future[dict[str, Any]]":
     """Offer an HTLC to PEER_ID; {channel_id, htlc_id} once the add is stored (it goes out with the next
     commitment_signed). Refusals are RpcErrors and send nothing."""
+    mgr = _manager(ctx)
+    peer, add = _adding(mgr, peer_id, amount_msat, payment_hash, cltv_expiry, onion, channel_id)
+    return mgr.submit(peer, add)
+
+
+@control_method("channeld.add_htlcs")
+def _add_htlcs(ctx: ServiceContext, htlcs: list[dict]) -> "Future[dict[str, Any]]":
+    """Offer several HTLCs (each as `channeld.add_htlc` takes one) in one request: {results: [{channel_id,
+    htlc_id} or {error: {code, message}}]}, in order, once every add is stored or refused."""
+    mgr = _manager(ctx)
+    results: list[dict[str, Any] | None] = [None] * len(htlcs)
+    reply: Future[dict[str, Any]] = Future()
+    left = [len(htlcs)]
+    lock = threading.Lock()
+
+    def done(i: int, outcome: dict[str, Any]) -> None:
+        with lock:
+            results[i] = outcome
+            left[0] -= 1
+            last = left[0] == 0
+        if last:
+            reply.set_result({"results": results})
+
+    def settled(i: int, f: Future) -> None:
+        e = f.exception()
+        if e is None:
+            done(i, f.result())
+        else:
+            err = e if isinstance(e, RpcError) else RpcError(RpcError.INTERNAL_ERROR, f"{type(e).__name__}")
+            done(i, {"error": {"code": err.code, "message": err.message}})
+    if not htlcs:
+        reply.set_result({"results": []})
+    for i, item in enumerate(htlcs):
+        try:
+            if not isinstance(item, dict):
+                raise RpcError(RpcError.INVALID_PARAMS, "each HTLC is an object")
+            peer, add = _adding(mgr, item.get("peer_id"), item.get("amount_msat"), item.get("payment_hash"),
+                                item.get("cltv_expiry"), item.get("onion"), item.get("channel_id"))
+        except RpcError as e:
+            done(i, {"error": {"code": e.code, "message": e.message}})
+            continue
+        mgr.submit(peer, add).add_done_callback(lambda f, i=i: settled(i, f))
+    return reply
+
+
+def _adding(mgr: ChannelManager, peer_id: Any, amount_msat: Any, payment_hash: Any, cltv_expiry: Any, onion: Any,
+            channel_id: Any) -> tuple[bytes, Callable[[], dict[str, Any]]]:
+    """The peer and the add of one HTLC on its worker, after the checks of its parameters."""
+    if not all(isinstance(v, str) for v in (peer_id, payment_hash, onion)) or (
+            channel_id is not None and not isinstance(channel_id, str)):
+        raise RpcError(RpcError.INVALID_PARAMS, "peer_id, payment_hash, onion and channel_id must be hex text")
+    if any(isinstance(v, bool) or not isinstance(v, int) or v <= 0 for v in (amount_msat, cltv_expiry)):
+        raise RpcError(RpcError.INVALID_PARAMS, "amount_msat and cltv_expiry must be positive integers")
     peer = _node_id(peer_id)
     try:
         hash_, packet = bytes.fromhex(payment_hash), bytes.fromhex(onion)
         cid = bytes.fromhex(channel_id) if channel_id is not None else None
     except ValueError:
         raise RpcError(RpcError.INVALID_PARAMS, "payment_hash, onion and channel_id must be hex") from None
-    if amount_msat <= 0 or cltv_expiry <= 0:
-        raise RpcError(RpcError.INVALID_PARAMS, "amount_msat and cltv_expiry must be positive")
-    mgr = _manager(ctx)
-    return mgr.submit(peer, lambda: normal.add_htlc(mgr, peer, amount_msat, hash_, cltv_expiry, packet, cid))
+    return peer, lambda: normal.add_htlc(mgr, peer, amount_msat, hash_, cltv_expiry, packet, cid)
 
 
 @control_method("channeld.route_hints")
@@ -250,7 +301,7 @@ def lnp_subscriptions() -> list:
             + [Subscription.event(n, _on_peer) for n in ("peer_connected", "peer_disconnected")]
             + [Subscription.event("tx_depth", _on_depth), Subscription.event("block_connected", _on_block),
                Subscription.event("outpoint_spent", _on_spent),
-               _add_htlc, _route_hints])
+               _add_htlc, _add_htlcs, _route_hints])
 
 
 @hookimpl

@@ -1,7 +1,7 @@
 """pay: pay a BOLT-11 invoice of a direct peer (one hop) through channeld.
 
 RPC: pay BOLT11 [--amount-msat M] [--wait S], listpayments [BOLT11] [--payment-hash H].
-Uses channeld's control request `channeld.add_htlc` and its durable event `htlc_resolved`, and the chain
+Uses channeld's control request `channeld.add_htlcs` and its durable event `htlc_resolved`, and the chain
 backend's `chain.info` (the height the HTLC's CLTV starts from). Multi-hop routing is a later step.
 Events (durable): payment_succeeded {payment_hash, preimage, amount_msat, fee_msat, destination},
 payment_failed {payment_hash, reason, failure_code, destination, amount_msat}.
@@ -42,7 +42,7 @@ def _on_htlc_resolved(ctx: ServiceContext, events: list[Any]) -> None:
 
 @hookimpl
 def lnp_requires() -> list[str]:
-    # channeld.add_htlc is not required here so that a profile without channeld stays valid: `pay` says so
+    # channeld.add_htlcs is not required here so that a profile without channeld stays valid: `pay` says so
     return ["chain.info"]
 
 

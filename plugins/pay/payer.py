@@ -1,5 +1,5 @@
 """Paying a BOLT-11 invoice of a direct peer: checks, then the attempt to the sender (sender.py: the one-hop
-onion, stored, `channeld.add_htlc`), and the `htlc_resolved` events that settle each attempt. Every method
+onion, stored, `channeld.add_htlcs`), and the `htlc_resolved` events that settle each attempt. Every method
 runs on the plugin's service thread (the sender calls back through `ctx.call_soon`)."""
 from __future__ import annotations
 
@@ -89,7 +89,7 @@ class Payer:
         return done
 
     def _send(self, job: Job) -> None:
-        """One attempt, to the sender: stored, then offered through `channeld.add_htlc`. A refusal fails the
+        """One attempt, to the sender: stored, then offered through `channeld.add_htlcs`. A refusal fails the
         payment (`refused`); an ambiguous error leaves it pending (htlc_resolved tells)."""
         self.sending.add(job.inv.payment_hash.hex())
         self.sender.put(job)

@@ -4,7 +4,7 @@
 every attempt queued at once: which of their payments were tried before (one read: a complete one is
 not sent again, a failed one is tried again), one chain height, each onion, the payments and attempts
 written in ONE storage transaction (each attempt is on disk before channeld can send its HTLC), then
-every `channeld.add_htlc` at once (channeld takes them in one batch) and the HTLCs' ids in one more
+the whole group to channeld in one `channeld.add_htlcs` request (one batch there) and the HTLCs' ids in one more
 transaction. Each stored attempt is handed to the payer (`handed`, see inflight.py) before its HTLC
 is offered, and its HTLC id once offered. So paying does not wait for one commit and one channeld round
 trip per payment, and the service thread stays free for `pay` calls and `htlc_resolved`. Outcomes that
@@ -16,7 +16,6 @@ import os
 import queue
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -35,7 +34,6 @@ if TYPE_CHECKING:
 CLTV_MARGIN = 3          # blocks on top of the invoice's delta: the payee's tip may be ahead of ours
 ADD_HTLC_TIMEOUT = 30.0
 GROUP = 200              # attempts sent in one go at most
-PARALLEL = 32            # channeld.add_htlc requests in flight at once
 # channeld errors after which the HTLC may have been stored: the payment stays pending (htlc_resolved tells)
 AMBIGUOUS = (RpcError.TIMEOUT, RpcError.SERVICE_UNAVAILABLE, RpcError.INTERNAL_ERROR)
 STOP = None
@@ -70,7 +68,6 @@ class Sender:
         # to the payer: ("stored", payment row, Attempt), then ("offered", attempt id, channel_id, htlc_id)
         self.handed: queue.SimpleQueue[tuple[Any, ...]] = queue.SimpleQueue()
         self._last_id = self._stored_last_id()
-        self._pool = ThreadPoolExecutor(max_workers=PARALLEL, thread_name_prefix="pay-add-htlc")
         self._thread = threading.Thread(target=self._run, name="pay-sender", daemon=True)
         self._thread.start()
 
@@ -82,7 +79,6 @@ class Sender:
         """End the thread once what it is sending is sent."""
         self._queue.put(STOP)
         self._thread.join(5.0)
-        self._pool.shutdown(wait=False)
 
     def _run(self) -> None:
         while True:
@@ -150,17 +146,14 @@ class Sender:
             self.handed.put(("stored", row, attempt))
             # stored: a `pay` of the same invoice now finds it pending
             self._back(lambda h=row["payment_hash"]: self.payer.stored(h))
-        answers = [self._pool.submit(self.ctx.request, "channeld.add_htlc", {
-            "peer_id": row["destination"], "amount_msat": job.amount, "payment_hash": row["payment_hash"],
-            "cltv_expiry": cltv, "onion": packet.hex()}, timeout=ADD_HTLC_TIMEOUT)
-            for job, cltv, packet, row, _ in built]
+        answers = self._offer([{"peer_id": row["destination"], "amount_msat": job.amount,
+                                "payment_hash": row["payment_hash"], "cltv_expiry": cltv, "onion": packet.hex()}
+                               for job, cltv, packet, row, _ in built])
         offered = []
-        for (job, _, _, row, attempt), answer in zip(built, answers):
+        for (job, _, _, row, attempt), added in zip(built, answers):
             hash_hex = row["payment_hash"]
-            try:
-                added = answer.result()
-            except RpcError as e:
-                self._refused(job, attempt.id, e)
+            if isinstance(added, RpcError):
+                self._refused(job, attempt.id, added)
                 continue
             offered.append({"a_id": attempt.id, "channel_id": str(added["channel_id"]),
                             "htlc_id": int(added["htlc_id"]), "status": "pending"})
@@ -175,6 +168,18 @@ class Sender:
     def _stored_last_id(self) -> int:
         with self.ctx.storage.begin() as conn:
             return conn.execute(select(func.max(attempts.c.id))).scalar() or 0
+
+    def _offer(self, htlcs: list[dict[str, Any]]) -> list[dict[str, Any] | RpcError]:
+        """The group's HTLCs to channeld in one request (`channeld.add_htlcs`): each one's {channel_id,
+        htlc_id}, or its refusal; the request's own error (e.g. no answer) for each one when it failed."""
+        try:
+            got = self.ctx.request("channeld.add_htlcs", {"htlcs": htlcs}, timeout=ADD_HTLC_TIMEOUT)["results"]
+            if not isinstance(got, list) or len(got) != len(htlcs):
+                raise RpcError(RpcError.INTERNAL_ERROR, "channeld.add_htlcs answered with another number of results")
+        except RpcError as e:
+            return [e] * len(htlcs)
+        return [RpcError(int(r["error"].get("code", RpcError.INTERNAL_ERROR)), str(r["error"].get("message", "")))
+                if isinstance(r, dict) and "error" in r else r for r in got]
 
     def _refused(self, job: Job, attempt: int, e: RpcError) -> None:
         """channeld did not take the HTLC: still pending if it may have (ambiguous), else failed."""

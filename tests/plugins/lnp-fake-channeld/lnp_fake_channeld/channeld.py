@@ -3,7 +3,7 @@
 It implements exactly the contract the real channeld offers them:
 - the decision `htlc_accepted` (asked by `fake_channeld_receive`, which peels a test's onion with the node key
   through signd, as channeld does for a received HTLC, and builds the request body channeld sends);
-- the control request `channeld.add_htlc` (HTLCs are stored, never sent; a peer must be declared first with
+- the control requests `channeld.add_htlc` and `channeld.add_htlcs` (HTLCs are stored, never sent; a peer must be declared first with
   `fake_channeld_add_peer`, else the request is refused);
 - the durable event `htlc_resolved` (emitted by `fake_channeld_resolve`, as channeld does when an offered HTLC
   settles).
@@ -40,6 +40,29 @@ def channel_of(peer_id: str) -> str:
 @control_method("channeld.add_htlc")
 def add_htlc(ctx, peer_id: str, amount_msat: int, payment_hash: str, cltv_expiry: int, onion: str,
              channel_id: str | None = None) -> dict:
+    added = _add(ctx, peer_id, amount_msat, payment_hash, cltv_expiry, onion, channel_id)
+    if mode["crash_after_store"]:
+        mode["crash_after_store"] = False
+        raise RuntimeError("fake channeld: stored the HTLC, then broke before answering")
+    return added
+
+
+@control_method("channeld.add_htlcs")
+def add_htlcs(ctx, htlcs: list[dict]) -> dict:
+    results = []
+    crash, mode["crash_after_store"] = mode["crash_after_store"], False
+    for h in htlcs:
+        try:
+            results.append(_add(ctx, **h))
+        except RpcError as e:
+            results.append({"error": {"code": e.code, "message": e.message}})
+    if crash:
+        raise RuntimeError("fake channeld: stored the HTLCs, then broke before answering")
+    return {"results": results}
+
+
+def _add(ctx, peer_id: str, amount_msat: int, payment_hash: str, cltv_expiry: int, onion: str,
+         channel_id: str | None = None) -> dict:
     if len(bytes.fromhex(onion)) != 1366:
         raise RpcError(RpcError.INVALID_PARAMS, "an onion is 1366 bytes")
     with ctx.storage.begin() as conn:
@@ -48,9 +71,6 @@ def add_htlc(ctx, peer_id: str, amount_msat: int, payment_hash: str, cltv_expiry
         htlc_id = conn.execute(offered.insert().values(
             channel_id=channel_of(peer_id), peer_id=peer_id, amount_msat=amount_msat, payment_hash=payment_hash,
             cltv_expiry=cltv_expiry, onion=onion, state="offered")).inserted_primary_key[0]
-    if mode["crash_after_store"]:
-        mode["crash_after_store"] = False
-        raise RuntimeError("fake channeld: stored the HTLC, then broke before answering")
     return {"channel_id": channel_of(peer_id), "htlc_id": htlc_id}
 
 
@@ -170,4 +190,4 @@ def lnp_rpc_methods():
 
 @hookimpl
 def lnp_subscriptions():
-    return [add_htlc] + [Subscription.event(name, record) for name in RECORDED]
+    return [add_htlc, add_htlcs] + [Subscription.event(name, record) for name in RECORDED]
