@@ -9,6 +9,9 @@ client connection of its own. A payment's latency is its `pay` call's duration (
 Run: python bench/payments.py [--payments 10000] [--inflight 100] [--mode threads|processes|both]
                               [--py-spy DIR]   # sample both nodes with py-spy; top functions printed
 In threads mode each node runs on a CPU of its own (Alice on the first, Bob on the second).
+"CPU a payment" is each node's processes' user+system time over the measured run, divided by the payments:
+unlike payments/s, the machine's other load hardly moves it. LNP_BENCH_WRAP=SCRIPT runs each node as
+`python SCRIPT run ...` instead of `python -m lnp_host run ...` (a profiler's wrapper, e.g. one naming threads).
 Floor: 150 payments/s on a 2-core machine (issue 11). Published on other hardware: Eclair with SQLite 89/s
 and Core Lightning 61/s on 8 vCPU; Eclair 34/s and LND 22/s on 2 vCPU.
 """
