@@ -65,6 +65,7 @@ class Scanner:
         self.by_key: dict[tuple[str, str], list[Watch]] = {}
         self.deepening: dict[int, Watch] = {}  # confirmed txid watches with depths still to notify
         self.tip: tuple[int, str] | None = None
+        self.looks: list[tuple[int, int]] = []   # (watch id, since): new watches to look back for
         self._load()
 
     # --- the watch list ------------------------------------------------------------------------
@@ -92,7 +93,8 @@ class Scanner:
     def add(self, kind: str, key: str, owner: str, depths: list[int] | None = None,
             since: int | None = None) -> dict[str, Any]:
         """Watch an outpoint ("txid:vout"), a txid, or a script (hex); the same request twice is one watch.
-        With `since` (a height), blocks from there to the tip are looked at for the new watch too."""
+        With `since` (a height), blocks from there to the tip are looked at for the new watch too, at the
+        next poll (its events come then)."""
         key = _normalise(kind, key)
         wanted = sorted(set(depths or [1]))
         if any(d < 1 or d > 10_000 for d in wanted):
@@ -113,8 +115,8 @@ class Scanner:
                                       ).inserted_primary_key[0]
             w = Watch(int(new_id), kind, key, owner, wanted)
             self._index(w)
-            if since is not None:
-                self._look_back(w, since)
+            if since is not None:   # done by the polling thread (the backend may answer on this service's thread)
+                self.looks.append((w.id, since))
             return w.describe()
 
     def remove(self, watch_id: int) -> bool:
@@ -137,6 +139,7 @@ class Scanner:
 
         The backend is asked outside the lock, so a slow one never holds up watch requests."""
         done = 0
+        self._look_backs()
         info = self.chain.info()
         if self.tip is None:
             start = info.height if self.start_height < 0 else min(self.start_height, info.height)
@@ -235,21 +238,33 @@ class Scanner:
                     found.events.append(("tx_depth", {"watch_id": w.id, "owner": w.owner, "txid": w.key, "depth": d,
                                                       "height": w.confirmed_height}))
 
-    def _look_back(self, w: Watch, since: int) -> None:
-        """A new watch over blocks already processed (from `since` to the tip): what it would have been
-        told, told now (e.g. an output spent in the block after the one its owner heard of). A block
-        that is no longer the one we processed at its height stops the look: the reorg is undone and
-        redone by `poll`, with the watch in place."""
-        if self.tip is None or since > self.tip[0]:
-            return
+    def _look_backs(self) -> None:
+        """New watches made with `since`, over blocks already processed (from `since` to the tip): what
+        each would have been told, told now (e.g. an output spent in the block after the one its owner
+        heard of). Only this thread moves the tip, so it stays put meanwhile. A block that is no longer
+        the one processed at its height ends the look: `poll` undoes and redoes the reorg, the watch in place."""
+        with self.lock:
+            looks, self.looks = self.looks, []
+        for watch_id, since in looks:
+            w = self.watches.get(watch_id)
+            if w is None or self.tip is None or since > self.tip[0]:
+                continue
+            with self.storage.begin() as conn:
+                kept = {r.height: r.hash for r in conn.execute(select(db.blocks).where(db.blocks.c.height >= since))}
+            blocks = []
+            for height in range(max(since, 0), self.tip[0] + 1):   # asked outside the lock
+                got = self.chain.block(height)
+                if got is None or (height in kept and kept[height] != got[0]):
+                    break
+                blocks.append((height, parse_block(got[1])[2]))
+            with self.lock:
+                if self.watches.get(watch_id) is w:
+                    self._look_back(w, blocks)
+
+    def _look_back(self, w: Watch, blocks: list[tuple[int, list[Any]]]) -> None:
+        assert self.tip is not None
         found = Found()
-        with self.storage.begin() as conn:
-            kept = {r.height: r.hash for r in conn.execute(select(db.blocks).where(db.blocks.c.height >= since))}
-        for height in range(max(since, 0), self.tip[0] + 1):
-            got = self.chain.block(height)
-            if got is None or (height in kept and kept[height] != got[0]):
-                break
-            _, _, txs = parse_block(got[1])
+        for height, txs in blocks:
             self._match(height, txs, {(w.kind, w.key): [w]}, found)
         self._deepen([w], self.tip[0], found)
         if not found.events and not found.watch_updates:
@@ -262,7 +277,7 @@ class Scanner:
             for name, body in found.events:
                 tx.emit(name, body)
         log.info("watch %d (%s %s): %d event(s) from blocks %d..%d it did not exist for", w.id, w.kind, w.key,
-                 len(found.events), since, self.tip[0])
+                 len(found.events), blocks[0][0], blocks[-1][0])
 
     def _disconnect(self) -> None:
         assert self.tip is not None
