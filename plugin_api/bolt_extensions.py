@@ -156,8 +156,7 @@ class Htlcs(BaseExtension):
         htlc_id = int(body["id"])
         if ctx.local.htlc(sender.other, htlc_id) is None or ctx.remote.htlc(sender.other, htlc_id) is None:
             raise UpdateRefused(f"no committed HTLC {htlc_id} to remove")
-        if any(u.kind == "add_htlc" and u.proposer is sender.other and int(u.body["id"]) == htlc_id
-               for u in ctx.in_flight):
+        if ctx.adding(sender.other, htlc_id):
             raise UpdateRefused(f"HTLC {htlc_id} is not irrevocably committed yet")
         htlc = ctx.pending.htlc(sender.other, htlc_id)
         if htlc is None:
