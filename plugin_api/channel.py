@@ -267,6 +267,11 @@ class CommitmentSpec:
             raise ValueError(f"no HTLC {htlc.id} offered by {htlc.offerer.value} in this commitment")
         return self._copy(htlcs=self.htlcs[:i] + self.htlcs[i + 1:])
 
+    def offered(self, offerer: Side) -> tuple[Htlc, ...]:
+        """The HTLCs `offerer` offered (a slice: the canonical order groups them, LOCAL's first)."""
+        split = bisect.bisect_left(self.htlcs, (Side.REMOTE.value,), key=_ORDER)
+        return self.htlcs[:split] if offerer is Side.LOCAL else self.htlcs[split:]
+
     def htlc(self, offerer: Side, htlc_id: int) -> Htlc | None:
         """The HTLC with that offerer and id, if present."""
         i = self._index(offerer, htlc_id)
