@@ -14,6 +14,7 @@ BOLT-3's to_local/to_remote for the commitment's `owner`.
 from __future__ import annotations
 
 import bisect
+import json
 import operator
 from dataclasses import dataclass, field, replace
 from enum import Enum
@@ -36,6 +37,8 @@ class Side(str, Enum):
         """The opposite side."""
         return Side.REMOTE if self is Side.LOCAL else Side.LOCAL
 
+
+COMPACT = (",", ":")   # json.dumps separators of the documents written with every change (no spaces)
 
 # --- channel type (BOLT-2 "Defined Channel Types") ---
 
@@ -238,6 +241,7 @@ class CommitmentSpec:
         fields = {**self.__dict__, **changes}
         fields.pop("_cached_json", None)
         fields.pop("_cached_rows", None)
+        fields.pop("_cached_text", None)
         object.__setattr__(copy, "__dict__", fields)
         return copy
 
@@ -321,6 +325,15 @@ class CommitmentSpec:
         return {"feerate_per_kw": self.feerate_per_kw, "local_msat": self.local_msat, "remote_msat": self.remote_msat,
                 "htlc_rows": rows,
                 "ext": {name: {"version": s.VERSION, "data": s.to_json()} for name, s in self.ext.items()}}
+
+    def compact_text(self) -> str:
+        """`compact_json` as compact JSON text (`COMPACT` separators), encoded once per spec (it is immutable,
+        and a commitment's spec is written with every change of the channel until the next commitment)."""
+        found = self.__dict__.get("_cached_text")
+        if found is None:
+            found = json.dumps(self.compact_json(), separators=COMPACT)
+            object.__setattr__(self, "_cached_text", found)
+        return found
 
     @classmethod
     def from_json(cls, d: Mapping[str, Any], extensions: Mapping[str, "ChannelExtension"]) -> "CommitmentSpec":
