@@ -377,6 +377,14 @@ class Update:
             object.__setattr__(self, "_cached_json", found)
         return found
 
+    def shared_text(self) -> str:
+        """`to_json` as compact JSON text (`COMPACT`), encoded once."""
+        found = self.__dict__.get("_cached_text")
+        if found is None:
+            found = json.dumps(self.shared_json(), separators=COMPACT)
+            object.__setattr__(self, "_cached_text", found)
+        return found
+
     @classmethod
     def from_json(cls, d: Mapping[str, Any]) -> "Update":
         """Inverse of `to_json`."""

@@ -56,12 +56,10 @@ class LogEntry:
                 "in_remote": self.in_remote}
 
     def text(self) -> str:
-        """`to_json` as compact JSON text, encoded once (an entry is immutable)."""
-        found = self.__dict__.get("_cached_text")
-        if found is None:
-            found = json.dumps(self.to_json(), separators=COMPACT)
-            object.__setattr__(self, "_cached_text", found)
-        return found
+        """`to_json` as compact JSON text (the update's own text encoded once: an entry is made again each time
+        a commitment includes it, its update never changes)."""
+        return (f'{{"seq":{self.seq},"update":{self.update.shared_text()},"in_local":{_number(self.in_local)},'
+                f'"in_remote":{_number(self.in_remote)}}}')
 
 
 @dataclass(frozen=True)
@@ -401,6 +399,11 @@ def _owner(update: Update, extensions: Sequence[ChannelExtension]) -> ChannelExt
         if ext.name == update.owner:
             return ext
     raise UpdateRefused(f"update {update.kind!r} for extension {update.owner!r}, which this channel has not")
+
+
+def _number(n: int | None) -> str:
+    """An optional integer as JSON text."""
+    return "null" if n is None else str(int(n))
 
 
 def _removal(update: Update) -> tuple[Side, int | None]:
