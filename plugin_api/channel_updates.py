@@ -26,8 +26,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
-from .channel import (COMPACT, ChannelExtension, ChannelParams, CommitmentSpec, ExtensionState, Side, Update, UpdateContext,
-                      UpdateRefused)
+from .channel import (COMPACT, ChannelExtension, ChannelParams, CommitmentSpec, ExtensionState, Side, Update,
+                      UpdateContext, UpdateRefused)
 from .channel_fees import can_afford
 
 LOG_VERSION = 2   # 2: the specs' HTLCs as rows (`CommitmentSpec.compact_json`); version 1 still loads
