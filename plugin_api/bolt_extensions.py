@@ -8,6 +8,7 @@ extensions inserts them before the ordering, which must stay last (`with_extensi
 from __future__ import annotations
 
 import hashlib
+import operator
 from dataclasses import dataclass, replace
 from typing import Any, ClassVar, Mapping, Sequence
 
@@ -21,6 +22,7 @@ from .commitment import obscured_number
 from .tx import SIGHASH_ALL, SIGHASH_SINGLE_ANYONECANPAY, TxIn, p2wpkh, p2wsh
 
 MAX_CLTV = 500_000_000
+_AMOUNT = operator.attrgetter("amount_msat")
 BADONION = 0x8000
 
 
@@ -141,10 +143,10 @@ class Htlcs(BaseExtension):
                 raise UpdateRefused("cltv_expiry must be a block height below 500000000")
             if len(bytes.fromhex(body["payment_hash"])) != 32:
                 raise UpdateRefused("payment_hash must be 32 bytes")
-            offered = [h for h in ctx.pending.htlcs if h.offerer is sender]
+            offered = ctx.pending.offered(sender)
             if len(offered) + 1 > receiver.max_accepted_htlcs:
                 raise UpdateRefused(f"more than max_accepted_htlcs ({receiver.max_accepted_htlcs}) HTLCs")
-            if sum(h.amount_msat for h in offered) + amount > receiver.max_htlc_value_in_flight_msat:
+            if sum(map(_AMOUNT, offered)) + amount > receiver.max_htlc_value_in_flight_msat:
                 raise UpdateRefused("offered HTLCs would exceed max_htlc_value_in_flight_msat")
             if ctx.pending.balance(sender) < amount:
                 raise UpdateRefused("HTLC larger than the sender's balance")
@@ -156,8 +158,7 @@ class Htlcs(BaseExtension):
         htlc_id = int(body["id"])
         if ctx.local.htlc(sender.other, htlc_id) is None or ctx.remote.htlc(sender.other, htlc_id) is None:
             raise UpdateRefused(f"no committed HTLC {htlc_id} to remove")
-        if any(u.kind == "add_htlc" and u.proposer is sender.other and int(u.body["id"]) == htlc_id
-               for u in ctx.in_flight):
+        if ctx.adding(sender.other, htlc_id):
             raise UpdateRefused(f"HTLC {htlc_id} is not irrevocably committed yet")
         htlc = ctx.pending.htlc(sender.other, htlc_id)
         if htlc is None:

@@ -14,6 +14,8 @@ BOLT-3's to_local/to_remote for the commitment's `owner`.
 from __future__ import annotations
 
 import bisect
+import json
+import operator
 from dataclasses import dataclass, field, replace
 from enum import Enum
 from typing import TYPE_CHECKING, Any, ClassVar, Mapping, Protocol, Sequence, runtime_checkable
@@ -35,6 +37,8 @@ class Side(str, Enum):
         """The opposite side."""
         return Side.REMOTE if self is Side.LOCAL else Side.LOCAL
 
+
+COMPACT = (",", ":")   # json.dumps separators of the documents written with every change (no spaces)
 
 # --- channel type (BOLT-2 "Defined Channel Types") ---
 
@@ -161,6 +165,10 @@ class Htlc:
     payment_hash: bytes
     cltv_expiry: int
 
+    def __post_init__(self) -> None:
+        # the canonical order's key (`_htlc_order`), computed once: specs bisect their HTLCs by it at every update
+        object.__setattr__(self, "_order", _htlc_order(self))
+
     def to_json(self) -> dict[str, Any]:
         """JSON form."""
         return dict(self._json())
@@ -224,7 +232,7 @@ class CommitmentSpec:
 
     def __post_init__(self) -> None:
         # HTLCs are a set: keep one canonical order so both nodes' specs compare equal.
-        object.__setattr__(self, "htlcs", tuple(sorted(self.htlcs, key=_htlc_order)))
+        object.__setattr__(self, "htlcs", tuple(sorted(self.htlcs, key=_ORDER)))
 
     def _copy(self, **changes: Any) -> "CommitmentSpec":
         """A copy with `changes`, whose `htlcs` (if changed) the caller keeps in canonical order: no new sort
@@ -233,6 +241,7 @@ class CommitmentSpec:
         fields = {**self.__dict__, **changes}
         fields.pop("_cached_json", None)
         fields.pop("_cached_rows", None)
+        fields.pop("_cached_text", None)
         object.__setattr__(copy, "__dict__", fields)
         return copy
 
@@ -252,7 +261,7 @@ class CommitmentSpec:
 
     def with_htlc(self, htlc: Htlc) -> "CommitmentSpec":
         """A copy with `htlc` added at its place in the canonical order (no re-sort of the others)."""
-        i = bisect.bisect_right(self.htlcs, _htlc_order(htlc), key=_htlc_order)
+        i = bisect.bisect_right(self.htlcs, htlc._order, key=_ORDER)  # type: ignore[attr-defined]
         return self._copy(htlcs=self.htlcs[:i] + (htlc,) + self.htlcs[i:])
 
     def without_htlc(self, htlc: Htlc) -> "CommitmentSpec":
@@ -262,6 +271,11 @@ class CommitmentSpec:
             raise ValueError(f"no HTLC {htlc.id} offered by {htlc.offerer.value} in this commitment")
         return self._copy(htlcs=self.htlcs[:i] + self.htlcs[i + 1:])
 
+    def offered(self, offerer: Side) -> tuple[Htlc, ...]:
+        """The HTLCs `offerer` offered (a slice: the canonical order groups them, LOCAL's first)."""
+        split = bisect.bisect_left(self.htlcs, (Side.REMOTE.value,), key=_ORDER)
+        return self.htlcs[:split] if offerer is Side.LOCAL else self.htlcs[split:]
+
     def htlc(self, offerer: Side, htlc_id: int) -> Htlc | None:
         """The HTLC with that offerer and id, if present."""
         i = self._index(offerer, htlc_id)
@@ -270,8 +284,8 @@ class CommitmentSpec:
     def _index(self, offerer: Side, htlc_id: int) -> int | None:
         """The position of the first HTLC with that offerer and id (the HTLCs are in canonical order)."""
         key = (offerer.value, htlc_id)
-        i = bisect.bisect_left(self.htlcs, key, key=_htlc_order)
-        return i if i < len(self.htlcs) and _htlc_order(self.htlcs[i]) == key else None
+        i = bisect.bisect_left(self.htlcs, key, key=_ORDER)
+        return i if i < len(self.htlcs) and self.htlcs[i]._order == key else None  # type: ignore[attr-defined]
 
     def mirrored(self) -> "CommitmentSpec":
         """The same commitment seen from the peer's node (balances swapped, offerers flipped)."""
@@ -311,6 +325,15 @@ class CommitmentSpec:
         return {"feerate_per_kw": self.feerate_per_kw, "local_msat": self.local_msat, "remote_msat": self.remote_msat,
                 "htlc_rows": rows,
                 "ext": {name: {"version": s.VERSION, "data": s.to_json()} for name, s in self.ext.items()}}
+
+    def compact_text(self) -> str:
+        """`compact_json` as compact JSON text (`COMPACT` separators), encoded once per spec (it is immutable,
+        and a commitment's spec is written with every change of the channel until the next commitment)."""
+        found = self.__dict__.get("_cached_text")
+        if found is None:
+            found = json.dumps(self.compact_json(), separators=COMPACT)
+            object.__setattr__(self, "_cached_text", found)
+        return found
 
     @classmethod
     def from_json(cls, d: Mapping[str, Any], extensions: Mapping[str, "ChannelExtension"]) -> "CommitmentSpec":
@@ -354,6 +377,14 @@ class Update:
             object.__setattr__(self, "_cached_json", found)
         return found
 
+    def shared_text(self) -> str:
+        """`to_json` as compact JSON text (`COMPACT`), encoded once."""
+        found = self.__dict__.get("_cached_text")
+        if found is None:
+            found = json.dumps(self.shared_json(), separators=COMPACT)
+            object.__setattr__(self, "_cached_text", found)
+        return found
+
     @classmethod
     def from_json(cls, d: Mapping[str, Any]) -> "Update":
         """Inverse of `to_json`."""
@@ -368,7 +399,8 @@ class UpdateContext:
     `pending` is the next commitment of the side RECEIVING the update, with every update proposed so far
     (the one checked excluded); `local`/`remote` are both sides' latest signed commitments; `in_flight` are
     the updates not yet irrevocably committed by both sides (oldest first); `state` is this extension's
-    channel-level state (from `negotiate`, then from its previous `check_update`).
+    channel-level state (from `negotiate`, then from its previous `check_update`). `adds_in_flight`, when
+    given, is the (offerer, id) of each `add_htlc` in `in_flight` (see `adding`).
     """
 
     params: ChannelParams
@@ -377,11 +409,22 @@ class UpdateContext:
     remote: CommitmentSpec
     in_flight: tuple[Update, ...]
     state: ExtensionState | None
+    adds_in_flight: frozenset[tuple[Side, int]] | None = None
+
+    def adding(self, offerer: Side, htlc_id: int) -> bool:
+        """Whether `in_flight` has the `add_htlc` of that HTLC (O(1) with `adds_in_flight`)."""
+        if self.adds_in_flight is not None:
+            return (offerer, htlc_id) in self.adds_in_flight
+        return any(u.kind == "add_htlc" and u.proposer is offerer and int(u.body["id"]) == htlc_id
+                   for u in self.in_flight)
 
 
 def _htlc_order(h: Htlc) -> tuple[str, int]:
     """The canonical order of a spec's HTLCs: by offerer, then id."""
     return (h.offerer.value, h.id)
+
+
+_ORDER = operator.attrgetter("_order")   # `_htlc_order`, as each Htlc keeps it (no Python call per comparison)
 
 
 class UpdateRefused(ValueError):

@@ -22,11 +22,12 @@ same transaction as the message that depends on it.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+import json
+from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
-from .channel import (ChannelExtension, ChannelParams, CommitmentSpec, ExtensionState, Side, Update, UpdateContext,
-                      UpdateRefused)
+from .channel import (COMPACT, ChannelExtension, ChannelParams, CommitmentSpec, ExtensionState, Side, Update,
+                      UpdateContext, UpdateRefused)
 from .channel_fees import can_afford
 
 LOG_VERSION = 2   # 2: the specs' HTLCs as rows (`CommitmentSpec.compact_json`); version 1 still loads
@@ -48,6 +49,17 @@ class LogEntry:
     def in_commitment(self, owner: Side) -> int | None:
         """The first commitment of `owner` that includes it."""
         return self.in_local if owner is Side.LOCAL else self.in_remote
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON form (the update's part shared: read only)."""
+        return {"seq": self.seq, "update": self.update.shared_json(), "in_local": self.in_local,
+                "in_remote": self.in_remote}
+
+    def text(self) -> str:
+        """`to_json` as compact JSON text (the update's own text encoded once: an entry is made again each time
+        a commitment includes it, its update never changes)."""
+        return (f'{{"seq":{self.seq},"update":{self.update.shared_text()},"in_local":{_number(self.in_local)},'
+                f'"in_remote":{_number(self.in_remote)}}}')
 
 
 @dataclass(frozen=True)
@@ -72,6 +84,10 @@ class UpdateLog:
     # `pending` by side, computed once per log: a log is immutable, and `add` derives its successor's
     # from this one's (one update applied) instead of replaying every update in flight each time
     _pending: dict[Side, CommitmentSpec] = field(default_factory=dict, init=False, repr=False, compare=False)
+    # what `_in_flight` computes from `entries` (the updates, the HTLC adds and removals among them): a
+    # successor with the same updates, or one more, takes it over instead of scanning every entry again
+    _flight: tuple[tuple[Update, ...], frozenset[tuple[Side, int]], frozenset[tuple[Side, int | None]]] | None = \
+        field(default=None, init=False, repr=False, compare=False)
 
     @classmethod
     def start(cls, params: ChannelParams, spec: CommitmentSpec, extensions: Sequence[ChannelExtension],
@@ -87,6 +103,23 @@ class UpdateLog:
                 if state is not None:
                     found[ext.name] = state
         return cls(params, spec, spec, states=found)
+
+    def _evolve(self, **changes: Any) -> "UpdateLog":
+        """`dataclasses.replace` without its per-call field introspection (a log is replaced at every
+        message); the copy starts with no cached `pending` or `_flight`."""
+        copy = object.__new__(UpdateLog)
+        object.__setattr__(copy, "__dict__", {**self.__dict__, **changes, "_pending": {}, "_flight": None})
+        return copy
+
+    def _in_flight(self) -> tuple[tuple[Update, ...], frozenset[tuple[Side, int]], frozenset[tuple[Side, int | None]]]:
+        """The updates in the log (oldest first), the (offerer, id) of each HTLC being added, and the
+        (offerer, id) each other update names by its body's `id` (an HTLC being removed)."""
+        if self._flight is None:
+            updates = tuple(e.update for e in self.entries)
+            adds = frozenset((u.proposer, int(u.body["id"])) for u in updates if u.kind == "add_htlc")
+            removals = frozenset(_removal(u) for u in updates if u.kind != "add_htlc")
+            object.__setattr__(self, "_flight", (updates, adds, removals))
+        return self._flight  # type: ignore[return-value]
 
     # --- reading ---
 
@@ -113,15 +146,12 @@ class UpdateLog:
 
     def _due(self, owner: Side) -> list[LogEntry]:
         """Entries `owner`'s next commitment must include (see the module docstring)."""
-        out = []
-        for e in self.entries:
-            if e.in_commitment(owner) is not None:
-                continue
-            if e.update.proposer is owner.other:
-                out.append(e)   # the signer's own proposals
-            elif self._acked(e, owner.other):
-                out.append(e)   # the owner's proposals, acked by the signer
-        return out
+        return [e for e in self.entries if e.in_commitment(owner) is None and self._is_due(e, owner)]
+
+    def _is_due(self, e: LogEntry, owner: Side) -> bool:
+        """Whether `e`, in no commitment of `owner` yet, is due in its next one: a proposal of the signer, or
+        one of the owner's that the signer acked."""
+        return e.update.proposer is owner.other or self._acked(e, owner.other)
 
     def _acked(self, e: LogEntry, holder: Side) -> bool:
         """Whether a commitment of `holder` includes `e` and the commitment before that one is revoked."""
@@ -144,7 +174,7 @@ class UpdateLog:
 
     def has_changes(self, owner: Side) -> bool:
         """Whether `owner`'s next commitment would include any update (a commitment_signed is due)."""
-        return bool(self._due(owner))
+        return any(e.in_commitment(owner) is None and self._is_due(e, owner) for e in self.entries)
 
     def can_sign_remote(self) -> bool:
         """Whether we may send commitment_signed now: changes due, no revocation awaited or owed."""
@@ -153,12 +183,10 @@ class UpdateLog:
     def irrevocably_committed(self, offerer: Side, htlc_id: int) -> bool:
         """Whether that HTLC's addition is irrevocably committed by both sides and it is not being removed
         (BOLT-2: only then may it be fulfilled or failed)."""
-        adding = any(e.update.kind == "add_htlc" and e.update.proposer is offerer and int(e.update.body["id"]) ==
-                     htlc_id for e in self.entries)
-        return (not adding and self.local.htlc(offerer, htlc_id) is not None
-                and self.remote.htlc(offerer, htlc_id) is not None
-                and not any(e.update.kind != "add_htlc" and e.update.proposer is offerer.other
-                            and int(e.update.body.get("id", -1)) == htlc_id for e in self.entries))
+        _, adds, removals = self._in_flight()
+        key = (offerer, htlc_id)
+        return (key not in adds and self.local.htlc(offerer, htlc_id) is not None
+                and self.remote.htlc(offerer, htlc_id) is not None and key not in removals)
 
     # --- proposing ---
 
@@ -166,8 +194,9 @@ class UpdateLog:
                                                                                        UpdateContext]:
         ext = _owner(update, extensions)
         receiver = update.proposer.other
-        ctx = UpdateContext(self.params, self.pending(receiver, extensions), self.local, self.remote,
-                            tuple(e.update for e in self.entries), self.states.get(ext.name))
+        updates, adds, _ = self._in_flight()
+        ctx = UpdateContext(self.params, self.pending(receiver, extensions), self.local, self.remote, updates,
+                            self.states.get(ext.name), adds)
         return ext, ctx
 
     def check(self, update: Update, extensions: Sequence[ChannelExtension]) -> ExtensionState | None:
@@ -214,9 +243,16 @@ class UpdateLog:
         if state is not None:
             states[_owner(update, extensions).name] = state
         entry = LogEntry(self.next_seq, update)
-        log = replace(self, entries=self.entries + (entry,), next_seq=self.next_seq + 1, states=states)
+        log = self._evolve(entries=self.entries + (entry,), next_seq=self.next_seq + 1, states=states)
         for owner, spec in self._pending.items():   # the new entry is in no commitment: pending on both sides
             log._pending[owner] = _apply(spec, [update], extensions)
+        if self._flight is not None:
+            updates, adds, removals = self._flight
+            if update.kind == "add_htlc":
+                adds = adds | {(update.proposer, int(update.body["id"]))}
+            else:
+                removals = removals | {_removal(update)}
+            object.__setattr__(log, "_flight", (updates + (update,), adds, removals))
         return log
 
     # --- commitment_signed and revoke_and_ack ---
@@ -241,45 +277,55 @@ class UpdateLog:
 
     def _commit(self, owner: Side, extensions: Sequence[ChannelExtension],
                 require_changes: bool) -> tuple["UpdateLog", CommitmentSpec]:
-        due = self._due(owner)
+        todo = [e for e in self.entries if e.in_commitment(owner) is None]
+        due = [e for e in todo if self._is_due(e, owner)]
         if require_changes and not due:
             raise ProtocolViolation("no update to commit")
         n = self.number(owner) + 1
-        spec = _apply(self.latest(owner), [e.update for e in due], extensions)
+        # when every pending update is due (the usual case), the new commitment is the pending spec already
+        # computed (the same updates applied in the same order): no update is applied again
+        complete = len(due) == len(todo) and owner in self._pending
+        spec = self._pending[owner] if complete else _apply(self.latest(owner), [e.update for e in due], extensions)
         marked = {e.seq for e in due}
         local = owner is Side.LOCAL
         entries = tuple((LogEntry(e.seq, e.update, n, e.in_remote) if local else LogEntry(e.seq, e.update, e.in_local, n))
                         if e.seq in marked else e for e in self.entries)
         if owner is Side.LOCAL:
-            log = replace(self, local=spec, local_number=n, local_revoke_owed=True, entries=entries)
+            log = self._evolve(local=spec, local_number=n, local_revoke_owed=True, entries=entries)
         else:
-            log = replace(self, remote=spec, remote_number=n, remote_revoke_awaited=True, entries=entries)
+            log = self._evolve(remote=spec, remote_number=n, remote_revoke_awaited=True, entries=entries)
         if owner.other in self._pending:   # the other side's latest commitment and pending updates are unchanged
             log._pending[owner.other] = self._pending[owner.other]
+        if complete:
+            log._pending[owner] = spec     # nothing left pending beyond the new commitment
+        object.__setattr__(log, "_flight", self._flight)   # the same updates
         return log, spec
 
     def send_revoke(self) -> "UpdateLog":
         """We send revoke_and_ack for our previous commitment."""
         if not self.local_revoke_owed:
             raise ProtocolViolation("no commitment of ours to revoke")
-        log = replace(self, local_revoke_owed=False)
+        log = self._evolve(local_revoke_owed=False)
         log._pending.update(self._pending)
-        return log._collect()
+        return log._collect(self._flight)
 
     def receive_revoke(self) -> "UpdateLog":
         """The peer revoked its previous commitment."""
         if not self.remote_revoke_awaited:
             raise ProtocolViolation("revoke_and_ack without a commitment_signed of ours")
-        log = replace(self, remote_revoke_awaited=False)
+        log = self._evolve(remote_revoke_awaited=False)
         log._pending.update(self._pending)
-        return log._collect()
+        return log._collect(self._flight)
 
-    def _collect(self) -> "UpdateLog":
-        """Drop entries that both sides have irrevocably committed."""
+    def _collect(self, flight: Any) -> "UpdateLog":
+        """Drop entries that both sides have irrevocably committed (`flight`: `_in_flight` of these entries, or
+        None)."""
         keep = tuple(e for e in self.entries
                      if not (self._acked(e, Side.LOCAL) and self._acked(e, Side.REMOTE)))
-        log = replace(self, entries=keep)
+        log = self._evolve(entries=keep)
         log._pending.update(self._pending)   # the dropped entries are in both latest commitments already
+        if len(keep) == len(self.entries):
+            object.__setattr__(log, "_flight", flight)
         return log
 
     def disconnected(self, extensions: Sequence[ChannelExtension]) -> tuple["UpdateLog", list[Update]]:
@@ -297,7 +343,7 @@ class UpdateLog:
                 if state is not None:
                     states[ext.name] = state
         entries = tuple(e for e in self.entries if e.seq not in gone)
-        return replace(self, entries=entries, states=states), [e.update for e in dropped]
+        return self._evolve(entries=entries, states=states), [e.update for e in dropped]
 
     # --- persistence ---
 
@@ -309,9 +355,19 @@ class UpdateLog:
                 "local_number": self.local_number, "remote_number": self.remote_number,
                 "local_revoke_owed": self.local_revoke_owed, "remote_revoke_awaited": self.remote_revoke_awaited,
                 "next_seq": self.next_seq,
-                "entries": [{"seq": e.seq, "update": e.update.shared_json(), "in_local": e.in_local,
-                             "in_remote": e.in_remote} for e in self.entries],
+                "entries": [e.to_json() for e in self.entries],
                 "states": {n: {"version": s.VERSION, "data": s.to_json()} for n, s in self.states.items()}}
+
+    def to_text(self) -> str:
+        """`to_json` as compact JSON text (the same data; the keys in another order): the specs and entries,
+        unchanged between most writes, are encoded once each and spliced in."""
+        rest = json.dumps({"version": LOG_VERSION, "local_number": self.local_number,
+                           "remote_number": self.remote_number, "local_revoke_owed": self.local_revoke_owed,
+                           "remote_revoke_awaited": self.remote_revoke_awaited, "next_seq": self.next_seq,
+                           "states": {n: {"version": s.VERSION, "data": s.to_json()} for n, s in self.states.items()}},
+                          separators=COMPACT)
+        return "".join((rest[:-1], ',"local":', self.local.compact_text(), ',"remote":', self.remote.compact_text(),
+                        ',"entries":[', ",".join(e.text() for e in self.entries), "]}"))
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any], params: ChannelParams,
@@ -343,6 +399,19 @@ def _owner(update: Update, extensions: Sequence[ChannelExtension]) -> ChannelExt
         if ext.name == update.owner:
             return ext
     raise UpdateRefused(f"update {update.kind!r} for extension {update.owner!r}, which this channel has not")
+
+
+def _number(n: int | None) -> str:
+    """An optional integer as JSON text."""
+    return "null" if n is None else str(int(n))
+
+
+def _removal(update: Update) -> tuple[Side, int | None]:
+    """The (offerer, id) of the HTLC an update other than an add names by its body's `id` (None: no integer id)."""
+    try:
+        return update.proposer.other, int(update.body.get("id", -1))
+    except (TypeError, ValueError):
+        return update.proposer.other, None
 
 
 def _apply(spec: CommitmentSpec, updates: Sequence[Update], extensions: Sequence[ChannelExtension]) -> CommitmentSpec:

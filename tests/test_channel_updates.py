@@ -316,6 +316,16 @@ def straight_pending(log: UpdateLog, owner: Side, exts: list) -> CommitmentSpec:
     return spec
 
 
+def straight_irrevocable(log: UpdateLog, offerer: Side, htlc_id: int) -> bool:
+    """`irrevocably_committed` computed the plain way, by scanning the entries."""
+    adding = any(e.update.kind == "add_htlc" and e.update.proposer is offerer and int(e.update.body["id"]) == htlc_id
+                 for e in log.entries)
+    removing = any(e.update.kind != "add_htlc" and e.update.proposer is offerer.other
+                   and int(e.update.body.get("id", -1)) == htlc_id for e in log.entries)
+    return (not adding and not removing and log.local.htlc(offerer, htlc_id) is not None
+            and log.remote.htlc(offerer, htlc_id) is not None)
+
+
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(actions=ACTIONS, anchors=st.booleans())
 def test_cached_pending_matches_the_straight_computation(actions: list, anchors: bool) -> None:
@@ -343,6 +353,10 @@ def test_cached_pending_matches_the_straight_computation(actions: list, anchors:
         for node in (a, b):
             for owner in (L, R):
                 assert node.log.pending(owner, node.exts) == straight_pending(node.log, owner, node.exts)
+            for h in node.log.local.htlcs + node.log.remote.htlcs:
+                assert node.log.irrevocably_committed(h.offerer, h.id) == straight_irrevocable(node.log, h.offerer,
+                                                                                              h.id)
+            assert json.loads(node.log.to_text()) == json.loads(json.dumps(node.log.to_json()))
     settle(a, b)
     for node in (a, b):
         for owner in (L, R):
@@ -366,6 +380,9 @@ def test_pending_is_computed_once_per_log() -> None:
         assert a.add_htlc(1_000_000)
         a.log.pending(L, a.exts), a.log.pending(R, a.exts)
         assert len(calls) <= 6         # the new HTLC applied to each side's cached spec (and the checks)
+        calls.clear()
+        assert a.sign()                # every pending update is due: the commitment is the pending spec
+        assert not calls and a.log.remote == a.log.pending(R, a.exts)
     finally:
         type(ext).apply_update = original
 

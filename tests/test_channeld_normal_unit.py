@@ -3,6 +3,8 @@ reconnection) is ignored, while a different update reusing its id is refused."""
 from __future__ import annotations
 
 import logging
+import threading
+import time
 from contextlib import contextmanager
 from types import SimpleNamespace
 
@@ -10,6 +12,7 @@ import pytest
 
 from lnp_plugin_api.messages import UpdateAddHtlc, UpdateFee
 from lnp_plugins.channeld import normal
+from lnp_plugins.channeld.actor import Delayed
 from lnp_plugins.channeld.document import Channel
 from lnp_plugins.channeld.errors import ChannelError
 from test_channel_dance import open_channel
@@ -62,3 +65,24 @@ def test_an_update_received_twice_is_ignored_and_a_different_one_with_its_id_ref
     normal.on_update(mgr, PEER, fee)
     normal.on_update(mgr, PEER, fee)   # accepted by the log's rules, yet a copy: ignored too
     assert mgr.stored == 2 and [e.update.kind for e in mgr.channels[CID].log.entries] == ["add_htlc", "update_fee"]
+
+
+def test_delayed_calls_run_in_due_order_on_one_thread_that_ends_when_idle() -> None:
+    """The signing rounds' scheduler: each call runs once, in due order, a failing one does not stop the
+    others, and no thread is left once nothing is due."""
+    ran: list[tuple[str, str]] = []
+    delayed = Delayed("test-delayed", logging.getLogger("test"), idle_s=0.05)
+    delayed.call_later(0.03, lambda: ran.append(("late", threading.current_thread().name)))
+    delayed.call_later(0.0, lambda: 1 / 0)
+    delayed.call_later(0.01, lambda: ran.append(("early", threading.current_thread().name)))
+    deadline = time.monotonic() + 5
+    while len(ran) < 2 and time.monotonic() < deadline:
+        time.sleep(0.005)
+    assert ran == [("early", "test-delayed"), ("late", "test-delayed")]
+    while any(t.name == "test-delayed" for t in threading.enumerate()) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert not any(t.name == "test-delayed" for t in threading.enumerate())
+    delayed.call_later(0.0, lambda: ran.append(("again", threading.current_thread().name)))
+    while len(ran) < 3 and time.monotonic() < deadline:
+        time.sleep(0.005)
+    assert ran[-1] == ("again", "test-delayed")

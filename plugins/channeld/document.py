@@ -7,6 +7,7 @@ knows the layout; `DOC_VERSION` changes with it.
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import dataclass, field, replace
 from typing import Any, Mapping, Sequence
 
@@ -133,15 +134,25 @@ class Channel:
 
     def to_json(self) -> dict[str, Any]:
         """The document stored in `channeld_channels.data` (`htlcs` apart: storage.save writes them)."""
+        return {**self.to_json_without_log(), "log": self.log.to_json()}
+
+    def to_json_without_log(self) -> dict[str, Any]:
+        """`to_json` but the update log."""
         return {"version": DOC_VERSION, "channel_id": self.channel_id.hex(), "peer_id": self.peer_id.hex(),
                 "dbid": self.dbid, "state": self.state, "params": params_to_json(self.params),
-                "log": self.log.to_json(), "min_depth": self.min_depth,
+                "min_depth": self.min_depth,
                 "their_points": {str(n): p.hex() for n, p in self.their_points.items()},
                 "their_secrets": self.their_secrets.to_json(), "ready_sent": self.ready_sent,
                 "ready_received": self.ready_received, "scid": self.scid, "private": self.private,
                 "funding_tx": self.funding_tx, "failure": self.failure,
                 "last_sent": self.last_sent, "closing": dict(self.closing), "onchain": dict(self.onchain),
                 "routing": dict(self.routing)}
+
+    def to_text(self) -> str:
+        """`to_json` as compact JSON text, with the update log's own encoding spliced in (`UpdateLog.to_text`:
+        most of the document, and mostly unchanged between two writes)."""
+        doc = self.to_json_without_log()
+        return f'{json.dumps(doc, separators=(",", ":"))[:-1]},"log":{self.log.to_text()}}}'
 
     @classmethod
     def from_json(cls, d: Mapping[str, Any]) -> "Channel":

@@ -192,8 +192,9 @@ def on_update(mgr: "ChannelManager", peer_id: bytes, msg: Message) -> None:
             mgr.ctx.log.info("channel %s: %s received twice, ignored", ch.channel_id.hex(), msg.NAME)
             return
         raise
-    if kind == "add_htlc" and dust_problem(mgr, new):  # BOLT-2: failed once committed, the channel kept
-        extra[f"in:{msg.id}"]["refuse"] = dust_problem(mgr, new)  # type: ignore[attr-defined]
+    dust = dust_problem(mgr, new) if kind == "add_htlc" else None
+    if dust:  # BOLT-2: failed once committed, the channel kept
+        extra[f"in:{msg.id}"]["refuse"] = dust  # type: ignore[attr-defined]
     if kind != "add_htlc" and kind != "update_fee":
         key = f"out:{msg.id}"  # type: ignore[attr-defined]
         htlc = ch.log.local.htlc(L, msg.id) or ch.log.remote.htlc(L, msg.id)  # type: ignore[attr-defined]

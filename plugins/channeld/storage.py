@@ -114,7 +114,7 @@ def save(conn: Any, ch: "Channel", before: "Channel | None" = None) -> None:
     cid = ch.channel_id.hex()
     cols = {"peer_id": ch.peer_id.hex(), "state": ch.state, "opener": ch.opener, "short_channel_id": ch.scid,
             "funding_txid": p.funding_txid, "funding_vout": p.funding_output_index, "capacity_sat": p.funding_sat,
-            "channel_type": p.channel_type.name, "data": json.dumps(ch.to_json(), separators=(",", ":")),
+            "channel_type": p.channel_type.name, "data": ch.to_text(),
             "version": DOC_VERSION, "updated_at": time.time()}
     done = conn.execute(_UPDATE_CHANNEL, {"b_channel_id": cid, **cols})
     if done.rowcount == 0:
