@@ -206,6 +206,7 @@ def test_a_window_of_htlc_resolved_is_one_transaction_and_a_failed_commit_applie
             pass
         assert emitted == [] and not any(w.done() for w in waits)
         assert all(r["status"] == "pending" for t in texts for r in payer.listing(t))
+        payer._take()                        # memory read again from the tables (the failed window changed it)
         commits = ctx.commits
         payer.on_resolved(window)            # delivered again
         assert ctx.commits == commits + 1    # the whole window in one commit
@@ -216,6 +217,60 @@ def test_a_window_of_htlc_resolved_is_one_transaction_and_a_failed_commit_applie
     finally:
         payer.close()
         ctx.engine.dispose()
+
+
+def test_an_htlc_resolved_delivered_again_leaves_the_next_attempt_alone() -> None:
+    """An attempt whose HTLC never left the node fails and a new attempt is made; the first one's event,
+    delivered again (at least once) while the new attempt is still being offered, must not settle it."""
+    from lnp_plugins.pay.payer import Payer
+
+    ctx = FakeCtx()
+    ctx.transaction = lambda: _tx(ctx)
+    ctx.node = SimpleNamespace(features=(), network="regtest", node_id=b"\x02" * 33)
+    ctx.log.error = lambda *a: None
+    payer = Payer(ctx)
+    try:
+        preimage = b"\x0c" * 32
+        h = hashlib.sha256(preimage).hexdigest()
+        text = invoice_of(PAYEE_KEY, amount_msat=10_000, preimage=preimage)
+        done = payer.pay(text, None, 30.0)
+        wait = lambda cond: [time.sleep(0.01) for _ in range(500) if not cond()]  # noqa: E731
+        wait(lambda: len(ctx.adds) == 1)
+        for fn in list(ctx.back):
+            fn()
+        ctx.back.clear()
+        first = {"channel_id": "ab" * 32, "htlc_id": 1, "payment_hash": h, "failure_code": 0x1007}
+        payer.on_resolved([first])           # never left the node: tried again in a second
+        wait(lambda: bool(ctx.back))
+        for fn in list(ctx.back):
+            fn()
+        wait(lambda: len(ctx.engine.connect().execute(select(storage.attempts)).all()) == 2)
+        payer.on_resolved([first])           # delivered again while the second is being offered
+        wait(lambda: len(ctx.adds) == 2)
+        with ctx.engine.begin() as conn:
+            rows = conn.execute(select(storage.attempts).order_by(storage.attempts.c.id)).all()
+        assert [r.status for r in rows] == ["failed", "pending"] and not done.done()
+        payer.on_resolved([{"channel_id": "ab" * 32, "htlc_id": 2, "payment_hash": h, "preimage": preimage.hex()}])
+        assert done.result(1)["status"] == "complete"
+    finally:
+        payer.close()
+        ctx.engine.dispose()
+
+
+class _tx:
+    def __init__(self, ctx: Any) -> None:
+        self.ctx = ctx
+
+    def __enter__(self) -> "_tx":
+        self._begin = self.ctx.engine.begin()
+        self.conn = self._begin.__enter__()
+        return self
+
+    def emit(self, name: str, body: dict) -> None:
+        pass
+
+    def __exit__(self, *exc: Any) -> Any:
+        return self._begin.__exit__(*exc)
 
 
 def test_inflight_loads_pending_payments_and_unsettled_attempts() -> None:

@@ -23,6 +23,7 @@ RETRY_DELAY = 1.0        # seconds before such a new attempt (the peer may be re
 _PAYMENT = select(payments).where(payments.c.payment_hash == bindparam("h"))
 _SET_PAYMENT = payments.update().where(payments.c.payment_hash == bindparam("h"))
 _SET_ATTEMPT = attempts.update().where(attempts.c.id == bindparam("a_id"))
+_BY_HTLC = select(attempts.c.id).where(attempts.c.channel_id == bindparam("c"), attempts.c.htlc_id == bindparam("i"))
 
 
 class Payer:
@@ -38,6 +39,7 @@ class Payer:
         self.supported = {s.pair for s in ctx.node.features} | set(bolt11.DEFAULT_FEATURES)
         self._recover()
         self.inflight = InFlight()
+        self.stale = False   # `inflight` changed by a transaction that failed: `_take` reads it again
         with ctx.storage.begin() as conn:
             self.inflight.load(conn)
         self.sender = Sender(self)
@@ -103,6 +105,11 @@ class Payer:
 
     def _take(self) -> None:
         """What the sender stored and offered (before channeld could resolve any of it)."""
+        if self.stale:   # a failed window changed memory: read it again (raises while the database is away)
+            fresh = InFlight()
+            with self.ctx.storage.begin() as conn:
+                fresh.load(conn)
+            self.inflight, self.stale = fresh, False
         handed = self.sender.handed
         while not handed.empty():
             what, *item = handed.get_nowait()
@@ -195,19 +202,19 @@ class Payer:
             with self.ctx.transaction() as tx:
                 apply(tx, then)
         except BaseException:
-            fresh = InFlight()
-            with self.ctx.storage.begin() as conn:
-                fresh.load(conn)
-            self.inflight = fresh
+            self.stale = True   # read again from the tables before anything else uses it
             raise
         for fn in then:
             fn()
 
     def _resolved(self, body: dict[str, Any], tx: Any, then: list[Callable[[], None]]) -> None:
-        attempt = self.inflight.find(str(body.get("channel_id")), int(body.get("htlc_id", -1)),
-                                     str(body.get("payment_hash", "")).lower())
+        channel_id, htlc_id = str(body.get("channel_id")), int(body.get("htlc_id", -1))
+        attempt = self.inflight.find(channel_id, htlc_id, str(body.get("payment_hash", "")).lower())
         if attempt is None:
             return  # not ours, or already applied
+        if (attempt.channel_id, attempt.htlc_id) != (channel_id, htlc_id) and tx.conn.execute(
+                _BY_HTLC, {"c": channel_id, "i": htlc_id}).first() is not None:
+            return  # an attempt settled already, delivered again: not the payment's attempt still sending
         hash_hex = attempt.payment_hash
         if body.get("preimage"):
             preimage = bytes.fromhex(body["preimage"])

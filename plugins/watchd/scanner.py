@@ -102,6 +102,9 @@ class Scanner:
         with self.lock:
             for w in self.by_key.get((kind, key), []):
                 if w.owner == owner:
+                    if since is not None and w.spent_txid is None and w.confirmed_height is None:
+                        self.looks.append((w.id, since))   # asked again, nothing found yet: look again
+                        # (a restart loses the looks not done: the owner asks again, as channeld does)
                     if kind == "txid" and w.depths != wanted:
                         w.depths = sorted(set(w.depths) | set(wanted))
                         self._track(w)
@@ -245,24 +248,35 @@ class Scanner:
         the one processed at its height ends the look: `poll` undoes and redoes the reorg, the watch in place."""
         with self.lock:
             looks, self.looks = self.looks, []
-        for watch_id, since in looks:
-            w = self.watches.get(watch_id)
-            if w is None or self.tip is None or since > self.tip[0]:
-                continue
-            with self.storage.begin() as conn:
-                kept = {r.height: r.hash for r in conn.execute(select(db.blocks).where(db.blocks.c.height >= since))}
-            blocks = []
-            for height in range(max(since, 0), self.tip[0] + 1):   # asked outside the lock
-                got = self.chain.block(height)
-                if got is None or (height in kept and kept[height] != got[0]):
-                    break
-                blocks.append((height, parse_block(got[1])[2]))
+        try:
+            while looks:
+                self._look_back_one(*looks[0])
+                looks.pop(0)
+        except BaseException:   # the backend unreachable: those not done are tried at the next poll
             with self.lock:
-                if self.watches.get(watch_id) is w:
-                    self._look_back(w, blocks)
+                self.looks[:0] = looks
+            raise
+
+    def _look_back_one(self, watch_id: int, since: int) -> None:
+        w = self.watches.get(watch_id)
+        if w is None or self.tip is None or since > self.tip[0]:
+            return
+        with self.storage.begin() as conn:
+            kept = {r.height: r.hash for r in conn.execute(select(db.blocks).where(db.blocks.c.height >= since))}
+        blocks = []
+        for height in range(max(since, 0), self.tip[0] + 1):   # asked outside the lock
+            got = self.chain.block(height)
+            if got is None or (height in kept and kept[height] != got[0]):
+                break
+            blocks.append((height, parse_block(got[1])[2]))
+        with self.lock:
+            if self.watches.get(watch_id) is w:
+                self._look_back(w, blocks)
 
     def _look_back(self, w: Watch, blocks: list[tuple[int, list[Any]]]) -> None:
         assert self.tip is not None
+        if not blocks:
+            return
         found = Found()
         for height, txs in blocks:
             self._match(height, txs, {(w.kind, w.key): [w]}, found)
