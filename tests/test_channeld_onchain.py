@@ -175,7 +175,7 @@ def test_htlc_near_expiry_forces_a_close_timed_out_then_swept(nodes, external_ch
     wait_for(lambda: channel_of(alice, cid)["state"] == "force_closing", timeout=30)
     assert "near its expiry" in channel_of(alice, cid)["onchain"]["reason"]
     mine(btc, [alice], 1)
-    wait_for(lambda: any(k.startswith("htlc_tx:") for k in channel_of(alice, cid)["onchain"]["sent"]), timeout=30)
+    wait_for(lambda: any(k.startswith("htlc_tx:") for k in channel_of(alice, cid)["onchain"]["sent"]), timeout=60)  # the parallel suite loads the machine
     mine(btc, [alice], 1)
     failed = [e for e in alice.call("tk_htlc_events", "htlc_resolved") if e["htlc_id"] == 0]
     wait_for(lambda: bool(failed.extend(e for e in alice.call("tk_htlc_events", "htlc_resolved")
