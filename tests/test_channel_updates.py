@@ -271,28 +271,34 @@ ACTIONS = st.lists(st.tuples(st.sampled_from(["add", "fulfill", "fail", "fee", "
                              st.booleans(), st.integers(0, 60_000_000)), max_size=100)
 
 
+def act(a: Node, b: Node, action: str, first: bool, value: int) -> None:
+    """One step of a generated interleaving: A or B adds, removes, proposes a fee, signs, disconnects or
+    delivers what it sent."""
+    me, peer = (a, b) if first else (b, a)
+    if action == "add":
+        me.add_htlc(max(1, value))
+    elif action in ("fulfill", "fail"):
+        me.remove(value, action == "fulfill")
+    elif action == "fee" and me is a:
+        me.propose(Update("update_fee", "funding", L, {"feerate_per_kw": 253 + value % 5000}))
+    elif action == "sign":
+        me.sign()
+    elif action == "disconnect":
+        # Only unsigned updates are lost (channel_reestablish retransmits signatures and revocations).
+        if all(m[0] == "update" for m in a.outbox + b.outbox):
+            a.outbox.clear(), b.outbox.clear()
+            a.log, _ = a.log.disconnected(a.exts)
+            b.log, _ = b.log.disconnected(b.exts)
+    else:
+        deliver(me, peer)
+
+
 @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(actions=ACTIONS, anchors=st.booleans())
 def test_both_views_converge(actions: list, anchors: bool) -> None:
     a, b = pair(ANCHORS if anchors else STATIC_REMOTEKEY)
     for action, first, value in actions:
-        me, peer = (a, b) if first else (b, a)
-        if action == "add":
-            me.add_htlc(max(1, value))
-        elif action in ("fulfill", "fail"):
-            me.remove(value, action == "fulfill")
-        elif action == "fee" and me is a:
-            me.propose(Update("update_fee", "funding", L, {"feerate_per_kw": 253 + value % 5000}))
-        elif action == "sign":
-            me.sign()
-        elif action == "disconnect":
-            # Only unsigned updates are lost (channel_reestablish retransmits signatures and revocations).
-            if all(m[0] == "update" for m in a.outbox + b.outbox):
-                a.outbox.clear(), b.outbox.clear()
-                a.log, _ = a.log.disconnected(a.exts)
-                b.log, _ = b.log.disconnected(b.exts)
-        else:
-            deliver(me, peer)
+        act(a, b, action, first, value)
         for node in (a, b):
             assert conserved(node.log.local) and conserved(node.log.remote)
             for e in node.log.entries:   # an update reaches its proposer's commitment only after the receiver's
@@ -333,23 +339,8 @@ def test_cached_pending_matches_the_straight_computation(actions: list, anchors:
     removals, fees, signatures, revocations and disconnections they equal a computation from scratch."""
     a, b = pair(ANCHORS if anchors else STATIC_REMOTEKEY)
     for action, first, value in actions:
-        me, peer = (a, b) if first else (b, a)
         for _ in range(3 if action == "add" else 1):   # more HTLCs in flight than the other actions remove
-            if action == "add":
-                me.add_htlc(max(1, value))
-            elif action in ("fulfill", "fail"):
-                me.remove(value, action == "fulfill")
-            elif action == "fee" and me is a:
-                me.propose(Update("update_fee", "funding", L, {"feerate_per_kw": 253 + value % 5000}))
-            elif action == "sign":
-                me.sign()
-            elif action == "disconnect":
-                if all(m[0] == "update" for m in a.outbox + b.outbox):
-                    a.outbox.clear(), b.outbox.clear()
-                    a.log, _ = a.log.disconnected(a.exts)
-                    b.log, _ = b.log.disconnected(b.exts)
-            else:
-                deliver(me, peer)
+            act(a, b, action, first, value)
         for node in (a, b):
             for owner in (L, R):
                 assert node.log.pending(owner, node.exts) == straight_pending(node.log, owner, node.exts)

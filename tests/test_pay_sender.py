@@ -118,20 +118,7 @@ def test_htlc_resolved_before_the_senders_callbacks_settles_the_payment_once() -
 
     ctx = FakeCtx()
     emitted: list = []
-
-    class Tx:
-        def __enter__(self) -> "Tx":
-            self._begin = ctx.engine.begin()
-            self.conn = self._begin.__enter__()
-            return self
-
-        def emit(self, name: str, body: dict) -> None:
-            emitted.append((name, body))
-
-        def __exit__(self, *exc: Any) -> Any:
-            return self._begin.__exit__(*exc)
-
-    ctx.transaction = Tx
+    ctx.transaction = lambda: _tx(ctx, emitted)
     ctx.node = SimpleNamespace(features=(), network="regtest", node_id=b"\x02" * 33)
     ctx.log.error = lambda *a: None
     payer = Payer(ctx)
@@ -258,8 +245,10 @@ def test_an_htlc_resolved_delivered_again_leaves_the_next_attempt_alone() -> Non
 
 
 class _tx:
-    def __init__(self, ctx: Any) -> None:
-        self.ctx = ctx
+    """ctx.transaction over the fake's engine; emitted events go to `emitted` (when given)."""
+
+    def __init__(self, ctx: Any, emitted: list | None = None) -> None:
+        self.ctx, self.emitted = ctx, emitted
 
     def __enter__(self) -> "_tx":
         self._begin = self.ctx.engine.begin()
@@ -267,7 +256,8 @@ class _tx:
         return self
 
     def emit(self, name: str, body: dict) -> None:
-        pass
+        if self.emitted is not None:
+            self.emitted.append((name, body))
 
     def __exit__(self, *exc: Any) -> Any:
         return self._begin.__exit__(*exc)

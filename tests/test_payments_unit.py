@@ -1,7 +1,11 @@
 """The invoices and pay plugins' pure parts: `decode`'s view of every BOLT-11 example, amounts, payloads."""
 from __future__ import annotations
 
+import hashlib
 import json
+import time
+from concurrent.futures import Future
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -110,43 +114,50 @@ class _Tx:
         return self._begin.__exit__(*exc)
 
 
-def test_pay_index_goes_on_after_a_restart(tmp_path) -> None:
-    """The ledger counts pay_index in memory: a restarted one goes on from the highest stored."""
-    import hashlib
-    from concurrent.futures import Future
-    import time
-    from types import SimpleNamespace
+PREIMAGES = [bytes([i]) * 32 for i in (1, 2, 3)]
 
+
+def ledger_with_invoices(tmp_path: Any) -> tuple[Any, Any, list, list]:
+    """A database with three unpaid invoices (of PREIMAGES), and what a Ledger uses of its context;
+    (database, context, events emitted, functions handed to call_soon)."""
     from lnp_host.storage import Database
-    from lnp_plugin_api import Resolve
-    from lnp_plugins.invoices.ledger import Ledger
     from lnp_plugins.invoices.storage import MODELS, invoices
 
     db = Database("", tmp_path)
     db.migrate({"invoices": MODELS})
     emitted: list = []
-    quiet = SimpleNamespace(info=lambda *a: None, warning=lambda *a: None)
     soon: list = []
+    quiet = SimpleNamespace(info=lambda *a: None, warning=lambda *a: None, error=lambda *a: None)
     ctx = SimpleNamespace(storage=db, transaction=lambda: _Tx(db, emitted), log=quiet,
                           node=SimpleNamespace(features=()), config={}, call_soon=soon.append)
-
-    def decided(answer: Any) -> Any:   # the service loop runs the recording it was asked for
-        while soon:
-            soon.pop(0)()
-        return answer.result(0) if isinstance(answer, Future) else answer
-    preimages = [bytes([i]) * 32 for i in (1, 2, 3)]
     with db.begin() as conn:
         conn.execute(invoices.insert(), [dict(
             label=f"l{i}", payment_hash=hashlib.sha256(p).hexdigest(), preimage=p.hex(), payment_secret="11" * 32,
             bolt11="-", amount_msat=5_000, description="", created_at=int(time.time()),
             expires_at=int(time.time()) + 600, min_final_cltv_expiry_delta=18, status="unpaid")
-            for i, p in enumerate(preimages)])
+            for i, p in enumerate(PREIMAGES)])
+    return db, ctx, emitted, soon
 
-    def htlc(i: int) -> dict:
-        return {"is_final": True, "payment_hash": hashlib.sha256(preimages[i]).hexdigest(), "channel_id": "ab" * 32,
-                "htlc_id": i, "amount_msat": 5_000, "cltv_expiry": 140, "current_height": 100,
-                "payload": {"amt_to_forward": 5_000, "outgoing_cltv_value": 140, "payment_secret": "11" * 32,
-                            "total_msat": 5_000}}
+
+def htlc(i: int, htlc_id: int | None = None) -> dict:
+    """htlc_accepted's body for an HTLC paying invoice l<i> (its id: i unless given)."""
+    return {"is_final": True, "payment_hash": hashlib.sha256(PREIMAGES[i]).hexdigest(), "channel_id": "ab" * 32,
+            "htlc_id": i if htlc_id is None else htlc_id, "amount_msat": 5_000, "cltv_expiry": 140,
+            "current_height": 100, "payload": {"amt_to_forward": 5_000, "outgoing_cltv_value": 140,
+                                               "payment_secret": "11" * 32, "total_msat": 5_000}}
+
+
+def test_pay_index_goes_on_after_a_restart(tmp_path) -> None:
+    """The ledger counts pay_index in memory: a restarted one goes on from the highest stored."""
+    from lnp_plugin_api import Resolve
+    from lnp_plugins.invoices.ledger import Ledger
+
+    db, ctx, emitted, soon = ledger_with_invoices(tmp_path)
+
+    def decided(answer: Any) -> Any:   # the service loop runs the recording it was asked for
+        while soon:
+            soon.pop(0)()
+        return answer.result(0) if isinstance(answer, Future) else answer
     assert isinstance(decided(Ledger(ctx).on_htlc(htlc(0))), Resolve)
     ledger = Ledger(ctx)                                         # restarted
     assert isinstance(decided(ledger.on_htlc(htlc(1))), Resolve) and isinstance(decided(ledger.on_htlc(htlc(2))), Resolve)
@@ -159,38 +170,12 @@ def test_htlcs_decided_together_are_recorded_in_one_commit_before_any_preimage(t
     """The ledger answers htlc_accepted with a Future: what was decided before the service loop came back
     is committed in one transaction, and only then do the preimages leave. Meanwhile a second HTLC for
     the same invoice is refused, and the same HTLC asked again gets the same answer."""
-    import hashlib
-    import time
-    from concurrent.futures import Future
-    from types import SimpleNamespace
-
     from sqlalchemy import event
 
-    from lnp_host.storage import Database
     from lnp_plugin_api import Fail, Resolve
     from lnp_plugins.invoices.ledger import Ledger
-    from lnp_plugins.invoices.storage import MODELS, invoices
 
-    db = Database("", tmp_path)
-    db.migrate({"invoices": MODELS})
-    emitted: list = []
-    soon: list = []
-    quiet = SimpleNamespace(info=lambda *a: None, warning=lambda *a: None, error=lambda *a: None)
-    ctx = SimpleNamespace(storage=db, transaction=lambda: _Tx(db, emitted), log=quiet,
-                          node=SimpleNamespace(features=()), config={}, call_soon=soon.append)
-    preimages = [bytes([i]) * 32 for i in (1, 2, 3)]
-    with db.begin() as conn:
-        conn.execute(invoices.insert(), [dict(
-            label=f"l{i}", payment_hash=hashlib.sha256(p).hexdigest(), preimage=p.hex(), payment_secret="11" * 32,
-            bolt11="-", amount_msat=5_000, description="", created_at=int(time.time()),
-            expires_at=int(time.time()) + 600, min_final_cltv_expiry_delta=18, status="unpaid")
-            for i, p in enumerate(preimages)])
-
-    def htlc(i: int, htlc_id: int | None = None) -> dict:
-        return {"is_final": True, "payment_hash": hashlib.sha256(preimages[i]).hexdigest(), "channel_id": "ab" * 32,
-                "htlc_id": i if htlc_id is None else htlc_id, "amount_msat": 5_000, "cltv_expiry": 140,
-                "current_height": 100, "payload": {"amt_to_forward": 5_000, "outgoing_cltv_value": 140,
-                                                   "payment_secret": "11" * 32, "total_msat": 5_000}}
+    db, ctx, emitted, soon = ledger_with_invoices(tmp_path)
     commits: list = []
     event.listen(db.engine, "commit", lambda conn: commits.append(1))
     ledger = Ledger(ctx)
@@ -202,7 +187,7 @@ def test_htlcs_decided_together_are_recorded_in_one_commit_before_any_preimage(t
     commits.clear()
     soon.pop()()
     assert len(commits) == 1 and [b["pay_index"] for _, b in emitted] == [1, 2, 3]
-    assert [a.result(0).payload["preimage"] for a in answers] == [p.hex() for p in preimages]
+    assert [a.result(0).payload["preimage"] for a in answers] == [p.hex() for p in PREIMAGES]
     assert all(isinstance(a.result(0), Resolve) for a in answers)
     assert isinstance(ledger.on_htlc(htlc(1)), Resolve)                  # asked again after: the same answer
     db.close()
