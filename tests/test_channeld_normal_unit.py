@@ -12,7 +12,7 @@ import pytest
 
 from lnp_plugin_api.messages import UpdateAddHtlc, UpdateFee
 from lnp_plugins.channeld import normal
-from lnp_plugins.channeld.actor import Delayed
+from lnp_plugin_api.timers import Timers
 from lnp_plugins.channeld.document import Channel
 from lnp_plugins.channeld.errors import ChannelError
 from test_channel_dance import open_channel
@@ -71,10 +71,10 @@ def test_delayed_calls_run_in_due_order_on_one_thread_that_ends_when_idle() -> N
     """The signing rounds' scheduler: each call runs once, in due order, a failing one does not stop the
     others, and no thread is left once nothing is due."""
     ran: list[tuple[str, str]] = []
-    delayed = Delayed("test-delayed", logging.getLogger("test"), idle_s=0.05)
-    delayed.call_later(0.03, lambda: ran.append(("late", threading.current_thread().name)))
-    delayed.call_later(0.0, lambda: 1 / 0)
-    delayed.call_later(0.01, lambda: ran.append(("early", threading.current_thread().name)))
+    delayed = Timers("test-delayed", idle_s=0.05)
+    delayed.at(0.03, lambda: ran.append(("late", threading.current_thread().name)))
+    delayed.at(0.0, lambda: 1 / 0)
+    delayed.at(0.01, lambda: ran.append(("early", threading.current_thread().name)))
     deadline = time.monotonic() + 5
     while len(ran) < 2 and time.monotonic() < deadline:
         time.sleep(0.005)
@@ -82,7 +82,7 @@ def test_delayed_calls_run_in_due_order_on_one_thread_that_ends_when_idle() -> N
     while any(t.name == "test-delayed" for t in threading.enumerate()) and time.monotonic() < deadline:
         time.sleep(0.01)
     assert not any(t.name == "test-delayed" for t in threading.enumerate())
-    delayed.call_later(0.0, lambda: ran.append(("again", threading.current_thread().name)))
+    delayed.at(0.0, lambda: ran.append(("again", threading.current_thread().name)))
     while len(ran) < 3 and time.monotonic() < deadline:
         time.sleep(0.005)
     assert ran[-1] == ("again", "test-delayed")

@@ -7,8 +7,6 @@ its own channels (the host's rule: no I/O loop waits on another service).
 """
 from __future__ import annotations
 
-import heapq
-import itertools
 import logging
 import queue
 import threading
@@ -78,45 +76,3 @@ class PeerWorker:
                     self._log.exception("peer %s: unexpected failure handling %d inputs", self.name, len(items))
             if stop:
                 return
-
-
-class Delayed:
-    """Runs callbacks after their delay on one thread (a `threading.Timer` would start a thread for each).
-
-    The thread starts with the first callback and ends once it has had nothing to run for `idle_s`, so
-    nothing is left running when nothing is due; every callback runs, in due order.
-    """
-
-    def __init__(self, name: str, log: logging.Logger, idle_s: float = 1.0) -> None:
-        self._name, self._log, self._idle_s = name, log, idle_s
-        self._due: list[tuple[float, int, Callable[[], None]]] = []
-        self._order = itertools.count()    # ties in due order keep their scheduling order
-        self._cond = threading.Condition()
-        self._running = False
-
-    def call_later(self, delay_s: float, fn: Callable[[], None]) -> None:
-        """Run `fn()` in `delay_s` seconds (never raises: an error of `fn` is logged)."""
-        with self._cond:
-            heapq.heappush(self._due, (time.monotonic() + delay_s, next(self._order), fn))
-            if not self._running:
-                self._running = True
-                threading.Thread(target=self._run, name=self._name, daemon=True).start()
-            self._cond.notify()
-
-    def _run(self) -> None:
-        while True:
-            with self._cond:
-                idle_until = time.monotonic() + self._idle_s
-                while True:
-                    now = time.monotonic()
-                    if self._due and self._due[0][0] <= now:
-                        fn = heapq.heappop(self._due)[2]
-                        break
-                    if not self._due and now >= idle_until:
-                        self._running = False
-                        return
-                    self._cond.wait((self._due[0][0] if self._due else idle_until) - now)
-            try:
-                fn()
-            except Exception:  # one callback's failure must not stop the others
-                self._log.exception("%s: delayed call failed", self._name)

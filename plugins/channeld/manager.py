@@ -17,6 +17,7 @@ from lnp_plugin_api import RpcError, ServiceContext, WireMessage
 from lnp_plugin_api.chain import ChainClient, parse_block
 from lnp_plugin_api.features import decode as decode_features
 from lnp_plugin_api.messages import ChannelUpdate, ClosingSigned, Shutdown
+from lnp_plugin_api.timers import Timers
 from lnp_plugin_api.messages import (AcceptChannel, ChannelReady, ChannelReestablish, CommitmentSigned, ErrorMessage, FundingCreated,
                                      FundingSigned, Message, OpenChannel, RevokeAndAck, UpdateAddHtlc, UpdateFailHtlc,
                                      UpdateFailMalformedHtlc, UpdateFee, UpdateFulfillHtlc, WarningMessage,
@@ -27,7 +28,7 @@ from lnp_plugin_api.onion_errors import TEMPORARY_CHANNEL_FAILURE
 from lnp_plugin_api.wire import WireError, format_scid
 
 from . import closing, hints, normal, onchain, opening, reestablish, storage
-from .actor import Delayed, PeerWorker
+from .actor import PeerWorker
 from .batch import ChannelTx, Transactions
 from .document import AWAITING_LOCK, FAILED, IN_USE, NEGOTIATING, NORMAL, SHUTDOWN, Channel
 from .errors import ChannelError, crash_point
@@ -63,7 +64,7 @@ class ChannelManager:
         self._dbid = 0
         self.asked: dict[tuple[bytes, int], bytes] = {}   # HTLCs put to htlc_accepted -> their onion secret
         self._signing: set[bytes] = set()                  # channels with a commitment_signed scheduled
-        self._delayed = Delayed("channeld-delayed", ctx.log)   # the scheduled signing rounds
+        self._delayed = Timers("channeld-delayed")   # the scheduled signing rounds
         self.live: set[bytes] = set()                      # channels reestablished on the current connection
         self.reestablished_at: dict[bytes, float] = {}     # peer -> when a channel was last made live (time.time)
         self.reestablish_sent: set[bytes] = set()          # our channel_reestablish went on this connection
@@ -180,7 +181,7 @@ class ChannelManager:
         if delay <= 0:
             self.worker(ch.peer_id).put(item)
             return
-        self._delayed.call_later(delay, lambda: self.worker(ch.peer_id).put(item))
+        self._delayed.at(delay, lambda: self.worker(ch.peer_id).put(item))
 
     def height(self) -> int:
         """The chain's tip as watchd has processed it."""
